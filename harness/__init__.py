@@ -1,0 +1,1 @@
+"""The OneTrans scaling-law harness: data, training runs, sweeps and dispatch."""

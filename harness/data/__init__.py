@@ -1,0 +1,1 @@
+"""Data contract, synthetic world, converters, validator and the Lightning data module."""

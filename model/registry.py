@@ -1,0 +1,65 @@
+"""Name -> model. Each model module exposes the same three things:
+
+    Config   a frozen, keyword-only dataclass of the model's hyper-parameters
+    SIZES    dict[str, Config] of named sizes (paper scale, scaling-grid points, tiny CPU sizes)
+    build(spec: FeatureSpec, config: Config) -> RankingModel
+
+so the harness can build any model from (name, size, overrides) without knowing its internals.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from types import ModuleType
+from typing import Any
+
+from .base import RankingModel
+from .features import FeatureSpec
+
+# model name -> module implementing it
+MODELS: dict[str, str] = {
+    "onetrans": "model.onetrans",
+    "dcnv2_din": "model.baselines.dcnv2_din",
+    "wukong_din": "model.baselines.wukong_din",
+    "hiformer_din": "model.baselines.hiformer_din",
+    "rankmixer_din": "model.baselines.rankmixer_din",
+    "rankmixer_stackdin": "model.baselines.rankmixer_stackdin",
+    "rankmixer_longer": "model.baselines.rankmixer_longer",
+    "rankmixer_transformer": "model.baselines.rankmixer_transformer",
+}
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def model_module(name: str) -> ModuleType:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}.{_suggest(name, list(MODELS))}")
+    return importlib.import_module(MODELS[name])
+
+
+def sizes(name: str) -> dict[str, Any]:
+    return dict(model_module(name).SIZES)
+
+
+def resolve_config(name: str, size: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The model's Config for a named size with field overrides applied (unknown fields rejected)."""
+    mod = model_module(name)
+    if size not in mod.SIZES:
+        raise ValueError(f"unknown size {size!r} for model {name!r}; known sizes: {sorted(mod.SIZES)}."
+                         f"{_suggest(size, list(mod.SIZES))}")
+    cfg = mod.SIZES[size]
+    overrides = dict(overrides or {})
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    for key in overrides:
+        if key not in fields:
+            raise ValueError(f"unknown option {key!r} for model {name!r}; valid options: {sorted(fields)}."
+                             f"{_suggest(key, sorted(fields))}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def build_model(name: str, spec: FeatureSpec, size: str, overrides: dict[str, Any] | None = None) -> RankingModel:
+    return model_module(name).build(spec, resolve_config(name, size, overrides))

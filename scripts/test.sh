@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): sets up the environment, starts a one-node SLURM cluster
+# when running as root on Debian (so the dispatch integration tests run for real), runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+. .venv/bin/activate
+if [ -z "${CI:-}" ] || [ "${CI:-}" = "true" ]; then
+  # On the CPU CI machine a CUDA torch would mean a wrong resolve: fail loudly.
+  if ! command -v nvidia-smi >/dev/null 2>&1; then
+    python -c 'import torch,sys; v=torch.__version__; sys.exit(0 if "+cpu" in v or not torch.version.cuda else f"CUDA torch {v} on a CPU machine")'
+  fi
+fi
+started_slurm=0
+if [ "${SKIP_SLURM:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if ! sinfo >/dev/null 2>&1; then
+    if WITH_DBD=1 FAKE_GPUS=2 bash scripts/slurm_up.sh; then started_slurm=1
+    else echo "WARNING: could not start a local SLURM cluster; slurm-marked tests will be skipped" >&2; fi
+  fi
+fi
+[ "$started_slurm" = 1 ] && trap 'bash scripts/slurm_down.sh' EXIT
+export WANDB_MODE=offline WANDB_SILENT=true
+set +e
+python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; rc=1; fi
+exit "$rc"
