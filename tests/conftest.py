@@ -1,0 +1,65 @@
+"""Shared test set-up: CPU determinism, W&B never online, markers that skip what cannot run here."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ONETRANS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except Exception:
+        return False
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    slurm_ok, cuda_ok, data_ok = None, None, SHARED_DATA.is_dir()
+    for item in items:
+        if "slurm" in item.keywords:
+            slurm_ok = _slurm_up() if slurm_ok is None else slurm_ok
+            if not slurm_ok:
+                item.add_marker(pytest.mark.skip(reason="no SLURM cluster answers `sinfo` (start one: scripts/slurm_up.sh)"))
+        if "gpu" in item.keywords:
+            cuda_ok = _cuda() if cuda_ok is None else cuda_ok
+            if not cuda_ok:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "realdata" in item.keywords and not data_ok:
+            item.add_marker(pytest.mark.skip(reason=f"{SHARED_DATA} not present"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _torch_defaults():
+    """Every test starts from fp32 defaults and a fixed seed (tests set their own where it matters)."""
+    try:
+        import torch
+    except Exception:
+        yield
+        return
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
+    yield
