@@ -1,0 +1,457 @@
+"""The run config: one typed, validated description of a training run (docs/contracts.md §4).
+
+    cfg = load_config("configs/tiny.yaml")                       # YAML -> RunConfig (validated)
+    cfg = apply_overrides(cfg, ["train.max_steps=10", "model.overrides.n_layers=4"])
+    run_id(cfg), run_name(cfg), cfg.to_yaml()
+
+Every section is a frozen, keyword-only dataclass. Values are type-checked against the field
+annotations (Literal choices included) both when built from a dict and when built in Python, so a
+config that exists is a valid one. Unknown keys are rejected with the file, the key and the closest
+valid name.
+
+Run identity. `run_id(cfg)` is the first 12 hex characters of the sha256 of the sorted JSON of the
+*semantic* config: everything that can change what the run computes, seed included. Excluded (they
+change how or where a run executes or how it is labelled, never its result), listed in
+`RUN_ID_EXCLUDED`:
+  - labels: sweep, axis, name
+  - data.num_workers, data.cache_dir            (loader parallelism, where synthetic data is cached)
+  - train.log_every_n_steps, train.eval_every_n_steps, train.ckpt_every_n_steps   (cadences)
+  - logging.*                                   (W&B mode/project/group/tags, progress bar)
+  - resources.*                                 (partition, account, qos, memory, time limit, cpus;
+                                                 the GPU count that matters is train.devices)
+Defaults are part of the hash: adding a field with a default changes every id (deliberately: a
+new knob may change what an old config means). The model enters as written (name, size,
+overrides), not as the resolved model Config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+SCHEMA = 1
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names the file, the key and the fix."""
+
+
+def _closest(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+# ---- type checking against annotations ------------------------------------------------------
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `hint`; return it in canonical form (lists -> tuples,
+    ints -> floats where a float is expected). Raises ConfigError naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {key} = {value!r} ({type(value).__name__}); expected {expected}.")
+
+    if hint is Any:
+        return value
+    if isinstance(hint, type) and issubclass(hint, _Section):
+        if not isinstance(value, hint):
+            raise bad(f"a {hint.__name__}")
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {key} = {value!r}; choose one of {list(args)}."
+                              + (_closest(value, map(str, args)) if isinstance(value, str) else ""))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _coerce(value, a, key, where)
+            except ConfigError:
+                pass
+        raise bad(" or ".join(getattr(a, "__name__", str(a)) for a in args))
+    if hint is type(None):
+        if value is not None:
+            raise bad("null")
+        return None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad("a mapping")
+        return {str(k): v for k, v in value.items()}
+    raise TypeError(f"config field {key}: unsupported annotation {hint!r}")  # programming error
+
+
+class _Section:
+    """Shared behaviour of every config section: type-checked fields, dict in/out."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _coerce(getattr(self, f.name), hints[f.name], f.name, type(self).__name__)
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks beyond the types (overridden per section)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, _Section):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, dict):
+                v = dict(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "<config>", prefix: str = ""):
+        d = {} if d is None else d
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(d).__name__}.")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key not in names:
+                raise ConfigError(f"{where}: unknown key '{prefix}{key}'.{_closest(str(key), names)} "
+                                  f"Valid keys here: {names}.")
+            hint = hints[key]
+            if isinstance(hint, type) and issubclass(hint, _Section):
+                kwargs[key] = hint.from_dict(value, where, f"{prefix}{key}.")
+            else:
+                kwargs[key] = _coerce(value, hint, f"{prefix}{key}", where)
+        try:
+            return cls(**kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# ---- the sections ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(_Section):
+    # a dataset folder (docs/data-contract.md) or "synthetic:<preset>" (harness.data.synth presets;
+    # generated once into cache_dir by ensure_synthetic(preset, seed, cache_dir))
+    dataset: str = "synthetic:ci"
+    data_seed: int = 0                 # seed of the synthetic world (not the training seed)
+    seq_len: int = 64                  # behaviour events per impression (L)
+    n_gap_buckets: int = 32            # log-bucketed time-gap ids
+    batch_size: int = 256              # impressions per training batch, per device
+    eval_batch_size: int = 1024        # impressions per evaluation batch
+    shuffle: bool = False              # False: chronological streaming, as the paper trains
+    num_workers: int = 0               # DataLoader workers (not part of the run id)
+    cache_dir: str = "data_cache"      # where synthetic worlds are written (not part of the run id)
+
+    def validate(self) -> None:
+        _require(bool(self.dataset), "data.dataset is empty; give a folder or 'synthetic:<preset>'.")
+        _require(self.seq_len >= 1, f"data.seq_len must be >= 1, got {self.seq_len}.")
+        _require(self.n_gap_buckets >= 2, f"data.n_gap_buckets must be >= 2, got {self.n_gap_buckets}.")
+        _require(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}.")
+        _require(self.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}.")
+        _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}.")
+
+    @property
+    def synthetic_preset(self) -> str | None:
+        """The preset name for "synthetic:<preset>", else None (a folder path)."""
+        return self.dataset.split(":", 1)[1] if self.dataset.startswith("synthetic:") else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(_Section):
+    name: str = "onetrans"             # a key of model.registry.MODELS
+    size: str = "onetrans-s"           # a key of that model's SIZES
+    overrides: dict[str, Any] = field(default_factory=dict)   # fields of the model's Config
+
+    def validate(self) -> None:
+        from model.registry import MODELS   # a plain dict: no model code (or torch model) imported
+        _require(self.name in MODELS, f"model.name = {self.name!r} is not a known model; known: "
+                 f"{sorted(MODELS)}.{_closest(self.name, MODELS)}")
+
+    def resolve(self) -> Any:
+        """The model's Config (size + overrides), validated by model.registry.resolve_config."""
+        from model import registry
+        base = registry.resolve_config(self.name, self.size)
+        fixed = {}
+        for key, value in self.overrides.items():
+            default = getattr(base, key, None)
+            if isinstance(default, tuple) and isinstance(value, list):
+                value = tuple(value)        # YAML has no tuples
+            if default is not None and not _same_kind(value, default):
+                raise ConfigError(f"model.overrides.{key} = {value!r} ({type(value).__name__}) but "
+                                  f"{self.name} size {self.size!r} has {key} = {default!r} "
+                                  f"({type(default).__name__}); give a value of that type.")
+            fixed[key] = value
+        return registry.resolve_config(self.name, self.size, fixed)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(_Section):
+    max_epochs: int = 1                # passes over the training split
+    max_steps: int = -1                # optimizer steps; -1: no step limit (max_epochs decides)
+    optimizer: Literal["adamw", "paper"] = "adamw"
+    lr: float = 1e-3                   # AdamW learning rate (all parameters)
+    weight_decay: float = 0.0          # AdamW; 0 keeps embedding rows of rare ids from decaying
+    warmup_steps: int = 0              # linear LR warm-up (AdamW only); the paper states none
+    # the paper's pair (spec §1.6, Monolith semantics): Adagrad on embeddings, RMSPropV2 on the rest
+    sparse_lr: float = 0.1             # Adagrad lr ("beta1 = 0.1")
+    sparse_init_acc: float = 1.0       # Adagrad initial accumulator ("beta2 = 1.0")
+    dense_lr: float = 0.005            # RMSPropV2 lr
+    dense_beta: float = 0.99999        # RMSPropV2: v <- beta * v + g^2 (no (1 - beta))
+    dense_eps: float = 1e-8
+    # global-norm gradient clipping per parameter group (both optimisers); 0 disables
+    clip_dense: float = 90.0
+    clip_sparse: float = 120.0
+    # losses
+    cvr_loss: Literal["clicked", "ctcvr"] = "clicked"   # CVR BCE on clicked impressions, or CTCVR on all
+    ctr_weight: float = 1.0
+    cvr_weight: float = 1.0
+    protocol: Literal["holdout", "next_batch"] = "holdout"
+    next_batch_warmup_days: int = 0    # next_batch: days left out of the macro average (cold model)
+    # execution (decisions and reasons recorded in provenance.json)
+    precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"   # auto: bf16-mixed on a bf16 GPU, else 32-true
+    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"
+    compile: bool = False
+    recompute: bool = False            # activation recomputation (when the model supports it)
+    deterministic: bool = False        # torch deterministic algorithms (slower on GPU)
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = 1                   # per node; must equal resources.gpus_per_node on GPUs
+    num_nodes: int = 1
+    # cadences (not part of the run id)
+    log_every_n_steps: int = 10
+    eval_every_n_steps: int = 0        # holdout: validate every N steps; 0: at the end of each epoch
+    ckpt_every_n_steps: int = 100      # checkpoints/last.ckpt every N steps (and at the end)
+
+    def validate(self) -> None:
+        _require(self.max_epochs >= 1, f"train.max_epochs must be >= 1, got {self.max_epochs}.")
+        _require(self.max_steps == -1 or self.max_steps >= 1,
+                 f"train.max_steps must be -1 (no limit) or >= 1, got {self.max_steps}.")
+        for name in ("lr", "sparse_lr", "dense_lr", "dense_eps", "sparse_init_acc"):
+            _require(getattr(self, name) > 0, f"train.{name} must be > 0, got {getattr(self, name)}.")
+        _require(0 < self.dense_beta <= 1, f"train.dense_beta must be in (0, 1], got {self.dense_beta}.")
+        for name in ("weight_decay", "clip_dense", "clip_sparse", "ctr_weight", "cvr_weight"):
+            _require(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("warmup_steps", "next_batch_warmup_days", "eval_every_n_steps"):
+            _require(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("devices", "num_nodes", "log_every_n_steps", "ckpt_every_n_steps"):
+            _require(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingConfig(_Section):
+    # auto: online when W&B credentials are configured, else offline; decided before wandb.init
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "onetrans-scaling"
+    entity: str = ""                   # "" = the default entity of the credentials
+    group: str = ""                    # "" = the run's sweep
+    job_type: str = ""                 # "" = the run's axis
+    tags: tuple[str, ...] = ()
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourcesConfig(_Section):
+    """What a SLURM job for this run asks for (read by the sweep dispatcher; not in the run id)."""
+
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 8
+    time_min: int = 60
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+
+    def validate(self) -> None:
+        for name in ("gpus_per_node", "cpus_per_task", "mem_gb", "time_min"):
+            _require(getattr(self, name) >= (0 if name == "gpus_per_node" else 1),
+                     f"resources.{name} = {getattr(self, name)} is out of range.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(_Section):
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    seed: int = 0
+    # labels (not part of the run id)
+    sweep: str = "adhoc"
+    axis: str = ""
+    name: str = ""                     # "" = run_name(cfg) derives one
+
+    def validate(self) -> None:
+        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+        _require(bool(self.sweep) and "/" not in self.sweep,
+                 f"sweep = {self.sweep!r} must be a non-empty name without '/' (it names a folder).")
+        g = self.resources.gpus_per_node
+        _require(g == 0 or g == self.train.devices,
+                 f"resources.gpus_per_node ({g}) must equal train.devices ({self.train.devices}): "
+                 "one process per GPU, as SLURM launches them.")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "<config>", prefix: str = "",
+                  check_model: bool = True) -> "RunConfig":
+        """Build and validate; with check_model the size and overrides are resolved against the
+        model's registry entry too (this imports the model module)."""
+        cfg = super().from_dict(d, where, prefix)
+        if check_model:
+            check_model_config(cfg.model, where)
+        return cfg
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ---- files, overrides, identity --------------------------------------------------------------
+
+def check_model_config(model: ModelConfig, where: str = "<config>") -> Any:
+    """Resolve model.size + model.overrides (errors name the key and the closest valid name)."""
+    try:
+        return model.resolve()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except ImportError as e:
+        raise ConfigError(f"{where}: model {model.name!r} is registered but its module cannot be "
+                          f"imported ({e}). Is it implemented yet?") from e
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: model: {e}") from None
+
+
+def load_config(path: str | Path, check_model: bool = True) -> RunConfig:
+    """Read a YAML run config; every key is validated (errors name the file and the key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file.")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return RunConfig.from_dict(d or {}, where=str(path), check_model=check_model)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.lr=3e-4' -> ('train.lr', 0.0003): the value is read as a YAML scalar/list."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.max_steps=10.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
+    # YAML 1.1 reads "3e-4" as a string; accept it as the number it plainly is
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | typing.Iterable[str],
+                    where: str = "overrides", check_model: bool = True) -> RunConfig:
+    """Dotted overrides: {"train.max_steps": 10, "model.overrides.n_layers": 8} or ["k=v", ...]."""
+    items = list(overrides.items()) if isinstance(overrides, Mapping) else [parse_override(s) for s in overrides]
+    d = cfg.to_dict()
+    for key, value in items:
+        parts = key.split(".")
+        node = d
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                options = list(node) if isinstance(node, dict) else []
+                raise ConfigError(f"{where}: unknown key '{'.'.join(parts[:i + 1])}' in '{key}'.{_closest(part, options)}")
+            node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: '{key}' does not name a config field.")
+        node[parts[-1]] = value
+    return RunConfig.from_dict(d, where=where, check_model=check_model)
+
+
+# (section, field) pairs left out of run_id; a section alone means the whole section.
+RUN_ID_EXCLUDED: tuple[tuple[str, ...], ...] = (
+    ("sweep",), ("axis",), ("name",),
+    ("data", "num_workers"), ("data", "cache_dir"),
+    ("train", "log_every_n_steps"), ("train", "eval_every_n_steps"), ("train", "ckpt_every_n_steps"),
+    ("logging",), ("resources",),
+)
+
+
+def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The part of the config that defines what a run computes (what run_id hashes)."""
+    d = cfg.to_dict()
+    for path in RUN_ID_EXCLUDED:
+        node = d
+        for part in path[:-1]:
+            node = node[part]
+        node.pop(path[-1], None)
+    return d
+
+
+def run_id(cfg: RunConfig) -> str:
+    blob = json.dumps({"schema": SCHEMA, **semantic_dict(cfg)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# short forms of common model fields in readable run names
+_ABBREV = {"n_layers": "d", "d_model": "w", "n_heads": "h", "seq_len": "len"}
+
+
+def run_name(cfg: RunConfig) -> str:
+    """cfg.name if given, else e.g. 'onetrans-s-len1024-d6-w256-s0' (size, seq_len, overrides, seed)."""
+    if cfg.name:
+        return cfg.name
+    m = cfg.model
+    parts = [m.size if m.size.startswith(m.name) else f"{m.name}-{m.size}", f"len{cfg.data.seq_len}"]
+    for key in sorted(m.overrides):
+        v = m.overrides[key]
+        v = "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v).lower()
+        parts.append(f"{_ABBREV.get(key, key)}{v}")
+    parts.append(f"s{cfg.seed}")
+    return "-".join(parts).replace(" ", "")
