@@ -1,0 +1,506 @@
+"""Sweep files: schema, validation, presets and expansion into runs.
+
+A sweep file is YAML with these top-level keys (only `name` and `base` are required):
+
+    name: length                      # sweep name: runs land in <runs>/<name>/<run_id>/
+    description: ...
+    base: {...} | "path/to/run.yaml"  # base run config (nested dict, or a path relative to the sweep file)
+    axis: seq_len                     # label stored in each run (result.json "axis")
+    grid:   {data.seq_len: [768, ...]}          # cartesian product, by dotted key
+    zip:    [{model.n_layers: [...], model.d_model: [...]}]   # each group: equal-length lists, zipped
+    baselines:                        # extra runs alongside the grid (one model each)
+      - {label: rankmixer, model: rankmixer_transformer, size: mini, set: {...}, follow: [data.seq_len]}
+    include_base: true                # run the base model over the grid (false: only baselines)
+    seeds: [0]
+    resources:                        # resource classes; one SLURM job array per class
+      default: {devices: 1, accelerator: gpu, cpus_per_task: 8, mem_gb: 64, time_min: 240, partition: ...}
+    resource_rules: [{when: {model.size: onetrans-l}, class: large}]
+    analysis: {x: data.seq_len, metrics: [test.ctr_uauc], fit: saturating}
+    presets:                          # shrink for CI / a laptop WITHOUT changing the grid's shape
+      ci: {set: {...}, grid: {data.seq_len: [8, ...]}, zip: [...], baselines: {label: {size: tiny}}, resources: {...}}
+
+Expansion is pure (no torch, no files written) and deterministic: the same file and preset give the
+same runs in the same order. Run ids come from `harness.config.run_id` of the resolved RunConfig.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOP_KEYS = ("name", "description", "base", "axis", "grid", "zip", "baselines", "include_base", "seeds",
+            "resources", "resource_rules", "analysis", "presets")
+PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "description")
+BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
+ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
+NAME_KEY = "_name"                 # zip column that names rows (not a config key)
+FIT_FORMS = ("power", "saturating", "loglinear", "none")
+ACCELERATORS = ("gpu", "cpu")
+
+
+class SweepFileError(ValueError):
+    """A sweep file is invalid; the message names the file, the key and the fix."""
+
+
+def _closest(key: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(key), list(options), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(options)}."
+
+
+def _check_keys(where: str, data: Mapping, allowed: tuple[str, ...], path: Path | None) -> None:
+    for key in data:
+        if key not in allowed:
+            raise SweepFileError(f"{path or '<sweep>'}: unknown key {where}{key!r}.{_closest(key, allowed)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceClass:
+    """What one run of this class asks the scheduler for.
+
+    `devices` is THE one value: SLURM tasks per node = Trainer(devices) = GPUs per node (when
+    accelerator is gpu), so ranks are srun-launched one per device and Lightning never spawns.
+    """
+
+    devices: int = 1
+    accelerator: str = "gpu"
+    nodes: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float = 64
+    time_min: int = 240
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    array_parallelism: int = 64
+    signal_delay_s: int = 120       # >= time to save a checkpoint
+    max_num_timeout: int = 5        # requeues after timeouts (preemptions are always requeued)
+    # Only for the plan's cost column: sustained TFLOP/s one device is assumed to reach.
+    assumed_tflops_per_device: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        for name in ("devices", "nodes", "cpus_per_task", "time_min", "array_parallelism"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    @property
+    def tasks_per_node(self) -> int:
+        return self.devices
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.devices if self.accelerator == "gpu" else 0
+
+
+RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(ResourceClass))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Baseline:
+    label: str
+    model: str
+    size: str
+    set: dict[str, Any] = field(default_factory=dict)   # dotted run-config overrides
+    follow: tuple[str, ...] = ()                          # grid/zip axes this baseline is swept along
+    resource_class: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    x: str
+    metrics: tuple[str, ...] = ("test.ctr_uauc",)
+    fit: str = "none"
+    baseline: str | None = None     # label of the reference run for deltas (paper: DCNv2+DIN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sweep:
+    name: str
+    path: Path | None
+    preset: str | None
+    description: str
+    base: dict[str, Any]
+    axis: str
+    grid: dict[str, list[Any]]
+    zip: list[dict[str, list[Any]]]
+    baselines: list[Baseline]
+    include_base: bool
+    seeds: list[int]
+    resources: dict[str, ResourceClass]
+    resource_rules: list[dict[str, Any]]
+    analysis: Analysis | None
+    set: dict[str, Any]             # preset's dotted overrides for every run
+    presets: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedRun:
+    """One expanded run: the overrides that make it, its labels and its resource class."""
+
+    index: int
+    name: str                       # readable, unique within the sweep
+    label: str                      # "base" or the baseline's label
+    axes: dict[str, Any]            # axis key -> value for this run
+    seed: int
+    overrides: dict[str, Any]       # dotted keys applied on the base config, in order
+    resource_class: str
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def load_sweep(path: str | Path, preset: str | None = None) -> Sweep:
+    path = Path(path)
+    if not path.is_file():
+        raise SweepFileError(f"{path}: sweep file not found (pass a path like sweeps/length.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SweepFileError(f"{path}: not valid YAML: {err}") from None
+    return parse_sweep(data, path=path, preset=preset)
+
+
+def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = None) -> Sweep:
+    where = path or "<sweep>"
+    if not isinstance(data, Mapping):
+        raise SweepFileError(f"{where}: the top level must be a mapping with at least 'name' and 'base'")
+    _check_keys("", data, TOP_KEYS, path)
+    for req in ("name", "base"):
+        if req not in data:
+            raise SweepFileError(f"{where}: missing required key {req!r}")
+    name = str(data["name"])
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise SweepFileError(f"{where}: 'name' must be letters, digits, '-' or '_' (it names a folder), got {name!r}")
+
+    base = data["base"]
+    if isinstance(base, str):
+        base_path = (path.parent if path else Path.cwd()) / base
+        if not base_path.is_file():
+            raise SweepFileError(f"{where}: 'base' points at {base_path}, which does not exist")
+        base = yaml.safe_load(base_path.read_text()) or {}
+    if not isinstance(base, Mapping):
+        raise SweepFileError(f"{where}: 'base' must be a mapping (a run config) or a path to a run-config YAML")
+
+    presets_raw = data.get("presets") or {}
+    if not isinstance(presets_raw, Mapping):
+        raise SweepFileError(f"{where}: 'presets' must map a preset name to its changes")
+    if preset is not None and preset not in presets_raw:
+        raise SweepFileError(f"{where}: no preset {preset!r} in 'presets'.{_closest(preset, tuple(presets_raw)) if presets_raw else ' This file has no presets.'}")
+
+    grid = _parse_grid(data.get("grid") or {}, "grid", where)
+    zips = [_parse_zip(g, f"zip[{i}]", where) for i, g in enumerate(data.get("zip") or [])]
+    baselines = [_parse_baseline(b, i, where, path) for i, b in enumerate(data.get("baselines") or [])]
+    resources = _parse_resources(data.get("resources") or {"default": {}}, where, path)
+    sets: dict[str, Any] = {}
+
+    if preset is not None:
+        p = presets_raw[preset] or {}
+        if not isinstance(p, Mapping):
+            raise SweepFileError(f"{where}: presets.{preset} must be a mapping")
+        _check_keys(f"presets.{preset}.", p, PRESET_KEYS, path)
+        sets = dict(p.get("set") or {})
+        # Presets may change values, never the shape: same axes, same number of points.
+        for key, values in _parse_grid(p.get("grid") or {}, f"presets.{preset}.grid", where).items():
+            if key not in grid:
+                raise SweepFileError(f"{where}: presets.{preset}.grid.{key} is not a grid axis.{_closest(key, tuple(grid))}")
+            if len(values) != len(grid[key]):
+                raise SweepFileError(f"{where}: presets.{preset}.grid.{key} has {len(values)} values but the grid has "
+                                     f"{len(grid[key])}; a preset may change values, not the grid's shape")
+            grid[key] = values
+        pz = p.get("zip") or []
+        if pz and len(pz) != len(zips):
+            raise SweepFileError(f"{where}: presets.{preset}.zip has {len(pz)} groups, the sweep has {len(zips)}")
+        for i, group in enumerate(pz):
+            group = _parse_grid(group, f"presets.{preset}.zip[{i}]", where, unique=False)
+            for key, values in group.items():
+                if key not in zips[i]:
+                    raise SweepFileError(f"{where}: presets.{preset}.zip[{i}].{key} is not in zip[{i}].{_closest(key, tuple(zips[i]))}")
+                if len(values) != len(zips[i][key]):
+                    raise SweepFileError(f"{where}: presets.{preset}.zip[{i}].{key} has {len(values)} values, zip[{i}] "
+                                         f"has {len(zips[i][key])}; a preset may not change the grid's shape")
+                zips[i][key] = values
+            _parse_zip(zips[i], f"zip[{i}] after presets.{preset}", where)   # rows still distinct
+        labels = {b.label: b for b in baselines}
+        for label, change in (p.get("baselines") or {}).items():
+            if label not in labels:
+                raise SweepFileError(f"{where}: presets.{preset}.baselines.{label}: no baseline with that label.{_closest(label, tuple(labels))}")
+            if not isinstance(change, Mapping):
+                raise SweepFileError(f"{where}: presets.{preset}.baselines.{label} must be a mapping like {{size: tiny}}")
+            _check_keys(f"presets.{preset}.baselines.{label}.", change, ("size", "set"), path)
+            old = labels[label]
+            labels[label] = dataclasses.replace(old, size=str(change.get("size", old.size)),
+                                                set={**old.set, **(change.get("set") or {})})
+        baselines = [labels[b.label] for b in baselines]
+        for cls, change in (p.get("resources") or {}).items():
+            if cls not in resources:
+                raise SweepFileError(f"{where}: presets.{preset}.resources.{cls}: no such resource class.{_closest(cls, tuple(resources))}")
+            _check_keys(f"presets.{preset}.resources.{cls}.", change, RESOURCE_KEYS, path)
+            resources[cls] = _resource(f"presets.{preset}.resources.{cls}", {**dataclasses.asdict(resources[cls]), **change}, where)
+
+    rules = list(data.get("resource_rules") or [])
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, Mapping) or set(rule) != {"when", "class"}:
+            raise SweepFileError(f"{where}: resource_rules[{i}] must be {{when: {{dotted.key: value}}, class: <name>}}")
+        if rule["class"] not in resources:
+            raise SweepFileError(f"{where}: resource_rules[{i}].class {rule['class']!r} is not a resource class.{_closest(rule['class'], tuple(resources))}")
+    for b in baselines:
+        if b.resource_class is not None and b.resource_class not in resources:
+            raise SweepFileError(f"{where}: baselines.{b.label}.resource_class {b.resource_class!r} is not defined.{_closest(b.resource_class, tuple(resources))}")
+        axes = list(grid) + [k for g in zips for k in g]
+        for k in b.follow:
+            if k not in axes:
+                raise SweepFileError(f"{where}: baselines.{b.label}.follow: {k!r} is not a grid or zip axis.{_closest(k, tuple(axes))}")
+    all_axes = list(grid) + [k for g in zips for k in g]
+    if len(set(all_axes)) != len(all_axes):
+        raise SweepFileError(f"{where}: an axis appears twice across 'grid' and 'zip': {all_axes}")
+
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise SweepFileError(f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
+    if "default" not in resources:
+        raise SweepFileError(f"{where}: 'resources' must define a 'default' class (used when no rule matches)")
+
+    analysis = None
+    if data.get("analysis") is not None:
+        a = data["analysis"]
+        if not isinstance(a, Mapping):
+            raise SweepFileError(f"{where}: 'analysis' must be a mapping with x, metrics, fit")
+        _check_keys("analysis.", a, ANALYSIS_KEYS, path)
+        if "x" not in a:
+            raise SweepFileError(f"{where}: analysis.x is required (a dotted config key, or 'flops' / 'params')")
+        fit = str(a.get("fit", "none"))
+        if fit not in FIT_FORMS:
+            raise SweepFileError(f"{where}: analysis.fit {fit!r} is not a fit form.{_closest(fit, FIT_FORMS)}")
+        metrics = a.get("metrics", ["test.ctr_uauc"])
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        analysis = Analysis(x=str(a["x"]), metrics=tuple(metrics), fit=fit, baseline=a.get("baseline"))
+
+    include_base = data.get("include_base", True)
+    if not isinstance(include_base, bool):
+        raise SweepFileError(f"{where}: 'include_base' must be true or false")
+    if not include_base and not baselines:
+        raise SweepFileError(f"{where}: include_base is false and there are no baselines: the sweep would be empty")
+    return Sweep(name=name, path=path, preset=preset, description=str(data.get("description", "")),
+                 base=copy.deepcopy(dict(base)), axis=str(data.get("axis", next(iter(all_axes), "none")).split(".")[-1]),
+                 grid=grid, zip=zips, baselines=baselines, include_base=include_base, seeds=list(seeds),
+                 resources=resources, resource_rules=rules, analysis=analysis, set=sets,
+                 presets=tuple(presets_raw))
+
+
+def _parse_grid(raw: Any, where_key: str, where: Any, unique: bool = True) -> dict[str, list[Any]]:
+    if not isinstance(raw, Mapping):
+        raise SweepFileError(f"{where}: '{where_key}' must map dotted config keys to lists of values")
+    out: dict[str, list[Any]] = {}
+    for key, values in raw.items():
+        if not isinstance(values, list) or not values:
+            raise SweepFileError(f"{where}: {where_key}.{key} must be a non-empty list of values, got {values!r}")
+        if unique and len({_hashable(v) for v in values}) != len(values):
+            raise SweepFileError(f"{where}: {where_key}.{key} repeats a value: {values!r}")
+        out[str(key)] = list(values)
+    return out
+
+
+def _parse_zip(raw: Any, where_key: str, where: Any) -> dict[str, list[Any]]:
+    # a column may repeat values (ablation rows); the zipped rows must be distinct
+    group = _parse_grid(raw, where_key, where, unique=False)
+    lengths = {len(v) for v in group.values()}
+    if len(lengths) > 1:
+        raise SweepFileError(f"{where}: {where_key}: zipped axes need lists of equal length, got "
+                             f"{ {k: len(v) for k, v in group.items()} }")
+    rows = list(zip(*(map(_hashable, v) for v in group.values())))
+    if len(set(rows)) != len(rows):
+        raise SweepFileError(f"{where}: {where_key}: two zipped rows are identical; remove the duplicate")
+    return group
+
+
+def _parse_baseline(raw: Any, i: int, where: Any, path: Path | None) -> Baseline:
+    if not isinstance(raw, Mapping):
+        raise SweepFileError(f"{where}: baselines[{i}] must be a mapping with model and size")
+    _check_keys(f"baselines[{i}].", raw, BASELINE_KEYS, path)
+    for req in ("model", "size"):
+        if req not in raw:
+            raise SweepFileError(f"{where}: baselines[{i}] is missing {req!r}")
+    follow = raw.get("follow") or []
+    return Baseline(label=str(raw.get("label", raw["model"])), model=str(raw["model"]), size=str(raw["size"]),
+                    set=dict(raw.get("set") or {}), follow=tuple(follow), resource_class=raw.get("resource_class"))
+
+
+def _resource(where_key: str, raw: Mapping, where: Any) -> ResourceClass:
+    try:
+        return ResourceClass(**raw)
+    except (TypeError, ValueError) as err:
+        raise SweepFileError(f"{where}: {where_key}: {err}") from None
+
+
+def _parse_resources(raw: Any, where: Any, path: Path | None) -> dict[str, ResourceClass]:
+    if not isinstance(raw, Mapping):
+        raise SweepFileError(f"{where}: 'resources' must map a class name to its resources")
+    out = {}
+    for cls, spec in raw.items():
+        spec = spec or {}
+        _check_keys(f"resources.{cls}.", spec, RESOURCE_KEYS, path)
+        out[str(cls)] = _resource(f"resources.{cls}", spec, where)
+    return out
+
+
+def _hashable(v: Any) -> Any:
+    return yaml.safe_dump(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+
+
+# --------------------------------------------------------------------------------------- expansion
+
+def _short(key: str) -> str:
+    """Readable abbreviation of a dotted axis key for run names (data.seq_len -> len)."""
+    leaf = key.split(".")[-1]
+    return {"seq_len": "len", "n_layers": "d", "d_model": "w", "size": "", "name": ""}.get(leaf, leaf)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v).replace("/", "_").replace(":", "_")
+
+
+def expand(sweep: Sweep) -> list[PlannedRun]:
+    """All runs of the sweep, in a stable order: grid points (file order) x seeds, then baselines."""
+    axis_lists: list[list[dict[str, Any]]] = []
+    for key, values in sweep.grid.items():
+        axis_lists.append([{key: v} for v in values])
+    for group in sweep.zip:
+        n = len(next(iter(group.values())))
+        axis_lists.append([{k: vals[i] for k, vals in group.items()} for i in range(n)])
+    points = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axis_lists)]
+    # a zip group's `_name` column labels its rows (ablation variants): it names runs, sets nothing
+    settable = lambda axes: {k: v for k, v in axes.items() if k != NAME_KEY}  # noqa: E731
+
+    runs: list[PlannedRun] = []
+
+    def add(label: str, axes: dict[str, Any], seed: int, overrides: dict[str, Any], cls: str | None) -> None:
+        if NAME_KEY in axes:
+            shown = [_fmt(axes[NAME_KEY])]
+        else:
+            shown = [f"{_short(k)}{_fmt(v)}" for k, v in axes.items()]
+        if label == "base" and not shown:      # no axes: name the base run by its model size
+            shown = [_fmt(_lookup(sweep.base, {**sweep.set, **overrides}, "model.size") or "base")]
+        parts = ([] if label == "base" else [label]) + shown + [f"s{seed}"]
+        full = {**sweep.set, **overrides, "seed": seed}
+        runs.append(PlannedRun(index=len(runs), name="-".join(parts), label=label, axes=dict(axes), seed=seed,
+                               overrides=full, resource_class=cls or _resource_class(sweep, full)))
+
+    if sweep.include_base:
+        for point in points:
+            for seed in sweep.seeds:
+                add("base", point, seed, settable(point), None)
+    for b in sweep.baselines:
+        followed = []
+        seen = set()
+        for point in points:
+            sub = {k: point[k] for k in b.follow}
+            key = tuple(_hashable(v) for v in sub.values())
+            if key not in seen:
+                seen.add(key)
+                followed.append(sub)
+        for sub in followed:
+            for seed in sweep.seeds:
+                # a baseline starts from the base config but never inherits the base model's overrides
+                ov = {**settable(sub), "model.name": b.model, "model.size": b.size, "model.overrides": {}, **b.set}
+                add(b.label, sub, seed, ov, b.resource_class)
+    names = [r.name for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        where = sweep.path or "<sweep>"
+        raise SweepFileError(f"{where}: two runs would get the same name {dup[:3]}; give baselines distinct labels")
+    return runs
+
+
+def _resource_class(sweep: Sweep, overrides: dict[str, Any]) -> str:
+    for rule in sweep.resource_rules:
+        if all(_lookup(sweep.base, overrides, k) == v for k, v in rule["when"].items()):
+            return str(rule["class"])
+    return "default"
+
+
+def _lookup(base: Mapping, overrides: Mapping, dotted: str) -> Any:
+    if dotted in overrides:
+        return overrides[dotted]
+    node: Any = base
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def n_points(sweep: Sweep) -> int:
+    return math.prod([len(v) for v in sweep.grid.values()] + [len(next(iter(g.values()))) for g in sweep.zip])
+
+
+# ------------------------------------------------------------------------ resolution to RunConfigs
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedRun:
+    plan: PlannedRun
+    cfg: Any                        # harness.config.RunConfig
+    run_id: str
+    resources: ResourceClass
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+
+def sweep_dir_name(sweep: Sweep) -> str:
+    """Folder of the sweep under the runs dir; a preset gets its own so CI runs never mix with real ones."""
+    return sweep.name if sweep.preset is None else f"{sweep.name}-{sweep.preset}"
+
+
+def resource_overrides(rc: ResourceClass) -> dict[str, Any]:
+    """The run-config keys that one resource class decides, all derived from `rc.devices`."""
+    return {
+        "train.devices": rc.devices,
+        "train.num_nodes": rc.nodes,
+        "train.accelerator": rc.accelerator,
+        "resources.gpus_per_node": rc.gpus_per_node,
+        "resources.cpus_per_task": rc.cpus_per_task,
+        "resources.mem_gb": int(math.ceil(rc.mem_gb)),
+        "resources.time_min": rc.time_min,
+        "resources.partition": rc.partition or "",
+        "resources.account": rc.account or "",
+        "resources.qos": rc.qos or "",
+    }
+
+
+def resolve(sweep: Sweep, check_model: bool = True) -> list[ResolvedRun]:
+    """Expand the sweep and build each run's validated RunConfig and run id."""
+    from harness import config as C
+
+    where = str(sweep.path or "<sweep>")
+    try:
+        base = C.RunConfig.from_dict(sweep.base, where=f"{where}: base", check_model=False)
+    except C.ConfigError as err:
+        raise SweepFileError(str(err)) from None
+    out = []
+    for run in expand(sweep):
+        rc = sweep.resources[run.resource_class]
+        ov = {**resource_overrides(rc), **run.overrides,
+              "sweep": sweep_dir_name(sweep), "axis": sweep.axis, "name": run.name}
+        try:
+            cfg = C.apply_overrides(base, ov, where=f"{where}: run {run.name}", check_model=check_model)
+        except C.ConfigError as err:
+            raise SweepFileError(str(err)) from None
+        out.append(ResolvedRun(plan=run, cfg=cfg, run_id=C.run_id(cfg), resources=rc))
+    ids = [r.run_id for r in out]
+    if len(set(ids)) != len(ids):
+        dup = sorted({r.name for r in out if ids.count(r.run_id) > 1})
+        raise SweepFileError(f"{where}: runs {dup} resolve to the same config (same run id); an axis has no "
+                             "effect on the run config — check its dotted key")
+    return out
