@@ -1,0 +1,115 @@
+"""The as-of sequence join: each request sees its user's events strictly before the request time.
+
+Two steps, so memory grows with the number of events and not with impressions x seq_len:
+
+1. `asof_offsets` (once, at set-up): for every request, the slice [start, end) of the event arrays
+   holding that user's events with ts < request ts. Events are sorted by (user_id, ts), so one
+   searchsorted over a combined (user, ts-rank) int64 key finds both ends for all requests at once.
+2. `gather_sequences` (per batch): the most recent `seq_len` events of each slice, left-padded, in
+   ascending time, as one fancy-index per field. Index arithmetic only; no Python loop per sample.
+
+`reference_sequences` is the slow, obviously correct version the tests compare against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def asof_offsets(ev_user: np.ndarray, ev_ts: np.ndarray, req_user: np.ndarray,
+                 req_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) int64 offsets per request: events [start, end) belong to the request's user and
+    have ts strictly before the request's ts. Events must be sorted by (user, ts) (checked by caller)."""
+    ev_user = np.asarray(ev_user, dtype=np.int64)
+    req_user = np.asarray(req_user, dtype=np.int64)
+    # Rank-transform timestamps over both tables so (user, ts) packs into one int64 without overflow
+    # for any realistic size: key = user_rank * n_ts + ts_rank.
+    ts_all, ts_inv = np.unique(np.concatenate([ev_ts, req_ts]).astype(np.int64), return_inverse=True)
+    us_all, us_inv = np.unique(np.concatenate([ev_user, req_user]), return_inverse=True)
+    n_ev, n_ts = len(ev_ts), np.int64(len(ts_all) + 1)
+    ev_key = us_inv[:n_ev].astype(np.int64) * n_ts + ts_inv[:n_ev]
+    req_u = us_inv[n_ev:].astype(np.int64)
+    start = np.searchsorted(ev_key, req_u * n_ts, side="left")                 # user's first event
+    end = np.searchsorted(ev_key, req_u * n_ts + ts_inv[n_ev:], side="left")    # first event at ts >= t
+    return start.astype(np.int64), end.astype(np.int64)
+
+
+def gap_bucket(gap: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """Log2-bucketed positive time gap in seconds: 1 + floor(log2(gap)), clipped to [1, n_buckets-1].
+    Bucket 0 is reserved for padding; gap < 1 s (never produced by a strict as-of join) maps to 1."""
+    g = gap.clamp_min(1).to(torch.float64)
+    return (torch.floor(torch.log2(g)).to(torch.int64) + 1).clamp_(1, n_buckets - 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventStore:
+    """Event columns as compact tensors (int32 where ids fit), sorted by (user_id, ts)."""
+
+    item: torch.Tensor        # (E,) int32
+    side: torch.Tensor        # (E, Fs) int32
+    behavior: torch.Tensor    # (E,) int32 (values 1..n)
+    ts: torch.Tensor          # (E,) int64 seconds
+
+    @classmethod
+    def from_numpy(cls, item: np.ndarray, side: np.ndarray, behavior: np.ndarray, ts: np.ndarray) -> "EventStore":
+        side = np.asarray(side)
+        side = side if side.ndim == 2 else side.reshape(len(item), -1)    # (E,) -> (E, 1)
+
+        def compact(a: np.ndarray) -> torch.Tensor:
+            a = np.asarray(a)
+            small = a.size == 0 or bool(a.min() >= 0 and a.max() < 2**31 - 1)
+            return torch.from_numpy(np.ascontiguousarray(a.astype(np.int32 if small else np.int64)))
+
+        return cls(item=compact(item), side=compact(side), behavior=compact(behavior),
+                   ts=torch.from_numpy(np.array(ts, dtype=np.int64)))  # a writable copy
+
+    def __len__(self) -> int:
+        return int(self.item.shape[0])
+
+
+def gather_sequences(store: EventStore, start: torch.Tensor, end: torch.Tensor, req_ts: torch.Tensor,
+                     seq_len: int, n_gap_buckets: int) -> dict[str, torch.Tensor]:
+    """The seq_* tensors (model/features.py) for R requests given their as-of slices.
+
+    Position j of row r holds event end[r] - L + j; positions before start[r] are padding. So the
+    newest event sits at L-1, time ascends left to right, and short histories are left-padded."""
+    L, R, side_n = seq_len, start.shape[0], store.side.shape[1]
+    if len(store) == 0:                                                    # no events at all: all padding
+        z = torch.zeros(R, L, dtype=torch.int64)
+        return {"seq_item": z, "seq_side": torch.zeros(R, L, side_n, dtype=torch.int64), "seq_type": z.clone(),
+                "seq_gap": z.clone(), "seq_mask": torch.zeros(R, L, dtype=torch.bool)}
+    pos = end.unsqueeze(1) - L + torch.arange(L, dtype=end.dtype)          # (R, L)
+    mask = pos >= start.unsqueeze(1)
+    flat = torch.where(mask, pos, 0).reshape(-1)                          # any valid index; zeroed below
+    m = mask.to(torch.int64)
+    item = store.item.index_select(0, flat).view(R, L).to(torch.int64) * m
+    side = store.side.index_select(0, flat).view(R, L, side_n).to(torch.int64) * m.unsqueeze(-1)
+    btype = store.behavior.index_select(0, flat).view(R, L).to(torch.int64) * m
+    gap = gap_bucket(req_ts.unsqueeze(1) - store.ts.index_select(0, flat).view(R, L), n_gap_buckets) * m
+    return {"seq_item": item, "seq_side": side, "seq_type": btype, "seq_gap": gap, "seq_mask": mask}
+
+
+def reference_sequences(ev_user, ev_ts, ev_item, ev_side, ev_behavior, req_user, req_ts,
+                        seq_len: int, n_gap_buckets: int) -> dict[str, np.ndarray]:
+    """Slow, obviously correct as-of join (a Python loop per request) for tests only."""
+    ev_side = np.asarray(ev_side)
+    ev_side = ev_side if ev_side.ndim == 2 else ev_side.reshape(len(ev_user), -1)
+    R, L, Fs = len(req_user), seq_len, ev_side.shape[1]
+    out = {"seq_item": np.zeros((R, L), np.int64), "seq_side": np.zeros((R, L, Fs), np.int64),
+           "seq_type": np.zeros((R, L), np.int64), "seq_gap": np.zeros((R, L), np.int64),
+           "seq_mask": np.zeros((R, L), bool)}
+    for r in range(R):
+        # events of this user strictly before the request, in stored (time-ascending) order
+        rows = [i for i in range(len(ev_user)) if ev_user[i] == req_user[r] and ev_ts[i] < req_ts[r]]
+        rows = rows[-L:]
+        for k, i in enumerate(rows):
+            j = L - len(rows) + k
+            gap = int(req_ts[r] - ev_ts[i])
+            out["seq_item"][r, j] = ev_item[i]
+            out["seq_side"][r, j] = ev_side[i]
+            out["seq_type"][r, j] = ev_behavior[i]
+            out["seq_gap"][r, j] = min(max(int(np.floor(np.log2(max(gap, 1)))) + 1, 1), n_gap_buckets - 1)
+            out["seq_mask"][r, j] = True
+    return out
