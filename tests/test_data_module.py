@@ -1,0 +1,201 @@
+"""OneTransDataModule: batch layout, as-of sequences, joins, ordering, shards, workers, bad input."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harness.data.contract import ContractError
+from harness.data.datamodule import OneTransDataModule
+from harness.data.sequences import reference_sequences
+from model.features import IMPRESSION_KEYS, LABEL_KEYS, SEQ_KEYS
+from test_data_module_helpers import write_tiny_folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_folder(tmp_path_factory.mktemp("tiny") / "ds", seed=3)
+
+
+def all_batches(dm: OneTransDataModule, split: str, epoch: int = 0) -> list[dict]:
+    dl = dm.loader(split)
+    dl.sampler.set_epoch(epoch)
+    return list(dl)
+
+
+def check_layout(b: dict, spec) -> None:
+    R, L = b["seq_item"].shape
+    B = b["req_index"].shape[0]
+    assert L == spec.seq_len
+    for k in (*SEQ_KEYS, *IMPRESSION_KEYS, *LABEL_KEYS, "user_id", "request_id", "ts"):
+        assert k in b, k
+    assert b["seq_side"].shape == (R, L, spec.n_side) and b["seq_mask"].dtype == torch.bool
+    for k in ("seq_item", "seq_side", "seq_type", "seq_gap", "req_index", "cand_item", "cand_side", "ns_cat"):
+        assert b[k].dtype == torch.int64, k
+    assert b["ns_num"].shape == (B, spec.n_num) and b["ns_num"].dtype == torch.float32
+    assert torch.isfinite(b["ns_num"]).all()
+    assert b["seq_item"].max() < spec.item_vocab and b["cand_item"].max() < spec.item_vocab
+    assert b["seq_type"].max() <= spec.n_behaviors and b["seq_gap"].max() < spec.n_gap_buckets
+    for j, v in enumerate(spec.side_vocab):
+        assert b["seq_side"][..., j].max() < v and b["cand_side"][:, j].max() < v
+    for j, v in enumerate(spec.cat_vocab):
+        assert 0 <= b["ns_cat"][:, j].min() and b["ns_cat"][:, j].max() < v
+    # padding is zero, masks are left-padded (once True, stays True)
+    assert (b["seq_item"][~b["seq_mask"]] == 0).all() and (b["seq_gap"][~b["seq_mask"]] == 0).all()
+    assert (b["seq_mask"].int().diff(dim=1) >= 0).all()
+    # req_index non-decreasing, covers every row, one request per row
+    ri = b["req_index"]
+    assert (ri.diff() >= 0).all() and ri[0] == 0 and ri[-1] == R - 1 and (ri.diff() <= 1).all()
+    for col in ("request_id", "user_id", "ts"):
+        first = b[col][torch.searchsorted(ri, torch.arange(R))]
+        assert (b[col] == first[ri]).all(), col
+
+
+def test_layout_sequences_and_joins(tiny):
+    dm = OneTransDataModule(tiny, seq_len=6, batch_size=9)
+    spec = dm.feature_spec
+    ev = pd.read_parquet(tiny / "events.parquet")
+    im = pd.read_parquet(tiny / "impressions.parquet")
+    users = pd.read_parquet(tiny / "users.parquet").set_index("user_id")
+    items = pd.read_parquet(tiny / "items.parquet").set_index("item_id")
+    train = im[im.split == "train"]
+    j_train = train.join(users, on="user_id").join(items, on="item_id")
+    seen = []
+    for split in ("train", "val", "test"):
+        for b in all_batches(dm, split):
+            check_layout(b, spec)
+            # sequences equal the slow reference for each request row
+            R = b["seq_item"].shape[0]
+            first = torch.searchsorted(b["req_index"], torch.arange(R))
+            ref = reference_sequences(ev.user_id.to_numpy(), ev.ts.to_numpy(), ev.item_id.to_numpy(),
+                                      ev[["category", "brand"]].to_numpy(), ev.behavior.to_numpy(),
+                                      b["user_id"][first].numpy(), b["ts"][first].numpy(), 6, spec.n_gap_buckets)
+            for k, v in ref.items():
+                np.testing.assert_array_equal(b[k].numpy(), v, err_msg=k)
+            # joined features equal a pandas join
+            rows = im.set_index("request_id").loc[b["request_id"].unique().numpy()].reset_index()
+            seen.append(b["request_id"].numpy())
+            jj = rows.join(users, on="user_id").join(items, on="item_id")
+            assert sorted(b["cand_item"].tolist()) == sorted(jj.item_id.tolist())
+            for j, name in enumerate(spec.cat_names):
+                assert sorted(b["ns_cat"][:, j].tolist()) == sorted(jj[name].tolist()), name
+            for j, name in enumerate(spec.num_names):
+                mu, sd = j_train[name].mean(), j_train[name].std(ddof=0)
+                np.testing.assert_allclose(sorted(b["ns_num"][:, j].numpy()), sorted((jj[name] - mu) / sd),
+                                           rtol=1e-5, atol=1e-5)
+            assert "p_click" in b and dm.has_oracle
+    # every impression exactly once across the three splits (no drop: request batching)
+    assert sorted(np.concatenate(seen).tolist()) == sorted(im.request_id.tolist())
+
+
+def test_train_numerics_standardised(tiny):
+    dm = OneTransDataModule(tiny, seq_len=4, batch_size=8, drop_last=False)
+    ns = torch.cat([b["ns_num"] for b in all_batches(dm, "train")])
+    np.testing.assert_allclose(ns.mean(0).numpy(), 0, atol=1e-4)
+    np.testing.assert_allclose(ns.std(0, unbiased=False).numpy(), 1, atol=1e-4)
+
+
+def test_shuffle_deterministic_per_seed_epoch_and_chronological_eval(tiny):
+    def order(seed, epoch, **kw):
+        dm = OneTransDataModule(tiny, seq_len=4, batch_size=8, seed=seed, **kw)
+        return torch.cat([b["request_id"] for b in all_batches(dm, "train", epoch)]).tolist()
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
+    assert sorted(order(0, 0)) == sorted(order(0, 1))            # same impressions, new order
+    chrono = OneTransDataModule(tiny, seq_len=4, batch_size=8, chronological=True)
+    ts = torch.cat([b["ts"] for b in all_batches(chrono, "train", epoch=5)])
+    assert (ts.diff() >= 0).all()
+    dm = OneTransDataModule(tiny, seq_len=4, batch_size=8)
+    for split in ("val", "test"):
+        ts = torch.cat([b["ts"] for b in all_batches(dm, split, epoch=3)])
+        assert (ts.diff() >= 0).all()
+
+
+def test_request_batches_keep_requests_whole(tiny):
+    dm = OneTransDataModule(tiny, seq_len=4, batch_size=5)
+    im = pd.read_parquet(tiny / "impressions.parquet")
+    size = im.groupby("request_id").size()
+    for b in all_batches(dm, "train"):
+        assert b["req_index"].shape[0] <= 5
+        counts = pd.Series(b["request_id"].numpy()).value_counts()
+        assert (counts == size.loc[counts.index]).all()
+
+
+def test_fixed_batching_static_batch_size(tiny):
+    dm = OneTransDataModule(tiny, seq_len=4, batch_size=7, batching="fixed")
+    batches = all_batches(dm, "train")
+    assert batches and all(b["req_index"].shape[0] == 7 for b in batches)
+    for b in batches:
+        check_layout(b, dm.feature_spec)
+
+
+def test_ddp_shards_are_disjoint_and_even(tiny):
+    seen = []
+    for rank in range(2):
+        dm = OneTransDataModule(tiny, seq_len=4, batch_size=6, rank=rank, world_size=2)
+        seen.append([b["request_id"] for b in all_batches(dm, "train", epoch=2)])
+    assert len(seen[0]) == len(seen[1]) > 0
+    a, b = (set(torch.cat(s).tolist()) for s in seen)
+    assert not a & b
+    single = OneTransDataModule(tiny, seq_len=4, batch_size=6)
+    full = all_batches(single, "train", epoch=2)
+    # rank k holds batches k, k+2, ... of the single-process plan
+    for k in range(2):
+        for got, want in zip(seen[k], full[k::2]):
+            assert torch.equal(got, want["request_id"])
+
+
+def test_workers_give_identical_batches(tiny):
+    a = all_batches(OneTransDataModule(tiny, seq_len=8, batch_size=8, num_workers=0), "train", epoch=1)
+    b = all_batches(OneTransDataModule(tiny, seq_len=8, batch_size=8, num_workers=1), "train", epoch=1)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _broken_copy(tiny: Path, tmp: Path, table: str, edit) -> Path:
+    out = tmp / "broken"
+    shutil.copytree(tiny, out)
+    df = pd.read_parquet(out / table)
+    edit(df).to_parquet(out / table, index=False)
+    return out
+
+
+@pytest.mark.parametrize("table,edit,needle", [
+    ("users.parquet", lambda d: d.assign(activity=d.activity.where(d.index != 2, np.nan)), "activity"),
+    ("items.parquet", lambda d: d.assign(brand=d.brand + 50), "brand"),
+    ("impressions.parquet", lambda d: d.assign(hour=d.hour.where(d.index != 0, 99)), "hour"),
+    ("events.parquet", lambda d: d.iloc[::-1], "not sorted by (user_id, ts)"),
+    ("events.parquet", lambda d: d.assign(behavior=d.behavior.where(d.index != 1, 7)), "behavior"),
+    ("impressions.parquet", lambda d: d.assign(ts=d.ts.astype(float)), "dtype"),
+    ("users.parquet", lambda d: d.iloc[1:], "no row in"),
+])
+def test_bad_input_clear_error(tiny, tmp_path, table, edit, needle):
+    folder = _broken_copy(tiny, tmp_path, table, edit)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(ContractError) as e:
+        OneTransDataModule(folder, seq_len=4, batch_size=8).setup()
+    msg = str(e.value)
+    assert needle in msg and str(folder) in msg, msg
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before   # destroys nothing
+
+
+def test_synthetic_ci_world(tmp_path_factory):
+    synth = pytest.importorskip("harness.data.synth")
+    folder = synth.ensure_synthetic("ci", 0, tmp_path_factory.mktemp("synth"), progress=False)
+    dm = OneTransDataModule(folder, seq_len=32, batch_size=256)
+    dm.setup()
+    spec = dm.feature_spec
+    n = 0
+    for split in ("train", "val"):
+        for i, b in enumerate(all_batches(dm, split)):
+            check_layout(b, spec)
+            n += 1
+            if i >= 3:
+                break
+    assert n > 0 and dm.has_oracle == ("p_click" in b)
