@@ -1,0 +1,473 @@
+"""OneTrans: one causal Transformer over [S-tokens ; NS-tokens] (Zhang et al., WWW 2026, arXiv 2510.26104).
+
+Reading order: Config -> pyramid schedule -> tokenizers (S side, NS side) -> block -> model
+(forward, accounting) -> SIZES and build(). The spec is ../shared/paper/onetrans-spec.md; the
+choices it leaves open are taken from its §5 and written down in docs/model.md.
+
+Shapes: R requests, B impressions (batch["req_index"] maps impression -> request), L events per
+sequence (left padded), L_S S-tokens (L, plus n_behaviors-1 [SEP] tokens in intent mode),
+N = n_ns_tokens NS-tokens, d = d_model, H heads.
+
+The S side and the NS side stay separate tensors through every block (x_s, x_ns) and only meet
+inside attention, where NS queries read S keys. S-tokens never read NS-tokens (the causal mask
+puts NS last), so everything computed for x_s depends on the request's sequence alone; that is
+what KV-cached two-stage scoring and request-level training build on.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import attend, choose_backend
+from .base import RankingModel
+from .features import TASKS, FeatureSpec
+from .flops import TRAIN_MULTIPLIER, attention_flops, linear_flops
+from .layers import MixedLinear, RMSNorm
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """OneTrans hyper-parameters. Defaults are the paper's OneTrans-S and its default choices;
+    every Table 3 ablation is one field (noted "ablation")."""
+
+    n_layers: int = 6
+    d_model: int = 256
+    n_heads: int = 4
+    n_ns_tokens: int = 12                 # L_NS (= the pyramid end point, spec §5.1)
+    ffn_mult: int = 4                     # FFN hidden = ffn_mult * d_model, GELU (spec §5.9)
+    emb_dim: int = 16                     # width of every sparse embedding (item, side, categorical)
+    s_hidden: int = 0                     # hidden width of each behaviour's S MLP; 0 = d_model
+    ns_hidden: int = 0                    # hidden width of the NS tokenizer MLP; 0 = n_ns_tokens * d_model
+    head_hidden: int = 512                # hidden width of each task tower
+    # --- input (Table 3 "input" rows)
+    seq_fusion: Literal["timestamp", "intent", "intent_nosep"] = "timestamp"  # ablation: intent order with/without [SEP]
+    ns_tokenizer: Literal["auto_split", "group"] = "auto_split"               # ablation: group-wise
+    type_embedding: bool = True           # behaviour-type indicator added to S-tokens (timestamp mode only)
+    gap_embedding: bool = False           # time-gap bucket embedding on S-tokens (not in the paper)
+    # --- block (Table 3 "block" rows)
+    mixed_params: bool = True             # ablation False: one parameter set for all tokens
+    out_proj: Literal["mixed", "shared"] = "mixed"   # W_O mixed like Q/K/V (spec §5.8) or shared
+    causal: bool = True                   # ablation False: full attention (still tail queries)
+    pyramid: bool = True                  # ablation False: keep every token in every layer
+    pyramid_end: Literal["A", "B"] = "A"  # A: list ends at L_NS tokens; B: L_NS S-tokens survive too
+    prune_first_layer: bool = True        # False: layer 1 keeps all tokens, pruning starts at layer 2
+    pyramid_multiple: int = 32            # intermediate lengths rounded to this multiple
+    norm_eps: float = 1e-6
+    # --- execution (never change the function, only speed/memory)
+    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"
+    recompute: bool = False               # torch.utils.checkpoint around every block
+    compile_blocks: bool = False          # torch.compile every block
+
+    def __post_init__(self) -> None:
+        def check(cond: bool, field: str, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"onetrans Config.{field}: {msg}")
+
+        for f in ("n_layers", "d_model", "n_heads", "n_ns_tokens", "ffn_mult", "emb_dim", "head_hidden",
+                  "pyramid_multiple"):
+            check(getattr(self, f) >= 1, f, f"must be >= 1, got {getattr(self, f)}")
+        check(self.s_hidden >= 0 and self.ns_hidden >= 0, "s_hidden/ns_hidden", "must be >= 0 (0 = default)")
+        check(self.d_model % self.n_heads == 0, "d_model",
+              f"{self.d_model} is not divisible by n_heads={self.n_heads}; pick d_model = n_heads * head_dim")
+        choices = {"seq_fusion": ("timestamp", "intent", "intent_nosep"), "ns_tokenizer": ("auto_split", "group"),
+                   "out_proj": ("mixed", "shared"), "pyramid_end": ("A", "B"),
+                   "attention": ("auto", "reference", "sdpa", "flash")}
+        for f, options in choices.items():
+            check(getattr(self, f) in options, f, f"{getattr(self, f)!r} is not one of {options}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+# ----------------------------------------------------------------------------------------------
+# Pyramid schedule
+# ----------------------------------------------------------------------------------------------
+
+def pyramid_schedule(n_tokens: int, end: int, n_layers: int, *, prune_first_layer: bool = True,
+                     multiple: int = 32) -> list[int]:
+    """Total tokens kept after each layer: linear from n_tokens down to `end`, the intermediate
+    values rounded to the nearest multiple (spec §1.3 tables), clamped into [end, previous]."""
+    if not 1 <= end <= n_tokens:
+        raise ValueError(f"pyramid end {end} must lie in [1, n_tokens={n_tokens}]")
+    steps = n_layers if prune_first_layer else n_layers - 1
+    kept = [] if prune_first_layer else [n_tokens]
+    prev = n_tokens
+    for i in range(1, steps + 1):
+        if i == steps:
+            k = end
+        else:
+            exact = n_tokens + (end - n_tokens) * i / steps
+            k = int(math.floor(exact / multiple + 0.5)) * multiple
+            k = min(max(k, end), prev)
+        kept.append(k)
+        prev = k
+    return kept[:n_layers]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+# ----------------------------------------------------------------------------------------------
+
+class FieldEmbedding(nn.Module):
+    """Several categorical fields in one table (row offsets per field): one lookup for all."""
+
+    def __init__(self, vocabs: tuple[int, ...], dim: int) -> None:
+        super().__init__()
+        self.n_fields = len(vocabs)
+        self.table = nn.Embedding(max(sum(vocabs), 1), dim)
+        self.register_buffer("offsets", torch.tensor([0, *vocabs[:-1]], dtype=torch.long).cumsum(0)[: len(vocabs)],
+                             persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., F) ids -> (..., F * dim)."""
+        if self.n_fields == 0:
+            return ids.new_zeros(*ids.shape[:-1], 0, dtype=self.table.weight.dtype)
+        return self.table(ids + self.offsets).flatten(-2)
+
+
+class SequenceTokenizer(nn.Module):
+    """Events -> S-tokens. One MLP per behaviour type (shared over that type's events), then
+    timestamp-aware interleave + type embedding (default) or intent-ordered groups with [SEP].
+
+    The per-type MLPs run as two plain GEMMs: the input is scattered into the event type's slot of
+    a (K * width) vector (plus a one-hot for the per-type bias), so W[type] applies without a loop
+    or a weight gather; the cost is K x one MLP, counted as such in the FLOPs.
+    """
+
+    def __init__(self, spec: FeatureSpec, cfg: Config, item_emb: nn.Embedding) -> None:
+        super().__init__()
+        self.cfg, self.k = cfg, spec.n_behaviors
+        self.item_emb = item_emb  # shared with the candidate item (same id space and table)
+        self.side_emb = FieldEmbedding(spec.side_vocab, cfg.emb_dim)
+        self.d_in = cfg.emb_dim * (1 + spec.n_side)
+        self.hidden = cfg.s_hidden or cfg.d_model
+        self.fc1 = nn.Linear(self.k * (self.d_in + 1), self.hidden, bias=False)
+        self.fc2 = nn.Linear(self.k * (self.hidden + 1), cfg.d_model, bias=False)
+        self.type_emb = (nn.Embedding(self.k + 1, cfg.d_model)
+                         if cfg.type_embedding and cfg.seq_fusion == "timestamp" else None)
+        self.gap_emb = nn.Embedding(spec.n_gap_buckets, cfg.d_model) if cfg.gap_embedding else None
+        self.n_sep = self.k - 1 if cfg.seq_fusion == "intent" else 0
+        self.sep = nn.Parameter(torch.randn(self.n_sep, cfg.d_model) * 0.02) if self.n_sep else None
+        # intent rank per type id (index 0 = padding); lower rank = higher intent = earlier
+        self.register_buffer("rank", torch.tensor([0, *spec.intent_rank()], dtype=torch.long), persistent=False)
+
+    def n_tokens(self, seq_len: int) -> int:
+        return seq_len + self.n_sep
+
+    def _per_type(self, fc: nn.Linear, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        scattered = (onehot.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)   # (..., K * width)
+        return fc(torch.cat([scattered, onehot], -1))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> tokens (R, L_S, d), valid (R, L_S) bool; padded tokens are exactly zero."""
+        seq_type, valid = batch["seq_type"], batch["seq_mask"]
+        e = torch.cat([self.item_emb(batch["seq_item"]), self.side_emb(batch["seq_side"])], -1)
+        onehot = F.one_hot(seq_type, self.k + 1)[..., 1:].to(e.dtype)      # padding -> all zeros
+        h = F.gelu(self._per_type(self.fc1, e, onehot))
+        x = self._per_type(self.fc2, h, onehot)
+        if self.type_emb is not None:
+            x = x + self.type_emb(seq_type)
+        if self.gap_emb is not None:
+            x = x + self.gap_emb(batch["seq_gap"])
+        x = x * valid.unsqueeze(-1).to(x.dtype)
+        if self.cfg.seq_fusion == "timestamp":
+            return x, valid
+        return self._intent_order(x, valid, seq_type)
+
+    def _intent_order(self, x: torch.Tensor, valid: torch.Tensor, seq_type: torch.Tensor):
+        """Stable sort by key: padding (-1) first, then type groups by intent rank r (key 2r), the
+        [SEP] between groups r and r+1 at key 2r+1. A stable sort keeps time order inside a group;
+        empty groups simply leave adjacent [SEP]s (the token count stays static)."""
+        R = x.shape[0]
+        key = torch.where(valid, 2 * self.rank[seq_type], torch.full_like(seq_type, -1))
+        if self.n_sep:
+            sep_key = (2 * torch.arange(self.n_sep, device=x.device) + 1).expand(R, -1)
+            key = torch.cat([key, sep_key], 1)
+            x = torch.cat([x, self.sep.to(x.dtype).expand(R, -1, -1)], 1)
+            valid = torch.cat([valid, torch.ones_like(sep_key, dtype=torch.bool)], 1)
+        order = torch.sort(key, dim=1, stable=True).indices
+        return x.gather(1, order.unsqueeze(-1).expand_as(x)), valid.gather(1, order)
+
+
+def ns_groups(spec: FeatureSpec) -> list[tuple[str, list[int]]]:
+    """Semantic groups for the group-wise tokenizer: (name, column indices into the concatenated NS
+    vector [cand_item, cand_side, ns_cat, ns_num] in units of 'features'). The candidate item and
+    its side fields form "item"; ns_cat / ns_num go to their declared group ("other" if none)."""
+    names = ["item"] * (1 + spec.n_side)
+    names += list(spec.cat_groups) if spec.cat_groups else ["other"] * spec.n_cat
+    names += list(spec.num_groups) if spec.num_groups else ["other"] * spec.n_num
+    order = [g for g in ("item", "user", "context") if g in names] + sorted(set(names) - {"item", "user", "context"})
+    return [(g, [i for i, n in enumerate(names) if n == g]) for g in order]
+
+
+class NonSequenceTokenizer(nn.Module):
+    """NS features -> N tokens. Auto-Split (default): concat everything -> one MLP -> N*d -> split.
+    Group-wise (ablation): one MLP per semantic group, the N tokens split evenly over groups."""
+
+    def __init__(self, spec: FeatureSpec, cfg: Config, item_emb: nn.Embedding) -> None:
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        self.item_emb = item_emb
+        self.side_emb = FieldEmbedding(spec.side_vocab, cfg.emb_dim)
+        self.cat_emb = FieldEmbedding(spec.cat_vocab, cfg.emb_dim)
+        widths = [cfg.emb_dim] * (1 + spec.n_side + spec.n_cat) + [1] * spec.n_num
+        self.d_in = sum(widths)
+        n, d = cfg.n_ns_tokens, cfg.d_model
+        hidden = cfg.ns_hidden or n * d
+        if cfg.ns_tokenizer == "auto_split":
+            self.groups = [("all", list(range(len(widths))))]
+            self.tokens_per_group = [n]
+        else:
+            self.groups = ns_groups(spec)
+            G = len(self.groups)
+            if G > n:
+                raise ValueError(f"onetrans Config.n_ns_tokens={n} is smaller than the {G} NS groups "
+                                 f"{[g for g, _ in self.groups]} of the group-wise tokenizer; raise n_ns_tokens")
+            self.tokens_per_group = [n // G + (i < n % G) for i in range(G)]
+        starts = [0]
+        for w in widths:
+            starts.append(starts[-1] + w)
+        self.mlps = nn.ModuleList()
+        for (_, cols), n_g in zip(self.groups, self.tokens_per_group):
+            idx = torch.cat([torch.arange(starts[c], starts[c + 1]) for c in cols])
+            self.register_buffer(f"cols_{len(self.mlps)}", idx, persistent=False)
+            h_g = max(1, round(hidden * n_g / n))
+            self.mlps.append(nn.Sequential(nn.Linear(len(idx), h_g), nn.GELU(), nn.Linear(h_g, n_g * d)))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """-> (B, N, d)."""
+        parts = [self.item_emb(batch["cand_item"]), self.side_emb(batch["cand_side"]),
+                 self.cat_emb(batch["ns_cat"])]
+        v = torch.cat(parts + [batch["ns_num"].to(parts[0].dtype)], -1)
+        B, d = v.shape[0], self.cfg.d_model
+        if len(self.mlps) == 1:  # auto-split reads every column in order: no gather needed
+            return self.mlps[0](v).view(B, -1, d)
+        # group-wise: a loop over the few semantic groups (not over tokens)
+        return torch.cat([mlp(v[:, getattr(self, f"cols_{i}")]).view(B, -1, d)
+                          for i, mlp in enumerate(self.mlps)], 1)
+
+    def flops(self) -> float:
+        return sum(linear_flops(1, m[0].in_features, m[0].out_features)
+                   + linear_flops(1, m[2].in_features, m[2].out_features) for m in self.mlps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Block
+# ----------------------------------------------------------------------------------------------
+
+class OneTransBlock(nn.Module):
+    """Pre-RMSNorm causal block with mixed parameters and pyramid queries.
+
+        in : x_s (B, T_s, d), valid_s (B, T_s), x_ns (B, N, d)
+        out: the last keep_s S rows, their validity, and the N NS rows
+
+    S rows use the shared weights, NS row t its own (MixedLinear). Keys/values cover all current
+    tokens; queries only the kept tail (the last keep_s S rows and every NS row).
+    """
+
+    def __init__(self, cfg: Config, keep_s: int) -> None:
+        super().__init__()
+        d, n, mixed = cfg.d_model, cfg.n_ns_tokens, cfg.mixed_params
+        self.cfg, self.keep_s = cfg, keep_s
+        self.backend = "reference"         # set by the model from its attention decision
+        has_s_queries = keep_s > 0
+        self.norm1, self.norm2 = RMSNorm(d, cfg.norm_eps), RMSNorm(d, cfg.norm_eps)
+        self.kv = MixedLinear(d, 2 * d, n, mixed=mixed)                  # all rows: K and V
+        self.q = MixedLinear(d, d, n, mixed=mixed, with_s=has_s_queries)  # kept rows only
+        self.o = MixedLinear(d, d, n, mixed=mixed and cfg.out_proj == "mixed", with_s=has_s_queries)
+        self.ffn1 = MixedLinear(d, cfg.ffn_mult * d, n, mixed=mixed, with_s=has_s_queries)
+        self.ffn2 = MixedLinear(cfg.ffn_mult * d, d, n, mixed=mixed, with_s=has_s_queries)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, H, T, dh)
+        B, T, _ = x.shape
+        return x.view(B, T, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
+
+    def s_qkv(self, x_s: torch.Tensor):
+        """S side, independent of NS: keys/values of all S rows, queries of the kept tail."""
+        h = self.norm1(x_s)
+        k, v = self.kv.forward_s(h).chunk(2, -1)
+        q = self.q.forward_s(h[:, h.shape[1] - self.keep_s:]) if self.keep_s else h[:, :0]
+        return q, k, v
+
+    def ns_qkv(self, x_ns: torch.Tensor):
+        h = self.norm1(x_ns)
+        k, v = self.kv.forward_ns(h).chunk(2, -1)
+        return self.q.forward_ns(h), k, v
+
+    def s_out(self, x_tail: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        z = x_tail + self.o.forward_s(a)
+        return z + self.ffn2.forward_s(F.gelu(self.ffn1.forward_s(self.norm2(z))))
+
+    def ns_out(self, x_ns: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        z = x_ns + self.o.forward_ns(a)
+        return z + self.ffn2.forward_ns(F.gelu(self.ffn1.forward_ns(self.norm2(z))))
+
+    def forward(self, x_s: torch.Tensor, valid_s: torch.Tensor, x_ns: torch.Tensor):
+        T_s, n, ks = x_s.shape[1], x_ns.shape[1], self.keep_s
+        q_s, k_s, v_s = self.s_qkv(x_s)
+        q_ns, k_ns, v_ns = self.ns_qkv(x_ns)
+        ns_valid = valid_s.new_ones(valid_s.shape[0], n)
+        # One attention call over [S ; NS] with one bottom-right causal mask: S queries can only
+        # reach S keys because NS keys come after every S position.
+        a = attend(self._heads(torch.cat([q_s, q_ns], 1)), self._heads(torch.cat([k_s, k_ns], 1)),
+                   self._heads(torch.cat([v_s, v_ns], 1)),
+                   torch.cat([valid_s[:, T_s - ks:], ns_valid], 1), torch.cat([valid_s, ns_valid], 1),
+                   causal=self.cfg.causal, backend=self.backend)
+        a = a.transpose(1, 2).flatten(2)                                  # (B, ks + n, d)
+        valid_tail = valid_s[:, T_s - ks:]
+        y_ns = self.ns_out(x_ns, a[:, ks:])
+        if ks == 0:
+            return x_s[:, :0], valid_tail, y_ns
+        y_s = self.s_out(x_s[:, T_s - ks:], a[:, :ks]) * valid_tail.unsqueeze(-1).to(a.dtype)
+        return y_s, valid_tail, y_ns
+
+    def flops(self, t_s: int) -> float:
+        """Forward FLOPs of one example through this block with t_s S rows in."""
+        d, n, ks, f = self.cfg.d_model, self.cfg.n_ns_tokens, self.keep_s, self.cfg.ffn_mult * self.cfg.d_model
+        q_rows = ks + n
+        return (linear_flops(t_s + n, d, 2 * d) + linear_flops(q_rows, d, d)       # K,V all; Q kept
+                + attention_flops(q_rows, t_s + n, d) + linear_flops(q_rows, d, d)  # attention; W_O
+                + linear_flops(q_rows, d, f) + linear_flops(q_rows, f, d))          # FFN
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+class OneTrans(RankingModel):
+    def __init__(self, spec: FeatureSpec, cfg: Config) -> None:
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        self.item_emb = nn.Embedding(spec.item_vocab, cfg.emb_dim)
+        self.s_tok = SequenceTokenizer(spec, cfg, self.item_emb)
+        self.ns_tok = NonSequenceTokenizer(spec, cfg, self.item_emb)
+        n = cfg.n_ns_tokens
+        self.n_s_tokens = self.s_tok.n_tokens(spec.seq_len)
+        self.schedule = self.kept_tokens(self.n_s_tokens + n)
+        self.blocks = nn.ModuleList(OneTransBlock(cfg, keep - n) for keep in self.schedule)
+        self.n_final = self.schedule[-1]
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.heads = nn.ModuleDict({t: nn.Sequential(nn.Linear(self.n_final * cfg.d_model, cfg.head_hidden),
+                                                     nn.GELU(), nn.Linear(cfg.head_hidden, 1)) for t in TASKS})
+        self.attention_decision: tuple[str, str] | None = None
+        if cfg.compile_blocks:
+            for b in self.blocks:
+                b.compile()
+
+    def kept_tokens(self, n_tokens: int) -> list[int]:
+        """Tokens kept after each layer. Without the pyramid every layer keeps everything except the
+        last, which keeps the N NS-tokens the heads read (identical outputs, no unused weights)."""
+        cfg, n = self.cfg, self.cfg.n_ns_tokens
+        if not cfg.pyramid:
+            return [n_tokens] * (cfg.n_layers - 1) + [n]
+        end = n if cfg.pyramid_end == "A" else n + min(n, n_tokens - n)
+        return pyramid_schedule(n_tokens, end, cfg.n_layers, prune_first_layer=cfg.prune_first_layer,
+                                multiple=cfg.pyramid_multiple)
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def _decide_attention(self, device: torch.device) -> None:
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+        decision = choose_backend(self.cfg.attention, device, dtype, self.cfg.head_dim)
+        if decision != self.attention_decision:
+            self.attention_decision = decision
+            for b in self.blocks:
+                b.backend = decision[0]
+
+    def tokenize(self, batch: dict[str, torch.Tensor]):
+        """-> x_s (R, L_S, d) and valid_s (R, L_S) per REQUEST, x_ns (B, N, d) per impression."""
+        self._check(batch)
+        x_s, valid_s = self.s_tok(batch)
+        return x_s, valid_s, self.ns_tok(batch)
+
+    def encode(self, x_s: torch.Tensor, valid_s: torch.Tensor, x_ns: torch.Tensor) -> torch.Tensor:
+        """Run the block stack; -> the final tokens (B, n_final, d), final-normed."""
+        self._decide_attention(x_ns.device)
+        for block in self.blocks:
+            if self.cfg.recompute and torch.is_grad_enabled():
+                x_s, valid_s, x_ns = checkpoint(block, x_s, valid_s, x_ns, use_reentrant=False)
+            else:
+                x_s, valid_s, x_ns = block(x_s, valid_s, x_ns)
+        return self.final_norm(torch.cat([x_s, x_ns], 1))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x_s, valid_s, x_ns = self.tokenize(batch)
+        # The S-side per impression (the paper's un-optimised behaviour); the tokenizer above ran
+        # once per request, which is exact because S-tokens depend on the sequence only.
+        idx = batch["req_index"]
+        h = self.encode(x_s[idx], valid_s[idx], x_ns).flatten(1)
+        return {t: head(h).squeeze(-1).float() for t, head in self.heads.items()}
+
+    def _check(self, batch: dict[str, torch.Tensor]) -> None:
+        L = batch["seq_item"].shape[-1]
+        if L != self.spec.seq_len:
+            raise ValueError(f"batch['seq_item'] has sequence length {L} but the model was built for "
+                             f"spec.seq_len={self.spec.seq_len}; rebuild the model with spec.with_seq_len({L})")
+
+    # --- accounting ---------------------------------------------------------------------------
+
+    def flops_per_example(self) -> dict[str, float]:
+        """Analytic FLOPs per impression (S side counted per impression, no request sharing)."""
+        cfg, spec = self.cfg, self.spec
+        s, ns = self.s_tok, self.ns_tok
+        # S tokenizer: K-way scattered GEMMs over every event ([SEP] tokens cost nothing)
+        tok = spec.seq_len * (linear_flops(1, s.fc1.in_features, s.fc1.out_features)
+                              + linear_flops(1, s.fc2.in_features, s.fc2.out_features))
+        tok += ns.flops()
+        blocks, t_s = 0.0, self.n_s_tokens
+        for b in self.blocks:
+            blocks += b.flops(t_s)
+            t_s = b.keep_s
+        heads = len(TASKS) * (linear_flops(1, self.n_final * cfg.d_model, cfg.head_hidden)
+                              + linear_flops(1, cfg.head_hidden, 1))
+        fwd = tok + blocks + heads
+        return {"forward": fwd, "train": TRAIN_MULTIPLIER * fwd,
+                "forward_tokenizers": tok, "forward_blocks": blocks, "forward_heads": heads}
+
+
+# ----------------------------------------------------------------------------------------------
+# Sizes
+# ----------------------------------------------------------------------------------------------
+
+SIZES: dict[str, Config] = {
+    # Paper sizes (spec §1.7). Data seq_len: 1178 (S) / 1484 (L) events -> 1190 / 1500 tokens.
+    "onetrans-s": Config(n_layers=6, d_model=256, n_heads=4, n_ns_tokens=12, head_hidden=1024),
+    "onetrans-l": Config(n_layers=8, d_model=384, n_heads=4, n_ns_tokens=16, head_hidden=1024),
+    # CPU sizes for tests and laptop runs (shorter sequences: round lengths to 8, not 32).
+    "onetrans-tiny": Config(n_layers=2, d_model=32, n_heads=2, n_ns_tokens=4, emb_dim=8, head_hidden=32,
+                            pyramid_multiple=8),
+    "onetrans-mini": Config(n_layers=4, d_model=64, n_heads=4, n_ns_tokens=8, emb_dim=16, head_hidden=128,
+                            pyramid_multiple=8),
+}
+# Data sequence length (events) each paper size was defined with; the scaling grids set seq_len
+# through the data (FeatureSpec.seq_len) and n_layers / d_model through Config overrides.
+PAPER_SEQ_LEN = {"onetrans-s": 1178, "onetrans-l": 1484}
+
+
+def paper_feature_spec(seq_len: int) -> FeatureSpec:
+    """The ASSUMED production feature layout used to compare our counts with the paper's
+    (docs/conventions.md): 3 behaviour types, 4 item side fields, 150 categorical and 60 numeric
+    NS features. The paper states none of this; only the dense counts depend on it."""
+    return FeatureSpec(
+        item_vocab=1000, side_names=tuple(f"side{i}" for i in range(4)), side_vocab=(100,) * 4,
+        cat_names=tuple(f"cat{i}" for i in range(150)), cat_vocab=(100,) * 150,
+        cat_groups=tuple(("user", "item", "context")[i % 3] for i in range(150)),
+        num_names=tuple(f"num{i}" for i in range(60)), num_groups=tuple(("user", "item", "context")[i % 3] for i in range(60)),
+        behavior_names=("click", "cart", "purchase"), intent_order=("purchase", "cart", "click"),
+        seq_len=seq_len,
+    )
+
+
+def build(spec: FeatureSpec, config: Config) -> OneTrans:
+    return OneTrans(spec, config)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(Config)]
