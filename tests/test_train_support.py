@@ -1,0 +1,73 @@
+"""A tiny stand-in ranking model for the training-run tests (not part of the package).
+
+It answers the model protocol of model/base.py (so the harness can be tested without the real
+models) and registers itself in model.registry under MODEL. It has dropout on purpose: the resume
+test then also checks that RNG state survives a checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.base import RankingModel
+from model.features import FeatureSpec
+
+MODEL = "tiny_standin"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    d_model: int = 8
+    n_layers: int = 1
+    dropout: float = 0.1
+    nan_after_steps: int = -1      # >= 0: forward returns NaN logits once this many forwards ran in training
+
+
+SIZES = {"tiny": Config(), "wide": Config(d_model=16)}
+
+
+class TinyModel(RankingModel):
+    def __init__(self, spec: FeatureSpec, cfg: Config):
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        d = cfg.d_model
+        self.item = nn.Embedding(spec.item_vocab, d, padding_idx=0)
+        self.cats = nn.ModuleList(nn.Embedding(v, d) for v in spec.cat_vocab)
+        n_in = d * (2 + spec.n_cat) + spec.n_num
+        layers: list[nn.Module] = []
+        for _ in range(cfg.n_layers):
+            layers += [nn.Linear(n_in, d), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            n_in = d
+        self.mlp = nn.Sequential(*layers)
+        self.head = nn.Linear(d, 2)
+        self.register_buffer("forwards", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def forward(self, batch):
+        mask = batch["seq_mask"].unsqueeze(-1).float()
+        hist = (self.item(batch["seq_item"]) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        x = [self.item(batch["cand_item"]), hist[batch["req_index"]]]
+        x += [emb(batch["ns_cat"][:, i]) for i, emb in enumerate(self.cats)]
+        x.append(batch["ns_num"])
+        out = self.head(self.mlp(torch.cat(x, -1)))
+        if self.training:
+            self.forwards += 1
+            if 0 <= self.cfg.nan_after_steps < int(self.forwards):
+                out = out * float("nan")
+        return {"ctr": out[:, 0], "cvr": out[:, 1]}
+
+    def flops_per_example(self):
+        d, n_cat = self.cfg.d_model, self.spec.n_cat
+        n_in = d * (2 + n_cat) + self.spec.n_num
+        fwd = 2 * (n_in * d + (self.cfg.n_layers - 1) * d * d + 2 * d)
+        return {"forward": float(fwd), "train": 3.0 * fwd}
+
+
+def build(spec: FeatureSpec, cfg: Config) -> TinyModel:
+    return TinyModel(spec, cfg)
+
+
+def register_tiny_model(monkeypatch) -> None:
+    from model import registry
+    monkeypatch.setitem(registry.MODELS, MODEL, __name__)
