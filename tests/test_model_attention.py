@@ -1,0 +1,101 @@
+"""Attention dispatch: reference vs SDPA (vs flash on GPU), bottom-right alignment, padding."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.attention import attend, attention_mask, choose_backend
+
+
+def _inputs(B=3, H=2, tq=5, tk=9, dh=8, pad=(0, 3, 9), dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, t, dh, generator=g).to(device, dtype).requires_grad_() for t in (tq, tk, tk))
+    k_valid = (torch.arange(tk)[None, :] >= torch.tensor(pad)[:, None]).to(device)   # left padding
+    return q, k, v, k_valid[:, tk - tq:], k_valid
+
+
+def _loop_attention(q, k, v, q_valid, k_valid, causal):
+    """Independent per-(row, query) loop: query i is at absolute position tk - tq + i."""
+    B, H, tq, dh = q.shape
+    tk = k.shape[2]
+    out = torch.zeros_like(q)
+    for b in range(B):
+        for i in range(tq):
+            if not q_valid[b, i]:
+                continue
+            pos = tk - tq + i
+            keys = [j for j in range(tk) if k_valid[b, j] and (not causal or j <= pos)]
+            s = (q[b, :, i, None] @ k[b, :, keys].transpose(-1, -2)) / math.sqrt(dh)   # (H, 1, n_keys)
+            out[b, :, i] = (torch.softmax(s, -1) @ v[b, :, keys]).squeeze(1)
+    return out
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+def test_backends_match_an_explicit_loop(backend, causal):
+    q, k, v, qv, kv = _inputs()
+    out = attend(q, k, v, qv, kv, causal=causal, backend=backend)
+    torch.testing.assert_close(out, _loop_attention(q, k, v, qv, kv, causal), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tq", [1, 4, 9], ids=lambda t: f"tq{t}")
+def test_reference_equals_sdpa_forward_and_backward(tq):
+    """Pruned queries (tq < tk) with left padding; fp32 tolerance atol=rtol=1e-5."""
+    q, k, v, qv, kv = _inputs(tq=tq, seed=tq)
+    grads = []
+    for backend in ("reference", "sdpa"):
+        for t in (q, k, v):
+            t.grad = None
+        out = attend(q, k, v, qv, kv, causal=True, backend=backend)
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        grads.append((out.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_is_bottom_right_aligned():
+    m = attention_mask(torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool), causal=True)
+    assert m[0, 0].tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+def test_fully_padded_rows_give_zeros_and_padding_never_leaks(backend):
+    q, k, v, qv, kv = _inputs(pad=(9, 4, 0))            # row 0: nothing but padding
+    out = attend(q, k, v, qv, kv, causal=True, backend=backend)
+    assert torch.isfinite(out).all() and (out[0] == 0).all()
+    out.sum().backward()
+    assert torch.isfinite(k.grad).all()
+    assert (k.grad[1, :, :4] == 0).all() and (v.grad[1, :, :4] == 0).all()   # padded keys get nothing
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2.transpose(1, 2)[~kv] = 1e4
+    v2.transpose(1, 2)[~kv] = -1e4
+    torch.testing.assert_close(attend(q, k2, v2, qv, kv, causal=True, backend=backend), out, atol=0, rtol=0)
+
+
+def test_choose_backend_reports_reasons_and_refuses_silent_flash():
+    backend, reason = choose_backend("auto", torch.device("cpu"), torch.float32, 16)
+    assert backend == "sdpa" and "CUDA" in reason
+    assert choose_backend("reference", torch.device("cpu"), torch.float32, 16) == ("reference", "requested")
+    with pytest.raises(RuntimeError, match="cannot run"):
+        choose_backend("flash", torch.device("cpu"), torch.float32, 16)
+    with pytest.raises(ValueError, match="unknown"):
+        choose_backend("xformers", torch.device("cpu"), torch.float32, 16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_flash_matches_reference_in_bf16(causal):
+    pytest.importorskip("flash_attn")
+    q, k, v, qv, kv = _inputs(B=4, H=4, tq=48, tk=160, dh=64, pad=(0, 30, 100, 150), dtype=torch.bfloat16,
+                              device="cuda")
+    res = []
+    for backend in ("reference", "flash"):
+        for t in (q, k, v):
+            t.grad = None
+        out = attend(q, k, v, qv, kv, causal=causal, backend=backend)
+        out.float().pow(2).sum().backward()
+        res.append((out.float(), q.grad.float(), k.grad.float(), v.grad.float()))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
