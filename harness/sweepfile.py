@@ -58,7 +58,7 @@ def _closest(key: str, options: list[str] | tuple[str, ...]) -> str:
 def _check_keys(where: str, data: Mapping, allowed: tuple[str, ...], path: Path | None) -> None:
     for key in data:
         if key not in allowed:
-            raise SweepFileError(f"{path or '<sweep>'}: unknown key {where}{key!r}.{_closest(key, allowed)}")
+            raise SweepFileError(f"{path or '<sweep>'}: unknown key '{where}{key}'.{_closest(key, allowed)}")
 
 
 @dataclass(frozen=True, kw_only=True)
