@@ -70,10 +70,11 @@ def load_for_predictors(folder: str | Path) -> dict[str, np.ndarray]:
     return d
 
 
-def history_match_counts(d: dict[str, np.ndarray], windows: Sequence[int], *,
-                         mode_matched: bool) -> dict[int, np.ndarray]:
+def history_match_counts(d: dict[str, np.ndarray], windows: Sequence[int], *, mode_matched: bool,
+                         style: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Per window W and impression: events among the user's last W prior events in the candidate's
-    topic (mode_matched: and in the style of the impression's context mode). Vectorised: events are
+    topic (mode_matched: and in the style of the impression's context mode, or in `style` when
+    given, to ask what another mode's part of the history would predict). Vectorised: events are
     sorted once by (key, position); a count is a difference of two searchsorted ranks."""
     M = np.int64(d["n_modes"])
     ev_user, imp_user = d["ev_user"].astype(np.int64), d["user_id"].astype(np.int64)
@@ -83,7 +84,7 @@ def history_match_counts(d: dict[str, np.ndarray], windows: Sequence[int], *,
     ev_cell = d["ev_brand"].astype(np.int64) - 1
     cand_topic = (d["brand"].astype(np.int64) - 1) // M
     if mode_matched:
-        ev_key, key = ev_cell, cand_topic * M + d["mode"]
+        ev_key, key = ev_cell, cand_topic * M + (d["mode"] if style is None else style)
     else:
         ev_key, key = ev_cell // M, cand_topic
     n = np.int64(ev_key.size + 1)

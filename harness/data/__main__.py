@@ -1,0 +1,67 @@
+"""`python -m harness.data {synth,stats,validate,convert} ...`: the data command line.
+
+  synth     --preset {ci,laptop,paper} --seed N --out DIR   write a synthetic contract folder
+  stats     DIR [--json] [--stored]                         sizes, history lengths, label rates, oracle
+  validate  DIR                                             every contract violation; exit 1 if any
+  convert   {movielens,taobao,tmall} RAW_DIR --out DIR      public logs -> contract folder
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.data.contract import ContractError
+
+
+def _convert(args: argparse.Namespace) -> int:
+    # imported lazily: the converters are a separate module (and may pull optional parsers)
+    try:
+        from harness.data.converters import convert
+    except ImportError as e:
+        print(f"convert: harness.data.converters is not available ({e})", file=sys.stderr)
+        return 2
+    opts = dict(kv.split("=", 1) for kv in args.opt)
+    out = convert(args.source, args.raw, args.out, **opts)
+    print(f"wrote {out}; check it with: python -m harness.data validate {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness.data.stats import add_stats_args, main_stats
+    from harness.data.synth import add_synth_args, main_synth
+    from harness.data.validate import add_validate_args, main_validate
+
+    p = argparse.ArgumentParser(prog="python -m harness.data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("synth", help="generate a synthetic world (docs/synthetic-world.md)")
+    add_synth_args(s)
+    s.set_defaults(func=main_synth)
+    s = sub.add_parser("stats", help="dataset statistics and Bayes-optimal scores")
+    add_stats_args(s)
+    s.set_defaults(func=main_stats)
+    s = sub.add_parser("validate", help="check a folder against the data contract (docs/data-contract.md)")
+    add_validate_args(s)
+    s.set_defaults(func=main_validate)
+    s = sub.add_parser("convert", help="convert a public log to the contract (docs/data-converters.md)")
+    s.add_argument("source", choices=["movielens", "taobao", "tmall"])
+    s.add_argument("raw", type=Path, help="folder with the raw files")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="converter option (repeatable), passed as a string keyword argument")
+    s.set_defaults(func=_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ContractError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""The data-contract validator: every violation of a dataset folder, each with file, column, an
+example row and the fix (docs/data-contract.md is the contract it checks).
+
+`validate(folder) -> list[Violation]` never stops at the first problem: each check runs over whole
+columns (vectorised) and reports how many rows break it and the first one. Events are read one
+row group at a time (the sort check carries the last key across row groups), so a large log is
+checked in bounded memory. Nothing is ever written.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, MANIFEST, SPLITS, USERS, ContractError, Manifest
+
+DOC = "docs/data-contract.md"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Violation:
+    file: str
+    column: str
+    kind: str                      # short tag: missing_file, dtype, unsorted, vocab, ...
+    message: str
+    fix: str
+    rows: int = 0                  # how many rows break it (0: file- or column-level)
+    example: dict[str, Any] = field(default_factory=dict)   # first offending row: {"row": i, col: value, ...}
+
+    def __str__(self) -> str:
+        where = f"{self.file}" + (f" [{self.column}]" if self.column else "")
+        ex = f"\n    example: {self.example}" if self.example else ""
+        n = f" ({self.rows:,} rows)" if self.rows else ""
+        return f"{where}: {self.kind}: {self.message}{n}{ex}\n    fix: {self.fix}"
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.items: list[Violation] = []
+        self._agg: dict[tuple[str, str, str], Violation] = {}
+
+    def add(self, **kw: Any) -> None:
+        self.items.append(Violation(**kw))
+
+    def rows(self, table: pa.Table, mask: np.ndarray, offset: int, *, file: str, column: str, kind: str,
+             message: str, fix: str, show: tuple[str, ...] = ()) -> None:
+        """Aggregate a row-level check (possibly over several row groups) into one violation."""
+        n = int(np.count_nonzero(mask))
+        if n == 0:
+            return
+        key = (file, column, kind)
+        if key in self._agg:
+            old = self._agg[key]
+            self._agg[key] = Violation(file=file, column=column, kind=kind, message=message, fix=fix,
+                                       rows=old.rows + n, example=old.example)
+            return
+        i = int(np.flatnonzero(mask)[0])
+        cols = [c for c in dict.fromkeys((*show, column)) if c in table.column_names]
+        example = {"row": offset + i, **{c: _py(table.column(c)[i].as_py()) for c in cols}}
+        self._agg[key] = Violation(file=file, column=column, kind=kind, message=message, fix=fix,
+                                   rows=n, example=example)
+
+    def result(self) -> list[Violation]:
+        return self.items + list(self._agg.values())
+
+
+def _py(v: Any) -> Any:
+    return float(v) if isinstance(v, (np.floating,)) else v
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def _schema(path: Path) -> pa.Schema:
+    return pq.read_schema(_files(path)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+INT_FIX = "store it as an integer column (int64), e.g. df[col] = df[col].astype('int64')"
+
+
+def _check_columns(rep: _Report, fname: str, schema: pa.Schema, ints: list[str], floats: list[str],
+                   strings: list[str]) -> set[str]:
+    """Missing columns and wrong dtypes; returns the columns that are present with a usable dtype."""
+    ok = set()
+    for col, want in [*((c, "int") for c in ints), *((c, "float") for c in floats), *((c, "str") for c in strings)]:
+        if col not in schema.names:
+            rep.add(file=fname, column=col, kind="missing_column", message=f"required column '{col}' is absent",
+                    fix=f"add column '{col}' ({want}) to {fname} ({DOC})")
+            continue
+        t = schema.field(col).type
+        good = {"int": pa.types.is_integer(t), "float": pa.types.is_floating(t) or pa.types.is_integer(t),
+                "str": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)}[want]
+        if not good:
+            fix = {"int": INT_FIX, "float": "store it as float32/float64",
+                   "str": "store split as strings 'train' / 'val' / 'test'"}[want]
+            rep.add(file=fname, column=col, kind="dtype", message=f"dtype {t}, expected {want}", fix=fix)
+        else:
+            ok.add(col)
+    return ok
+
+
+def _vocab(rep: _Report, t: pa.Table, off: int, fname: str, col: str, lo: int, hi: int, what: str,
+           show: tuple[str, ...] = ()) -> None:
+    v = t.column(col).to_numpy(zero_copy_only=False)
+    rep.rows(t, (v < lo) | (v >= hi), off, file=fname, column=col, kind="vocab",
+             message=f"ids outside [{lo}, {hi}) ({what})",
+             fix=f"re-index '{col}' to 1..{hi - 1} (0 = missing) or raise its vocab_size in {MANIFEST}",
+             show=show)
+
+
+def _finite(rep: _Report, t: pa.Table, off: int, fname: str, col: str, show: tuple[str, ...] = ()) -> None:
+    v = t.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+    rep.rows(t, ~np.isfinite(v), off, file=fname, column=col, kind="non_finite",
+             message="NaN or infinite values in a numeric column",
+             fix=f"impute or drop them (e.g. fill with the column median) before writing {fname}", show=show)
+
+
+def _numeric_feats(m: Manifest, table: str) -> list[str]:
+    return [f.name for f in m.features if f.table == table and f.kind == "numeric"]
+
+
+def _cat_feats(m: Manifest, table: str) -> list[str]:
+    return [f.name for f in m.features if f.table == table and f.kind == "categorical"]
+
+
+def validate(folder: str | Path) -> list[Violation]:
+    """Every contract violation of the dataset folder (empty list: valid)."""
+    folder = Path(folder)
+    rep = _Report()
+    try:
+        m = Manifest.load(folder)
+    except ContractError as e:
+        rep.add(file=MANIFEST, column="", kind="manifest", message=str(e), fix=f"see {DOC} for the manifest fields")
+        return rep.result()
+
+    present = {f: (folder / f).exists() for f in (EVENTS, IMPRESSIONS, USERS, ITEMS)}
+    for f in (EVENTS, IMPRESSIONS):
+        if not present[f]:
+            rep.add(file=f, column="", kind="missing_file", message=f"required file {f} is absent",
+                    fix=f"write {folder / f} ({DOC})")
+    for table, f in (("users", USERS), ("items", ITEMS)):
+        feats = [x.name for x in m.features if x.table == table]
+        if feats and not present[f]:
+            rep.add(file=f, column=",".join(feats), kind="missing_file",
+                    message=f"manifest declares features {feats} in table '{table}' but {f} is absent",
+                    fix=f"write {f} with {table[:-1]}_id and those columns, or move the features' table")
+    voc = {f.name: f.vocab_size for f in m.features if f.kind == "categorical"}
+    user_vocab = voc.get("user_id")
+
+    users_ids = items_ids = None
+    for table, fname, idc in (("users", USERS, "user_id"), ("items", ITEMS, "item_id")):
+        if not present[fname]:
+            continue
+        ok = _check_columns(rep, fname, _schema(folder / fname), [idc, *_cat_feats(m, table)],
+                            _numeric_feats(m, table), [])
+        t = pq.read_table(folder / fname, columns=sorted(ok))
+        if idc in ok:
+            ids = t.column(idc).to_numpy()
+            hi = m.item_vocab if idc == "item_id" else (user_vocab or np.iinfo(np.int64).max)
+            _vocab(rep, t, 0, fname, idc, 1, hi, "ids are 1-based; 0 is padding")
+            _, first, counts = np.unique(ids, return_index=True, return_counts=True)
+            dup = np.zeros(ids.size, bool)
+            dup[np.setdiff1d(np.arange(ids.size), first)] = True
+            rep.rows(t, dup, 0, file=fname, column=idc, kind="duplicate_id",
+                     message=f"{idc} appears more than once", fix=f"keep one row per {idc}")
+            if table == "users":
+                users_ids = np.unique(ids)
+            else:
+                items_ids = np.unique(ids)
+        for c in _cat_feats(m, table):
+            if c in ok and c != idc:
+                _vocab(rep, t, 0, fname, c, 0, voc[c], "categorical feature", (idc,))
+        for c in _numeric_feats(m, table):
+            if c in ok:
+                _finite(rep, t, 0, fname, c, (idc,))
+
+    if present[EVENTS]:
+        ok = _check_columns(rep, EVENTS, _schema(folder / EVENTS),
+                            ["user_id", "ts", "behavior", "item_id", *m.side_fields], [], [])
+        n_beh = len(m.behaviors)
+        last_key: tuple[int, int] | None = None
+        off = 0
+        for f in _files(folder / EVENTS):
+            pf = pq.ParquetFile(f)
+            for rg in range(pf.num_row_groups):
+                t = pf.read_row_group(rg, columns=sorted(ok))
+                show = tuple(c for c in ("user_id", "ts") if c in ok)
+                if {"user_id", "ts"} <= ok:
+                    u, ts = t.column("user_id").to_numpy(), t.column("ts").to_numpy()
+                    bad = np.zeros(len(u), bool)
+                    bad[1:] = (u[1:] < u[:-1]) | ((u[1:] == u[:-1]) & (ts[1:] < ts[:-1]))
+                    if last_key is not None and len(u):
+                        bad[0] = (u[0], ts[0]) < last_key
+                    rep.rows(t, bad, off, file=EVENTS, column="ts", kind="unsorted",
+                             message="events are not sorted by (user_id, ts)",
+                             fix="sort: df.sort_values(['user_id', 'ts'], kind='stable') before writing", show=show)
+                    if len(u):
+                        last_key = (int(u[-1]), int(ts[-1]))
+                    rep.rows(t, ts < 0, off, file=EVENTS, column="ts", kind="timestamp",
+                             message="negative timestamps", fix="store ts as int64 epoch seconds", show=show)
+                if "user_id" in ok:
+                    _vocab(rep, t, off, EVENTS, "user_id", 1, user_vocab or np.iinfo(np.int64).max,
+                           "user ids are 1-based", show)
+                if "behavior" in ok:
+                    b = t.column("behavior").to_numpy()
+                    rep.rows(t, (b < 1) | (b > n_beh), off, file=EVENTS, column="behavior", kind="behavior",
+                             message=f"unknown behaviour ids (manifest declares 1..{n_beh}: {list(m.behavior_names())})",
+                             fix="map behaviours to the ids declared in manifest.behaviors (0 is never an event)",
+                             show=show)
+                if "item_id" in ok:
+                    _vocab(rep, t, off, EVENTS, "item_id", 1, m.item_vocab, "item ids are 1-based", show)
+                for s in m.side_fields:
+                    if s in ok:
+                        _vocab(rep, t, off, EVENTS, s, 0, voc[s], "side field", show)
+                off += len(t)
+
+    if present[IMPRESSIONS]:
+        ints = ["request_id", "user_id", "ts", "item_id", "click", "conversion",
+                *(c for c in _cat_feats(m, "impressions") if c not in ("user_id", "item_id"))]
+        floats = _numeric_feats(m, "impressions") + (["p_click", "p_conversion"] if m.has_oracle else [])
+        ok = _check_columns(rep, IMPRESSIONS, _schema(folder / IMPRESSIONS), ints, floats, ["split"])
+        t = pq.read_table(folder / IMPRESSIONS, columns=sorted(ok))
+        show = tuple(c for c in ("request_id", "user_id", "ts") if c in ok)
+        col = lambda c: t.column(c).to_numpy(zero_copy_only=False)
+        if {"ts", "request_id"} <= ok:
+            ts, rid = col("ts"), col("request_id")
+            bad = np.zeros(len(ts), bool)
+            bad[1:] = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (rid[1:] < rid[:-1]))
+            rep.rows(t, bad, 0, file=IMPRESSIONS, column="ts", kind="unsorted",
+                     message="impressions are not sorted by (ts, request_id)",
+                     fix="sort: df.sort_values(['ts', 'request_id'], kind='stable') before writing", show=show)
+            if "user_id" in ok:
+                # a request is one (user, time): its impressions share one behaviour sequence
+                order = np.argsort(rid, kind="stable")
+                r, u2, t2 = rid[order], col("user_id")[order], ts[order]
+                mix = np.zeros(len(r), bool)
+                mix[1:] = (r[1:] == r[:-1]) & ((u2[1:] != u2[:-1]) | (t2[1:] != t2[:-1]))
+                rows = np.zeros(len(r), bool)
+                rows[order[mix]] = True
+                rep.rows(t, rows, 0, file=IMPRESSIONS, column="request_id", kind="request",
+                         message="a request_id spans several users or timestamps",
+                         fix="give each (user_id, ts) request its own request_id", show=show)
+        if "item_id" in ok:
+            _vocab(rep, t, 0, IMPRESSIONS, "item_id", 1, m.item_vocab, "item ids are 1-based", show + ("item_id",))
+            if items_ids is not None:
+                rep.rows(t, ~np.isin(col("item_id"), items_ids), 0, file=IMPRESSIONS, column="item_id",
+                         kind="unknown_item", message=f"candidate items without a row in {ITEMS}",
+                         fix=f"add those items to {ITEMS} (their item features are joined from it)", show=show)
+        if "user_id" in ok:
+            _vocab(rep, t, 0, IMPRESSIONS, "user_id", 1, user_vocab or np.iinfo(np.int64).max,
+                   "user ids are 1-based", show)
+            if users_ids is not None:
+                rep.rows(t, ~np.isin(col("user_id"), users_ids), 0, file=IMPRESSIONS, column="user_id",
+                         kind="unknown_user", message=f"impressions whose user has no row in {USERS}",
+                         fix=f"add those users to {USERS}: when {USERS} exists it must hold every user of "
+                             f"the impressions (a user without events is allowed: an empty history)", show=show)
+        for c in _cat_feats(m, "impressions"):
+            if c in ok and c not in ("user_id", "item_id"):
+                _vocab(rep, t, 0, IMPRESSIONS, c, 0, voc[c], "categorical feature", show)
+        for c in _numeric_feats(m, "impressions"):
+            if c in ok:
+                _finite(rep, t, 0, IMPRESSIONS, c, show)
+        for c in ("click", "conversion"):
+            if c in ok:
+                rep.rows(t, ~np.isin(col(c), (0, 1)), 0, file=IMPRESSIONS, column=c, kind="label",
+                         message="labels must be 0 or 1", fix=f"binarise '{c}' (e.g. (x > 0).astype('int64'))",
+                         show=show)
+        if {"click", "conversion"} <= ok and m.labels.get("conversion_requires_click", True):
+            rep.rows(t, (col("conversion") == 1) & (col("click") != 1), 0, file=IMPRESSIONS, column="conversion",
+                     kind="conversion_without_click", message="conversion = 1 on an impression with click = 0",
+                     fix="set conversion = click & conversion, or set labels.conversion_requires_click: false "
+                         f"in {MANIFEST} if your funnel allows it", show=(*show, "click"))
+        for c in ("p_click", "p_conversion"):
+            if c in ok:
+                p = col(c).astype(np.float64)
+                rep.rows(t, ~(np.isfinite(p) & (p >= 0) & (p <= 1)), 0, file=IMPRESSIONS, column=c,
+                         kind="probability", message="true probabilities must be finite and in [0, 1]",
+                         fix=f"store probabilities, not logits, in '{c}'", show=show)
+        if "split" in ok:
+            sp = np.asarray(col("split")).astype(str)
+            rep.rows(t, ~np.isin(sp, SPLITS), 0, file=IMPRESSIONS, column="split", kind="split",
+                     message=f"split values must be one of {list(SPLITS)}", fix="relabel the split column",
+                     show=show)
+            if "ts" in ok:
+                ts = col("ts")
+                want = np.where(ts >= m.split.test_start_ts, "test",
+                                np.where(ts >= m.split.val_start_ts, "val", "train"))
+                rep.rows(t, np.isin(sp, SPLITS) & (sp != want), 0, file=IMPRESSIONS, column="split", kind="leakage",
+                         message=f"split is not chronological: it disagrees with manifest.split "
+                                 f"(val from ts {m.split.val_start_ts}, test from ts {m.split.test_start_ts})",
+                         fix="derive split from ts: train < split.val_start_ts <= val < split.test_start_ts <= test",
+                         show=show)
+    return rep.result()
+
+
+def add_validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path)
+
+
+def main_validate(args: argparse.Namespace) -> int:
+    found = validate(args.folder)
+    if not found:
+        print(f"{args.folder}: valid (contract v{Manifest.load(args.folder).contract_version})")
+        return 0
+    print(f"{args.folder}: {len(found)} violation(s)")
+    for v in found:
+        print(f"- {v}")
+    return 1
