@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from harness.data.contract import ContractError
 
 
@@ -21,7 +23,13 @@ def _convert(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"convert: harness.data.converters is not available ({e})", file=sys.stderr)
         return 2
-    opts = dict(kv.split("=", 1) for kv in args.opt)
+    opts = {}
+    for kv in args.opt:
+        if "=" not in kv:
+            print(f"convert: --opt {kv!r} must look like KEY=VALUE (e.g. --opt negatives=4)", file=sys.stderr)
+            return 2
+        key, value = kv.split("=", 1)
+        opts[key] = yaml.safe_load(value)           # "4" -> 4, "true" -> True, "a" -> "a"
     out = convert(args.source, args.raw, args.out, **opts)
     print(f"wrote {out}; check it with: python -m harness.data validate {out}")
     return 0
@@ -49,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("raw", type=Path, help="folder with the raw files")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="converter option (repeatable), passed as a string keyword argument")
+                   help="converter option (repeatable), passed as a keyword argument (value parsed as YAML)")
     s.set_defaults(func=_convert)
     return p
 
@@ -58,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ContractError, FileExistsError) as e:
+    except (ContractError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
