@@ -32,8 +32,9 @@ class LayerParts(Protocol):
     n_heads: int
     keep_s: int          # S-rows this layer keeps as queries (frame positions, padding included)
 
-    def s_qkv(self, x: Tensor, n_query: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Pre-norm + shared S projections: q for the last n_query rows, k/v for all. (R, T, H, dh)."""
+    def s_qkv(self, x: Tensor, n_query: int, n_kv: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Pre-norm + shared S projections: q for the last n_query rows, k/v for the last n_kv rows
+        (all rows when None). Each (R, rows, H, dh)."""
 
     def ns_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Pre-norm + token-specific NS projections of (B, L_NS, d): q, k, v each (B, L_NS, H, dh)."""
@@ -215,6 +216,227 @@ def request_level_forward(model: torch.nn.Module, batch: dict[str, Tensor]) -> d
 
 
 def onetrans_parts(model: torch.nn.Module) -> OneTransParts:
-    """The OneTransParts view of a built OneTrans model (see model/onetrans.py)."""
-    from ._onetrans_parts import parts_of
-    return parts_of(model)
+    """The OneTransParts view of a model: itself if it already speaks the protocol (the test toy),
+    else the adapter over model/onetrans.py's modules."""
+    if all(hasattr(model, a) for a in ("s_tokens", "ns_tokens", "heads", "layers")):
+        return model  # type: ignore[return-value]
+    return _OneTransAdapter(model)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving API
+# --------------------------------------------------------------------------------------------
+
+
+class OneTransScorer:
+    """score(history, candidates) -> probabilities, the S-side computed once per request.
+
+    history: the request's seq_* tensors, shape (1, L, ...) (one request, left-padded as in a batch)
+    candidates: the per-impression tensors (cand_item, cand_side, ns_cat, ns_num), C rows.
+    cache=False runs the plain model(batch) instead (every candidate recomputes the S-side): the
+    reference, and the "cache off" row of benchmarks/serving.py. Candidates go through in chunks of
+    at most max_batch to bound memory; the cache is shared by every chunk.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, cache: bool = True, max_batch: int = 4096) -> None:
+        self.model, self.cache, self.max_batch = model, cache, max_batch
+        self.parts = onetrans_parts(model) if cache else None
+
+    @torch.no_grad()
+    def score(self, history: dict[str, Tensor], candidates: dict[str, Tensor]) -> dict[str, Tensor]:
+        n_cand = candidates["cand_item"].shape[0]
+        seq = {k: history[k] for k in SEQ_KEYS}
+        if seq["seq_item"].shape[0] != 1:
+            raise ValueError(f"OneTransScorer.score: history holds {seq['seq_item'].shape[0]} requests; "
+                             "pass one request (seq_* tensors of shape (1, L, ...)).")
+        side = stage_one(self.parts, seq) if self.cache else None
+        outs = []
+        for lo in range(0, n_cand, self.max_batch):
+            imp = {k: candidates[k][lo:lo + self.max_batch] for k in IMPRESSION_KEYS if k != "req_index"}
+            imp["req_index"] = torch.zeros(imp["cand_item"].shape[0], dtype=torch.long, device=imp["cand_item"].device)
+            logits = stage_two(self.parts, side, imp, seq) if self.cache else self.model({**seq, **imp})
+            outs.append(logits)
+        return {t: torch.sigmoid(torch.cat([o[t] for o in outs])) for t in outs[0]}
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-request incremental cache (docs/kv-cache.md §2)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AppendStats:
+    """What the last append reused: r and the rows computed per layer (for tests and benchmarks)."""
+
+    exact_layers: int                 # r: states of old events exact up to and including layer r
+    query_rows: list[int]             # S query rows computed per layer
+    kv_rows: list[int]                # S key/value rows computed per layer
+
+
+class IncrementalCache:
+    """One user's S-side cache, updated by appending events; exact under the rule of the doc.
+
+    Keeps, for the user's real events only (no padding): the token states h_m of the events each
+    layer keeps and the keys/values of the events entering each layer. `append` computes only what
+    the causal mask, the pyramid and the frame length (maximum history) make non-reusable.
+    Requires time-invariant S tokens (no time-gap embedding; timestamp-aware stream): the caller
+    states it with `time_invariant=True`, since the model's token embedding cannot be inspected.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, frame: int | None = None,
+                 time_invariant: bool | None = None) -> None:
+        self.parts = onetrans_parts(model)
+        if time_invariant is None:
+            time_invariant = bool(getattr(self.parts, "time_invariant", False))
+        if not time_invariant:
+            raise ValueError("IncrementalCache: S tokens that depend on the request time (time-gap embedding) "
+                             "or an intent-ordered stream change old events' tokens; rebuild the cache with "
+                             "stage_one instead (docs/kv-cache.md §2, assumption T).")
+        self.frame = frame if frame is not None else model.spec.seq_len
+        keep, prev = [self.frame], self.frame
+        for layer in self.parts.layers:
+            prev = min(layer.keep_s, prev)
+            keep.append(prev)
+        self.keep = keep                                   # s_0 = frame, s_m = kept after layer m
+        self.n = 0
+        self.states: list[Tensor] | None = None            # h_m rows for events [w_m(n), n)
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self.last: AppendStats | None = None
+
+    def window(self, m: int, n: int) -> int:
+        """First event whose state exists after layer m when the user has n events."""
+        return max(0, n - self.keep[m])
+
+    @torch.no_grad()
+    def append(self, new_events: dict[str, Tensor]) -> AppendStats:
+        """Add ΔL events (seq_* tensors of shape (1, ΔL, ...), all real, oldest first)."""
+        if not bool(new_events["seq_mask"].all()):
+            raise ValueError("IncrementalCache.append: new_events must hold real events only (seq_mask all True)")
+        x_new, _ = self.parts.s_tokens({k: new_events[k] for k in SEQ_KEYS})
+        n0, n1 = self.n, self.n + x_new.shape[1]
+        n_layers = len(self.parts.layers)
+        same = [self.window(j, n0) == self.window(j, n1) for j in range(n_layers + 1)]
+        exact = [all(same[:j]) for j in range(n_layers + 1)]  # h_j of old events exact
+        old = self.states
+        prev = x_new if old is None else torch.cat([old[0][:, self.window(0, n1) - self.window(0, n0):], x_new], 1)
+        prev = prev[:, prev.shape[1] - (n1 - self.window(0, n1)):]
+        states, keys, values, q_rows, kv_rows = [prev], [], [], [], []
+        for m, layer in enumerate(self.parts.layers, start=1):
+            lo_in, lo_out = self.window(m - 1, n1), self.window(m, n1)
+            n_out = n1 - lo_out
+            n_new_in = n1 - max(n0, lo_in)                          # rows of prev that are new events
+            n_query = n_out if not exact[m] or old is None else n1 - max(n0, lo_out)
+            if exact[m - 1] and old is not None:
+                c = n_new_in
+                q, k, v = layer.s_qkv(prev, n_query, c)
+                # cached rows hold events [w_{m-1}(n0), n0); reuse events [lo_in, n1 - c)
+                a, b = lo_in - self.window(m - 1, n0), n1 - c - self.window(m - 1, n0)
+                k = torch.cat([self.keys[m - 1][:, a:b], k], 1)
+                v = torch.cat([self.values[m - 1][:, a:b], v], 1)
+            else:
+                c = prev.shape[1]
+                q, k, v = layer.s_qkv(prev, n_query)
+            attn = _s_attention(q, k, v, torch.ones(k.shape[:2], dtype=torch.bool, device=k.device))
+            fresh = layer.s_finish(prev[:, prev.shape[1] - n_query:], attn)
+            if n_query < n_out:                                      # old states of this layer are exact
+                kept_old = old[m][:, old[m].shape[1] - (n_out - n_query):]
+                fresh = torch.cat([kept_old, fresh], 1)
+            states.append(fresh)
+            keys.append(k)
+            values.append(v)
+            q_rows.append(n_query)
+            kv_rows.append(c)
+            prev = fresh
+        self.states, self.keys, self.values, self.n = states, keys, values, n1
+        self.last = AppendStats(exact_layers=max(j for j in range(n_layers + 1) if exact[j]),
+                                query_rows=q_rows, kv_rows=kv_rows)
+        return self.last
+
+    def side_cache(self) -> SideCache:
+        """The cache as stage II reads it (one request, no padding)."""
+        if self.states is None:
+            raise ValueError("IncrementalCache: no events appended yet")
+        masks = [torch.ones(k.shape[:2], dtype=torch.bool, device=k.device) for k in self.keys]
+        final = self.states[-1]
+        return SideCache(keys=self.keys, values=self.values, masks=masks, s_final=final,
+                         s_final_mask=torch.ones(final.shape[:2], dtype=torch.bool, device=final.device))
+
+    @torch.no_grad()
+    def score(self, candidates: dict[str, Tensor]) -> dict[str, Tensor]:
+        imp = {k: candidates[k] for k in IMPRESSION_KEYS if k != "req_index"}
+        imp["req_index"] = torch.zeros(imp["cand_item"].shape[0], dtype=torch.long, device=imp["cand_item"].device)
+        logits = stage_two(self.parts, self.side_cache(), imp, {})
+        return {t: torch.sigmoid(v) for t, v in logits.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The OneTransParts view of model/onetrans.py (reads its modules; changes nothing)
+# --------------------------------------------------------------------------------------------
+
+
+class _BlockAdapter:
+    """One OneTransBlock seen through LayerParts (its norm1/kv/q/o/ffn modules, its keep_s)."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        self.block = block
+        self.keep_s = block.keep_s
+        self.n_heads = block.cfg.n_heads
+
+    def _h(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.n_heads, x.shape[-1] // self.n_heads))
+
+    def s_qkv(self, x: Tensor, n_query: int, n_kv: int | None = None):
+        b = self.block
+        h = b.norm1(x)
+        hk = h if n_kv is None else h[:, h.shape[1] - n_kv:]
+        k, v = b.kv.forward_s(hk).chunk(2, -1)
+        q = b.q.forward_s(h[:, h.shape[1] - n_query:]) if n_query else h[:, :0]
+        return self._h(q), self._h(k), self._h(v)
+
+    def ns_qkv(self, x: Tensor):
+        q, k, v = self.block.ns_qkv(x)
+        return self._h(q), self._h(k), self._h(v)
+
+    def s_finish(self, x_kept: Tensor, attn: Tensor) -> Tensor:
+        return self.block.s_out(x_kept, attn) if x_kept.shape[1] else x_kept
+
+    def ns_finish(self, x: Tensor, attn: Tensor) -> Tensor:
+        return self.block.ns_out(x, attn)
+
+
+class _OneTransAdapter:
+    """model/onetrans.py's OneTrans as OneTransParts. Refuses the configurations the cache cannot
+    serve exactly (full attention: S-rows would read NS-rows)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        cfg = getattr(model, "cfg", None)
+        if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "s_tok"):
+            raise TypeError(f"KV caching needs a OneTrans model (model/onetrans.py); got {type(model).__name__}")
+        if not cfg.causal:
+            raise ValueError("onetrans Config.causal=False (full attention): S-tokens read NS-tokens, so the "
+                             "S-side cannot be cached; KV caching needs the causal mask (spec §1.2)")
+        self.model, self.cfg = model, cfg
+        self.layers = [_BlockAdapter(b) for b in model.blocks]
+        # S tokens depend on the request time with the gap embedding, and an intent-ordered stream
+        # inserts new events mid-list: then old events' tokens change (docs/kv-cache.md §2).
+        self.time_invariant = (not cfg.gap_embedding) and cfg.seq_fusion == "timestamp"
+
+    def s_tokens(self, seq: dict[str, Tensor]):
+        return self.model.s_tok(seq)
+
+    def ns_tokens(self, imp: dict[str, Tensor], seq: dict[str, Tensor]) -> Tensor:
+        return self.model.ns_tok(imp)
+
+    def heads(self, ns_final: Tensor, s_final: Tensor | None, s_mask: Tensor | None) -> dict[str, Tensor]:
+        m = self.model
+        parts = [ns_final]
+        n_s_final = m.n_final - m.cfg.n_ns_tokens          # S rows the heads read (pyramid reading B)
+        if n_s_final:
+            # the plain forward zeroes padded S rows and always hands the heads n_s_final of them:
+            # zero our padded rows and left-pad an unpadded (serving) cache back to that count.
+            s = s_final * s_mask.unsqueeze(-1).to(s_final.dtype)
+            s = torch.nn.functional.pad(s, (0, 0, n_s_final - s.shape[1], 0))
+            parts = [s, ns_final]
+        h = m.final_norm(torch.cat(parts, 1)).flatten(1)
+        return {t: head(h).squeeze(-1).float() for t, head in m.heads.items()}

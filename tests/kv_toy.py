@@ -36,10 +36,11 @@ class ToyLayer(nn.Module):
         return x.reshape(*x.shape[:-1], self.n_heads, self.d // self.n_heads)
 
     # --- the OneTransParts LayerParts protocol ---
-    def s_qkv(self, x: Tensor, n_query: int):
+    def s_qkv(self, x: Tensor, n_query: int, n_kv: int | None = None):
         h = _rms(x, self.n1)
+        hk = h if n_kv is None else h[:, h.shape[1] - n_kv:]
         return (self.heads_view(h[:, h.shape[1] - n_query:] @ self.s_w["q"]),
-                self.heads_view(h @ self.s_w["k"]), self.heads_view(h @ self.s_w["v"]))
+                self.heads_view(hk @ self.s_w["k"]), self.heads_view(hk @ self.s_w["v"]))
 
     def ns_qkv(self, x: Tensor):
         h = _rms(x, self.n1)
@@ -84,6 +85,7 @@ class ToyOneTrans(nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.spec, self.d, self.n_ns = spec, d, n_ns
+        self.time_invariant = True     # S tokens use the event's own fields only (no time gap)
         keep = keep_s or (spec.seq_len,) * n_layers
         self.item = nn.Embedding(spec.item_vocab, d)
         self.btype = nn.Embedding(spec.n_behaviors + 1, d)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from model.features import random_batch, tiny_spec
-from model.kv_cache import request_level_forward, stage_one, stage_two, _split
-from tests.kv_toy import ToyOneTrans
+from model.kv_cache import OneTransScorer, _split, request_level_forward, stage_one, stage_two, onetrans_parts
+from tests.kv_models import KINDS, make_model
 
 
 def _batch(spec, n_req, per_req, seed):
@@ -14,17 +14,111 @@ def _batch(spec, n_req, per_req, seed):
                         generator=torch.Generator().manual_seed(seed))
 
 
+def _cached(model, batch):
+    parts = onetrans_parts(model)
+    seq, imp = _split(batch)
+    return stage_two(parts, stage_one(parts, seq), imp, seq)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("n_cand", [1, 7, 100])
 @pytest.mark.parametrize("pyramid", [False, True])
-def test_toy_cached_equals_full(n_cand, pyramid):
+def test_cached_equals_full_fp32(kind, n_cand, pyramid):
     spec = tiny_spec(seq_len=24)
-    keep = (20, 12, 5) if pyramid else None
-    model = ToyOneTrans(spec, keep_s=keep, seed=n_cand).eval()
+    model = make_model(kind, spec, pyramid=pyramid, seed=n_cand)
     batch = _batch(spec, 3, n_cand, seed=10 + n_cand)
     assert not batch["seq_mask"].all()                       # padding is exercised
     with torch.no_grad():
-        ref = model(batch)
-        seq, imp = _split(batch)
-        got = stage_two(model, stage_one(model, seq), imp, seq)
+        ref, got = model(batch), _cached(model, batch)
     for t in ("ctr", "cvr"):
         torch.testing.assert_close(got[t], ref[t], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{"pyramid_end": "B"}, {"prune_first_layer": False},
+                                       {"seq_fusion": "intent"}, {"gap_embedding": True},
+                                       {"mixed_params": False}, {"out_proj": "shared"}])
+def test_cached_equals_full_ablations(overrides):
+    spec = tiny_spec(seq_len=24)
+    model = make_model("onetrans", spec, pyramid=True, seed=3, **overrides)
+    batch = _batch(spec, 4, 5, seed=99)
+    with torch.no_grad():
+        ref, got = model(batch), _cached(model, batch)
+    for t in ("ctr", "cvr"):
+        torch.testing.assert_close(got[t], ref[t], atol=1e-5, rtol=1e-5)
+
+
+def test_uneven_requests_and_empty_history():
+    """Requests with 1..6 candidates and one request with no events at all."""
+    spec = tiny_spec(seq_len=16)
+    model = make_model("onetrans", spec, pyramid=True, seed=4)
+    batch = _batch(spec, 4, 6, seed=5)
+    keep = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 12, 18, 19, 20, 21, 22, 23])  # 6, 2, 1, 6 candidates
+    batch = {k: (v[keep] if v.shape[0] == 24 and k not in ("seq_item",) and not k.startswith("seq_") else v)
+             for k, v in batch.items()}
+    for k in ("seq_item", "seq_side", "seq_type", "seq_gap", "seq_mask"):
+        batch[k][2] = 0                                       # request 2: empty history
+    with torch.no_grad():
+        ref, got = model(batch), _cached(model, batch)
+    for t in ("ctr", "cvr"):
+        torch.testing.assert_close(got[t], ref[t], atol=1e-5, rtol=1e-5)
+
+
+def test_scorer_matches_plain_forward():
+    spec = tiny_spec(seq_len=32)
+    model = make_model("onetrans", spec, pyramid=True, seed=6)
+    batch = _batch(spec, 1, 50, seed=7)
+    hist = {k: batch[k] for k in ("seq_item", "seq_side", "seq_type", "seq_gap", "seq_mask")}
+    cands = {k: batch[k] for k in ("cand_item", "cand_side", "ns_cat", "ns_num")}
+    on = OneTransScorer(model, cache=True, max_batch=16).score(hist, cands)
+    off = OneTransScorer(model, cache=False).score(hist, cands)
+    for t in ("ctr", "cvr"):
+        torch.testing.assert_close(on[t], off[t], atol=1e-6, rtol=1e-5)
+        assert on[t].shape == (50,) and bool(((on[t] > 0) & (on[t] < 1)).all())
+
+
+def test_bf16_close_to_fp32_reference():
+    """bf16 autocast, tiny size only (CPU bf16 matmuls are slow). Both bf16 paths must stay within
+    3e-2 (abs, logits of magnitude ~1) of the fp32 plain forward."""
+    spec = tiny_spec(seq_len=16)
+    model = make_model("onetrans", spec, pyramid=True, seed=8, attention="sdpa")
+    batch = _batch(spec, 2, 7, seed=9)
+    with torch.no_grad():
+        ref = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            full_bf16, cached_bf16 = model(batch), _cached(model, batch)
+    for t in ("ctr", "cvr"):
+        assert ref[t].abs().max() > 0.05                      # not a degenerate all-zero comparison
+        torch.testing.assert_close(cached_bf16[t].float(), ref[t], atol=3e-2, rtol=3e-2)
+        torch.testing.assert_close(full_bf16[t].float(), ref[t], atol=3e-2, rtol=3e-2)
+
+
+def test_full_attention_refused():
+    spec = tiny_spec(seq_len=16)
+    model = make_model("onetrans", spec, pyramid=True, seed=1, causal=False)
+    with pytest.raises(ValueError, match="causal"):
+        onetrans_parts(model)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pyramid", [False, True])
+def test_request_level_training_same_loss_and_grads(kind, pyramid):
+    spec = tiny_spec(seq_len=24)
+    model = make_model(kind, spec, pyramid=pyramid, seed=11).train()
+    batch = _batch(spec, 3, 5, seed=12)
+
+    def loss_and_grads(fwd):
+        model.zero_grad(set_to_none=True)
+        out = fwd(batch)
+        loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(out[t], batch[l])
+                   for t, l in (("ctr", "click"), ("cvr", "conversion")))
+        loss.backward()
+        # a parameter outside the graph (the toy's unused last-layer S weights) counts as zero grad
+        return loss.detach(), {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                               for n, p in model.named_parameters()}
+
+    ref_loss, ref_grads = loss_and_grads(model)
+    got_loss, got_grads = loss_and_grads(lambda b: request_level_forward(model, b))
+    torch.testing.assert_close(got_loss, ref_loss, atol=1e-6, rtol=1e-6)
+    assert sum(bool(g.abs().sum() > 0) for g in ref_grads.values()) > 10
+    for n in ref_grads:
+        torch.testing.assert_close(got_grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)

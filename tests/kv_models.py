@@ -1,0 +1,24 @@
+"""Models the KV-cache tests run on: the real OneTrans (model/onetrans.py) and the independent toy."""
+from __future__ import annotations
+
+import torch
+
+from model.features import FeatureSpec
+from tests.kv_toy import ToyOneTrans
+
+KINDS = ("onetrans", "toy")
+
+
+def make_model(kind: str, spec: FeatureSpec, *, pyramid: bool, seed: int, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if kind == "toy":
+        L = spec.seq_len
+        return ToyOneTrans(spec, keep_s=(L - 4, L // 2, 5) if pyramid else None, seed=seed).eval()
+    from model.registry import build_model
+    cfg = {"n_layers": 3, "pyramid": pyramid, "attention": "reference", **overrides}
+    model = build_model("onetrans", spec, "onetrans-tiny", cfg).eval()
+    with torch.no_grad():   # non-trivial RMSNorm gains, so a wrong norm placement cannot hide
+        for name, p in model.named_parameters():
+            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name.endswith("final_norm.weight"):
+                p.add_(0.2 * torch.randn_like(p))
+    return model
