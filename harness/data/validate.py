@@ -229,6 +229,9 @@ def validate(folder: str | Path) -> list[Violation]:
         t = pq.read_table(folder / IMPRESSIONS, columns=sorted(ok))
         show = tuple(c for c in ("request_id", "user_id", "ts") if c in ok)
         col = lambda c: t.column(c).to_numpy(zero_copy_only=False)
+        if "ts" in ok:
+            rep.rows(t, col("ts") < 0, 0, file=IMPRESSIONS, column="ts", kind="timestamp",
+                     message="negative timestamps", fix="store ts as int64 epoch seconds", show=show)
         if {"ts", "request_id"} <= ok:
             ts, rid = col("ts"), col("request_id")
             bad = np.zeros(len(ts), bool)
