@@ -1,0 +1,213 @@
+"""Lightning pieces that make a run resumable, safe and measured.
+
+ResumableLoader   wraps a train loader so that a resumed run skips the batches it already trained on
+ChainLoader       next-batch protocol: train, then val, then test, in time order, each batch tagged
+ResumeState       checkpoints the data position and the RNG states (bitwise resume on CPU)
+AtomicCheckpointIO  writes checkpoints to a temporary file and renames it (a kill never leaves a torn last.ckpt)
+CsvMetrics        a Lightning logger writing runstore.MetricsCsv (the local source of truth)
+Throughput        impressions trained and the wall time spent training (validation excluded)
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+from harness.runstore import MetricsCsv
+
+SPLIT_KEY = "_split"      # batch key set by ChainLoader (a str; the system pops it before the model)
+
+
+class ResumableLoader:
+    """Any iterable of batches; the next iteration skips the first `skip` batches (fetched and
+    dropped, so any loader works; the cost is the loading time of those batches, once per resume).
+    Lightning sees `sampler` (to call set_epoch) and `len`."""
+
+    def __init__(self, loader: Iterable):
+        self.loader = loader
+        self.skip = 0
+
+    @property
+    def sampler(self):
+        return getattr(self.loader, "sampler", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator:
+        it = iter(self.loader)
+        skip, self.skip = self.skip, 0
+        for _ in range(skip):
+            next(it)
+        yield from it
+
+
+class _FanOutSampler:
+    def __init__(self, samplers: list):
+        self.samplers = [s for s in samplers if s is not None]
+
+    def set_epoch(self, epoch: int) -> None:
+        for s in self.samplers:
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(epoch)
+
+
+class ChainLoader:
+    """Loaders one after the other (next-batch protocol: the whole stream in time order); each
+    batch gets batch[SPLIT_KEY] = the split it came from."""
+
+    def __init__(self, parts: list[tuple[str, Iterable]]):
+        self.parts = parts
+        self.sampler = _FanOutSampler([getattr(loader, "sampler", None) for _, loader in parts])
+
+    def __len__(self) -> int:
+        return sum(len(loader) for _, loader in self.parts)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator:
+        for split, loader in self.parts:
+            for batch in loader:
+                batch[SPLIT_KEY] = split
+                yield batch
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumeState(Callback):
+    """Counts the batches trained in the current epoch and saves that count and the RNG states in
+    every checkpoint; on resume, the train loader skips those batches and the RNGs are restored,
+    so training continues exactly where the checkpoint was taken.
+
+    (Lightning keeps its step counters on resume but, for a plain DataLoader, restarts the epoch's
+    data from the first batch; and it does not checkpoint RNG states.) Checkpoint callbacks run
+    after this one (Lightning orders them last), so the saved count includes the current batch."""
+
+    def __init__(self, loader: ResumableLoader):
+        self.loader = loader
+        self.epoch, self.batches = 0, 0
+        self._pending: dict[str, Any] | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._pending is not None and self._pending["epoch"] == trainer.current_epoch:
+            self.epoch, self.batches = self._pending["epoch"], self._pending["batches"]
+            self.loader.skip = self.batches
+            _set_rng_state(self._pending["rng"])
+        else:
+            self.epoch, self.batches = trainer.current_epoch, 0
+        self._pending = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches": self.batches, "rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary sibling, then rename: a checkpoint file is whole or absent."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        fs = get_filesystem(path)
+        fs.makedirs(str(path.parent), exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+class CsvMetrics(Logger):
+    """Lightning logger -> metrics.csv (long form). Rank 0 only; hyper-parameters go to config.yaml."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None):
+        super().__init__()
+        self.csv = MetricsCsv(path)
+        if resume_step is not None and rank_zero_only.rank == 0:
+            self.csv.truncate_after(resume_step)
+
+    @property
+    def name(self) -> str:
+        return "csv"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        if metrics:
+            self.csv.append(int(step or 0), metrics)
+
+
+class Throughput(Callback):
+    """Impressions trained and the training wall time (from the first to the last training batch,
+    validation time subtracted). Counts come from tensor shapes: no device sync. Both are saved in
+    checkpoints, so after a resume they cover the work the final model rests on (work lost after
+    the last checkpoint is not counted)."""
+
+    def __init__(self):
+        self.samples = 0
+        self.train_time = 0.0
+        self._t0: float | None = None
+        self._val_t0: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples += int(batch["click"].shape[0])
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._val_t0 is not None and self._t0 is not None:
+            self._t0 += time.perf_counter() - self._val_t0     # leave evaluation out of the training time
+        self._val_t0 = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._t0 is not None:
+            if trainer.strategy.root_device.type == "cuda":
+                torch.cuda.synchronize()
+            self.train_time += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def state_dict(self) -> dict[str, Any]:
+        running = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        return {"samples": self.samples, "train_time": self.train_time + running}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.samples, self.train_time = int(state_dict["samples"]), float(state_dict["train_time"])

@@ -1,0 +1,201 @@
+"""The Lightning system: loss, metrics and optimiser around a model from model/ (kept thin).
+
+Loss: BCE on the CTR logit over every impression, plus the CVR term:
+  cvr_loss = "clicked"  BCE of conversion on the CVR logit over clicked impressions (the paper's
+                        CVR = conversion | click; non-clicked impressions carry no CVR signal)
+  cvr_loss = "ctcvr"    BCE of conversion on P(click) * P(conversion | click) over every impression
+                        (ESMM-style; computed in log space, no saturation)
+weighted by train.ctr_weight / train.cvr_weight.
+
+Evaluation protocols (train.protocol):
+  holdout     validation/test steps collect predictions; at the end of each evaluation the exact
+              metrics of harness.metrics are computed over the whole split (all ranks gathered).
+  next_batch  every training batch is first predicted in eval mode (no grad), the predictions are
+              kept, then the model trains on it; figures are per-day macro averages (spec §3).
+
+A NaN/inf loss is detected without a per-step host sync: the first bad step is kept in a device
+tensor and checked every log_every_n_steps and before every checkpoint save (so no checkpoint
+is ever written after it).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness import metrics as M
+from harness.callbacks import SPLIT_KEY
+from harness.config import TrainConfig
+from harness.optim import build_optimizer, clip_per_group
+
+PRED_KEYS = ("click", "conversion", "user_id", "ts")
+ORACLE_KEYS = ("p_click", "p_conversion")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate on both sides of -ln 2."""
+    x = x.clamp(max=-1e-7)
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def task_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    ctr_logit, cvr_logit = out["ctr"].float(), out["cvr"].float()
+    click, conv = batch["click"].float(), batch["conversion"].float()
+    ctr = F.binary_cross_entropy_with_logits(ctr_logit, click)
+    if cfg.cvr_loss == "clicked":
+        per = F.binary_cross_entropy_with_logits(cvr_logit, conv, reduction="none")
+        cvr = (per * click).sum() / click.sum().clamp(min=1.0)     # mean over clicked; 0 if none
+    else:
+        log_p = F.logsigmoid(ctr_logit) + F.logsigmoid(cvr_logit)
+        cvr = -(conv * log_p + (1 - conv) * _log1mexp(log_p)).mean()
+    return {"loss": cfg.ctr_weight * ctr + cfg.cvr_weight * cvr, "ctr_loss": ctr, "cvr_loss": cvr}
+
+
+class RankingSystem(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, *, has_oracle: bool = False):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.has_oracle = has_oracle
+        self._preds: dict[str, list[dict[str, torch.Tensor]]] = defaultdict(list)
+        self.results: dict[str, dict[str, Any]] = {}     # split -> {"metrics", "oracle", "step"}
+        self.register_buffer("first_bad_step", torch.tensor(-1, dtype=torch.long), persistent=False)
+
+    # ---- training ----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model(batch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        split = batch.pop(SPLIT_KEY, "train")
+        if self.cfg.protocol == "next_batch":
+            self.model.eval()
+            with torch.no_grad():
+                self._record(split, batch, self.model(batch))
+            self.model.train()
+        losses = task_losses(self.model(batch), batch, self.cfg)
+        loss = losses["loss"]
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad_step.copy_(torch.where(bad & (self.first_bad_step < 0),
+                                              torch.full_like(self.first_bad_step, self.global_step),
+                                              self.first_bad_step))
+        n = int(batch["click"].shape[0])
+        for k, v in losses.items():
+            self.log(f"train/{k}", v.detach(), on_step=True, on_epoch=False, prog_bar=(k == "loss"), batch_size=n)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.global_step % self.cfg.log_every_n_steps == 0:
+            self.check_finite()
+
+    def on_train_end(self) -> None:
+        self.check_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite()     # raising here stops the save: the last good checkpoint stays
+        if self.cfg.protocol == "next_batch":
+            # the predictions logged so far are part of the run's result: a resumed run needs them
+            checkpoint["next_batch_predictions"] = {
+                split: {k: torch.cat([r[k] for r in rows]).cpu() for k in rows[0]}
+                for split, rows in self._preds.items() if rows}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("next_batch_predictions", {})
+        self._preds = defaultdict(list, {split: [{k: v.to(self.device) for k, v in row.items()}]
+                                         for split, row in saved.items()})
+
+    def check_finite(self) -> None:
+        step = int(self.first_bad_step)      # the one host sync, at log cadence
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"training loss became NaN/inf at optimizer step {step} (checked every "
+                f"{self.cfg.log_every_n_steps} steps and before each checkpoint). The last good checkpoint "
+                f"is kept. Try a lower learning rate (train.lr / train.dense_lr), tighter clipping "
+                f"(train.clip_dense), or precision 32-true.")
+
+    def configure_optimizers(self):
+        opt, sched = build_optimizer(self.model, self.cfg)
+        if sched is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = clip_per_group(optimizer)
+        for name, norm in norms.items():
+            self.log(f"train/grad_norm_{name}", norm, on_step=True, on_epoch=False)
+        for g in optimizer.param_groups:
+            self.log(f"train/lr_{g.get('name', 'group')}", float(g["lr"]), on_step=True, on_epoch=False)
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def _record(self, split: str, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> None:
+        row = {"ctr_logit": out["ctr"].detach().float(), "cvr_logit": out["cvr"].detach().float()}
+        for k in PRED_KEYS + (ORACLE_KEYS if self.has_oracle else ()):
+            row[k] = batch[k].detach()
+        self._preds[split].append(row)
+
+    def validation_step(self, batch, batch_idx) -> None:
+        batch.pop(SPLIT_KEY, None)
+        self._record("val", batch, self.model(batch))
+
+    def test_step(self, batch, batch_idx) -> None:
+        batch.pop(SPLIT_KEY, None)
+        self._record("test", batch, self.model(batch))
+
+    def _gathered(self, split: str) -> dict[str, np.ndarray]:
+        rows = self._preds.pop(split, [])
+        keys = ("ctr_logit", "cvr_logit") + PRED_KEYS + (ORACLE_KEYS if self.has_oracle else ())
+        local = {k: torch.cat([r[k] for r in rows]) if rows else torch.empty(0, device=self.device) for k in keys}
+        if self.trainer.world_size > 1:
+            local = {k: self._all_gather_var(v) for k, v in local.items()}
+        return {k: v.cpu().numpy() for k, v in local.items()}
+
+    def _all_gather_var(self, t: torch.Tensor) -> torch.Tensor:
+        """all_gather of 1-D tensors whose length differs per rank (pad, gather, trim)."""
+        n = torch.tensor([t.shape[0]], device=self.device)
+        sizes = self.all_gather(n).reshape(-1)
+        pad = int(sizes.max()) - t.shape[0]
+        full = self.all_gather(F.pad(t, (0, pad)))
+        return torch.cat([full[r, : int(sizes[r])] for r in range(full.shape[0])])
+
+    def evaluate_split(self, split: str, p: dict[str, np.ndarray]) -> dict[str, Any]:
+        if self.cfg.protocol == "next_batch":
+            w = self.cfg.next_batch_warmup_days if split == "train" else 0
+            metrics = M.daily_macro(p, self.cfg.cvr_loss, warmup_days=w)
+            oracle = M.daily_macro(p, self.cfg.cvr_loss, oracle=True, warmup_days=w) if self.has_oracle else {}
+        else:
+            metrics = M.split_metrics(p, self.cfg.cvr_loss) if len(p["click"]) else {}
+            oracle = M.split_metrics(p, self.cfg.cvr_loss, oracle=True) if self.has_oracle and len(p["click"]) else {}
+        return {"metrics": metrics, "oracle": oracle, "step": int(self.global_step), "n": int(len(p["click"]))}
+
+    def _finish_eval(self, split: str) -> None:
+        if self.trainer.sanity_checking:
+            self._preds.pop(split, None)
+            return
+        res = self.evaluate_split(split, self._gathered(split))
+        self.results[split] = res
+        logged = {f"{split}/{k}": v for k, v in res["metrics"].items()}
+        logged |= {f"{split}_oracle/{k}": v for k, v in res["oracle"].items()}
+        for k, v in logged.items():
+            self.log(k, float(v), on_step=False, on_epoch=True, prog_bar=k.endswith("ctr_auc"))
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+    def next_batch_results(self) -> dict[str, dict[str, Any]]:
+        """next_batch protocol: per-split figures of the predictions logged during training."""
+        out = {}
+        for split in ("train", "val", "test"):
+            if split in self._preds:
+                out[split] = self.evaluate_split(split, self._gathered(split))
+        return out

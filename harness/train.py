@@ -1,0 +1,323 @@
+"""One training run: `train_run(cfg, run_dir) -> result`, `describe(cfg)` and the CLI.
+
+    python -m harness.train --config configs/tiny.yaml [--set train.max_steps=50 ...] [--runs-dir runs]
+    python -m harness.train --config configs/tiny.yaml --describe      # params and FLOPs, no data
+
+train_run is idempotent: a run folder with DONE returns its result.json untouched; a folder with
+checkpoints/last.ckpt resumes from it (same data position, optimizer state and RNG state); a
+fresh folder starts from scratch. The folder layout is docs/contracts.md §4 (harness/runstore.py).
+
+Order of work: resolve the dataset and validate it (a missing or contract-breaking dataset fails
+here, before any model is built), build the model, decide precision / attention / compile / W&B
+mode and record them with reasons in provenance.json, train, evaluate, write result.json, DONE.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import provenance as P
+from harness.config import ConfigError, RunConfig, apply_overrides, check_model_config, load_config, run_id, run_name
+from harness.runstore import CONFIG, METRICS, PROVENANCE, RESULT_SCHEMA, RunStore, run_dir_for
+
+AXIS_FIELDS = ("n_layers", "d_model", "n_heads")
+
+
+# ---- dataset -------------------------------------------------------------------------------
+
+def resolve_dataset(cfg: RunConfig, progress: bool = False) -> Path:
+    """The dataset folder: generated (once, cached) for "synthetic:<preset>", else the given path."""
+    preset = cfg.data.synthetic_preset
+    if preset is not None:
+        from harness.data.synth import ensure_synthetic
+        return ensure_synthetic(preset, cfg.data.data_seed, cfg.data.cache_dir, progress=progress)
+    return Path(cfg.data.dataset)
+
+
+def validate_dataset(folder: Path) -> None:
+    """Raise ContractError listing every violation (file, column, example row, fix)."""
+    from harness.data.contract import ContractError, Manifest
+    from harness.data.validate import validate
+
+    if not folder.is_dir():
+        raise ContractError(f"data.dataset: {folder} is not a dataset folder. Give a folder of the data "
+                            f"contract (docs/data-contract.md) or 'synthetic:<preset>'.")
+    problems = validate(folder)
+    if problems:
+        raise ContractError(f"{folder}: the dataset breaks the data contract ({len(problems)} problem(s)); "
+                            f"nothing was trained:\n" + "\n".join(str(p) for p in problems))
+    Manifest.load(folder)
+
+
+def manifest_of(cfg: RunConfig):
+    """The dataset's manifest without generating or reading data."""
+    preset = cfg.data.synthetic_preset
+    if preset is not None:
+        from harness.data.synth import manifest_for
+        return manifest_for(preset, cfg.data.data_seed)
+    from harness.data.contract import Manifest
+    return Manifest.load(cfg.data.dataset)
+
+
+# ---- model ---------------------------------------------------------------------------------
+
+def model_overrides(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """model.overrides plus the execution switches of train.* the model implements, and the
+    decisions with reasons. A switch the model lacks is an error, not a silent no-op."""
+    model_cfg = check_model_config(cfg.model)
+    fields = {f.name for f in dataclasses.fields(model_cfg)}
+    ov = dict(cfg.model.overrides)
+    decisions: dict[str, Any] = {}
+
+    def put(field: str, value: Any, train_key: str) -> None:
+        if field in ov and ov[field] != value:
+            raise ConfigError(f"{train_key} and model.overrides.{field} disagree ({value!r} vs {ov[field]!r}); set one.")
+        ov[field] = value
+
+    t = cfg.train
+    if t.attention != "auto":
+        if "attention" not in fields:
+            raise ConfigError(f"train.attention = {t.attention!r} but model {cfg.model.name!r} has no attention "
+                              f"switch; leave it 'auto'.")
+        put("attention", t.attention, "train.attention")
+    if t.recompute:
+        if "recompute" not in fields:
+            raise ConfigError(f"train.recompute = true but model {cfg.model.name!r} does not implement recomputation.")
+        put("recompute", True, "train.recompute")
+    decisions["recompute"] = {"value": bool(ov.get("recompute", False)),
+                              "reason": "requested" if t.recompute else "default off"}
+    if t.compile:
+        if "compile_blocks" in fields:
+            put("compile_blocks", True, "train.compile")
+            decisions["compile"] = {"value": "blocks", "reason": "requested; the model compiles each block (static shapes per run)"}
+        else:
+            decisions["compile"] = {"value": "model", "reason": "requested; torch.compile on the whole model (no per-block switch)"}
+    else:
+        decisions["compile"] = {"value": False, "reason": "default off (compile costs ~15 s cold on CPU)"}
+    return ov, decisions
+
+
+def describe(cfg: RunConfig) -> dict[str, Any]:
+    """Parameters and analytic FLOPs of the run's model, built on the meta device (no data, no memory)."""
+    import torch
+    from model.registry import build_model
+
+    spec = manifest_of(cfg).feature_spec(cfg.data.seq_len, n_gap_buckets=cfg.data.n_gap_buckets)
+    ov, _ = model_overrides(cfg)
+    ov.pop("compile_blocks", None)
+    with torch.device("meta"):
+        model = build_model(cfg.model.name, spec, cfg.model.size, ov)
+    fl = model.flops_per_example()
+    return {"params": model.param_counts(),
+            "flops": {"forward_per_example": float(fl["forward"]), "train_per_example": float(fl["train"])}}
+
+
+def axes(cfg: RunConfig) -> dict[str, Any]:
+    model_cfg = check_model_config(cfg.model)
+    out: dict[str, Any] = {"seq_len": cfg.data.seq_len}
+    for f in AXIS_FIELDS:
+        if hasattr(model_cfg, f):
+            out[f] = getattr(model_cfg, f)
+    return out
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+def train_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train (or resume, or return the finished result of) the run in run_dir."""
+    store = RunStore(run_dir)
+    if store.is_done():
+        return store.result()  # type: ignore[return-value]
+    rid = run_id(cfg)
+    cfg_path = store / CONFIG
+    if cfg_path.exists():
+        old = load_config(cfg_path, check_model=False)
+        if run_id(old) != rid:
+            raise ConfigError(f"{store.path} holds run {run_id(old)} ({cfg_path}); this config is run {rid}. "
+                              f"Use the folder <runs>/<sweep>/{rid} (nothing was changed).")
+    store.create()
+    store.write_text(CONFIG, cfg.to_yaml())
+    store.write_status("running", new_attempt=True)
+    try:
+        result = _train(cfg, store, rid)
+    except Exception as e:
+        store.write_status("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    store.finish(result)
+    return result
+
+
+def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from harness import tracking
+    from harness.callbacks import AtomicCheckpointIO, ChainLoader, CsvMetrics, ResumableLoader, ResumeState, Throughput
+    from harness.data.datamodule import OneTransDataModule
+    from harness.system import RankingSystem
+    from model.registry import build_model
+
+    t, name = cfg.train, run_name(cfg)
+    threads, threads_why = P.decide_threads()
+    precision, precision_why = P.decide_precision(cfg)
+    wandb_mode, wandb_why = tracking.decide_mode(cfg)
+    overrides, decisions = model_overrides(cfg)
+    if t.protocol == "next_batch" and (t.max_epochs != 1 or t.devices * t.num_nodes != 1):
+        raise ConfigError("train.protocol = next_batch is one chronological pass on one device: set "
+                          "train.max_epochs = 1 and train.devices = train.num_nodes = 1.")
+
+    # 1. data: resolved and validated before anything is built
+    folder = resolve_dataset(cfg, progress=cfg.logging.progress_bar)
+    validate_dataset(folder)
+    next_batch = t.protocol == "next_batch"
+    dm = OneTransDataModule(folder, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
+                            eval_batch_size=cfg.data.batch_size if next_batch else cfg.data.eval_batch_size,
+                            num_workers=cfg.data.num_workers, seed=cfg.seed, n_gap_buckets=cfg.data.n_gap_buckets,
+                            chronological=next_batch or not cfg.data.shuffle)
+    dm.setup("fit")
+
+    # 2. model (seeded), system
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg.model.name, dm.feature_spec, cfg.model.size, overrides)
+    if decisions["compile"]["value"] == "model":
+        model = torch.compile(model)
+    system = RankingSystem(model, t, has_oracle=dm.has_oracle)
+
+    # 3. loaders: the train loader is resumable; next_batch streams train -> val -> test
+    if next_batch:
+        train_loader = ResumableLoader(ChainLoader([(s, dm.loader(s)) for s in ("train", "val", "test")]))
+    else:
+        train_loader = ResumableLoader(dm.train_dataloader())
+    val_loader = None if next_batch else dm.val_dataloader()
+
+    # 4. resume point, loggers, callbacks
+    ckpt_path = store.last_ckpt if store.last_ckpt.exists() else None
+    resume_step = None
+    if ckpt_path is not None:
+        resume_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    loggers: list[Any] = [CsvMetrics(store / METRICS, resume_step=resume_step)]
+    wandb_logger = tracking.make_logger(cfg, rid, name, store.logs, wandb_mode)
+    if wandb_logger is not None:
+        loggers.append(wandb_logger)
+    decisions |= {"precision": {"value": precision, "reason": precision_why},
+                  "wandb": {"value": wandb_mode, "reason": wandb_why},
+                  "threads": {"value": threads, "reason": threads_why},
+                  "attention": {"value": None, "reason": "decided by the model at its first forward (see end of run)"},
+                  "resumed_from_step": resume_step}
+    store.write_json(PROVENANCE, P.collect(cfg, decisions))
+
+    resume_state, throughput = ResumeState(train_loader), Throughput()
+    ckpt_cb = ModelCheckpoint(dirpath=store.checkpoints, save_top_k=0, save_last=True,
+                              every_n_train_steps=t.ckpt_every_n_steps, enable_version_counter=False)
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if "SLURM_NTASKS" in os.environ:
+        # submitit owns requeueing (USR2 + Checkpointable); Lightning must not requeue as well
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    eval_every = t.eval_every_n_steps
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, precision=precision,
+        max_epochs=t.max_epochs, max_steps=t.max_steps, logger=loggers,
+        callbacks=[resume_state, throughput, ckpt_cb], plugins=plugins,
+        enable_progress_bar=cfg.logging.progress_bar, enable_model_summary=False,
+        log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, deterministic=t.deterministic,
+        limit_val_batches=0 if next_batch else 1.0,
+        val_check_interval=eval_every if (eval_every > 0 and not next_batch) else None,
+        check_val_every_n_epoch=None if (eval_every > 0 and not next_batch) else 1,
+        use_distributed_sampler=False, default_root_dir=str(store.logs), gradient_clip_val=None)
+
+    # 5. train, then final evaluation with the final weights
+    try:
+        trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            raise KeyboardInterrupt("training was interrupted")
+        trainer.save_checkpoint(store.last_ckpt)
+        if next_batch:
+            results = system.next_batch_results()
+        else:
+            if system.results.get("val", {}).get("step") != trainer.global_step:
+                trainer.validate(system, dataloaders=val_loader, verbose=False)
+            trainer.test(system, dataloaders=dm.test_dataloader(), verbose=False)
+            results = {s: system.results[s] for s in ("val", "test")}
+    finally:
+        if wandb_logger is not None and trainer.global_rank == 0:
+            import wandb
+            if wandb.run is not None:
+                wandb.finish()
+
+    # 6. the record
+    core = model._orig_mod if hasattr(model, "_orig_mod") else model
+    att = getattr(core, "attention_decision", None)
+    decisions["attention"] = ({"value": att[0], "reason": att[1]} if att else
+                              {"value": None, "reason": f"model {cfg.model.name!r} reports no attention decision"})
+    store.write_json(PROVENANCE, P.collect(cfg, decisions))
+    desc_flops = core.flops_per_example()
+    samples = throughput.samples
+    sps = samples / throughput.train_time if throughput.train_time > 0 else None
+    peak, peak_why = P.peak_flops(P.device_info(t.accelerator), precision)
+    batches_per_epoch = max(len(train_loader), 1)
+    return {
+        "schema": RESULT_SCHEMA, "run_id": rid, "name": name, "sweep": cfg.sweep, "axis": cfg.axis,
+        "model": cfg.model.name, "size": cfg.model.size, "config": cfg.to_dict(), "axes": axes(cfg),
+        "seed": cfg.seed, "status": "done",
+        "metrics": {s: r["metrics"] for s, r in results.items()},
+        "oracle": {s: r["oracle"] for s, r in results.items()} if dm.has_oracle else {},
+        "params": core.param_counts(),
+        "flops": {"forward_per_example": float(desc_flops["forward"]),
+                  "train_per_example": float(desc_flops["train"]),
+                  "train_total": float(desc_flops["train"]) * samples},
+        "train": {"steps": int(trainer.global_step), "samples": samples,
+                  "epochs": trainer.global_step / batches_per_epoch},
+        "throughput": {"samples_per_s": sps, "train_time_s": throughput.train_time},
+        "mfu": (float(desc_flops["train"]) * sps * trainer.world_size / peak) if (peak and sps) else None,
+        "mfu_note": peak_why,
+        "eval_impressions": {s: r["n"] for s, r in results.items()},
+        "wall_time_s": time.perf_counter() - t_start,
+        "protocol": t.protocol,
+        "dataset": str(folder),
+    }
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, type=Path, help="run config YAML (see configs/)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted override, repeatable: --set train.max_steps=50 --set model.overrides.n_layers=4")
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs"), help="the run goes to RUNS_DIR/<sweep>/<run_id>")
+    ap.add_argument("--run-dir", type=Path, default=None, help="exact run folder (overrides --runs-dir)")
+    ap.add_argument("--describe", action="store_true", help="print params and FLOPs (no data, no training)")
+    args = ap.parse_args(argv)
+    from harness.data.contract import ContractError
+    from harness.system import NonFiniteLossError
+    try:
+        cfg = apply_overrides(load_config(args.config), args.overrides, where=f"{args.config} + --set")
+        if args.describe:
+            print(json.dumps({"run_id": run_id(cfg), "name": run_name(cfg), **describe(cfg)}, indent=2))
+            return 0
+        run_dir = args.run_dir or run_dir_for(args.runs_dir, cfg.sweep, run_id(cfg))
+        print(f"run {run_id(cfg)} ({run_name(cfg)}) -> {run_dir}", file=sys.stderr)
+        result = train_run(cfg, run_dir)
+    except (ConfigError, ContractError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    summary = {k: result[k] for k in ("run_id", "name", "metrics", "oracle", "train", "throughput", "wall_time_s")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
