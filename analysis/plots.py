@@ -1,0 +1,231 @@
+"""Figures (matplotlib, Agg backend): every function returns a Figure; save_figure writes PNG + SVG.
+
+Plots follow anchors.md §3.7: seed dots, config means ± seed sd, the fit line with its bootstrap
+band and a slope annotation; all series on one training-FLOPs axis; residuals; held-out parity;
+bootstrap distributions; ablation bars; training curves.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .analyze import Analysis, SeriesFit  # noqa: E402
+
+FORM_STYLE = {"loglinear": {"color": "C0", "label": "log-linear"}, "powerlaw": {"color": "C3", "label": "E + A·x^-α"}}
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 100, "axes.grid": True,
+                     "grid.alpha": 0.3, "svg.hashsalt": "onetrans-analysis"})  # fixed salt: reproducible SVG
+
+
+def save_figure(fig, out_dir: Path, name: str, *, vector: bool = True) -> dict[str, str]:
+    """Write name.png (raster, for HTML/Markdown) and, if vector, name.svg; returns {format: path}.
+
+    Figures are laid out by tight_layout when built, so no bbox_inches="tight" (it draws twice)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for ext in ("png", "svg") if vector else ("png",):
+        path = out_dir / f"{name}.{ext}"
+        fig.savefig(path, dpi=110, metadata={"Date": None} if ext == "svg" else None)
+        paths[ext] = str(path)
+    plt.close(fig)
+    return paths
+
+
+def _fmt_metric(m: str) -> str:
+    return m.replace("_", " ").upper().replace("LOGLOSS", "logloss")
+
+
+def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
+    """One panel per metric: seeds, means ± sd, fits with bands, oracle line, gain per doubling."""
+    group = [s for s in an.series if (s.sweep, s.model, s.axis, s.x_name) == (sweep, model, axis, x_name)]
+    pts = an.points(sweep, model, axis)
+    n = len(group)
+    cols = 3 if n > 2 else n
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    xcol = "train_flops" if x_name == "train_flops" else f"axes.{axis}"
+    for ax, s in zip(axes.flat, group):
+        x = pd.to_numeric(pts[xcol], errors="coerce").to_numpy(float)
+        y = pts[f"{an.split}.{s.metric}"].to_numpy(float)
+        ax.scatter(x, y, s=12, color="0.55", alpha=0.7, label="seeds", zorder=3)
+        xs = np.unique(x)
+        means = np.array([y[x == v].mean() for v in xs])
+        sds = np.array([y[x == v].std(ddof=1) if (x == v).sum() > 1 else 0.0 for v in xs])
+        ax.errorbar(xs, means, yerr=sds, fmt="o", color="k", ms=4, capsize=3, label="mean ± sd", zorder=4)
+        notes = []
+        for form, f in s.fits.items():
+            st = FORM_STYLE[form]
+            ax.plot(f.x_grid, f.pred, color=st["color"], lw=1.6, label=st["label"])
+            ax.fill_between(f.x_grid, f.band[0], f.band[1], color=st["color"], alpha=0.15, lw=0)
+            if form == "loglinear":
+                lo, hi = f.ci["b_per_doubling"]
+                notes.append(f"Δ/doubling {f.params['b_per_doubling']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            else:
+                lo, hi = f.ci["E"]
+                notes.append(f"E {f.params['E']:.4f} [{lo:.4f}, {hi:.4f}], α {f.params['alpha']:.2f}")
+        if s.oracle is not None:
+            ax.axhline(s.oracle, color="C2", ls="--", lw=1.2, label="Bayes (oracle)")
+            notes.append(f"oracle {s.oracle:.4f}")
+        ax.set_xscale("log")
+        ax.set_title(_fmt_metric(s.metric))
+        ax.set_xlabel("training FLOPs" if x_name == "train_flops" else axis)
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=8, va="bottom",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if n:
+        axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{sweep}: {model} vs {('training FLOPs' if x_name == 'train_flops' else axis)} "
+                 f"({an.split} split, 95% cluster-bootstrap bands)", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def flops_overlay(an: Analysis, metrics=("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc")):
+    """All series (OneTrans axes and baselines) and the single-config models on one FLOPs axis."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.9), squeeze=False)
+    done = an.collection.done
+    for ax, metric in zip(axes.flat, metrics):
+        for i, s in enumerate([s for s in an.series if s.metric == metric and s.x_name == "train_flops"]):
+            pts = an.points(s.sweep, s.model, s.axis)
+            g = pts.groupby("train_flops")[f"{an.split}.{metric}"].mean()
+            color = f"C{i % 10}"
+            ax.plot(g.index, g.values, "o", color=color, ms=4)
+            f = s.fits.get("loglinear")
+            if f is not None:
+                lo, hi = f.ci["b_per_doubling"]
+                ax.plot(f.x_grid, f.pred, color=color, lw=1.4,
+                        label=f"{s.model}/{s.axis}: {f.params['b_per_doubling']:+.4f} [{lo:+.4f},{hi:+.4f}]/2x")
+        # models with one configuration (e.g. the Table 2 sweep) as labelled markers
+        col = f"{an.split}.{metric}"
+        series_models = {(s.sweep, s.model, s.axis) for s in an.series}
+        singles = done[[(a, b, c) not in series_models for a, b, c in zip(done["sweep"], done["model"], done["axis"])]]
+        singles = singles[singles["train_flops"].notna() & singles[col].notna() & singles["axes.variant"].isna()] \
+            if "axes.variant" in singles else singles[singles["train_flops"].notna() & singles[col].notna()]
+        for j, (model, g) in enumerate(singles.groupby("model")):
+            ax.plot(g["train_flops"].mean(), g[col].mean(), marker="s", ls="none", color="0.3", ms=6)
+            ax.annotate(model, (g["train_flops"].mean(), g[col].mean()), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs (log)")
+        ax.set_title(_fmt_metric(metric))
+        ax.legend(fontsize=6.5, loc="best", title="Δ per doubling [95% CI]", title_fontsize=6.5)
+    fig.suptitle("All axes and baselines on training FLOPs (cf. OneTrans Fig. 3b)", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff(an: Analysis, metric: str = "ctr_uauc"):
+    """Linear FLOPs vs metric, marker area ~ dense parameters (cf. OneTrans Fig. 3a)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    col = f"{an.split}.{metric}"
+    for i, s in enumerate([s for s in an.series if s.metric == metric and s.x_name == "train_flops"]):
+        g = an.points(s.sweep, s.model, s.axis).groupby("train_flops").agg(y=(col, "mean"), p=("params.dense", "mean"))
+        size = 20 + 300 * g["p"] / max(float(an.collection.done["params.dense"].max()), 1.0)
+        ax.plot(g.index, g["y"], "-", color=f"C{i}", lw=1, alpha=0.6)
+        ax.scatter(g.index, g["y"], s=size, color=f"C{i}", alpha=0.7, label=f"{s.model}/{s.axis}")
+    ax.set_xlabel("training FLOPs (linear)")
+    ax.set_ylabel(_fmt_metric(metric))
+    ax.set_title("Trade-off: FLOPs vs metric (marker area ~ dense parameters)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def residuals(an: Analysis, metric: str):
+    group = [s for s in an.series if s.metric == metric and s.x_name == s.axis]
+    fig, axes = plt.subplots(1, max(len(group), 1), figsize=(4.2 * max(len(group), 1), 3.3), squeeze=False)
+    for ax, s in zip(axes.flat, group):
+        for form, f in s.fits.items():
+            r = pd.DataFrame(f.residuals)
+            ax.plot(r["x"], r["residual"], "o-", color=FORM_STYLE[form]["color"], label=FORM_STYLE[form]["label"], ms=4)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhspan(-s.seed_sd, s.seed_sd, color="0.85", label="± seed sd")
+        ax.set_xscale("log")
+        ax.set_title(f"{s.sweep}: {_fmt_metric(metric)}")
+        ax.set_xlabel(s.axis)
+        ax.legend(fontsize=7)
+    axes.flat[0].set_ylabel("residual of config mean")
+    fig.tight_layout()
+    return fig
+
+
+def holdout_parity(table: pd.DataFrame):
+    """Predicted vs observed for the leave-largest-out checks, with prediction intervals."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    for i, (metric, g) in enumerate(table.groupby("metric")):
+        ax.errorbar(g["observed"], g["predicted"], yerr=[g["predicted"] - g["lo"], g["hi"] - g["predicted"]],
+                    fmt="o", ms=4, capsize=2, color=f"C{i}", label=metric)
+    lo = float(min(table["observed"].min(), table["lo"].min()))
+    hi = float(max(table["observed"].max(), table["hi"].max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("observed (held-out largest x)")
+    ax.set_ylabel("predicted (fit without it), 95% PI")
+    ax.set_title("Leave-largest-out extrapolation")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def bootstrap_hist(group: list[SeriesFit]):
+    """Bootstrap distributions of the gain per doubling (one histogram per series)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for i, s in enumerate(group):
+        b = s.fits["loglinear"].boot["b_per_doubling"]
+        ax.hist(b[np.isfinite(b)], bins=40, alpha=0.45, color=f"C{i}", label=f"{s.sweep}/{s.axis}")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(f"Δ {group[0].metric} per doubling of FLOPs (bootstrap replicates)")
+    ax.set_ylabel("replicates")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(table: pd.DataFrame):
+    """Grouped bars of our relative deltas (%) vs the reference, paper's values as black ticks."""
+    metrics = [m for m in ("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc") if f"{m} rel%" in table]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / max(len(metrics), 1)
+    idx = np.arange(len(table))
+    for j, m in enumerate(metrics):
+        ax.bar(idx + j * width, table[f"{m} rel%"], width, yerr=table.get(f"{m} rel% sd"), capsize=2,
+               label=f"{m} (ours)", color=f"C{j}", alpha=0.8)
+        if f"{m} paper%" in table:
+            ax.plot(idx + j * width, table[f"{m} paper%"], "k_", ms=12, mew=2)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(idx + width * (len(metrics) - 1) / 2, table["variant"], rotation=15, fontsize=8)
+    ax.set_ylabel("Δ vs reference (%, relative)")
+    ax.set_title("Ablations (bars: ours ± seed sd; black ticks: paper Table 3)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(runs: pd.DataFrame, title: str, max_runs: int = 40):
+    """Every numeric column of metrics.csv against step, one line per run (spot instabilities)."""
+    frames = []
+    for _, r in runs.head(max_runs).iterrows():
+        path = Path(r["run_dir"]) / "metrics.csv"
+        if path.exists():
+            df = pd.read_csv(path)
+            if "step" in df:
+                frames.append((r, df))
+    if not frames:
+        return None
+    cols = sorted({c for _, df in frames for c in df.columns
+                   if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(df[c])})[:6]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.2), squeeze=False)
+    for ax, c in zip(axes.flat, cols):
+        for i, (r, df) in enumerate(frames):
+            d = df[["step", c]].dropna()
+            ax.plot(d["step"], d[c], lw=0.9, alpha=0.7, color=plt.cm.viridis(i / max(len(frames) - 1, 1)))
+        ax.set_title(c)
+        ax.set_xlabel("step")
+    fig.suptitle(f"{title}: training curves ({len(frames)} runs, colour = run order)", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,198 @@
+"""Tables: per-config summary, fit table, and the paper's Tables 2, 3 and 5 with its numbers beside ours.
+
+Deltas follow spec §3: the paper's "+x%" is ambiguous, so we print the relative change
+(m/m_ref − 1)·100 AND the absolute change in points (m − m_ref)·100, next to the paper's value.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import paper_numbers as paper
+
+PAPER_METRICS = paper.METRICS
+
+
+def config_table(done: pd.DataFrame, split: str) -> pd.DataFrame:
+    """One row per configuration: axis values, seeds, mean ± sd of each metric, params, TFLOPs, throughput."""
+    if done.empty:
+        return pd.DataFrame()
+    axis_cols = [c for c in done.columns if c.startswith("axes.")]
+    keys = ["sweep", "model", "size"] + axis_cols
+    d = done.copy()
+    d[axis_cols] = d[axis_cols].astype(object).where(d[axis_cols].notna(), "")
+    rows = []
+    for key, g in d.groupby(keys, dropna=False, sort=True):
+        row = dict(zip(["sweep", "model", "size"] + [c[5:] for c in axis_cols], key))
+        row = {k: v for k, v in row.items() if v != ""}
+        row["seeds"] = len(g)
+        for m in ("ctr_auc", "ctr_uauc", "ctr_logloss", "cvr_auc", "cvr_uauc", "cvr_logloss"):
+            col = f"{split}.{m}"
+            if col in g and g[col].notna().any():
+                sd = g[col].std(ddof=1) if len(g) > 1 else np.nan
+                row[m] = f"{g[col].mean():.4f} ± {sd:.4f}" if np.isfinite(sd) else f"{g[col].mean():.4f}"
+        row["dense params (M)"] = _mean(g, "params.dense") / 1e6
+        row["embedding params (M)"] = _mean(g, "params.embedding") / 1e6
+        row["train TFLOPs"] = _mean(g, "train_flops") / 1e12
+        row["samples/s"] = _mean(g, "throughput.samples_per_s")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    front = ["sweep", "model", "size"] + [c[5:] for c in axis_cols if c[5:] in out]
+    return out[front + [c for c in out.columns if c not in front]]
+
+
+def _mean(g: pd.DataFrame, col: str) -> float:
+    return float(pd.to_numeric(g[col], errors="coerce").mean()) if col in g else float("nan")
+
+
+def _model_means(done: pd.DataFrame, split: str, by: list[str]) -> pd.DataFrame:
+    cols = [f"{split}.{m}" for m in PAPER_METRICS if f"{split}.{m}" in done]
+    extra = [c for c in ("params.dense", "train_flops") if c in done]
+    # select first: a column literally named "axis" confuses DataFrameGroupBy.agg (pandas looks up .axis)
+    agg = done[by + cols + extra].groupby(by).agg(["mean", "std", "count"])
+    return agg
+
+
+def _delta_columns(row: dict, means: pd.DataFrame, key, ref_key, split: str, paper_row: dict | None) -> dict:
+    for m in PAPER_METRICS:
+        col = f"{split}.{m}"
+        if (col, "mean") not in means:
+            continue
+        v, ref = means.loc[key, (col, "mean")], means.loc[ref_key, (col, "mean")]
+        row[f"{m} abs"] = v
+        row[f"{m} rel%"] = (v / ref - 1.0) * 100.0
+        row[f"{m} pts"] = (v - ref) * 100.0
+        # seed sd of the delta (both means noisy): sqrt(sd²/n + sd_ref²/n_ref), as % of ref
+        sd = np.sqrt(np.nansum([means.loc[key, (col, "std")] ** 2 / means.loc[key, (col, "count")],
+                                means.loc[ref_key, (col, "std")] ** 2 / means.loc[ref_key, (col, "count")]]))
+        row[f"{m} rel% sd"] = sd / ref * 100.0
+        row[f"{m} paper%"] = paper_row.get(m) if paper_row else np.nan
+    return row
+
+
+def table2(done: pd.DataFrame, split: str, sweep: str | None = None) -> pd.DataFrame:
+    """Paper Table 2 layout: models vs the DCNv2+DIN base. Uses the sweep holding dcnv2_din runs."""
+    d = done[done["model"].notna()]
+    if sweep is None:
+        base_sweeps = d.loc[d["model"] == "dcnv2_din", "sweep"].unique()
+        if len(base_sweeps) == 0:
+            return pd.DataFrame()
+        sweep = base_sweeps[0]
+    d = d[d["sweep"] == sweep]
+    means = _model_means(d, split, ["model", "size"])
+    ref_keys = [k for k in means.index if k[0] == "dcnv2_din"]
+    if not ref_keys:
+        return pd.DataFrame()
+    rows = []
+    for key in means.index:
+        model, size = key
+        paper_row = next((p for p in paper.TABLE2 if p["model"] == model and p.get("size", size) == size), None) \
+            or next((p for p in paper.TABLE2 if p["model"] == model and "size" not in p), None)
+        row = {"model": model, "size": size, "paper row": paper_row["label"] if paper_row else "",
+               "seeds": int(means.loc[key].xs("count", level=1).iloc[0])}
+        row = _delta_columns(row, means, key, ref_keys[0], split, paper_row)
+        if model == "dcnv2_din" and paper_row:
+            for m in PAPER_METRICS:
+                row[f"{m} paper%"] = 0.0
+                row[f"{m} paper abs"] = paper_row[m]
+        row["params (M)"] = means.loc[key, ("params.dense", "mean")] / 1e6
+        row["paper params (M)"] = paper_row["params_m"] if paper_row else np.nan
+        row["train TFLOPs"] = means.loc[key, ("train_flops", "mean")] / 1e12
+        row["paper TFLOPs"] = paper_row["tflops"] if paper_row else np.nan
+        rows.append(row)
+    order = {p["model"] + p.get("size", ""): i for i, p in enumerate(paper.TABLE2)}
+    out = pd.DataFrame(rows)
+    out["_o"] = [order.get(m + s, order.get(m, 99)) for m, s in zip(out["model"], out["size"])]
+    return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
+def table3(done: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Paper Table 3 layout: ablation variants (axes.variant) vs the 'reference' variant of the same sweep."""
+    if "axes.variant" not in done:
+        return pd.DataFrame()
+    d = done[done["axes.variant"].notna() & done["sweep"].astype(str).str.contains("ablation")]
+    if d.empty or "reference" not in set(d["axes.variant"]):
+        return pd.DataFrame()
+    means = _model_means(d, split, ["axes.variant"])
+    rows = []
+    for variant in means.index:
+        paper_row = next((p for p in paper.TABLE3 if p["variant"] == variant), None)
+        row = {"variant": variant, "paper row": paper_row["label"] if paper_row else
+               ("OneTrans-S (reference)" if variant == "reference" else ""),
+               "seeds": int(means.loc[variant].xs("count", level=1).iloc[0])}
+        row = _delta_columns(row, means, variant, "reference", split, paper_row)
+        row["params (M)"] = means.loc[variant, ("params.dense", "mean")] / 1e6
+        row["paper params (M)"] = (paper_row or paper.TABLE3_REFERENCE)["params_m"]
+        row["train TFLOPs"] = means.loc[variant, ("train_flops", "mean")] / 1e12
+        row["paper TFLOPs"] = (paper_row or paper.TABLE3_REFERENCE)["tflops"]
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["_o"] = out["variant"].map(lambda v: -1 if v == "reference" else
+                                   next((i for i, p in enumerate(paper.TABLE3) if p["variant"] == v), 99))
+    return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
+def table5(done: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table 5 layout from a 'systems' sweep: variants vs 'unoptimised'.
+
+    Train time per step = batch_size / samples_per_s (result.json train.batch_size, else 2048, the
+    paper's batch). Memory comes from result.json 'memory.train_peak_gb' when the run recorded it;
+    inference latency/memory are not in result.json and are left empty (n/a)."""
+    if "axes.variant" not in done:
+        return pd.DataFrame()
+    d = done[done["axes.variant"].notna() & done["sweep"].astype(str).str.contains("system")]
+    if d.empty or "unoptimised" not in set(d["axes.variant"]):
+        return pd.DataFrame()
+    d = d.assign(batch=pd.to_numeric(d.get("train.batch_size", pd.Series(2048, index=d.index)), errors="coerce").fillna(2048))
+    d = d.assign(train_ms=1e3 * d["batch"] / d["throughput.samples_per_s"],
+                 train_mem_gb=pd.to_numeric(d.get("memory.train_peak_gb", pd.Series(np.nan, index=d.index))))
+    g = d.groupby("axes.variant")[["train_ms", "train_mem_gb"]].mean()
+    base = g.loc["unoptimised"]
+    rows = []
+    for variant, r in g.iterrows():
+        p = next((q for q in paper.TABLE5 if q["variant"] == variant), None)
+        row = {"variant": variant, "paper row": p["label"] if p else ""}
+        for c in ("train_ms", "train_mem_gb"):
+            row[f"{c} (ours)"] = r[c]
+            row[f"{c} Δ% (ours)"] = (r[c] / base[c] - 1) * 100 if variant != "unoptimised" else np.nan
+            row[f"{c} paper"] = p[c] if p else np.nan
+        for c in ("infer_p99_ms", "infer_mem_gb"):
+            row[f"{c} (ours)"] = np.nan      # not recorded in result.json
+            row[f"{c} paper"] = p[c] if p else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["_o"] = out["variant"].map(lambda v: next((i for i, q in enumerate(paper.TABLE5) if q["variant"] == v), 99))
+    return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
+def problems_table(runs: pd.DataFrame) -> pd.DataFrame:
+    p = runs[runs["status"] != "done"]
+    cols = [c for c in ("sweep", "model", "name", "run_id", "seed", "status", "attempts", "error", "run_dir") if c in p]
+    return p[cols].reset_index(drop=True)
+
+
+def fits_display(fits: pd.DataFrame) -> pd.DataFrame:
+    """Compact fit table: estimate [95% CI] strings, goodness of fit, n."""
+    if fits.empty:
+        return fits
+    def ci(r, p, fmt):
+        if p not in r or pd.isna(r[p]):
+            return ""
+        return f"{r[p]:{fmt}} [{r[p + '_lo']:{fmt}}, {r[p + '_hi']:{fmt}}]"
+    rows = []
+    for _, r in fits.iterrows():
+        row = {"series": f"{r['sweep']}/{r['model']}/{r['axis']}", "x": r["x"], "metric": r["metric"],
+               "form": r["form"], "configs×seeds": f"{r['n_configs']}×{r['seeds/config']}", "boot": r["n_boot"]}
+        if r["form"] == "loglinear":
+            row["Δ per doubling [95% CI]"] = ci(r, "b_per_doubling", "+.5f")
+            row["Δ per decade"] = ci(r, "b", "+.5f")
+        else:
+            row["floor E"] = ci(r, "E", ".4f")
+            row["α"] = ci(r, "alpha", ".3f")
+            row["oracle"] = "" if pd.isna(r.get("oracle")) else f"{r['oracle']:.4f}"
+            row["x where gain/doubling < seed sd"] = f"{r['x_saturation']:.3g}"
+        row.update({"R²": f"{r['r2_means']:.3f}", "RMSE": f"{r['rmse_means']:.2e}", "AIC": f"{r['aic']:.1f}",
+                    "CV RMSE": f"{r['cv_rmse']:.2e}", "seed sd": f"{r['seed_sd']:.2e}",
+                    "chosen": "✓" if r["chosen"] else ""})
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
