@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check a folder against the data contract (docs/data-contract.md)")
     add_validate_args(s)
     s.set_defaults(func=main_validate)
-    s = sub.add_parser("convert", help="convert a public log to the contract (docs/data-converters.md)")
+    s = sub.add_parser("convert", help="convert a public log to the contract (harness/data/converters)")
     s.add_argument("source", choices=["movielens", "taobao", "tmall"])
     s.add_argument("raw", type=Path, help="folder with the raw files")
     s.add_argument("--out", type=Path, required=True)
