@@ -27,6 +27,7 @@ import yaml
 
 from harness import executors as X
 from harness.cluster import choose_executor
+from harness.runstore import RunStore
 from harness.sweepfile import ResolvedRun, SweepFileError, load_sweep, resolve, sweep_dir_name
 
 COMMANDS = ("run", "status", "plan", "cancel")
@@ -60,7 +61,7 @@ def classify(run_dir: Path, entry: dict[str, Any] | None, slurm: dict[str, str])
     job = ""
     if entry is not None:
         job = entry.get("job_id") or (f"pid {entry['pid']}" if entry.get("pid") else "")
-    if (run_dir / "DONE").exists():
+    if RunStore(run_dir).is_done():            # DONE and result.json (DONE is written last)
         return "done", job
     state = X.job_state(entry, run_dir, slurm)
     if state in X.LIVE_STATES:
@@ -108,10 +109,12 @@ def _describe(rows: list[Row]) -> str:
             row.flops_total = f.get("train_total")
         elif isinstance(f, (int, float)):
             row.flops_example = f
-        rc = row.run.resources
-        tflops = rc.assumed_tflops_per_device
+        rc, t = row.run.resources, row.run.cfg.train
+        if row.flops_total is None and row.flops_example and t.max_steps > 0:
+            # samples the run will see: steps x per-device batch x devices (epoch-bounded runs: unknown)
+            row.flops_total = row.flops_example * t.max_steps * row.run.cfg.data.batch_size * t.devices * t.num_nodes
         if row.flops_total:
-            row.cost_h = row.flops_total / (tflops * 1e12) / 3600.0     # device-hours at the assumed rate
+            row.cost_h = row.flops_total / (rc.assumed_tflops * 1e12) / 3600.0   # device-hours at the assumed rate
     return ("describe failed for: " + "; ".join(errors[:3])) if errors else ""
 
 
@@ -133,7 +136,8 @@ def _axes(r: ResolvedRun) -> str:
     return " ".join(parts) or "-"
 
 
-def print_table(rows: list[Row], out=sys.stdout) -> None:
+def print_table(rows: list[Row], out=None) -> None:
+    out = out or sys.stdout
     head = ("#", "run_id", "name", "axes", "params", "FLOPs/ex", "class", "status", "job", "est dev-h")
     table = [head] + [(str(r.run.plan.index), r.run.run_id, r.run.name, _axes(r.run), _human(r.params),
                        _human(r.flops_example), r.run.plan.resource_class, r.status, r.job or "-",
@@ -211,8 +215,8 @@ def set_aside(run_dir: Path) -> Path:
 
 
 class Reporter:
-    def __init__(self, total: int, out=sys.stdout):
-        self.total, self.finished, self.out, self.t0 = total, 0, out, time.time()
+    def __init__(self, total: int, out=None):
+        self.total, self.finished, self.out, self.t0 = total, 0, out or sys.stdout, time.time()
 
     def __call__(self, task: X.Task, event: str, detail: str) -> None:
         if event in ("done", "failed", "cancelled"):

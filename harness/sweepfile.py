@@ -81,8 +81,9 @@ class ResourceClass:
     array_parallelism: int = 64
     signal_delay_s: int = 120       # >= time to save a checkpoint
     max_num_timeout: int = 5        # requeues after timeouts (preemptions are always requeued)
-    # Only for the plan's cost column: sustained TFLOP/s one device is assumed to reach.
-    assumed_tflops_per_device: float = 100.0
+    # Only for the plan's cost column: sustained TFLOP/s one device is assumed to reach
+    # (None: 100 on a GPU, 0.02 on a CPU core set, a rough figure for this kind of model).
+    assumed_tflops_per_device: float | None = None
 
     def __post_init__(self) -> None:
         if self.accelerator not in ACCELERATORS:
@@ -90,6 +91,12 @@ class ResourceClass:
         for name in ("devices", "nodes", "cpus_per_task", "time_min", "array_parallelism"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    @property
+    def assumed_tflops(self) -> float:
+        if self.assumed_tflops_per_device is not None:
+            return float(self.assumed_tflops_per_device)
+        return 100.0 if self.accelerator == "gpu" else 0.02
 
     @property
     def tasks_per_node(self) -> int:

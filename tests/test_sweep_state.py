@@ -1,0 +1,130 @@
+"""Dispatcher state logic: the ledger, run classification, --only, and moving runs aside.
+
+These build run folders by hand (the states a train_run leaves behind) to test the decisions the
+driver takes from them; the end-to-end behaviour with the real train_run is in test_sweep_run*.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import executors as X
+from harness import sweep as S
+from harness.sweepfile import load_sweep, resolve
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def test_ledger_latest_wins_and_survives_a_torn_line(tmp_path):
+    led = X.Ledger(tmp_path)
+    led.record("a", "slurm", job_id="1")
+    led.record("b", "local", pid=123)
+    led.record("a", "slurm", job_id="7")
+    with open(led.path, "a") as f:
+        f.write('{"run_id": "c", "exec')           # a driver killed mid-write
+    latest = led.latest()
+    assert latest["a"]["job_id"] == "7" and latest["b"]["pid"] == 123 and "c" not in latest
+    assert [e["job_id"] for e in led.history("a")] == ["1", "7"]
+
+
+def _status(run_dir: Path, state: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "status.json").write_text(json.dumps({"state": state}))
+
+
+def test_classify_each_state(tmp_path):
+    new = tmp_path / "new"
+    assert S.classify(new, None, {})[0] == "new"
+
+    done = tmp_path / "done"
+    _status(done, "done")
+    (done / "DONE").write_text("x")
+    assert S.classify(done, None, {})[0] != "done"      # DONE without result.json is not done
+    (done / "result.json").write_text("{}")
+    assert S.classify(done, None, {})[0] == "done"
+
+    failed = tmp_path / "failed"
+    _status(failed, "failed")
+    assert S.classify(failed, None, {})[0] == "failed"
+
+    crashed = tmp_path / "crashed"           # died while running (killed node, killed driver)
+    _status(crashed, "running")
+    assert S.classify(crashed, None, {})[0] == "interrupted"
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "checkpoints").mkdir(parents=True)
+    (ckpt / "checkpoints" / "last.ckpt").write_text("x")
+    assert S.classify(ckpt, None, {})[0] == "interrupted"
+
+    # the scheduler's view wins over the folder while the job lives
+    entry = {"executor": "slurm", "job_id": "42_1", "pid": None}
+    assert S.classify(crashed, entry, {"42_1": "PENDING"}) == ("queued", "42_1")
+    assert S.classify(crashed, entry, {"42_1": "RUNNING"})[0] == "running"
+    assert S.classify(crashed, entry, {"42_1": "REQUEUED"})[0] == "running"
+    assert S.classify(crashed, entry, {"42_1": "CANCELLED"})[0] == "cancelled"
+    assert S.classify(new, entry, {"42_1": "OUT_OF_MEMORY"})[0] == "failed"
+    assert S.classify(crashed, entry, {"42_1": "UNKNOWN"})[0] == "interrupted"
+
+
+def test_local_pid_liveness_checks_the_command_line(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    # a live process that is NOT this run's launcher (pid reuse) must not count as running
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    mine = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(30)", "harness.launch", str(run_dir)])
+    try:
+        import time
+        time.sleep(1.0)          # let both children exec (before exec, /proc shows the parent's argv)
+        assert X.job_state({"executor": "local", "pid": other.pid}, run_dir) == "EXITED"
+        assert X.job_state({"executor": "local", "pid": mine.pid}, run_dir) == "RUNNING"
+    finally:
+        other.kill(); mine.kill(); other.wait(); mine.wait()
+    assert X.job_state({"executor": "local", "pid": mine.pid}, run_dir) == "EXITED"
+
+
+def test_mark_failed_keeps_other_keys_and_spares_done_runs(tmp_path):
+    _status(tmp_path / "r", "running")
+    st = json.loads((tmp_path / "r" / "status.json").read_text())
+    st["attempts"] = 3
+    (tmp_path / "r" / "status.json").write_text(json.dumps(st))
+    X.mark_failed(tmp_path / "r", "boom")
+    st = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert st["state"] == "failed" and st["error"] == "boom" and st["attempts"] == 3
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "DONE").write_text("x")
+    X.mark_failed(tmp_path / "d", "boom")
+    assert not (tmp_path / "d" / "status.json").exists()
+
+
+def test_only_filters_by_axis_label_and_dotted_key():
+    runs = resolve(load_sweep(SWEEPS / "smoke.yaml", "ci"), check_model=False)
+    assert [r.name for r in S.select(runs, ["label=dcnv2"])] == ["dcnv2-s0", "dcnv2-s1"]
+    assert [r.name for r in S.select(runs, ["seed=1", "model.name=onetrans"])] == ["onetrans-tiny-s1"]
+    runs = resolve(load_sweep(SWEEPS / "length.yaml", "ci"), check_model=False)
+    assert [r.name for r in S.select(runs, ["data.seq_len=8"])] == ["len8-s0"]
+    with pytest.raises(SystemExit, match="matches no run"):
+        S.select(runs, ["data.seq_len=9999"])
+    with pytest.raises(SystemExit, match="expected key=value"):
+        S.select(runs, ["data.seq_len"])
+
+
+def test_set_aside_moves_never_deletes(tmp_path):
+    run_dir = tmp_path / "sweep" / "abc"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text("{}")
+    dest = S.set_aside(run_dir)
+    assert not run_dir.exists() and (dest / "result.json").exists()
+    assert dest.parent == tmp_path / "sweep" / ".sweep" / "replaced"
+
+
+def test_status_and_dry_run_write_nothing(tmp_path, capsys):
+    rc = S.main(["sweeps/length.yaml", "--preset", "ci", "--runs-dir", str(tmp_path), "--dry-run",
+                 "--executor", "debug", "--no-describe"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "len16-s0" in out and "5 runs: 5 new" in out and "executor: debug" in out
+    assert not any(tmp_path.iterdir())
