@@ -191,3 +191,10 @@ def test_sort_check_spans_row_groups(folder):
     pq.write_table(pa.Table.from_pandas(swapped, preserve_index=False), folder / EVENTS, row_group_size=len(df) - half)
     v = only(validate(folder), "unsorted", "ts", EVENTS)
     assert v.rows == 1 and v.example["row"] == len(df) - half
+
+
+def test_event_side_fields_disagree_with_items(folder):
+    edit(folder, EVENTS, lambda d: d.assign(category=np.where(np.arange(len(d)) == 6, d["category"] % 2 + 1,
+                                                              d["category"])))
+    v = only(validate(folder), "side_mismatch", "category", EVENTS)
+    assert v.rows == 1 and v.example["row"] == 6 and "item_id" in v.example

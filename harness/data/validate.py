@@ -181,6 +181,13 @@ def validate(folder: str | Path) -> list[Violation]:
             if c in ok:
                 _finite(rep, t, 0, fname, c, (idc,))
 
+    item_side = None        # (sorted item ids, {side field: values}) to check events against items.parquet
+    if present[ITEMS]:
+        sides = [c for c in m.side_fields if c in _schema(folder / ITEMS).names]
+        it = pq.read_table(folder / ITEMS, columns=["item_id", *sides])
+        order = np.argsort(it.column("item_id").to_numpy(), kind="stable")
+        item_side = (it.column("item_id").to_numpy()[order], {c: it.column(c).to_numpy()[order] for c in sides})
+
     if present[EVENTS]:
         ok = _check_columns(rep, EVENTS, _schema(folder / EVENTS),
                             ["user_id", "ts", "behavior", "item_id", *m.side_fields], [], [])
@@ -219,6 +226,19 @@ def validate(folder: str | Path) -> list[Violation]:
                 for s in m.side_fields:
                     if s in ok:
                         _vocab(rep, t, off, EVENTS, s, 0, voc[s], "side field", show)
+                if item_side is not None and "item_id" in ok:
+                    ids, sides = item_side
+                    item = t.column("item_id").to_numpy()
+                    pos = np.minimum(np.searchsorted(ids, item), max(ids.size - 1, 0))
+                    known = ids.size > 0
+                    found = (ids[pos] == item) if known else np.zeros(item.size, bool)
+                    for s, vals in sides.items():
+                        if s in ok:
+                            bad = found & (t.column(s).to_numpy() != vals[pos])
+                            rep.rows(t, bad, off, file=EVENTS, column=s, kind="side_mismatch",
+                                     message=f"'{s}' of the event differs from the item's '{s}' in {ITEMS}",
+                                     fix=f"write each event's side fields from {ITEMS} (join on item_id) so "
+                                         f"sequence and candidate see the same values", show=(*show, "item_id"))
                 off += len(t)
 
     if present[IMPRESSIONS]:
