@@ -199,3 +199,30 @@ def test_synthetic_ci_world(tmp_path_factory):
             if i >= 3:
                 break
     assert n > 0 and dm.has_oracle == ("p_click" in b)
+
+
+def test_lightning_trainer_keeps_sampler_and_sets_epoch(tiny, tmp_path):
+    """Under a real Trainer the sampler is kept (not wrapped) and each epoch gets a new order."""
+    import lightning as L
+
+    seen: dict[int, list[int]] = {}
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, _):
+            seen.setdefault(self.current_epoch, []).extend(batch["request_id"].tolist())
+            return (self.w * batch["click"]).sum() + self.w.square().sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = OneTransDataModule(tiny, seq_len=4, batch_size=8, seed=7)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Probe(), datamodule=dm)
+    want = [torch.cat([b["request_id"] for b in all_batches(OneTransDataModule(tiny, seq_len=4, batch_size=8, seed=7),
+                                                            "train", e)]).tolist() for e in (0, 1)]
+    assert seen[0] == want[0] and seen[1] == want[1] and want[0] != want[1]
