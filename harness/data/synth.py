@@ -298,8 +298,8 @@ def _events(cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Genera
     noise = rng.random(E) < cfg.noise_event_rate
     item = np.where(noise, rng.integers(1, cfg.n_items + 1, E), item)
     # an hour in a (block, surface) cell of the event's mode
-    ok = w.mode_table == mode[:, None, None]                       # (E, blocks, surfaces)
-    block_ok = ok.any(2).astype(np.float64)
+    mode_blocks = (w.mode_table[None] == np.arange(cfg.n_modes)[:, None, None]).any(2)   # (modes, blocks)
+    block_ok = mode_blocks[mode].astype(np.float64)                                        # (E, blocks)
     block = (np.cumsum(block_ok, 1) > rng.random(E)[:, None] * block_ok.sum(1, keepdims=True)).argmax(1)
     hour = block * (N_HOURS // HOUR_BLOCKS) + rng.integers(0, N_HOURS // HOUR_BLOCKS, E)
     day = rng.integers(0, cfg.days, E)
