@@ -1,0 +1,181 @@
+"""OneTrans training-step benchmark: forward+backward time, samples/s, tokens/s, peak memory,
+achieved TFLOP/s and MFU, per size; plus the mixed projection as one batched einsum vs a per-token
+Python loop (the ratio is what the einsum buys).
+
+    python benchmarks/model_step.py --out runs/bench/model_step.json                 # GPU defaults
+    python benchmarks/model_step.py --device cpu --batch 2 --sizes onetrans-tiny,onetrans-s
+    python benchmarks/model_step.py --quick                                          # seconds (tests)
+    python benchmarks/model_step.py --precision bf16 --attention flash --compile      # H100 run
+
+Shapes: onetrans-tiny on model.features.tiny_spec(64); onetrans-s / onetrans-l on the paper shape
+(1178 / 1484 events + 12 / 16 NS-tokens = 1190 / 1500 tokens) with the assumed paper feature layout
+(model.onetrans.paper_feature_spec). Full-length histories (no padding): the worst case. One
+impression per request (the S-side is computed per impression either way; this keeps the
+tokenizer FLOPs equal to the analytic count). FLOPs = the model's analytic train FLOPs (3 x forward,
+docs/conventions.md). MFU = achieved / peak; the peak defaults to 989 TFLOP/s (H100 SXM bf16 dense)
+on CUDA and is recorded in the JSON; on CPU MFU is null unless --peak-tflops is given.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model.features import random_batch, tiny_spec  # noqa: E402
+from model.flops import mfu  # noqa: E402
+from model.layers import MixedLinear  # noqa: E402
+from model.onetrans import PAPER_SEQ_LEN, SIZES, build, paper_feature_spec  # noqa: E402
+
+H100_BF16_DENSE_TFLOPS = 989.0
+DEFAULT_BATCH = {"cuda": {"onetrans-tiny": 2048, "onetrans-s": 256, "onetrans-l": 128},
+                 "cpu": {"onetrans-tiny": 64, "onetrans-s": 1, "onetrans-l": 1}}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def spec_for(size: str, seq_len: int | None):
+    if size in PAPER_SEQ_LEN:
+        return paper_feature_spec(seq_len or PAPER_SEQ_LEN[size])
+    return tiny_spec(seq_len or 64)
+
+
+def bench_size(size: str, args, device: torch.device) -> dict:
+    cfg = dataclasses.replace(SIZES[size], attention=args.attention, compile_blocks=args.compile,
+                              recompute=args.recompute)
+    spec = spec_for(size, args.seq_len)
+    B = args.batch or DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"][size]
+    torch.manual_seed(0)
+    model = build(spec, cfg).to(device).train()
+    batch = random_batch(spec, n_requests=B, per_request=1, min_len=spec.seq_len,
+                         generator=torch.Generator().manual_seed(0), device=device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(batch)
+            loss = out["ctr"].float().mean() + out["cvr"].float().mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = _timed(step, device, args.warmup, args.steps)
+    t = statistics.median(times)
+    flops = model.flops_per_example()
+    achieved = flops["train"] * B / t
+    peak_tflops = args.peak_tflops if args.peak_tflops is not None else (
+        H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
+    n_tokens = model.n_s_tokens + cfg.n_ns_tokens
+    return {
+        "size": size, "batch": B, "seq_len": spec.seq_len, "input_tokens": n_tokens, "schedule": model.schedule,
+        "params": model.param_counts(), "flops_per_example": flops,
+        "attention": list(model.attention_decision), "precision": args.precision,
+        "compile": args.compile, "recompute": args.recompute,
+        "step_s_median": t, "step_s_all": times,
+        "samples_per_s": B / t, "tokens_per_s": B * n_tokens / t,
+        "achieved_tflops": achieved / 1e12, "peak_tflops": peak_tflops,
+        "mfu": mfu(achieved, peak_tflops * 1e12 if peak_tflops else None),
+        "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,   # process-wide, cumulative
+    }
+
+
+def bench_mixed_projection(size: str, args, device: torch.device) -> dict:
+    """Q-sized mixed projection of the NS rows (N tokens, d -> ffn_mult*d), fwd+bwd: einsum vs loop."""
+    cfg = SIZES[size]
+    B = args.batch or DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"][size]
+    B = max(B, 8)
+    d, n = cfg.d_model, cfg.n_ns_tokens
+    lin = MixedLinear(d, cfg.ffn_mult * d, n).to(device)
+    x = torch.randn(B, n, d, device=device, requires_grad=True)
+    res = {}
+    for name, fn in (("einsum", lin.forward_ns), ("loop", lin.forward_ns_loop)):
+        def step(fn=fn):
+            fn(x).sum().backward()
+        res[name] = statistics.median(_timed(step, device, args.warmup, max(args.steps, 5)))
+    return {"size": size, "batch": B, "n_ns": n, "d_in": d, "d_out": cfg.ffn_mult * d,
+            "einsum_s": res["einsum"], "loop_s": res["loop"], "loop_over_einsum": res["loop"] / res["einsum"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="onetrans-tiny,onetrans-s,onetrans-l")
+    p.add_argument("--batch", type=int, default=0, help="impressions per step (0 = per-size default)")
+    p.add_argument("--seq-len", type=int, default=0, help="events per sequence (0 = the size's own)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--attention", default="auto", choices=("auto", "reference", "sdpa", "flash"))
+    p.add_argument("--compile", action="store_true", help="torch.compile every block")
+    p.add_argument("--recompute", action="store_true", help="activation recomputation per block")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help=f"device peak for MFU (default {H100_BF16_DENSE_TFLOPS} on CUDA = H100 bf16 dense; none on CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--quick", action="store_true", help="onetrans-tiny only, tiny batch, 3 steps (for tests)")
+    p.add_argument("--out", default="runs/bench/model_step.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.batch, args.seq_len, args.warmup, args.steps = "onetrans-tiny", 8, 16, 2, 3
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        p.error(f"unknown sizes {unknown}; known: {sorted(SIZES)}")
+
+    rows = [bench_size(s, args, device) for s in sizes]
+    mixed = [bench_mixed_projection(s, args, device) for s in sizes]
+    result = {"benchmark": "model_step", "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args),
+              "steps": rows, "mixed_projection": mixed}
+
+    print(f"{'size':14} {'batch':>6} {'tokens':>6} {'step ms':>9} {'samples/s':>10} {'tokens/s':>11} "
+          f"{'TFLOP/s':>8} {'MFU':>6} {'mem GB':>7}  attention")
+    for r in rows:
+        mem = r["peak_memory_gb"] if r["peak_memory_gb"] is not None else r["peak_rss_gb"]
+        mfu_s = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        print(f"{r['size']:14} {r['batch']:>6} {r['input_tokens']:>6} {1e3 * r['step_s_median']:>9.1f} "
+              f"{r['samples_per_s']:>10.1f} {r['tokens_per_s']:>11.0f} {r['achieved_tflops']:>8.3f} {mfu_s:>6} "
+              f"{mem:>7.2f}  {r['attention'][0]}")
+    for m in mixed:
+        print(f"mixed projection {m['size']}: einsum {1e3 * m['einsum_s']:.2f} ms, per-token loop "
+              f"{1e3 * m['loop_s']:.2f} ms -> loop/einsum = {m['loop_over_einsum']:.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"saved {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
