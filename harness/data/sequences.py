@@ -18,21 +18,46 @@ import numpy as np
 import torch
 
 
-def asof_offsets(ev_user: np.ndarray, ev_ts: np.ndarray, req_user: np.ndarray,
-                 req_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def asof_offsets(ev_user: np.ndarray, ev_ts: np.ndarray, req_user: np.ndarray, req_ts: np.ndarray,
+                 method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(start, end) int64 offsets per request: events [start, end) belong to the request's user and
-    have ts strictly before the request's ts. Events must be sorted by (user, ts) (checked by caller)."""
+    have ts strictly before the request's ts. Events must be sorted by (user, ts) (checked by caller).
+
+    Both ends come from one searchsorted over an int64 key packing (user rank, ts). "packed" puts the
+    user rank in the high bits and ts - min(ts) in the low 40 bits (no sort, O(E) memory); it needs
+    < 2**23 users and a ts range < 2**40 s. "rank" rank-transforms ts over both tables (any range, but
+    sorts E + R values). "auto" picks "packed" when it fits."""
     ev_user = np.asarray(ev_user, dtype=np.int64)
+    ev_ts = np.asarray(ev_ts, dtype=np.int64)
     req_user = np.asarray(req_user, dtype=np.int64)
-    # Rank-transform timestamps over both tables so (user, ts) packs into one int64 without overflow
-    # for any realistic size: key = user_rank * n_ts + ts_rank.
-    ts_all, ts_inv = np.unique(np.concatenate([ev_ts, req_ts]).astype(np.int64), return_inverse=True)
-    us_all, us_inv = np.unique(np.concatenate([ev_user, req_user]), return_inverse=True)
-    n_ev, n_ts = len(ev_ts), np.int64(len(ts_all) + 1)
-    ev_key = us_inv[:n_ev].astype(np.int64) * n_ts + ts_inv[:n_ev]
-    req_u = us_inv[n_ev:].astype(np.int64)
-    start = np.searchsorted(ev_key, req_u * n_ts, side="left")                 # user's first event
-    end = np.searchsorted(ev_key, req_u * n_ts + ts_inv[n_ev:], side="left")    # first event at ts >= t
+    req_ts = np.asarray(req_ts, dtype=np.int64)
+    if len(ev_user) == 0:
+        z = np.zeros(len(req_user), np.int64)
+        return z, z.copy()
+    # users are sorted in the event log: their ranks need no sort
+    change = np.ones(len(ev_user), bool)
+    change[1:] = ev_user[1:] != ev_user[:-1]
+    users = ev_user[change]
+    ev_rank = np.cumsum(change) - 1
+    pos = np.searchsorted(users, req_user).clip(0, len(users) - 1)
+    known = users[pos] == req_user                    # requests of users without any event: empty slice
+    tmin, tmax = int(ev_ts.min()), int(ev_ts.max())
+    if method == "auto":
+        method = "packed" if len(users) < 2**23 and tmax + 1 - tmin < 2**40 else "rank"
+    if method == "packed":
+        ev_key = (ev_rank << 40) | (ev_ts - tmin)
+        req_t = np.clip(req_ts, tmin, tmax + 1) - tmin
+    elif method == "rank":
+        ts_all, ts_inv = np.unique(np.concatenate([ev_ts, req_ts]), return_inverse=True)
+        n_ts = np.int64(len(ts_all) + 1)
+        ev_key = ev_rank * n_ts + ts_inv[:len(ev_ts)]
+        req_t = ts_inv[len(ev_ts):]
+    else:
+        raise ValueError(f"method must be 'auto', 'packed' or 'rank', got {method!r}")
+    base = (pos << 40) if method == "packed" else pos * n_ts
+    start = np.searchsorted(ev_key, base, side="left")              # the user's first event
+    end = np.searchsorted(ev_key, base + req_t, side="left")        # first event with ts >= t
+    start, end = np.where(known, start, 0), np.where(known, end, 0)
     return start.astype(np.int64), end.astype(np.int64)
 
 
