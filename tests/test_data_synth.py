@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.data import synth
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Manifest
+from harness.data.contract import EVENTS, IMPRESSIONS, Manifest
 from harness.data.oracle import history_match_counts, load_for_predictors, no_history_table
 from harness.data.stats import compute_stats, prior_counts
 from harness.data.validate import validate
