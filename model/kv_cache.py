@@ -18,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .features import SEQ_KEYS, IMPRESSION_KEYS
 
@@ -66,7 +67,7 @@ class OneTransParts(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
-def _s_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+def _s_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, backend: str = "sdpa") -> Tensor:
     """Causal self-attention of the last q rows of an S list over all T rows (bottom-right aligned).
 
     q (R, q, H, dh), k/v (R, T, H, dh), key_mask (R, T) True = real. A query always sees itself,
@@ -78,8 +79,13 @@ def _s_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
     kpos = torch.arange(T, device=q.device)
     causal = kpos.unsqueeze(0) <= qpos.unsqueeze(1)                          # (q, T)
     allowed = causal & (key_mask.unsqueeze(1) | (kpos.unsqueeze(0) == qpos.unsqueeze(1)))  # (R, q, T)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed.unsqueeze(1))
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if backend == "reference":   # plain masked softmax (fp32 statistics), the parity ground truth
+        scores = (qh @ kh.transpose(-1, -2)) * (1.0 / math.sqrt(dh))
+        scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        out = torch.softmax(scores.float(), -1).to(vh.dtype) @ vh
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed.unsqueeze(1))
     return out.transpose(1, 2).reshape(R, nq, H * dh)
 
 
@@ -115,31 +121,36 @@ def _ns_attention(q: Tensor, k: Tensor, v: Tensor, ks: Tensor, vs: Tensor, s_mas
     """NS queries over [cached S keys of their request ; causal NS keys of their own candidate].
 
     q/k/v (B, N, H, dh) NS rows; ks/vs (R, T, H, dh) the request's S keys/values; s_mask (R, T).
-    The S part is computed per request with all its candidates' queries stacked (one GEMM per
-    request, no (B, T) copy of the cache); the NS part per candidate. Joint softmax in fp32.
+    Everything runs in the per-request layout (R, H, C*N, ...): all candidates' queries of a request
+    meet its S cache in one GEMM (no (B, T) copy of the cache), and the softmax over the two key
+    sets is combined through a shared row maximum instead of concatenating the score tensors.
+    Softmax statistics in fp32.
     """
     B, N, H, dh = q.shape
+    R, T = ks.shape[0], ks.shape[1]
     scale = 1.0 / math.sqrt(dh)
-    qg = groups.pack(q)                                                     # (R, C, N, H, dh)
-    R, C = qg.shape[:2]
-    T = ks.shape[1]
-    # scores against the S cache: (R, H, C*N, T)
-    qs = qg.permute(0, 3, 1, 2, 4).reshape(R, H, C * N, dh)
-    s_scores = torch.matmul(qs, ks.permute(0, 2, 3, 1)) * scale
-    s_scores = s_scores.float().masked_fill(~s_mask[:, None, None, :], float("-inf"))
-    s_scores = groups.unpack(s_scores.reshape(R, H, C, N, T).permute(0, 2, 1, 3, 4))  # (B, H, N, T)
-    # scores among the candidate's own NS rows, causal: (B, H, N, N)
-    n_scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)).float() * scale
-    tri = torch.ones(N, N, dtype=torch.bool, device=q.device).tril()
-    n_scores = n_scores.masked_fill(~tri, float("-inf"))
-    probs = torch.softmax(torch.cat([s_scores, n_scores], -1), -1).to(v.dtype)
-    p_s, p_n = probs[..., :T], probs[..., T:]
-    # values: S part per request again
-    pg = groups.pack(p_s.permute(0, 2, 1, 3)).permute(0, 3, 1, 2, 4).reshape(R, H, C * N, T)
-    out_s = torch.matmul(pg, vs.transpose(1, 2)).reshape(R, H, C, N, dh).permute(0, 2, 3, 1, 4)
-    out_s = groups.unpack(out_s)                                            # (B, N, H, dh)
-    out_n = torch.matmul(p_n, v.transpose(1, 2)).transpose(1, 2)           # (B, N, H, dh)
-    return (out_s + out_n).reshape(B, N, H * dh)
+
+    def grouped(x: Tensor) -> Tensor:                  # (B, N, H, dh) -> (R, H, C, N, dh)
+        return groups.pack(x).permute(0, 3, 1, 2, 4)
+
+    qg, kg, vg = grouped(q), grouped(k), grouped(v)
+    C = qg.shape[2]
+    # S part: scale, padding bias and the GEMM in one baddbmm over (R*H) batches
+    bias = torch.zeros(R, 1, T, dtype=q.dtype, device=q.device).masked_fill(~s_mask[:, None, :], float("-inf"))
+    bias = bias.repeat_interleave(H, 0)                                        # (R*H, 1, T)
+    s_s = torch.baddbmm(bias, qg.reshape(R * H, C * N, dh), ks.permute(0, 2, 3, 1).reshape(R * H, dh, T),
+                        alpha=scale).float()                                  # (R*H, C*N, T)
+    # NS part: causal among the candidate's own rows
+    tri = torch.zeros(N, N, device=q.device).masked_fill(
+        ~torch.ones(N, N, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    s_n = (torch.matmul(qg, kg.transpose(-1, -2)).float() * scale + tri).reshape(R * H, C * N, N)
+    m = torch.maximum(s_s.amax(-1, keepdim=True), s_n.amax(-1, keepdim=True))
+    p_s, p_n = torch.exp(s_s - m), torch.exp(s_n - m)
+    denom = p_s.sum(-1, keepdim=True) + p_n.sum(-1, keepdim=True)
+    out = torch.bmm(p_s.to(vs.dtype), vs.permute(0, 2, 1, 3).reshape(R * H, T, dh)).float()
+    out = out + torch.matmul(p_n.reshape(R, H, C, N, N).to(vg.dtype), vg).reshape(R * H, C * N, dh).float()
+    out = (out / denom).to(v.dtype).reshape(R, H, C, N, dh).permute(0, 2, 3, 1, 4)   # (R, C, N, H, dh)
+    return groups.unpack(out).reshape(B, N, H * dh)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,16 +181,24 @@ class SideCache:
 def stage_one(parts: OneTransParts, seq: dict[str, Tensor]) -> SideCache:
     """Run the S-side of every layer once per request (R rows of seq_*)."""
     x, mask = parts.s_tokens(seq)
+    backend = getattr(parts, "s_backend", "sdpa")
     keys, values, masks = [], [], []
     for layer in parts.layers:
         n_query = min(layer.keep_s, x.shape[1])
-        q, k, v = layer.s_qkv(x, n_query)
+
+        def run(x: Tensor, mask: Tensor, layer=layer, n_query=n_query):
+            q, k, v = layer.s_qkv(x, n_query)
+            attn = _s_attention(q, k, v, mask, backend)
+            return layer.s_finish(x[:, x.shape[1] - n_query:], attn), k, v
+
+        if getattr(parts, "recompute", False) and torch.is_grad_enabled():
+            x_next, k, v = checkpoint(run, x, mask, use_reentrant=False)
+        else:
+            x_next, k, v = run(x, mask)
         keys.append(k)
         values.append(v)
         masks.append(mask)
-        attn = _s_attention(q, k, v, mask)
-        x = layer.s_finish(x[:, x.shape[1] - n_query:], attn)
-        mask = mask[:, mask.shape[1] - n_query:]
+        x, mask = x_next, mask[:, mask.shape[1] - n_query:]
     return SideCache(keys=keys, values=values, masks=masks, s_final=x, s_final_mask=mask)
 
 
@@ -190,9 +209,14 @@ def stage_two(parts: OneTransParts, cache: SideCache, imp: dict[str, Tensor],
     groups = _Groups.of(req_index, cache.n_requests)
     y = parts.ns_tokens(imp, seq)
     for n, layer in enumerate(parts.layers):
-        q, k, v = layer.ns_qkv(y)
-        attn = _ns_attention(q, k, v, cache.keys[n], cache.values[n], cache.masks[n], groups)
-        y = layer.ns_finish(y, attn)
+        def run(y: Tensor, ks: Tensor, vs: Tensor, layer=layer, n=n) -> Tensor:
+            q, k, v = layer.ns_qkv(y)
+            return layer.ns_finish(y, _ns_attention(q, k, v, ks, vs, cache.masks[n], groups))
+
+        if getattr(parts, "recompute", False) and torch.is_grad_enabled():
+            y = checkpoint(run, y, cache.keys[n], cache.values[n], use_reentrant=False)
+        else:
+            y = run(y, cache.keys[n], cache.values[n])
     if cache.s_final.shape[1]:
         return parts.heads(y, cache.s_final[req_index], cache.s_final_mask[req_index])
     return parts.heads(y, None, None)
@@ -421,6 +445,10 @@ class _OneTransAdapter:
         # S tokens depend on the request time with the gap embedding, and an intent-ordered stream
         # inserts new events mid-list: then old events' tokens change (docs/kv-cache.md §2).
         self.time_invariant = (not cfg.gap_embedding) and cfg.seq_fusion == "timestamp"
+        # execution switches follow the model's: reference attention stays reference, recompute
+        # checkpoints every stage-I / stage-II layer (flash has no cache-shaped call: SDPA instead)
+        self.s_backend = "reference" if cfg.attention == "reference" else "sdpa"
+        self.recompute = cfg.recompute
 
     def s_tokens(self, seq: dict[str, Tensor]):
         return self.model.s_tok(seq)

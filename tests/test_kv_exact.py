@@ -34,7 +34,7 @@ def test_cached_equals_full_fp32(kind, n_cand, pyramid):
         torch.testing.assert_close(got[t], ref[t], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{"pyramid_end": "B"}, {"prune_first_layer": False},
+@pytest.mark.parametrize("overrides", [{"attention": "sdpa"}, {"pyramid_end": "B"}, {"prune_first_layer": False},
                                        {"seq_fusion": "intent"}, {"gap_embedding": True},
                                        {"mixed_params": False}, {"out_proj": "shared"}])
 def test_cached_equals_full_ablations(overrides):
@@ -116,6 +116,8 @@ def test_request_level_training_same_loss_and_grads(kind, pyramid):
         return loss.detach(), {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
                                for n, p in model.named_parameters()}
 
+    if kind == "onetrans" and pyramid:          # recomputation must not change anything either
+        model = make_model(kind, spec, pyramid=pyramid, seed=11, recompute=True).train()
     ref_loss, ref_grads = loss_and_grads(model)
     got_loss, got_grads = loss_and_grads(lambda b: request_level_forward(model, b))
     torch.testing.assert_close(got_loss, ref_loss, atol=1e-6, rtol=1e-6)

@@ -1,0 +1,194 @@
+"""Serving and training benchmark of KV-cached OneTrans (issue #8).
+
+Serving: for every history length L and candidates-per-request C, score one request
+(`OneTransScorer.score(history, candidates)`) with the cache on (S-side once per request, stage II
+for the candidates) and off (the plain model(batch): every candidate recomputes the S-side), and
+report p50 / p99 latency per request and candidates/s. Every cell also checks that the two paths
+give the same probabilities (max |Δp| is saved), so a speed-up is never measured on a wrong path.
+
+Training: one optimiser-free step (forward + backward of the summed BCE losses) on R requests x C
+candidates, plain model(batch) vs request_level_forward (S-side once per request).
+
+    python benchmarks/serving.py                       # default grid (onetrans-mini shape)
+    python benchmarks/serving.py --size onetrans-s     # the paper's OneTrans-S shape (slow on CPU)
+    python benchmarks/serving.py --quick               # seconds; what tests/test_kv_benchmark.py runs
+
+Prints a table and writes JSON (--out, default benchmarks/results/serving.json). Timings on a
+shared CPU are pessimistic: the JSON records the load average before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from model.features import IMPRESSION_KEYS, SEQ_KEYS, random_batch, tiny_spec  # noqa: E402
+from model.kv_cache import OneTransScorer, request_level_forward  # noqa: E402
+from model.registry import build_model  # noqa: E402
+
+
+def machine_info() -> dict:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": "cpu",
+            "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile (with few repetitions p99 is the slowest run; n is saved next to it)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+
+
+def timed_reps(fn, *, reps: int, budget_s: float, warmup: int = 1) -> list[float]:
+    """Run fn warmup times, then up to reps timed times, stopping early once budget_s is spent
+    (at least one timed run)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < reps and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def build(size: str, seq_len: int, overrides: dict, seed: int = 0):
+    torch.manual_seed(seed)
+    spec = tiny_spec(seq_len=seq_len)
+    return spec, build_model("onetrans", spec, size, {"attention": "sdpa", **overrides}).eval()
+
+
+def requests(spec, n_cand: int, n: int, seed: int) -> list[tuple[dict, dict]]:
+    """n single-request (history, candidates) pairs with full-length histories."""
+    out = []
+    for i in range(n):
+        b = random_batch(spec, n_requests=1, per_request=n_cand, min_len=spec.seq_len,
+                         generator=torch.Generator().manual_seed(seed + i))
+        out.append(({k: b[k] for k in SEQ_KEYS}, {k: b[k] for k in IMPRESSION_KEYS if k != "req_index"}))
+    return out
+
+
+def bench_serving(args) -> list[dict]:
+    rows = []
+    for L in args.lengths:
+        spec, model = build(args.size, L, args.overrides)
+        for C in args.candidates:
+            reqs = requests(spec, C, 4, seed=L + C)
+            cell = {"seq_len": L, "candidates": C}
+            probs = {}
+            for cache in (True, False):
+                scorer = OneTransScorer(model, cache=cache, max_batch=args.max_batch)
+                it = iter(range(10 ** 9))
+                def run() -> None:
+                    h, c = reqs[next(it) % len(reqs)]
+                    scorer.score(h, c)
+                budget = args.budget_s
+                times = timed_reps(run, reps=args.reps, budget_s=budget, warmup=0 if C * L > 200_000 and not cache else 1)
+                probs[cache] = scorer.score(*reqs[0])["ctr"]
+                tag = "on" if cache else "off"
+                cell[f"cache_{tag}"] = {"p50_ms": 1e3 * statistics.median(times), "p99_ms": 1e3 * percentile(times, 99),
+                                        "cands_per_s": C / statistics.median(times), "n_reps": len(times)}
+            cell["speedup_cands_per_s"] = cell["cache_on"]["cands_per_s"] / cell["cache_off"]["cands_per_s"]
+            cell["max_abs_dprob"] = float((probs[True] - probs[False]).abs().max())
+            rows.append(cell)
+            on, off = cell["cache_on"], cell["cache_off"]
+            print(f"L={L:5d} C={C:5d} | on p50 {on['p50_ms']:9.2f} ms p99 {on['p99_ms']:9.2f} ms {on['cands_per_s']:10.1f} c/s"
+                  f" | off p50 {off['p50_ms']:9.2f} ms p99 {off['p99_ms']:9.2f} ms {off['cands_per_s']:10.1f} c/s"
+                  f" | x{cell['speedup_cands_per_s']:6.1f} |dp|max {cell['max_abs_dprob']:.1e}", flush=True)
+    return rows
+
+
+def bench_training(args) -> list[dict]:
+    rows = []
+    for L in args.train_lengths:
+        spec, model = build(args.size, L, args.overrides)
+        model.train()
+        for C in args.train_candidates:
+            R = max(1, args.train_impressions // C)
+            batch = random_batch(spec, n_requests=R, per_request=C, min_len=L // 2,
+                                 generator=torch.Generator().manual_seed(L * 7 + C))
+            cell = {"seq_len": L, "candidates_per_request": C, "requests": R, "impressions": R * C}
+            for name, fwd in (("plain", model), ("request_level", lambda b: request_level_forward(model, b))):
+                def step() -> None:
+                    model.zero_grad(set_to_none=True)
+                    out = fwd(batch)
+                    loss = (torch.nn.functional.binary_cross_entropy_with_logits(out["ctr"], batch["click"])
+                            + torch.nn.functional.binary_cross_entropy_with_logits(out["cvr"], batch["conversion"]))
+                    loss.backward()
+                times = timed_reps(step, reps=args.reps, budget_s=args.budget_s)
+                cell[name] = {"step_p50_ms": 1e3 * statistics.median(times), "n_reps": len(times)}
+            cell["speedup"] = cell["plain"]["step_p50_ms"] / cell["request_level"]["step_p50_ms"]
+            rows.append(cell)
+            print(f"train L={L:5d} C/req={C:4d} R={R:4d} | plain {cell['plain']['step_p50_ms']:9.1f} ms"
+                  f" | request-level {cell['request_level']['step_p50_ms']:9.1f} ms | x{cell['speedup']:5.2f}", flush=True)
+    return rows
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise SystemExit(f"--override {it!r}: expected key=value, e.g. --override d_model=128")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="onetrans-mini", help="onetrans size (model/onetrans.py SIZES)")
+    p.add_argument("--override", action="append", default=[], help="Config field=value (repeatable)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--candidates", type=int, nargs="+", default=[1, 10, 100, 1000])
+    p.add_argument("--train-lengths", type=int, nargs="+", default=[512, 1024])
+    p.add_argument("--train-candidates", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--train-impressions", type=int, default=64, help="impressions per training step")
+    p.add_argument("--max-batch", type=int, default=100, help="candidates per forward chunk (paper: 100 per GPU)")
+    p.add_argument("--reps", type=int, default=20, help="timed repetitions per cell (at most)")
+    p.add_argument("--budget-s", type=float, default=10.0, help="stop repeating a cell after this many seconds")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--no-train", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny model and grid (a test runs this)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.lengths, args.candidates = "onetrans-tiny", [32, 64], [1, 10]
+        args.train_lengths, args.train_candidates, args.train_impressions = [32], [1, 4], 8
+        args.reps, args.budget_s = 3, 1.0
+    args.overrides = parse_overrides(args.override)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    info = machine_info()
+    print(f"# serving benchmark: size={args.size} overrides={args.overrides} threads={info['threads']} "
+          f"loadavg={info['loadavg']}", flush=True)
+    with torch.no_grad():
+        serving = bench_serving(args)
+    training = [] if args.no_train else bench_training(args)
+    result = {"benchmark": "serving", "size": args.size, "overrides": args.overrides, "quick": args.quick,
+              "max_batch": args.max_batch, "machine": info,
+              "loadavg_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+              "serving": serving, "training": training, "argv": sys.argv[1:] if argv is None else argv}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"# wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
