@@ -63,6 +63,7 @@ class Config:
     attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"
     recompute: bool = False               # torch.utils.checkpoint around every block
     compile_blocks: bool = False          # torch.compile every block
+    request_level: bool = False           # S side once per request, shared by its impressions (exact)
 
     def __post_init__(self) -> None:
         def check(cond: bool, field: str, msg: str) -> None:
@@ -80,6 +81,8 @@ class Config:
                    "attention": ("auto", "reference", "sdpa", "flash")}
         for f, options in choices.items():
             check(getattr(self, f) in options, f, f"{getattr(self, f)!r} is not one of {options}")
+        check(self.causal or not self.request_level, "request_level",
+              "needs causal=True (with full attention S-tokens read NS-tokens, so S cannot be shared)")
 
     @property
     def head_dim(self) -> int:
@@ -309,23 +312,37 @@ class OneTransBlock(nn.Module):
         z = x_ns + self.o.forward_ns(a)
         return z + self.ffn2.forward_ns(F.gelu(self.ffn1.forward_ns(self.norm2(z))))
 
-    def forward(self, x_s: torch.Tensor, valid_s: torch.Tensor, x_ns: torch.Tensor):
+    def forward(self, x_s: torch.Tensor, valid_s: torch.Tensor, x_ns: torch.Tensor,
+                req_index: torch.Tensor | None = None):
+        """req_index None: x_s is per impression (one attention call over [S ; NS]).
+        req_index given: x_s is per REQUEST (R rows) and impression b reads request req_index[b];
+        the S side runs once per request (exact: S queries never see NS keys)."""
         T_s, n, ks = x_s.shape[1], x_ns.shape[1], self.keep_s
         q_s, k_s, v_s = self.s_qkv(x_s)
         q_ns, k_ns, v_ns = self.ns_qkv(x_ns)
-        ns_valid = valid_s.new_ones(valid_s.shape[0], n)
-        # One attention call over [S ; NS] with one bottom-right causal mask: S queries can only
-        # reach S keys because NS keys come after every S position.
-        a = attend(self._heads(torch.cat([q_s, q_ns], 1)), self._heads(torch.cat([k_s, k_ns], 1)),
-                   self._heads(torch.cat([v_s, v_ns], 1)),
-                   torch.cat([valid_s[:, T_s - ks:], ns_valid], 1), torch.cat([valid_s, ns_valid], 1),
-                   causal=self.cfg.causal, backend=self.backend)
-        a = a.transpose(1, 2).flatten(2)                                  # (B, ks + n, d)
+        ns_valid = valid_s.new_ones(x_ns.shape[0], n)
         valid_tail = valid_s[:, T_s - ks:]
-        y_ns = self.ns_out(x_ns, a[:, ks:])
+        H = self._heads
+        if req_index is None:
+            # One attention call over [S ; NS] with one bottom-right causal mask: S queries can
+            # only reach S keys because NS keys come after every S position.
+            a = attend(H(torch.cat([q_s, q_ns], 1)), H(torch.cat([k_s, k_ns], 1)), H(torch.cat([v_s, v_ns], 1)),
+                       torch.cat([valid_tail, ns_valid], 1), torch.cat([valid_s, ns_valid], 1),
+                       causal=self.cfg.causal, backend=self.backend)
+            a = a.transpose(1, 2).flatten(2)                              # (B, ks + n, d)
+            a_s, a_ns = a[:, :ks], a[:, ks:]
+        else:
+            if not self.cfg.causal:
+                raise ValueError("request-level S side needs causal attention (with causal=False S reads NS)")
+            a_s = attend(H(q_s), H(k_s), H(v_s), valid_tail, valid_s, causal=True,
+                         backend=self.backend).transpose(1, 2).flatten(2) if ks else q_s
+            a_ns = attend(H(q_ns), H(torch.cat([k_s[req_index], k_ns], 1)), H(torch.cat([v_s[req_index], v_ns], 1)),
+                          ns_valid, torch.cat([valid_s[req_index], ns_valid], 1), causal=True,
+                          backend=self.backend).transpose(1, 2).flatten(2)
+        y_ns = self.ns_out(x_ns, a_ns)
         if ks == 0:
             return x_s[:, :0], valid_tail, y_ns
-        y_s = self.s_out(x_s[:, T_s - ks:], a[:, :ks]) * valid_tail.unsqueeze(-1).to(a.dtype)
+        y_s = self.s_out(x_s[:, T_s - ks:], a_s) * valid_tail.unsqueeze(-1).to(a_s.dtype)
         return y_s, valid_tail, y_ns
 
     def flops(self, t_s: int) -> float:
@@ -387,22 +404,30 @@ class OneTrans(RankingModel):
         x_s, valid_s = self.s_tok(batch)
         return x_s, valid_s, self.ns_tok(batch)
 
-    def encode(self, x_s: torch.Tensor, valid_s: torch.Tensor, x_ns: torch.Tensor) -> torch.Tensor:
-        """Run the block stack; -> the final tokens (B, n_final, d), final-normed."""
+    def encode(self, x_s: torch.Tensor, valid_s: torch.Tensor, x_ns: torch.Tensor,
+               req_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the block stack; -> the final tokens (B, n_final, d), final-normed. With req_index,
+        x_s / valid_s are per request and the S side runs once per request."""
         self._decide_attention(x_ns.device)
         for block in self.blocks:
             if self.cfg.recompute and torch.is_grad_enabled():
-                x_s, valid_s, x_ns = checkpoint(block, x_s, valid_s, x_ns, use_reentrant=False)
+                x_s, valid_s, x_ns = checkpoint(block, x_s, valid_s, x_ns, req_index, use_reentrant=False)
             else:
-                x_s, valid_s, x_ns = block(x_s, valid_s, x_ns)
+                x_s, valid_s, x_ns = block(x_s, valid_s, x_ns, req_index)
+        if req_index is not None:
+            x_s = x_s[req_index]
         return self.final_norm(torch.cat([x_s, x_ns], 1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x_s, valid_s, x_ns = self.tokenize(batch)
-        # The S-side per impression (the paper's un-optimised behaviour); the tokenizer above ran
-        # once per request, which is exact because S-tokens depend on the sequence only.
         idx = batch["req_index"]
-        h = self.encode(x_s[idx], valid_s[idx], x_ns).flatten(1)
+        if self.cfg.request_level:
+            h = self.encode(x_s, valid_s, x_ns, idx)
+        else:
+            # The S side per impression (the paper's un-optimised behaviour); the tokenizer above
+            # ran once per request, which is exact because S-tokens depend on the sequence only.
+            h = self.encode(x_s[idx], valid_s[idx], x_ns)
+        h = h.flatten(1)
         return {t: head(h).squeeze(-1).float() for t, head in self.heads.items()}
 
     def _check(self, batch: dict[str, torch.Tensor]) -> None:

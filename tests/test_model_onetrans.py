@@ -272,3 +272,26 @@ def test_compiled_blocks_match_eager():
     torch.testing.assert_close(o1["ctr"], o2["ctr"], atol=1e-4, rtol=1e-4)
     o2["ctr"].sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in compiled.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("variant", [{"attention": "reference"}, {"attention": "sdpa", "pyramid_end": "B"},
+                                     {"pyramid": False, "recompute": True}],
+                         ids=["reference", "sdpa-reading-B", "no-pyramid-recompute"])
+def test_request_level_s_side_equals_per_impression(variant):
+    """S side once per request (request_level=True) = the per-impression forward, fwd and bwd."""
+    b = _batch(24, seed=16, n_requests=3, per_request=4)
+    res = []
+    for request_level in (False, True):
+        m = _model(seq_len=24, seed=17, request_level=request_level, **variant).train()
+        out = m(b)
+        (out["ctr"] * torch.linspace(-1, 1, 12) + out["cvr"]).sum().backward()
+        res.append((out["ctr"].detach(), out["cvr"].detach(), {n: p.grad for n, p in m.named_parameters()}))
+    torch.testing.assert_close(res[0][0], res[1][0], **FP32)
+    torch.testing.assert_close(res[0][1], res[1][1], **FP32)
+    for n, g in res[0][2].items():
+        torch.testing.assert_close(g, res[1][2][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_request_level_refuses_full_attention():
+    with pytest.raises(ValueError, match="request_level"):
+        dataclasses.replace(TINY, request_level=True, causal=False)
