@@ -295,3 +295,27 @@ def test_request_level_s_side_equals_per_impression(variant):
 def test_request_level_refuses_full_attention():
     with pytest.raises(ValueError, match="request_level"):
         dataclasses.replace(TINY, request_level=True, causal=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("request_level", [False, True], ids=["per-impression", "request-level"])
+def test_flash_model_matches_reference_in_bf16(request_level):
+    """Whole model on CUDA under bf16 autocast, pruned queries, padding and one empty history."""
+    pytest.importorskip("flash_attn")
+    b = _batch(64, seed=18, n_requests=4, per_request=3)
+    for k in ("seq_item", "seq_side", "seq_type", "seq_gap"):
+        b[k][0] = 0
+    b["seq_mask"][0] = False
+    b = {k: v.cuda() for k, v in b.items()}
+    res = []
+    for backend in ("reference", "flash"):
+        m = _model(seq_len=64, seed=19, attention=backend, request_level=request_level).cuda().train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = m(b)
+        assert m.attention_decision[0] == backend
+        out["ctr"].sum().backward()
+        res.append((out["ctr"].detach(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])))
+    assert torch.isfinite(res[1][0]).all() and torch.isfinite(res[1][1]).all()
+    torch.testing.assert_close(res[0][0], res[1][0], atol=5e-2, rtol=5e-2)
+    cos = torch.nn.functional.cosine_similarity(res[0][1].float(), res[1][1].float(), dim=0)
+    assert cos > 0.99, cos
