@@ -129,6 +129,17 @@ def axes(cfg: RunConfig) -> dict[str, Any]:
 
 # ---- the run -------------------------------------------------------------------------------
 
+def trainer_plugins() -> list[Any]:
+    """Atomic checkpoint writes; under SLURM (srun sets SLURM_NTASKS) a SLURMEnvironment with
+    auto_requeue off: submitit owns requeueing (USR2 + Checkpointable), Lightning must not too."""
+    from harness.callbacks import AtomicCheckpointIO
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if "SLURM_NTASKS" in os.environ:
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
 def train_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train (or resume, or return the finished result of) the run in run_dir."""
     store = RunStore(run_dir)
@@ -160,7 +171,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from harness import tracking
-    from harness.callbacks import AtomicCheckpointIO, ChainLoader, CsvMetrics, ResumableLoader, ResumeState, Throughput
+    from harness.callbacks import ChainLoader, CsvMetrics, ResumableLoader, ResumeState, Throughput
     from harness.data.datamodule import OneTransDataModule
     from harness.system import RankingSystem
     from model.registry import build_model
@@ -217,11 +228,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     resume_state, throughput = ResumeState(train_loader), Throughput()
     ckpt_cb = ModelCheckpoint(dirpath=store.checkpoints, save_top_k=0, save_last=True,
                               every_n_train_steps=t.ckpt_every_n_steps, enable_version_counter=False)
-    plugins: list[Any] = [AtomicCheckpointIO()]
-    if "SLURM_NTASKS" in os.environ:
-        # submitit owns requeueing (USR2 + Checkpointable); Lightning must not requeue as well
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-        plugins.append(SLURMEnvironment(auto_requeue=False))
+    plugins = trainer_plugins()
     eval_every = t.eval_every_n_steps
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, precision=precision,

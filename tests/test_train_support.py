@@ -6,7 +6,9 @@ test then also checks that RNG state survives a checkpoint.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ class Config:
     n_layers: int = 1
     dropout: float = 0.1
     nan_after_steps: int = -1      # >= 0: forward returns NaN logits once this many forwards ran in training
+    sleep_s: float = 0.0           # per training forward: slows a run down so a test can kill it mid-way
 
 
 SIZES = {"tiny": Config(), "wide": Config(d_model=16)}
@@ -52,6 +55,8 @@ class TinyModel(RankingModel):
         x.append(batch["ns_num"])
         out = self.head(self.mlp(torch.cat(x, -1)))
         if self.training:
+            if self.cfg.sleep_s:
+                time.sleep(self.cfg.sleep_s)
             self.forwards += 1
             if 0 <= self.cfg.nan_after_steps < int(self.forwards):
                 out = out * float("nan")
@@ -71,3 +76,28 @@ def build(spec: FeatureSpec, cfg: Config) -> TinyModel:
 def register_tiny_model(monkeypatch) -> None:
     from model import registry
     monkeypatch.setitem(registry.MODELS, MODEL, __name__)
+
+
+def register_globally() -> None:
+    """For subprocesses (no monkeypatch there)."""
+    from model import registry
+    registry.MODELS[MODEL] = __name__
+
+
+def tiny_world(out: Path) -> Path:
+    """A small synthetic world (a few seconds to generate) in the data contract."""
+    from harness.data.synth import SynthConfig, generate
+    cfg = SynthConfig(n_users=150, n_topics=16, n_interest_topics=4, days=12, events_median=60,
+                      events_max=400, requests_mean=4.0, user_chunk=150)
+    generate(cfg, out, seed=0, name="tiny-test-world", progress=False)
+    return out
+
+
+# the child process of the kill-and-resume test: python tests/test_train_support.py ARGS...
+if __name__ == "__main__":
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_train_support as me        # register under the importable module name
+    me.register_globally()
+    from harness.train import main
+    sys.exit(main(sys.argv[1:]))
