@@ -431,6 +431,15 @@ class OneTrans(RankingModel):
         return {t: head(h).squeeze(-1).float() for t, head in self.heads.items()}
 
     def _check(self, batch: dict[str, torch.Tensor]) -> None:
+        """Shape checks only (no host-device sync): a wrong batch fails here, naming the field."""
+        spec = self.spec
+        for key, width, name in (("seq_side", spec.n_side, "side_names"), ("cand_side", spec.n_side, "side_names"),
+                                 ("ns_cat", spec.n_cat, "cat_names"), ("ns_num", spec.n_num, "num_names")):
+            if key not in batch:
+                raise KeyError(f"batch has no {key!r}; see model/features.py for the batch layout")
+            if batch[key].shape[-1] != width:
+                raise ValueError(f"batch[{key!r}] has {batch[key].shape[-1]} columns but spec.{name} has {width}; "
+                                 f"build the model from the same FeatureSpec as the data")
         L = batch["seq_item"].shape[-1]
         if L != self.spec.seq_len:
             raise ValueError(f"batch['seq_item'] has sequence length {L} but the model was built for "

@@ -70,3 +70,12 @@ def test_wrong_sequence_length_names_the_fix():
 def test_group_tokenizer_needs_enough_tokens():
     with pytest.raises(ValueError, match="n_ns_tokens"):
         build(tiny_spec(16), dataclasses.replace(SIZES["onetrans-tiny"], ns_tokenizer="group", n_ns_tokens=2))
+
+
+def test_batch_with_wrong_feature_columns_names_the_field():
+    from model.features import random_batch
+    m = build(tiny_spec(16), SIZES["onetrans-tiny"])
+    b = random_batch(tiny_spec(16))
+    b["ns_num"] = b["ns_num"][:, :1]
+    with pytest.raises(ValueError, match="ns_num.*num_names"):
+        m(b)
