@@ -15,6 +15,15 @@ from model.features import FeatureSpec, random_batch, tiny_spec
 from model.registry import build_model, model_module, resolve_config
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def build(name: str, spec: FeatureSpec, size: str = "tiny", seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return build_model(name, spec, size, overrides)

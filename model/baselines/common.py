@@ -283,7 +283,7 @@ class SparseMoEFFN(nn.Module):
         if self.training:
             g_tr = F.relu(torch.einsum("btd,tde->bte", x, self.router_train))
             gates = 0.5 * (g_tr + g_inf)
-            self.aux_loss = self.l1_coef * g_inf.sum(-1).mean()
+            self.aux_loss = self.l1_coef.clone() * g_inf.sum(-1).mean()   # clone: the coef adapts in place below
             with torch.no_grad():   # adaptive L1: stronger when too many experts are active
                 active = (g_inf > 0).float().mean()
                 self.l1_coef.mul_(torch.exp(self.l1_rate * (active - self.budget) / self.budget))
@@ -299,6 +299,13 @@ class SparseMoEFFN(nn.Module):
                          + mm_flops(1, self.E, self.d))
 
 
+def token_mix(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free multi-head token mixing with H = T heads: output token h is the concat over
+    tokens t of head h of token t - a reshape and a transpose."""
+    B, T, d = x.shape
+    return x.reshape(B, T, T, d // T).transpose(1, 2).reshape(B, T, d)
+
+
 class RankMixerBlock(nn.Module):
     """Post-LN: S = LN(TokenMixing(X) + X); X' = LN(PFFN(S) + S). Token mixing is parameter-free:
     each token splits into T heads and output token h gathers head h of every token."""
@@ -311,9 +318,7 @@ class RankMixerBlock(nn.Module):
                     else PerTokenFFN(T, d, ffn_mult * d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, d = x.shape
-        mixed = x.reshape(B, T, T, d // T).transpose(1, 2).reshape(B, T, d)
-        s = self.ln1(mixed + x)
+        s = self.ln1(token_mix(x) + x)
         return self.ln2(self.ffn(s) + s)
 
 

@@ -55,9 +55,13 @@ class WukongLayer(nn.Module):
         self.W_res = nn.Parameter(torch.randn(n_out, n_in) / n_in ** 0.5) if n_out != n_in else None
         self.ln = nn.LayerNorm(d)
 
+    def fm(self, x: torch.Tensor) -> torch.Tensor:
+        """Compressed FM, X (X^T Y): the n x k dot products of (X X^T) Y without the n x n matrix."""
+        return torch.matmul(x, torch.einsum("bnd,nk->bdk", x, self.Y))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        fm = torch.matmul(x, torch.einsum("bnd,nk->bdk", x, self.Y))                  # (B, n, k)
+        fm = self.fm(x)                                                                   # (B, n, k)
         fmb = self.fm_mlp(self.fm_ln(fm.flatten(1))).reshape(B, self.n_fm, self.d)
         lcb = torch.einsum("on,bnd->bod", self.W_lc, x)
         res = x if self.W_res is None else torch.einsum("on,bnd->bod", self.W_res, x)
