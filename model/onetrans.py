@@ -99,6 +99,8 @@ def pyramid_schedule(n_tokens: int, end: int, n_layers: int, *, prune_first_laye
     values rounded to the nearest multiple (spec §1.3 tables), clamped into [end, previous]."""
     if not 1 <= end <= n_tokens:
         raise ValueError(f"pyramid end {end} must lie in [1, n_tokens={n_tokens}]")
+    if n_layers == 1:
+        return [end]  # a single layer must end where the heads read, whether or not it "prunes"
     steps = n_layers if prune_first_layer else n_layers - 1
     kept = [] if prune_first_layer else [n_tokens]
     prev = n_tokens
@@ -123,15 +125,16 @@ class FieldEmbedding(nn.Module):
 
     def __init__(self, vocabs: tuple[int, ...], dim: int) -> None:
         super().__init__()
-        self.n_fields = len(vocabs)
-        self.table = nn.Embedding(max(sum(vocabs), 1), dim)
+        self.n_fields, self.dim = len(vocabs), dim
+        # no table at all without fields: an unused parameter would break DDP and the counts
+        self.table = nn.Embedding(sum(vocabs), dim) if vocabs else None
         self.register_buffer("offsets", torch.tensor([0, *vocabs[:-1]], dtype=torch.long).cumsum(0)[: len(vocabs)],
                              persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(..., F) ids -> (..., F * dim)."""
-        if self.n_fields == 0:
-            return ids.new_zeros(*ids.shape[:-1], 0, dtype=self.table.weight.dtype)
+        if self.table is None:
+            return torch.zeros(*ids.shape[:-1], 0, device=ids.device)
         return self.table(ids + self.offsets).flatten(-2)
 
 

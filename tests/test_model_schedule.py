@@ -20,6 +20,19 @@ def test_schedule_reproduces_spec_tables(n_in, end, layers, prune_first, expecte
     assert pyramid_schedule(n_in, end, layers, prune_first_layer=prune_first) == expected
 
 
+def test_single_layer_ends_at_the_end_point():
+    assert pyramid_schedule(40, 4, 1) == pyramid_schedule(40, 4, 1, prune_first_layer=False) == [4]
+
+
+def test_spec_without_side_or_categorical_fields_has_no_dead_weights():
+    from model.features import FeatureSpec, random_batch
+    spec = FeatureSpec(item_vocab=50, num_names=("x",), seq_len=12)
+    m = build(spec, SIZES["onetrans-tiny"])
+    out = m(random_batch(spec))
+    (out["ctr"].sum() + out["cvr"].sum()).backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
 def test_schedule_is_monotone_and_bounded_for_small_inputs():
     for n_in in range(5, 80, 7):
         for layers in (1, 2, 3, 5):
