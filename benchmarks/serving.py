@@ -167,9 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     args = p.parse_args(argv)
     if args.quick:
-        args.size, args.lengths, args.candidates = "onetrans-tiny", [32, 64], [1, 10]
+        args.size, args.lengths, args.candidates = "onetrans-tiny", [32], [1, 10]
         args.train_lengths, args.train_candidates, args.train_impressions = [32], [1, 4], 8
-        args.reps, args.budget_s = 3, 1.0
+        args.reps, args.budget_s = 2, 0.5
     args.overrides = parse_overrides(args.override)
     if args.threads:
         torch.set_num_threads(args.threads)

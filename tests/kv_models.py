@@ -1,12 +1,15 @@
 """Models the KV-cache tests run on: the real OneTrans (model/onetrans.py) and the independent toy."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.features import FeatureSpec
 from tests.kv_toy import ToyOneTrans
 
 KINDS = ("onetrans", "toy")
+# the real model in the default run; the independent toy behind `slow` (CI runs both)
+KIND_PARAMS = [pytest.param("onetrans"), pytest.param("toy", marks=pytest.mark.slow)]
 
 
 def make_model(kind: str, spec: FeatureSpec, *, pyramid: bool, seed: int, **overrides) -> torch.nn.Module:

@@ -6,7 +6,7 @@ import torch
 
 from model.features import random_batch, tiny_spec
 from model.kv_cache import OneTransScorer, _split, request_level_forward, stage_one, stage_two, onetrans_parts
-from tests.kv_models import KINDS, make_model
+from tests.kv_models import KIND_PARAMS, make_model
 
 
 def _batch(spec, n_req, per_req, seed):
@@ -20,7 +20,7 @@ def _cached(model, batch):
     return stage_two(parts, stage_one(parts, seq), imp, seq)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 @pytest.mark.parametrize("n_cand", [1, 7, 100])
 @pytest.mark.parametrize("pyramid", [False, True])
 def test_cached_equals_full_fp32(kind, n_cand, pyramid):
@@ -99,7 +99,7 @@ def test_full_attention_refused():
         onetrans_parts(model)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 @pytest.mark.parametrize("pyramid", [False, True])
 def test_request_level_training_same_loss_and_grads(kind, pyramid):
     spec = tiny_spec(seq_len=24)

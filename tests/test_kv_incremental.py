@@ -7,7 +7,7 @@ import torch
 
 from model.features import random_batch, tiny_spec
 from model.kv_cache import IncrementalCache
-from tests.kv_models import KINDS, make_model
+from tests.kv_models import KIND_PARAMS, make_model
 from tests.kv_toy import ToyOneTrans
 
 FRAME = 24
@@ -33,7 +33,7 @@ def _padded(ev, n_total, cands):
     return {**out, **cands}
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_PARAMS)
 @pytest.mark.parametrize("pyramid", [False, True])
 @pytest.mark.parametrize("steps", [(5, 3, 1, 4), (10, 9), (6, 12, 11), (1, 1, 1, 30)])
 def test_append_matches_full_forward(kind, pyramid, steps):
