@@ -63,35 +63,43 @@ def asof_offsets(ev_user: np.ndarray, ev_ts: np.ndarray, req_user: np.ndarray, r
 
 def gap_bucket(gap: torch.Tensor, n_buckets: int) -> torch.Tensor:
     """Log2-bucketed positive time gap in seconds: 1 + floor(log2(gap)), clipped to [1, n_buckets-1].
-    Bucket 0 is reserved for padding; gap < 1 s (never produced by a strict as-of join) maps to 1."""
-    g = gap.clamp_min(1).to(torch.float64)
-    return (torch.floor(torch.log2(g)).to(torch.int64) + 1).clamp_(1, n_buckets - 1)
+    Bucket 0 is reserved for padding; gap < 1 s (never produced by a strict as-of join) maps to 1.
+    frexp gives the binary exponent exactly (gap = m * 2**e, m in [0.5, 1): floor(log2 gap) = e - 1)."""
+    _, e = torch.frexp(gap.clamp_min(1).to(torch.float64))
+    return e.to(torch.int64).clamp_(1, n_buckets - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
 class EventStore:
-    """Event columns as compact tensors (int32 where ids fit), sorted by (user_id, ts)."""
+    """The event log as ONE row-major table, so a batch is one row gather (16-24 bytes per event).
 
-    item: torch.Tensor        # (E,) int32
-    side: torch.Tensor        # (E, Fs) int32
-    behavior: torch.Tensor    # (E,) int32 (values 1..n)
-    ts: torch.Tensor          # (E,) int64 seconds
+    Columns: item, behaviour, ts - ts_base, side fields...; int32 when every value fits (ids and a
+    ts range under 68 years), else int64. A final all-zero row is the padding target, so padded
+    positions gather zeros without a mask multiply."""
+
+    table: torch.Tensor       # (E + 1, 3 + Fs)
+    ts_base: int
+    n_events: int
 
     @classmethod
     def from_numpy(cls, item: np.ndarray, side: np.ndarray, behavior: np.ndarray, ts: np.ndarray) -> "EventStore":
         side = np.asarray(side)
         side = side if side.ndim == 2 else side.reshape(len(item), -1)    # (E,) -> (E, 1)
-
-        def compact(a: np.ndarray) -> torch.Tensor:
-            a = np.asarray(a)
-            small = a.size == 0 or bool(a.min() >= 0 and a.max() < 2**31 - 1)
-            return torch.from_numpy(np.ascontiguousarray(a.astype(np.int32 if small else np.int64)))
-
-        return cls(item=compact(item), side=compact(side), behavior=compact(behavior),
-                   ts=torch.from_numpy(np.array(ts, dtype=np.int64)))  # a writable copy
+        ts = np.asarray(ts, dtype=np.int64)
+        base = int(ts.min()) if len(ts) else 0
+        cols = [np.asarray(item), np.asarray(behavior), ts - base, *side.T]
+        fits = all(c.size == 0 or bool(c.min() >= 0 and c.max() < 2**31 - 1) for c in cols)
+        table = np.zeros((len(ts) + 1, len(cols)), np.int32 if fits else np.int64)
+        for j, c in enumerate(cols):
+            table[:-1, j] = c
+        return cls(table=torch.from_numpy(table), ts_base=base, n_events=len(ts))
 
     def __len__(self) -> int:
-        return int(self.item.shape[0])
+        return self.n_events
+
+    @property
+    def n_side(self) -> int:
+        return self.table.shape[1] - 3
 
 
 def gather_sequences(store: EventStore, start: torch.Tensor, end: torch.Tensor, req_ts: torch.Tensor,
@@ -100,19 +108,16 @@ def gather_sequences(store: EventStore, start: torch.Tensor, end: torch.Tensor, 
 
     Position j of row r holds event end[r] - L + j; positions before start[r] are padding. So the
     newest event sits at L-1, time ascends left to right, and short histories are left-padded."""
-    L, R, side_n = seq_len, start.shape[0], store.side.shape[1]
-    if len(store) == 0:                                                    # no events at all: all padding
-        z = torch.zeros(R, L, dtype=torch.int64)
-        return {"seq_item": z, "seq_side": torch.zeros(R, L, side_n, dtype=torch.int64), "seq_type": z.clone(),
-                "seq_gap": z.clone(), "seq_mask": torch.zeros(R, L, dtype=torch.bool)}
+    L, R = seq_len, start.shape[0]
     pos = end.unsqueeze(1) - L + torch.arange(L, dtype=end.dtype)          # (R, L)
     mask = pos >= start.unsqueeze(1)
-    flat = torch.where(mask, pos, 0).reshape(-1)                          # any valid index; zeroed below
-    m = mask.to(torch.int64)
-    item = store.item.index_select(0, flat).view(R, L).to(torch.int64) * m
-    side = store.side.index_select(0, flat).view(R, L, side_n).to(torch.int64) * m.unsqueeze(-1)
-    btype = store.behavior.index_select(0, flat).view(R, L).to(torch.int64) * m
-    gap = gap_bucket(req_ts.unsqueeze(1) - store.ts.index_select(0, flat).view(R, L), n_gap_buckets) * m
+    flat = torch.where(mask, pos, store.n_events).reshape(-1)            # padding -> the zero row
+    rows = store.table.index_select(0, flat)                              # the one gather per batch
+    item = rows[:, 0].reshape(R, L).to(torch.int64)
+    btype = rows[:, 1].reshape(R, L).to(torch.int64)
+    side = rows[:, 3:].reshape(R, L, store.n_side).to(torch.int64)
+    gap_s = (req_ts - store.ts_base).unsqueeze(1) - rows[:, 2].reshape(R, L).to(torch.int64)
+    gap = torch.where(mask, gap_bucket(gap_s, n_gap_buckets), 0)
     return {"seq_item": item, "seq_side": side, "seq_type": btype, "seq_gap": gap, "seq_mask": mask}
 
 
