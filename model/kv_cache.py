@@ -13,14 +13,14 @@ per-token-type operations the two stages need) and never changes the model: the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .features import SEQ_KEYS, IMPRESSION_KEYS
+from .features import IMPRESSION_KEYS, SEQ_KEYS
 
 # --------------------------------------------------------------------------------------------
 # What the two stages need from a OneTrans model

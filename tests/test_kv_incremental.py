@@ -105,3 +105,20 @@ def test_time_dependent_tokens_refused():
     spec = tiny_spec(seq_len=FRAME)
     with pytest.raises(ValueError, match="time-gap"):
         IncrementalCache(ToyOneTrans(spec), time_invariant=False)
+
+
+@pytest.mark.parametrize("overrides", [{"pyramid_end": "B"}, {"prune_first_layer": False}])
+def test_append_pyramid_variants(overrides):
+    """Pyramid reading B (S rows reach the heads: the cache re-pads them) and an unpruned layer 1."""
+    spec = tiny_spec(seq_len=FRAME)
+    model = make_model("onetrans", spec, pyramid=True, seed=21, **overrides)
+    ev = _events(spec, 27, seed=22)
+    cands = {k: ev[k] for k in ("req_index", "cand_item", "cand_side", "ns_cat", "ns_num")}
+    inc, n = IncrementalCache(model), 0
+    for d in (5, 10, 12):
+        inc.append(_slice(ev, n, n + d))
+        n += d
+        with torch.no_grad():
+            ref = model(_padded(ev, n, cands))
+        for t in ("ctr", "cvr"):
+            torch.testing.assert_close(inc.score(cands)[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5)
