@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -13,7 +15,11 @@ def test_model_step_quick(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "model_step.json"
-    mod.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        mod.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)                                             # --threads is global
     rec = json.loads(out.read_text())
     (row,) = rec["steps"]
     assert row["size"] == "onetrans-tiny" and row["batch"] == 8 and row["input_tokens"] == 20
