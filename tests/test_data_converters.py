@@ -190,3 +190,16 @@ def test_real_copies_match_readmes(shared_data, tmp_path):
     assert (tm["events"], tm["users"], tm["items"]) == (182_880, 884, 9_531)
     assert tm["behaviors"] == {"click": 174_539, "buy": 6_984, "collect": 1_204, "cart": 153}
     assert (tm["events_per_user"]["min"], tm["events_per_user"]["p50"], tm["events_per_user"]["max"]) == (1, 129.5, 2_407)
+
+
+def test_converter_cli(tmp_path, capsys):
+    import argparse
+
+    from harness.data.converters import add_convert_args, main_convert
+
+    p = argparse.ArgumentParser()
+    add_convert_args(p)
+    raw = write_movielens(tmp_path / "raw")
+    assert main_convert(p.parse_args(["movielens", str(raw), str(tmp_path / "ml"), "--neg-ratio", "1"])) == 0
+    assert "10 events" in capsys.readouterr().out
+    assert len(pd.read_parquet(tmp_path / "ml" / "impressions.parquet")) == 20
