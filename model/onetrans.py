@@ -16,7 +16,7 @@ what KV-cached two-stage scoring and request-level training build on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -504,7 +504,3 @@ def paper_feature_spec(seq_len: int) -> FeatureSpec:
 
 def build(spec: FeatureSpec, config: Config) -> OneTrans:
     return OneTrans(spec, config)
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(Config)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.features import tiny_spec
-from model.onetrans import PAPER_SEQ_LEN, SIZES, Config, build, paper_feature_spec, pyramid_schedule
+from model.onetrans import PAPER_SEQ_LEN, SIZES, build, paper_feature_spec, pyramid_schedule
 
 
 @pytest.mark.parametrize("n_in,end,layers,prune_first,expected", [
