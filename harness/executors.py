@@ -155,7 +155,11 @@ def mark_failed(run_dir: Path, error: str) -> None:
             status = json.loads(path.read_text())
         except json.JSONDecodeError:
             status = {}
-    status.update({"state": "failed", "updated": _now(), "error": error})
+    if status.get("state") == "failed" and status.get("error"):
+        status["dispatch_error"] = error        # the run's own error says more: keep it first
+    else:
+        status.update({"state": "failed", "error": error})
+    status["updated"] = _now()
     status.setdefault("attempts", 0)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(status, indent=2))

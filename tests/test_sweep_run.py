@@ -1,0 +1,93 @@
+"""The driver end to end with the debug (in-process) and local (subprocess) executors.
+
+Failure paths use a dataset folder that does not exist (train_run fails fast, before any model is
+built); the success/skip/resume path trains a real tiny run (marked slow: ~15 s quiet, minutes
+on a loaded 2-core machine).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import sweep as S
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_sweep(tmp_path: Path, dataset: str, seeds=(0, 1)) -> Path:
+    data = {
+        "name": "runs_test",
+        "base": {"data": {"dataset": dataset, "seq_len": 8, "batch_size": 32, "eval_batch_size": 256},
+                 "model": {"name": "onetrans", "size": "onetrans-tiny"},
+                 "train": {"max_steps": 4, "optimizer": "adamw", "precision": "32-true", "ckpt_every_n_steps": 2},
+                 "logging": {"wandb": "disabled", "progress_bar": False}},
+        "seeds": list(seeds),
+        "resources": {"default": {"devices": 1, "accelerator": "cpu", "cpus_per_task": 1, "mem_gb": 2, "time_min": 10}},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    rc = S.main([*map(str, args), "--no-describe"])
+    return rc, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("executor", ["debug", "local"])
+def test_failed_runs_are_reported_and_retried_only_on_request(tmp_path, capsys, executor):
+    path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"))
+    runs = tmp_path / "runs"
+    rc, out = cli(capsys, path, "--executor", executor, "--runs-dir", runs, "--max-parallel", 2)
+    assert rc == 1 and out.count("] failed ") == 2, out
+    for d in (p for p in (runs / "runs_test").iterdir() if not p.name.startswith(".")):
+        status = json.loads((d / "status.json").read_text())
+        assert status["state"] == "failed" and "no_such_dataset" in status["error"]
+        assert not (d / "DONE").exists()
+        if executor == "local":        # the launcher's output is kept next to the run
+            assert "no_such_dataset" in (d / "logs" / "launch.log").read_text()
+    rc, out = cli(capsys, path, "--executor", executor, "--runs-dir", runs)
+    assert "to run: 0; skipped: 2 failed" in out and "--retry-failed" in out
+    rc, out = cli(capsys, path, "--executor", executor, "--runs-dir", runs, "--retry-failed", "--only", "seed=1")
+    assert "to run: 1" in out and out.count("] failed ") == 1
+    ledger = (runs / "runs_test" / ".sweep" / "ledger.jsonl").read_text().splitlines()
+    assert len(ledger) == 3
+
+
+@pytest.mark.slow
+def test_debug_sweep_trains_skips_done_and_resumes_interrupted(tmp_path, capsys):
+    path = write_sweep(tmp_path, "synthetic:ci", seeds=(0,))
+    runs = tmp_path / "runs"
+    rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", runs)
+    assert rc == 0 and "1/1 runs done" in out
+    (run,) = [p for p in (runs / "runs_test").iterdir() if not p.name.startswith(".")]
+    result = json.loads((run / "result.json").read_text())
+    assert result["run_id"] == run.name and result["train"]["steps"] == 4
+
+    rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", runs)
+    assert rc == 0 and "to run: 0; skipped: 1 done" in out
+
+    # a crash after the last checkpoint but before the record: no DONE, no result, status running
+    (run / "DONE").unlink()
+    (run / "result.json").unlink()
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
+    rc, out = cli(capsys, "status", path, "--runs-dir", runs)
+    assert "1 runs: 1 interrupted" in out
+    rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", runs)
+    assert rc == 0 and "1/1 runs done" in out
+    attempts = [json.loads(x) for x in (run / "logs" / "jobs.jsonl").read_text().splitlines()]
+    assert [a["resumed_from_checkpoint"] for a in attempts] == [False, True]
+    assert json.loads((run / "result.json").read_text())["train"]["steps"] == 4
+
+    # --rerun-done keeps the old folder aside and trains again from scratch
+    rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", runs, "--rerun-done")
+    assert rc == 0 and "moved finished run" in out
+    replaced = list((runs / "runs_test" / ".sweep" / "replaced").iterdir())
+    assert len(replaced) == 1 and (replaced[0] / "result.json").exists()
+    assert (run / "DONE").exists()
+    assert len((run / "logs" / "jobs.jsonl").read_text().splitlines()) == 1
