@@ -160,7 +160,11 @@ def test_requeued_job_resumes_from_its_checkpoint_and_finishes_once(slurm_cluste
     assert not (run / "DONE").exists(), "the run finished before it could be interrupted; raise max_steps"
     # what a timeout looks like to the job: USR2 to its tasks; submitit checkpoints and requeues
     submitit.SlurmJob(folder=sweep_dir / ".sweep" / "submitit" / "%j", job_id=job_id)._interrupt(timeout=True)
-    wait_for(lambda: (run / "DONE").exists(), 540, "the requeued job to finish", poll=5)
+    def ended():
+        st = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+        return (run / "DONE").exists() or (st.get("state") == "failed" and squeue_state(job_id) == "")
+    wait_for(ended, 540, "the requeued job to end", poll=5)
+    assert (run / "DONE").exists(), (run / "status.json").read_text()
     attempts = [json.loads(x) for x in (run / "logs" / "jobs.jsonl").read_text().splitlines()]
     events = [a["event"] for a in attempts]
     assert events == ["start", "requeue", "start"], attempts
