@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -40,6 +41,26 @@ def _fmt_metric(m: str) -> str:
     return m.replace("_", " ").upper().replace("LOGLOSS", "logloss")
 
 
+def _log_x_axis(ax, xs: np.ndarray | None) -> None:
+    """Log x-axis that stays readable: ticks at the swept values (plain numbers) when given, no minor labels."""
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if xs is not None and len(xs) <= 10:
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+
+
+def _fit_ylim(ax, values: list[np.ndarray], pad: float = 0.15) -> tuple[float, float]:
+    """y-limits from the data and point fits only: wild bootstrap bands (e.g. an extrapolated power law)
+    are clipped instead of squashing the data into a line."""
+    v = np.concatenate([np.ravel(a) for a in values])
+    v = v[np.isfinite(v)]
+    lo, hi = float(v.min()), float(v.max())
+    span = max(hi - lo, 1e-9)
+    ax.set_ylim(lo - pad * span, hi + pad * span)
+    return lo - pad * span, hi + pad * span
+
+
 def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
     """One panel per metric: seeds, means ± sd, fits with bands, oracle line, gain per doubling."""
     group = [s for s in an.series if (s.sweep, s.model, s.axis, s.x_name) == (sweep, model, axis, x_name)]
@@ -47,7 +68,7 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
     n = len(group)
     cols = 3 if n > 2 else n
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.7 * rows + 0.6), squeeze=False)
     xcol = "train_flops" if x_name == "train_flops" else f"axes.{axis}"
     for ax, s in zip(axes.flat, group):
         x = pd.to_numeric(pts[xcol], errors="coerce").to_numpy(float)
@@ -57,38 +78,50 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
         means = np.array([y[x == v].mean() for v in xs])
         sds = np.array([y[x == v].std(ddof=1) if (x == v).sum() > 1 else 0.0 for v in xs])
         ax.errorbar(xs, means, yerr=sds, fmt="o", color="k", ms=4, capsize=3, label="mean ± sd", zorder=4)
-        notes = []
+        notes, on_scale = [], [y]
         for form, f in s.fits.items():
             st = FORM_STYLE[form]
             ax.plot(f.x_grid, f.pred, color=st["color"], lw=1.6, label=st["label"])
-            ax.fill_between(f.x_grid, f.band[0], f.band[1], color=st["color"], alpha=0.15, lw=0)
+            ax.fill_between(f.x_grid, f.band[0], f.band[1], color=st["color"], alpha=0.15, lw=0,
+                            label=f"95% band ({st['label']})")
+            on_scale.append(f.pred[f.x_grid <= xs.max()])
             if form == "loglinear":
                 lo, hi = f.ci["b_per_doubling"]
                 notes.append(f"Δ/doubling {f.params['b_per_doubling']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
             else:
                 lo, hi = f.ci["E"]
                 notes.append(f"E {f.params['E']:.4f} [{lo:.4f}, {hi:.4f}], α {f.params['alpha']:.2f}")
+        ylo, yhi = _fit_ylim(ax, on_scale)
         if s.oracle is not None:
-            ax.axhline(s.oracle, color="C2", ls="--", lw=1.2, label="Bayes (oracle)")
-            notes.append(f"oracle {s.oracle:.4f}")
-        ax.set_xscale("log")
-        ax.set_title(_fmt_metric(s.metric))
+            span = yhi - ylo
+            if ylo - span <= s.oracle <= yhi + span:       # near the data: draw it and keep it in view
+                ax.axhline(s.oracle, color="C2", ls="--", lw=1.2, label="Bayes (oracle)")
+                _fit_ylim(ax, on_scale + [np.array([s.oracle])], pad=0.08)
+                notes.append(f"oracle {s.oracle:.4f}")
+            else:
+                notes.append(f"oracle {s.oracle:.4f} (off scale)")
+        _log_x_axis(ax, None if x_name == "train_flops" else xs)
+        ax.set_title(f"{_fmt_metric(s.metric)}\n" + "\n".join(notes), fontsize=8.5)
         ax.set_xlabel("training FLOPs" if x_name == "train_flops" else axis)
-        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=8, va="bottom",
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    if n:
-        axes.flat[0].legend(fontsize=7, loc="upper left")
+    handles, labels = {}, []
+    for ax in list(axes.flat)[:n]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
     fig.suptitle(f"{sweep}: {model} vs {('training FLOPs' if x_name == 'train_flops' else axis)} "
-                 f"({an.split} split, 95% cluster-bootstrap bands)", fontsize=12)
-    fig.tight_layout()
+                 f"({an.split} split; bands: 95% cluster bootstrap of the mean curve)", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=min(len(handles), 6), fontsize=8,
+               bbox_to_anchor=(0.5, 0.955), frameon=False)
     return fig
 
 
 def flops_overlay(an: Analysis, metrics=("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc")):
     """All series (OneTrans axes and baselines) and the single-config models on one FLOPs axis."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.9), squeeze=False)
+    cols = 2 if len(metrics) > 1 else 1
+    rows = int(np.ceil(len(metrics) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(6.6 * cols, 5.6 * rows), squeeze=False)
     done = an.collection.done
     for ax, metric in zip(axes.flat, metrics):
         for i, s in enumerate([s for s in an.series if s.metric == metric and s.x_name == "train_flops"]):
@@ -109,12 +142,14 @@ def flops_overlay(an: Analysis, metrics=("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_
             if "axes.variant" in singles else singles[singles["train_flops"].notna() & singles[col].notna()]
         for j, (model, g) in enumerate(singles.groupby("model")):
             ax.plot(g["train_flops"].mean(), g[col].mean(), marker="s", ls="none", color="0.3", ms=6)
-            ax.annotate(model, (g["train_flops"].mean(), g[col].mean()), fontsize=7, xytext=(4, 3),
+            # stagger labels vertically: single-config models often sit at similar FLOPs
+            ax.annotate(model, (g["train_flops"].mean(), g[col].mean()), fontsize=7.5, xytext=(5, -10 + 9 * (j % 3)),
                         textcoords="offset points")
-        ax.set_xscale("log")
+        _log_x_axis(ax, None)
         ax.set_xlabel("training FLOPs (log)")
         ax.set_title(_fmt_metric(metric))
-        ax.legend(fontsize=6.5, loc="best", title="Δ per doubling [95% CI]", title_fontsize=6.5)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False,
+                  title="series: Δ per doubling of FLOPs [95% CI]", title_fontsize=7.5)
     fig.suptitle("All axes and baselines on training FLOPs (cf. OneTrans Fig. 3b)", fontsize=12)
     fig.tight_layout()
     return fig
@@ -146,7 +181,7 @@ def residuals(an: Analysis, metric: str):
             ax.plot(r["x"], r["residual"], "o-", color=FORM_STYLE[form]["color"], label=FORM_STYLE[form]["label"], ms=4)
         ax.axhline(0, color="k", lw=0.8)
         ax.axhspan(-s.seed_sd, s.seed_sd, color="0.85", label="± seed sd")
-        ax.set_xscale("log")
+        _log_x_axis(ax, np.array(sorted({r["x"] for f in s.fits.values() for r in f.residuals})))
         ax.set_title(f"{s.sweep}: {_fmt_metric(metric)}")
         ax.set_xlabel(s.axis)
         ax.legend(fontsize=7)

@@ -191,8 +191,9 @@ def fits_display(fits: pd.DataFrame) -> pd.DataFrame:
             row["α"] = ci(r, "alpha", ".3f")
             row["oracle"] = "" if pd.isna(r.get("oracle")) else f"{r['oracle']:.4f}"
             row["x where gain/doubling < seed sd"] = f"{r['x_saturation']:.3g}"
+        cv = "n/a (too few configs)" if pd.isna(r["cv_rmse"]) else f"{r['cv_rmse']:.2e}"
         row.update({"R²": f"{r['r2_means']:.3f}", "RMSE": f"{r['rmse_means']:.2e}", "AIC": f"{r['aic']:.1f}",
-                    "CV RMSE": f"{r['cv_rmse']:.2e}", "seed sd": f"{r['seed_sd']:.2e}",
+                    "CV RMSE": cv, "seed sd": f"{r['seed_sd']:.2e}",
                     "chosen": "✓" if r["chosen"] else ""})
         rows.append(row)
     return pd.DataFrame(rows).fillna("")

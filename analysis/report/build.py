@@ -103,6 +103,9 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
         return f
 
     runs, done = an.collection.runs, an.collection.done
+    # the headline metric of the overlay/trade-off/bootstrap figures: CTR UAUC (the paper's Fig. 3), else what exists
+    fitted = [s.metric for s in an.series]
+    primary = next((m for m in ("ctr_uauc", "ctr_auc", "cvr_uauc") if m in fitted), fitted[0] if fitted else "ctr_uauc")
     n_failed = int((runs["status"] != "done").sum())
     summary = Text(markdown=(
         f"**{len(done)} finished runs**, **{n_failed} not finished** (listed below), from "
@@ -134,25 +137,31 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
     fits = an.fits_table()
     fits_disp = tables.fits_display(fits)
     if scaling:
-        scaling.append(Table(name="fits", frame=fits_disp[fits_disp["x"] != "train_flops"] if len(fits_disp) else fits_disp,
-                             caption="Fits on each swept axis: estimate [95% CI]; 'chosen' = lower CV RMSE."))
+        native = fits_disp[fits_disp["x"] != "train_flops"] if len(fits_disp) else fits_disp
+        for form, cap in (("loglinear", "Log-linear fits on each swept axis: estimate [95% CI]."),
+                          ("powerlaw", "Saturating fits (logloss, >= 5 x-values): floor E and exponent α [95% CI]; "
+                                       "'chosen' = lower leave-one-config-out CV RMSE than the log-linear fit.")):
+            part = native[native["form"] == form] if len(native) else native
+            if len(part):
+                scaling.append(Table(name=f"fits_{form}", frame=part.loc[:, (part != "").any()], caption=cap))
     sections.append(Section(title="Scaling along each axis", blocks=scaling or [
         Text(markdown="No sweep with ≥ 2 numeric values of its axis among the finished runs.")]))
 
     flops_blocks = []
     if an.series:
-        flops_blocks.append(figure(plots.flops_overlay(an), "flops_overlay",
+        overlay_metrics = [m for m in ("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc") if m in fitted] or [primary]
+        flops_blocks.append(figure(plots.flops_overlay(an, overlay_metrics), "flops_overlay",
                                    "Config means and log-linear fits of every series on training FLOPs; legend: "
                                    "Δ per doubling of FLOPs [95% CI]. Squares: single-config models."))
-        flops_blocks.append(figure(plots.tradeoff(an), "tradeoff", "Linear FLOPs axis, marker area ~ dense params."))
+        flops_blocks.append(figure(plots.tradeoff(an, primary), "tradeoff", "Linear FLOPs axis, marker area ~ dense params."))
         flops_blocks.append(Table(name="fits_flops", frame=fits_disp[fits_disp["x"] == "train_flops"],
                                   caption="Log-linear fits on training FLOPs."))
-        flops_blocks.append(Text(markdown=_slope_differences(an)))
+        flops_blocks.append(Text(markdown=_slope_differences(an, primary)))
     sections.append(Section(title="All axes and baselines on training FLOPs",
                             blocks=flops_blocks or [Text(markdown="No scaling series.")]))
 
     diag = []
-    for metric in ("ctr_logloss", "ctr_uauc"):
+    for metric in dict.fromkeys(("ctr_logloss", primary)):
         if any(s.metric == metric for s in an.series):
             diag.append(figure(plots.residuals(an, metric), f"residuals_{metric}",
                                f"Residuals of config means ({metric}); grey band: ± pooled seed sd. Curvature in "
@@ -166,10 +175,10 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
                                                     "observed", "predicted", "lo", "hi", "inside", "abs_rel_error"]]
         diag.append(Table(name="holdout", frame=h, caption=f"Extrapolation checks: {int(h['inside'].sum())} of "
                           f"{len(h)} observed values inside their 95% prediction interval.", float_format="{:.5g}"))
-    uauc = [s for s in an.series if s.metric == "ctr_uauc" and s.x_name == "train_flops" and "loglinear" in s.fits]
+    uauc = [s for s in an.series if s.metric == primary and s.x_name == "train_flops" and "loglinear" in s.fits]
     if uauc:
         diag.append(figure(plots.bootstrap_hist(uauc), "bootstrap_slopes",
-                           "Bootstrap distributions of the CTR UAUC gain per doubling of training FLOPs."))
+                           f"Bootstrap distributions of the {primary} gain per doubling of training FLOPs."))
     sections.append(Section(title="Fit diagnostics", blocks=diag or [Text(markdown="No fits to diagnose.")]))
 
     floor = fits[(fits["form"] == "powerlaw")] if len(fits) and "form" in fits else pd.DataFrame()
@@ -225,13 +234,13 @@ def _drop_sd(t: pd.DataFrame) -> pd.DataFrame:
     return t[[c for c in t.columns if not c.endswith("rel% sd")]]
 
 
-def _slope_differences(an: Analysis) -> str:
-    """CIs of slope differences between series on the FLOPs axis (CTR UAUC), from the same replicates."""
-    group = [s for s in an.series if s.metric == "ctr_uauc" and s.x_name == "train_flops" and "loglinear" in s.fits]
+def _slope_differences(an: Analysis, metric: str) -> str:
+    """CIs of slope differences between series on the FLOPs axis, from the series' bootstrap replicates."""
+    group = [s for s in an.series if s.metric == metric and s.x_name == "train_flops" and "loglinear" in s.fits]
     if len(group) < 2:
         return "Slope differences need at least two series on the FLOPs axis."
-    lines = ["Differences of CTR UAUC gain per doubling of FLOPs (row − column series; 95% CI from independent "
-             "bootstrap replicates of the two series, paired by replicate index):"]
+    lines = [f"Differences of the {metric} gain per doubling of FLOPs (first − second series; 95% CI from the two "
+             "series' independent bootstrap replicates, paired by replicate index):"]
     for i, a in enumerate(group):
         for b in group[i + 1:]:
             d = a.fits["loglinear"].boot["b_per_doubling"] - b.fits["loglinear"].boot["b_per_doubling"]
