@@ -81,7 +81,10 @@ class ChainLoader:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Global RNG states in types torch.load(weights_only=True) accepts (tensors, ints, tuples)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -89,7 +92,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -97,26 +101,29 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 class ResumeState(Callback):
     """Counts the batches trained in the current epoch and saves that count and the RNG states in
-    every checkpoint; on resume, the train loader skips those batches and the RNGs are restored,
-    so training continues exactly where the checkpoint was taken.
+    every checkpoint; on resume, the train loader skips those batches and the RNGs are restored
+    just before the first resumed batch, so training continues exactly where the checkpoint was
+    taken.
 
     (Lightning keeps its step counters on resume but, for a plain DataLoader, restarts the epoch's
     data from the first batch; and it does not checkpoint RNG states.) Checkpoint callbacks run
-    after this one (Lightning orders them last), so the saved count includes the current batch."""
+    after this one (Lightning orders them last), so the saved count includes the current batch.
+    The skip is set while the checkpoint is restored: Lightning creates (and prefetches from) the
+    first epoch's iterator before on_train_epoch_start."""
 
     def __init__(self, loader: ResumableLoader):
         self.loader = loader
         self.epoch, self.batches = 0, 0
-        self._pending: dict[str, Any] | None = None
+        self._pending_rng: dict[str, Any] | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self._pending is not None and self._pending["epoch"] == trainer.current_epoch:
-            self.epoch, self.batches = self._pending["epoch"], self._pending["batches"]
-            self.loader.skip = self.batches
-            _set_rng_state(self._pending["rng"])
-        else:
+        if trainer.current_epoch != self.epoch:
             self.epoch, self.batches = trainer.current_epoch, 0
-        self._pending = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.batches += 1
@@ -125,7 +132,14 @@ class ResumeState(Callback):
         return {"epoch": self.epoch, "batches": self.batches, "rng": _rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
+        self.epoch, self.batches = state_dict["epoch"], state_dict["batches"]
+        self._pending_rng = state_dict["rng"]
+        try:
+            n = len(self.loader)
+        except TypeError:
+            n = None
+        # saved after the last batch of an epoch: Lightning resumes at the next epoch, nothing to skip
+        self.loader.skip = 0 if (n is not None and self.batches >= n) else self.batches
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
