@@ -172,3 +172,18 @@ def test_registry_sizes_and_config_checks() -> None:
         build("rankmixer_din", tiny_spec(), d_model=18)
     with pytest.raises(ValueError, match="normalize"):
         build("wukong_din", tiny_spec(), din_normalize="sum")
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_bf16_autocast_forward_is_close_to_fp32(name: str) -> None:
+    """Mixed precision (the paper trains in BF16): finite and near the fp32 logits (bf16 has ~3
+    significant digits; tiny logits are O(1), so 0.1 absolute catches a broken cast, not rounding)."""
+    spec = tiny_spec(seq_len=8)
+    model = build(name, spec).eval()
+    batch = random_batch(spec, n_requests=3, per_request=2, generator=torch.Generator().manual_seed(7))
+    ref = model(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    for t in ("ctr", "cvr"):
+        assert torch.isfinite(out[t]).all()
+        torch.testing.assert_close(out[t].float(), ref[t], rtol=0, atol=0.1)
