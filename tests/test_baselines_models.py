@@ -170,6 +170,9 @@ def test_registry_sizes_and_config_checks() -> None:
         build("dcnv2_din", tiny_spec(), structure="sideways")
     with pytest.raises(ValueError, match="divisible"):
         build("rankmixer_din", tiny_spec(), d_model=18)
+    bad = dataclasses.replace(tiny_spec(), cat_groups=("user", "user", "context", "context", "weather"))
+    with pytest.raises(ValueError, match="weather"):
+        build("rankmixer_din", bad)
     with pytest.raises(ValueError, match="normalize"):
         build("wukong_din", tiny_spec(), din_normalize="sum")
 

@@ -55,6 +55,10 @@ class FeatureEmbedding(nn.Module):
         self.cat = nn.Embedding(max(sum(spec.cat_vocab), 1), emb_dim)
         self.behavior = nn.Embedding(spec.n_behaviors + 1, emb_dim)
         self.gap = nn.Embedding(spec.n_gap_buckets, emb_dim)
+        unknown = set(spec.cat_groups + spec.num_groups) - set(GROUPS)
+        if unknown:   # RankMixer orders its input by these groups
+            raise ValueError(f"FeatureSpec cat_groups/num_groups: unknown group(s) {sorted(unknown)}; "
+                             f"use one of {GROUPS} (the dataset's manifest.yaml sets them per field)")
         self.register_buffer("side_off", _offsets(spec.side_vocab), persistent=False)
         self.register_buffer("cat_off", _offsets(spec.cat_vocab), persistent=False)
 
@@ -114,10 +118,6 @@ class FeatureEmbedding(nn.Module):
                 parts.append(cat[:, ci].flatten(1))
             if ni:
                 parts.append(num[:, ni])
-        unknown = set(cat_g + num_g) - set(GROUPS)
-        if unknown:
-            raise ValueError(f"FeatureSpec cat_groups/num_groups: unknown group(s) {sorted(unknown)}; "
-                             f"use one of {GROUPS}")
         parts.append(seq)
         return torch.cat(parts, -1)
 
