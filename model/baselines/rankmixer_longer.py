@@ -38,6 +38,7 @@ class Config:
     seq_layers: int = 2                   # 1 cross-causal + (seq_layers - 1) self-causal
     n_queries: int = 64                   # k most recent merged tokens kept as queries
     n_cls: int = 2                        # learnable global tokens
+    attn_impl: str = "plain"              # "plain" matmuls (reference, FLOP-countable) | "sdpa" (fused)
     n_tokens: int = 16
     d_model: int = 768
     n_layers: int = 2
@@ -69,12 +70,12 @@ class RankMixerLonger(RankingModel):
         self.k = min(cfg.n_queries, self.G)
         self.m = 2 + cfg.n_cls
         self.event_proj = nn.Linear(di + self.emb.ctx_dim, cfg.d_inner)
-        self.inner = TransformerLayer(cfg.d_inner, cfg.inner_heads) if K > 1 else None
+        self.inner = TransformerLayer(cfg.d_inner, cfg.inner_heads, attn_impl=cfg.attn_impl) if K > 1 else None
         self.merge = nn.Linear(K * cfg.d_inner, ds)
         self.target_proj = nn.Linear(di, ds)
         self.user_proj = nn.Linear(self.emb.ns_dim, ds)
         self.cls = nn.Parameter(torch.randn(cfg.n_cls, ds) * 0.02)
-        self.layers = nn.ModuleList(TransformerLayer(ds, cfg.seq_heads) for _ in range(cfg.seq_layers))
+        self.layers = nn.ModuleList(TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl) for _ in range(cfg.seq_layers))
         self.out_ln = nn.LayerNorm(ds)
         self.mixer = RankMixer(di + (self.m + 1) * ds + self.emb.ns_dim, n_tokens=cfg.n_tokens,
                                d_model=cfg.d_model, n_layers=cfg.n_layers, ffn_mult=cfg.ffn_mult,
@@ -91,7 +92,9 @@ class RankMixerLonger(RankingModel):
         x, mask = F.pad(x, (0, 0, pad, 0)), F.pad(mask, (pad, 0))
         x, gm = x.reshape(R * G, K, -1), mask.reshape(R * G, K)
         if self.inner is not None:
-            x = self.inner(x, gm.unsqueeze(1)) * gm.unsqueeze(-1)
+            # a token always sees itself, so an all-padding group has no empty attention row
+            own = torch.eye(K, dtype=torch.bool, device=gm.device)
+            x = self.inner(x, gm.unsqueeze(1) | own) * gm.unsqueeze(-1)
         return self.merge(x.reshape(R, G, -1)), gm.reshape(R, G, K).any(-1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
