@@ -191,18 +191,23 @@ def residuals(an: Analysis, metric: str):
 
 
 def holdout_parity(table: pd.DataFrame):
-    """Predicted vs observed for the leave-largest-out checks, with prediction intervals."""
-    fig, ax = plt.subplots(figsize=(5.2, 5.0))
-    for i, (metric, g) in enumerate(table.groupby("metric")):
-        ax.errorbar(g["observed"], g["predicted"], yerr=[g["predicted"] - g["lo"], g["hi"] - g["predicted"]],
-                    fmt="o", ms=4, capsize=2, color=f"C{i}", label=metric)
-    lo = float(min(table["observed"].min(), table["lo"].min()))
-    hi = float(max(table["observed"].max(), table["hi"].max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel("observed (held-out largest x)")
-    ax.set_ylabel("predicted (fit without it), 95% PI")
-    ax.set_title("Leave-largest-out extrapolation")
-    ax.legend(fontsize=7)
+    """Leave-largest-out checks as a forest plot: observed minus predicted, as % of the prediction, with
+    the 95% prediction interval; metrics of different scales stay readable side by side."""
+    t = table.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(t) + 1.4))
+    scale = 100.0 / t["predicted"].abs().to_numpy()
+    err = (t["observed"] - t["predicted"]).to_numpy() * scale
+    lo = (t["lo"] - t["predicted"]).to_numpy() * scale
+    hi = (t["hi"] - t["predicted"]).to_numpy() * scale
+    ypos = np.arange(len(t))[::-1]
+    colors = np.where(t["inside"], "C0", "C3")
+    ax.hlines(ypos, lo, hi, color="0.5", lw=2.5, alpha=0.6, label="95% prediction interval")
+    ax.scatter(err, ypos, c=list(colors), zorder=3, s=28, label="observed (blue inside, red outside)")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(ypos, [f"{r.sweep}/{r.axis} {r.metric} [{r.form}] x={r.x:g}" for r in t.itertuples()], fontsize=8)
+    ax.set_xlabel("observed − predicted, % of predicted (fit without the largest x)")
+    ax.set_title(f"Leave-largest-out extrapolation: {int(t['inside'].sum())}/{len(t)} inside")
+    ax.legend(fontsize=7.5, loc="best")
     fig.tight_layout()
     return fig
 
