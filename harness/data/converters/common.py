@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, ContractError, Manifest
+from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Manifest
 
 
 def remap(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from harness.data.contract import Behavior, Feature, Manifest, SplitRule
 from harness.data.converters.common import (add_time_context, build_impressions, chronological_split,
-                                            interacted_keys, lookup, need_file, remap, write_folder)
+                                            interacted_keys, need_file, remap, write_folder)
 
 BEHAVIORS = {"pv": 1, "fav": 2, "cart": 3, "buy": 4}
 NAMES = ("click", "fav", "cart", "buy")          # pv is the publisher's "click"
