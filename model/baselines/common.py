@@ -233,7 +233,8 @@ class TransformerLayer(nn.Module):
         q = self.wq(self.ln_q(x))
         k, v = self.wkv(self.ln_kv(x if kv is None else kv)).chunk(2, -1)
         split = lambda t: t.reshape(N, t.shape[1], self.h, d // self.h).transpose(1, 2)  # noqa: E731
-        o = attention(split(q), split(k), split(v), allowed.unsqueeze(1), self.attn_impl).transpose(1, 2).reshape(N, Lq, d)
+        o = attention(split(q), split(k), split(v), allowed.unsqueeze(1), self.attn_impl)
+        o = o.transpose(1, 2).reshape(N, Lq, d)
         x = x + self.wo(o)
         return x + self.ffn(self.ln_ffn(x))
 

@@ -75,7 +75,8 @@ class RankMixerLonger(RankingModel):
         self.target_proj = nn.Linear(di, ds)
         self.user_proj = nn.Linear(self.emb.ns_dim, ds)
         self.cls = nn.Parameter(torch.randn(cfg.n_cls, ds) * 0.02)
-        self.layers = nn.ModuleList(TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl) for _ in range(cfg.seq_layers))
+        self.layers = nn.ModuleList(TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl)
+                                    for _ in range(cfg.seq_layers))
         self.out_ln = nn.LayerNorm(ds)
         self.mixer = RankMixer(di + (self.m + 1) * ds + self.emb.ns_dim, n_tokens=cfg.n_tokens,
                                d_model=cfg.d_model, n_layers=cfg.n_layers, ffn_mult=cfg.ffn_mult,

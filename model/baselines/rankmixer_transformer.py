@@ -51,7 +51,8 @@ class RankMixerTransformer(RankingModel):
         di, ds = self.emb.item_dim, cfg.d_seq
         self.event_proj = nn.Linear(di + self.emb.ctx_dim, ds)
         self.target_proj = nn.Linear(di, ds)
-        self.encoder = nn.ModuleList(TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl) for _ in range(cfg.seq_layers))
+        self.encoder = nn.ModuleList(TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl)
+                                     for _ in range(cfg.seq_layers))
         self.out_ln = nn.LayerNorm(ds)
         self.mixer = RankMixer(di + 2 * ds + self.emb.ns_dim, n_tokens=cfg.n_tokens, d_model=cfg.d_model,
                                n_layers=cfg.n_layers, ffn_mult=cfg.ffn_mult, n_experts=cfg.n_experts,

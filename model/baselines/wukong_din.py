@@ -99,7 +99,8 @@ class WukongDIN(RankingModel):
         return self.towers(self.head(x.flatten(1)))
 
     def flops_per_example(self) -> dict[str, float]:
-        f = self.din.flops(self.spec.seq_len) + (mm_flops(1, self.spec.n_num, self.cfg.emb_dim) if self.spec.n_num else 0)
+        f = self.din.flops(self.spec.seq_len)
+        f += mm_flops(1, self.spec.n_num, self.cfg.emb_dim) if self.spec.n_num else 0.0
         f += sum(layer.flops() for layer in self.layers) + self.head.flops() + self.towers.flops()
         return train_flops(f)
 
