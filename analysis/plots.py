@@ -246,14 +246,30 @@ def ablation_bars(table: pd.DataFrame):
     return fig
 
 
+def read_metrics_csv(path: Path) -> pd.DataFrame | None:
+    """metrics.csv as a wide frame (step + one column per metric). The harness writes long form
+    (`step,metric,value,time`, harness/runstore.py); wide form (Lightning CSVLogger) is accepted too.
+    None when the file has no step column (unreadable for curves; the report just omits it)."""
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    if "step" not in df:
+        return None
+    if {"metric", "value"} <= set(df.columns):
+        df = df.pivot_table(index="step", columns="metric", values="value", aggfunc="last").reset_index()
+        df.columns.name = None
+    return df
+
+
 def training_curves(runs: pd.DataFrame, title: str, max_runs: int = 40):
     """Every numeric column of metrics.csv against step, one line per run (spot instabilities)."""
     frames = []
     for _, r in runs.head(max_runs).iterrows():
         path = Path(r["run_dir"]) / "metrics.csv"
         if path.exists():
-            df = pd.read_csv(path)
-            if "step" in df:
+            df = read_metrics_csv(path)
+            if df is not None:
                 frames.append((r, df))
     if not frames:
         return None

@@ -129,6 +129,18 @@ def test_cli_writes_everything(tmp_path):
     assert main([str(tmp_path / "missing"), "--out", str(out)]) == 2
 
 
+def test_metrics_csv_long_and_wide_form(tmp_path):
+    from analysis.plots import read_metrics_csv
+    (tmp_path / "long.csv").write_text("step,metric,value,time\n0,train/loss,0.9,0.1\n0,val/auc,0.6,0.1\n"
+                                       "10,train/loss,0.5,1.0\n")
+    (tmp_path / "wide.csv").write_text("step,epoch,train/loss\n0,0,0.9\n10,0,0.5\n")
+    (tmp_path / "bad.csv").write_text("nothing,here\n1,2\n")
+    long, wide = read_metrics_csv(tmp_path / "long.csv"), read_metrics_csv(tmp_path / "wide.csv")
+    assert long["train/loss"].tolist() == [0.9, 0.5] and long["val/auc"].iloc[0] == 0.6
+    assert wide["train/loss"].tolist() == [0.9, 0.5]
+    assert read_metrics_csv(tmp_path / "bad.csv") is None
+
+
 def test_wandb_renderer_with_api_mocked(rendered, monkeypatch):
     """Like wandb-workspaces' own tests: _get_api and the GraphQL call are faked; no network."""
     iface = pytest.importorskip("wandb_workspaces.reports.v2.interface")
