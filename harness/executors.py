@@ -296,6 +296,11 @@ class SlurmExecutor:
                 submitted.append((task, job))
         return submitted
 
+    def attach(self, pairs: list[tuple[Task, str]]) -> list[tuple[Task, Any]]:
+        """submitit handles of jobs submitted by an earlier driver (from the ledger's job ids)."""
+        import submitit
+        return [(task, submitit.SlurmJob(folder=self.sweep_dir / SUBMITIT_DIR / "%j", job_id=jid)) for task, jid in pairs]
+
     def wait(self, submitted: list[tuple[Task, Any]], progress: Progress, poll_s: float = 5.0) -> None:
         """Follow the jobs until each one ends; report requeues and failures as they happen."""
         open_jobs = {str(job.job_id): (task, job) for task, job in submitted}

@@ -285,31 +285,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"executor: {name} ({why})")
     print(f"to run: {len(todo)}; skipped: " + (", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none")
           + ("" if not skipped["failed"] and not skipped["cancelled"] else "  (--retry-failed to rerun failed/cancelled)"))
-    if args.dry_run or not todo:
-        return 0
+    # SLURM jobs of this sweep still queued/running from an earlier driver: followed, not resubmitted
+    live = [r for r in rows if r.status in ("queued", "running") and name == "slurm" and r.job]
+    if args.dry_run or (not todo and not live):
+        return 0 if all(r.status == "done" for r in rows) or args.dry_run else 1
 
     for r in todo:
         if r.status == "done":
             print(f"  moved finished run {r.run.name} aside to {set_aside(r.run_dir)}")
     prepare(todo, sweep_dir, args.file)
-    tasks = [X.Task(run_id=r.run.run_id, name=r.run.name, run_dir=r.run_dir, resource_class=r.run.plan.resource_class,
-                    resources=r.run.resources, devices=r.run.cfg.train.devices) for r in todo]
-    report = Reporter(len(tasks))
+    tasks = [_task(r) for r in todo]
+    report = Reporter(len(tasks) + len(live))
     ex = X.make_executor(name, sweep_dir, args.max_parallel)
     t0 = time.time()
     if name == "slurm":
-        submitted = ex.submit(tasks, report)
+        submitted = ex.submit(tasks, report) if tasks else []
         if args.no_wait:
             print(f"submitted {len(submitted)} job(s); follow with: python -m harness.sweep status {args.file}"
                   + (f" --preset {args.preset}" if args.preset else ""))
             return 0
-        ex.wait(submitted, report)
+        if live:
+            print(f"following {len(live)} job(s) submitted earlier: " + ", ".join(f"{r.run.name} ({r.job})" for r in live))
+        ex.wait(submitted + ex.attach([(_task(r), r.job) for r in live]), report)
     else:
         ex.run(tasks, report)
     rows, _ = build_rows(runs, sweep_dir, with_describe=False)
     n_done = sum(r.status == "done" for r in rows)
     print(f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done")
     return 0 if n_done == len(rows) else 1
+
+
+def _task(r: Row) -> X.Task:
+    return X.Task(run_id=r.run.run_id, name=r.run.name, run_dir=r.run_dir, resource_class=r.run.plan.resource_class,
+                  resources=r.run.resources, devices=r.run.cfg.train.devices)
 
 
 if __name__ == "__main__":
