@@ -51,7 +51,7 @@ def make_cfg(world: Path, **over) -> RunConfig:
 
 
 def test_run_folder_contract_and_idempotence(world, tmp_path):
-    cfg = make_cfg(world)
+    cfg = make_cfg(world, **{"train.eval_every_n_steps": 4})
     run_dir = tmp_path / "runs" / "test" / run_id(cfg)
     result = train_run(cfg, run_dir)
     names = {p.name for p in run_dir.iterdir()}
@@ -78,6 +78,8 @@ def test_run_folder_contract_and_idempotence(world, tmp_path):
     assert prov["decisions"]["precision"]["value"] == "32-true" and prov["packages"]["torch"]
     rows = pd.read_csv(run_dir / "metrics.csv")
     assert {"train/loss", "train/grad_norm_dense", "val/ctr_auc", "val_oracle/ctr_auc"} <= set(rows.metric)
+    assert rows[rows.metric == "val/ctr_auc"].step.nunique() == 2          # eval_every_n_steps = 4 of 8
+    assert rows[rows.metric == "val/ctr_auc"].value.iloc[-1] == pytest.approx(result["metrics"]["val"]["ctr_auc"], abs=1e-6)
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     # DONE: a second call returns the record without training again
     before = (run_dir / "result.json").stat().st_mtime_ns
