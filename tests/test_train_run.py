@@ -295,3 +295,13 @@ def test_killed_run_resumes_to_the_same_result(world, tmp_path, sig):
     assert st["state"] == "done" and st["attempts"] == 2
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["decisions"]["resumed_from_step"] == killed_at
+
+
+def test_real_onetrans_trains_and_records_its_attention_decision(world, tmp_path):
+    cfg = make_cfg(world, **{"model.name": "onetrans", "model.size": "onetrans-tiny", "train.max_steps": 3,
+                             "train.optimizer": "paper", "train.attention": "sdpa"})
+    result = train_run(cfg, tmp_path)
+    assert result["axes"]["n_layers"] == 2 and result["axes"]["seq_len"] == 16
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["decisions"]["attention"] == {"value": "sdpa", "reason": "requested"}
+    assert set(result["metrics"]["test"]) == METRIC_KEYS
