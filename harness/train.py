@@ -160,6 +160,10 @@ def train_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     except Exception as e:
         store.write_status("failed", error=f"{type(e).__name__}: {e}")
         raise
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): rerunning resumes
+        store.write_status("failed", error=f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint")
+        raise
     store.finish(result)
     return result
 
