@@ -8,6 +8,7 @@ nothing is silently dropped: the report lists them.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def _flatten(result: dict, path: Path) -> dict:
     row["error"] = None
     for name, value in (result.get("axes") or {}).items():
         row[f"axes.{name}"] = value
+    _variant_label(row)
     for split, metrics in (result.get("metrics") or {}).items():
         for name, value in (metrics or {}).items():
             row[f"{split}.{name}"] = _num(value)
@@ -79,6 +81,13 @@ def _flatten(result: dict, path: Path) -> dict:
         total = per_ex * samples if per_ex is not None and samples is not None else np.nan
     row["train_flops"] = total
     return row
+
+
+def _variant_label(row: dict) -> None:
+    """Ablation/efficiency sweeps (axis 'variant') name runs '<variant>-s<seed>' (harness/sweepfile.py,
+    zip column `_name`); result.json 'axes' holds only model sizes, so the variant comes from the name."""
+    if row.get("axis") == "variant" and "axes.variant" not in row and row.get("name"):
+        row["axes.variant"] = re.sub(r"-s\d+$", "", str(row["name"]))
 
 
 def _num(value) -> float:
@@ -102,6 +111,7 @@ def _read_run(run_dir: Path) -> dict:
         row = {"run_id": run_dir.name, "name": None, "status": state, "error": reason,
                "attempts": status.get("attempts")}
         row.update(_labels_from_config(run_dir / "config.yaml"))
+        _variant_label(row)
         if result_path.exists():
             try:
                 partial = _read_json(result_path)

@@ -106,12 +106,20 @@ def table2(done: pd.DataFrame, split: str, sweep: str | None = None) -> pd.DataF
     return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
 
+def _variant_sweep(done: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The runs of the first sweep whose variants include `reference` (ablations: 'reference',
+    efficiency: 'unoptimised')."""
+    d = done[done["axes.variant"].notna()]
+    sweeps = sorted(d.loc[d["axes.variant"] == reference, "sweep"].astype(str).unique())
+    return d[d["sweep"].astype(str) == sweeps[0]] if sweeps else d.iloc[0:0]
+
+
 def table3(done: pd.DataFrame, split: str) -> pd.DataFrame:
     """Paper Table 3 layout: ablation variants (axes.variant) vs the 'reference' variant of the same sweep."""
     if "axes.variant" not in done:
         return pd.DataFrame()
-    d = done[done["axes.variant"].notna() & done["sweep"].astype(str).str.contains("ablation")]
-    if d.empty or "reference" not in set(d["axes.variant"]):
+    d = _variant_sweep(done, "reference")
+    if d.empty:
         return pd.DataFrame()
     means = _model_means(d, split, ["axes.variant"])
     rows = []
@@ -133,15 +141,15 @@ def table3(done: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def table5(done: pd.DataFrame) -> pd.DataFrame:
-    """Paper Table 5 layout from a 'systems' sweep: variants vs 'unoptimised'.
+    """Paper Table 5 layout from the sweep with an 'unoptimised' variant (sweeps/efficiency.yaml).
 
     Train time per step = batch_size / samples_per_s (result.json train.batch_size, else 2048, the
     paper's batch). Memory comes from result.json 'memory.train_peak_gb' when the run recorded it;
     inference latency/memory are not in result.json and are left empty (n/a)."""
     if "axes.variant" not in done:
         return pd.DataFrame()
-    d = done[done["axes.variant"].notna() & done["sweep"].astype(str).str.contains("system")]
-    if d.empty or "unoptimised" not in set(d["axes.variant"]):
+    d = _variant_sweep(done, "unoptimised")
+    if d.empty:
         return pd.DataFrame()
     d = d.assign(batch=pd.to_numeric(d.get("train.batch_size", pd.Series(2048, index=d.index)), errors="coerce").fillna(2048))
     d = d.assign(train_ms=1e3 * d["batch"] / d["throughput.samples_per_s"],
