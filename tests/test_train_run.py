@@ -263,7 +263,7 @@ def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: fl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_same_result(world, tmp_path, sig):
     # 2 epochs of ~15 batches, checkpoint every 3 steps, killed mid-epoch-1, resumed -> bitwise equal
     cfg = make_cfg(world, **{"train.max_steps": -1, "train.max_epochs": 2, "data.batch_size": 256,
@@ -278,6 +278,9 @@ def test_killed_run_resumes_to_the_same_result(world, tmp_path, sig):
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert not (run_dir / "DONE").exists()
+    status = json.loads((run_dir / "status.json").read_text())
+    if sig == signal.SIGTERM:      # a catchable signal: the run says so; SIGKILL leaves "running" behind
+        assert status["state"] == "failed" and "interrupted" in status["error"]
     killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     resumed = _child(cfg_path, run_dir)
     assert resumed.wait(timeout=400) == 0, resumed.stdout.read().decode()[-3000:]
