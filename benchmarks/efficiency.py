@@ -17,7 +17,8 @@ Measured per variant, each in a fresh subprocess (so one variant's allocations c
 another's peak): training step time (forward + backward, p50) and peak memory; serving p99
 latency of one request with --serve-cands candidates and peak memory. Peak memory is
 torch.cuda.max_memory_allocated on CUDA and the growth of the process's peak RSS during the
-measured work on CPU (ru_maxrss after minus before; the model and batch are built before).
+measured work on CPU (ru_maxrss after minus before, warm-up included; the model and batch are
+built before; training and serving run in separate processes because the RSS peak never drops).
 
     python benchmarks/efficiency.py                 # OneTrans-S shape at a CPU-sized length/batch
     python benchmarks/efficiency.py --seq-len 1178 --requests 64 --cands 32   # paper-like, GPU
@@ -90,8 +91,8 @@ def _sync(device: str) -> None:
 def child(spec_json: str) -> dict:
     import torch
 
-    from model.features import IMPRESSION_KEYS, SEQ_KEYS, random_batch, tiny_spec
-    from model.kv_cache import OneTransScorer, request_level_forward
+    from model.features import random_batch, tiny_spec
+    from model.kv_cache import request_level_forward
     from model.registry import build_model
 
     a = json.loads(spec_json)
@@ -106,6 +107,8 @@ def child(spec_json: str) -> dict:
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=bool(v.get("bf16")))
     out: dict = {"variant": a["name"], "config": cfg, "kv": bool(v.get("kv")), "bf16": bool(v.get("bf16"))}
 
+    if a["phase"] == "serve":
+        return _serve(a, model, spec, amp, out)
     # --- training step
     batch = random_batch(spec, n_requests=a["requests"], per_request=a["cands"], min_len=spec.seq_len // 2,
                          generator=torch.Generator().manual_seed(1), device=device)
@@ -121,8 +124,8 @@ def child(spec_json: str) -> dict:
         loss.backward()
         _sync(device)
 
+    base = _reset_peak(device)                        # before the warm-up: its peak is the step's peak
     step()                                            # warm-up (allocator, lazy init)
-    base = _reset_peak(device)
     times = []
     t_end = time.perf_counter() + a["budget_s"]
     while len(times) < a["reps"] and (not times or time.perf_counter() < t_end):
@@ -132,9 +135,17 @@ def child(spec_json: str) -> dict:
     out["train_ms"] = 1e3 * statistics.median(times)
     out["train_mem"] = max(0, _peak_bytes(device) - base)
     out["train_reps"] = len(times)
-    model.zero_grad(set_to_none=True)
+    return out
 
-    # --- serving: one request, serve_cands candidates
+
+def _serve(a: dict, model, spec, amp, out: dict) -> dict:
+    """Serving: one request with serve_cands candidates (its own process: RSS peaks are monotonic)."""
+    import torch
+
+    from model.features import IMPRESSION_KEYS, SEQ_KEYS, random_batch
+    from model.kv_cache import OneTransScorer
+
+    v, device = a["variant"], a["device"]
     model.eval()
     req = random_batch(spec, n_requests=1, per_request=a["serve_cands"], min_len=spec.seq_len,
                        generator=torch.Generator().manual_seed(2), device=device)
@@ -147,8 +158,8 @@ def child(spec_json: str) -> dict:
             scorer.score(hist, cands)
         _sync(device)
 
-    serve()
     base = _reset_peak(device)
+    serve()
     times = []
     t_end = time.perf_counter() + a["budget_s"]
     while len(times) < a["serve_reps"] and (not times or time.perf_counter() < t_end):
@@ -167,16 +178,19 @@ def child(spec_json: str) -> dict:
 # parent: every variant, the table
 # ------------------------------------------------------------------------------------------
 
-def run_variant(name: str, args) -> dict:
-    payload = {"name": name, "variant": VARIANTS[name], "device": args.device, "size": args.size,
+def run_variant(name: str, args, variant: dict | None = None) -> dict:
+    payload = {"name": name, "variant": VARIANTS[name] if variant is None else variant, "device": args.device, "size": args.size,
                "overrides": args.overrides, "seq_len": args.seq_len, "requests": args.requests,
                "cands": args.cands, "serve_cands": args.serve_cands, "reps": args.reps,
                "serve_reps": args.serve_reps, "budget_s": args.budget_s, "threads": args.threads}
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(payload)], capture_output=True,
-                          text=True, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"variant {name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out: dict = {}
+    for phase in ("train", "serve"):      # one process per phase: peak RSS never goes down
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({**payload, "phase": phase})],
+                              capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            raise RuntimeError(f"variant {name} ({phase}) failed:\n{proc.stderr[-3000:]}")
+        out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
 
 
 def fmt_row(name: str, r: dict, base: dict) -> str:
@@ -228,9 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
         v = VARIANTS[name]
         if v.get("bf16") and args.device == "cpu" and not args.cpu_bf16:
             if name == "all":   # all-together on CPU: every optimisation except bf16 (said in the row)
-                v = {k: val for k, val in v.items() if k not in ("bf16",)}
-                VARIANTS["all_no_bf16"] = v
-                rows[name] = {**run_variant("all_no_bf16", args), "note": "CPU: bf16 left out (recompute kept)"}
+                no_bf16 = {k: val for k, val in v.items() if k != "bf16"}
+                rows[name] = {**run_variant(name, args, no_bf16), "note": "CPU: bf16 left out (recompute kept)"}
                 continue
             rows[name] = {"skipped": "CPU bf16 matmuls are ~50x slower than fp32; run on a GPU or pass --cpu-bf16"}
             continue
