@@ -82,6 +82,10 @@ class RankingSystem(L.LightningModule):
                 self._record(split, batch, self.model(batch))
             self.model.train()
         losses = task_losses(self.model(batch), batch, self.cfg)
+        aux = self.model.aux_loss() if hasattr(self.model, "aux_loss") else None
+        if aux is not None:  # e.g. RankMixer's Sparse-MoE L1 routing penalty
+            losses["aux_loss"] = aux
+            losses["loss"] = losses["loss"] + aux
         loss = losses["loss"]
         bad = ~torch.isfinite(loss.detach())
         self.first_bad_step.copy_(torch.where(bad & (self.first_bad_step < 0),

@@ -41,3 +41,8 @@ class RankingModel(nn.Module):
 
     def flops_per_example(self) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """An extra training loss of the last forward (e.g. a Sparse-MoE routing penalty), already
+        weighted; None when the model has none. The training system adds it to the task loss."""
+        return None
