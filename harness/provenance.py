@@ -93,13 +93,30 @@ def decide_precision(cfg: RunConfig) -> tuple[str, str]:
     return p, "requested"
 
 
-def decide_threads() -> tuple[int, str]:
-    """Under SLURM (TaskPlugin=task/none pins nothing) use the job's CPU count."""
-    n = os.environ.get("SLURM_CPUS_PER_TASK")
-    if n and n.isdigit() and int(n) > 0:
-        torch.set_num_threads(int(n))
-        return int(n), "SLURM_CPUS_PER_TASK"
-    return torch.get_num_threads(), "torch default"
+def decide_threads(num_workers: int = 0) -> tuple[int, str]:
+    """torch's intra-op threads for this run. Oversubscribing a core is ruinous on CPU (OpenMP
+    threads spin at barriers: 2 threads with the other core busy ran a tiny OneTrans step ~20x
+    slower than 1 thread here), so the budget is the cores this process may use, minus the data
+    workers that run beside it. HARNESS_NUM_THREADS (set by the local executor) or SLURM's
+    SLURM_CPUS_PER_TASK (TaskPlugin=task/none pins nothing) give the budget when present."""
+    explicit = os.environ.get("HARNESS_NUM_THREADS", "")
+    if explicit.isdigit() and int(explicit) > 0:
+        budget, why = int(explicit), "HARNESS_NUM_THREADS"
+    else:
+        slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        if slurm.isdigit() and int(slurm) > 0:
+            budget, why = int(slurm), "SLURM_CPUS_PER_TASK"
+        else:
+            try:
+                budget = len(os.sched_getaffinity(0))
+            except AttributeError:  # not on Linux
+                budget = os.cpu_count() or 1
+            why = "cores available to this process"
+    if num_workers > 0:
+        budget, why = budget - num_workers, f"{why} minus {num_workers} data worker(s)"
+    n = max(1, budget)
+    torch.set_num_threads(n)
+    return n, why
 
 
 def collect(cfg: RunConfig, decisions: dict[str, Any]) -> dict[str, Any]:

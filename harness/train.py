@@ -181,7 +181,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     from model.registry import build_model
 
     t, name = cfg.train, run_name(cfg)
-    threads, threads_why = P.decide_threads()
+    threads, threads_why = P.decide_threads(cfg.data.num_workers)
     precision, precision_why = P.decide_precision(cfg)
     wandb_mode, wandb_why = tracking.decide_mode(cfg)
     overrides, decisions = model_overrides(cfg)

@@ -231,9 +231,16 @@ def test_slurm_environment_hands_requeue_to_submitit(monkeypatch):
     envs = [p for p in trainer_plugins() if isinstance(p, SLURMEnvironment)]
     assert len(envs) == 1 and envs[0].auto_requeue is False
     old = torch.get_num_threads()
+    monkeypatch.delenv("HARNESS_NUM_THREADS", raising=False)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     try:
         assert decide_threads() == (1, "SLURM_CPUS_PER_TASK") and torch.get_num_threads() == 1
+        # data workers take their cores out of the budget (never below one thread)
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+        assert decide_threads(num_workers=1) == (3, "SLURM_CPUS_PER_TASK minus 1 data worker(s)")
+        assert decide_threads(num_workers=8)[0] == 1
+        monkeypatch.setenv("HARNESS_NUM_THREADS", "2")
+        assert decide_threads() == (2, "HARNESS_NUM_THREADS")
     finally:
         torch.set_num_threads(old)
 
