@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 . .venv/bin/activate
 export WANDB_MODE=${WANDB_MODE:-offline}
-python -m harness.sweep sweeps/length.yaml --preset laptop --runs-dir runs "$@"
-python -m analysis.report runs/length --out runs/length/report
-echo "report: runs/length/report/report.html"
+python -m harness.sweep sweeps/length.yaml --preset laptop --max-parallel 2 --runs-dir runs "$@"
+python -m analysis.report runs/length-laptop --out runs/length-laptop/report
+echo "report: runs/length-laptop/report/report.html"

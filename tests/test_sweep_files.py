@@ -30,7 +30,7 @@ GOLDEN = {
     ('efficiency.yaml', 'laptop'): ['dcbb9538e7f0', '3ecc2c7387e6', '7680f178139f', '68119f919485'],
     ('length.yaml', None): ['544ecd235a8b', '8977c4d84611', '3ec3ffc0938a', 'a6703837df2d', '626087e798d5'],
     ('length.yaml', 'ci'): ['b6e723b032f4', '89a7e308579f', '632ef8678d65', 'b0c0027ca5da', '0775cb33eb8f'],
-    ('length.yaml', 'laptop'): ['57d8c3434516', 'f41839e287b4', '3673802a11de', '0aaa108ac69f', '49079111d7fb'],
+    ('length.yaml', 'laptop'): ['0034bffa7544', 'd903e3677d5d', '9c6a247eb275', '3b60ffeb108c', '38f4629c7b6c'],
     ('smoke.yaml', None): ['632ef8678d65', '4c4d5628bfc9', 'f10e948a3073', 'e1de2f00b2a8'],
     ('smoke.yaml', 'ci'): ['b145ed3cf44a', 'a25646fcb60b', '41982886b6ea', 'b5335a954f49'],
     ('smoke.yaml', 'laptop'): ['32996542bf27', '53dd3347e34d', 'dea7261ae4a5', '7392fb11b73e'],
