@@ -155,6 +155,34 @@ def print_table(rows: list[Row], out=None) -> None:
 
 # -------------------------------------------------------------------------------------- filters
 
+RESULT_COLUMNS = ("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc")
+
+
+def print_results(rows: list[Row], split: str = "test", out=None) -> None:
+    """Final metrics of the finished runs, each beside the oracle's (synthetic data) and the gap."""
+    done = [(r, _read_json(r.run_dir / "result.json")) for r in rows if r.status == "done"]
+    done = [(r, res) for r, res in done if res]
+    if not done:
+        return
+    out = out or sys.stdout
+    head = ["name", "model", *RESULT_COLUMNS, "wall s"]
+    table = [head]
+    oracle: dict[str, float] = {}
+    for r, res in done:
+        m = (res.get("metrics") or {}).get(split, {})
+        oracle = oracle or (res.get("oracle") or {}).get(split, {})
+        table.append([r.run.name, f"{res.get('model', '')}/{res.get('size', '')}",
+                      *(f"{m[c]:.4f}" if c in m else "-" for c in RESULT_COLUMNS),
+                      f"{res.get('wall_time_s', 0):.0f}"])
+    if oracle:
+        table.append(["oracle (Bayes)", "p_click/p_conversion",
+                      *(f"{oracle[c]:.4f}" if c in oracle else "-" for c in RESULT_COLUMNS), ""])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    print(f"results ({split} split):", file=out)
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
+
+
 def _match(r: ResolvedRun, key: str, want: str) -> bool:
     if key in ("label", "name", "run_id"):
         got: Any = {"label": r.plan.label, "name": r.name, "run_id": r.run_id}[key]
@@ -266,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         print(note)
     if command in ("status", "plan"):
+        if command == "status":
+            print_results(rows)
         return 0
 
     if command == "cancel":
@@ -312,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, _ = build_rows(runs, sweep_dir, with_describe=False)
     n_done = sum(r.status == "done" for r in rows)
     print(f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done")
+    print_results(rows)
     return 0 if n_done == len(rows) else 1
 
 

@@ -10,18 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from harness.sweepfile import SweepFileError, expand, load_sweep, resolve
+from harness.sweepfile import expand, load_sweep, resolve
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
-PRESETS = (None, "ci", "laptop")
+
+
+def presets_of(path: Path) -> list[str | None]:
+    """None (the paper-scale default) and every preset the file declares, sorted."""
+    return [None, *sorted(load_sweep(path).presets)]
 
 GOLDEN = {
     ('ablations.yaml', None): ['2d896724ca3b', '968c4e524825', 'c0d54543d486', '7821e7bc5d78', 'd2bc0e0221e1', '9259a2605a20', '1055aaa4e373'],
     ('ablations.yaml', 'ci'): ['9978f664c50e', '59b818794fa4', '4356e5d3067d', 'd6f9c2dc1bcb', 'ff955e9323ff', 'd3d62515da6b', '250fa69b1872'],
     ('ablations.yaml', 'laptop'): ['4c00f7840f7e', '863e3f74511a', '0dad37076290', '74ba0e7b203e', 'd3f8daffec27', '59e8e2c90e2d', '839dfd13233f'],
     ('baselines.yaml', None): ['3d7ae6a26322', 'e41f4e80f0a4', '5ad3ba9cb993', 'efcb8d2277a1', '4524e5c9e40b', '3b2eb185a3e7', '930878f402d7', 'b611f62564dc', '72b561962cda'],
+    ('baselines.yaml', 'compare'): ['df2a4e9c6fc9', 'ce50b188e264', '0660b8d3752d', '92d1aca1dc5c', 'a4474f641d0a', '56d3e10d9f39', 'd61c418a82a2', 'a13960e13ef0', 'd6a5fdf1516a'],
     ('baselines.yaml', 'ci'): ['f10e948a3073', '1eaaf5f272d5', 'b2e30ffff9cc', '86613a4c7d63', '5743fc04a0f9', '91dee80cf607', '2f1349d199e8', '632ef8678d65', '6ef61da4f824'],
     ('baselines.yaml', 'laptop'): ['d1a2a8f63cdd', '474eddbbec2e', 'ac307cb5450e', 'd3871be535ba', '76c9fc618a68', '109d0250a8c2', 'be636ec5402c', '35e678178b11', '100fbb63f36e'],
+    
     ('depth.yaml', None): ['1879ae5bf5b1', 'ff9535d09f9b', '1b473bd3b91a', '387b54cad33d', '040a08fc4bf8'],
     ('depth.yaml', 'ci'): ['be094d2be757', 'b81c406e1dae', '4c3c2f3cc852', 'a91249b7e7aa', '54686e7c99e2'],
     ('depth.yaml', 'laptop'): ['754950f5b1ae', '8187d62acb30', '37ef3d0189f4', '76027a580a74', 'dc001cea8723'],
@@ -46,6 +52,8 @@ def test_every_sweep_file_has_golden_values():
     assert sorted({f for f, _ in GOLDEN}) == files, "a sweep file was added or removed: update GOLDEN"
     for name in files:
         assert set(load_sweep(SWEEPS / name).presets) >= {"ci", "laptop"}, f"{name} lacks the ci/laptop presets"
+        missing = {(name, p) for p in presets_of(SWEEPS / name)} - set(GOLDEN)
+        assert not missing, f"presets without golden ids: {sorted(missing, key=str)}; update GOLDEN"
 
 
 @pytest.mark.parametrize("fname,preset", sorted(GOLDEN, key=str))
@@ -62,7 +70,7 @@ def test_expansion_count_and_stable_ids(fname, preset):
 @pytest.mark.parametrize("fname", sorted({f for f, _ in GOLDEN}))
 def test_presets_keep_the_grid_shape(fname):
     default = expand(load_sweep(SWEEPS / fname))
-    for preset in ("ci", "laptop"):
+    for preset in presets_of(SWEEPS / fname)[1:]:
         shrunk = expand(load_sweep(SWEEPS / fname, preset))
         assert len(shrunk) == len(default)
         assert [(r.label, r.seed, list(r.axes)) for r in shrunk] == [(r.label, r.seed, list(r.axes)) for r in default]
@@ -77,19 +85,14 @@ def test_length_sweep_is_log_spaced_768_to_2048():
     assert ratios.max() / ratios.min() < 1.25, f"not log-spaced: {lengths}"
 
 
-@pytest.mark.parametrize("fname,preset", [(f, p) for f, p in sorted(GOLDEN, key=str) if p in ("ci", "laptop")])
+@pytest.mark.parametrize("fname,preset", sorted(GOLDEN, key=str))
 def test_presets_build_valid_models(fname, preset):
-    """Every ci/laptop run names a model size and overrides that its model accepts."""
-    try:
-        runs = resolve(load_sweep(SWEEPS / fname, preset), check_model=True)
-    except SweepFileError as err:
-        if "cannot be imported" in str(err):      # another engineer's model module not landed yet
-            pytest.skip(str(err))
-        raise
+    """Every run (paper default and each preset) names a model size and overrides its model accepts."""
+    runs = resolve(load_sweep(SWEEPS / fname, preset), check_model=True)
     assert runs
 
 
 if __name__ == "__main__":
     for f in sorted(SWEEPS.glob("*.yaml")):
-        for p in PRESETS:
+        for p in presets_of(f):
             print(f"    ({f.name!r}, {p!r}): {[r.run_id for r in resolve(load_sweep(f, p), check_model=False)]!r},")
