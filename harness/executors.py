@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.runstore import STATUS, RunStore, atomic_write_json
 from harness.sweepfile import ResourceClass
 
 LEDGER = Path(".sweep") / "ledger.jsonl"
@@ -148,22 +149,23 @@ def mark_failed(run_dir: Path, error: str) -> None:
     Keeps every other key of status.json; leaves a run that is DONE alone."""
     if (run_dir / "DONE").exists():
         return
-    path = run_dir / "status.json"
-    status: dict[str, Any] = {}
-    if path.exists():
-        try:
-            status = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            status = {}
+    status = _read_status(run_dir)
     if status.get("state") == "failed" and status.get("error"):
         status["dispatch_error"] = error        # the run's own error says more: keep it first
     else:
         status.update({"state": "failed", "error": error})
     status["updated"] = _now()
     status.setdefault("attempts", 0)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(status, indent=2))
-    tmp.replace(path)
+    atomic_write_json(run_dir / STATUS, status)
+
+
+def _read_status(run_dir: Path) -> dict[str, Any]:
+    """status.json as a dict; {} when absent or unreadable (a run killed mid-write leaves no half
+    file thanks to atomic writes, but a hand-edited one may be broken)."""
+    try:
+        return RunStore(run_dir).status() or {}
+    except json.JSONDecodeError:
+        return {}
 
 
 # ------------------------------------------------------------------------------------- executors
@@ -343,21 +345,13 @@ def _job_log(job: Any) -> str:
 
 def _add_job_to_status(run_dir: Path, job_id: str) -> None:
     """Mirror the job id into the run's status.json ("jobs" list), keeping its other keys."""
-    path = run_dir / "status.json"
-    status: dict[str, Any] = {}
-    if path.exists():
-        try:
-            status = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            status = {}
+    status = _read_status(run_dir)
     status.setdefault("state", "queued")
     if status["state"] in ("failed",):
         status["state"] = "queued"
     status["jobs"] = [*status.get("jobs", []), job_id]
     status["updated"] = _now()
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(status, indent=2))
-    tmp.replace(path)
+    atomic_write_json(run_dir / STATUS, status)
 
 
 def cancel(entries: dict[str, dict[str, Any]], run_dirs: dict[str, Path]) -> list[str]:

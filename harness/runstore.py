@@ -110,6 +110,8 @@ class RunStore:
         old = self.status() or {}
         attempts = int(old.get("attempts", 0)) + (1 if new_attempt else 0)
         status = {"state": state, "updated": now_iso(), "attempts": attempts, "error": error, **extra}
+        if "jobs" in old and "jobs" not in extra:
+            status["jobs"] = old["jobs"]    # scheduler job ids mirrored by the sweep dispatcher
         atomic_write_json(self.path / STATUS, status)
         return status
 

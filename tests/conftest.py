@@ -63,3 +63,15 @@ def _torch_defaults():
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny shapes run faster on one torch thread, and never oversubscribe a shared 2-core machine
+    (OpenMP threads spin at barriers: ~6x slower here when the other core is busy). Opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

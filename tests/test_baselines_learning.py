@@ -43,12 +43,8 @@ def prior_entropy(y: torch.Tensor) -> float:
     return -(p * torch.log(torch.tensor(p)) + (1 - p) * torch.log(torch.tensor(1 - p))).item()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny shapes: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow

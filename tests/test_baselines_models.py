@@ -15,13 +15,8 @@ from model.features import FeatureSpec, random_batch, tiny_spec
 from model.registry import build_model, model_module, resolve_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny shapes: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(name: str, spec: FeatureSpec, size: str = "tiny", seed: int = 0, **overrides):

@@ -9,13 +9,8 @@ from model.baselines.common import DINAttention, Dice, PerTokenFFN, token_mix
 from model.baselines.hiformer_din import HiFormerLayer
 from model.baselines.wukong_din import WukongLayer
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny shapes: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}   # fp32, same math in another order

@@ -11,12 +11,8 @@ from model.flops import measure_flops
 from model.onetrans import PAPER_SEQ_LEN, SIZES, build, paper_feature_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny shapes: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SHAPES = {

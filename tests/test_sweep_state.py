@@ -128,3 +128,20 @@ def test_status_and_dry_run_write_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "len16-s0" in out and "5 runs: 5 new" in out and "executor: debug" in out
     assert not any(tmp_path.iterdir())
+
+
+def test_scheduler_job_ids_survive_the_runs_own_status_writes(tmp_path):
+    """The dispatcher mirrors job ids into status.json; the run's own status writes keep them."""
+    from harness.executors import _add_job_to_status, mark_failed
+    from harness.runstore import RunStore
+
+    run = RunStore(tmp_path / "run")
+    run.create()
+    _add_job_to_status(run.path, "41_0")
+    run.write_status("running", new_attempt=True)
+    _add_job_to_status(run.path, "41_0.requeue")
+    run.write_status("running", new_attempt=True)
+    status = run.status()
+    assert status["jobs"] == ["41_0", "41_0.requeue"] and status["attempts"] == 2
+    mark_failed(run.path, "node failure")
+    assert run.status()["jobs"] == ["41_0", "41_0.requeue"] and run.status()["state"] == "failed"
