@@ -229,7 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.size, args.seq_len, args.requests, args.cands, args.serve_cands = "onetrans-tiny", 32, 2, 4, 10
         args.reps, args.serve_reps, args.budget_s = 2, 3, 1.0
-    args.overrides = parse_overrides(args.override)
+    from harness.config import ConfigError, parse_override   # the run config's own `--set` parser
+    try:
+        args.overrides = dict(parse_override(item) for item in args.override)
+    except ConfigError as err:
+        raise SystemExit(f"--override: {err}") from None
     info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": args.device,
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     if args.device == "cuda":
@@ -285,18 +289,6 @@ def _cuda() -> bool:
     except Exception:
         return False
 
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise SystemExit(f"--override {it!r}: expected key=value, e.g. --override d_model=128")
-        k, val = it.split("=", 1)
-        try:
-            out[k] = json.loads(val)
-        except json.JSONDecodeError:
-            out[k] = val
-    return out
 
 
 if __name__ == "__main__":

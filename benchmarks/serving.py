@@ -142,18 +142,6 @@ def bench_training(args) -> list[dict]:
     return rows
 
 
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise SystemExit(f"--override {it!r}: expected key=value, e.g. --override d_model=128")
-        k, v = it.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,7 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.size, args.lengths, args.candidates = "onetrans-tiny", [32], [1, 10]
         args.train_lengths, args.train_candidates, args.train_impressions = [32], [1, 4], 8
         args.reps, args.budget_s = 2, 0.5
-    args.overrides = parse_overrides(args.override)
+    from harness.config import ConfigError, parse_override   # the run config's own `--set` parser
+    try:
+        args.overrides = dict(parse_override(item) for item in args.override)
+    except ConfigError as err:
+        raise SystemExit(f"--override: {err}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
