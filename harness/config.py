@@ -360,7 +360,7 @@ def check_model_config(model: ModelConfig, where: str = "<config>") -> Any:
         raise ConfigError(f"{where}: {e}") from None
     except ImportError as e:
         raise ConfigError(f"{where}: model {model.name!r} is registered but its module cannot be "
-                          f"imported ({e}). Is it implemented yet?") from e
+                          f"imported ({e}); reinstall the project (bash scripts/setup_env.sh).") from e
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: model: {e}") from None
 
