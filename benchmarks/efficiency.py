@@ -25,7 +25,9 @@ built before; training and serving run in separate processes because the RSS pea
     python benchmarks/efficiency.py --quick         # tiny, seconds; tests/test_efficiency_bench.py
 
 Prints the table (absolute baseline, then % change per row like the paper) and writes JSON
-(--out, default benchmarks/results/efficiency.json).
+(--out, default benchmarks/results/efficiency.json). A variant that fails (e.g. out of memory) is
+recorded in its row ("error": the child's last stderr lines), the other rows are still measured
+and written, and the command exits with status 1.
 """
 from __future__ import annotations
 
@@ -185,6 +187,9 @@ def run_variant(name: str, args, variant: dict | None = None) -> dict:
                "serve_reps": args.serve_reps, "budget_s": args.budget_s, "threads": args.threads}
     out: dict = {}
     for phase in ("train", "serve"):      # one process per phase: peak RSS never goes down
+        if args.inline:                   # dry runs: no process start-ups (memory peaks then not per variant)
+            out.update(child(json.dumps({**payload, "phase": phase})))
+            continue
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({**payload, "phase": phase})],
                               capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
@@ -196,6 +201,8 @@ def run_variant(name: str, args, variant: dict | None = None) -> dict:
 def fmt_row(name: str, r: dict, base: dict) -> str:
     if r.get("skipped"):
         return f"| {name:<16} | skipped: {r['skipped']} |"
+    if r.get("error"):
+        return f"| {name:<16} | FAILED: {r['error'].strip().splitlines()[-1][:120] if r['error'].strip() else '?'} |"
     cells = []
     for m in METRICS:
         ours = 100.0 * (r[m] / base[m] - 1.0) if base[m] else float("nan")
@@ -221,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cpu-bf16", action="store_true", help="run the bf16 rows on CPU too (slow)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--inline", action="store_true",
+                   help="run every variant in this process (fast dry runs; peak memory is then not per variant)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "efficiency.json")
     args = p.parse_args(argv)
     if args.child:
@@ -251,10 +260,16 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             rows[name] = {"skipped": "CPU bf16 matmuls are ~50x slower than fp32; run on a GPU or pass --cpu-bf16"}
             continue
-        rows[name] = run_variant(name, args)
+        try:
+            rows[name] = run_variant(name, args)
+        except RuntimeError as err:         # recorded, the other variants still run; exit status 1 at the end
+            rows[name] = {"error": str(err)[-3000:]}
+            print(f"  FAILED {name}: {str(err).strip().splitlines()[-1]}", flush=True)
+            continue
         print(f"  measured {name}: train {rows[name]['train_ms']:.1f} ms, serve p99 {rows[name]['serve_p99_ms']:.1f} ms",
               flush=True)
     base = rows.get("baseline")
+    base = None if base is None or "error" in base else base
     lines = []
     if base:
         lines.append(f"un-optimised OneTrans-S shape (absolute): train {base['train_ms']:.1f} ms/step, "
@@ -269,16 +284,19 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(lines))
     result = {"benchmark": "efficiency_table5", "size": args.size, "overrides": args.overrides,
               "seq_len": args.seq_len, "train_batch": {"requests": args.requests, "cands": args.cands},
-              "serve_cands": args.serve_cands, "quick": args.quick, "machine": info,
+              "serve_cands": args.serve_cands, "quick": args.quick, "inline": args.inline, "machine": info,
               "loadavg_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
               "memory_unit": "bytes", "memory_method": ("cuda max_memory_allocated" if args.device == "cuda"
                                                         else "peak RSS growth during the measured work"),
               "rows": rows, "paper_pct": PAPER, "table": lines,
               "ratios": {n: {m: r[m] / base[m] for m in METRICS if base and base[m]}
-                         for n, r in rows.items() if base and "skipped" not in r}}
+                         for n, r in rows.items() if base and "skipped" not in r and "error" not in r}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"# wrote {args.out}")
+    failed = [n for n, r in rows.items() if "error" in r]
+    if failed and argv is None:
+        raise SystemExit(f"efficiency: variants failed: {failed} (their rows hold the errors)")
     return result
 
 

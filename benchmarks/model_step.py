@@ -12,14 +12,17 @@ Shapes: onetrans-tiny on model.features.tiny_spec(64); onetrans-s / onetrans-l o
 (model.onetrans.paper_feature_spec). Full-length histories (no padding): the worst case. One
 impression per request (the S-side is computed per impression either way; this keeps the
 tokenizer FLOPs equal to the analytic count). FLOPs = the model's analytic train FLOPs (3 x forward,
-docs/conventions.md). MFU = achieved / peak; the peak defaults to 989 TFLOP/s (H100 SXM bf16 dense)
-on CUDA and is recorded in the JSON; on CPU MFU is null unless --peak-tflops is given.
+docs/conventions.md). MFU = achieved / peak; on CUDA the peak is the GPU's dense bf16 peak looked up
+from its name (dense_bf16_peak: H100 SXM / H200 989 TFLOP/s, ...; an unknown GPU counts as H100 SXM
+and says so), overridden by --peak-tflops or the GPU_PEAK_TFLOPS environment variable; the value
+and where it came from are recorded in the JSON. On CPU MFU is null unless a peak is given.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import resource
 import statistics
@@ -38,6 +41,19 @@ from model.layers import MixedLinear  # noqa: E402
 from model.onetrans import PAPER_SEQ_LEN, SIZES, build, paper_feature_spec  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s; the first
+# pattern contained in the lower-cased device name wins (so the specific names come first).
+DENSE_BF16_PEAKS = (
+    ("gh200", 989.0, "GH200 (H100/H200-class SXM): 989 TFLOP/s dense bf16"),
+    ("h200", 989.0, "H200: 989 TFLOP/s dense bf16 (same tensor cores as H100 SXM)"),
+    ("h100 nvl", 835.0, "H100 NVL: 835 TFLOP/s dense bf16"),
+    ("h100 pcie", 756.0, "H100 PCIe: 756 TFLOP/s dense bf16"),
+    ("h100", 989.0, "H100 SXM: 989 TFLOP/s dense bf16"),
+    ("h800", 989.0, "H800 SXM: 989 TFLOP/s dense bf16"),
+    ("b200", 2250.0, "B200: 2250 TFLOP/s dense bf16"),
+    ("a100", 312.0, "A100: 312 TFLOP/s dense bf16"),
+    ("l40s", 362.0, "L40S: 362 TFLOP/s dense bf16"),
+)
 DEFAULT_BATCH = {"cuda": {"onetrans-tiny": 2048, "onetrans-s": 256, "onetrans-l": 128},
                  "cpu": {"onetrans-tiny": 64, "onetrans-s": 1, "onetrans-l": 1}}
 
@@ -47,9 +63,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device, warmup: int, steps: int) -> list[float]:
+def _timed(fn, device: torch.device, warmup: int, steps: int, warm: list[float] | None = None) -> list[float]:
+    """Times of the measured steps; the warm-up steps' times (compilation included) go to warm."""
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
+        _sync(device)
+        if warm is not None:
+            warm.append(time.perf_counter() - t0)
     _sync(device)
     times = []
     for _ in range(steps):
@@ -60,6 +81,24 @@ def _timed(fn, device: torch.device, warmup: int, steps: int) -> list[float]:
     return times
 
 
+def dense_bf16_peak(device_name: str | None, override: float | None = None) -> tuple[float | None, str]:
+    """(peak TFLOP/s, where it comes from) for MFU: override, else GPU_PEAK_TFLOPS, else the name's
+    entry in DENSE_BF16_PEAKS, else H100 SXM's 989 for an unknown GPU (said), else None (CPU)."""
+    if override is not None:
+        return override, f"given: {override:g} TFLOP/s"
+    env = os.environ.get("GPU_PEAK_TFLOPS", "").strip()
+    if env:
+        return float(env), f"GPU_PEAK_TFLOPS={env}"
+    if device_name is None:
+        return None, "CPU: no stated peak (MFU null)"
+    low = device_name.lower()
+    for pattern, peak, text in DENSE_BF16_PEAKS:
+        if pattern in low:
+            return peak, text
+    return H100_BF16_DENSE_TFLOPS, (f"unknown GPU {device_name!r}: assumed H100 SXM's {H100_BF16_DENSE_TFLOPS:g} "
+                                    "TFLOP/s dense bf16 (set GPU_PEAK_TFLOPS)")
+
+
 def spec_for(size: str, seq_len: int | None):
     if size in PAPER_SEQ_LEN:
         return paper_feature_spec(seq_len or PAPER_SEQ_LEN[size])
@@ -67,12 +106,16 @@ def spec_for(size: str, seq_len: int | None):
 
 
 def bench_size(size: str, args, device: torch.device) -> dict:
-    cfg = dataclasses.replace(SIZES[size], attention=args.attention, compile_blocks=args.compile,
+    inductor = args.compile_backend == "inductor"
+    cfg = dataclasses.replace(SIZES[size], attention=args.attention, compile_blocks=args.compile and inductor,
                               recompute=args.recompute)
     spec = spec_for(size, args.seq_len)
     B = args.batch or DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"][size]
     torch.manual_seed(0)
     model = build(spec, cfg).to(device).train()
+    if args.compile and not inductor:        # another backend (e.g. "eager": the dynamo path only, fast on CPU)
+        for b in model.blocks:
+            b.compile(backend=args.compile_backend)
     batch = random_batch(spec, n_requests=B, per_request=1, min_len=spec.seq_len,
                          generator=torch.Generator().manual_seed(0), device=device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
@@ -86,21 +129,27 @@ def bench_size(size: str, args, device: torch.device) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = _timed(step, device, args.warmup, args.steps)
+    warm: list[float] = []
+    times = _timed(step, device, args.warmup, args.steps, warm)
     t = statistics.median(times)
     flops = model.flops_per_example()
     achieved = flops["train"] * B / t
-    peak_tflops = args.peak_tflops if args.peak_tflops is not None else (
-        H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
+    peak_tflops, peak_source = dense_bf16_peak(
+        torch.cuda.get_device_name(device) if device.type == "cuda" else None, args.peak_tflops)
     n_tokens = model.n_s_tokens + cfg.n_ns_tokens
+    dynamo = None
+    if args.compile:      # recompilations / graph breaks (cumulative over the process's sizes)
+        from torch._dynamo.utils import counters
+        dynamo = {k: {str(kk)[:200]: vv for kk, vv in list(v.items())[:20]} for k, v in counters.items() if v}
     return {
         "size": size, "batch": B, "seq_len": spec.seq_len, "input_tokens": n_tokens, "schedule": model.schedule,
         "params": model.param_counts(), "flops_per_example": flops,
         "attention": list(model.attention_decision), "precision": args.precision,
-        "compile": args.compile, "recompute": args.recompute,
+        "compile": args.compile, "compile_backend": args.compile_backend if args.compile else None,
+        "recompute": args.recompute, "warmup_s_all": warm, "dynamo_counters": dynamo,
         "step_s_median": t, "step_s_all": times,
         "samples_per_s": B / t, "tokens_per_s": B * n_tokens / t,
-        "achieved_tflops": achieved / 1e12, "peak_tflops": peak_tflops,
+        "achieved_tflops": achieved / 1e12, "peak_tflops": peak_tflops, "peak_source": peak_source,
         "mfu": mfu(achieved, peak_tflops * 1e12 if peak_tflops else None),
         "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,   # process-wide, cumulative
@@ -133,11 +182,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--attention", default="auto", choices=("auto", "reference", "sdpa", "flash"))
     p.add_argument("--compile", action="store_true", help="torch.compile every block")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend with --compile (inductor = the model's own; eager = graph capture only)")
     p.add_argument("--recompute", action="store_true", help="activation recomputation per block")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None,
-                   help=f"device peak for MFU (default {H100_BF16_DENSE_TFLOPS} on CUDA = H100 bf16 dense; none on CPU)")
+                   help="device peak for MFU (default: the GPU's dense bf16 peak by name, or GPU_PEAK_TFLOPS; none on CPU)")
+    p.add_argument("--no-mixed", action="store_true", help="skip the einsum-vs-loop mixed projection check")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--quick", action="store_true", help="onetrans-tiny only, tiny batch, 3 steps (for tests)")
     p.add_argument("--out", default="runs/bench/model_step.json")
@@ -153,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"unknown sizes {unknown}; known: {sorted(SIZES)}")
 
     rows = [bench_size(s, args, device) for s in sizes]
-    mixed = [bench_mixed_projection(s, args, device) for s in sizes]
+    mixed = [] if args.no_mixed else [bench_mixed_projection(s, args, device) for s in sizes]
     result = {"benchmark": "model_step", "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args),

@@ -12,6 +12,12 @@ candidates, plain model(batch) vs request_level_forward (S-side once per request
     python benchmarks/serving.py                       # default grid (onetrans-mini shape)
     python benchmarks/serving.py --size onetrans-s     # the paper's OneTrans-S shape (slow on CPU)
     python benchmarks/serving.py --quick               # seconds; what tests/test_kv_benchmark.py runs
+    python benchmarks/serving.py --device cuda --precision bf16 --spec paper --size onetrans-l \
+        --lengths 1484 --candidates 100 --no-train     # the paper's serving cell on a GPU
+
+--device cuda times each call up to a torch.cuda.synchronize (inputs already on the device, so the
+latency is model time); --precision bf16 runs under bf16 autocast; --spec paper uses the assumed
+paper feature layout (model.onetrans.paper_feature_spec) instead of the small tiny_spec.
 
 Prints a table and writes JSON (--out, default benchmarks/results/serving.json). Timings on a
 shared CPU are pessimistic: the JSON records the load average before and after.
@@ -36,13 +42,27 @@ import torch  # noqa: E402
 
 from model.features import IMPRESSION_KEYS, SEQ_KEYS, random_batch, tiny_spec  # noqa: E402
 from model.kv_cache import OneTransScorer, request_level_forward  # noqa: E402
+from model.onetrans import paper_feature_spec  # noqa: E402
 from model.registry import build_model  # noqa: E402
 
 
-def machine_info() -> dict:
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": "cpu",
+def machine_info(device: str = "cpu") -> dict:
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": device,
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def _amp(args):
+    dev = torch.device(args.device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -65,18 +85,18 @@ def timed_reps(fn, *, reps: int, budget_s: float, warmup: int = 1) -> list[float
     return times
 
 
-def build(size: str, seq_len: int, overrides: dict, seed: int = 0):
+def build(size: str, seq_len: int, overrides: dict, seed: int = 0, spec_kind: str = "tiny", device: str = "cpu"):
     torch.manual_seed(seed)
-    spec = tiny_spec(seq_len=seq_len)
-    return spec, build_model("onetrans", spec, size, {"attention": "sdpa", **overrides}).eval()
+    spec = paper_feature_spec(seq_len) if spec_kind == "paper" else tiny_spec(seq_len=seq_len)
+    return spec, build_model("onetrans", spec, size, {"attention": "sdpa", **overrides}).to(device).eval()
 
 
-def requests(spec, n_cand: int, n: int, seed: int) -> list[tuple[dict, dict]]:
+def requests(spec, n_cand: int, n: int, seed: int, device: str = "cpu") -> list[tuple[dict, dict]]:
     """n single-request (history, candidates) pairs with full-length histories."""
     out = []
     for i in range(n):
         b = random_batch(spec, n_requests=1, per_request=n_cand, min_len=spec.seq_len,
-                         generator=torch.Generator().manual_seed(seed + i))
+                         generator=torch.Generator().manual_seed(seed + i), device=device)
         out.append(({k: b[k] for k in SEQ_KEYS}, {k: b[k] for k in IMPRESSION_KEYS if k != "req_index"}))
     return out
 
@@ -84,9 +104,9 @@ def requests(spec, n_cand: int, n: int, seed: int) -> list[tuple[dict, dict]]:
 def bench_serving(args) -> list[dict]:
     rows = []
     for L in args.lengths:
-        spec, model = build(args.size, L, args.overrides)
+        spec, model = build(args.size, L, args.overrides, spec_kind=args.spec, device=args.device)
         for C in args.candidates:
-            reqs = requests(spec, C, 4, seed=L + C)
+            reqs = requests(spec, C, 4, seed=L + C, device=args.device)
             cell = {"seq_len": L, "candidates": C}
             probs = {}
             for cache in (True, False):
@@ -95,19 +115,21 @@ def bench_serving(args) -> list[dict]:
 
                 def run() -> None:
                     i = next(counter) % len(reqs)
-                    p_ctr = scorer.score(*reqs[i])["ctr"]
+                    with _amp(args):
+                        p_ctr = scorer.score(*reqs[i])["ctr"]
+                    _sync(args.device)
                     if i == 0:
                         first["ctr"] = p_ctr       # kept for the parity check (no extra run)
                 # the big cache-off cells skip the warm-up: one run takes minutes on a CPU, and the
                 # cache-on pass just warmed the same model and shapes
-                warmup = 0 if (not cache and C * L > 200_000) else 1
+                warmup = 0 if (not cache and C * L > 200_000 and args.device == "cpu") else args.warmup
                 times = timed_reps(run, reps=args.reps, budget_s=args.budget_s, warmup=warmup)
                 probs[cache] = first["ctr"]
                 tag = "on" if cache else "off"
                 cell[f"cache_{tag}"] = {"p50_ms": 1e3 * statistics.median(times), "p99_ms": 1e3 * percentile(times, 99),
                                         "cands_per_s": C / statistics.median(times), "n_reps": len(times)}
             cell["speedup_cands_per_s"] = cell["cache_on"]["cands_per_s"] / cell["cache_off"]["cands_per_s"]
-            cell["max_abs_dprob"] = float((probs[True] - probs[False]).abs().max())
+            cell["max_abs_dprob"] = float((probs[True].float() - probs[False].float()).abs().max())
             rows.append(cell)
             on, off = cell["cache_on"], cell["cache_off"]
             print(f"L={L:5d} C={C:5d} | on p50 {on['p50_ms']:9.2f} ms p99 {on['p99_ms']:9.2f} ms {on['cands_per_s']:10.1f} c/s"
@@ -119,20 +141,22 @@ def bench_serving(args) -> list[dict]:
 def bench_training(args) -> list[dict]:
     rows = []
     for L in args.train_lengths:
-        spec, model = build(args.size, L, args.overrides)
+        spec, model = build(args.size, L, args.overrides, spec_kind=args.spec, device=args.device)
         model.train()
         for C in args.train_candidates:
             R = max(1, args.train_impressions // C)
             batch = random_batch(spec, n_requests=R, per_request=C, min_len=L // 2,
-                                 generator=torch.Generator().manual_seed(L * 7 + C))
+                                 generator=torch.Generator().manual_seed(L * 7 + C), device=args.device)
             cell = {"seq_len": L, "candidates_per_request": C, "requests": R, "impressions": R * C}
             for name, fwd in (("plain", model), ("request_level", lambda b: request_level_forward(model, b))):
                 def step() -> None:
                     model.zero_grad(set_to_none=True)
-                    out = fwd(batch)
-                    loss = (torch.nn.functional.binary_cross_entropy_with_logits(out["ctr"], batch["click"])
-                            + torch.nn.functional.binary_cross_entropy_with_logits(out["cvr"], batch["conversion"]))
+                    with _amp(args):
+                        out = fwd(batch)
+                        loss = (torch.nn.functional.binary_cross_entropy_with_logits(out["ctr"].float(), batch["click"])
+                                + torch.nn.functional.binary_cross_entropy_with_logits(out["cvr"].float(), batch["conversion"]))
                     loss.backward()
+                    _sync(args.device)
                 times = timed_reps(step, reps=args.reps, budget_s=args.budget_s)
                 cell[name] = {"step_p50_ms": 1e3 * statistics.median(times), "n_reps": len(times)}
             cell["speedup"] = cell["plain"]["step_p50_ms"] / cell["request_level"]["step_p50_ms"]
@@ -156,6 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reps", type=int, default=20, help="timed repetitions per cell (at most)")
     p.add_argument("--budget-s", type=float, default=10.0, help="stop repeating a cell after this many seconds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before each cell's timed ones")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timed up to a synchronize)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = bf16 autocast")
+    p.add_argument("--spec", choices=("tiny", "paper"), default="tiny",
+                   help="feature layout: tiny_spec (default) or the assumed paper layout")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny model and grid (a test runs this)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
@@ -172,14 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    info = machine_info()
-    print(f"# serving benchmark: size={args.size} overrides={args.overrides} threads={info['threads']} "
-          f"loadavg={info['loadavg']}", flush=True)
+    info = machine_info(args.device)
+    print(f"# serving benchmark: size={args.size} overrides={args.overrides} device={args.device} "
+          f"precision={args.precision} spec={args.spec} threads={info['threads']} loadavg={info['loadavg']}", flush=True)
     with torch.no_grad():
         serving = bench_serving(args)
     training = [] if args.no_train else bench_training(args)
     result = {"benchmark": "serving", "size": args.size, "overrides": args.overrides, "quick": args.quick,
-              "max_batch": args.max_batch, "machine": info,
+              "max_batch": args.max_batch, "device": args.device, "precision": args.precision, "spec": args.spec,
+              "machine": info,
               "loadavg_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
               "serving": serving, "training": training, "argv": sys.argv[1:] if argv is None else argv}
     args.out.parent.mkdir(parents=True, exist_ok=True)
