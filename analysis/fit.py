@@ -31,6 +31,7 @@ class FitSettings:
     level: float = 0.95             # interval level
     huber_delta: float = 1e-3       # Chinchilla / Epoch value, on log residuals
     min_powerlaw_x: int = 5         # a 3-parameter saturating law is not identified with fewer x-values
+    min_loglinear_x: int = 3        # a line through 2 points always fits: no claim without a third
     boot_starts: int = 2            # starts per bootstrap refit (the best point-fit starts)
     grid_points: int = 60           # x-grid of the prediction band
     extrapolate: float = 2.0        # the band runs to max(x) * extrapolate
@@ -181,8 +182,9 @@ def fit(x, y, config=None, *, form: str = "loglinear", settings: FitSettings = F
         if n_x < settings.min_powerlaw_x:
             raise ValueError(f"the saturating power law needs >= {settings.min_powerlaw_x} distinct x-values, "
                              f"got {n_x}: 3 parameters are not identified; use the log-linear form")
-    elif n_x < 2:
-        raise ValueError("a log-linear fit needs >= 2 distinct x-values")
+    elif n_x < settings.min_loglinear_x:
+        raise ValueError(f"a log-linear fit needs >= {settings.min_loglinear_x} distinct x-values, got {n_x}: "
+                         "a line through 2 points fits exactly (R² = 1) and tests nothing; add configurations")
 
     labels, inv, counts, xm, ym = _config_stats(x, y, config)
     params, raw, optima = _point_fit(form, x, y, np.ones_like(y), settings)
@@ -365,3 +367,23 @@ def saturation_point(params: dict[str, float], seed_sd: float) -> float:
     if seed_sd <= 0 or params["alpha"] <= 0 or gain_coef <= 0:
         return float("nan")
     return float((gain_coef / seed_sd) ** (1.0 / params["alpha"]))
+
+
+def powerlaw_problem(f: Fit, floor: float | None = None) -> str | None:
+    """Why a saturating fit must not be read as a law: a parameter at its optimiser bound, or a fitted
+    floor E whose whole 95% interval lies below the Bayes floor (impossible: no model beats it).
+    `floor` is the Bayes value of the fitted quantity (the oracle logloss). None when the fit is usable."""
+    p = f.params
+    e, a0, alpha = np.log(max(p["E"], 1e-300)), np.log(max(p["A_at_x0"], 1e-300)), p["alpha"]
+    if alpha >= 10.0 - 1e-3:
+        return "α at its upper bound (10): the decay is not identified"
+    if alpha <= 1e-3:
+        return "α at its lower bound (0): no decay, the curve is a constant"
+    if e <= -30.0 + 0.05:
+        return "E at its lower bound (0): no floor identified"
+    if a0 <= -30.0 + 0.05:
+        return "A at its lower bound (0): no scaling term"
+    if floor is not None and np.isfinite(floor) and f.ci["E"][1] < floor:
+        return (f"fitted floor E = {p['E']:.4g} [{f.ci['E'][0]:.4g}, {f.ci['E'][1]:.4g}] lies below the "
+                f"Bayes floor {floor:.4g}: impossible")
+    return None

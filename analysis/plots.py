@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .analyze import Analysis, SeriesFit  # noqa: E402
+from .collect import read_metrics_csv  # noqa: E402,F401  (re-exported: older imports)
 
 FORM_STYLE = {"loglinear": {"color": "C0", "label": "log-linear"}, "powerlaw": {"color": "C3", "label": "E + A·x^-α"}}
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 100, "axes.grid": True,
@@ -244,22 +245,6 @@ def ablation_bars(table: pd.DataFrame):
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
-
-
-def read_metrics_csv(path: Path) -> pd.DataFrame | None:
-    """metrics.csv as a wide frame (step + one column per metric). The harness writes long form
-    (`step,metric,value,time`, harness/runstore.py); wide form (Lightning CSVLogger) is accepted too.
-    None when the file has no step column (unreadable for curves; the report just omits it)."""
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return None
-    if "step" not in df:
-        return None
-    if {"metric", "value"} <= set(df.columns):
-        df = df.pivot_table(index="step", columns="metric", values="value", aggfunc="last").reset_index()
-        df.columns.name = None
-    return df
 
 
 def training_curves(runs: pd.DataFrame, title: str, max_runs: int = 40):
