@@ -89,3 +89,51 @@ def read_metric(run_dir: Path, metric: str) -> float | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _row_x(row, x: str | None, axis_keys: list[str]) -> tuple[float | None, str]:
+    """The planned run's x-value and its name: the hinted x ('flops', 'params' or a dotted key), else
+    the first swept key."""
+    axes = row.run.plan.axes
+    if x == "flops" and getattr(row, "flops_total", None):
+        return float(row.flops_total), "training FLOPs"
+    if x == "params" and getattr(row, "params", None):
+        return float(row.params), "dense params"
+    key = x if x in axes else next((k for k in axis_keys if k in axes), None)
+    v = axes.get(key) if key else None
+    return (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None), (key or "?")
+
+
+def sweep_mde_lines(sweep, rows) -> list[str]:
+    """Lines for `python -m harness.sweep FILE --dry-run`: per series (label) and hinted metric, the MDE of
+    the planned sweep from the finished runs of the same configurations already in the sweep folder.
+    rows: harness.sweep.Row objects (run.plan.axes/seed/label, run_dir, and params/flops when described)."""
+    hints = sweep.analysis
+    metrics = [m for m in (hints.metrics if hints else ("test.ctr_uauc",)) if m.split(".")[0] in ("test", "val")]
+    x_hint = hints.x if hints else None
+    if hints is not None and x_hint not in ("flops", "params"):
+        x_hint = x_hint if any(x_hint in r.run.plan.axes for r in rows) else None
+    axis_keys = list(sweep.grid) + [k for g in sweep.zip for k in g]
+    lines = []
+    for label in dict.fromkeys(r.run.plan.label for r in rows):
+        group = [r for r in rows if r.run.plan.label == label]
+        planned, x_name = [], "?"
+        for r in group:
+            xv, x_name = _row_x(r, x_hint, axis_keys)
+            cfg = repr((label, sorted((k, str(v)) for k, v in r.run.plan.axes.items())))
+            planned.append({"x": xv, "config": cfg, "dir": r.run_dir})
+        if len({p["x"] for p in planned if p["x"]}) < 3:
+            continue
+        for metric in metrics or ["test.ctr_uauc"]:
+            finished = [{**p, "y": read_metric(p["dir"], metric)} for p in planned]
+            res = plan_mde(planned, finished, metric)
+            if res is None:
+                continue
+            seeds = len(group) / max(res["n_configs"], 1)
+            lines.append(f"MDE {label}: {metric} {res['mde']:.2g} per doubling of {x_name} (95% confidence, 80% power) "
+                         f"for the planned {res['n_configs']} configs x {seeds:g} seeds; sigma {res['sigma']:.2g} "
+                         f"({res['source']}, {res['dof']} dof) from {res['n_finished']} finished runs")
+    if not lines and rows:
+        lines.append("MDE: not shown (needs finished runs of these configurations in the sweep folder: >= 2 seeds "
+                     "of one configuration, or >= 3 configurations)")
+    return lines
