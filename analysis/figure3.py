@@ -102,7 +102,8 @@ def decision_3b(an: Analysis, metric: str) -> tuple[list[SeriesFit], list[Series
     """(main-model series, baseline series, sentence, table) for Figure 3b."""
     mm = main_model(an)
     series = flops_series(an, metric)
-    ours = [s for s in series if s.model == mm]
+    sign = gain_sign(metric)
+    ours = sorted([s for s in series if s.model == mm], key=lambda s: -sign * s.slope()[0])   # as in 3a
     base = [s for s in series if s.model != mm]
     if not ours or not base:
         return ours, base, (f"Figure 3b needs a {mm} series and a scaled baseline (e.g. rankmixer_transformer along "

@@ -178,6 +178,10 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
         if s.n_seeds[1] <= 1:
             notes.append("1 seed per config: seed noise not measured")
         ylo, yhi = _fit_ylim(ax, on_scale)
+        if len(flagged):
+            off = [v for v in fy if np.isfinite(v) and not ylo <= v <= yhi]
+            if off:
+                notes.append(f"{len(off)} flagged value(s) off scale: " + ", ".join(f"{v:.3g}" for v in off[:3]))
         if s.oracle is not None:
             span = yhi - ylo
             if ylo - span <= s.oracle <= yhi + span:       # near the data: draw it and keep it in view
@@ -186,7 +190,7 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
                 notes.append(f"oracle {s.oracle:.4f}")
             else:
                 notes.append(f"oracle {s.oracle:.4f} (off scale)")
-        _log_x_axis(ax, xs, max_labels=5)
+        _log_x_axis(ax, xs, max_labels=7)
         ax.set_title(_fmt_metric(s.metric) + "\n" + "\n".join(_wrap(t, 52) for t in notes), fontsize=8)
         ax.set_xlabel(x_label(x_name))
     for ax in list(axes.flat)[n:]:
@@ -222,11 +226,7 @@ def _flops_panel(ax, an: Analysis, group: list[SeriesFit], labels: list[str], co
         x, y = _series_x(used, s), used[f"{an.split}.{s.metric}"].to_numpy(float)
         keep = np.isfinite(x) & np.isfinite(y)
         xs, means, sds = _means(x[keep], y[keep])
-        counts = np.array([(x[keep] == v).sum() for v in xs])
-        from scipy import stats
-        half = np.where(counts > 1, stats.t.ppf(0.975, np.maximum(counts - 1, 1)) * np.nan_to_num(sds) /
-                        np.sqrt(counts), 0.0)
-        ax.errorbar(xs, means, yerr=half, fmt="o", color=color, ms=4, capsize=2.5, lw=1)
+        ax.errorbar(xs, means, yerr=np.nan_to_num(sds), fmt="o", color=color, ms=4, capsize=2.5, lw=1)
         f = s.fits["loglinear"]
         b, lo, hi = s.slope()
         ax.plot(f.x_grid, f.pred, color=color, lw=1.5,
@@ -263,7 +263,7 @@ def figure_3a(an: Analysis, group: list[SeriesFit], sentence_short: str = ""):
     labels = [series_label(s) for s in group]
     _flops_panel(ax, an, group, labels, colors)
     ax.legend(fontsize=8, title="Δ per doubling of FLOPs [95% CI]", title_fontsize=8, loc="best")
-    ax.set_title("Figure 3a: config means (95% CI) and log-linear fits", fontsize=10.5)
+    ax.set_title("Figure 3a: config means ± seed sd and log-linear fits", fontsize=10.5)
     slopes = [s.slope() for s in group]
     _forest(fx, labels, [b for b, _, _ in slopes], [lo for _, lo, _ in slopes], [hi for _, _, hi in slopes], colors,
             mde=[s.mde.get("mde", np.nan) for s in group], xlabel=f"Δ {group[0].metric} per doubling of FLOPs")

@@ -146,16 +146,21 @@ def series_sentence(an: Analysis, s) -> str:
         text += " (one seed per configuration: seed noise not measured; the MDE uses the scatter around the line)"
     if s.excluded and not s.include_flagged and "loglinear" in s.alt_fits:
         a = s.alt_fits["loglinear"]
-        text += (f". {len(s.excluded)} flagged run(s) left out; with them: {_fmt(a.params['b_per_doubling'])} "
+        text += (f". {_runs(len(s.excluded))} flagged and left out; with {'it' if len(s.excluded) == 1 else 'them'}: {_fmt(a.params['b_per_doubling'])} "
                  f"[{_fmt(a.ci['b_per_doubling'][0])}, {_fmt(a.ci['b_per_doubling'][1])}]")
     elif s.excluded and s.include_flagged and "loglinear" in s.alt_fits:
         a = s.alt_fits["loglinear"]
-        text += (f". {len(s.excluded)} flagged run(s) included (--include-flagged); without them: "
+        text += (f". {_runs(len(s.excluded))} flagged and included (--include-flagged); without "
+                 f"{'it' if len(s.excluded) == 1 else 'them'}: "
                  f"{_fmt(a.params['b_per_doubling'])} [{_fmt(a.ci['b_per_doubling'][0])}, "
                  f"{_fmt(a.ci['b_per_doubling'][1])}]")
     for form, why in s.failed.items():
         text += f". The saturating fit failed ({why}) and is not used"
     return text + "."
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def _fmt(v: float) -> str:
@@ -212,7 +217,7 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
         if len(ranked) >= 2:
             fig3.append(figure(plots.figure_3a(an, ranked), "figure3a",
                                "Figure 3a: length, depth and width on one training-FLOPs axis (points: config means "
-                               "with 95% t-intervals over seeds; lines and bands: log-linear fits with 95% bootstrap "
+                               "± seed sd; lines and bands: log-linear fits with 95% bootstrap "
                                "bands). Right: gain per doubling of FLOPs with its 95% CI; grey ticks at ± MDE."))
         fig3.append(Text(markdown=sent_a))
         fig3.append(Table(name="figure3a_slopes", frame=figure3.slope_table(ranked),
