@@ -211,6 +211,12 @@ def analyze(collection: Collection, *, settings: FitSettings = FitSettings(), me
         h = hints.get(sweep) or Hints()
         g_all = done[(done["sweep"] == sweep) & (done["model"] == model) & (done["axis"] == axis)]
         primary_x = h.x if h.x and h.x not in ("variant", "model") else axis
+        if primary_x != axis:
+            xv = _x_values(g_all, axis, primary_x)
+            if len(np.unique(xv[np.isfinite(xv)])) < 2:
+                notes.append(f"{sweep}/{model}: {x_label(primary_x)} (the x of its analysis hints) does not vary "
+                             f"along {axis}; fitted on {axis} instead.")
+                primary_x = axis
         x_names = list(dict.fromkeys([primary_x, "train_flops"]))
         fit_hint = h.fit or "default"
         series_metrics = metrics or h.metrics or METRICS

@@ -290,47 +290,6 @@ def figure_3b(an: Analysis, ours: list[SeriesFit], base: list[SeriesFit], diffs:
     return fig
 
 
-def flops_overlay(an: Analysis, metrics=("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc")):
-    """All series (OneTrans axes and baselines) and the single-config models on one FLOPs axis."""
-    cols = 2 if len(metrics) > 1 else 1
-    rows = int(np.ceil(len(metrics) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(6.6 * cols, 5.6 * rows), squeeze=False)
-    done = an.collection.done
-    for ax, metric in zip(axes.flat, metrics):
-        xs_all = []
-        for i, s in enumerate([s for s in an.series if s.metric == metric and s.x_name == "train_flops"]):
-            pts = an.used_points(s)
-            g = pts.groupby("train_flops")[f"{an.split}.{metric}"].mean()
-            color = f"C{i % 10}"
-            ax.plot(g.index, g.values, "o", color=color, ms=4)
-            xs_all.extend(g.index)
-            f = s.fits.get("loglinear")
-            if f is not None:
-                lo, hi = f.ci["b_per_doubling"]
-                ax.plot(f.x_grid, f.pred, color=color, lw=1.4,
-                        label=f"{s.model}/{s.axis}: {_fmt_slope(f.params['b_per_doubling'])} "
-                              f"[{_fmt_slope(lo)}, {_fmt_slope(hi)}]/2×")
-        col = f"{an.split}.{metric}"
-        series_models = {(s.sweep, s.model, s.axis) for s in an.series}
-        singles = done[[(a, b, c) not in series_models for a, b, c in zip(done["sweep"], done["model"], done["axis"])]]
-        singles = singles[singles["train_flops"].notna() & singles[col].notna() & singles["axes.variant"].isna()] \
-            if "axes.variant" in singles else singles[singles["train_flops"].notna() & singles[col].notna()]
-        for j, (model, g) in enumerate(singles.groupby("model")):
-            ax.plot(g["train_flops"].mean(), g[col].mean(), marker="s", ls="none", color="0.3", ms=6)
-            ax.annotate(model, (g["train_flops"].mean(), g[col].mean()), fontsize=7.5, xytext=(5, -10 + 9 * (j % 3)),
-                        textcoords="offset points")
-            xs_all.append(g["train_flops"].mean())
-        _log_x_axis(ax, xs_all if len(set(xs_all)) <= 12 else None)
-        ax.set_xlabel("training FLOPs (log)")
-        ax.set_title(_fmt_metric(metric))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False,
-                      title="series: Δ per doubling of FLOPs [95% CI]", title_fontsize=7.5)
-    fig.suptitle("All series and single-configuration models on training FLOPs", fontsize=12)
-    fig.tight_layout()
-    return fig
-
-
 def tradeoff(an: Analysis, metric: str = "ctr_uauc"):
     """Linear FLOPs vs metric, marker area ~ dense parameters."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
