@@ -201,12 +201,13 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
             handles.setdefault(lab, h)
     width_chars = int(4.7 * cols * 10)
     fig.suptitle(_wrap(f"{sweep}: {model} vs {x_label(x_name)} ({an.split} split)", width_chars), fontsize=11.5)
-    ncol = min(len(handles), max(2, cols * 2))
+    ncol = min(len(handles), max(3, cols * 2))
     legend_rows = int(np.ceil(len(handles) / max(ncol, 1)))
-    top = 1 - (0.5 + 0.22 * legend_rows) / (3.9 * rows + 1.0)
-    fig.tight_layout(rect=(0, 0, 1, top))
-    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=ncol, fontsize=7.5,
-               bbox_to_anchor=(0.5, top + 0.2 * (1 - top) + 0.22 * legend_rows / (3.9 * rows + 1.0)), frameon=False)
+    height = 3.9 * rows + 1.0
+    bottom = (0.12 + 0.2 * legend_rows) / height          # the legend sits under the panels
+    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.3 / height), h_pad=0.6)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, fontsize=7.5,
+               bbox_to_anchor=(0.5, 0.005), frameon=False)
     return fig
 
 

@@ -124,7 +124,8 @@ def series_sentence(an: Analysis, s) -> str:
         return f"{head}): no fit claimed. {why}."
     f = s.fits["loglinear"]
     b, lo, hi = s.slope()
-    seeds = (f"{f.n_configs} configs × {s.n_seeds[0]} seeds" if s.n_seeds[0] == s.n_seeds[1]
+    seeds = (f"{f.n_configs} configs × {s.n_seeds[0]} seed{'' if s.n_seeds[0] == 1 else 's'}"
+             if s.n_seeds[0] == s.n_seeds[1]
              else f"{f.n_configs} configs × {s.n_seeds[0]}-{s.n_seeds[1]} seeds")
     mde = s.mde.get("mde", np.nan)
     resolved = lo > 0 or hi < 0
