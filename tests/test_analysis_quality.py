@@ -332,3 +332,20 @@ def test_figure3b_gives_the_slope_difference_to_the_scaled_baseline(four_sweeps)
     assert len(diffs) == 3 and "rankmixer_transformer" in sentence
     for r in diffs.itertuples():
         assert r.lo <= truth[r.ours] - base_truth <= r.hi
+
+
+def test_flagged_runs_stay_out_of_the_paper_tables(tmp_path):
+    runs = make_runs(tmp_path / "runs", only="main")
+    res = next(p for p in sorted(runs.rglob("result.json")) if json.loads(p.read_text())["model"] == "dcnv2_din")
+    rec = json.loads(res.read_text())
+    rec["metrics"]["test"]["ctr_uauc"] = 0.5
+    res.write_text(json.dumps(rec))
+    (res.parent / "metrics.csv").write_text("step,train/loss\n0,0.7\n1,0.5\n2,0.45\n3,0.9\n4,1.5\n")
+    an = analyze(collect([runs]), settings=SETTINGS, metrics=("ctr_uauc",))
+    assert an.flags["run_id"].tolist() == [rec["run_id"]] and an.flags["reason"].tolist() == ["diverged"]
+    spec = __import__("analysis.report.build", fromlist=["x"]).build_report(an, tmp_path / "out", vector=False)
+    t2 = next(t for t in spec.tables() if t.name == "table2").frame
+    base = t2[t2["model"] == "dcnv2_din"].iloc[0]
+    other = collect([runs]).done
+    kept = other[(other["model"] == "dcnv2_din") & (other["run_id"] != rec["run_id"])]["test.ctr_uauc"].iloc[0]
+    assert base["seeds"] == 1 and base["ctr_uauc abs"] == pytest.approx(kept)

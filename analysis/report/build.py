@@ -329,9 +329,14 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
                                        "or fewer than 5 x-values).")]
     sections.append(Section(title="Bayes ceiling vs fitted floor", blocks=oracle_blocks))
 
-    t2, t3, t5 = tables.table2(done, an.split), tables.table3(done, an.split), tables.table5(done)
+    # flagged runs stay out of the paper tables too (NaN metrics are skipped by the means anyway)
+    bad = set(an.flags.loc[an.flags["reason"] != "nan_metric", "run_id"]) if len(an.flags) else set()
+    tdone = done if an.include_flagged else done[~done["run_id"].isin(bad)]
+    t2, t3, t5 = tables.table2(tdone, an.split), tables.table3(tdone, an.split), tables.table5(tdone)
+    left_out = len(set(done["run_id"]) & bad) if not an.include_flagged else 0
     paper_blocks = [Text(markdown=DELTA_CONVENTION + " Paper values: ../shared/paper/onetrans-spec.md §2 "
-                                  "(analysis/paper_numbers.py).")]
+                                  "(analysis/paper_numbers.py)." + (f" {_runs(left_out)} flagged and left out of "
+                                  "these tables." if left_out else ""))]
     for name, t, cap in (("table2", t2, "Table 2 layout: models vs DCNv2+DIN."),
                          ("table3", t3, "Table 3 layout: ablations vs OneTrans-S (reference)."),
                          ("table5", t5, "Table 5 layout: system variants vs un-optimised (inference columns are "
