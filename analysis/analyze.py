@@ -24,7 +24,8 @@ from harness.power import line_noise, mde_per_doubling, seed_noise
 
 from . import quality
 from .collect import Collection, metric_split
-from .fit import Fit, FitSettings, fit, leave_largest_out, pooled_seed_sd, powerlaw_problem, saturation_point
+from .fit import (Fit, FitSettings, fit, flip_holdout, flipped, leave_largest_out, pooled_seed_sd,
+                  powerlaw_problem, saturation_point)
 from .hints import Hints
 
 METRICS = ("ctr_auc", "ctr_uauc", "ctr_logloss", "cvr_auc", "cvr_uauc", "cvr_logloss")
@@ -136,7 +137,9 @@ class Analysis:
                 row.update({g: f.gof[g] for g in ("r2_means", "rmse_means", "aic", "bic", "cv_rmse")})
                 row["chosen"] = form == s.best_form() and len(s.usable()) > 1 and form not in s.failed
                 if form == "powerlaw":
-                    row["oracle"] = s.oracle
+                    row["fitted_on"] = f"1 - {s.metric}" if f.fitted_on == "1 - y" else s.metric
+                    row["oracle"] = (1.0 - s.oracle if f.fitted_on == "1 - y" else s.oracle) \
+                        if s.oracle is not None else None
                     row["x_saturation"] = saturation_point(f.params, s.seed_sd) if np.isfinite(s.seed_sd) else np.nan
                 rows.append(row)
         return pd.DataFrame(rows, columns=None if rows else FITS_COLUMNS)
@@ -181,16 +184,21 @@ def series_mde(x, y, config, settings: FitSettings) -> dict:
     return {"mde": mde, "sigma": sigma, "dof": dof, "source": source}
 
 
-def _fit_forms(forms, x, y, config, settings, oracle_floor):
+def _fit_forms(forms, x, y, config, settings, oracle, flip: bool = False, metric: str = ""):
+    """Fit each form; flip: the saturating law is fitted to 1 - y (a higher-is-better metric such as AUC,
+    whose shortfall 1 - AUC decays to a floor), then expressed in y (analysis.fit.flipped)."""
     fits, skipped, failed = {}, {}, {}
     for form in forms:
+        flip_this = flip and form == "powerlaw"
         try:
-            fits[form] = fit(x, y, config, form=form, settings=settings)
+            f = fit(x, 1.0 - y if flip_this else y, config, form=form, settings=settings)
         except ValueError as err:
             skipped[form] = str(err)
             continue
+        fits[form] = flipped(f) if flip_this else f
         if form == "powerlaw":
-            why = powerlaw_problem(fits[form], oracle_floor)
+            floor = (1.0 - oracle if flip_this else oracle) if oracle is not None else None
+            why = powerlaw_problem(f, floor, f"1 − {metric}" if flip_this else "")
             if why:
                 failed[form] = why
     return fits, skipped, failed
@@ -255,23 +263,29 @@ def analyze(collection: Collection, *, settings: FitSettings = FitSettings(), me
                 elif fit_hint == "loglinear":
                     forms = ["loglinear"]
                 else:
-                    forms = ["loglinear"] + (["powerlaw"] if metric in LOSS_LIKE and x_name != "train_flops" else [])
-                    if fit_hint == "saturating" and metric not in LOSS_LIKE:
-                        skipped["powerlaw"] = ("the saturating form is fitted on loss-like metrics (logloss) only; "
-                                               f"{metric} gets the log-linear form")
-                fits, sk, failed = _fit_forms(forms, x, y, config, s_settings, oracle)
+                    # the saturating law: loss-like metrics by default; with an explicit `fit: saturating`
+                    # hint also higher-is-better metrics in (0, 1), fitted to their shortfall 1 - y
+                    sat = x_name != "train_flops" and (metric in LOSS_LIKE or (
+                        fit_hint == "saturating" and np.all((y > 0) & (y < 1))))
+                    forms = ["loglinear"] + (["powerlaw"] if sat else [])
+                flip = metric not in LOSS_LIKE
+                fits, sk, failed = _fit_forms(forms, x, y, config, s_settings, oracle, flip, metric)
                 skipped.update(sk)
                 for form in fits:
                     need = (settings.min_loglinear_x if form == "loglinear" else settings.min_powerlaw_x) + 1
                     if len(np.unique(x)) >= need and form not in failed:
-                        holdout += leave_largest_out(x, y, config, form=form, settings=s_settings)
+                        if form == "powerlaw" and flip:
+                            holdout += flip_holdout(leave_largest_out(x, 1.0 - y, config, form=form,
+                                                                      settings=s_settings))
+                        else:
+                            holdout += leave_largest_out(x, y, config, form=form, settings=s_settings)
                 # the same fits with the flagged runs switched (included by default -> excluded, and back)
                 switched = other[np.isfinite(other[col].to_numpy(float))]
                 if fits and len(switched) != len(d) and len(switched):
                     xa, ya, ca = _x_values(switched, axis, x_name), switched[col].to_numpy(float), \
                         _x_values(switched, axis, axis)
                     oka = np.isfinite(xa) & (xa > 0)
-                    alt, _, _ = _fit_forms(list(fits), xa[oka], ya[oka], ca[oka], s_settings, oracle)
+                    alt, _, _ = _fit_forms(list(fits), xa[oka], ya[oka], ca[oka], s_settings, oracle, flip, metric)
                 _, counts = np.unique(config, return_counts=True)
                 out.append(SeriesFit(sweep=sweep, model=model, axis=axis, metric=metric, x_name=x_name, fits=fits,
                                      skipped=skipped, holdout=holdout,

@@ -148,7 +148,9 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
                        label="flagged run (used)" if s.include_flagged else "flagged run (left out)")
         notes = []
         for form, f in s.fits.items():
-            st = FORM_STYLE[form]
+            st = dict(FORM_STYLE[form])
+            if f.fitted_on == "1 - y":
+                st["label"] = "1 − (E + A·x^-α)"
             if form in s.failed:
                 ax.plot(f.x_grid, f.pred, color="0.5", lw=1.0, ls="--", label=f"{st['label']} (failed)")
                 notes.append(f"{st['label']} FAILED: {s.failed[form]}")
@@ -161,6 +163,10 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
                 lo, hi = f.ci["b_per_doubling"]
                 notes.append(f"Δ per 2× {_fmt_slope(f.params['b_per_doubling'])} "
                              f"[{_fmt_slope(lo)}, {_fmt_slope(hi)}]")
+            elif f.fitted_on == "1 - y":
+                lo, hi = f.ci["E"]
+                notes.append(f"ceiling 1−E {1 - f.params['E']:.4f} [{1 - hi:.4f}, {1 - lo:.4f}], "
+                             f"α {f.params['alpha']:.2f}")
             else:
                 lo, hi = f.ci["E"]
                 notes.append(f"E {f.params['E']:.4f} [{lo:.4f}, {hi:.4f}], α {f.params['alpha']:.2f}")

@@ -349,3 +349,37 @@ def test_flagged_runs_stay_out_of_the_paper_tables(tmp_path):
     other = collect([runs]).done
     kept = other[(other["model"] == "dcnv2_din") & (other["run_id"] != rec["run_id"])]["test.ctr_uauc"].iloc[0]
     assert base["seeds"] == 1 and base["ctr_uauc abs"] == pytest.approx(kept)
+
+
+def test_saturating_hint_on_auc_fits_the_shortfall(length_clean, tmp_path):
+    """`fit: saturating` on an AUC: 1 − AUC = E + A·L^-α is fitted and drawn back in AUC; the truth is
+    recovered; a ceiling 1 − E above the Bayes AUC is a failed fit."""
+    runs = _copy(length_clean, tmp_path / "sat")
+    rng = np.random.default_rng(6)
+    for res in runs.rglob("result.json"):
+        rec = json.loads(res.read_text())
+        if not (res.parent / "DONE").exists():
+            continue
+        L = rec["axes"]["seq_len"]
+        rec["metrics"]["test"]["ctr_auc"] = 0.78 - 0.5 * L ** -0.5 + rng.normal(0, 5e-4)
+        rec["oracle"]["test"]["ctr_auc"] = 0.79
+        res.write_text(json.dumps(rec))
+    hints = {"length": override(None, metrics=("ctr_auc",), fit="saturating")}
+    an = analyze(collect([runs]), settings=SETTINGS, hints=hints)
+    s = _length_series(an)
+    f = s.fits["powerlaw"]
+    assert f.fitted_on == "1 - y" and not s.failed
+    assert f.ci["E"][0] <= 0.22 <= f.ci["E"][1] and f.ci["alpha"][0] <= 0.5 <= f.ci["alpha"][1]
+    means = {r["x"]: r["mean"] for r in f.residuals}
+    assert means[2048] == pytest.approx(0.78 - 0.5 * 2048 ** -0.5, abs=2e-3)          # residuals back in AUC
+    assert f.predict([2048])[0] == pytest.approx(0.78 - 0.5 * 2048 ** -0.5, abs=2e-3)
+    assert f.band[0][-1] <= f.pred[-1] <= f.band[1][-1] and f.pred[-1] > f.pred[0]
+    hold = [h for h in s.holdout if h["form"] == "powerlaw"][0]
+    assert hold["lo"] <= hold["observed"] <= hold["hi"]
+    for res in runs.rglob("result.json"):                        # a Bayes AUC below the fitted ceiling
+        rec = json.loads(res.read_text())
+        if rec.get("oracle"):
+            rec["oracle"]["test"]["ctr_auc"] = 0.76
+            res.write_text(json.dumps(rec))
+    bad = _length_series(analyze(collect([runs]), settings=SETTINGS, hints=hints))
+    assert "of 1 − ctr_auc" in bad.failed["powerlaw"] and "below the Bayes floor" in bad.failed["powerlaw"]
