@@ -153,7 +153,9 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
                 st["label"] = "1 − (E + A·x^-α)"
             if form in s.failed:
                 ax.plot(f.x_grid, f.pred, color="0.5", lw=1.0, ls="--", label=f"{st['label']} (failed)")
-                notes.append(f"{st['label']} FAILED: {s.failed[form]}")
+                why = s.failed[form]
+                short = "floor beyond the Bayes limit" if "Bayes" in why else why.split(":")[0]
+                notes.append(f"{st['label']} FAILED: {short}")
                 continue
             ax.plot(f.x_grid, f.pred, color=st["color"], lw=1.6, label=st["label"])
             ax.fill_between(f.x_grid, f.band[0], f.band[1], color=st["color"], alpha=0.15, lw=0,

@@ -117,8 +117,7 @@ def _provenance(an: Analysis) -> dict[str, str]:
 def series_sentence(an: Analysis, s) -> str:
     """One sentence: the series' effect, its CI, whether it is resolved, and the MDE."""
     from ..figure3 import series_label
-    head = (f"**{series_label(s)}** ({s.sweep}: {s.model} along {s.axis}"
-            + (f", on {x_label(s.x_name)}" if s.x_name != s.axis else ""))
+    head = f"**{series_label(s)}** ({s.sweep}: {s.model} along {s.axis}"
     if "loglinear" not in s.fits:
         why = s.skipped.get("loglinear") or next(iter(s.skipped.values()), "no fit requested (analysis.fit: none)")
         return f"{head}): no fit claimed. {why}."
@@ -129,7 +128,8 @@ def series_sentence(an: Analysis, s) -> str:
              else f"{f.n_configs} configs × {s.n_seeds[0]}-{s.n_seeds[1]} seeds")
     mde = s.mde.get("mde", np.nan)
     resolved = lo > 0 or hi < 0
-    text = f"{head}; {seeds}): {s.metric} {_fmt(b)} per doubling [95% CI {_fmt(lo)}, {_fmt(hi)}]"
+    text = (f"{head}; {seeds}): {s.metric} {_fmt(b)} per doubling of {x_label(s.x_name)} "
+            f"[95% CI {_fmt(lo)}, {_fmt(hi)}]")
     if not np.isfinite(mde):
         text += ("; resolved" if resolved else "; not resolved") + (
             "; the minimum detectable effect cannot be computed (one seed per configuration and < 3 configurations)")
