@@ -72,7 +72,7 @@ def write_outputs(an: Analysis, out: Path) -> dict[str, Path]:
            "flop_convention": FLOP_CONVENTION, "excluded_runs": excluded.to_dict("records"),
            "flagged_runs": quality.summarise(an.flags).drop(columns=["run_dir"]).to_dict("records"),
            "flagged_included": an.include_flagged, "notes": an.notes,
-           "hints": {k: h.describe() for k, h in an.hints.items()}, "fits": fits}
+           "hints": {k: h.describe() for k, h in an.hints.items() if h.describe()}, "fits": fits}
     doc = _finite(json.loads(json.dumps(doc, default=_json_default)))
     paths["fits"].write_text(json.dumps(doc, indent=1, allow_nan=False))
     write_csv(an.fits_table(), paths["fits_csv"])
@@ -374,7 +374,8 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
 
 
 def _methods(an: Analysis) -> str:
-    hints = "; ".join(f"{k}: {h.describe()}" for k, h in sorted(an.hints.items())) or "none found (defaults used)"
+    hints = "; ".join(f"{k}: {h.describe()}" for k, h in sorted(an.hints.items()) if h.describe()) \
+        or "none found (defaults used)"
     return "\n".join([
         f"- Fits: log-linear `m = a + b·log10(x)` for every metric with ≥ {an.settings.min_loglinear_x} distinct x "
         f"(Δ per doubling = b·log10 2); saturating `y = E + A·x^-α` for logloss with ≥ {an.settings.min_powerlaw_x} "
