@@ -23,7 +23,7 @@ import pandas as pd
 from harness.power import line_noise, mde_per_doubling, seed_noise
 
 from . import quality
-from .collect import Collection, metric_split
+from .collect import Collection, CollectError, metric_split
 from .fit import (Fit, FitSettings, fit, flip_holdout, flipped, leave_largest_out, pooled_seed_sd,
                   powerlaw_problem, saturation_point)
 from .hints import Hints
@@ -210,11 +210,15 @@ def analyze(collection: Collection, *, settings: FitSettings = FitSettings(), me
     (analysis.hints; command-line overrides already applied)."""
     hints = hints or {}
     done = collection.done
-    split = split or next((h.split for h in hints.values() if h.split), None) or metric_split(done)
+    notes: list[str] = []
+    try:
+        split = split or next((h.split for h in hints.values() if h.split), None) or metric_split(done)
+    except CollectError as err:          # nothing to fit: the report still lists what is there and why
+        split = "test"
+        notes.append(f"No fits: {err}.")
     all_metrics = tuple(dict.fromkeys([*(metrics or METRICS), *[m for h in hints.values() for m in (h.metrics or ())]]))
     flags = quality.flag_runs(done, split, [m for m in all_metrics if f"{split}.{m}" in done])
     out: list[SeriesFit] = []
-    notes: list[str] = []
     for sweep, model, axis in series_keys(done):
         h = hints.get(sweep) or Hints()
         g_all = done[(done["sweep"] == sweep) & (done["model"] == model) & (done["axis"] == axis)]

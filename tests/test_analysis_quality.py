@@ -383,3 +383,12 @@ def test_saturating_hint_on_auc_fits_the_shortfall(length_clean, tmp_path):
             res.write_text(json.dumps(rec))
     bad = _length_series(analyze(collect([runs]), settings=SETTINGS, hints=hints))
     assert "of 1 − ctr_auc" in bad.failed["powerlaw"] and "below the Bayes floor" in bad.failed["powerlaw"]
+
+
+def test_a_sweep_where_nothing_finished_still_gets_a_report(tmp_path, capsys):
+    run = tmp_path / "runs" / "length" / "abc123"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "failed", "error": "CUDA out of memory"}))
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--n-boot", "100", "--no-vector"]) == 0
+    out = capsys.readouterr().out
+    assert "No fits" in out and "CUDA out of memory" in (tmp_path / "out" / "report.html").read_text()
