@@ -3,8 +3,8 @@
 A finished run (DONE + result.json) is flagged when
   - its training loss went non-finite (NaN/inf anywhere in metrics.csv)          -> every metric
   - its training loss diverged: the median of the last 10% of logged train-loss values lost more
-    than half of the improvement the run had made (first -> best rolling median), and by more than
-    10% of the best value                                                          -> every metric
+    than half of the improvement the run had made (first -> best rolling median), by more than 10% of
+    the best value and by more than 3 per-step noise sds                          -> every metric
   - a metric is NaN, null or missing in result.json while other runs have it      -> that metric
   - it is a seed outlier of its configuration (same sweep, model, size and axes) -> that metric:
     |y - median of the config's seeds| > 6 * sigma, where sigma is the seed noise estimated robustly
@@ -29,6 +29,7 @@ import pandas as pd
 OUTLIER_K = 6.0                 # threshold in robust seed-sd units
 DIVERGE_FRACTION = 0.5          # share of the achieved improvement the tail may lose
 DIVERGE_REL = 0.10              # ... and by more than this fraction of the best value
+DIVERGE_NOISE = 3.0             # ... and by more than this many per-step noise sds
 ALL = "all"
 FLAG_COLUMNS = ["run_id", "sweep", "model", "name", "seed", "reason", "metrics", "detail", "run_dir"]
 
@@ -84,11 +85,14 @@ def training_loss_problem(path: Path) -> tuple[str, str] | None:
     v = raw
     if len(v) < 3:
         return None
-    w = max(1, min(5, len(v) // 5))
+    w = max(1, min(25, len(v) // 10)) if len(v) >= 15 else max(1, min(5, len(v) // 5))
     smooth = pd.Series(v).rolling(w, min_periods=1, center=True).median().to_numpy()
     first, best = smooth[0], float(np.min(smooth))
     tail = float(np.median(v[-max(1, len(v) // 10):]))
-    threshold = best + max(DIVERGE_FRACTION * (first - best), DIVERGE_REL * abs(best))
+    # per-step (per-batch) losses are noisy and the best rolling median is biased low by that noise:
+    # the rise must also exceed DIVERGE_NOISE x the noise sd (robust: MAD around the smoothed curve)
+    noise = 1.4826 * float(np.median(np.abs(v - smooth))) if w > 1 else 0.0
+    threshold = best + max(DIVERGE_FRACTION * (first - best), DIVERGE_REL * abs(best), DIVERGE_NOISE * noise)
     if tail > threshold:
         return "diverged", (f"{col}: last values {tail:.4g} vs best {best:.4g} (start {first:.4g}); "
                             f"more than half the improvement lost")

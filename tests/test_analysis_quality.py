@@ -125,6 +125,14 @@ def test_training_loss_rules(tmp_path):
     assert training_loss_problem(write("climb.csv", climb))[0] == "diverged"
     flat = "step,train/loss\n" + "".join(f"{s},{0.69 + 0.002 * (-1) ** s}\n" for s in range(20))
     assert training_loss_problem(write("flat.csv", flat)) is None      # did not learn, but did not diverge
+    # noisy per-batch losses of a run that learns little: the noise alone must not look like divergence
+    rng = np.random.default_rng(7)
+    noisy = 0.45 + 0.05 * np.exp(-np.arange(300) / 30) + rng.normal(0, 0.05, 300)
+    text = "step,train/loss\n" + "".join(f"{i * 10},{v:.4f}\n" for i, v in enumerate(noisy))
+    assert training_loss_problem(write("noisy.csv", text)) is None
+    blown = np.concatenate([noisy[:240], 0.9 + rng.normal(0, 0.05, 60)])     # ... and then it blows up
+    text = "step,train/loss\n" + "".join(f"{i * 10},{v:.4f}\n" for i, v in enumerate(blown))
+    assert training_loss_problem(write("blown.csv", text))[0] == "diverged"
 
 
 def test_outlier_rule_rarely_fires_on_clean_seeds_and_always_on_a_broken_one():
