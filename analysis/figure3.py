@@ -26,7 +26,10 @@ def axis_name(s: SeriesFit) -> str:
 
 
 def series_label(s: SeriesFit) -> str:
-    return f"{s.model} {axis_name(s)}" if s.model != MAIN_MODEL else axis_name(s)
+    """'length' for the main model's length sweep; the model and the sweep are added when they differ
+    from the defaults, so two series never share a label ('length (length-laptop)')."""
+    label = f"{s.model} {axis_name(s)}" if s.model != MAIN_MODEL else axis_name(s)
+    return label if s.sweep == axis_name(s) else f"{label} ({s.sweep})"
 
 
 def main_model(an: Analysis) -> str:
@@ -82,16 +85,17 @@ def decision_3a(an: Analysis, metric: str) -> tuple[list[SeriesFit], str, pd.Dat
     ranked = sorted(group, key=lambda s: -sign * s.slope()[0])
     best, rest = ranked[0], ranked[1:]
     word = "gains" if sign > 0 else "reductions"
-    parts = [f"{axis_name(s)} {_ci(*s.slope())}" for s in ranked]
+    parts = [f"{series_label(s)} {_ci(*s.slope())}" for s in ranked]
     rows, verdicts = [], []
     for s in rest:
         d, lo, hi = difference(best, s)
         resolved = lo > 0 or hi < 0
         rows.append({"first": series_label(best), "second": series_label(s), "metric": metric,
                      "difference per 2x FLOPs": d, "lo": lo, "hi": hi, "resolved": resolved})
-        verdicts.append(f"over {axis_name(s)} by {_ci(d, lo, hi)}: " + ("resolved" if resolved else "not resolved (the CI includes 0)"))
+        verdicts.append(f"over {series_label(s)} by {_ci(d, lo, hi)}: " + ("resolved" if resolved else "not resolved (the CI includes 0)"))
     sentence = (f"Per doubling of training FLOPs ({metric}, 95% CIs): {'; '.join(parts)}. "
-                f"**{axis_name(best).capitalize()} buys the most per FLOP** (largest {word}); its lead "
+                f"**{series_label(best)[:1].upper() + series_label(best)[1:]} buys the most per FLOP** (largest {word}); "
+                "its lead "
                 + "; ".join(verdicts) + ".")
     if not any(r["resolved"] for r in rows):
         sentence += " The CIs do not separate the axes: more seeds or configurations are needed to choose."
@@ -117,7 +121,7 @@ def decision_3b(an: Analysis, metric: str) -> tuple[list[SeriesFit], list[Series
             rows.append({"ours": series_label(o), "baseline": series_label(b), "metric": metric,
                          "ours per 2x FLOPs": o.slope()[0], "baseline per 2x FLOPs": b.slope()[0],
                          "difference": d, "lo": lo, "hi": hi, "resolved": resolved})
-            lines.append(f"{mm} {axis_name(o)} − {series_label(b)}: {_ci(d, lo, hi)} per doubling of FLOPs ("
+            lines.append(f"{mm} {series_label(o)} − {series_label(b)}: {_ci(d, lo, hi)} per doubling of FLOPs ("
                          + (("steeper" if steeper else "shallower") + ", resolved" if resolved else "not resolved")
                          + ")")
     sentence = (f"Slope differences on training FLOPs ({metric}, 95% CIs): " + "; ".join(lines) + ".")
