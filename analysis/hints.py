@@ -82,8 +82,8 @@ def read_sweep_file(path: str | Path) -> tuple[str, Hints | None]:
 def find_hints(run_dirs, sweep_files=()) -> tuple[dict[str, Hints], list[str]]:
     """Hints per sweep label: explicit sweep files first, then `.sweep/sweep.yaml` beside the runs.
 
-    Returns (hints by sweep name, warnings). A sweep folder `<name>-<preset>` (a preset's runs) carries
-    the sweep's name in result.json, so hints are keyed by the name inside the file."""
+    Returns (hints by sweep label, warnings): keyed by the name inside the file and by the sweep folder's
+    name (a preset's runs, in `<name>-<preset>/`, carry the folder's name as their sweep label)."""
     hints: dict[str, Hints] = {}
     warnings: list[str] = []
     for f in sweep_files:
@@ -99,8 +99,10 @@ def find_hints(run_dirs, sweep_files=()) -> tuple[dict[str, Hints], list[str]]:
         except HintError as err:
             warnings.append(f"analysis hints not used: {err}")
             continue
-        if h is not None and name not in hints:
-            hints[name] = h
+        if h is not None:
+            # runs of a preset land in <name>-<preset>/ and carry that folder's name as their sweep label
+            for key in dict.fromkeys([name, parent.name]):
+                hints.setdefault(key, h)
     return hints, warnings
 
 

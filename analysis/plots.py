@@ -56,14 +56,14 @@ def si(v: float) -> str:
     return f"{v:.3g}"
 
 
-def thin_ticks(values, max_labels: int = 6, span: float | None = None) -> list[float]:
-    """Data values as ticks, dropping those closer (in log10) than span / max_labels to the last kept
-    one, so labels never overlap; the largest value is always kept."""
+def thin_ticks(values, max_labels: int = 6, span: float | None = None, min_gap: float | None = None) -> list[float]:
+    """Data values as ticks, dropping those closer (in log10) than min_gap (default span / max_labels)
+    to the last kept one, so labels never overlap; the largest value is always kept."""
     v = sorted({float(x) for x in values if np.isfinite(x) and x > 0})
     if len(v) <= 2:
         return v
     span = span or max(np.log10(v[-1] / v[0]), 1e-9)
-    gap = span / max_labels
+    gap = min_gap if min_gap is not None else span / max_labels
     kept = [v[0]]
     for x in v[1:]:
         if np.log10(x / kept[-1]) >= gap:
@@ -77,8 +77,9 @@ def thin_ticks(values, max_labels: int = 6, span: float | None = None) -> list[f
 
 
 def _log_x_axis(ax, xs=None, max_labels: int = 6) -> None:
-    """Log x-axis that stays readable: ticks at the data's x-values (thinned so labels never overlap)
-    with SI labels when there are few of them, else 1-2-5 ticks; never an axis without ticks."""
+    """Log x-axis that stays readable: ticks at the data's x-values with SI labels when there are few of
+    them, thinned so that labels never overlap (from the axes' width in inches and the labels' length),
+    else 1-2-5 ticks; never an axis without ticks."""
     ax.set_xscale("log")
     fmt = matplotlib.ticker.FuncFormatter(lambda v, _pos: si(v))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -86,8 +87,14 @@ def _log_x_axis(ax, xs=None, max_labels: int = 6) -> None:
     if vals is not None and 1 <= len(vals) <= 12:
         lo, hi = ax.get_xlim()
         span = np.log10(max(hi, vals.max()) / max(min(lo, vals.min()), 1e-300)) if lo > 0 else None
+        width_in = ax.get_position().width * ax.figure.get_figwidth()
+        chars = max(len(si(v)) for v in vals)
+        min_gap = None
+        if span and width_in > 0:
+            min_gap = max(span / 12, (0.09 * chars + 0.2) / width_in * span)   # ~0.09 in per character at 10 pt
+            min_gap = min(min_gap, span / max(2, min(max_labels, 3)))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_xticks(thin_ticks(vals, max_labels, span))
+        ax.set_xticks(thin_ticks(vals, max_labels, span, min_gap))
     else:
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
     ax.xaxis.set_major_formatter(fmt)

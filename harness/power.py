@@ -131,7 +131,8 @@ def sweep_mde_lines(sweep, rows) -> list[str]:
                 continue
             seeds = len(group) / max(res["n_configs"], 1)
             lines.append(f"MDE {label}: {metric} {res['mde']:.2g} per doubling of {x_name} (95% confidence, 80% power) "
-                         f"for the planned {res['n_configs']} configs x {seeds:g} seeds; sigma {res['sigma']:.2g} "
+                         f"for the planned {res['n_configs']} configs x {seeds:g} seed{'' if seeds == 1 else 's'}; "
+                         f"sigma {res['sigma']:.2g} "
                          f"({res['source']}, {res['dof']} dof) from {res['n_finished']} finished runs")
     if not lines and rows:
         lines.append("MDE: not shown (needs finished runs of these configurations in the sweep folder: >= 2 seeds "
