@@ -400,3 +400,12 @@ def test_a_sweep_where_nothing_finished_still_gets_a_report(tmp_path, capsys):
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--n-boot", "100", "--no-vector"]) == 0
     out = capsys.readouterr().out
     assert "No fits" in out and "CUDA out of memory" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_hints_of_a_preset_folder_reach_its_runs(tmp_path):
+    """harness.sweep puts a preset's runs in <name>-<preset>/ and labels them with that folder name."""
+    f = tmp_path / "length-ci" / ".sweep" / "sweep.yaml"
+    f.parent.mkdir(parents=True)
+    f.write_text("name: length\nanalysis: {x: data.seq_len, metrics: [val.ctr_auc], fit: none}\n")
+    found, _ = find_hints([tmp_path / "length-ci" / "abc"])
+    assert found["length-ci"].fit == "none" and found["length-ci"].split == "val" and found["length"].x == "seq_len"
