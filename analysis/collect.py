@@ -48,8 +48,10 @@ def find_run_dirs(root: Path) -> list[Path]:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CollectError(f"{path}: not valid JSON ({err}); fix or delete the file and rerun the run") from err
+    except OSError as err:
+        raise CollectError(f"{path}: cannot be read ({err})") from err
 
 
 def _flatten(result: dict, path: Path) -> dict:
@@ -95,11 +97,33 @@ def _num(value) -> float:
 
 
 def _read_run(run_dir: Path) -> dict:
+    """One row per run folder. A file that cannot be read never aborts the collection: the row gets
+    status 'corrupt' and the error names the file (the report lists it, the CLI exit code says so)."""
     status_path, result_path = run_dir / "status.json", run_dir / "result.json"
-    status = _read_json(status_path) if status_path.exists() else {}
+    status_error = None
+    try:
+        status = _read_json(status_path) if status_path.exists() else {}
+        if not isinstance(status, dict):
+            raise CollectError(f"{status_path}: expected a JSON object, got {type(status).__name__}")
+    except CollectError as err:
+        status, status_error = {}, str(err)
     done_marker = (run_dir / "DONE").exists()
     if result_path.exists() and done_marker:
-        row = _flatten(_read_json(result_path), result_path)
+        try:
+            result = _read_json(result_path)
+            if not isinstance(result, dict):
+                raise CollectError(f"{result_path}: expected a JSON object, got {type(result).__name__}")
+            row = _flatten(result, result_path)
+        except (TypeError, AttributeError) as err:
+            row = {"run_id": run_dir.name, "name": None, "status": "corrupt",
+                   "error": f"{result_path}: malformed record ({type(err).__name__}: {err}); "
+                            "result.json must follow docs/contracts.md §5"}
+            row.update(_labels_from_config(run_dir / "config.yaml"))
+        except CollectError as err:
+            row = {"run_id": run_dir.name, "name": None, "status": "corrupt", "error": str(err),
+                   "attempts": status.get("attempts")}
+            row.update(_labels_from_config(run_dir / "config.yaml"))
+            _variant_label(row)
     else:
         # not finished: keep the row, say why, take labels from whatever is there
         state = status.get("state") or ("incomplete" if result_path.exists() else "missing")
@@ -118,6 +142,12 @@ def _read_run(run_dir: Path) -> dict:
                 row.update({k: partial.get(k) for k in ("name", "sweep", "axis", "model", "size", "seed") if partial.get(k) is not None})
             except CollectError as err:
                 row["error"] = f"{reason}; {err}"
+    if status_error and row["status"] == "done":
+        row["_warning"] = f"{status_error} (the run's result.json is fine and is used)"
+    elif status_error:
+        row["error"] = f"{row.get('error')}; {status_error}"
+    if row["status"] != "done" and not row.get("sweep"):
+        row["sweep"] = run_dir.parent.name      # runs land in <runs>/<sweep>/<run_id>/
     row["run_dir"] = str(run_dir)
     return row
 
@@ -148,6 +178,7 @@ def collect(roots: list[str | Path]) -> Collection:
             raise CollectError(f"{root}: no run folders (no result.json, status.json or config.yaml below it); "
                                "is this the right runs directory?")
         rows.extend(_read_run(d) for d in run_dirs)
+    warnings += [r.pop("_warning") for r in rows if "_warning" in r]
     runs = pd.DataFrame(rows)
     for col in ("sweep", "axis", "model", "size", "name", "error", "seed"):
         if col not in runs:
@@ -175,3 +206,19 @@ def x_value(runs: pd.DataFrame, axis: str) -> pd.Series:
     if col not in runs:
         raise CollectError(f"axis {axis!r}: no column {col!r}; result.json['axes'] must hold the swept value")
     return pd.to_numeric(runs[col], errors="coerce")
+
+
+def read_metrics_csv(path: Path) -> pd.DataFrame | None:
+    """metrics.csv as a wide frame (step + one column per metric). The harness writes long form
+    (`step,metric,value,time`, harness/runstore.py); wide form (Lightning CSVLogger) is accepted too.
+    None when the file has no step column (unreadable for curves; the report just omits it)."""
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    if "step" not in df:
+        return None
+    if {"metric", "value"} <= set(df.columns):
+        df = df.pivot_table(index="step", columns="metric", values="value", aggfunc="last").reset_index()
+        df.columns.name = None
+    return df

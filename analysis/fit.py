@@ -14,7 +14,7 @@ leave-one-config-out cross-validated RMSE of the config means; both are reported
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -31,6 +31,7 @@ class FitSettings:
     level: float = 0.95             # interval level
     huber_delta: float = 1e-3       # Chinchilla / Epoch value, on log residuals
     min_powerlaw_x: int = 5         # a 3-parameter saturating law is not identified with fewer x-values
+    min_loglinear_x: int = 3        # a line through 2 points always fits: no claim without a third
     boot_starts: int = 2            # starts per bootstrap refit (the best point-fit starts)
     grid_points: int = 60           # x-grid of the prediction band
     extrapolate: float = 2.0        # the band runs to max(x) * extrapolate
@@ -52,12 +53,16 @@ class Fit:
     band: tuple[np.ndarray, np.ndarray]
     residuals: list[dict]                                   # per config: x, mean, fitted, residual
     boot: dict[str, np.ndarray] = field(repr=False)         # parameter replicates
+    fitted_on: str = "y"            # "1 - y": a saturating law of a higher-is-better metric (1 - AUC);
+                                    # params/ci are of 1 - y, pred/band/residuals/predict() of y
 
     def predict(self, x) -> np.ndarray:
-        return predict(self.form, self.params, np.asarray(x, dtype=float))
+        p = predict(self.form, self.params, np.asarray(x, dtype=float))
+        return 1.0 - p if self.fitted_on == "1 - y" else p
 
     def to_dict(self) -> dict:
-        return {"form": self.form, "params": self.params, "ci": {k: list(v) for k, v in self.ci.items()},
+        return {"form": self.form, "fitted_on": self.fitted_on, "params": self.params,
+                "ci": {k: list(v) for k, v in self.ci.items()},
                 "gof": self.gof, "n_points": self.n_points, "n_configs": self.n_configs,
                 "seeds_per_config": list(self.seeds_per_config), "n_boot": self.n_boot,
                 "n_boot_failed": self.n_boot_failed, "residuals": self.residuals}
@@ -181,8 +186,9 @@ def fit(x, y, config=None, *, form: str = "loglinear", settings: FitSettings = F
         if n_x < settings.min_powerlaw_x:
             raise ValueError(f"the saturating power law needs >= {settings.min_powerlaw_x} distinct x-values, "
                              f"got {n_x}: 3 parameters are not identified; use the log-linear form")
-    elif n_x < 2:
-        raise ValueError("a log-linear fit needs >= 2 distinct x-values")
+    elif n_x < settings.min_loglinear_x:
+        raise ValueError(f"a log-linear fit needs >= {settings.min_loglinear_x} distinct x-values, got {n_x}: "
+                         "a line through 2 points fits exactly (R² = 1) and tests nothing; add configurations")
 
     labels, inv, counts, xm, ym = _config_stats(x, y, config)
     params, raw, optima = _point_fit(form, x, y, np.ones_like(y), settings)
@@ -365,3 +371,40 @@ def saturation_point(params: dict[str, float], seed_sd: float) -> float:
     if seed_sd <= 0 or params["alpha"] <= 0 or gain_coef <= 0:
         return float("nan")
     return float((gain_coef / seed_sd) ** (1.0 / params["alpha"]))
+
+
+def flipped(f: Fit) -> Fit:
+    """A fit of 1 - y expressed in y: curve, band and residuals flipped; params stay those of 1 - y."""
+    res = [{**r, "mean": 1.0 - r["mean"], "fitted": 1.0 - r["fitted"], "residual": -r["residual"]}
+           for r in f.residuals]
+    return replace(f, pred=1.0 - f.pred, band=(1.0 - f.band[1], 1.0 - f.band[0]), residuals=res, fitted_on="1 - y")
+
+
+def flip_holdout(rows: list[dict]) -> list[dict]:
+    """leave_largest_out rows of a fit of 1 - y, back in y."""
+    out = []
+    for r in rows:
+        obs, pred = 1.0 - r["observed"], 1.0 - r["predicted"]
+        out.append({**r, "observed": obs, "predicted": pred, "lo": 1.0 - r["hi"], "hi": 1.0 - r["lo"],
+                    "abs_rel_error": abs(pred - obs) / abs(obs) if obs != 0 else float("nan")})
+    return out
+
+
+def powerlaw_problem(f: Fit, floor: float | None = None, quantity: str = "") -> str | None:
+    """Why a saturating fit must not be read as a law: a parameter at its optimiser bound, or a fitted
+    floor E whose whole 95% interval lies below the Bayes floor (impossible: no model beats it).
+    `floor` is the Bayes value of the fitted quantity (the oracle logloss). None when the fit is usable."""
+    p = f.params
+    e, a0, alpha = np.log(max(p["E"], 1e-300)), np.log(max(p["A_at_x0"], 1e-300)), p["alpha"]
+    if alpha >= 10.0 - 1e-3:
+        return "α at its upper bound (10): the decay is not identified"
+    if alpha <= 1e-3:
+        return "α at its lower bound (0): no decay, the curve is a constant"
+    if e <= -30.0 + 0.05:
+        return "E at its lower bound (0): no floor identified"
+    if a0 <= -30.0 + 0.05:
+        return "A at its lower bound (0): no scaling term"
+    if floor is not None and np.isfinite(floor) and f.ci["E"][1] < floor:
+        return (f"fitted floor{' of ' + quantity if quantity else ''} E = {p['E']:.4g} [{f.ci['E'][0]:.4g}, "
+                f"{f.ci['E'][1]:.4g}] lies below the Bayes floor {floor:.4g}: impossible")
+    return None

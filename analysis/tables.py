@@ -13,24 +13,38 @@ from . import paper_numbers as paper
 PAPER_METRICS = paper.METRICS
 
 
-def config_table(done: pd.DataFrame, split: str) -> pd.DataFrame:
-    """One row per configuration: axis values, seeds, mean ± sd of each metric, params, TFLOPs, throughput."""
+def config_table(done: pd.DataFrame, split: str, flags: pd.DataFrame | None = None,
+                 include_flagged: bool = False) -> pd.DataFrame:
+    """One row per configuration: axis values, runs, flagged runs, mean ± seed sd of each metric over the
+    runs the fits use (flagged ones left out unless include_flagged; NaN values never count), params,
+    TFLOPs, throughput. One seed: the sd is 'n/a' (seed noise not measured), never 0."""
+    from .quality import excluded_for
     if done.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=["sweep", "model", "size", "runs"])
     axis_cols = [c for c in done.columns if c.startswith("axes.")]
     keys = ["sweep", "model", "size"] + axis_cols
     d = done.copy()
     d[axis_cols] = d[axis_cols].astype(object).where(d[axis_cols].notna(), "")
+    flags = flags if flags is not None else pd.DataFrame(columns=["run_id", "metrics"])
+    flagged_any = set(flags["run_id"]) if len(flags) else set()
     rows = []
     for key, g in d.groupby(keys, dropna=False, sort=True):
         row = dict(zip(["sweep", "model", "size"] + [c[5:] for c in axis_cols], key))
         row = {k: v for k, v in row.items() if v != ""}
-        row["seeds"] = len(g)
+        row["runs"] = len(g)
+        row["flagged"] = int(g["run_id"].isin(flagged_any).sum())
         for m in ("ctr_auc", "ctr_uauc", "ctr_logloss", "cvr_auc", "cvr_uauc", "cvr_logloss"):
             col = f"{split}.{m}"
-            if col in g and g[col].notna().any():
-                sd = g[col].std(ddof=1) if len(g) > 1 else np.nan
-                row[m] = f"{g[col].mean():.4f} ± {sd:.4f}" if np.isfinite(sd) else f"{g[col].mean():.4f}"
+            if col not in g or not g[col].notna().any():
+                continue
+            use = g if include_flagged else g[~g["run_id"].isin(excluded_for(flags, m))]
+            v = use[col].dropna()
+            if len(v) == 0:
+                row[m] = "all flagged"
+            elif len(v) == 1:
+                row[m] = f"{v.iloc[0]:.4f} (1 seed, sd n/a)"
+            else:
+                row[m] = f"{v.mean():.4f} ± {v.std(ddof=1):.4f} ({len(v)})"
         row["dense params (M)"] = _mean(g, "params.dense") / 1e6
         row["embedding params (M)"] = _mean(g, "params.embedding") / 1e6
         row["train TFLOPs"] = _mean(g, "train_flops") / 1e12
@@ -180,28 +194,40 @@ def problems_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def fits_display(fits: pd.DataFrame) -> pd.DataFrame:
-    """Compact fit table: estimate [95% CI] strings, goodness of fit, n."""
-    if fits.empty:
-        return fits
+    """Compact fit table: estimate [95% CI] strings, with/without flagged runs, MDE, goodness of fit, n."""
+    if fits.empty or "form" not in fits:
+        return pd.DataFrame(columns=["series", "x", "metric", "form"])
+
     def ci(r, p, fmt):
         if p not in r or pd.isna(r[p]):
             return ""
         return f"{r[p]:{fmt}} [{r[p + '_lo']:{fmt}}, {r[p + '_hi']:{fmt}}]"
     rows = []
     for _, r in fits.iterrows():
+        seeds = str(r["seeds/config"])
+        lo_s, _, hi_s = seeds.partition("-")
         row = {"series": f"{r['sweep']}/{r['model']}/{r['axis']}", "x": r["x"], "metric": r["metric"],
-               "form": r["form"], "configs×seeds": f"{r['n_configs']}×{r['seeds/config']}", "boot": r["n_boot"]}
+               "form": r["form"], "configs×seeds": f"{r['n_configs']}×{lo_s if lo_s == hi_s else seeds}",
+               "runs fitted": r["n_runs"], "boot": r["n_boot"], "status": r["status"]}
         if r["form"] == "loglinear":
             row["Δ per doubling [95% CI]"] = ci(r, "b_per_doubling", "+.5f")
+            row["MDE per doubling"] = "" if pd.isna(r.get("mde_per_doubling")) else f"{r['mde_per_doubling']:.2g}"
+            for tag in ("with_flagged", "without_flagged"):
+                if f"b_per_doubling_{tag}" in r and pd.notna(r[f"b_per_doubling_{tag}"]):
+                    row[f"Δ per doubling {tag.replace('_', ' ')}"] = ci(r, f"b_per_doubling_{tag}", "+.5f")
             row["Δ per decade"] = ci(r, "b", "+.5f")
         else:
             row["floor E"] = ci(r, "E", ".4f")
             row["α"] = ci(r, "alpha", ".3f")
             row["oracle"] = "" if pd.isna(r.get("oracle")) else f"{r['oracle']:.4f}"
-            row["x where gain/doubling < seed sd"] = f"{r['x_saturation']:.3g}"
+            xs = r.get("x_saturation")
+            row["x where gain/doubling < seed sd"] = "" if pd.isna(xs) else f"{xs:.3g}"
+        for tag in ("flagged_excluded", "flagged_included"):
+            if tag in r and pd.notna(r[tag]) and r[tag]:
+                row[tag.replace("_", " ")] = int(r[tag])
         cv = "n/a (too few configs)" if pd.isna(r["cv_rmse"]) else f"{r['cv_rmse']:.2e}"
+        sd = "n/a (1 seed)" if pd.isna(r["seed_sd"]) else f"{r['seed_sd']:.2e}"
         row.update({"R²": f"{r['r2_means']:.3f}", "RMSE": f"{r['rmse_means']:.2e}", "AIC": f"{r['aic']:.1f}",
-                    "CV RMSE": cv, "seed sd": f"{r['seed_sd']:.2e}",
-                    "chosen": "✓" if r["chosen"] else ""})
+                    "CV RMSE": cv, "seed sd": sd, "chosen": "✓" if r["chosen"] else ""})
         rows.append(row)
     return pd.DataFrame(rows).fillna("")

@@ -293,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     if note:
         print(note)
+    if args.dry_run:        # how small an effect this plan can detect, from earlier runs of its configs
+        from harness.power import sweep_mde_lines
+        for line in sweep_mde_lines(sweep, rows):
+            print(line)
     if command in ("status", "plan"):
         if command == "status":
             print_results(rows)

@@ -274,20 +274,7 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
     if "default" not in resources:
         raise SweepFileError(f"{where}: 'resources' must define a 'default' class (used when no rule matches)")
 
-    analysis = None
-    if data.get("analysis") is not None:
-        a = data["analysis"]
-        if not isinstance(a, Mapping):
-            raise SweepFileError(f"{where}: 'analysis' must be a mapping with x, metrics, fit")
-        _check_keys("analysis.", a, ANALYSIS_KEYS, path)
-        if "x" not in a:
-            raise SweepFileError(f"{where}: analysis.x is required (a dotted config key, or 'flops' / 'params')")
-        fit = str(a.get("fit", "none"))
-        if fit not in FIT_FORMS:
-            raise SweepFileError(f"{where}: analysis.fit {fit!r} is not a fit form.{_closest(fit, FIT_FORMS)}")
-        metrics = a.get("metrics", ["test.ctr_uauc"])
-        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-        analysis = Analysis(x=str(a["x"]), metrics=tuple(metrics), fit=fit, baseline=a.get("baseline"))
+    analysis = parse_analysis(data.get("analysis"), where, path)
 
     include_base = data.get("include_base", True)
     if not isinstance(include_base, bool):
@@ -299,6 +286,23 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
                  grid=grid, zip=zips, baselines=baselines, include_base=include_base, seeds=list(seeds),
                  resources=resources, resource_rules=rules, analysis=analysis, set=sets,
                  presets=tuple(presets_raw))
+
+
+def parse_analysis(a: Any, where: Any, path: Path | None) -> Analysis | None:
+    """The `analysis:` hints of a sweep file (None when absent); read by analysis/hints.py too."""
+    if a is None:
+        return None
+    if not isinstance(a, Mapping):
+        raise SweepFileError(f"{where}: 'analysis' must be a mapping with x, metrics, fit")
+    _check_keys("analysis.", a, ANALYSIS_KEYS, path)
+    if "x" not in a:
+        raise SweepFileError(f"{where}: analysis.x is required (a dotted config key, or 'flops' / 'params')")
+    fit = str(a.get("fit", "none"))
+    if fit not in FIT_FORMS:
+        raise SweepFileError(f"{where}: analysis.fit {fit!r} is not a fit form.{_closest(fit, FIT_FORMS)}")
+    metrics = a.get("metrics", ["test.ctr_uauc"])
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    return Analysis(x=str(a["x"]), metrics=tuple(metrics), fit=fit, baseline=a.get("baseline"))
 
 
 def _parse_grid(raw: Any, where_key: str, where: Any, unique: bool = True) -> dict[str, list[Any]]:

@@ -63,16 +63,25 @@ def test_bad_input_names_file_and_fix(tmp_path, length_runs):
     with pytest.raises(CollectError, match="no run folders"):
         collect([tmp_path / "empty"])
     bad = make_runs(tmp_path / "bad", only="width")
+    n_runs = len(collect([bad]).done)
     res = next(bad.rglob("result.json"))
     before = res.read_text()[:10]
-    res.write_text(before)                    # truncated file
-    with pytest.raises(CollectError, match=str(res).replace("\\", "\\\\") + ".*not valid JSON"):
-        collect([bad])
+    res.write_text(before)                    # truncated file, with DONE beside it
+    c = collect([bad])                        # does not abort: the run is listed as corrupt, with its path
+    assert len(c.done) == n_runs - 1
+    corrupt = c.problems[c.problems["status"] == "corrupt"]
+    assert len(corrupt) == 1 and str(res) in corrupt.iloc[0]["error"] and "not valid JSON" in corrupt.iloc[0]["error"]
+    assert corrupt.iloc[0]["sweep"] == "width"              # labels from config.yaml
     assert res.read_text() == before          # nothing destroyed
     rec_path = next(p for p in bad.rglob("result.json") if p != res)
     rec = json.loads(rec_path.read_text())
     del rec["metrics"]
     rec_path.write_text(json.dumps(rec))
-    res.write_text(json.dumps({**rec, "metrics": {}}))
-    with pytest.raises(CollectError, match="'metrics' missing.*contracts.md"):
-        collect([bad])
+    c = collect([bad])
+    assert (c.problems["status"] == "corrupt").sum() == 2
+    assert c.problems["error"].str.contains("'metrics' missing.*contracts.md").any()
+    # a status.json that is not JSON next to a good result: the result is used, a warning names the file
+    status = next(p for p in bad.rglob("status.json") if p.parent not in (res.parent, rec_path.parent))
+    status.write_text("{")
+    c = collect([bad])
+    assert len(c.done) == n_runs - 2 and any(str(status) in w for w in c.warnings)

@@ -20,9 +20,10 @@ from analysis.report.build import build_report, write_outputs  # noqa: E402
 from analysis.report.html import render_html  # noqa: E402
 from analysis.report.markdown import parse_pipe_table, pipe_table, render_markdown  # noqa: E402
 
-SECTIONS = ["Summary", "Runs that did not finish", "Scaling along each axis", "All axes and baselines on training FLOPs",
-            "Fit diagnostics", "Bayes ceiling vs fitted floor", "Paper tables (ours beside the paper's)",
-            "Training curves", "Per-configuration results", "Provenance"]
+SECTIONS = ["Conclusions", "Flagged and left-out runs", "Figure 3: which axis buys the most per FLOP",
+            "Scaling along each axis", "All series on training FLOPs", "Fit diagnostics", "Bayes ceiling vs fitted floor",
+            "Paper tables (ours beside the paper's)", "Training curves", "Per-configuration results", "Methods",
+            "Provenance"]
 METRICS = ("ctr_uauc", "ctr_logloss")        # two metrics keep the test fast; the CLI default is all six
 SETTINGS = FitSettings(n_boot=200, seed=3)
 
@@ -52,7 +53,7 @@ def test_every_section_renders(rendered):
     figs = spec.figures()
     assert len(figs) >= 9
     assert html.count('<img alt="') == len(figs) == md.count("![")
-    for name in ("scaling_length_onetrans_seq_len", "flops_overlay", "holdout_parity", "ablation_bars", "curves_length"):
+    for name in ("scaling_length_onetrans_seq_len", "figure3a", "holdout_parity", "ablation_bars", "curves_length"):
         assert any(f.name == name for f in figs), name
     for t in ("table2", "table3", "table5", "problems", "fits_powerlaw", "floor_vs_oracle", "configs"):
         assert any(tb.name == t for tb in spec.tables()), t

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .. import plots, tables
-from ..analyze import Analysis
+from .. import quality
+from ..analyze import Analysis, x_label
 from .spec import Figure, ReportSpec, Section, Table, Text
 
 FLOP_CONVENTION = ("training FLOPs = result.json flops.train_total, else flops.train_per_example × "
@@ -20,6 +21,17 @@ FLOP_CONVENTION = ("training FLOPs = result.json flops.train_total, else flops.t
                    "see docs/contracts.md §5)")
 DELTA_CONVENTION = ("Deltas: 'rel%' = (m / m_ref − 1)·100 and 'pts' = (m − m_ref)·100; the paper does not say "
                     "which one its '+x%' means (spec §3), so both are given beside the paper's value.")
+
+
+def _finite(o):
+    """Strict JSON: NaN/inf -> null, recursively (json.dumps would write the non-standard NaN)."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not np.isfinite(o):
+        return None
+    return o
 
 
 def _json_default(o):
@@ -33,26 +45,39 @@ def _json_default(o):
 
 
 def write_outputs(an: Analysis, out: Path) -> dict[str, Path]:
-    """The machine-readable outputs (anchors.md §3.8); deterministic given inputs and bootstrap seed."""
+    """The machine-readable outputs (anchors.md §3.8); deterministic given inputs and bootstrap seed.
+    Every CSV is readable by pandas (header-only when empty)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"runs": out / "runs.csv", "fits": out / "fits.json", "predictions": out / "predictions.csv"}
-    an.collection.runs.to_csv(paths["runs"], index=False)
+    paths = {"runs": out / "runs.csv", "fits": out / "fits.json", "fits_csv": out / "fits.csv",
+             "predictions": out / "predictions.csv", "flagged": out / "flagged.csv"}
+    write_csv(an.collection.runs, paths["runs"])
     fits = []
     for s in an.series:
         for form, f in s.fits.items():
+            alt = s.alt_fits.get(form)
             fits.append({"sweep": s.sweep, "model": s.model, "axis": s.axis, "x": s.x_name, "metric": s.metric,
                          "split": an.split, "seed_sd": s.seed_sd, "oracle": s.oracle, "chosen_form": s.best_form(),
+                         "failed": s.failed.get(form), "mde_per_doubling": s.mde if form == "loglinear" else None,
+                         "flagged_runs": list(s.excluded), "flagged_included": s.include_flagged,
+                         ("fit_with_flagged" if not s.include_flagged else "fit_without_flagged"):
+                             alt.to_dict() if alt is not None else None,
                          **f.to_dict()})
         for form, why in s.skipped.items():
             fits.append({"sweep": s.sweep, "model": s.model, "axis": s.axis, "x": s.x_name, "metric": s.metric,
                          "form": form, "skipped": why})
+    excluded = tables.problems_table(an.collection.runs).drop(columns=["run_dir"], errors="ignore")
     doc = {"bootstrap": {"n_boot": an.settings.n_boot, "seed": an.settings.seed, "level": an.settings.level,
                          "scheme": "two-level cluster bootstrap: configs with replacement, then seeds within"},
            "huber_delta": an.settings.huber_delta, "model_choice": "leave-one-config-out CV RMSE (AIC/BIC also given)",
-           "flop_convention": FLOP_CONVENTION, "excluded_runs": tables.problems_table(an.collection.runs)
-           .drop(columns=["run_dir"], errors="ignore").to_dict("records"), "fits": fits}
-    paths["fits"].write_text(json.dumps(doc, indent=1, default=_json_default))
-    an.holdout_table().to_csv(paths["predictions"], index=False)
+           "flop_convention": FLOP_CONVENTION, "excluded_runs": excluded.to_dict("records"),
+           "flagged_runs": quality.summarise(an.flags).drop(columns=["run_dir"]).to_dict("records"),
+           "flagged_included": an.include_flagged, "notes": an.notes,
+           "hints": {k: h.describe() for k, h in an.hints.items() if h.describe()}, "fits": fits}
+    doc = _finite(json.loads(json.dumps(doc, default=_json_default)))
+    paths["fits"].write_text(json.dumps(doc, indent=1, allow_nan=False))
+    write_csv(an.fits_table(), paths["fits_csv"])
+    write_csv(an.holdout_table(), paths["predictions"])
+    write_csv(quality.summarise(an.flags), paths["flagged"])
     return paths
 
 
@@ -89,8 +114,77 @@ def _provenance(an: Analysis) -> dict[str, str]:
             "python": platform.python_version(), "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def series_sentence(an: Analysis, s) -> str:
+    """One sentence: the series' effect, its CI, whether it is resolved, and the MDE."""
+    from ..figure3 import series_label
+    head = f"**{series_label(s)}** ({s.sweep}: {s.model} along {s.axis}"
+    if "loglinear" not in s.fits:
+        why = s.skipped.get("loglinear") or next(iter(s.skipped.values()), "no fit requested (analysis.fit: none)")
+        return f"{head}): no fit claimed. {why}."
+    f = s.fits["loglinear"]
+    b, lo, hi = s.slope()
+    seeds = (f"{f.n_configs} configs × {s.n_seeds[0]} seed{'' if s.n_seeds[0] == 1 else 's'}"
+             if s.n_seeds[0] == s.n_seeds[1]
+             else f"{f.n_configs} configs × {s.n_seeds[0]}-{s.n_seeds[1]} seeds")
+    mde = s.mde.get("mde", np.nan)
+    resolved = lo > 0 or hi < 0
+    text = (f"{head}; {seeds}): {s.metric} {_fmt(b)} per doubling of {x_label(s.x_name)} "
+            f"[95% CI {_fmt(lo)}, {_fmt(hi)}]")
+    if not np.isfinite(mde):
+        text += ("; resolved" if resolved else "; not resolved") + (
+            "; the minimum detectable effect cannot be computed (one seed per configuration and < 3 configurations)")
+    elif resolved:
+        text += f"; resolved (MDE {mde:.2g}: the sweep detects gains ≥ that per doubling with 80% power)"
+    elif abs(b) < mde:
+        text += (f"; not resolved. The sweep detects effects ≥ {mde:.2g} per doubling with 80% power (MDE), so an "
+                 "effect, if any, is likely smaller than that; smaller ones need more seeds (MDE ∝ 1/√seeds) "
+                 "or a wider grid")
+    else:
+        text += (f"; not resolved although the estimate exceeds the MDE ({mde:.2g}, from seed noise): the "
+                 "configuration means scatter around the line more than seed noise explains, or there are too "
+                 "few configurations for the cluster bootstrap; add configurations")
+    if s.n_seeds[1] <= 1:
+        text += " (one seed per configuration: seed noise not measured; the MDE uses the scatter around the line)"
+    if s.excluded and not s.include_flagged and "loglinear" in s.alt_fits:
+        a = s.alt_fits["loglinear"]
+        text += (f". {_runs(len(s.excluded))} flagged and left out; with {'it' if len(s.excluded) == 1 else 'them'}: {_fmt(a.params['b_per_doubling'])} "
+                 f"[{_fmt(a.ci['b_per_doubling'][0])}, {_fmt(a.ci['b_per_doubling'][1])}]")
+    elif s.excluded and s.include_flagged and "loglinear" in s.alt_fits:
+        a = s.alt_fits["loglinear"]
+        text += (f". {_runs(len(s.excluded))} flagged and included (--include-flagged); without "
+                 f"{'it' if len(s.excluded) == 1 else 'them'}: "
+                 f"{_fmt(a.params['b_per_doubling'])} [{_fmt(a.ci['b_per_doubling'][0])}, "
+                 f"{_fmt(a.ci['b_per_doubling'][1])}]")
+    for form, why in s.failed.items():
+        text += f". The saturating fit failed ({why}) and is not used"
+    return text + "."
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:+.4f}" if abs(v) >= 1e-4 or v == 0 else f"{v:+.2e}"
+
+
+def conclusions(an: Analysis) -> list[str]:
+    """The report's first lines: one sentence per series (its headline metric on its headline x)."""
+    lines = []
+    seen = set()
+    for s in an.series:
+        key = (s.sweep, s.model, s.axis)
+        if key in seen or not s.primary or s.metric != an.headline_metric(s.sweep):
+            continue
+        seen.add(key)
+        lines.append(series_sentence(an, s))
+    return lines
+
+
 def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling report", vector: bool = True) -> ReportSpec:
     """Write figures/tables under out and return the report description (vector: also SVG figures)."""
+    from .. import figure3
+
     fig_dir = out / "figures"
     figs: list[Figure] = []
 
@@ -103,44 +197,86 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
         return f
 
     runs, done = an.collection.runs, an.collection.done
-    # the headline metric of the overlay/trade-off/bootstrap figures: CTR UAUC (the paper's Fig. 3), else what exists
-    fitted = [s.metric for s in an.series]
-    primary = next((m for m in ("ctr_uauc", "ctr_auc", "cvr_uauc") if m in fitted), fitted[0] if fitted else "ctr_uauc")
+    primary = an.headline_metric()
     n_failed = int((runs["status"] != "done").sum())
-    summary = Text(markdown=(
-        f"**{len(done)} finished runs**, **{n_failed} not finished** (listed below), from "
-        f"`{'`, `'.join(an.collection.roots)}`. Metrics from the **{an.split}** split.\n\n"
-        f"- Fits: log-linear `m = a + b·log10(x)` for every metric (Δ per doubling = b·log10 2); saturating "
-        f"`y = E + A·x^-α` for logloss with ≥ {an.settings.min_powerlaw_x} x-values (Huber δ = "
-        f"{an.settings.huber_delta:g} on log y, multi-start, LSE parameters).\n"
-        f"- Intervals: {an.settings.level:.0%} percentile, two-level cluster bootstrap (configs, then seeds within), "
-        f"{an.settings.n_boot} replicates, seed {an.settings.seed}. Bands are for the mean curve.\n"
-        f"- Model choice: leave-one-config-out CV RMSE of config means (AIC/BIC on config means also shown; "
-        f"with few configs they are indicative only).\n- {FLOP_CONVENTION}.\n- {DELTA_CONVENTION}"))
+    flagged = quality.summarise(an.flags)
+
+    # 1. conclusions first
+    lines = [f"**{len(done)} finished runs** ({len(flagged)} flagged, "
+             + ("included in the fits, --include-flagged" if an.include_flagged else "left out of the fits")
+             + f"), **{n_failed} not finished or unreadable**, from `{'`, `'.join(an.collection.roots)}`; "
+             f"{an.split} split. Effects are gains per doubling with 95% cluster-bootstrap CIs; "
+             "MDE = the smallest gain per doubling the sweep detects at 95% confidence with 80% power "
+             "(from the measured seed noise and the grid)."]
+    body = [f"- {c}" for c in conclusions(an)] or ["- No series with a numeric swept axis among the finished runs."]
+    blocks = [Text(markdown="\n".join([lines[0], ""] + body))]
+    fig3 = []
+    if an.series:
+        ranked, sent_a, diffs_a = figure3.decision_3a(an, primary)
+        ours, base, sent_b, diffs_b = figure3.decision_3b(an, primary)
+        blocks.append(Text(markdown=f"- Figure 3a: {sent_a}\n- Figure 3b: {sent_b}"))
+        if len(ranked) >= 2:
+            fig3.append(figure(plots.figure_3a(an, ranked), "figure3a",
+                               "Figure 3a: length, depth and width on one training-FLOPs axis (points: config means "
+                               "± seed sd; lines and bands: log-linear fits with 95% bootstrap "
+                               "bands). Right: gain per doubling of FLOPs with its 95% CI; grey ticks at ± MDE."))
+        fig3.append(Text(markdown=sent_a))
+        fig3.append(Table(name="figure3a_slopes", frame=figure3.slope_table(ranked),
+                          caption=f"Gain of {primary} per doubling of training FLOPs per series."))
+        if len(diffs_a):
+            fig3.append(Table(name="figure3a_differences", frame=diffs_a, caption="Leader minus each other axis "
+                              "(95% CI from the two series' bootstrap replicates); resolved = the CI excludes 0."))
+        if ours and base:
+            fig3.append(figure(plots.figure_3b(an, ours, base, diffs_b), "figure3b",
+                               "Figure 3b: OneTrans series and scaled baselines on training FLOPs; right: slope "
+                               "difference (OneTrans − baseline) per doubling of FLOPs with its 95% CI."))
+            fig3.append(Table(name="figure3b_differences", frame=diffs_b, caption="Slope differences on FLOPs."))
+        fig3.append(Text(markdown=sent_b))
+    for note in an.notes:
+        blocks.append(Text(markdown=f"- Note: {note}"))
     for w in an.collection.warnings:
-        summary = Text(markdown=summary.markdown + f"\n- Warning: {w}")
-    sections = [Section(title="Summary", blocks=[summary])]
+        blocks.append(Text(markdown=f"- Warning: {w}"))
+    sections = [Section(title="Conclusions", blocks=blocks)]
 
+    # 2. what was left out, before any figure
+    left = []
+    if len(flagged):
+        left.append(Table(name="flagged", frame=flagged.drop(columns=["run_dir"]),
+                          caption="Flagged runs: " + ("included in the fits (--include-flagged); every affected fit "
+                                                      "also shows its estimate without them." if an.include_flagged
+                                                      else "left out of the fits (--include-flagged uses them); every "
+                                                      "affected fit also shows its estimate with them.")
+                          + " Rules: docs/analysis.md, 'Flagged runs'."))
+    else:
+        unchecked = an.flags.attrs.get("unchecked_curves", 0)
+        left.append(Text(markdown="No flagged run: no diverged or non-finite training loss, no NaN metric, no seed "
+                                  "outlier." + (f" ({unchecked} runs have no metrics.csv: their training loss was "
+                                               "not checked.)" if unchecked else "")))
     problems = tables.problems_table(runs)
-    sections.append(Section(title="Runs that did not finish", blocks=[
-        Table(name="problems", frame=problems, caption="Failed, running, incomplete and missing runs "
-              "(never dropped silently; excluded from every fit).") if len(problems) else
-        Text(markdown="Every run folder has DONE and result.json.")]))
+    left.append(Table(name="problems", frame=problems, caption="Failed, running, incomplete, missing and corrupt "
+                      "runs (never dropped silently; not in any fit).") if len(problems) else
+                Text(markdown="Every run folder has DONE and a readable result.json."))
+    sections.append(Section(title="Flagged and left-out runs", blocks=left))
+    sections.append(Section(title="Figure 3: which axis buys the most per FLOP",
+                            blocks=[b for b in fig3 if b is not None] or [Text(markdown="No scaling series.")]))
 
-    keys = sorted({(s.sweep, s.model, s.axis) for s in an.series})
+    keys = list(dict.fromkeys((s.sweep, s.model, s.axis, s.x_name) for s in an.series if s.primary))
     scaling = []
-    for sweep, model, axis in keys:
-        f = figure(plots.series_figure(an, sweep, model, axis, axis), f"scaling_{sweep}_{model}_{axis}",
-                   f"{sweep}: {model} vs {axis}. Grey: seeds; black: mean ± seed sd; lines: fits with 95% bands; "
-                   "green dashed: Bayes oracle (synthetic data only).")
+    for sweep, model, axis, x_name in keys:
+        f = figure(plots.series_figure(an, sweep, model, axis, x_name), f"scaling_{sweep}_{model}_{axis}",
+                   f"{sweep}: {model} vs {x_label(x_name)}. Grey: seeds; black: mean ± seed sd; red ×: flagged runs; "
+                   "lines: fits with 95% bootstrap bands of the mean curve (dashed grey: failed fit, not a law); "
+                   "red dotted: the fit with the flagged runs; green dashed: Bayes oracle (synthetic data only).")
         scaling.append(f)
     fits = an.fits_table()
     fits_disp = tables.fits_display(fits)
     if scaling:
         native = fits_disp[fits_disp["x"] != "train_flops"] if len(fits_disp) else fits_disp
-        for form, cap in (("loglinear", "Log-linear fits on each swept axis: estimate [95% CI]."),
+        for form, cap in (("loglinear", "Log-linear fits on each series' x: estimate [95% CI], MDE (95%/80%) and, "
+                                        "where flagged runs exist, the estimate with them."),
                           ("powerlaw", "Saturating fits (logloss, >= 5 x-values): floor E and exponent α [95% CI]; "
-                                       "'chosen' = lower leave-one-config-out CV RMSE than the log-linear fit.")):
+                                       "'chosen' = lower leave-one-config-out CV RMSE than the log-linear fit; "
+                                       "'status' says when a fit failed (parameter at a bound, floor below Bayes).")):
             part = native[native["form"] == form] if len(native) else native
             if len(part):
                 scaling.append(Table(name=f"fits_{form}", frame=part.loc[:, (part != "").any()], caption=cap))
@@ -149,30 +285,27 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
 
     flops_blocks = []
     if an.series:
-        overlay_metrics = [m for m in ("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc") if m in fitted] or [primary]
-        flops_blocks.append(figure(plots.flops_overlay(an, overlay_metrics), "flops_overlay",
-                                   "Config means and log-linear fits of every series on training FLOPs; legend: "
-                                   "Δ per doubling of FLOPs [95% CI]. Squares: single-config models."))
-        flops_blocks.append(figure(plots.tradeoff(an, primary), "tradeoff", "Linear FLOPs axis, marker area ~ dense params."))
         flops_blocks.append(Table(name="fits_flops", frame=fits_disp[fits_disp["x"] == "train_flops"],
                                   caption="Log-linear fits on training FLOPs."))
+        flops_blocks.append(figure(plots.tradeoff(an, primary), "tradeoff", "Linear FLOPs axis, marker area ~ dense params."))
         flops_blocks.append(Text(markdown=_slope_differences(an, primary)))
-    sections.append(Section(title="All axes and baselines on training FLOPs",
+    sections.append(Section(title="All series on training FLOPs",
                             blocks=flops_blocks or [Text(markdown="No scaling series.")]))
 
     diag = []
     for metric in dict.fromkeys(("ctr_logloss", primary)):
-        if any(s.metric == metric for s in an.series):
+        if any(s.metric == metric and s.fits for s in an.series):
             diag.append(figure(plots.residuals(an, metric), f"residuals_{metric}",
                                f"Residuals of config means ({metric}); grey band: ± pooled seed sd. Curvature in "
                                "the log-linear residuals is the signature of saturation."))
     hold = an.holdout_table()
+    hold = hold[hold["x_name"] != "train_flops"]
     if len(hold):
-        diag.append(figure(plots.holdout_parity(hold[hold["x_name"] != "train_flops"]), "holdout_parity",
+        diag.append(figure(plots.holdout_parity(hold), "holdout_parity",
                            "Leave-largest-out: fit without the largest x, predict it (95% prediction interval "
                            "= bootstrap curve spread + seed noise of the held-out mean)."))
-        h = hold[hold["x_name"] != "train_flops"][["sweep", "model", "axis", "metric", "form", "x", "n_seeds",
-                                                    "observed", "predicted", "lo", "hi", "inside", "abs_rel_error"]]
+        h = hold[["sweep", "model", "axis", "metric", "form", "x", "n_seeds", "observed", "predicted", "lo", "hi",
+                  "inside", "abs_rel_error"]]
         diag.append(Table(name="holdout", frame=h, caption=f"Extrapolation checks: {int(h['inside'].sum())} of "
                           f"{len(h)} observed values inside their 95% prediction interval.", float_format="{:.5g}"))
     uauc = [s for s in an.series if s.metric == primary and s.x_name == "train_flops" and "loglinear" in s.fits]
@@ -182,23 +315,28 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
     sections.append(Section(title="Fit diagnostics", blocks=diag or [Text(markdown="No fits to diagnose.")]))
 
     floor = fits[(fits["form"] == "powerlaw")] if len(fits) and "form" in fits else pd.DataFrame()
-    if len(floor) and floor["oracle"].notna().any():
-        fl = floor[["sweep", "model", "axis", "metric", "E", "E_lo", "E_hi", "oracle"]].copy()
+    if len(floor) and "oracle" in floor and floor["oracle"].notna().any():
+        fl = floor[["sweep", "model", "axis", "metric", "E", "E_lo", "E_hi", "oracle", "status"]].copy()
         fl["E − oracle"] = fl["E"] - fl["oracle"]
         fl["oracle inside E's CI"] = (fl["E_lo"] <= fl["oracle"]) & (fl["oracle"] <= fl["E_hi"])
         fl["E below oracle (impossible floor)"] = fl["E_hi"] < fl["oracle"]
         oracle_blocks = [Table(name="floor_vs_oracle", frame=fl, caption="Fitted floor E vs the Bayes logloss "
-                               "(result.json 'oracle', from the true probabilities). A floor clearly below the "
-                               "oracle means the fit is wrong; well above it means capacity or data limit.",
+                               "(result.json 'oracle', from the true probabilities). A floor whose CI lies below the "
+                               "oracle marks the fit failed; well above it means a capacity or data limit.",
                                float_format="{:.5f}")]
     else:
         oracle_blocks = [Text(markdown="No saturating fit with an oracle value (real data has no Bayes ceiling, "
                                        "or fewer than 5 x-values).")]
     sections.append(Section(title="Bayes ceiling vs fitted floor", blocks=oracle_blocks))
 
-    t2, t3, t5 = tables.table2(done, an.split), tables.table3(done, an.split), tables.table5(done)
+    # flagged runs stay out of the paper tables too (NaN metrics are skipped by the means anyway)
+    bad = set(an.flags.loc[an.flags["reason"] != "nan_metric", "run_id"]) if len(an.flags) else set()
+    tdone = done if an.include_flagged else done[~done["run_id"].isin(bad)]
+    t2, t3, t5 = tables.table2(tdone, an.split), tables.table3(tdone, an.split), tables.table5(tdone)
+    left_out = len(set(done["run_id"]) & bad) if not an.include_flagged else 0
     paper_blocks = [Text(markdown=DELTA_CONVENTION + " Paper values: ../shared/paper/onetrans-spec.md §2 "
-                                  "(analysis/paper_numbers.py).")]
+                                  "(analysis/paper_numbers.py)." + (f" {_runs(left_out)} flagged and left out of "
+                                  "these tables." if left_out else ""))]
     for name, t, cap in (("table2", t2, "Table 2 layout: models vs DCNv2+DIN."),
                          ("table3", t3, "Table 3 layout: ablations vs OneTrans-S (reference)."),
                          ("table5", t5, "Table 5 layout: system variants vs un-optimised (inference columns are "
@@ -211,14 +349,19 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
     sections.append(Section(title="Paper tables (ours beside the paper's)", blocks=paper_blocks))
 
     curves = []
+    bad_ids = set(an.flags["run_id"]) if len(an.flags) else set()
     for sweep, g in done.groupby("sweep"):
-        curves.append(figure(plots.training_curves(g, str(sweep)), f"curves_{sweep}", f"Training curves, sweep {sweep}."))
+        curves.append(figure(plots.training_curves(g, str(sweep), flagged=bad_ids), f"curves_{sweep}",
+                             f"Training curves, sweep {sweep} (training loss first, then validation metrics; "
+                             "flagged runs in red)."))
     curves = [c for c in curves if c is not None]
     sections.append(Section(title="Training curves", blocks=curves or [Text(markdown="No metrics.csv found.")]))
 
     sections.append(Section(title="Per-configuration results", blocks=[
-        Table(name="configs", frame=tables.config_table(done, an.split),
-              caption="Mean ± seed sd per configuration; params in millions; TFLOPs = training FLOPs / 1e12.")]))
+        Table(name="configs", frame=tables.config_table(done, an.split, an.flags, an.include_flagged),
+              caption="Mean ± seed sd per configuration over the runs used by the fits (one seed: 'n/a', seed noise "
+                      "not measured); params in millions; TFLOPs = training FLOPs / 1e12.")]))
+    sections.append(Section(title="Methods", blocks=[Text(markdown=_methods(an))]))
     prov = _provenance(an)
     sections.append(Section(title="Provenance", blocks=[Text(markdown="\n".join(f"- **{k}**: {v}" for k, v in prov.items()))]))
     sections = [Section(title=s.title, blocks=[b for b in s.blocks if b is not None]) for s in sections]
@@ -226,8 +369,36 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
     tdir.mkdir(parents=True, exist_ok=True)
     spec = ReportSpec(title=title, sections=sections, provenance=prov)
     for t in spec.tables():
-        t.frame.to_csv(tdir / f"{t.name}.csv", index=False)
+        write_csv(t.frame, tdir / f"{t.name}.csv")
     return spec
+
+
+def _methods(an: Analysis) -> str:
+    hints = "; ".join(f"{k}: {h.describe()}" for k, h in sorted(an.hints.items()) if h.describe()) \
+        or "none found (defaults used)"
+    return "\n".join([
+        f"- Fits: log-linear `m = a + b·log10(x)` for every metric with ≥ {an.settings.min_loglinear_x} distinct x "
+        f"(Δ per doubling = b·log10 2); saturating `y = E + A·x^-α` for logloss with ≥ {an.settings.min_powerlaw_x} "
+        f"x-values (Huber δ = {an.settings.huber_delta:g} on log y, multi-start, LSE parameters), and on 1 − AUC "
+        "where a sweep's hints ask for `fit: saturating`; a saturating fit "
+        "with a parameter at its bound or a floor below the Bayes floor is marked failed.",
+        f"- Intervals: {an.settings.level:.0%} percentile, two-level cluster bootstrap (configs, then seeds within), "
+        f"{an.settings.n_boot} replicates, seed {an.settings.seed}. Bands are for the mean curve.",
+        "- MDE: (t(0.975, dof) + t(0.80, dof)) · σ / sqrt(Σ (log2 x − mean)²) over the runs fitted; σ = pooled "
+        "within-configuration seed sd (else the scatter around the line).",
+        "- Flagged runs: non-finite or diverged training loss, NaN metric, seed outlier (|y − config median| > 6 "
+        "robust seed sd); docs/analysis.md.",
+        "- Model choice: leave-one-config-out CV RMSE of config means (AIC/BIC on config means also shown; "
+        "with few configs they are indicative only).",
+        f"- Sweep-file analysis hints: {hints}.", f"- {FLOP_CONVENTION}.", f"- {DELTA_CONVENTION}"])
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Every CSV readable by pandas: a frame without columns gets a one-column header."""
+    if len(frame.columns) == 0:
+        frame = pd.DataFrame(columns=["empty"])
+    frame.to_csv(path, index=False)
+    return path
 
 
 def _drop_sd(t: pd.DataFrame) -> pd.DataFrame:

@@ -6,6 +6,8 @@ import html
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from .spec import Figure, ReportSpec, Table, Text
 from .text import format_frame, markdown_to_html
 
@@ -18,8 +20,9 @@ figure{margin:14px 0}figure img{max-width:100%;height:auto;border:1px solid #ddd
 figcaption{font-size:13px;color:#444;margin-top:4px}
 .tablewrap{overflow-x:auto;margin:10px 0 4px 0}
 table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f1f1f1;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap;vertical-align:top}
+td.text{text-align:left}td.long{white-space:normal;min-width:22em;max-width:46em;overflow-wrap:anywhere}
+th{background:#f1f1f1;position:sticky;top:0;text-align:center}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafafa}
 .caption{font-size:13px;color:#444;margin:2px 0 12px 0}
 code{background:#f3f3f3;padding:0 3px;border-radius:3px}
@@ -39,7 +42,18 @@ def _figure(f: Figure) -> str:
 def _table(t: Table) -> str:
     if t.frame.empty:
         return f'<p class="caption">{html.escape(t.caption)} (empty)</p>'
-    body = format_frame(t.frame, t.float_format).to_html(index=False, escape=True, border=0)
+    cells = format_frame(t.frame, t.float_format)
+    cols = [t.frame.iloc[:, i] for i in range(t.frame.shape[1])]
+    numeric = [pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c) for c in cols]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cells.columns)
+    rows = []
+    for r in cells.itertuples(index=False):
+        tds = []
+        for v, num in zip(r, numeric):
+            cls = "" if num else (' class="text long"' if len(v) > 60 else ' class="text"')
+            tds.append(f"<td{cls}>{html.escape(v)}</td>")
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    body = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     return f'<div class="tablewrap">{body}</div><p class="caption">{html.escape(t.caption)}</p>'
 
 
