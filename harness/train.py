@@ -24,7 +24,8 @@ from typing import Any
 
 from harness import provenance as P
 from harness.config import ConfigError, RunConfig, apply_overrides, check_model_config, load_config, run_id, run_name
-from harness.runstore import CONFIG, METRICS, PROVENANCE, RESULT_SCHEMA, RunStore, run_dir_for
+from harness.runstore import (CONFIG, DISK_ERRNOS, METRICS, PROVENANCE, RESULT_SCHEMA, Busy, RunStore, RunStoreError,
+                              disk_message, process_rank, run_dir_for)
 
 AXIS_FIELDS = ("n_layers", "d_model", "n_heads")
 
@@ -140,8 +141,14 @@ def trainer_plugins() -> list[Any]:
     return plugins
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train (or resume, or return the finished result of) the run in run_dir."""
+def train_run(cfg: RunConfig, run_dir: str | Path, *, attempt: dict[str, Any] | None = None,
+              lock_wait_s: float = 0.0) -> dict[str, Any]:
+    """Train (or resume, or return the finished result of) the run in run_dir.
+
+    The run folder is owned by this process while it trains (RunStore.lock; rank 0 of a
+    multi-process run): another live owner makes this raise runstore.Busy after waiting
+    lock_wait_s seconds, so a run never trains twice at once and nobody resumes from a checkpoint
+    that is still being written. `attempt` (launcher's job ids) goes to logs/jobs.jsonl."""
     store = RunStore(run_dir)
     if store.is_done():
         return store.result()  # type: ignore[return-value]
@@ -152,20 +159,53 @@ def train_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         if run_id(old) != rid:
             raise ConfigError(f"{store.path} holds run {run_id(old)} ({cfg_path}); this config is run {rid}. "
                               f"Use the folder <runs>/<sweep>/{rid} (nothing was changed).")
-    store.create()
-    store.write_text(CONFIG, cfg.to_yaml())
-    store.write_status("running", new_attempt=True)
+    owner = process_rank() == 0
+    lock = store.lock(wait_s=lock_wait_s) if owner else None
     try:
-        result = _train(cfg, store, rid)
-    except Exception as e:
-        store.write_status("failed", error=f"{type(e).__name__}: {e}")
-        raise
-    except (KeyboardInterrupt, SystemExit) as e:
-        # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): rerunning resumes
-        store.write_status("failed", error=f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint")
-        raise
-    store.finish(result)
-    return result
+        if store.is_done():         # finished by the previous owner while this process waited
+            return store.result()  # type: ignore[return-value]
+        store.create()
+        if owner:
+            store.clean_tmp()       # temporary files of a killed attempt (we own the folder now)
+            if attempt is not None:
+                store.record_attempt(**attempt)
+        store.write_text(CONFIG, cfg.to_yaml())
+        store.write_status("running", new_attempt=True)
+        try:
+            result = _train(cfg, store, rid)
+        except RunStoreError as e:
+            _record_failure(store, str(e))
+            raise
+        except OSError as e:
+            if e.errno not in DISK_ERRNOS:
+                _record_failure(store, f"{type(e).__name__}: {e}")
+                raise
+            msg = disk_message(e, e.filename or store.path)
+            _record_failure(store, msg)
+            raise RunStoreError(msg) from e
+        except Exception as e:
+            _record_failure(store, f"{type(e).__name__}: {e}")
+            raise
+        except (KeyboardInterrupt, SystemExit) as e:
+            # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): rerunning resumes
+            _record_failure(store, f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint")
+            raise
+        store.finish(result)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _record_failure(store: RunStore, error: str) -> None:
+    """status.json failed, whatever else goes wrong: a failure to record it (e.g. the disk is full
+    even for status.json) is printed, never raised over the run's own error."""
+    try:
+        store.write_status("failed", error=error)
+    except (RunStoreError, OSError) as err:
+        print(f"warning: could not record the failure in {store / 'status.json'}: {err}", file=sys.stderr)
+    if store.owned:
+        store.clean_tmp()
 
 
 def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
@@ -175,7 +215,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from harness import tracking
-    from harness.callbacks import ChainLoader, CsvMetrics, ResumableLoader, ResumeState, Throughput
+    from harness.callbacks import ChainLoader, CsvMetrics, ProgressFile, ResumableLoader, ResumeState, Throughput
     from harness.data.datamodule import OneTransDataModule
     from harness.system import RankingSystem
     from model.registry import build_model
@@ -237,7 +277,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, precision=precision,
         max_epochs=t.max_epochs, max_steps=t.max_steps, logger=loggers,
-        callbacks=[resume_state, throughput, ckpt_cb], plugins=plugins,
+        callbacks=[resume_state, throughput, ProgressFile(store), ckpt_cb], plugins=plugins,
         enable_progress_bar=cfg.logging.progress_bar, enable_model_summary=False,
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, deterministic=t.deterministic,
         limit_val_batches=0 if next_batch else 1.0,
@@ -322,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ContractError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except Busy as e:
+        print(f"error: {e}; not training it twice (wait for it, or stop that process)", file=sys.stderr)
+        return 75
+    except (NonFiniteLossError, RunStoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     summary = {k: result[k] for k in ("run_id", "name", "metrics", "oracle", "train", "throughput", "wall_time_s")}
