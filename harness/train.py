@@ -44,16 +44,36 @@ def resolve_dataset(cfg: RunConfig, progress: bool = False) -> Path:
 def validate_dataset(folder: Path) -> None:
     """Raise ContractError listing every violation (file, column, example row, fix)."""
     from harness.data.contract import ContractError, Manifest
-    from harness.data.validate import validate
+    from harness.data.validate import errors, validate
 
     if not folder.is_dir():
         raise ContractError(f"data.dataset: {folder} is not a dataset folder. Give a folder of the data "
                             f"contract (docs/data-contract.md) or 'synthetic:<preset>'.")
     problems = validate(folder)
-    if problems:
-        raise ContractError(f"{folder}: the dataset breaks the data contract ({len(problems)} problem(s)); "
-                            f"nothing was trained:\n" + "\n".join(str(p) for p in problems))
+    bad = errors(problems)
+    if bad:
+        raise ContractError(f"{folder}: the dataset breaks the data contract ({len(bad)} problem(s)); "
+                            f"nothing was trained:\n" + "\n".join(str(p) for p in bad))
+    for p in problems:           # warnings: the run goes on, the log says what to look at
+        print(f"{folder}: {p}", file=sys.stderr)
     Manifest.load(folder)
+
+
+def _setup_data(dm: Any, folder: Path) -> None:
+    """dm.setup("fit"), with a damaged file named (the validator reads only the contract's columns)."""
+    import pyarrow as pa
+
+    from harness.data.contract import ContractError
+    from harness.data.validate import unreadable_files
+    try:
+        dm.setup("fit")
+    except (pa.ArrowException, OSError) as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            raise                   # a file-system error (full disk, permissions), not a damaged file
+        bad = unreadable_files(folder)
+        raise ContractError((f"{folder}: " + "\n".join(str(v) for v in bad)) if bad else
+                            f"{folder}: the data module could not read the dataset ({type(err).__name__}: {err}); "
+                            f"check it with: python -m harness.data validate {folder}") from err
 
 
 def manifest_of(cfg: RunConfig):
@@ -237,7 +257,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
                             eval_batch_size=cfg.data.batch_size if next_batch else cfg.data.eval_batch_size,
                             num_workers=cfg.data.num_workers, seed=cfg.seed, n_gap_buckets=cfg.data.n_gap_buckets,
                             chronological=next_batch or not cfg.data.shuffle)
-    dm.setup("fit")
+    _setup_data(dm, folder)
 
     # 2. model (seeded), system
     L.seed_everything(cfg.seed, workers=True, verbose=False)
