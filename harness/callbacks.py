@@ -10,7 +10,6 @@ Throughput        impressions trained and the wall time spent training (validati
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from harness.runstore import MetricsCsv, RunStore
+from harness.runstore import MetricsCsv, RunStore, RunStoreError, atomic_write_bytes
 
 SPLIT_KEY = "_split"      # batch key set by ChainLoader (a str; the system pops it before the model)
 
@@ -147,15 +146,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into a temporary sibling, then rename: a checkpoint file is whole or absent."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        # a failed write (full disk) removes its temporary file and raises RunStoreError naming the path
         path = Path(path)
         fs = get_filesystem(path)
         fs.makedirs(str(path.parent), exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
 
 class CsvMetrics(Logger):
@@ -254,8 +249,11 @@ class ProgressFile(Callback):
             rate = (step - self._step0) / max(time.perf_counter() - self._t0, 1e-9)
             if total:
                 eta = max(total - step, 0) / rate
-        self.store.write_progress(step=step, total=total, epoch=int(trainer.current_epoch), phase=phase,
-                                  steps_per_s=rate, eta_s=eta)
+        try:
+            self.store.write_progress(step=step, total=total, epoch=int(trainer.current_epoch), phase=phase,
+                                      steps_per_s=rate, eta_s=eta)
+        except RunStoreError:
+            pass        # progress is for the eyes only; checkpoints and results report a full disk
         self._last = time.perf_counter()
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -586,11 +586,10 @@ class MetricsCsv:
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        rows = [r for r in self._rows() if int(r["step"]) <= step]
 
         def write(f) -> None:
-            w = csv.DictWriter(f, self.FIELDS)
+            w = csv.DictWriter(f, self.FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
         atomic_write_bytes(self.path, write, newline="")
@@ -610,9 +609,19 @@ class MetricsCsv:
                 raise RunStoreError(disk_message(err, self.path)) from err
             raise
 
+    def _rows(self) -> list[dict[str, str]]:
+        """Parsable rows (a line torn by a full disk or a kill is skipped)."""
+        out = []
+        with open(self.path, newline="") as f:
+            for r in csv.DictReader(f):
+                try:
+                    int(r["step"]), float(r["value"])
+                except (TypeError, ValueError, KeyError):
+                    continue
+                out.append(r)
+        return out
+
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        with open(self.path, newline="") as f:
-            return [{"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])}
-                    for r in csv.DictReader(f)]
+        return [{"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])} for r in self._rows()]
