@@ -88,7 +88,7 @@ def build_rows(runs: list[ResolvedRun], sweep_dir: Path, with_describe: bool = T
 def _describe(rows: list[Row]) -> str:
     """Params / FLOPs / estimated cost from harness.train.describe (analytic, per run config)."""
     try:
-        from harness.train import describe
+        from harness.train import describe, train_samples_estimate
     except ImportError as err:
         return f"params/FLOPs not shown: harness.train.describe is not importable ({err})"
     errors = []
@@ -107,8 +107,14 @@ def _describe(rows: list[Row]) -> str:
             row.flops_example = f
         rc, t = row.run.resources, row.run.cfg.train
         if row.flops_total is None and row.flops_example and t.max_steps > 0:
-            # samples the run will see: steps x per-device batch x devices (epoch-bounded runs: unknown)
+            # samples the run will see: steps x per-device batch x devices
             row.flops_total = row.flops_example * t.max_steps * row.run.cfg.data.batch_size * t.devices * t.num_nodes
+        elif row.flops_total is None and row.flops_example and t.max_epochs > 0:
+            # epoch-bounded: epochs x the train split's impressions (manifest stats, else the
+            # synthetic generator's expectation)
+            per_epoch = train_samples_estimate(row.run.cfg)
+            if per_epoch:
+                row.flops_total = row.flops_example * per_epoch * t.max_epochs
         if row.flops_total:
             row.cost_h = row.flops_total / (rc.assumed_tflops * 1e12) / 3600.0   # device-hours at the assumed rate
     return ("describe failed for: " + "; ".join(errors[:3])) if errors else ""

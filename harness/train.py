@@ -41,8 +41,9 @@ def resolve_dataset(cfg: RunConfig, progress: bool = False) -> Path:
     return Path(cfg.data.dataset)
 
 
-def validate_dataset(folder: Path) -> None:
-    """Raise ContractError listing every violation (file, column, example row, fix)."""
+def validate_dataset(folder: Path, announce: bool = True) -> list[str]:
+    """Raise ContractError listing every violation (file, column, example row, fix); return the
+    warnings (printed to stderr when `announce`)."""
     from harness.data.contract import ContractError, Manifest
     from harness.data.validate import errors, validate
 
@@ -54,9 +55,12 @@ def validate_dataset(folder: Path) -> None:
     if bad:
         raise ContractError(f"{folder}: the dataset breaks the data contract ({len(bad)} problem(s)); "
                             f"nothing was trained:\n" + "\n".join(str(p) for p in bad))
-    for p in problems:           # warnings: the run goes on, the log says what to look at
-        print(f"{folder}: {p}", file=sys.stderr)
+    warnings = [str(p) for p in problems]     # the run goes on; provenance.json keeps them
+    if announce:
+        for w in warnings:
+            print(f"{folder}: {w}", file=sys.stderr)
     Manifest.load(folder)
+    return warnings
 
 
 def _setup_data(dm: Any, folder: Path) -> None:
@@ -139,6 +143,24 @@ def describe(cfg: RunConfig) -> dict[str, Any]:
             "flops": {"forward_per_example": float(fl["forward"]), "train_per_example": float(fl["train"])}}
 
 
+def train_samples_estimate(cfg: RunConfig) -> int | None:
+    """Training impressions in one epoch of the run, for planning (no data is read or generated):
+    the dataset's manifest statistics when its folder exists (a cached synthetic world included),
+    else, for "synthetic:<preset>", the generator's expectation; None when unknown."""
+    from harness.data import synth
+    from harness.data.contract import MANIFEST, ContractError, Manifest
+    preset = cfg.data.synthetic_preset
+    folder = synth.cached_folder(preset, cfg.data.data_seed, cfg.data.cache_dir) if preset else Path(cfg.data.dataset)
+    if (folder / MANIFEST).exists():
+        try:
+            n = ((Manifest.load(folder).stats or {}).get("splits") or {}).get("train", {}).get("impressions")
+        except ContractError:
+            n = None
+        if n:
+            return int(n)
+    return synth.expected_train_impressions(preset) if preset in synth.PRESETS else None
+
+
 def axes(cfg: RunConfig) -> dict[str, Any]:
     model_cfg = check_model_config(cfg.model)
     out: dict[str, Any] = {"seq_len": cfg.data.seq_len}
@@ -159,6 +181,22 @@ def trainer_plugins() -> list[Any]:
         from lightning.pytorch.plugins.environments import SLURMEnvironment
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins
+
+
+def quiet_libraries() -> None:
+    """Keep run logs about the run: Lightning's info lines (GPU/TPU available, the litlogger tip,
+    `fit stopped: max_steps reached`; the device and every decision are in provenance.json) and two
+    warnings that do not apply here."""
+    import logging
+    import warnings
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Resume is exact without Lightning's stateful-loader protocol: ResumeState (harness/callbacks.py)
+    # checkpoints the batches trained in the epoch and the RNG states, and ResumableLoader skips those
+    # batches on resume (tests/test_train_run.py: a killed run ends bitwise equal to an uninterrupted one).
+    warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
+    # Lightning's pytree helper on torch >= 2.6 (internal to Lightning; nothing to change on our side)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")       # FutureWarning/Deprecation
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, attempt: dict[str, Any] | None = None,
@@ -240,6 +278,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     from harness.system import RankingSystem
     from model.registry import build_model
 
+    quiet_libraries()
     t, name = cfg.train, run_name(cfg)
     threads, threads_why = P.decide_threads(cfg.data.num_workers)
     precision, precision_why = P.decide_precision(cfg)
@@ -251,7 +290,8 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
 
     # 1. data: resolved and validated before anything is built
     folder = resolve_dataset(cfg, progress=cfg.logging.progress_bar)
-    validate_dataset(folder)
+    # the built-in world's warnings are by design (e.g. repeated actions within one second): not printed
+    data_warnings = validate_dataset(folder, announce=cfg.data.synthetic_preset is None)
     next_batch = t.protocol == "next_batch"
     dm = OneTransDataModule(folder, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                             eval_batch_size=cfg.data.batch_size if next_batch else cfg.data.eval_batch_size,
@@ -286,7 +326,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
                   "wandb": {"value": wandb_mode, "reason": wandb_why},
                   "threads": {"value": threads, "reason": threads_why},
                   "attention": {"value": None, "reason": "decided by the model at its first forward (see end of run)"},
-                  "resumed_from_step": resume_step}
+                  "resumed_from_step": resume_step, "dataset_warnings": data_warnings}
     store.write_json(PROVENANCE, P.collect(cfg, decisions))
 
     resume_state, throughput = ResumeState(train_loader), Throughput()
@@ -310,7 +350,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
         trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
-        trainer.save_checkpoint(store.last_ckpt)
+        trainer.save_checkpoint(store.last_ckpt, weights_only=False)     # full state: a rerun resumes from it
         if next_batch:
             results = system.next_batch_results()
         else:
