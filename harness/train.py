@@ -195,6 +195,8 @@ def quiet_libraries() -> None:
     # checkpoints the batches trained in the epoch and the RNG states, and ResumableLoader skips those
     # batches on resume (tests/test_train_run.py: a killed run ends bitwise equal to an uninterrupted one).
     warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
+    # an installed SLURM client outside a SLURM job (e.g. a stopped test cluster): nothing to do with this run
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     # Lightning's pytree helper on torch >= 2.6 (internal to Lightning; nothing to change on our side)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")       # FutureWarning/Deprecation
 
