@@ -5,6 +5,10 @@ already holds the resolved `config.yaml`. Every submission is appended to the sw
 (`<runs>/<sweep>/.sweep/ledger.jsonl`: run id, executor, job id or pid) so that a driver killed and
 started again can ask the scheduler which runs are still queued or running instead of submitting
 them twice.
+
+Before starting or submitting a run, every executor looks at its folder again (harness/runstore.py):
+a run finished meanwhile is not started, and a run another live process owns is followed or skipped,
+never trained twice; the launcher itself refuses a folder another process owns (exit 75).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.runstore import EXIT_BUSY, Ledger, RunStore, RunStoreError, SweepStore, describe_owner
+from harness.runstore import EXIT_BUSY, STATUS, Ledger, RunStore, RunStoreError, SweepStore, describe_owner
 from harness.sweepfile import ResourceClass
 
 __all__ = ["Ledger", "Task", "LIVE_STATES", "job_state", "mark_failed", "make_executor", "cancel"]
@@ -108,7 +112,7 @@ def mark_failed(run_dir: Path, error: str) -> str | None:
     try:
         RunStore(run_dir).mark_failed(error)
     except (RunStoreError, OSError) as err:
-        return f"could not record the failure in {Path(run_dir) / 'status.json'}: {err}"
+        return f"could not record the failure in {Path(run_dir) / STATUS}: {err}"
     return None
 
 
@@ -371,6 +375,13 @@ class SlurmExecutor:
         by_class: dict[str, list[Task]] = defaultdict(list)
         for task in tasks:
             check_devices(task)
+            if task.store.is_done():
+                progress(task, "followed", "finished meanwhile by another process; not submitted")
+                continue
+            owner = task.store.owner()
+            if owner is not None:       # e.g. a hand-started harness.train on this folder
+                progress(task, "skipped", f"owned by {describe_owner(owner)}; not submitted twice")
+                continue
             by_class[task.resource_class].append(task)
         submitted = []
         for cls, group in by_class.items():

@@ -8,6 +8,11 @@ Requeue has one owner: submitit. On timeout or preemption submitit calls `checkp
 the same callable on the same run folder, submitit requeues the job (same job id), and
 `harness.train.train_run` resumes from `<run_dir>/checkpoints/last.ckpt`. Lightning's own SLURM
 auto-requeue is switched off by train_run (SLURMEnvironment(auto_requeue=False)).
+
+Ownership: train_run holds the run folder's lock while it trains. A launcher that finds the folder
+owned by another live process waits HARNESS_LOCK_WAIT_S (default 30 s: a requeued job may start
+while its predecessor is still exiting), then exits with code 75 (runstore.EXIT_BUSY) and one line
+naming the owner. User errors (config, data contract, disk) end in one `error:` line, not a traceback.
 """
 from __future__ import annotations
 

@@ -236,7 +236,7 @@ def set_aside(run_dir: Path) -> Path:
     return SweepStore(run_dir.parent).set_aside(run_dir.name)
 
 
-FINISHED = ("done", "failed", "cancelled", "followed", "stopped")
+FINISHED = ("done", "failed", "cancelled", "followed", "stopped", "skipped")
 
 
 class Reporter:

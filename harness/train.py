@@ -24,7 +24,7 @@ from typing import Any
 
 from harness import provenance as P
 from harness.config import ConfigError, RunConfig, apply_overrides, check_model_config, load_config, run_id, run_name
-from harness.runstore import (CONFIG, DISK_ERRNOS, METRICS, PROVENANCE, RESULT_SCHEMA, Busy, RunStore, RunStoreError,
+from harness.runstore import (CONFIG, DISK_ERRNOS, METRICS, PROVENANCE, RESULT_SCHEMA, STATUS, Busy, RunStore, RunStoreError,
                               disk_message, process_rank, run_dir_for)
 
 AXIS_FIELDS = ("n_layers", "d_model", "n_heads")
@@ -197,6 +197,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
     # an installed SLURM client outside a SLURM job (e.g. a stopped test cluster): nothing to do with this run
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    # the next-batch protocol evaluates inside the training pass on purpose (no val loader)
+    warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
     # Lightning's pytree helper on torch >= 2.6 (internal to Lightning; nothing to change on our side)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")       # FutureWarning/Deprecation
 
@@ -263,7 +265,7 @@ def _record_failure(store: RunStore, error: str) -> None:
     try:
         store.write_status("failed", error=error)
     except (RunStoreError, OSError) as err:
-        print(f"warning: could not record the failure in {store / 'status.json'}: {err}", file=sys.stderr)
+        print(f"warning: could not record the failure in {store / STATUS}: {err}", file=sys.stderr)
     if store.owned:
         store.clean_tmp()
 
