@@ -188,3 +188,30 @@ def test_launch_log_keeps_the_runs_own_error(tmp_path, capsys):
     assert "no_such_dataset" in log and "Traceback" not in log
     assert "no_such_dataset" in RunStore(run_dir).status()["error"]
 
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+def test_a_real_read_only_runs_dir(tmp_path):
+    """A runs directory on a read-only mount: the sweep driver and the trainer each say so in one
+    line naming the folder, no traceback."""
+    from test_sweep_run import write_sweep
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"), seeds=(0,))
+        env = {**os.environ, "WANDB_MODE": "disabled"}
+        p = subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "--runs-dir", str(mnt),
+                            "--executor", "local", "--no-describe"], capture_output=True, text=True, env=env,
+                           cwd=Path(__file__).resolve().parents[1], timeout=120)
+        assert p.returncode == 2 and "read-only file system" in p.stderr and str(mnt) in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text("data: {dataset: synthetic:ci}\nmodel: {name: onetrans, size: onetrans-tiny}\n")
+        p = subprocess.run([sys.executable, "-m", "harness.train", "--config", str(cfg), "--runs-dir", str(mnt)],
+                           capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
+                           timeout=120)
+        assert p.returncode == 1 and "read-only file system" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    finally:
+        subprocess.run(["umount", str(mnt)])
