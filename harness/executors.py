@@ -135,7 +135,7 @@ def progress_text(store: RunStore) -> str | None:
     step, total, rate, eta = p.get("step"), p.get("total"), p.get("steps_per_s"), p.get("eta_s")
     text = f"step {step}" + (f"/{total} ({100 * step / total:.0f}%)" if total else "")
     if p.get("phase") and p["phase"] != "train":
-        text += f", {p['phase']}"
+        return text + f", {p['phase']}"         # evaluation: the training ETA says nothing about it
     if rate:
         text += f", {rate:.3g} steps/s"
     if eta is not None:
@@ -257,6 +257,7 @@ class LocalExecutor:
         env = {**os.environ, "HARNESS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
                "PYTHONUNBUFFERED": "1"}
         last_report = time.time()
+        said: dict[str, str] = {}
         try:
             while pending or running or followed:
                 while pending and len(running) < self.max_parallel:
@@ -288,13 +289,12 @@ class LocalExecutor:
                         self._followed_ended(task, progress)
                 if self.progress_every_s and time.time() - last_report >= self.progress_every_s:
                     last_report = time.time()
-                    for task, _, _ in running.values():
+                    for task, event in [*((t, "progress") for t, _, _ in running.values()),
+                                        *((t, "following") for t in followed)]:
                         text = progress_text(task.store)
-                        if text:
-                            progress(task, "progress", text)
-                    for task in followed:
-                        text = progress_text(task.store)
-                        progress(task, "following", text or "owned by another process")
+                        if text and said.get(task.run_id) != text:      # only news
+                            said[task.run_id] = text
+                            progress(task, event, text)
         except KeyboardInterrupt:
             # Ctrl-C stops the sweep: end our own children (their checkpoints let a rerun resume).
             for proc in running:

@@ -158,3 +158,14 @@ def test_paper_scale_plan_estimates_epoch_runs_and_gpu_runs_are_not_run_on_the_c
     err = capsys.readouterr().err
     assert rc == 2 and "error: 5 run(s) ask for GPUs" in err and "--executor local" in err
     assert not any(p for p in tmp_path.rglob("*") if p.is_dir() and p.name != ".sweep" and p.parent != tmp_path)
+
+
+def test_progress_text_shows_step_rate_and_eta(tmp_path):
+    from harness.runstore import RunStore
+    store = RunStore(tmp_path / "r")
+    store.create()
+    assert X.progress_text(store) is None
+    store.write_progress(step=120, total=1200, phase="train", steps_per_s=2.1, eta_s=514.3)
+    assert X.progress_text(store) == "step 120/1200 (10%), 2.1 steps/s, ETA 8m34s"
+    store.write_progress(step=1200, total=1200, phase="final evaluation", steps_per_s=2.0, eta_s=0.0)
+    assert X.progress_text(store) == "step 1200/1200 (100%), final evaluation"
