@@ -204,13 +204,13 @@ def quiet_libraries() -> None:
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, attempt: dict[str, Any] | None = None,
-              lock_wait_s: float = 0.0) -> dict[str, Any]:
+              lock_wait_s: float = 2.0) -> dict[str, Any]:
     """Train (or resume, or return the finished result of) the run in run_dir.
 
     The run folder is owned by this process while it trains (RunStore.lock; rank 0 of a
     multi-process run): another live owner makes this raise runstore.Busy after waiting
-    lock_wait_s seconds, so a run never trains twice at once and nobody resumes from a checkpoint
-    that is still being written. `attempt` (launcher's job ids) goes to logs/jobs.jsonl."""
+    lock_wait_s seconds (the default 2 s absorbs a `status` view probing the lock at that instant),
+    so a run never trains twice at once and nobody resumes from a checkpoint that is still being written. `attempt` (launcher's job ids) goes to logs/jobs.jsonl."""
     store = RunStore(run_dir)
     if store.is_done():
         return store.result()  # type: ignore[return-value]
