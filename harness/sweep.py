@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import yaml
 
 from harness import executors as X
 from harness.cluster import choose_executor
-from harness.runstore import CONFIG, Busy, Ledger, RunStore, RunStoreError, SweepStore, atomic_write_text, describe_owner
+from harness.runstore import CONFIG, Ledger, RunStore, RunStoreError, SweepStore, atomic_write_text, describe_owner
 from harness.sweepfile import ResolvedRun, SweepFileError, load_sweep, resolve, sweep_dir_name
 
 COMMANDS = ("run", "status", "plan", "cancel")
