@@ -430,6 +430,8 @@ def _main(command: str, args: argparse.Namespace, sweep: Any, runs: list[Resolve
         if r.status == "done":
             print(f"  moved finished run {r.run.name} aside to {set_aside(r.run_dir)}")
     prepare(todo, sweep_dir, args.file)
+    if name != "slurm":
+        prepare_synthetic(todo)
     tasks = [_task(r) for r in todo]
     report = Reporter(len(tasks) + len(live) + len(owned))
     ex = X.make_executor(name, sweep_dir, args.max_parallel, progress_every_s=args.progress_every)
@@ -456,6 +458,26 @@ def _main(command: str, args: argparse.Namespace, sweep: Any, runs: list[Resolve
           + f", {n_done - here - others} done before)")
     print_results(rows)
     return 0 if n_done == len(rows) else 1
+
+
+def prepare_synthetic(rows: list[Row]) -> None:
+    """Generate each synthetic world the runs need once, here, before they start (local runs in
+    parallel would otherwise each generate it, silently, inside their launchers)."""
+    from harness.data import synth
+    from harness.data.contract import MANIFEST
+    seen = set()
+    for r in rows:
+        d = r.run.cfg.data
+        preset = d.synthetic_preset
+        if preset is None or (preset, d.data_seed, d.cache_dir) in seen:
+            continue
+        seen.add((preset, d.data_seed, d.cache_dir))
+        folder = synth.cached_folder(preset, d.data_seed, d.cache_dir)
+        if not (folder / MANIFEST).exists():
+            print(f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ...", flush=True)
+            t0 = time.time()
+            synth.ensure_synthetic(preset, d.data_seed, d.cache_dir, progress=False)
+            print(f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it", flush=True)
 
 
 def _task(r: Row) -> X.Task:
