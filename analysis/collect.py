@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RUN_MARKERS = ("result.json", "status.json", "config.yaml")
+from harness.runstore import CONFIG, RESULT, RUN_MARKERS, STATUS, RunStore
+
 SPLITS = ("test", "val")
 
 
@@ -99,7 +100,8 @@ def _num(value) -> float:
 def _read_run(run_dir: Path) -> dict:
     """One row per run folder. A file that cannot be read never aborts the collection: the row gets
     status 'corrupt' and the error names the file (the report lists it, the CLI exit code says so)."""
-    status_path, result_path = run_dir / "status.json", run_dir / "result.json"
+    store = RunStore(run_dir)         # the run store defines the folder's files and what "done" is
+    status_path, result_path = store / STATUS, store / RESULT
     status_error = None
     try:
         status = _read_json(status_path) if status_path.exists() else {}
@@ -107,8 +109,7 @@ def _read_run(run_dir: Path) -> dict:
             raise CollectError(f"{status_path}: expected a JSON object, got {type(status).__name__}")
     except CollectError as err:
         status, status_error = {}, str(err)
-    done_marker = (run_dir / "DONE").exists()
-    if result_path.exists() and done_marker:
+    if store.is_done():
         try:
             result = _read_json(result_path)
             if not isinstance(result, dict):
@@ -127,14 +128,14 @@ def _read_run(run_dir: Path) -> dict:
     else:
         # not finished: keep the row, say why, take labels from whatever is there
         state = status.get("state") or ("incomplete" if result_path.exists() else "missing")
-        if result_path.exists() and not done_marker and state == "done":
+        if result_path.exists() and state == "done":
             state = "incomplete"
         reason = status.get("error") or (
             "result.json present but no DONE marker (run interrupted while writing)" if result_path.exists()
             else "no result.json" + ("" if status else " and no status.json"))
         row = {"run_id": run_dir.name, "name": None, "status": state, "error": reason,
                "attempts": status.get("attempts")}
-        row.update(_labels_from_config(run_dir / "config.yaml"))
+        row.update(_labels_from_config(store / CONFIG))
         _variant_label(row)
         if result_path.exists():
             try:

@@ -5,11 +5,11 @@ ChainLoader       next-batch protocol: train, then val, then test, in time order
 ResumeState       checkpoints the data position and the RNG states (bitwise resume on CPU)
 AtomicCheckpointIO  writes checkpoints to a temporary file and renames it (a kill never leaves a torn last.ckpt)
 CsvMetrics        a Lightning logger writing runstore.MetricsCsv (the local source of truth)
+ProgressFile      progress.json every few seconds: step, total steps, rate, ETA (the sweep driver shows it)
 Throughput        impressions trained and the wall time spent training (validation excluded)
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from harness.runstore import MetricsCsv
+from harness.runstore import MetricsCsv, RunStore, RunStoreError, atomic_write_bytes
 
 SPLIT_KEY = "_split"      # batch key set by ChainLoader (a str; the system pops it before the model)
 
@@ -146,15 +146,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into a temporary sibling, then rename: a checkpoint file is whole or absent."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        # a failed write (full disk) removes its temporary file and raises RunStoreError naming the path
         path = Path(path)
         fs = get_filesystem(path)
         fs.makedirs(str(path.parent), exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
 
 class CsvMetrics(Logger):
@@ -163,8 +159,10 @@ class CsvMetrics(Logger):
     def __init__(self, path: str | Path, resume_step: int | None = None):
         super().__init__()
         self.csv = MetricsCsv(path)
-        if resume_step is not None and rank_zero_only.rank == 0:
-            self.csv.truncate_after(resume_step)
+        if rank_zero_only.rank == 0:
+            # resuming: drop rows logged after the checkpoint; starting over (no checkpoint, e.g. a
+            # run killed before its first one): drop the rows of the attempt being repeated
+            self.csv.truncate_after(resume_step if resume_step is not None else -1)
 
     @property
     def name(self) -> str:
@@ -225,3 +223,50 @@ class Throughput(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples, self.train_time = int(state_dict["samples"]), float(state_dict["train_time"])
+
+
+class ProgressFile(Callback):
+    """Writes the run's position to progress.json (RunStore.write_progress) at most every
+    `every_s` seconds: step, total steps (Lightning's estimate: max_steps, or epochs x batches),
+    steps/s over this attempt and the ETA of training (evaluation excluded). Rank 0 only."""
+
+    def __init__(self, store: RunStore, every_s: float = 10.0):
+        self.store, self.every_s = store, every_s
+        self._t0: float | None = None
+        self._step0 = 0
+        self._last = 0.0
+
+    def _write(self, trainer, phase: str) -> None:
+        if trainer.global_rank != 0:
+            return
+        step = int(trainer.global_step)
+        try:
+            total = int(trainer.estimated_stepping_batches)
+        except Exception:  # an iterable without len: no total
+            total = None
+        rate = eta = None
+        if self._t0 is not None and step > self._step0:
+            rate = (step - self._step0) / max(time.perf_counter() - self._t0, 1e-9)
+            if total:
+                eta = max(total - step, 0) / rate
+        try:
+            self.store.write_progress(step=step, total=total, epoch=int(trainer.current_epoch), phase=phase,
+                                      steps_per_s=rate, eta_s=eta)
+        except RunStoreError:
+            pass        # progress is for the eyes only; checkpoints and results report a full disk
+        self._last = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0, self._step0 = time.perf_counter(), int(trainer.global_step)
+        self._write(trainer, "train")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.perf_counter() - self._last >= self.every_s:
+            self._write(trainer, "train")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self._write(trainer, "validating")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._write(trainer, "final evaluation")

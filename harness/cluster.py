@@ -16,6 +16,7 @@ class ClusterProbe:
     available: bool
     reason: str
     partitions: tuple[str, ...] = ()
+    detail: str = ""                 # the scheduler's own words, when they help
 
 
 def probe_slurm(timeout_s: float = 15.0) -> ClusterProbe:
@@ -26,8 +27,11 @@ def probe_slurm(timeout_s: float = 15.0) -> ClusterProbe:
     except subprocess.TimeoutExpired:
         return ClusterProbe(available=False, reason=f"`sinfo` did not answer within {timeout_s:g} s")
     if proc.returncode != 0:
+        # SLURM installed but no controller running (e.g. a test cluster that was stopped): a plain
+        # fact for the plan's executor line; sinfo's own error text goes only to --executor slurm.
         msg = (proc.stderr or proc.stdout).strip().splitlines()
-        return ClusterProbe(available=False, reason=f"`sinfo` failed (exit {proc.returncode}): {msg[-1] if msg else ''}")
+        return ClusterProbe(available=False, reason="SLURM is installed but no controller answers `sinfo`",
+                            detail=f"`sinfo` failed (exit {proc.returncode}): {msg[-1] if msg else ''}")
     parts = tuple(p.strip() for p in proc.stdout.split() if p.strip())
     if not parts:
         return ClusterProbe(available=False, reason="`sinfo` answered but lists no partition")
@@ -46,7 +50,7 @@ def choose_executor(requested: str | None) -> tuple[str, str]:
         if requested == "slurm":
             probe = probe_slurm()
             if not probe.available:
-                raise RuntimeError(f"--executor slurm, but no cluster answers: {probe.reason}. "
+                raise RuntimeError(f"--executor slurm, but no cluster answers: {probe.detail or probe.reason}. "
                                    "Start one (scripts/slurm_up.sh) or use --executor local.")
             return "slurm", f"requested; {probe.reason}"
         return requested, "requested with --executor"

@@ -5,27 +5,31 @@ already holds the resolved `config.yaml`. Every submission is appended to the sw
 (`<runs>/<sweep>/.sweep/ledger.jsonl`: run id, executor, job id or pid) so that a driver killed and
 started again can ask the scheduler which runs are still queued or running instead of submitting
 them twice.
+
+Before starting or submitting a run, every executor looks at its folder again (harness/runstore.py):
+a run finished meanwhile is not started, and a run another live process owns is followed or skipped,
+never trained twice; the launcher itself refuses a folder another process owns (exit 75).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.runstore import STATUS, RunStore, atomic_write_json
+from harness.runstore import EXIT_BUSY, STATUS, Ledger, RunStore, RunStoreError, SweepStore, describe_owner
 from harness.sweepfile import ResourceClass
 
-LEDGER = Path(".sweep") / "ledger.jsonl"
-SUBMITIT_DIR = Path(".sweep") / "submitit"
+__all__ = ["Ledger", "Task", "LIVE_STATES", "job_state", "mark_failed", "make_executor", "cancel"]
+
 # scheduler states in which a job still owns its run (do not submit it again)
 LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                          "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "PREEMPTED"})
@@ -40,54 +44,12 @@ class Task:
     resources: ResourceClass
     devices: int                    # the run config's train.devices (asserted equal to resources.devices)
 
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.run_dir)
+
 
 Progress = Callable[[Task, str, str], None]      # (task, event, detail)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-# ------------------------------------------------------------------------------------------ ledger
-
-class Ledger:
-    """Append-only record of submissions; the latest line per run id wins."""
-
-    def __init__(self, sweep_dir: Path):
-        self.path = Path(sweep_dir) / LEDGER
-
-    def record(self, run_id: str, executor: str, job_id: str | None = None, pid: int | None = None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"run_id": run_id, "executor": executor, "job_id": job_id, "pid": pid,
-                                "time": _now()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def latest(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        if not self.path.exists():
-            return out
-        for line in self.path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue        # a line torn by a killed driver: the ones before it still count
-            out[entry["run_id"]] = entry
-        return out
-
-    def history(self, run_id: str) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        rows = []
-        for line in self.path.read_text().splitlines():
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if e.get("run_id") == run_id:
-                rows.append(e)
-        return rows
 
 
 # ----------------------------------------------------------------------------------- job states
@@ -143,32 +105,48 @@ def job_state(entry: dict[str, Any] | None, run_dir: Path, slurm: dict[str, str]
     return "EXITED"     # debug runs live and die with the driver
 
 
-def mark_failed(run_dir: Path, error: str) -> None:
-    """Record a failure the run itself could not record (crash before train_run, scheduler kill).
-
-    Keeps every other key of status.json; leaves a run that is DONE alone."""
-    if (run_dir / "DONE").exists():
-        return
-    status = _read_status(run_dir)
-    if status.get("state") == "failed" and status.get("error"):
-        status["dispatch_error"] = error        # the run's own error says more: keep it first
-    else:
-        status.update({"state": "failed", "error": error})
-    status["updated"] = _now()
-    status.setdefault("attempts", 0)
-    atomic_write_json(run_dir / STATUS, status)
-
-
-def _read_status(run_dir: Path) -> dict[str, Any]:
-    """status.json as a dict; {} when absent or unreadable (a run killed mid-write leaves no half
-    file thanks to atomic writes, but a hand-edited one may be broken)."""
+def mark_failed(run_dir: Path, error: str) -> str | None:
+    """Record a failure the run itself could not record (RunStore.mark_failed). Never raises: a
+    driver that cannot write one run's status (full disk) goes on with the others; the returned
+    text (None when all went well) says what could not be recorded."""
     try:
-        return RunStore(run_dir).status() or {}
-    except json.JSONDecodeError:
-        return {}
+        RunStore(run_dir).mark_failed(error)
+    except (RunStoreError, OSError) as err:
+        return f"could not record the failure in {Path(run_dir) / STATUS}: {err}"
+    return None
+
+
+def _record(ledger: Ledger, task: Task, progress: Progress, executor: str, **ids: Any) -> None:
+    """Ledger line of a submission; a ledger that cannot be written (full disk) is reported, not
+    fatal: the run's own lock still prevents a second training of it."""
+    try:
+        ledger.record(task.run_id, executor, **ids)
+    except RunStoreError as err:
+        progress(task, "warning", str(err))
 
 
 # ------------------------------------------------------------------------------------- executors
+
+def progress_text(store: RunStore) -> str | None:
+    """'step 120/1200 (10%), 2.1 steps/s, ETA 8m34s' from the run's progress.json (None: none yet)."""
+    p = store.progress()
+    if not p or p.get("step") is None:
+        return None
+    step, total, rate, eta = p.get("step"), p.get("total"), p.get("steps_per_s"), p.get("eta_s")
+    text = f"step {step}" + (f"/{total} ({100 * step / total:.0f}%)" if total else "")
+    if p.get("phase") and p["phase"] != "train":
+        return text + f", {p['phase']}"         # evaluation: the training ETA says nothing about it
+    if rate:
+        text += f", {rate:.3g} steps/s"
+    if eta is not None:
+        text += f", ETA {_duration(eta)}"
+    return text
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
 
 class DebugExecutor:
     """In the driver's process, one run after another (breakpoints work)."""
@@ -181,61 +159,175 @@ class DebugExecutor:
     def run(self, tasks: list[Task], progress: Progress) -> None:
         from harness.launch import LaunchRun
         for task in tasks:
-            self.ledger.record(task.run_id, self.name, pid=os.getpid())
+            store = task.store
+            if store.is_done():
+                progress(task, "followed", "finished meanwhile by another process")
+                continue
+            owner = store.owner()
+            if owner is not None:
+                progress(task, "skipped", f"owned by {describe_owner(owner)}; not trained twice")
+                continue
+            _record(self.ledger, task, progress, self.name, pid=os.getpid())
             progress(task, "start", "in-process")
             t0 = time.time()
             try:
                 LaunchRun()(str(task.run_dir))
             except Exception as err:  # the sweep goes on; the run folder says what happened
-                mark_failed(task.run_dir, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
-                progress(task, "failed", f"{type(err).__name__}: {err}")
+                note = mark_failed(task.run_dir, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
+                progress(task, "failed", f"{type(err).__name__}: {err}" + (f" ({note})" if note else ""))
                 continue
             progress(task, "done", f"{time.time() - t0:.1f} s")
+
+
+class _Output:
+    """A launcher's stdout+stderr: copied to logs/launch.log and its tail kept in memory, so the
+    run's own error reaches the driver even when the log cannot be written (full disk)."""
+
+    def __init__(self, proc: subprocess.Popen, log_path: Path, keep: int = 200):
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.log_error: str | None = None
+        self.log_path = log_path
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log = open(log_path, "ab")
+        except OSError as err:
+            self.log, self.log_error = None, str(err)
+        self.thread = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+            if self.log is not None:
+                try:
+                    self.log.write(raw)
+                    self.log.flush()
+                except OSError as err:
+                    self.log_error = str(err)
+                    try:
+                        self.log.close()
+                    except OSError:
+                        pass
+                    self.log = None
+        stream.close()
+
+    def close(self) -> None:
+        self.thread.join(timeout=10)
+        if self.log is not None:
+            try:
+                self.log.close()
+            except OSError as err:
+                self.log_error = str(err)
+
+    def error_line(self) -> str:
+        """The launcher's last 'error: ...' line, else its last non-empty line."""
+        lines = [x for x in self.lines if x.strip()]
+        for x in reversed(lines):
+            if x.startswith("error:") or "Error:" in x:
+                return x.strip()
+        return lines[-1].strip() if lines else "(no output)"
+
+    def tail(self, n: int = 15) -> list[str]:
+        return [x for x in self.lines if x.strip()][-n:]
 
 
 class LocalExecutor:
     """Local processes (`python -m harness.launch RUN_DIR`), at most `max_parallel` at a time.
 
     Each process gets an equal share of the machine's cores as torch threads, so N parallel runs do
-    not oversubscribe the CPU."""
+    not oversubscribe the CPU. Right before starting a run the executor looks at its folder again:
+    a run finished meanwhile is not started, and a run another live process owns (another driver's
+    launcher, a hand-started `harness.train`) is followed until that process lets go of it. Every
+    `progress_every_s` seconds it reports each running run's step and ETA (progress.json)."""
 
     name = "local"
 
-    def __init__(self, sweep_dir: Path, max_parallel: int = 1, **_: Any):
+    def __init__(self, sweep_dir: Path, max_parallel: int = 1, progress_every_s: float = 30.0, **_: Any):
         self.ledger = Ledger(sweep_dir)
         self.max_parallel = max(1, int(max_parallel))
+        self.progress_every_s = progress_every_s
 
-    def run(self, tasks: list[Task], progress: Progress) -> None:
+    def run(self, tasks: list[Task], progress: Progress, follow: list[Task] = ()) -> None:
         pending = list(tasks)
-        running: dict[subprocess.Popen, tuple[Task, float, Any]] = {}
+        running: dict[subprocess.Popen, tuple[Task, float, _Output]] = {}
+        followed: list[Task] = list(follow)
+        for task in followed:
+            progress(task, "following", f"owned by {describe_owner(task.store.owner())}")
         threads = max(1, (os.cpu_count() or 1) // min(self.max_parallel, max(1, len(tasks))))
-        env = {**os.environ, "HARNESS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "HARNESS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+               "PYTHONUNBUFFERED": "1"}
+        last_report = time.time()
+        said: dict[str, str] = {}
         try:
-            while pending or running:
+            while pending or running or followed:
                 while pending and len(running) < self.max_parallel:
                     task = pending.pop(0)
-                    (task.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-                    log = open(task.run_dir / "logs" / "launch.log", "ab")
+                    store = task.store
+                    if store.is_done():
+                        progress(task, "followed", "finished meanwhile by another process; not started again")
+                        continue
+                    owner = store.owner()
+                    if owner is not None:
+                        progress(task, "following", f"owned by {describe_owner(owner)}; waiting for it, not training it twice")
+                        followed.append(task)
+                        continue
                     proc = subprocess.Popen([sys.executable, "-m", "harness.launch", str(task.run_dir)],
-                                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-                    self.ledger.record(task.run_id, self.name, pid=proc.pid)
-                    running[proc] = (task, time.time(), log)
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+                    out = _Output(proc, store.launch_log)
+                    _record(self.ledger, task, progress, self.name, pid=proc.pid)
+                    running[proc] = (task, time.time(), out)
                     progress(task, "start", f"pid {proc.pid}")
                 time.sleep(0.2)
                 for proc in [p for p in running if p.poll() is not None]:
-                    task, t0, log = running.pop(proc)
-                    log.close()
-                    if proc.returncode == 0 and (task.run_dir / "DONE").exists():
-                        progress(task, "done", f"{time.time() - t0:.1f} s")
-                    else:
-                        mark_failed(task.run_dir, f"launcher exited with code {proc.returncode} "
-                                                  f"(see {task.run_dir / 'logs' / 'launch.log'})")
-                        progress(task, "failed", f"exit {proc.returncode}; log: {task.run_dir / 'logs' / 'launch.log'}")
+                    task, t0, out = running.pop(proc)
+                    out.close()
+                    self._ended(task, proc.returncode, time.time() - t0, out, progress, followed)
+                for task in list(followed):
+                    if task.store.owner() is None:
+                        followed.remove(task)
+                        self._followed_ended(task, progress)
+                if self.progress_every_s and time.time() - last_report >= self.progress_every_s:
+                    last_report = time.time()
+                    for task, event in [*((t, "progress") for t, _, _ in running.values()),
+                                        *((t, "following") for t in followed)]:
+                        text = progress_text(task.store)
+                        if text and said.get(task.run_id) != text:      # only news
+                            said[task.run_id] = text
+                            progress(task, event, text)
         except KeyboardInterrupt:
             # Ctrl-C stops the sweep: end our own children (their checkpoints let a rerun resume).
             for proc in running:
                 proc.send_signal(signal.SIGTERM)
             raise
+
+    def _ended(self, task: Task, rc: int, seconds: float, out: _Output, progress: Progress,
+               followed: list[Task]) -> None:
+        log = task.store.launch_log
+        if rc == 0 and task.store.is_done():
+            progress(task, "done", f"{seconds:.1f} s")
+            return
+        if rc == EXIT_BUSY:
+            # another process took the run between our look and the launcher's lock: follow it
+            progress(task, "following", out.error_line())
+            followed.append(task)
+            return
+        note = mark_failed(task.run_dir, f"launcher exited with code {rc}: {out.error_line()} (log: {log})")
+        detail = f"exit {rc}: {out.error_line()}; log: {log}"
+        if out.log_error:
+            detail += f" (the log is incomplete: {out.log_error}; its last lines follow)"
+        if note:
+            detail += f"; {note}"
+        progress(task, "failed", detail + "\n" + "\n".join(f"      | {x}" for x in out.tail()))
+
+    def _followed_ended(self, task: Task, progress: Progress) -> None:
+        store = task.store
+        if store.is_done():
+            progress(task, "followed", "finished by its other owner")
+        else:
+            st = store.status() or {}
+            progress(task, "stopped", f"its other owner stopped without finishing it (status {st.get('state')}: "
+                                      f"{st.get('error') or '-'}); rerun the sweep to resume it")
 
 
 def submitit_parameters(rc: ResourceClass, name: str, max_parallel: int | None) -> dict[str, Any]:
@@ -272,6 +364,7 @@ class SlurmExecutor:
     def __init__(self, sweep_dir: Path, max_parallel: int | None = None, job_prefix: str = "", **_: Any):
         self.sweep_dir = Path(sweep_dir)
         self.ledger = Ledger(sweep_dir)
+        self.submitit_dir = SweepStore(sweep_dir).submitit / "%j"
         self.max_parallel = max_parallel
         self.job_prefix = job_prefix or self.sweep_dir.name
 
@@ -282,18 +375,28 @@ class SlurmExecutor:
         by_class: dict[str, list[Task]] = defaultdict(list)
         for task in tasks:
             check_devices(task)
+            if task.store.is_done():
+                progress(task, "followed", "finished meanwhile by another process; not submitted")
+                continue
+            owner = task.store.owner()
+            if owner is not None:       # e.g. a hand-started harness.train on this folder
+                progress(task, "skipped", f"owned by {describe_owner(owner)}; not submitted twice")
+                continue
             by_class[task.resource_class].append(task)
         submitted = []
         for cls, group in by_class.items():
             rc = group[0].resources
-            ex = submitit.AutoExecutor(folder=self.sweep_dir / SUBMITIT_DIR / "%j", cluster="slurm",
+            ex = submitit.AutoExecutor(folder=self.submitit_dir, cluster="slurm",
                                        slurm_max_num_timeout=rc.max_num_timeout)
             ex.update_parameters(**submitit_parameters(rc, f"{self.job_prefix}-{cls}", self.max_parallel))
             with ex.batch():
                 jobs = [ex.submit(LaunchRun(), str(t.run_dir)) for t in group]
             for task, job in zip(group, jobs):
-                self.ledger.record(task.run_id, self.name, job_id=str(job.job_id))
-                _add_job_to_status(task.run_dir, str(job.job_id))
+                _record(self.ledger, task, progress, self.name, job_id=str(job.job_id))
+                try:
+                    task.store.add_job(str(job.job_id))
+                except RunStoreError as err:
+                    progress(task, "warning", str(err))
                 progress(task, "submitted", f"job {job.job_id} ({cls})")
                 submitted.append((task, job))
         return submitted
@@ -301,7 +404,7 @@ class SlurmExecutor:
     def attach(self, pairs: list[tuple[Task, str]]) -> list[tuple[Task, Any]]:
         """submitit handles of jobs submitted by an earlier driver (from the ledger's job ids)."""
         import submitit
-        return [(task, submitit.SlurmJob(folder=self.sweep_dir / SUBMITIT_DIR / "%j", job_id=jid)) for task, jid in pairs]
+        return [(task, submitit.SlurmJob(folder=self.submitit_dir, job_id=jid)) for task, jid in pairs]
 
     def wait(self, submitted: list[tuple[Task, Any]], progress: Progress, poll_s: float = 5.0) -> None:
         """Follow the jobs until each one ends; report requeues and failures as they happen."""
@@ -317,13 +420,14 @@ class SlurmExecutor:
                         progress(task, state.lower(), f"job {jid}")
                 if state in LIVE_STATES:
                     continue
-                if (task.run_dir / "DONE").exists():
+                if task.store.is_done():
                     progress(task, "done", f"job {jid}")
                     del open_jobs[jid]
                 elif state != "UNKNOWN" or _result_file_written(job):
-                    mark_failed(task.run_dir, f"SLURM job {jid} ended {state} without finishing the run; "
-                                              f"log: {_job_log(job)}")
-                    progress(task, "failed" if state != "CANCELLED" else "cancelled", f"job {jid} {state}; log: {_job_log(job)}")
+                    note = mark_failed(task.run_dir, f"SLURM job {jid} ended {state} without finishing the run; "
+                                                     f"log: {_job_log(job)}")
+                    progress(task, "failed" if state != "CANCELLED" else "cancelled",
+                             f"job {jid} {state}; log: {_job_log(job)}" + (f"; {note}" if note else ""))
                     del open_jobs[jid]
             if open_jobs:
                 time.sleep(poll_s)
@@ -344,14 +448,7 @@ def _job_log(job: Any) -> str:
 
 
 def _add_job_to_status(run_dir: Path, job_id: str) -> None:
-    """Mirror the job id into the run's status.json ("jobs" list), keeping its other keys."""
-    status = _read_status(run_dir)
-    status.setdefault("state", "queued")
-    if status["state"] in ("failed",):
-        status["state"] = "queued"
-    status["jobs"] = [*status.get("jobs", []), job_id]
-    status["updated"] = _now()
-    atomic_write_json(run_dir / STATUS, status)
+    RunStore(run_dir).add_job(job_id)
 
 
 def cancel(entries: dict[str, dict[str, Any]], run_dirs: dict[str, Path]) -> list[str]:
@@ -372,11 +469,11 @@ def cancel(entries: dict[str, dict[str, Any]], run_dirs: dict[str, Path]) -> lis
     return done
 
 
-def make_executor(name: str, sweep_dir: Path, max_parallel: int | None):
+def make_executor(name: str, sweep_dir: Path, max_parallel: int | None, progress_every_s: float = 30.0):
     if name == "debug":
         return DebugExecutor(sweep_dir)
     if name == "local":
-        return LocalExecutor(sweep_dir, max_parallel=max_parallel or 1)
+        return LocalExecutor(sweep_dir, max_parallel=max_parallel or 1, progress_every_s=progress_every_s)
     if name == "slurm":
         return SlurmExecutor(sweep_dir, max_parallel=max_parallel)
     raise ValueError(f"unknown executor {name!r}; choose slurm, local or debug")

@@ -8,26 +8,26 @@ Requeue has one owner: submitit. On timeout or preemption submitit calls `checkp
 the same callable on the same run folder, submitit requeues the job (same job id), and
 `harness.train.train_run` resumes from `<run_dir>/checkpoints/last.ckpt`. Lightning's own SLURM
 auto-requeue is switched off by train_run (SLURMEnvironment(auto_requeue=False)).
+
+Ownership: train_run holds the run folder's lock while it trains. A launcher that finds the folder
+owned by another live process waits HARNESS_LOCK_WAIT_S (default 30 s: a requeued job may start
+while its predecessor is still exiting), then exits with code 75 (runstore.EXIT_BUSY) and one line
+naming the owner. User errors (config, data contract, disk) end in one `error:` line, not a traceback.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-JOBS_FILE = "jobs.jsonl"       # per run: one line per attempt (job id, host, time, restart count)
+from harness.runstore import EXIT_BUSY
 
-
-def _rank() -> int:
-    for var in ("SLURM_PROCID", "RANK", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
+# How long a launcher waits for its run folder when another process still owns it (e.g. the
+# previous attempt of a requeued job still exiting) before it gives up with exit code EXIT_BUSY.
+LOCK_WAIT_S = float(os.environ.get("HARNESS_LOCK_WAIT_S", "30"))
 
 
 def _set_threads() -> None:
@@ -38,16 +38,10 @@ def _set_threads() -> None:
         torch.set_num_threads(max(1, int(n)))
 
 
-def record_attempt(run_dir: Path, **extra: Any) -> None:
-    """Append this attempt to <run_dir>/logs/jobs.jsonl (rank 0 only)."""
-    if _rank() != 0:
-        return
-    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": os.uname().nodename, "pid": os.getpid(),
-             "slurm_job_id": _slurm_job_id(), "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-             "resumed_from_checkpoint": (run_dir / "checkpoints" / "last.ckpt").exists(), **extra}
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "logs" / JOBS_FILE, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+def attempt_record(event: str) -> dict[str, Any]:
+    """What logs/jobs.jsonl says about this attempt (the run store adds time, host, pid)."""
+    return {"event": event, "slurm_job_id": _slurm_job_id(),
+            "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
 
 
 def _slurm_job_id() -> str | None:
@@ -63,16 +57,22 @@ class LaunchRun(submitit.helpers.Checkpointable):
         from harness.config import load_config
         from harness.train import train_run
 
+        from harness.runstore import CONFIG
+
         path = Path(run_dir)
-        cfg = load_config(path / "config.yaml")
+        cfg = load_config(path / CONFIG)
         _set_threads()
-        record_attempt(path, event="start")
-        return train_run(cfg, path)
+        return train_run(cfg, path, attempt=attempt_record("start"), lock_wait_s=LOCK_WAIT_S)
 
     def checkpoint(self, run_dir: str) -> submitit.helpers.DelayedSubmission:
         # Called by submitit in the job on timeout/preemption (rank 0). The state to resume from is
         # the run's own checkpoints/last.ckpt, written by train_run at its checkpoint cadence.
-        record_attempt(Path(run_dir), event="requeue")
+        from harness.runstore import RunStore, RunStoreError, process_rank
+        if process_rank() == 0:
+            try:
+                RunStore(run_dir).record_attempt(**attempt_record("requeue"))
+            except RunStoreError as err:
+                print(f"warning: {err}", file=sys.stderr)
         return submitit.helpers.DelayedSubmission(LaunchRun(), run_dir)
 
 
@@ -81,7 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m harness.launch RUN_DIR   (RUN_DIR holds the config.yaml to train)", file=sys.stderr)
         return 2
-    LaunchRun()(argv[0])
+    from harness.config import ConfigError
+    from harness.data.contract import ContractError
+    from harness.runstore import Busy, RunStoreError
+    from harness.system import NonFiniteLossError
+    try:
+        LaunchRun()(argv[0])
+    except Busy as err:
+        print(f"error: {err}; not training it twice", file=sys.stderr)
+        return EXIT_BUSY
+    except (ConfigError, ContractError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (RunStoreError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,37 +1,123 @@
-"""The run folder (docs/contracts.md §4): paths, atomic writes, status.json, the DONE marker.
+"""The run folder and the sweep folder (docs/contracts.md §4): file names, states, locks, writes.
 
     <runs>/<sweep>/<run_id>/
-      config.yaml  provenance.json  status.json  metrics.csv  result.json  checkpoints/  logs/  DONE
+      config.yaml  provenance.json  status.json  progress.json  metrics.csv  result.json
+      checkpoints/  logs/{launch.log,jobs.jsonl}  .lock  .lock.owner  DONE
+    <runs>/<sweep>/.sweep/
+      sweep.yaml  plan.json  ledger.jsonl  lock  lock.owner  submitit/  replaced/
 
-Every JSON/YAML file is written to a temporary sibling and renamed into place, so a reader (the
-sweep's status view, analysis) never sees half a file, and a kill at any instant leaves either
-the old or the new version. DONE is written last, after result.json, and only by finish().
-This module imports no torch: the sweep dispatcher and analysis can use it freely.
+This module is the only code that knows these names, the run states, what "done" means, the
+timestamp format and the locks; the trainer, the launcher, the executors, the sweep driver and
+analysis ask it. It imports no torch (analysis reads run folders without torch).
+
+Writes. Every JSON/YAML file is written to a temporary sibling (`.<name>.tmp.<pid>`) and renamed
+into place, so a reader never sees half a file and a kill leaves the old or the new version. A write
+that fails (full disk, read-only folder) removes its temporary file and raises `RunStoreError`
+naming the path; temporary files left by a killed process are removed by the next owner of the
+folder (`RunStore.clean_tmp`). DONE is written last, after result.json, only by `finish()`.
+
+Ownership. A run folder is owned by the one process that trains it (`RunStore.lock()`), a sweep
+folder by the one driver that dispatches it (`SweepStore.lock()`). Both are `flock` locks (the
+`filelock` package): the kernel drops them when the holder dies, however it dies (SIGKILL, OOM, a
+lost node), so a killed process never leaves a folder stuck. Who holds a lock is written beside it
+(`<lock>.owner`: pid, host, command, since) so that a second process can say whom it waits for.
 """
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import errno
 import json
 import math
 import os
+import socket
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import filelock
+
+# ---- names ---------------------------------------------------------------------------------
 CONFIG = "config.yaml"
 PROVENANCE = "provenance.json"
 STATUS = "status.json"
+PROGRESS = "progress.json"
 METRICS = "metrics.csv"
 RESULT = "result.json"
 DONE = "DONE"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 LAST_CKPT = "last.ckpt"
+LAUNCH_LOG = "launch.log"           # in logs/: the local launcher's stdout + stderr
+JOBS = "jobs.jsonl"                 # in logs/: one line per attempt (job id, host, restart count)
+RUN_LOCK = ".lock"
+SWEEP_META = ".sweep"
+LEDGER = "ledger.jsonl"
+SWEEP_LOCK = "lock"
+SUBMITIT = "submitit"
+REPLACED = "replaced"
+# files whose presence makes a directory a run folder (analysis looks for these)
+RUN_MARKERS = (RESULT, STATUS, CONFIG)
 RESULT_SCHEMA = 1
+
+# ---- states --------------------------------------------------------------------------------
+# status.json "state" as the run writes it
+RUNNING, DONE_STATE, FAILED, QUEUED = "running", "done", "failed", "queued"
+# the folder's state as the sweep driver and analysis read it (scheduler knowledge added by sweep.py)
+FOLDER_STATES = ("new", "running", "done", "failed", "interrupted")
+
+# exit code of a launcher that found its run folder owned by another live process (EX_TEMPFAIL)
+EXIT_BUSY = 75
+
+# errors of the file system the user can fix (space, permissions, read-only mounts)
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class RunStoreError(RuntimeError):
+    """A run or sweep folder could not be written or is owned by another process; the message
+    names the path and the fix."""
+
+
+class Busy(RunStoreError):
+    """The folder's lock is held by another live process (`owner`: what it wrote about itself)."""
+
+    def __init__(self, message: str, owner: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.owner = owner or {}
+
+
+def process_rank() -> int:
+    """Global rank of this process in a multi-process run (0 when alone): only rank 0 owns the folder."""
+    for var in ("SLURM_PROCID", "RANK", "LOCAL_RANK"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 0
 
 
 def now_iso() -> str:
+    """The one timestamp format of run and sweep folders: UTC, ISO 8601, seconds."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def disk_message(err: OSError, path: Path | str | None = None) -> str:
+    """A one-line explanation of a failed write, naming the path and what to do."""
+    where = str(path or err.filename or "?")
+    code = err.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space there (or use another --runs-dir) and rerun: the run resumes from its last checkpoint"
+        what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+    elif code == errno.EROFS:
+        what, fix = "read-only file system", "choose a writable runs directory (--runs-dir or HARNESS_RUNS_DIR)"
+    elif code in (errno.EACCES, errno.EPERM):
+        what, fix = "permission denied", "choose a runs directory you can write (--runs-dir or HARNESS_RUNS_DIR)"
+    else:
+        what, fix = (err.strerror or str(err)), "check the file system"
+    return f"cannot write {where}: {what}; {fix}"
 
 
 def _clean(x: Any) -> Any:
@@ -47,29 +133,174 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp.{os.getpid()}")
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Any], None], mode: str = "w", **open_kw: Any) -> None:
+    """Write through `write(file)` into a temporary sibling, fsync, rename. On failure the
+    temporary file is removed and RunStoreError names the path (OSError is kept as __cause__)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, mode, **open_kw) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if err.errno in DISK_ERRNOS:
+            raise RunStoreError(disk_message(err, path)) from err
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file as a dict; None when absent or unreadable (a hand-edited or torn file)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def run_dir_for(runs_dir: str | Path, sweep: str, rid: str) -> Path:
     return Path(runs_dir) / sweep / rid
 
+
+# ---- locks ---------------------------------------------------------------------------------
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe_owner(owner: dict[str, Any] | None) -> str:
+    if not owner:
+        return "another process (it wrote no owner record)"
+    cmd = owner.get("command") or ""
+    return (f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
+            + (f" (`{cmd[:120]}`)" if cmd else ""))
+
+
+class FolderLock:
+    """An exclusive flock on `<folder>/<name>`, plus `<name>.owner` saying who holds it.
+
+    Non-reentrant across objects: a second FolderLock on the same file, even in the same process,
+    sees it held (flock locks belong to an open file), which is what the tests of two owners need.
+    """
+
+    def __init__(self, folder: Path, name: str, what: str):
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / name
+        self.owner_path = self.folder / f"{name}.owner"
+        self._lock: filelock.FileLock | None = None
+
+    def _new(self) -> filelock.FileLock:
+        return filelock.FileLock(str(self.path))
+
+    def holder(self) -> dict[str, Any] | None:
+        """None when nobody holds the lock; else the holder's owner record ({} if it wrote none).
+        Probing needs no write access to a folder whose lock file exists; a folder that cannot even
+        open its lock file (read-only, never locked) is reported free."""
+        if self._lock is not None:
+            return self.owner()
+        if not self.path.exists():
+            return None
+        probe = self._new()
+        try:
+            probe.acquire(timeout=0)
+        except filelock.Timeout:
+            return self.owner() or {}
+        except OSError:
+            return None
+        probe.release()
+        return None
+
+    def owner(self) -> dict[str, Any]:
+        return read_json(self.owner_path) or {}
+
+    def acquire(self, wait_s: float = 0.0, on_wait: Callable[[dict[str, Any]], None] | None = None,
+                poll_s: float = 1.0) -> FolderLock:
+        """Take the lock, waiting up to wait_s seconds (float('inf'): forever); `on_wait(owner)` is
+        called once before waiting and then every poll. Raises Busy when still held, RunStoreError
+        when the folder cannot hold a lock file (read-only, full)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunStoreError(disk_message(err, self.folder)) from err
+        lock = self._new()
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                lock.acquire(timeout=0)
+                break
+            except filelock.Timeout:
+                owner = self.owner()
+                if time.monotonic() >= deadline:
+                    raise Busy(f"{self.what} {self.folder} is owned by {describe_owner(owner)}", owner) from None
+                if on_wait is not None:
+                    on_wait(owner)
+                time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
+            except OSError as err:
+                raise RunStoreError(disk_message(err, self.path)) from err
+        self._lock = lock
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(),
+                  "command": " ".join(sys.argv)}
+        try:
+            atomic_write_json(self.owner_path, record)
+        except (RunStoreError, OSError):
+            pass        # the lock holds without its record; waiters then say "another process"
+        return self
+
+    def release(self) -> None:
+        if self._lock is None:
+            return
+        try:
+            if (self.owner() or {}).get("pid") == os.getpid():
+                self.owner_path.unlink()
+        except OSError:
+            pass
+        self._lock.release()
+        self._lock = None
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+    def __enter__(self) -> FolderLock:
+        return self if self._lock is not None else self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ---- the run folder ------------------------------------------------------------------------
 
 class RunStore:
     """One run folder."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock = FolderLock(self.path, RUN_LOCK, "run folder")
 
     # paths
     def __truediv__(self, name: str) -> Path:
@@ -87,17 +318,60 @@ class RunStore:
     def logs(self) -> Path:
         return self.path / LOGS
 
+    @property
+    def launch_log(self) -> Path:
+        return self.logs / LAUNCH_LOG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
     def create(self) -> None:
-        for p in (self.path, self.checkpoints, self.logs):
-            p.mkdir(parents=True, exist_ok=True)
+        try:
+            for p in (self.path, self.checkpoints, self.logs):
+                p.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunStoreError(disk_message(err, self.path)) from err
+
+    # ownership
+    def lock(self, wait_s: float = 0.0, on_wait: Callable[[dict[str, Any]], None] | None = None) -> FolderLock:
+        """Own this run folder (raises Busy naming the owner). Use as a context manager."""
+        return self._lock.acquire(wait_s=wait_s, on_wait=on_wait)
+
+    @property
+    def owned(self) -> bool:
+        """Whether this RunStore object holds the folder's lock."""
+        return self._lock.held
+
+    def owner(self) -> dict[str, Any] | None:
+        """None when no live process owns the folder, else its owner record."""
+        return self._lock.holder()
+
+    def clean_tmp(self) -> list[Path]:
+        """Remove temporary files of interrupted atomic writes (`.<name>.tmp.<pid>`). Call only
+        while owning the folder: then no other process is writing one."""
+        removed = []
+        for d in (self.path, self.checkpoints):
+            if not d.is_dir():
+                continue
+            for p in d.glob(".*.tmp*"):
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except OSError:
+                    pass
+        return removed
 
     # state
     def is_done(self) -> bool:
+        """The one definition of a finished run: DONE (written last) and result.json."""
         return (self.path / DONE).exists() and (self.path / RESULT).exists()
 
+    def has_checkpoint(self) -> bool:
+        return self.last_ckpt.exists()
+
     def read_json(self, name: str) -> dict | None:
-        p = self.path / name
-        return json.loads(p.read_text()) if p.exists() else None
+        return read_json(self.path / name)
 
     def result(self) -> dict | None:
         return self.read_json(RESULT)
@@ -105,15 +379,104 @@ class RunStore:
     def status(self) -> dict | None:
         return self.read_json(STATUS)
 
+    def progress(self) -> dict | None:
+        return self.read_json(PROGRESS)
+
+    def folder_state(self) -> str:
+        """new | running (a live process owns the folder) | done | failed | interrupted (resumable)."""
+        if self.is_done():
+            return "done"
+        if self.owner() is not None:
+            return "running"
+        st = (self.status() or {}).get("state")
+        if st == FAILED:
+            return "failed"
+        if st in (RUNNING, DONE_STATE) or self.has_checkpoint():
+            return "interrupted"
+        return "new"
+
     def write_status(self, state: str, *, error: str | None = None, new_attempt: bool = False, **extra) -> dict:
-        """state: running | done | failed. `attempts` counts starts of this run (resumes included)."""
+        """state: running | done | failed. `attempts` counts starts of this run (resumes included).
+
+        On a full disk the atomic write (a new file) can fail where rewriting the existing small
+        file in place still fits (its blocks are freed first), so a failure is recorded even then."""
         old = self.status() or {}
         attempts = int(old.get("attempts", 0)) + (1 if new_attempt else 0)
         status = {"state": state, "updated": now_iso(), "attempts": attempts, "error": error, **extra}
         if "jobs" in old and "jobs" not in extra:
             status["jobs"] = old["jobs"]    # scheduler job ids mirrored by the sweep dispatcher
-        atomic_write_json(self.path / STATUS, status)
+        self._write_status(status)
         return status
+
+    def _write_status(self, status: dict[str, Any]) -> None:
+        path = self.path / STATUS
+        text = json.dumps(_clean(status), indent=2, allow_nan=False) + "\n"
+        try:
+            atomic_write_text(path, text)
+        except RunStoreError as err:
+            cause = err.__cause__
+            if not (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT) and path.exists()):
+                raise
+            try:
+                with open(path, "r+") as f:
+                    f.truncate(0)
+                    f.write(text)
+            except OSError:
+                raise err from None
+
+    def mark_failed(self, error: str) -> bool:
+        """Record a failure the run itself could not record (crash before training, scheduler kill).
+
+        Keeps every other key of status.json (the run's own error first, the dispatcher's beside it);
+        leaves a DONE run alone, and a folder another live process owns. Returns whether it wrote."""
+        if (self.path / DONE).exists() or (not self._lock.held and self.owner() is not None):
+            return False
+        status = self.status() or {}
+        if status.get("state") == FAILED and status.get("error"):
+            status["dispatch_error"] = error        # the run's own error says more: keep it first
+        else:
+            status.update({"state": FAILED, "error": error})
+        status["updated"] = now_iso()
+        status.setdefault("attempts", 0)
+        self._write_status(status)
+        return True
+
+    def add_job(self, job_id: str) -> None:
+        """Mirror a scheduler job id into status.json ("jobs" list), keeping its other keys."""
+        status = self.status() or {}
+        status.setdefault("state", QUEUED)
+        if status["state"] == FAILED:
+            status["state"] = QUEUED
+        status["jobs"] = [*status.get("jobs", []), job_id]
+        status["updated"] = now_iso()
+        self._write_status(status)
+
+    def record_attempt(self, **entry: Any) -> None:
+        """Append one line to logs/jobs.jsonl (one per start or requeue of this run)."""
+        line = {"time": now_iso(), "host": socket.gethostname(), "pid": os.getpid(),
+                "resumed_from_checkpoint": self.has_checkpoint(), **entry}
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            with open(self.logs / JOBS, "a") as f:
+                f.write(json.dumps(_clean(line)) + "\n")
+        except OSError as err:
+            raise RunStoreError(disk_message(err, self.logs / JOBS)) from err
+
+    def attempts(self) -> list[dict[str, Any]]:
+        path = self.logs / JOBS
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def write_progress(self, **progress: Any) -> None:
+        """progress.json: the training loop's position (step, total, rate); read by the driver."""
+        atomic_write_json(self.path / PROGRESS, {"updated": now_iso(), "time": time.time(), **progress})
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.path / name, obj)
@@ -124,16 +487,96 @@ class RunStore:
     def finish(self, result: dict) -> None:
         """result.json, then status done, then DONE (last, atomically)."""
         self.write_json(RESULT, result)
-        self.write_status("done")
+        self.write_status(DONE_STATE)
         atomic_write_text(self.path / DONE, now_iso() + "\n")
+
+
+# ---- the sweep folder ----------------------------------------------------------------------
+
+class Ledger:
+    """Append-only record of submissions (`.sweep/ledger.jsonl`); the latest line per run id wins."""
+
+    def __init__(self, sweep_dir: Path):
+        self.path = Path(sweep_dir) / SWEEP_META / LEDGER
+
+    def record(self, run_id: str, executor: str, job_id: str | None = None, pid: int | None = None) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"run_id": run_id, "executor": executor, "job_id": job_id, "pid": pid,
+                                    "time": now_iso()}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise RunStoreError(disk_message(err, self.path)) from err
+
+    def _entries(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue        # a line torn by a killed driver: the ones before it still count
+        return out
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        return {e["run_id"]: e for e in self._entries() if "run_id" in e}
+
+    def history(self, run_id: str) -> list[dict[str, Any]]:
+        return [e for e in self._entries() if e.get("run_id") == run_id]
+
+
+class SweepStore:
+    """One sweep folder: its run folders and `.sweep/` (sweep file copy, plan, ledger, lock)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.meta = self.path / SWEEP_META
+        self.ledger = Ledger(self.path)
+        self._lock = FolderLock(self.meta, SWEEP_LOCK, "sweep folder")
+
+    def run(self, run_id: str) -> RunStore:
+        return RunStore(self.path / run_id)
+
+    @property
+    def submitit(self) -> Path:
+        return self.meta / SUBMITIT
+
+    def lock(self, wait_s: float = 0.0, on_wait: Callable[[dict[str, Any]], None] | None = None,
+             poll_s: float = 1.0) -> FolderLock:
+        """Own this sweep folder as its driver (raises Busy naming the other driver)."""
+        return self._lock.acquire(wait_s=wait_s, on_wait=on_wait, poll_s=poll_s)
+
+    def owner(self) -> dict[str, Any] | None:
+        return self._lock.holder()
+
+    def write_plan(self, plan: list[dict[str, Any]], sweep_file: Path | None) -> None:
+        try:
+            self.meta.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunStoreError(disk_message(err, self.meta)) from err
+        if sweep_file is not None:
+            atomic_write_text(self.meta / "sweep.yaml", Path(sweep_file).read_text())
+        atomic_write_text(self.meta / "plan.json", json.dumps(_clean(plan), indent=2, default=str) + "\n")
+
+    def set_aside(self, run_id: str) -> Path:
+        """Move a run folder to .sweep/replaced/<run_id>-<time> (never delete results)."""
+        src = self.path / run_id
+        dest = self.meta / REPLACED / f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dest)
+        return dest
 
 
 class MetricsCsv:
     """metrics.csv in long form, one row per (step, metric): `step,metric,value,time`.
 
     Long form keeps appends valid whatever the metrics of a row are. On resume, rows logged after
-    the checkpoint being resumed from (step > resume_step) are dropped, so the file of a resumed
-    run matches that of an uninterrupted one (wall times aside)."""
+    the checkpoint being resumed from (step > resume_step) are dropped, and a run restarted without
+    a checkpoint drops every row of the attempt it repeats (`truncate_after(-1)`), so the file of a
+    resumed run matches that of an uninterrupted one (wall times aside)."""
 
     FIELDS = ("step", "metric", "value", "time")
 
@@ -143,28 +586,42 @@ class MetricsCsv:
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, self.FIELDS)
+        rows = [r for r in self._rows() if int(r["step"]) <= step]
+
+        def write(f) -> None:
+            w = csv.DictWriter(f, self.FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, write, newline="")
 
     def append(self, step: int, metrics: dict[str, float]) -> None:
         new = not self.path.exists()
         t = round(_dt.datetime.now().timestamp(), 3)
-        with open(self.path, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(self.FIELDS)
-            for k, v in metrics.items():
-                w.writerow((step, k, repr(float(v)), t))
+        try:
+            with open(self.path, "a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(self.FIELDS)
+                for k, v in metrics.items():
+                    w.writerow((step, k, repr(float(v)), t))
+        except OSError as err:
+            if err.errno in DISK_ERRNOS:
+                raise RunStoreError(disk_message(err, self.path)) from err
+            raise
+
+    def _rows(self) -> list[dict[str, str]]:
+        """Parsable rows (a line torn by a full disk or a kill is skipped)."""
+        out = []
+        with open(self.path, newline="") as f:
+            for r in csv.DictReader(f):
+                try:
+                    int(r["step"]), float(r["value"])
+                except (TypeError, ValueError, KeyError):
+                    continue
+                out.append(r)
+        return out
 
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        with open(self.path, newline="") as f:
-            return [{"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])}
-                    for r in csv.DictReader(f)]
+        return [{"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])} for r in self._rows()]

@@ -14,9 +14,7 @@ unless --retry-failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ import yaml
 
 from harness import executors as X
 from harness.cluster import choose_executor
-from harness.runstore import RunStore
+from harness.runstore import CONFIG, Ledger, RunStore, RunStoreError, SweepStore, atomic_write_text, describe_owner
 from harness.sweepfile import ResolvedRun, SweepFileError, load_sweep, resolve, sweep_dir_name
 
 COMMANDS = ("run", "status", "plan", "cancel")
@@ -49,35 +47,32 @@ class Row:
 
 # ------------------------------------------------------------------------------------ run state
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def classify(run_dir: Path, entry: dict[str, Any] | None, slurm: dict[str, str]) -> tuple[str, str]:
-    """(status, job description) of one run from its folder and the scheduler."""
+    """(status, job description) of one run from its folder (RunStore.folder_state) and the scheduler."""
     job = ""
     if entry is not None:
         job = entry.get("job_id") or (f"pid {entry['pid']}" if entry.get("pid") else "")
-    if RunStore(run_dir).is_done():            # DONE and result.json (DONE is written last)
+    store = RunStore(run_dir)
+    folder = store.folder_state()
+    if folder == "done":
         return "done", job
     state = X.job_state(entry, run_dir, slurm)
     if state in X.LIVE_STATES:
         return ("queued" if state == "PENDING" else "running"), job
+    if folder == "running":                   # a live process owns the folder (lock held)
+        owner = store.owner() or {}
+        return "running", job if state == "RUNNING" or not owner.get("pid") else f"pid {owner['pid']}"
     if state == "CANCELLED":
         return "cancelled", job
-    st = _read_json(run_dir / "status.json").get("state")
-    if st == "failed" or state in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"):
+    if folder == "failed" or state in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"):
         return "failed", job
-    if st == "running" or (run_dir / "checkpoints" / "last.ckpt").exists():
+    if folder == "interrupted":
         return "interrupted", job      # resumes from its checkpoint
     return "new", job
 
 
 def build_rows(runs: list[ResolvedRun], sweep_dir: Path, with_describe: bool = True) -> tuple[list[Row], str]:
-    latest = X.Ledger(sweep_dir).latest()
+    latest = Ledger(sweep_dir).latest()
     slurm_ids = [e["job_id"] for e in latest.values() if e["executor"] == "slurm" and e.get("job_id")]
     slurm = X.slurm_states(slurm_ids) if slurm_ids else {}
     rows = []
@@ -92,7 +87,7 @@ def build_rows(runs: list[ResolvedRun], sweep_dir: Path, with_describe: bool = T
 def _describe(rows: list[Row]) -> str:
     """Params / FLOPs / estimated cost from harness.train.describe (analytic, per run config)."""
     try:
-        from harness.train import describe
+        from harness.train import describe, train_samples_estimate
     except ImportError as err:
         return f"params/FLOPs not shown: harness.train.describe is not importable ({err})"
     errors = []
@@ -111,8 +106,14 @@ def _describe(rows: list[Row]) -> str:
             row.flops_example = f
         rc, t = row.run.resources, row.run.cfg.train
         if row.flops_total is None and row.flops_example and t.max_steps > 0:
-            # samples the run will see: steps x per-device batch x devices (epoch-bounded runs: unknown)
+            # samples the run will see: steps x per-device batch x devices
             row.flops_total = row.flops_example * t.max_steps * row.run.cfg.data.batch_size * t.devices * t.num_nodes
+        elif row.flops_total is None and row.flops_example and t.max_epochs > 0:
+            # epoch-bounded: epochs x the train split's impressions (manifest stats, else the
+            # synthetic generator's expectation)
+            per_epoch = train_samples_estimate(row.run.cfg)
+            if per_epoch:
+                row.flops_total = row.flops_example * per_epoch * t.max_epochs
         if row.flops_total:
             row.cost_h = row.flops_total / (rc.assumed_tflops * 1e12) / 3600.0   # device-hours at the assumed rate
     return ("describe failed for: " + "; ".join(errors[:3])) if errors else ""
@@ -160,7 +161,7 @@ RESULT_COLUMNS = ("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc")
 
 def print_results(rows: list[Row], split: str = "test", out=None) -> None:
     """Final metrics of the finished runs, each beside the oracle's (synthetic data) and the gap."""
-    done = [(r, _read_json(r.run_dir / "result.json")) for r in rows if r.status == "done"]
+    done = [(r, RunStore(r.run_dir).result()) for r in rows if r.status == "done"]
     done = [(r, res) for r, res in done if res]
     if not done:
         return
@@ -217,52 +218,98 @@ def select(runs: list[ResolvedRun], only: list[str]) -> list[ResolvedRun]:
 
 def prepare(rows: list[Row], sweep_dir: Path, sweep_path: Path | None) -> None:
     """Write each run's resolved config.yaml (atomically) and the sweep's plan under .sweep/."""
-    meta = sweep_dir / ".sweep"
-    meta.mkdir(parents=True, exist_ok=True)
-    if sweep_path is not None:
-        shutil.copyfile(sweep_path, meta / "sweep.yaml")
     plan = [{"run_id": r.run.run_id, "name": r.run.name, "label": r.run.plan.label, "axes": r.run.plan.axes,
              "seed": r.run.plan.seed, "resource_class": r.run.plan.resource_class} for r in rows]
-    (meta / "plan.json").write_text(json.dumps(plan, indent=2, default=str))
+    SweepStore(sweep_dir).write_plan(plan, sweep_path)
     for r in rows:
-        r.run_dir.mkdir(parents=True, exist_ok=True)
+        store = RunStore(r.run_dir)
+        store.create()
         text = r.run.cfg.to_yaml()
-        path = r.run_dir / "config.yaml"
+        path = store / CONFIG
         if not path.exists() or path.read_text() != text:
-            tmp = path.with_suffix(".yaml.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            atomic_write_text(path, text)
 
 
 def set_aside(run_dir: Path) -> Path:
     """--rerun-done: move a finished run folder aside (never delete results)."""
-    dest = run_dir.parent / ".sweep" / "replaced" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.rename(dest)
-    return dest
+    return SweepStore(run_dir.parent).set_aside(run_dir.name)
+
+
+FINISHED = ("done", "failed", "cancelled", "followed", "stopped", "skipped")
 
 
 class Reporter:
+    """One line per event of a run: start, progress (step and ETA), done, failed, following (another
+    process owns the run), followed (it finished it), skipped, warning."""
+
     def __init__(self, total: int, out=None):
         self.total, self.finished, self.out, self.t0 = total, 0, out or sys.stdout, time.time()
+        self.counts: dict[str, int] = {}
 
     def __call__(self, task: X.Task, event: str, detail: str) -> None:
-        if event in ("done", "failed", "cancelled"):
+        if event in FINISHED:
             self.finished += 1
+            self.counts[event] = self.counts.get(event, 0) + 1
         stamp = time.strftime("%H:%M:%S")
         print(f"{stamp} [{self.finished}/{self.total}] {event:<10} {task.name} ({task.run_id}) {detail}",
               file=self.out, flush=True)
+
+
+def _wait_for_driver(store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path, every_s: float) -> Any:
+    """Wait for the other driver of this sweep folder, saying whom and how far it is."""
+    state = {"last": 0.0, "said": False}
+
+    def on_wait(owner: dict[str, Any]) -> None:
+        if not state["said"]:
+            state["said"] = True
+            print(f"another driver owns {sweep_dir}: {describe_owner(owner)}.\n"
+                  f"waiting for it to finish (Ctrl-C stops waiting, nothing is lost; --no-wait refuses instead); "
+                  f"this driver then runs whatever is still not done", flush=True)
+        if time.time() - state["last"] >= every_s:
+            state["last"] = time.time()
+            rows, _ = build_rows(runs, sweep_dir, with_describe=False)
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r.status] = counts.get(r.status, 0) + 1
+            running = [f"{r.run.name} ({X.progress_text(RunStore(r.run_dir)) or 'starting'})"
+                       for r in rows if r.status == "running"]
+            print(f"{time.strftime('%H:%M:%S')} waiting: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+                  + (f"; running: {'; '.join(running)}" if running else ""), flush=True)
+
+    return store.lock(wait_s=float("inf"), on_wait=on_wait, poll_s=1.0)
+
+
+def _gpu_runs(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.run.resources.accelerator == "gpu"]
+
+
+HELP = """commands (the first argument; default: run):
+  run     FILE   print the plan, then run every run that is not done (resumes interrupted ones)
+  plan    FILE   print the plan only (same as --dry-run; nothing is written)
+  status  FILE   print the plan with each run's state and the results of finished runs
+  cancel  FILE   cancel the queued/running jobs of the selected runs (same as --cancel)
+
+examples:
+  python -m harness.sweep sweeps/length.yaml --preset laptop --max-parallel 2
+  python -m harness.sweep plan sweeps/length.yaml
+  python -m harness.sweep status sweeps/length.yaml --preset laptop
+  python -m harness.sweep sweeps/length.yaml --only data.seq_len=1024 --retry-failed
+
+One driver owns a sweep folder at a time: a second one started on the same folder waits for the
+first (or, with --no-wait, refuses) and then runs only what is still not done. See docs/sweeps.md."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     ap = argparse.ArgumentParser(prog=f"python -m harness.sweep [{'|'.join(COMMANDS)}]",
-                                 description="Plan and run a sweep file (see docs/sweeps.md).")
+                                 description="Plan and run a sweep file (docs/sweeps.md).", epilog=HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", type=Path, help="sweep file, e.g. sweeps/length.yaml")
     ap.add_argument("--preset", default=None, help="named preset of the file (ci, laptop)")
     ap.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
-                    help="default: slurm when a cluster answers sinfo, else local")
+                    help="default: slurm when a cluster answers sinfo, else local (refused when the runs ask "
+                         "for GPUs: pass --executor local to run them here anyway)")
     ap.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("HARNESS_RUNS_DIR", "runs")))
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     ap.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
@@ -272,11 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cancel", action="store_true", help="cancel the queued/running jobs of the selected runs")
     ap.add_argument("--max-parallel", type=int, default=None,
                     help="local: processes at once (default 1); slurm: array parallelism cap")
-    ap.add_argument("--no-wait", action="store_true", help="slurm: submit and return (follow with `status`)")
+    ap.add_argument("--no-wait", action="store_true",
+                    help="slurm: submit and return (follow with `status`); any executor: refuse instead of "
+                         "waiting when another driver owns the sweep folder")
+    ap.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                    help="local: report each running run's step and ETA this often (0: never); default 30")
     ap.add_argument("--no-describe", action="store_true", help="skip params/FLOPs (faster plan)")
     args = ap.parse_args(argv)
     if args.cancel:
         command = "cancel"
+    if command == "plan":
+        args.dry_run = True
 
     try:
         sweep = load_sweep(args.file, args.preset)
@@ -286,6 +339,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = select(runs, args.only)
     sweep_dir = args.runs_dir / sweep_dir_name(sweep)
+    store = SweepStore(sweep_dir)
+    lock = None
+    if command == "run" and not args.dry_run:
+        # one driver per sweep folder: a second one waits (or refuses), then plans from what is on disk
+        try:
+            owner = store.owner()
+            if owner is not None and args.no_wait:
+                print(f"error: another driver owns {sweep_dir}: {describe_owner(owner)}; nothing was started "
+                      f"(--no-wait). Follow it with: python -m harness.sweep status {args.file}"
+                      + (f" --preset {args.preset}" if args.preset else ""), file=sys.stderr)
+                return 3
+            lock = _wait_for_driver(store, runs, sweep_dir, args.progress_every or 60.0)
+        except RunStoreError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("stopped waiting for the other driver; nothing was started", file=sys.stderr)
+            return 130
+    try:
+        return _main(command, args, sweep, runs, sweep_dir)
+    except RunStoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _main(command: str, args: argparse.Namespace, sweep: Any, runs: list[ResolvedRun], sweep_dir: Path) -> int:
     rows, note = build_rows(runs, sweep_dir, with_describe=not args.no_describe)
 
     print(f"sweep {sweep.name}" + (f" (preset {sweep.preset})" if sweep.preset else "")
@@ -298,12 +380,15 @@ def main(argv: list[str] | None = None) -> int:
         for line in sweep_mde_lines(sweep, rows):
             print(line)
     if command in ("status", "plan"):
+        owner = SweepStore(sweep_dir).owner()
+        if owner is not None:
+            print(f"driver: {describe_owner(owner)} owns this sweep folder")
         if command == "status":
             print_results(rows)
         return 0
 
     if command == "cancel":
-        latest = X.Ledger(sweep_dir).latest()
+        latest = Ledger(sweep_dir).latest()
         entries = {r.run.run_id: latest[r.run.run_id] for r in rows
                    if r.status in ("queued", "running") and r.run.run_id in latest}
         cancelled = X.cancel(entries, {r.run.run_id: r.run_dir for r in rows})
@@ -315,22 +400,45 @@ def main(argv: list[str] | None = None) -> int:
             or (args.retry_failed and r.status in ("failed", "cancelled"))
             or (args.rerun_done and r.status == "done")]
     skipped = {s: sum(1 for r in rows if r.status == s and r not in todo) for s in ("done", "queued", "running", "failed", "cancelled")}
-    name, why = choose_executor(args.executor)
+    try:
+        name, why = choose_executor(args.executor)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"executor: {name} ({why})")
+    gpu = _gpu_runs(todo or rows)
+    if gpu and name != "slurm":
+        rc_names = sorted({r.run.plan.resource_class for r in gpu})
+        msg = (f"{len(gpu)} run(s) ask for GPUs (resources {', '.join(rc_names)}: accelerator gpu) but the "
+               f"executor is {name}, on this machine")
+        if args.executor is None:
+            print(f"{'warning' if args.dry_run else 'error'}: {msg}. Use a CPU-sized preset (e.g. --preset laptop), "
+                  "submit from a machine with a SLURM cluster, or pass --executor local to run them here anyway.",
+                  file=sys.stderr)
+            if not args.dry_run:
+                return 2
+        else:
+            print(f"warning: {msg} (--executor {name} as requested)", file=sys.stderr)
     print(f"to run: {len(todo)}; skipped: " + (", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none")
           + ("" if not skipped["failed"] and not skipped["cancelled"] else "  (--retry-failed to rerun failed/cancelled)"))
     # SLURM jobs of this sweep still queued/running from an earlier driver: followed, not resubmitted
     live = [r for r in rows if r.status in ("queued", "running") and name == "slurm" and r.job]
-    if args.dry_run or (not todo and not live):
+    # local runs another process still trains (a killed driver's launcher, a hand-started run): followed
+    owned = [r for r in rows if r.status == "running" and name != "slurm" and RunStore(r.run_dir).owner() is not None]
+    if args.dry_run or (not todo and not live and not owned):
+        if not args.dry_run:
+            print(f"nothing to run: {sum(r.status == 'done' for r in rows)}/{len(rows)} runs done")
         return 0 if all(r.status == "done" for r in rows) or args.dry_run else 1
 
     for r in todo:
         if r.status == "done":
             print(f"  moved finished run {r.run.name} aside to {set_aside(r.run_dir)}")
     prepare(todo, sweep_dir, args.file)
+    if name != "slurm":
+        prepare_synthetic(todo)
     tasks = [_task(r) for r in todo]
-    report = Reporter(len(tasks) + len(live))
-    ex = X.make_executor(name, sweep_dir, args.max_parallel)
+    report = Reporter(len(tasks) + len(live) + len(owned))
+    ex = X.make_executor(name, sweep_dir, args.max_parallel, progress_every_s=args.progress_every)
     t0 = time.time()
     if name == "slurm":
         submitted = ex.submit(tasks, report) if tasks else []
@@ -341,13 +449,39 @@ def main(argv: list[str] | None = None) -> int:
         if live:
             print(f"following {len(live)} job(s) submitted earlier: " + ", ".join(f"{r.run.name} ({r.job})" for r in live))
         ex.wait(submitted + ex.attach([(_task(r), r.job) for r in live]), report)
+    elif name == "local":
+        ex.run(tasks, report, follow=[_task(r) for r in owned])
     else:
         ex.run(tasks, report)
     rows, _ = build_rows(runs, sweep_dir, with_describe=False)
     n_done = sum(r.status == "done" for r in rows)
-    print(f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done")
+    here = report.counts.get("done", 0)
+    others = report.counts.get("followed", 0)
+    print(f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done "
+          f"({here} trained by this driver" + (f", {others} finished by another process" if others else "")
+          + f", {n_done - here - others} done before)")
     print_results(rows)
     return 0 if n_done == len(rows) else 1
+
+
+def prepare_synthetic(rows: list[Row]) -> None:
+    """Generate each synthetic world the runs need once, here, before they start (local runs in
+    parallel would otherwise each generate it, silently, inside their launchers)."""
+    from harness.data import synth
+    from harness.data.contract import MANIFEST
+    seen = set()
+    for r in rows:
+        d = r.run.cfg.data
+        preset = d.synthetic_preset
+        if preset is None or (preset, d.data_seed, d.cache_dir) in seen:
+            continue
+        seen.add((preset, d.data_seed, d.cache_dir))
+        folder = synth.cached_folder(preset, d.data_seed, d.cache_dir)
+        if not (folder / MANIFEST).exists():
+            print(f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ...", flush=True)
+            t0 = time.time()
+            synth.ensure_synthetic(preset, d.data_seed, d.cache_dir, progress=False)
+            print(f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it", flush=True)
 
 
 def _task(r: Row) -> X.Task:

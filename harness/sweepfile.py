@@ -171,7 +171,26 @@ def load_sweep(path: str | Path, preset: str | None = None) -> Sweep:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SweepFileError(f"{path}: not valid YAML: {err}") from None
-    return parse_sweep(data, path=path, preset=preset)
+    sweep = parse_sweep(data, path=path, preset=preset)
+    check_presets(data, path, skip=preset)
+    return sweep
+
+
+def check_presets(data: Any, path: Path | None, skip: str | None = None) -> None:
+    """Every preset of the file parses and resolves (a typo inside `presets.laptop` is reported
+    whichever preset, or none, is selected). Pure: no model is built, nothing is written."""
+    presets = (data or {}).get("presets") if isinstance(data, Mapping) else None
+    if not isinstance(presets, Mapping):
+        return
+    for name in presets:
+        if name == skip:
+            continue
+        try:
+            resolve(parse_sweep(data, path=path, preset=name), check_model=False)
+        except SweepFileError as err:
+            text = str(err)
+            raise SweepFileError(text if f"presets.{name}" in text else f"{text}\n  (in preset {name!r}: "
+                                 f"python -m harness.sweep plan {path or 'FILE'} --preset {name} shows it)") from None
 
 
 def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = None) -> Sweep:
@@ -201,6 +220,10 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
     if preset is not None and preset not in presets_raw:
         raise SweepFileError(f"{where}: no preset {preset!r} in 'presets'.{_closest(preset, tuple(presets_raw)) if presets_raw else ' This file has no presets.'}")
 
+    if isinstance(data.get("grid"), Mapping) and not data["grid"]:
+        raise SweepFileError(f"{where}: 'grid' is empty ({{}}): it would plan the base config alone. Give it an "
+                             "axis (e.g. grid: {data.seq_len: [768, 1024]}), or remove 'grid' to run the base "
+                             "config once per seed on purpose")
     grid = _parse_grid(data.get("grid") or {}, "grid", where)
     zips = [_parse_zip(g, f"zip[{i}]", where) for i, g in enumerate(data.get("zip") or [])]
     baselines = [_parse_baseline(b, i, where, path) for i, b in enumerate(data.get("baselines") or [])]

@@ -63,11 +63,17 @@ def make_logger(cfg: RunConfig, rid: str, name: str, save_dir: Path, mode: str) 
 
     log = cfg.logging
     save_dir.mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    logger = WandbLogger(
         project=log.project, entity=log.entity or None, name=name, id=rid, version=rid,
         group=log.group or cfg.sweep, job_type=log.job_type or cfg.axis or None, tags=list(log.tags),
         config=cfg.to_dict(), save_dir=str(save_dir), mode=mode,
         log_model=False, settings=_settings())
+    # Lightning forwards anonymous=None to wandb.init, and recent wandb warns that this (no-op)
+    # setting "has no effect" whatever its value: leave it out so run logs carry no such line.
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
+    return logger
 
 
 def _settings():

@@ -24,7 +24,8 @@ from typing import Any
 
 from harness import provenance as P
 from harness.config import ConfigError, RunConfig, apply_overrides, check_model_config, load_config, run_id, run_name
-from harness.runstore import CONFIG, METRICS, PROVENANCE, RESULT_SCHEMA, RunStore, run_dir_for
+from harness.runstore import (CONFIG, DISK_ERRNOS, METRICS, PROVENANCE, RESULT_SCHEMA, STATUS, Busy, RunStore, RunStoreError,
+                              disk_message, process_rank, run_dir_for)
 
 AXIS_FIELDS = ("n_layers", "d_model", "n_heads")
 
@@ -40,19 +41,43 @@ def resolve_dataset(cfg: RunConfig, progress: bool = False) -> Path:
     return Path(cfg.data.dataset)
 
 
-def validate_dataset(folder: Path) -> None:
-    """Raise ContractError listing every violation (file, column, example row, fix)."""
+def validate_dataset(folder: Path, announce: bool = True) -> list[str]:
+    """Raise ContractError listing every violation (file, column, example row, fix); return the
+    warnings (printed to stderr when `announce`)."""
     from harness.data.contract import ContractError, Manifest
-    from harness.data.validate import validate
+    from harness.data.validate import errors, validate
 
     if not folder.is_dir():
         raise ContractError(f"data.dataset: {folder} is not a dataset folder. Give a folder of the data "
                             f"contract (docs/data-contract.md) or 'synthetic:<preset>'.")
     problems = validate(folder)
-    if problems:
-        raise ContractError(f"{folder}: the dataset breaks the data contract ({len(problems)} problem(s)); "
-                            f"nothing was trained:\n" + "\n".join(str(p) for p in problems))
+    bad = errors(problems)
+    if bad:
+        raise ContractError(f"{folder}: the dataset breaks the data contract ({len(bad)} problem(s)); "
+                            f"nothing was trained:\n" + "\n".join(str(p) for p in bad))
+    warnings = [str(p) for p in problems]     # the run goes on; provenance.json keeps them
+    if announce:
+        for w in warnings:
+            print(f"{folder}: {w}", file=sys.stderr)
     Manifest.load(folder)
+    return warnings
+
+
+def _setup_data(dm: Any, folder: Path) -> None:
+    """dm.setup("fit"), with a damaged file named (the validator reads only the contract's columns)."""
+    import pyarrow as pa
+
+    from harness.data.contract import ContractError
+    from harness.data.validate import unreadable_files
+    try:
+        dm.setup("fit")
+    except (pa.ArrowException, OSError) as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            raise                   # a file-system error (full disk, permissions), not a damaged file
+        bad = unreadable_files(folder)
+        raise ContractError((f"{folder}: " + "\n".join(str(v) for v in bad)) if bad else
+                            f"{folder}: the data module could not read the dataset ({type(err).__name__}: {err}); "
+                            f"check it with: python -m harness.data validate {folder}") from err
 
 
 def manifest_of(cfg: RunConfig):
@@ -118,6 +143,24 @@ def describe(cfg: RunConfig) -> dict[str, Any]:
             "flops": {"forward_per_example": float(fl["forward"]), "train_per_example": float(fl["train"])}}
 
 
+def train_samples_estimate(cfg: RunConfig) -> int | None:
+    """Training impressions in one epoch of the run, for planning (no data is read or generated):
+    the dataset's manifest statistics when its folder exists (a cached synthetic world included),
+    else, for "synthetic:<preset>", the generator's expectation; None when unknown."""
+    from harness.data import synth
+    from harness.data.contract import MANIFEST, ContractError, Manifest
+    preset = cfg.data.synthetic_preset
+    folder = synth.cached_folder(preset, cfg.data.data_seed, cfg.data.cache_dir) if preset else Path(cfg.data.dataset)
+    if (folder / MANIFEST).exists():
+        try:
+            n = ((Manifest.load(folder).stats or {}).get("splits") or {}).get("train", {}).get("impressions")
+        except ContractError:
+            n = None
+        if n:
+            return int(n)
+    return synth.expected_train_impressions(preset) if preset in synth.PRESETS else None
+
+
 def axes(cfg: RunConfig) -> dict[str, Any]:
     model_cfg = check_model_config(cfg.model)
     out: dict[str, Any] = {"seq_len": cfg.data.seq_len}
@@ -140,8 +183,34 @@ def trainer_plugins() -> list[Any]:
     return plugins
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train (or resume, or return the finished result of) the run in run_dir."""
+def quiet_libraries() -> None:
+    """Keep run logs about the run: Lightning's info lines (GPU/TPU available, the litlogger tip,
+    `fit stopped: max_steps reached`; the device and every decision are in provenance.json) and two
+    warnings that do not apply here."""
+    import logging
+    import warnings
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Resume is exact without Lightning's stateful-loader protocol: ResumeState (harness/callbacks.py)
+    # checkpoints the batches trained in the epoch and the RNG states, and ResumableLoader skips those
+    # batches on resume (tests/test_train_run.py: a killed run ends bitwise equal to an uninterrupted one).
+    warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
+    # an installed SLURM client outside a SLURM job (e.g. a stopped test cluster): nothing to do with this run
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    # the next-batch protocol evaluates inside the training pass on purpose (no val loader)
+    warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
+    # Lightning's pytree helper on torch >= 2.6 (internal to Lightning; nothing to change on our side)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")       # FutureWarning/Deprecation
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, *, attempt: dict[str, Any] | None = None,
+              lock_wait_s: float = 2.0) -> dict[str, Any]:
+    """Train (or resume, or return the finished result of) the run in run_dir.
+
+    The run folder is owned by this process while it trains (RunStore.lock; rank 0 of a
+    multi-process run): another live owner makes this raise runstore.Busy after waiting
+    lock_wait_s seconds (the default 2 s absorbs a `status` view probing the lock at that instant),
+    so a run never trains twice at once and nobody resumes from a checkpoint that is still being written. `attempt` (launcher's job ids) goes to logs/jobs.jsonl."""
     store = RunStore(run_dir)
     if store.is_done():
         return store.result()  # type: ignore[return-value]
@@ -152,20 +221,53 @@ def train_run(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         if run_id(old) != rid:
             raise ConfigError(f"{store.path} holds run {run_id(old)} ({cfg_path}); this config is run {rid}. "
                               f"Use the folder <runs>/<sweep>/{rid} (nothing was changed).")
-    store.create()
-    store.write_text(CONFIG, cfg.to_yaml())
-    store.write_status("running", new_attempt=True)
+    owner = process_rank() == 0
+    lock = store.lock(wait_s=lock_wait_s) if owner else None
     try:
-        result = _train(cfg, store, rid)
-    except Exception as e:
-        store.write_status("failed", error=f"{type(e).__name__}: {e}")
-        raise
-    except (KeyboardInterrupt, SystemExit) as e:
-        # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): rerunning resumes
-        store.write_status("failed", error=f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint")
-        raise
-    store.finish(result)
-    return result
+        if store.is_done():         # finished by the previous owner while this process waited
+            return store.result()  # type: ignore[return-value]
+        store.create()
+        if owner:
+            store.clean_tmp()       # temporary files of a killed attempt (we own the folder now)
+            if attempt is not None:
+                store.record_attempt(**attempt)
+        store.write_text(CONFIG, cfg.to_yaml())
+        store.write_status("running", new_attempt=True)
+        try:
+            result = _train(cfg, store, rid)
+        except RunStoreError as e:
+            _record_failure(store, str(e))
+            raise
+        except OSError as e:
+            if e.errno not in DISK_ERRNOS:
+                _record_failure(store, f"{type(e).__name__}: {e}")
+                raise
+            msg = disk_message(e, e.filename or store.path)
+            _record_failure(store, msg)
+            raise RunStoreError(msg) from e
+        except Exception as e:
+            _record_failure(store, f"{type(e).__name__}: {e}")
+            raise
+        except (KeyboardInterrupt, SystemExit) as e:
+            # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): rerunning resumes
+            _record_failure(store, f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint")
+            raise
+        store.finish(result)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _record_failure(store: RunStore, error: str) -> None:
+    """status.json failed, whatever else goes wrong: a failure to record it (e.g. the disk is full
+    even for status.json) is printed, never raised over the run's own error."""
+    try:
+        store.write_status("failed", error=error)
+    except (RunStoreError, OSError) as err:
+        print(f"warning: could not record the failure in {store / STATUS}: {err}", file=sys.stderr)
+    if store.owned:
+        store.clean_tmp()
 
 
 def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
@@ -175,11 +277,12 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from harness import tracking
-    from harness.callbacks import ChainLoader, CsvMetrics, ResumableLoader, ResumeState, Throughput
+    from harness.callbacks import ChainLoader, CsvMetrics, ProgressFile, ResumableLoader, ResumeState, Throughput
     from harness.data.datamodule import OneTransDataModule
     from harness.system import RankingSystem
     from model.registry import build_model
 
+    quiet_libraries()
     t, name = cfg.train, run_name(cfg)
     threads, threads_why = P.decide_threads(cfg.data.num_workers)
     precision, precision_why = P.decide_precision(cfg)
@@ -191,13 +294,14 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
 
     # 1. data: resolved and validated before anything is built
     folder = resolve_dataset(cfg, progress=cfg.logging.progress_bar)
-    validate_dataset(folder)
+    # the built-in world's warnings are by design (e.g. repeated actions within one second): not printed
+    data_warnings = validate_dataset(folder, announce=cfg.data.synthetic_preset is None)
     next_batch = t.protocol == "next_batch"
     dm = OneTransDataModule(folder, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                             eval_batch_size=cfg.data.batch_size if next_batch else cfg.data.eval_batch_size,
                             num_workers=cfg.data.num_workers, seed=cfg.seed, n_gap_buckets=cfg.data.n_gap_buckets,
                             chronological=next_batch or not cfg.data.shuffle)
-    dm.setup("fit")
+    _setup_data(dm, folder)
 
     # 2. model (seeded), system
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -226,7 +330,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
                   "wandb": {"value": wandb_mode, "reason": wandb_why},
                   "threads": {"value": threads, "reason": threads_why},
                   "attention": {"value": None, "reason": "decided by the model at its first forward (see end of run)"},
-                  "resumed_from_step": resume_step}
+                  "resumed_from_step": resume_step, "dataset_warnings": data_warnings}
     store.write_json(PROVENANCE, P.collect(cfg, decisions))
 
     resume_state, throughput = ResumeState(train_loader), Throughput()
@@ -237,7 +341,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, precision=precision,
         max_epochs=t.max_epochs, max_steps=t.max_steps, logger=loggers,
-        callbacks=[resume_state, throughput, ckpt_cb], plugins=plugins,
+        callbacks=[resume_state, throughput, ProgressFile(store), ckpt_cb], plugins=plugins,
         enable_progress_bar=cfg.logging.progress_bar, enable_model_summary=False,
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, deterministic=t.deterministic,
         limit_val_batches=0 if next_batch else 1.0,
@@ -250,7 +354,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
         trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
-        trainer.save_checkpoint(store.last_ckpt)
+        trainer.save_checkpoint(store.last_ckpt, weights_only=False)     # full state: a rerun resumes from it
         if next_batch:
             results = system.next_batch_results()
         else:
@@ -322,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ContractError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except Busy as e:
+        print(f"error: {e}; not training it twice (wait for it, or stop that process)", file=sys.stderr)
+        return 75
+    except (NonFiniteLossError, RunStoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     summary = {k: result[k] for k in ("run_id", "name", "metrics", "oracle", "train", "throughput", "wall_time_s")}

@@ -11,14 +11,24 @@ if [ -z "${CI:-}" ] || [ "${CI:-}" = "true" ]; then
     python -c 'import torch,sys; v=torch.__version__; sys.exit(0 if "+cpu" in v or not torch.version.cuda else f"CUDA torch {v} on a CPU machine")'
   fi
 fi
-started_slurm=0
+# A cluster this script starts is stopped again however the run ends (tests pass or fail, Ctrl-C,
+# or slurm_up.sh failing half-way with some daemons up): every daemon by its pid file, and the run
+# checks that no controller answers afterwards. The packages stay installed (other users of the
+# machine may need them); the harness treats an installed SLURM without a controller as "no
+# cluster" without noise (harness/cluster.py, harness/train.py quiet_libraries).
+stop_slurm() {
+  bash scripts/slurm_down.sh
+  if timeout 20 sinfo -h >/dev/null 2>&1; then echo "WARNING: a SLURM controller still answers after slurm_down.sh" >&2
+  else echo "stopped the local SLURM cluster started for the tests"; fi
+}
 if [ "${SKIP_SLURM:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   if ! sinfo >/dev/null 2>&1; then
-    if WITH_DBD=1 FAKE_GPUS=2 bash scripts/slurm_up.sh; then started_slurm=1
-    else echo "WARNING: could not start a local SLURM cluster; slurm-marked tests will be skipped" >&2; fi
+    trap stop_slurm EXIT
+    trap 'exit 130' INT TERM
+    WITH_DBD=1 FAKE_GPUS=2 bash scripts/slurm_up.sh \
+      || echo "WARNING: could not start a local SLURM cluster; slurm-marked tests will be skipped" >&2
   fi
 fi
-[ "$started_slurm" = 1 ] && trap 'bash scripts/slurm_down.sh' EXIT
 export WANDB_MODE=offline WANDB_SILENT=true
 set +e
 python -m pytest -q -p no:cacheprovider "$@"

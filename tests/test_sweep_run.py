@@ -91,3 +91,19 @@ def test_debug_sweep_trains_skips_done_and_resumes_interrupted(tmp_path, capsys)
     assert len(replaced) == 1 and (replaced[0] / "result.json").exists()
     assert (run / "DONE").exists()
     assert len((run / "logs" / "jobs.jsonl").read_text().splitlines()) == 1
+
+
+def test_the_driver_generates_a_synthetic_world_once_before_the_runs(tmp_path, capsys, monkeypatch):
+    from harness.data import synth
+    calls = []
+    monkeypatch.setattr(synth, "ensure_synthetic", lambda *a, **k: calls.append(a))   # nothing generated
+    path = write_sweep(tmp_path, "synthetic:ci")
+    data = yaml.safe_load(path.read_text())
+    data["base"]["data"]["cache_dir"] = str(tmp_path / "cache")
+    path.write_text(yaml.safe_dump(data))
+    rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", tmp_path / "runs")
+    # two runs of one world: the driver generates it once before the first run starts (the runs
+    # themselves then find it cached; here, with generation mocked, they fail fast)
+    assert calls[0] == ("ci", 0, str(tmp_path / "cache")) and rc == 1
+    assert out.count("generating the synthetic world synthetic:ci (seed 0) once into") == 1
+    assert out.index("generating the synthetic world") < out.index("] start ")

@@ -127,10 +127,11 @@ def test_cluster_detection_asks_sinfo(monkeypatch, tmp_path):
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     probe = cluster.probe_slurm()
-    assert not probe.available and "exit 1" in probe.reason
+    assert not probe.available and "exit 1" in probe.detail
     name, why = cluster.choose_executor(None)
-    assert name == "local" and "no SLURM cluster" in why
-    with pytest.raises(RuntimeError, match="no cluster answers"):
+    # the plan's executor line states the fact without the scheduler's error text
+    assert name == "local" and "no SLURM cluster" in why and "Unable to contact" not in why
+    with pytest.raises(RuntimeError, match="no cluster answers.*Unable to contact"):
         cluster.choose_executor("slurm")
     fake.write_text("#!/bin/sh\necho 'debug*'\n")
     assert cluster.probe_slurm().available
@@ -144,3 +145,25 @@ def test_cli_reports_bad_file_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Did you mean 'grid'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_empty_grid_and_typos_in_unselected_presets_are_errors(tmp_path):
+    data = copy.deepcopy(GOOD)
+    data["grid"] = {}
+    with pytest.raises(SweepFileError, match="'grid' is empty"):
+        load_sweep(write(tmp_path, data))
+    data = copy.deepcopy(GOOD)
+    data["presets"] = {"ci": {"set": {"train.max_steps": 2}}, "laptop": {"set": {"train.max_step": 2}}}
+    path = write(tmp_path, data)
+    for preset in (None, "ci"):           # the typo is in 'laptop', reported whichever is selected
+        with pytest.raises(SweepFileError, match="max_step") as info:
+            load_sweep(path, preset)
+        assert "laptop" in str(info.value)
+
+
+def test_sweep_help_explains_the_subcommands():
+    proc = subprocess.run([sys.executable, "-m", "harness.sweep", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0
+    for word in ("plan ", "status ", "cancel ", "run ", "One driver owns a sweep folder"):
+        assert word in proc.stdout, proc.stdout

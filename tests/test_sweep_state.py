@@ -145,3 +145,27 @@ def test_scheduler_job_ids_survive_the_runs_own_status_writes(tmp_path):
     assert status["jobs"] == ["41_0", "41_0.requeue"] and status["attempts"] == 2
     mark_failed(run.path, "node failure")
     assert run.status()["jobs"] == ["41_0", "41_0.requeue"] and run.status()["state"] == "failed"
+
+
+def test_paper_scale_plan_estimates_epoch_runs_and_gpu_runs_are_not_run_on_the_cpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(S, "choose_executor", lambda requested: (requested or "local", "default: no SLURM cluster"))
+    rc = S.main(["sweeps/length.yaml", "--dry-run", "--runs-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line[:1].isdigit() and "len" in line]
+    assert rc == 0 and len(rows) == 5 and all(not line.rstrip().endswith(" -") for line in rows), out
+    assert "device-hours" in out and "warning: 5 run(s) ask for GPUs" in err
+    rc = S.main(["sweeps/length.yaml", "--runs-dir", str(tmp_path), "--no-describe"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: 5 run(s) ask for GPUs" in err and "--executor local" in err
+    assert not any(p for p in tmp_path.rglob("*") if p.is_dir() and p.name != ".sweep" and p.parent != tmp_path)
+
+
+def test_progress_text_shows_step_rate_and_eta(tmp_path):
+    from harness.runstore import RunStore
+    store = RunStore(tmp_path / "r")
+    store.create()
+    assert X.progress_text(store) is None
+    store.write_progress(step=120, total=1200, phase="train", steps_per_s=2.1, eta_s=514.3)
+    assert X.progress_text(store) == "step 120/1200 (10%), 2.1 steps/s, ETA 8m34s"
+    store.write_progress(step=1200, total=1200, phase="final evaluation", steps_per_s=2.0, eta_s=0.0)
+    assert X.progress_text(store) == "step 1200/1200 (100%), final evaluation"

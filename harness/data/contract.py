@@ -191,3 +191,18 @@ class Manifest:
             num_names=tuple(f.name for f in nums), num_groups=tuple(f.group for f in nums),
             behavior_names=self.behavior_names(), intent_order=self.intent_order,
             n_gap_buckets=n_gap_buckets, seq_len=seq_len)
+
+
+def resolve_folder(name: str | Path, cache_dir: str | Path = "data_cache", seed: int = 0) -> Path:
+    """A dataset name as run configs write it (`data.dataset`): a folder path, or "synthetic:<preset>"
+    for the built-in world, generated once into cache_dir (default ./data_cache, as in run configs)
+    and reused: data_cache/synth-<preset>-s<seed>-v<generator version>-<hash>/."""
+    name = str(name)
+    if not name.startswith("synthetic:"):
+        return Path(name)
+    from harness.data.synth import PRESETS, ensure_synthetic
+    preset = name.split(":", 1)[1]
+    if preset not in PRESETS:
+        raise ContractError(f"{name}: no synthetic preset {preset!r}; choose one of "
+                            + ", ".join(f"synthetic:{p}" for p in sorted(PRESETS)))
+    return ensure_synthetic(preset, seed, cache_dir, progress=True)

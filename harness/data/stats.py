@@ -66,6 +66,11 @@ def _n_rows(path: Path) -> int:
     return int(sum(pq.read_metadata(f).num_rows for f in files))
 
 
+def _pct(x: np.ndarray, q: float) -> int:
+    """Percentile of a possibly empty array (0 when empty: an empty log has no history lengths)."""
+    return int(np.percentile(x, q)) if x.size else 0
+
+
 def _round(x: float) -> float:
     return float(round(x, 6)) if np.isfinite(x) else float("nan")
 
@@ -80,23 +85,23 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
     imp_user = imp["user_id"].to_numpy()
     user_vocab = manifest.feature("user_id").vocab_size if "user_id" in {f.name for f in manifest.features} \
         else int(imp_user.max()) + 1
-    user_vocab = max(user_vocab, int(imp_user.max()) + 1)
+    user_vocab = max(user_vocab, int(imp_user.max()) + 1 if imp_user.size else 1)
     prior, events_per_user = streamed_event_stats(folder / EVENTS, imp_user, imp["ts"].to_numpy(), user_vocab)
     n_users = pq.read_metadata(folder / USERS).num_rows if (folder / USERS).exists() else \
-        int(np.count_nonzero(events_per_user | np.bincount(imp_user, minlength=user_vocab)))
+        int(np.count_nonzero(events_per_user | np.bincount(imp_user, minlength=user_vocab)[:user_vocab]))
     n_items = pq.read_metadata(folder / ITEMS).num_rows if (folder / ITEMS).exists() else manifest.item_vocab - 1
     per_user = events_per_user[events_per_user > 0]
     stats: dict[str, Any] = {
         "users": int(n_users), "items": int(n_items), "events": _n_rows(folder / EVENTS),
         "impressions": int(len(imp)), "requests": None,
         "events_per_user_percentiles": {},
-        "prior_events_percentiles": {f"p{q}": int(np.percentile(prior, q)) for q in PERCENTILES},
+        "prior_events_percentiles": {f"p{q}": _pct(prior, q) for q in PERCENTILES},
         "prior_events_max": int(prior.max()) if prior.size else 0,
         "impressions_with_prior_ge_2048": int((prior >= 2048).sum()),
         "splits": {},
     }
     stats["prior_events_percentiles"]["mean"] = _round(float(prior.mean())) if prior.size else 0.0
-    stats["events_per_user_percentiles"] = {f"p{q}": int(np.percentile(per_user, q)) for q in PERCENTILES}
+    stats["events_per_user_percentiles"] = {f"p{q}": _pct(per_user, q) for q in PERCENTILES}
     rid = pq.read_table(folder / IMPRESSIONS, columns=["request_id"]).column("request_id").to_numpy()
     stats["requests"] = int(np.unique(rid).size)
     oracle: dict[str, dict[str, float]] = {}
@@ -142,13 +147,27 @@ def format_stats(manifest: Manifest, stats: dict[str, Any]) -> str:
 
 
 def add_stats_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", type=Path)
+    from harness.data.validate import add_folder_args
+    add_folder_args(p)
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.add_argument("--stored", action="store_true", help="print manifest.stats without reading the data")
 
 
 def main_stats(args: argparse.Namespace) -> int:
-    manifest = Manifest.load(args.folder)
-    stats = manifest.stats if args.stored and manifest.stats else compute_stats(args.folder, manifest)
+    import pyarrow as pa
+
+    from harness.data.contract import ContractError, resolve_folder
+    from harness.data.validate import unreadable_files
+    folder = resolve_folder(args.folder, args.cache_dir, args.data_seed)
+    manifest = Manifest.load(folder)
+    if args.stored and manifest.stats:
+        stats = manifest.stats
+    else:
+        try:
+            stats = compute_stats(folder, manifest)
+        except (pa.ArrowException, OSError) as err:
+            bad = unreadable_files(folder)
+            raise ContractError("\n".join(str(v) for v in bad) if bad else f"{folder}: cannot read the dataset: "
+                                f"{err}; check it with: python -m harness.data validate {folder}") from None
     print(json.dumps(stats, indent=2) if args.json else format_stats(manifest, stats))
     return 0

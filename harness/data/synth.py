@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -431,11 +432,27 @@ def _cache_key(preset: str, seed: int) -> str:
     return f"synth-{preset}-s{seed}-v{GENERATOR_VERSION}-{digest}"
 
 
+def cached_folder(preset: str, seed: int, cache_dir: str | Path) -> Path:
+    """Where ensure_synthetic keeps (preset, seed): <cache_dir>/synth-<preset>-s<seed>-v<version>-<hash>."""
+    return Path(cache_dir) / _cache_key(preset, seed)
+
+
+def expected_train_impressions(preset: str) -> int:
+    """The expected number of train-split impressions of a preset, from its parameters alone (for
+    planning before the world is generated): users x requests per user x candidates x the share of
+    the request window before val starts. Requests per user are 1 + Poisson(mean (n/median)^power)
+    with n lognormal around the median, so E[(n/median)^power] = exp((power sigma)^2 / 2)."""
+    c = preset_config(preset)
+    per_user = 1.0 + c.requests_mean * math.exp((c.requests_activity_power * c.events_sigma) ** 2 / 2)
+    train_share = (c.val_frac - c.request_start_frac) / (1.0 - c.request_start_frac)
+    return int(c.n_users * per_user * c.candidates_per_request * train_share)
+
+
 def ensure_synthetic(preset: str, seed: int, cache_dir: str | Path, progress: bool = True) -> Path:
     """The folder of (preset, seed, generator version), generated if absent. Generation goes into a
     temporary sibling folder renamed into place, so an interrupted run never leaves a half dataset."""
     cache_dir = Path(cache_dir)
-    final = cache_dir / _cache_key(preset, seed)
+    final = cached_folder(preset, seed, cache_dir)
     if (final / "manifest.yaml").exists():
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
