@@ -35,7 +35,7 @@ def report(size: str = "paper", seq_len: int = 1178) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m model.baselines.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="paper")
     ap.add_argument("--seq-len", type=int, default=1178)
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
