@@ -13,11 +13,12 @@ that MDE is conservative), and is undefined with fewer than 3 configurations of 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+from harness.runstore import RunStore
 
 ALPHA, POWER = 0.05, 0.80
 
@@ -80,13 +81,14 @@ def plan_mde(planned: list[dict], finished: list[dict], metric: str = "test.ctr_
 
 def read_metric(run_dir: Path, metric: str) -> float | None:
     """A finished run's metric ('test.ctr_uauc') from result.json; None when absent or unfinished."""
-    if not (run_dir / "DONE").exists():
+    store = RunStore(run_dir)           # the run store's one "done" (DONE written last, result.json)
+    if not store.is_done():
         return None
+    rec = store.result()                # None when unreadable or not a JSON object
     try:
-        rec = json.loads((run_dir / "result.json").read_text())
         split, _, name = metric.partition(".")
         v = rec["metrics"][split][name]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 

@@ -274,7 +274,8 @@ def test_mde_has_the_stated_power():
     assert np.isnan(mde_per_doubling(xs, float("nan"), 0))
 
 
-def test_dry_run_prints_the_mde_from_earlier_runs(tmp_path, capsys):
+@pytest.mark.parametrize("how", (["--dry-run"], ["plan"]))   # `plan FILE` is the same as `FILE --dry-run`
+def test_dry_run_prints_the_mde_from_earlier_runs(tmp_path, capsys, how):
     from harness.sweep import main as sweep_main
     from harness.sweepfile import load_sweep, resolve, sweep_dir_name
     sweep = load_sweep("sweeps/length.yaml", "ci")
@@ -286,8 +287,8 @@ def test_dry_run_prints_the_mde_from_earlier_runs(tmp_path, capsys):
         d.joinpath("result.json").write_text(json.dumps(
             {"metrics": {"test": {"ctr_uauc": 0.6 + 0.003 * np.log2(x) + rng.normal(0, 0.002)}}}))
         d.joinpath("DONE").write_text("")
-    assert sweep_main(["sweeps/length.yaml", "--preset", "ci", "--dry-run", "--no-describe",
-                       "--runs-dir", str(tmp_path)]) == 0
+    argv = ["sweeps/length.yaml", "--preset", "ci", "--no-describe", "--runs-dir", str(tmp_path)]
+    assert sweep_main(how + argv if how == ["plan"] else argv + how) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("MDE base: test.ctr_uauc"))
     assert "per doubling of data.seq_len" in line and "5 finished runs" in line and "seed noise not measured" in line
