@@ -62,9 +62,15 @@ def test_dry_mode_end_to_end(tmp_path):
 
     eff = rep["efficiency"]
     assert set(eff["rows"]) == {"baseline", "kv_cache"} and eff["table"]
-    assert all(_pos(v) for v in eff["baseline_absolute"].values())
+    base = eff["baseline_absolute"]
+    assert _pos(base["train_ms"]) and _pos(base["serve_p99_ms"]) and _pos(base["train_mem"]), base
+    # Dry mode measures every phase in one process (--inline) as growth of its peak RSS: serving runs after
+    # training has raised that peak, so its growth may be 0 (0 bytes is a measurement, not a gap). A ratio
+    # against a zero baseline is undefined and left out; every other one is there.
+    assert isinstance(base["serve_mem"], int) and base["serve_mem"] >= 0, base
+    expected = {m for m in ("train_ms", "train_mem", "serve_p99_ms", "serve_mem") if base[m]}
     for name, r in eff["rows"].items():
-        assert set(r["ratio"]) == {"train_ms", "train_mem", "serve_p99_ms", "serve_mem"}, name
+        assert set(r["ratio"]) == expected, (name, base)
         assert all(math.isfinite(v) and v >= 0 for v in r["ratio"].values()), name
 
     sv = rep["serving"]
