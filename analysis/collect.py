@@ -119,11 +119,11 @@ def _read_run(run_dir: Path) -> dict:
             row = {"run_id": run_dir.name, "name": None, "status": "corrupt",
                    "error": f"{result_path}: malformed record ({type(err).__name__}: {err}); "
                             "result.json must follow docs/contracts.md §5"}
-            row.update(_labels_from_config(run_dir / "config.yaml"))
+            row.update(_labels_from_config(store / CONFIG))
         except CollectError as err:
             row = {"run_id": run_dir.name, "name": None, "status": "corrupt", "error": str(err),
                    "attempts": status.get("attempts")}
-            row.update(_labels_from_config(run_dir / "config.yaml"))
+            row.update(_labels_from_config(store / CONFIG))
             _variant_label(row)
     else:
         # not finished: keep the row, say why, take labels from whatever is there
