@@ -38,7 +38,7 @@ import yaml
 
 TOP_KEYS = ("name", "description", "base", "axis", "grid", "zip", "baselines", "include_base", "seeds",
             "resources", "resource_rules", "analysis", "presets")
-PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "description")
+PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "seeds", "description")
 BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
 ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
 NAME_KEY = "_name"                 # zip column that names rows (not a config key)
@@ -292,6 +292,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         raise SweepFileError(f"{where}: an axis appears twice across 'grid' and 'zip': {all_axes}")
 
     seeds = data.get("seeds", [0])
+    if preset is not None and "seeds" in (presets_raw[preset] or {}):
+        seeds = presets_raw[preset]["seeds"]   # a preset may change the seeds (e.g. 2 to measure seed noise)
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
         raise SweepFileError(f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
     if "default" not in resources:

@@ -50,6 +50,11 @@ class Config:
     ns_tokenizer: Literal["auto_split", "group"] = "auto_split"               # ablation: group-wise
     type_embedding: bool = True           # behaviour-type indicator added to S-tokens (timestamp mode only)
     gap_embedding: bool = False           # time-gap bucket embedding on S-tokens (not in the paper)
+    # --- learnability switches (not in the paper; docs/learning-history.md has the measurements)
+    shared_side_tables: bool = False      # candidate side fields read the S side's tables (paper: silent;
+                                          # only the item id table is shared when False)
+    tokenizer_skip: bool = False          # a bias-free linear path beside every tokenizer MLP
+    type_emb_init_std: float = 0.02       # init std of the type / gap embeddings (1.0 = nn.Embedding's)
     # --- block (Table 3 "block" rows)
     mixed_params: bool = True             # ablation False: one parameter set for all tokens
     out_proj: Literal["mixed", "shared"] = "mixed"   # W_O mixed like Q/K/V (spec §5.8) or shared
@@ -156,9 +161,20 @@ class SequenceTokenizer(nn.Module):
         self.hidden = cfg.s_hidden or cfg.d_model
         self.fc1 = nn.Linear(self.k * (self.d_in + 1), self.hidden, bias=False)
         self.fc2 = nn.Linear(self.k * (self.hidden + 1), cfg.d_model, bias=False)
+        # Optional per-type linear path: without it an event's field embeddings reach the block only
+        # through a random GELU MLP, which makes matching them against the candidate very slow to learn.
+        # One map for every behaviour type, so an event's content lands where the candidate's does.
+        self.skip = nn.Linear(self.d_in, cfg.d_model, bias=False) if cfg.tokenizer_skip else None
         self.type_emb = (nn.Embedding(self.k + 1, cfg.d_model)
                          if cfg.type_embedding and cfg.seq_fusion == "timestamp" else None)
         self.gap_emb = nn.Embedding(spec.n_gap_buckets, cfg.d_model) if cfg.gap_embedding else None
+        # Type / gap embeddings are added to the event's content token. nn.Embedding's N(0, 1) init
+        # gives them norm ~sqrt(d_model), far above the content (~1 per unit after the MLP), so after
+        # the block's RMSNorm every key is mostly "which behaviour type", and matching the candidate
+        # against the history's content is not learned (docs/learning-history.md, row E5).
+        for emb in (self.type_emb, self.gap_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=cfg.type_emb_init_std)
         self.n_sep = self.k - 1 if cfg.seq_fusion == "intent" else 0
         self.sep = nn.Parameter(torch.randn(self.n_sep, cfg.d_model) * 0.02) if self.n_sep else None
         # intent rank per type id (index 0 = padding); lower rank = higher intent = earlier
@@ -178,6 +194,8 @@ class SequenceTokenizer(nn.Module):
         onehot = F.one_hot(seq_type, self.k + 1)[..., 1:].to(e.dtype)      # padding -> all zeros
         h = F.gelu(self._per_type(self.fc1, e, onehot))
         x = self._per_type(self.fc2, h, onehot)
+        if self.skip is not None:
+            x = x + self.skip(e)
         if self.type_emb is not None:
             x = x + self.type_emb(seq_type)
         if self.gap_emb is not None:
@@ -217,11 +235,14 @@ class NonSequenceTokenizer(nn.Module):
     """NS features -> N tokens. Auto-Split (default): concat everything -> one MLP -> N*d -> split.
     Group-wise (ablation): one MLP per semantic group, the N tokens split evenly over groups."""
 
-    def __init__(self, spec: FeatureSpec, cfg: Config, item_emb: nn.Embedding) -> None:
+    def __init__(self, spec: FeatureSpec, cfg: Config, item_emb: nn.Embedding,
+                 side_emb: "FieldEmbedding | None" = None) -> None:
         super().__init__()
         self.cfg, self.spec = cfg, spec
         self.item_emb = item_emb
-        self.side_emb = FieldEmbedding(spec.side_vocab, cfg.emb_dim)
+        # shared_side_tables: the S tokenizer's table, so a candidate's brand is the same vector as
+        # the same brand in the history (as for the item id, which is always shared)
+        self.side_emb = side_emb if side_emb is not None else FieldEmbedding(spec.side_vocab, cfg.emb_dim)
         self.cat_emb = FieldEmbedding(spec.cat_vocab, cfg.emb_dim)
         widths = [cfg.emb_dim] * (1 + spec.n_side + spec.n_cat) + [1] * spec.n_num
         self.d_in = sum(widths)
@@ -241,11 +262,14 @@ class NonSequenceTokenizer(nn.Module):
         for w in widths:
             starts.append(starts[-1] + w)
         self.mlps = nn.ModuleList()
+        self.skips = nn.ModuleList() if cfg.tokenizer_skip else None
         for (_, cols), n_g in zip(self.groups, self.tokens_per_group):
             idx = torch.cat([torch.arange(starts[c], starts[c + 1]) for c in cols])
             self.register_buffer(f"cols_{len(self.mlps)}", idx, persistent=False)
             h_g = max(1, round(hidden * n_g / n))
             self.mlps.append(nn.Sequential(nn.Linear(len(idx), h_g), nn.GELU(), nn.Linear(h_g, n_g * d)))
+            if self.skips is not None:
+                self.skips.append(nn.Linear(len(idx), n_g * d, bias=False))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """-> (B, N, d)."""
@@ -253,15 +277,20 @@ class NonSequenceTokenizer(nn.Module):
                  self.cat_emb(batch["ns_cat"])]
         v = torch.cat(parts + [batch["ns_num"].to(parts[0].dtype)], -1)
         B, d = v.shape[0], self.cfg.d_model
+
+        def group(i: int, x: torch.Tensor) -> torch.Tensor:
+            y = self.mlps[i](x)
+            return (y + self.skips[i](x) if self.skips is not None else y).view(B, -1, d)
+
         if len(self.mlps) == 1:  # auto-split reads every column in order: no gather needed
-            return self.mlps[0](v).view(B, -1, d)
+            return group(0, v)
         # group-wise: a loop over the few semantic groups (not over tokens)
-        return torch.cat([mlp(v[:, getattr(self, f"cols_{i}")]).view(B, -1, d)
-                          for i, mlp in enumerate(self.mlps)], 1)
+        return torch.cat([group(i, v[:, getattr(self, f"cols_{i}")]) for i in range(len(self.mlps))], 1)
 
     def flops(self) -> float:
+        skips = [] if self.skips is None else [linear_flops(1, s.in_features, s.out_features) for s in self.skips]
         return sum(linear_flops(1, m[0].in_features, m[0].out_features)
-                   + linear_flops(1, m[2].in_features, m[2].out_features) for m in self.mlps)
+                   + linear_flops(1, m[2].in_features, m[2].out_features) for m in self.mlps) + sum(skips)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,7 +396,8 @@ class OneTrans(RankingModel):
         self.spec, self.cfg = spec, cfg
         self.item_emb = nn.Embedding(spec.item_vocab, cfg.emb_dim)
         self.s_tok = SequenceTokenizer(spec, cfg, self.item_emb)
-        self.ns_tok = NonSequenceTokenizer(spec, cfg, self.item_emb)
+        self.ns_tok = NonSequenceTokenizer(spec, cfg, self.item_emb,
+                                           self.s_tok.side_emb if cfg.shared_side_tables else None)
         n = cfg.n_ns_tokens
         self.n_s_tokens = self.s_tok.n_tokens(spec.seq_len)
         self.schedule = self.kept_tokens(self.n_s_tokens + n)
@@ -456,7 +486,8 @@ class OneTrans(RankingModel):
         s, ns = self.s_tok, self.ns_tok
         # S tokenizer: K-way scattered GEMMs over every event ([SEP] tokens cost nothing)
         tok = spec.seq_len * (linear_flops(1, s.fc1.in_features, s.fc1.out_features)
-                              + linear_flops(1, s.fc2.in_features, s.fc2.out_features))
+                              + linear_flops(1, s.fc2.in_features, s.fc2.out_features)
+                              + (linear_flops(1, s.skip.in_features, s.skip.out_features) if s.skip is not None else 0))
         tok += ns.flops()
         blocks, t_s = 0.0, self.n_s_tokens
         for b in self.blocks:
@@ -477,11 +508,13 @@ SIZES: dict[str, Config] = {
     # Paper sizes (spec §1.7). Data seq_len: 1178 (S) / 1484 (L) events -> 1190 / 1500 tokens.
     "onetrans-s": Config(n_layers=6, d_model=256, n_heads=4, n_ns_tokens=12, head_hidden=1024),
     "onetrans-l": Config(n_layers=8, d_model=384, n_heads=4, n_ns_tokens=16, head_hidden=1024),
-    # CPU sizes for tests and laptop runs (shorter sequences: round lengths to 8, not 32).
+    # CPU sizes for tests and laptop runs (shorter sequences: round lengths to 8, not 32). They turn
+    # on the two learnability switches: without them a tiny OneTrans does not learn even a planted
+    # "candidate's brand is in the history" rule from CPU-sized data (docs/learning-history.md).
     "onetrans-tiny": Config(n_layers=2, d_model=32, n_heads=2, n_ns_tokens=4, emb_dim=8, head_hidden=32,
-                            pyramid_multiple=8),
+                            pyramid_multiple=8, shared_side_tables=True, tokenizer_skip=True),
     "onetrans-mini": Config(n_layers=4, d_model=64, n_heads=4, n_ns_tokens=8, emb_dim=16, head_hidden=128,
-                            pyramid_multiple=8),
+                            pyramid_multiple=8, shared_side_tables=True, tokenizer_skip=True),
 }
 # Data sequence length (events) each paper size was defined with; the scaling grids set seq_len
 # through the data (FeatureSpec.seq_len) and n_layers / d_model through Config overrides.

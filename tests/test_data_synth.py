@@ -182,13 +182,21 @@ def test_c_context_decides_which_history_matters(ci_arrays):
 
 @pytest.mark.slow
 def test_b_laptop_history_gain_is_monotone_from_64_to_2048(tmp_path_factory):
-    """(b) On the laptop preset the history statistic's AUC rises at every doubling 64 -> 2048."""
+    """(b) On the laptop preset the history statistics' AUC rises at every doubling: the mode-matched
+    count 64 -> 2048, and the topic count over the laptop length sweep's grid, 8 -> 128."""
     folder = synth.ensure_synthetic("laptop", 0, tmp_path_factory.mktemp("laptop"), progress=False)
     m = Manifest.load(folder)
     assert m.stats["impressions_with_prior_ge_2048"] > 10_000     # active users hold >= 2048 events
-    a = _window_aucs(load_for_predictors(folder), mode_matched=True)
+    d = load_for_predictors(folder)
+    a = _window_aucs(d, mode_matched=True)
     assert all(y > x for x, y in zip(a, a[1:])), a
     assert a[-1] - a[0] > 0.08, a
+    ev = d["split"] != "train"
+    sweep_grid = [8, 16, 32, 64, 128]
+    counts = history_match_counts(d, sweep_grid, mode_matched=False)
+    t = [auc(d["click"][ev], counts[w][ev]) for w in sweep_grid]
+    assert all(y > x for x, y in zip(t, t[1:])), t
+    assert t[-1] - t[0] > 0.1, t
 
 
 def test_paper_preset_scales_to_a_million_impressions_and_long_histories(tmp_path):

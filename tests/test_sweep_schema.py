@@ -167,3 +167,14 @@ def test_sweep_help_explains_the_subcommands():
     assert proc.returncode == 0
     for word in ("plan ", "status ", "cancel ", "run ", "One driver owns a sweep folder"):
         assert word in proc.stdout, proc.stdout
+
+
+def test_a_preset_may_change_the_seeds(tmp_path):
+    data = copy.deepcopy(GOOD)
+    data["presets"] = {"two": {"seeds": [0, 1]}, "bad": {"seeds": [1, 1]}}
+    path = write(tmp_path, data)
+    base, two = expand(load_sweep(path)), expand(load_sweep(path, "two"))
+    assert len(two) == 2 * len(base)
+    assert sorted({r.seed for r in two}) == [0, 1]
+    with pytest.raises(SweepFileError, match="seeds"):
+        load_sweep(path, "bad")

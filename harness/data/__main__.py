@@ -4,6 +4,7 @@
   stats     DIR [--json] [--stored]                         sizes, history lengths, label rates, oracle
   validate  DIR                                             every contract violation; exit 1 if any
   convert   {movielens,taobao,tmall} RAW_DIR --out DIR      public logs -> contract folder
+  planted   --out DIR [--window 16 --n-brands 32 --control]  click = a planted history rule (a sanity world)
 """
 from __future__ import annotations
 
@@ -35,6 +36,22 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _planted(args: argparse.Namespace) -> int:
+    from harness.data.planted import PlantedConfig, generate_planted
+    if args.window < 1 or args.n_brands < 2:
+        print("planted: --window must be >= 1 and --n-brands >= 2", file=sys.stderr)
+        return 2
+    try:
+        out = generate_planted(args.out, PlantedConfig(window=args.window, n_brands=args.n_brands,
+                                                       mismatch_users=args.control), seed=args.seed)
+    except FileExistsError as e:
+        print(f"planted: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}; train on it with: python -m harness.train --config configs/tiny.yaml "
+          f"--set data.dataset={out} --set train.lr=0.001 --set train.max_epochs=3")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harness.data.stats import add_stats_args, main_stats
     from harness.data.synth import add_synth_args, main_synth
@@ -52,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check a folder against the data contract (docs/data-contract.md)")
     add_validate_args(s)
     s.set_defaults(func=main_validate)
+    s = sub.add_parser("planted", help="a world whose click is a known history rule (harness/data/planted.py)")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--window", type=int, default=16, help="the rule reads this many most recent events")
+    s.add_argument("--n-brands", type=int, default=32)
+    s.add_argument("--control", action="store_true", help="hand every user's events to another user (labels kept)")
+    s.set_defaults(func=_planted)
     s = sub.add_parser("convert", help="convert a public log to the contract (harness/data/converters)")
     s.add_argument("source", choices=["movielens", "taobao", "tmall"])
     s.add_argument("raw", type=Path, help="folder with the raw files")
