@@ -171,10 +171,12 @@ def test_sweep_help_explains_the_subcommands():
 
 def test_a_preset_may_change_the_seeds(tmp_path):
     data = copy.deepcopy(GOOD)
+    data["presets"] = {"three": {"seeds": [5, 6, 7]}}
+    path = write(tmp_path, data)
+    base, three = expand(load_sweep(path)), expand(load_sweep(path, "three"))
+    assert len(three) == 3 * len(base) // len(data["seeds"])
+    assert sorted({r.seed for r in three}) == [5, 6, 7]
     data["presets"] = {"two": {"seeds": [0, 1]}, "bad": {"seeds": [1, 1]}}
     path = write(tmp_path, data)
-    base, two = expand(load_sweep(path)), expand(load_sweep(path, "two"))
-    assert len(two) == 2 * len(base)
-    assert sorted({r.seed for r in two}) == [0, 1]
-    with pytest.raises(SweepFileError, match="seeds"):
-        load_sweep(path, "bad")
+    with pytest.raises(SweepFileError, match=r"(?s)seeds.*preset 'bad'"):   # every preset is checked at load
+        load_sweep(path, "two")
