@@ -161,9 +161,9 @@ class SequenceTokenizer(nn.Module):
         self.hidden = cfg.s_hidden or cfg.d_model
         self.fc1 = nn.Linear(self.k * (self.d_in + 1), self.hidden, bias=False)
         self.fc2 = nn.Linear(self.k * (self.hidden + 1), cfg.d_model, bias=False)
-        # Optional per-type linear path: without it an event's field embeddings reach the block only
-        # through a random GELU MLP, which makes matching them against the candidate very slow to learn.
-        # One map for every behaviour type, so an event's content lands where the candidate's does.
+        # Optional linear path (tokenizer_skip): without it an event's field embeddings reach the block
+        # only through a random GELU MLP, which makes matching them against the candidate very slow to
+        # learn. One map for every behaviour type, so an event's content lands where the candidate's does.
         self.skip = nn.Linear(self.d_in, cfg.d_model, bias=False) if cfg.tokenizer_skip else None
         self.type_emb = (nn.Embedding(self.k + 1, cfg.d_model)
                          if cfg.type_embedding and cfg.seq_fusion == "timestamp" else None)

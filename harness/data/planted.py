@@ -24,11 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.data.stats import compute_stats
 from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Behavior, Feature, Manifest, SplitRule
-
-DAY = 86_400
-T0 = 1_600_000_000
+from harness.data.stats import compute_stats
+from harness.data.synth import DAY, T0, new_dataset_folder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,10 +65,7 @@ def planted_labels(ev_user: np.ndarray, ev_ts: np.ndarray, ev_brand: np.ndarray,
 
 
 def generate_planted(out: str | Path, cfg: PlantedConfig = PlantedConfig(), *, seed: int = 0) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if any((out / f).exists() for f in (EVENTS, IMPRESSIONS, "manifest.yaml")):
-        raise FileExistsError(f"{out}: already holds a dataset; choose an empty --out folder.")
+    out = new_dataset_folder(out)
     rng = np.random.default_rng([seed, 7])
     item_brand = np.concatenate([[0], np.repeat(np.arange(1, cfg.n_brands + 1), cfg.items_per_brand)])
     item_cat = np.where(item_brand > 0, (item_brand - 1) // cfg.brands_per_category + 1, 0)

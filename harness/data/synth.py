@@ -382,13 +382,20 @@ def _table(cols: dict[str, np.ndarray], names) -> pa.Table:
     return pa.table({k: cols[k] for k in names})
 
 
-def generate(cfg: SynthConfig, out: str | Path, *, seed: int, name: str | None = None,
-             progress: bool = True, row_group: int = 1_000_000) -> Path:
-    """Write the world for (cfg, seed) into the folder `out` (created; must not hold a dataset)."""
+def new_dataset_folder(out: str | Path) -> Path:
+    """Create `out` for a generator to write a dataset into; refuse one that already holds a dataset
+    (nothing there is overwritten)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if any((out / f).exists() for f in (EVENTS, IMPRESSIONS, "manifest.yaml")):
         raise FileExistsError(f"{out}: already holds a dataset; choose an empty --out folder.")
+    return out
+
+
+def generate(cfg: SynthConfig, out: str | Path, *, seed: int, name: str | None = None,
+             progress: bool = True, row_group: int = 1_000_000) -> Path:
+    """Write the world for (cfg, seed) into the folder `out` (created; must not hold a dataset)."""
+    out = new_dataset_folder(out)
     ss = np.random.SeedSequence([seed, GENERATOR_VERSION])
     world_ss, *chunk_ss = ss.spawn(1 + -(-cfg.n_users // cfg.user_chunk))
     w = build_world(cfg, np.random.default_rng(world_ss))
