@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from . import paper_numbers as paper
 
@@ -80,21 +81,41 @@ def _delta_columns(row: dict, means: pd.DataFrame, key, ref_key, split: str, pap
         sd = np.sqrt(np.nansum([means.loc[key, (col, "std")] ** 2 / means.loc[key, (col, "count")],
                                 means.loc[ref_key, (col, "std")] ** 2 / means.loc[ref_key, (col, "count")]]))
         row[f"{m} rel% sd"] = sd / ref * 100.0
+        lo, hi = welch_interval(means.loc[key, (col, "std")], means.loc[key, (col, "count")],
+                                means.loc[ref_key, (col, "std")], means.loc[ref_key, (col, "count")])
+        row[f"{m} pts lo"], row[f"{m} pts hi"] = (v - ref + lo) * 100.0, (v - ref + hi) * 100.0
         row[f"{m} paper%"] = paper_row.get(m) if paper_row else np.nan
     return row
 
 
-def table2(done: pd.DataFrame, split: str, sweep: str | None = None) -> pd.DataFrame:
-    """Paper Table 2 layout: models vs the DCNv2+DIN base. Uses the sweep holding dcnv2_din runs."""
+def welch_interval(sd_a: float, n_a: float, sd_b: float, n_b: float, level: float = 0.95) -> tuple[float, float]:
+    """Half-interval bounds (lo, hi) around mean_a − mean_b: Welch's t with Satterthwaite's degrees of
+    freedom, from each side's seed sd and count. Seeds are independent draws (init and batch order), not
+    pairs, so the runs are not paired by seed. NaN when either side has fewer than 2 seeds."""
+    if not (n_a >= 2 and n_b >= 2) or not (np.isfinite(sd_a) and np.isfinite(sd_b)):
+        return float("nan"), float("nan")
+    va, vb = sd_a ** 2 / n_a, sd_b ** 2 / n_b
+    se = float(np.sqrt(va + vb))
+    if se == 0.0:
+        return 0.0, 0.0
+    dof = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    q = float(stats.t.ppf(0.5 + level / 2, dof))
+    return -q * se, q * se
+
+
+def table2(done: pd.DataFrame, split: str, sweep: str | None = None, reference: str = "dcnv2_din") -> pd.DataFrame:
+    """Paper Table 2 layout: models vs the reference model (the paper's DCNv2+DIN base, or the sweep
+    file's `analysis.baseline`), each difference in points with its 95% Welch CI over seeds. Uses the
+    sweep holding the reference's runs."""
     d = done[done["model"].notna()]
     if sweep is None:
-        base_sweeps = d.loc[d["model"] == "dcnv2_din", "sweep"].unique()
+        base_sweeps = d.loc[d["model"] == reference, "sweep"].unique()
         if len(base_sweeps) == 0:
             return pd.DataFrame()
         sweep = base_sweeps[0]
     d = d[d["sweep"] == sweep]
     means = _model_means(d, split, ["model", "size"])
-    ref_keys = [k for k in means.index if k[0] == "dcnv2_din"]
+    ref_keys = [k for k in means.index if k[0] == reference]
     if not ref_keys:
         return pd.DataFrame()
     rows = []
@@ -105,7 +126,7 @@ def table2(done: pd.DataFrame, split: str, sweep: str | None = None) -> pd.DataF
         row = {"model": model, "size": size, "paper row": paper_row["label"] if paper_row else "",
                "seeds": int(means.loc[key].xs("count", level=1).iloc[0])}
         row = _delta_columns(row, means, key, ref_keys[0], split, paper_row)
-        if model == "dcnv2_din" and paper_row:
+        if model == "dcnv2_din" and reference == "dcnv2_din" and paper_row:
             for m in PAPER_METRICS:
                 row[f"{m} paper%"] = 0.0
                 row[f"{m} paper abs"] = paper_row[m]
@@ -118,6 +139,26 @@ def table2(done: pd.DataFrame, split: str, sweep: str | None = None) -> pd.DataF
     out = pd.DataFrame(rows)
     out["_o"] = [order.get(m + s, order.get(m, 99)) for m, s in zip(out["model"], out["size"])]
     return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
+def table2_sentence(t2: pd.DataFrame, metric: str, reference: str = "dcnv2_din") -> str:
+    """One line for the report's conclusions: the models ranked on `metric`, each difference vs the
+    reference with its 95% CI, and whether the CI excludes 0."""
+    if t2 is None or not len(t2) or f"{metric} abs" not in t2:
+        return ""
+    t = t2.sort_values(f"{metric} abs", ascending=False)
+    ranking = " > ".join(f"{r['model']} {r['size']} {r[f'{metric} abs']:.4f}" for _, r in t.iterrows())
+    diffs = []
+    for _, r in t.iterrows():
+        if r["model"] == reference:
+            continue
+        lo, hi = r.get(f"{metric} pts lo", np.nan), r.get(f"{metric} pts hi", np.nan)
+        ci = f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else " (CI needs >= 2 seeds on both sides)"
+        verdict = "" if not np.isfinite(lo) else (" resolved" if lo > 0 or hi < 0 else " not resolved")
+        diffs.append(f"{r['model']} {r['size']} {r[f'{metric} pts']:+.2f} pts{ci}{verdict}")
+    seeds = sorted({int(x) for x in t["seeds"]})
+    return (f"Model comparison on {metric} (mean of {'/'.join(map(str, seeds))} seeds): {ranking}. "
+            f"Difference vs {reference} in points (×100) with 95% Welch CIs: " + "; ".join(diffs) + ".")
 
 
 def _variant_sweep(done: pd.DataFrame, reference: str) -> pd.DataFrame:

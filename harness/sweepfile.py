@@ -8,6 +8,8 @@ A sweep file is YAML with these top-level keys (only `name` and `base` are requi
     axis: seq_len                     # label stored in each run (result.json "axis")
     grid:   {data.seq_len: [768, ...]}          # cartesian product, by dotted key
     zip:    [{model.n_layers: [...], model.d_model: [...]}]   # each group: equal-length lists, zipped
+            # a `model.overrides` column gives each row its own model overrides ({} for none), e.g.
+            # switches that only the OneTrans rows of a model comparison accept
     baselines:                        # extra runs alongside the grid (one model each)
       - {label: rankmixer, model: rankmixer_transformer, size: mini, set: {...}, follow: [data.seq_len]}
     include_base: true                # run the base model over the grid (false: only baselines)
@@ -395,10 +397,12 @@ def _hashable(v: Any) -> Any:
 def _short(key: str) -> str:
     """Readable abbreviation of a dotted axis key for run names (data.seq_len -> len)."""
     leaf = key.split(".")[-1]
-    return {"seq_len": "len", "n_layers": "d", "d_model": "w", "size": "", "name": ""}.get(leaf, leaf)
+    return {"seq_len": "len", "n_layers": "d", "d_model": "w", "size": "", "name": "", "overrides": ""}.get(leaf, leaf)
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, Mapping):   # a per-row `model.overrides` column: {} adds nothing, {k: v} adds "k-v"
+        return "-".join(f"{k}-{_fmt(x)}" for k, x in sorted(v.items()))
     if isinstance(v, bool):
         return "on" if v else "off"
     if isinstance(v, float):
@@ -425,11 +429,14 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
             shown = [_fmt(axes[NAME_KEY])]
         else:
             shown = [f"{_short(k)}{_fmt(v)}" for k, v in axes.items()]
+            shown = [part for part in shown if part]   # an empty per-row override dict names nothing
         if label == "base" and not shown:      # no axes: name the base run by its model size
             shown = [_fmt(_lookup(sweep.base, {**sweep.set, **overrides}, "model.size") or "base")]
         parts = ([] if label == "base" else [label]) + shown + [f"s{seed}"]
         full = {**sweep.set, **overrides, "seed": seed}
-        runs.append(PlannedRun(index=len(runs), name="-".join(parts), label=label, axes=dict(axes), seed=seed,
+        # a per-row override dict sets the row up; it is not an axis the analysis groups by
+        axes = {k: v for k, v in axes.items() if not isinstance(v, Mapping)}
+        runs.append(PlannedRun(index=len(runs), name="-".join(parts), label=label, axes=axes, seed=seed,
                                overrides=full, resource_class=cls or _resource_class(sweep, full)))
 
     if sweep.include_base:

@@ -24,13 +24,13 @@ GOLDEN = {
     ('ablations.yaml', 'ci'): ['9978f664c50e', '59b818794fa4', '4356e5d3067d', 'd6f9c2dc1bcb', 'ff955e9323ff', 'd3d62515da6b', '250fa69b1872'],
     ('ablations.yaml', 'laptop'): ['4c00f7840f7e', '863e3f74511a', '0dad37076290', '74ba0e7b203e', 'd3f8daffec27', '59e8e2c90e2d', '839dfd13233f'],
     ('baselines.yaml', None): ['3d7ae6a26322', 'e41f4e80f0a4', '5ad3ba9cb993', 'efcb8d2277a1', '4524e5c9e40b', '3b2eb185a3e7', '930878f402d7', 'b611f62564dc', '72b561962cda'],
-    ('baselines.yaml', 'compare'): ['df2a4e9c6fc9', 'ce50b188e264', '0660b8d3752d', '92d1aca1dc5c', 'a4474f641d0a', '56d3e10d9f39', 'd61c418a82a2', 'a13960e13ef0', 'd6a5fdf1516a'],
+    ('baselines.yaml', 'compare'): ['2ee076dec7ae', '856a442decf8', '6a6ba7e0a52c', '6564790218da', '1e38b0f628c0', '81a22606c184', 'e98e1c7684df', '4bd7b66ccc3a', 'f254e0b63f81', '56063386be71', 'e9dd9c40f253', 'ceae91459f9b', '9f53fa108496', '74799894779d', 'd7d6402b4ac6', '83b658b43fa0', '24d06a23c938', '2a37d10948d6', 'c021e2bff13f', 'e039e7c7427c', '102f0d5c5cb3', '6cf8e140e564', '08d533bbf905', '099c7a35223b', 'bb6aa8d4516c', 'c09e0aa02ee3', '99b6aaa0d204'],
     ('baselines.yaml', 'ci'): ['f10e948a3073', '1eaaf5f272d5', 'b2e30ffff9cc', '86613a4c7d63', '5743fc04a0f9', '91dee80cf607', '2f1349d199e8', '632ef8678d65', '6ef61da4f824'],
     ('baselines.yaml', 'laptop'): ['d1a2a8f63cdd', '474eddbbec2e', 'ac307cb5450e', 'd3871be535ba', '76c9fc618a68', '109d0250a8c2', 'be636ec5402c', '35e678178b11', '100fbb63f36e'],
     
     ('depth.yaml', None): ['1879ae5bf5b1', 'ff9535d09f9b', '1b473bd3b91a', '387b54cad33d', '040a08fc4bf8'],
     ('depth.yaml', 'ci'): ['be094d2be757', 'b81c406e1dae', '4c3c2f3cc852', 'a91249b7e7aa', '54686e7c99e2'],
-    ('depth.yaml', 'laptop'): ['754950f5b1ae', '8187d62acb30', '37ef3d0189f4', '76027a580a74', 'dc001cea8723'],
+    ('depth.yaml', 'laptop'): ['13f0373c443e', '6d2141106ff1', 'bd12d0c835de', '03dbc2debb09', '405fb0384506', 'd536e89974cc', 'c4ec3fa4f3bb', 'e0460dc072f1', '3b8c4adbe183', 'b475a478bbd5'],
     ('efficiency.yaml', None): ['1d1b6d19d502', '5fc8b4357c22', '7cad4da43ebf', '3b4251811865'],
     ('efficiency.yaml', 'ci'): ['367962e60c34', '87d6dd16f59c', '8af8bdad7413', 'aa36e1c16d80'],
     ('efficiency.yaml', 'laptop'): ['dcbb9538e7f0', '3ecc2c7387e6', '7680f178139f', '68119f919485'],
@@ -47,7 +47,7 @@ GOLDEN = {
     ('smoke.yaml', 'laptop'): ['32996542bf27', '53dd3347e34d', 'dea7261ae4a5', '7392fb11b73e'],
     ('width.yaml', None): ['9007a8174bc2', '73d84274108f', '4433b52fef46', '6219d31d824b', '06693730890d'],
     ('width.yaml', 'ci'): ['1010abd78f2c', '2d6a7087e657', 'a746e66468c6', '99adf1f0293a', 'a2fa671ffc61'],
-    ('width.yaml', 'laptop'): ['a8b5f41db076', 'aaef206eac14', 'ec8b936547ed', '3b90647d5e97', '03e83dcb33f8'],
+    ('width.yaml', 'laptop'): ['738a3eb9ef7b', 'a01f460df09a', 'd59b1ad42207', 'e546b2bf535d', '8aa00c122a34', '419e69a943d9', '6aff77a6d290', '35c176b91f88', '4e15e402a652', 'f8f8091b5cd8'],
 }
 
 
@@ -105,3 +105,16 @@ if __name__ == "__main__":
     for f in sorted(SWEEPS.glob("*.yaml")):
         for p in presets_of(f):
             print(f"    ({f.name!r}, {p!r}): {[r.run_id for r in resolve(load_sweep(f, p), check_model=False)]!r},")
+
+
+def test_zip_column_gives_rows_their_own_model_overrides():
+    """baselines.yaml compare: only the OneTrans rows run request-level; the baselines (which reject the
+    field) get none, the column is not an analysis axis, and an empty dict adds nothing to a run name."""
+    runs = resolve(load_sweep(SWEEPS / "baselines.yaml", "compare"), check_model=True)
+    for r in runs:
+        assert "model.overrides" not in r.plan.axes
+        if r.cfg.model.name == "onetrans":
+            assert r.cfg.model.overrides == {"request_level": True} and "request_level-on" in r.name
+        else:
+            assert r.cfg.model.overrides == {} and r.name == f"{r.cfg.model.name}-tiny-s{r.plan.seed}"
+    assert {r.plan.seed for r in runs} == {0, 1, 2} and {r.cfg.data.seq_len for r in runs} == {64}

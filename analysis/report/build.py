@@ -201,6 +201,15 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
     n_failed = int((runs["status"] != "done").sum())
     flagged = quality.summarise(an.flags)
 
+    # flagged runs stay out of the paper tables too (NaN metrics are skipped by the means anyway)
+    bad = set(an.flags.loc[an.flags["reason"] != "nan_metric", "run_id"]) if len(an.flags) else set()
+    tdone = done if an.include_flagged else done[~done["run_id"].isin(bad)]
+    # the model comparison's reference and headline metric: the sweep file's analysis hints, else the paper's
+    ref_hint = next((h for h in an.hints.values() if h is not None and h.baseline), None)
+    reference = ref_hint.baseline if ref_hint else "dcnv2_din"
+    t2 = tables.table2(tdone, an.split, reference=reference)
+    cmp_metric = next((m for m in ((ref_hint.metrics or ()) if ref_hint else ()) if f"{m} abs" in t2), primary)
+
     # 1. conclusions first
     lines = [f"**{len(done)} finished runs** ({len(flagged)} flagged, "
              + ("included in the fits, --include-flagged" if an.include_flagged else "left out of the fits")
@@ -208,7 +217,9 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
              f"{an.split} split. Effects are gains per doubling with 95% cluster-bootstrap CIs; "
              "MDE = the smallest gain per doubling the sweep detects at 95% confidence with 80% power "
              "(from the measured seed noise and the grid)."]
-    body = [f"- {c}" for c in conclusions(an)] or ["- No series with a numeric swept axis among the finished runs."]
+    compared = tables.table2_sentence(t2, cmp_metric, reference) if len(t2) else ""
+    body = [f"- {c}" for c in conclusions(an)] + ([f"- {compared}"] if compared else [])
+    body = body or ["- No series with a numeric swept axis among the finished runs."]
     blocks = [Text(markdown="\n".join([lines[0], ""] + body))]
     fig3 = []
     if an.series:
@@ -329,15 +340,13 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
                                        "or fewer than 5 x-values).")]
     sections.append(Section(title="Bayes ceiling vs fitted floor", blocks=oracle_blocks))
 
-    # flagged runs stay out of the paper tables too (NaN metrics are skipped by the means anyway)
-    bad = set(an.flags.loc[an.flags["reason"] != "nan_metric", "run_id"]) if len(an.flags) else set()
-    tdone = done if an.include_flagged else done[~done["run_id"].isin(bad)]
-    t2, t3, t5 = tables.table2(tdone, an.split), tables.table3(tdone, an.split), tables.table5(tdone)
+    t3, t5 = tables.table3(tdone, an.split), tables.table5(tdone)
     left_out = len(set(done["run_id"]) & bad) if not an.include_flagged else 0
     paper_blocks = [Text(markdown=DELTA_CONVENTION + " Paper values: ../shared/paper/onetrans-spec.md §2 "
                                   "(analysis/paper_numbers.py)." + (f" {_runs(left_out)} flagged and left out of "
                                   "these tables." if left_out else ""))]
-    for name, t, cap in (("table2", t2, "Table 2 layout: models vs DCNv2+DIN."),
+    for name, t, cap in (("table2", t2, f"Table 2 layout: models vs {reference}; 'pts lo/hi' = the 95% Welch CI "
+                                        "of the difference in points over seeds."),
                          ("table3", t3, "Table 3 layout: ablations vs OneTrans-S (reference)."),
                          ("table5", t5, "Table 5 layout: system variants vs un-optimised (inference columns are "
                                         "not recorded in result.json: n/a).")):
