@@ -18,11 +18,20 @@ Backends:
 Padding rules shared by all backends: a padded query's output is exactly zero, and a query that
 can see no key (only padded queries can) attends to all keys instead of producing NaN before being
 zeroed, so padded content never reaches any valid output or gradient.
+
+Shared keys (`attend(..., shared=SharedKeys(...))`): keys computed once per group of query rows and
+read by every row of the group, i.e. a request's S side read by the NS queries of each of its
+impressions (request-level forward, KV-cached scoring in model/kv_cache.py). It means exactly
+"attend over [the group's shared keys ; the row's own keys]"; SDPA and flash get that list copied per
+row, the reference backend reads the shared keys in place (one GEMM per group, no per-row copy).
+
+This module is the one definition of the attention mask and of masked attention in the model package.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,11 +85,78 @@ def attention_mask(q_valid: torch.Tensor, k_valid: torch.Tensor, causal: bool) -
     return allowed | ~allowed.any(-1, keepdim=True)
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-    return probs @ v
+@dataclass
+class Groups:
+    """Query rows laid out per group (impressions per request): (R, C) slots, C = the largest group."""
+
+    index: torch.Tensor   # (B,) group of each row
+    slot: torch.Tensor    # (B,) position of each row inside its group
+    n_groups: int
+    width: int
+
+    @staticmethod
+    def of(index: torch.Tensor, n_groups: int) -> "Groups":
+        counts = torch.bincount(index, minlength=n_groups)
+        starts = torch.cumsum(counts, 0) - counts
+        # a row's slot is its rank among its group's rows; rows need not be sorted by group
+        order = torch.sort(index, stable=True).indices
+        slot = torch.empty_like(index)
+        slot[order] = torch.arange(index.numel(), device=index.device) - starts[index[order]]
+        width = int(counts.max().item()) if index.numel() else 0          # one host sync
+        return Groups(index=index, slot=slot, n_groups=n_groups, width=width)
+
+    def pack(self, x: torch.Tensor, fill: float | bool = 0) -> torch.Tensor:
+        """(B, ...) -> (R, C, ...); slots of smaller groups hold `fill`."""
+        out = x.new_full((self.n_groups, self.width, *x.shape[1:]), fill)
+        return out.index_put((self.index, self.slot), x)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, C, ...) -> (B, ...)."""
+        return x[self.index, self.slot]
+
+
+@dataclass
+class SharedKeys:
+    """Keys/values shared by each group of query rows, placed before the rows' own keys.
+
+    With a bottom-right causal mask every query sees all valid shared keys, as an NS query sees every
+    S key of its request. `groups` is the per-group layout of `index` when the caller has it already
+    (building it costs a host sync; the reference backend needs it, SDPA and flash do not).
+    """
+
+    k: torch.Tensor       # (R, H, T, dh)
+    v: torch.Tensor       # (R, H, T, dh)
+    valid: torch.Tensor   # (R, T) False at padding
+    index: torch.Tensor   # (B,) group of each query row
+    groups: Groups | None = None
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # statistics in fp32: under bf16 autocast the row sums lose precision otherwise
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")).float(), dim=-1).to(dtype)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                        shared: SharedKeys | None = None) -> torch.Tensor:
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if shared is None:
+        return _masked_softmax((q @ k.transpose(-1, -2)) * scale, mask, v.dtype) @ v
+    # Shared keys are read in place: in the per-group layout (R, H, C*Tq, ...) all rows of a group meet
+    # the group's keys in one GEMM, so the (R, T) keys are never copied per row. The mask (over the
+    # concatenated key list, built by the caller) is the same one SDPA and flash get.
+    g = shared.groups if shared.groups is not None else Groups.of(shared.index, shared.k.shape[0])
+    tq, t = q.shape[2], shared.k.shape[2]
+
+    def grouped(x: torch.Tensor, fill: float | bool = 0) -> torch.Tensor:     # (B, h, Tq, X) -> (R, h, C*Tq, X)
+        return g.pack(x, fill).transpose(1, 2).flatten(2, 3)
+
+    def ungrouped(x: torch.Tensor) -> torch.Tensor:                          # (R, H, C*Tq, X) -> (B, H, Tq, X)
+        return g.unpack(x.unflatten(2, (g.width, tq)).transpose(1, 2))
+
+    scores = torch.cat([grouped(q) @ shared.k.transpose(-1, -2), grouped(q @ k.transpose(-1, -2))], -1) * scale
+    # empty slots (groups with fewer rows than C) attend everywhere: finite (no NaN in the backward), never unpacked
+    probs = _masked_softmax(scores, grouped(mask, True), v.dtype)
+    return ungrouped(probs[..., :t] @ shared.v) + ungrouped(probs[..., t:]) @ v
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,13 +186,20 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_valid: 
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_valid: torch.Tensor, k_valid: torch.Tensor,
-           *, causal: bool, backend: str) -> torch.Tensor:
-    """Dispatch to one backend; returns (B, H, Tq, dh) with padded query rows set to zero."""
+           *, causal: bool, backend: str, shared: SharedKeys | None = None) -> torch.Tensor:
+    """Dispatch to one backend; returns (B, H, Tq, dh) with padded query rows set to zero.
+    shared: keys/values of each row's group, placed before its own keys k, v (see SharedKeys)."""
+    if shared is not None:
+        k_valid = torch.cat([shared.valid[shared.index], k_valid], 1)
+        if backend != "reference":    # SDPA and flash need every row's whole key list: copy it per row
+            k = torch.cat([shared.k[shared.index], k], 2)
+            v = torch.cat([shared.v[shared.index], v], 2)
+            shared = None
     if backend == "flash":
         return flash_attention(q, k, v, q_valid, k_valid, causal)
     mask = attention_mask(q_valid, k_valid, causal)
     if backend == "reference":
-        out = reference_attention(q, k, v, mask)
+        out = reference_attention(q, k, v, mask, shared)
     elif backend == "sdpa":
         out = sdpa_attention(q, k, v, mask)
     else:

@@ -6,13 +6,15 @@ pyramid) and keeps, for every layer, the keys/values of the S-rows entering that
 runs only the candidates' NS-rows, attending to that cache and causally to earlier NS-rows.
 The derivation, the cross-request reuse rule and the tolerances are in docs/kv-cache.md.
 
-This module reads the weights of a built OneTrans model through `OneTransParts` (the small set of
-per-token-type operations the two stages need) and never changes the model: the plain
-`model(batch)` stays the reference every path here is tested against.
+The two stages run a model through `OneTransParts` (the per-token-type steps they need). For
+model/onetrans.py these are the model's own methods: each OneTransBlock is a `LayerParts` (the
+same s_qkv / ns_qkv / s_finish / ns_finish its forward is built from), the heads are the model's
+final_tokens / head_logits, and attention is model/attention.py's `attend` (the one mask and
+attention definition). Nothing of the block is re-implemented here, so a change to the block
+reaches the cache too. The plain `model(batch)` stays the reference every path here is tested against.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .attention import Groups, SharedKeys, attend
 from .features import IMPRESSION_KEYS, SEQ_KEYS
 
 # --------------------------------------------------------------------------------------------
@@ -28,7 +31,8 @@ from .features import IMPRESSION_KEYS, SEQ_KEYS
 
 
 class LayerParts(Protocol):
-    """One OneTrans block split by token type. Tensors are (rows, T, d) unless stated."""
+    """One OneTrans block split by token type (model/onetrans.py's OneTransBlock is one).
+    Tensors are (rows, T, d) unless stated."""
 
     n_heads: int
     keep_s: int          # S-rows this layer keeps as queries (frame positions, padding included)
@@ -63,94 +67,22 @@ class OneTransParts(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
-# Attention pieces (plain math; fp32 softmax statistics like the model's reference path)
+# Attention: model/attention.py's, on the (rows, T, H, dh) layout of LayerParts
 # --------------------------------------------------------------------------------------------
 
 
-def _s_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, backend: str = "sdpa") -> Tensor:
-    """Causal self-attention of the last q rows of an S list over all T rows (bottom-right aligned).
+def _attend(q: Tensor, k: Tensor, v: Tensor, q_valid: Tensor, k_valid: Tensor, backend: str,
+            shared: SharedKeys | None = None) -> Tensor:
+    """Causal attention of q (rows, Tq, H, dh) over k, v (rows, Tk, H, dh) -> (rows, Tq, H*dh).
 
-    q (R, q, H, dh), k/v (R, T, H, dh), key_mask (R, T) True = real. A query always sees itself,
-    so a padded query row never has an empty key set (its value is never read by a real row).
+    Padded query rows follow model/attention.py's one rule: a left-padded S query sees no valid key,
+    so it attends to every key and its output is zeroed. That rule is invisible to the cache's
+    exactness: no real row ever reads a padded S row (it is masked as a key in the next layer and
+    zeroed before the heads), so any finite rule would give the same scores; the model's is the one.
     """
-    R, nq, H, dh = q.shape
-    T = k.shape[1]
-    qpos = torch.arange(T - nq, T, device=q.device)
-    kpos = torch.arange(T, device=q.device)
-    causal = kpos.unsqueeze(0) <= qpos.unsqueeze(1)                          # (q, T)
-    allowed = causal & (key_mask.unsqueeze(1) | (kpos.unsqueeze(0) == qpos.unsqueeze(1)))  # (R, q, T)
-    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if backend == "reference":   # plain masked softmax (fp32 statistics), the parity ground truth
-        scores = (qh @ kh.transpose(-1, -2)) * (1.0 / math.sqrt(dh))
-        scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-        out = torch.softmax(scores.float(), -1).to(vh.dtype) @ vh
-    else:
-        out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed.unsqueeze(1))
-    return out.transpose(1, 2).reshape(R, nq, H * dh)
-
-
-@dataclass
-class _Groups:
-    """Impressions laid out per request: (R, C) slots, C = most candidates of any request."""
-
-    req: Tensor     # (B,) request row of each impression
-    slot: Tensor    # (B,) position of each impression inside its request
-    n_req: int
-    width: int
-
-    @staticmethod
-    def of(req_index: Tensor, n_req: int) -> "_Groups":
-        counts = torch.bincount(req_index, minlength=n_req)
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(req_index.numel(), device=req_index.device) - starts[req_index]
-        width = int(counts.max().item()) if req_index.numel() else 0        # one sync per batch
-        return _Groups(req=req_index, slot=slot, n_req=n_req, width=width)
-
-    def pack(self, x: Tensor) -> Tensor:
-        """(B, ...) -> (R, C, ...) zero-padded."""
-        out = x.new_zeros((self.n_req, self.width, *x.shape[1:]))
-        return out.index_put((self.req, self.slot), x)
-
-    def unpack(self, x: Tensor) -> Tensor:
-        """(R, C, ...) -> (B, ...)."""
-        return x[self.req, self.slot]
-
-
-def _ns_attention(q: Tensor, k: Tensor, v: Tensor, ks: Tensor, vs: Tensor, s_mask: Tensor,
-                  groups: _Groups) -> Tensor:
-    """NS queries over [cached S keys of their request ; causal NS keys of their own candidate].
-
-    q/k/v (B, N, H, dh) NS rows; ks/vs (R, T, H, dh) the request's S keys/values; s_mask (R, T).
-    Everything runs in the per-request layout (R, H, C*N, ...): all candidates' queries of a request
-    meet its S cache in one GEMM (no (B, T) copy of the cache), and the softmax over the two key
-    sets is combined through a shared row maximum instead of concatenating the score tensors.
-    Softmax statistics in fp32.
-    """
-    B, N, H, dh = q.shape
-    R, T = ks.shape[0], ks.shape[1]
-    scale = 1.0 / math.sqrt(dh)
-
-    def grouped(x: Tensor) -> Tensor:                  # (B, N, H, dh) -> (R, H, C, N, dh)
-        return groups.pack(x).permute(0, 3, 1, 2, 4)
-
-    qg, kg, vg = grouped(q), grouped(k), grouped(v)
-    C = qg.shape[2]
-    # S part: scale, padding bias and the GEMM in one baddbmm over (R*H) batches
-    bias = torch.zeros(R, 1, T, dtype=q.dtype, device=q.device).masked_fill(~s_mask[:, None, :], float("-inf"))
-    bias = bias.repeat_interleave(H, 0)                                        # (R*H, 1, T)
-    s_s = torch.baddbmm(bias, qg.reshape(R * H, C * N, dh), ks.permute(0, 2, 3, 1).reshape(R * H, dh, T),
-                        alpha=scale).float()                                  # (R*H, C*N, T)
-    # NS part: causal among the candidate's own rows
-    tri = torch.zeros(N, N, device=q.device).masked_fill(
-        ~torch.ones(N, N, dtype=torch.bool, device=q.device).tril(), float("-inf"))
-    s_n = (torch.matmul(qg, kg.transpose(-1, -2)).float() * scale + tri).reshape(R * H, C * N, N)
-    m = torch.maximum(s_s.amax(-1, keepdim=True), s_n.amax(-1, keepdim=True))
-    p_s, p_n = torch.exp(s_s - m), torch.exp(s_n - m)
-    denom = p_s.sum(-1, keepdim=True) + p_n.sum(-1, keepdim=True)
-    out = torch.bmm(p_s.to(vs.dtype), vs.permute(0, 2, 1, 3).reshape(R * H, T, dh)).float()
-    out = out + torch.matmul(p_n.reshape(R, H, C, N, N).to(vg.dtype), vg).reshape(R * H, C * N, dh).float()
-    out = (out / denom).to(v.dtype).reshape(R, H, C, N, dh).permute(0, 2, 3, 1, 4)   # (R, C, N, H, dh)
-    return groups.unpack(out).reshape(B, N, H * dh)
+    out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), q_valid, k_valid,
+                 causal=True, backend=backend, shared=shared)
+    return out.transpose(1, 2).flatten(2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +120,7 @@ def stage_one(parts: OneTransParts, seq: dict[str, Tensor]) -> SideCache:
 
         def run(x: Tensor, mask: Tensor, layer=layer, n_query=n_query):
             q, k, v = layer.s_qkv(x, n_query)
-            attn = _s_attention(q, k, v, mask, backend)
+            attn = _attend(q, k, v, mask[:, mask.shape[1] - n_query:], mask, backend)
             return layer.s_finish(x[:, x.shape[1] - n_query:], attn), k, v
 
         if getattr(parts, "recompute", False) and torch.is_grad_enabled():
@@ -206,12 +138,17 @@ def stage_two(parts: OneTransParts, cache: SideCache, imp: dict[str, Tensor],
               seq: dict[str, Tensor]) -> dict[str, Tensor]:
     """Score B impressions (req_index rows of the cache) from their NS-tokens and the S cache."""
     req_index = imp["req_index"]
-    groups = _Groups.of(req_index, cache.n_requests)
+    groups = Groups.of(req_index, cache.n_requests)        # one host sync per batch, shared by all layers
     y = parts.ns_tokens(imp, seq)
+    ns_valid = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
     for n, layer in enumerate(parts.layers):
         def run(y: Tensor, ks: Tensor, vs: Tensor, layer=layer, n=n) -> Tensor:
+            # NS queries over [their request's cached S keys ; their own NS keys, causally]. The
+            # reference backend reads the shared S keys in place (one GEMM per request); SDPA and
+            # flash would copy the cache once per candidate (docs/kv-cache.md §4).
             q, k, v = layer.ns_qkv(y)
-            return layer.ns_finish(y, _ns_attention(q, k, v, ks, vs, cache.masks[n], groups))
+            shared = SharedKeys(ks.transpose(1, 2), vs.transpose(1, 2), cache.masks[n], req_index, groups)
+            return layer.ns_finish(y, _attend(q, k, v, ns_valid, ns_valid, "reference", shared))
 
         if getattr(parts, "recompute", False) and torch.is_grad_enabled():
             y = checkpoint(run, y, cache.keys[n], cache.values[n], use_reentrant=False)
@@ -317,6 +254,7 @@ class IncrementalCache:
                              "or an intent-ordered stream change old events' tokens; rebuild the cache with "
                              "stage_one instead (docs/kv-cache.md §2, assumption T).")
         self.frame = frame if frame is not None else model.spec.seq_len
+        self.backend = getattr(self.parts, "s_backend", "sdpa")
         keep, prev = [self.frame], self.frame
         for layer in self.parts.layers:
             prev = min(layer.keep_s, prev)
@@ -361,7 +299,8 @@ class IncrementalCache:
             else:
                 c = prev.shape[1]
                 q, k, v = layer.s_qkv(prev, n_query)
-            attn = _s_attention(q, k, v, torch.ones(k.shape[:2], dtype=torch.bool, device=k.device))
+            real = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)     # no padding here
+            attn = _attend(q, k, v, real[:, real.shape[1] - n_query:], real, self.backend)
             fresh = layer.s_finish(prev[:, prev.shape[1] - n_query:], attn)
             if n_query < n_out:                                      # old states of this layer are exact
                 kept_old = old[m][:, old[m].shape[1] - (n_out - n_query):]
@@ -395,43 +334,14 @@ class IncrementalCache:
 
 
 # --------------------------------------------------------------------------------------------
-# The OneTransParts view of model/onetrans.py (reads its modules; changes nothing)
+# The OneTransParts view of model/onetrans.py (calls its own methods; changes nothing)
 # --------------------------------------------------------------------------------------------
 
 
-class _BlockAdapter:
-    """One OneTransBlock seen through LayerParts (its norm1/kv/q/o/ffn modules, its keep_s)."""
-
-    def __init__(self, block: torch.nn.Module) -> None:
-        self.block = block
-        self.keep_s = block.keep_s
-        self.n_heads = block.cfg.n_heads
-
-    def _h(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.n_heads, x.shape[-1] // self.n_heads))
-
-    def s_qkv(self, x: Tensor, n_query: int, n_kv: int | None = None):
-        b = self.block
-        h = b.norm1(x)
-        hk = h if n_kv is None else h[:, h.shape[1] - n_kv:]
-        k, v = b.kv.forward_s(hk).chunk(2, -1)
-        q = b.q.forward_s(h[:, h.shape[1] - n_query:]) if n_query else h[:, :0]
-        return self._h(q), self._h(k), self._h(v)
-
-    def ns_qkv(self, x: Tensor):
-        q, k, v = self.block.ns_qkv(x)
-        return self._h(q), self._h(k), self._h(v)
-
-    def s_finish(self, x_kept: Tensor, attn: Tensor) -> Tensor:
-        return self.block.s_out(x_kept, attn) if x_kept.shape[1] else x_kept
-
-    def ns_finish(self, x: Tensor, attn: Tensor) -> Tensor:
-        return self.block.ns_out(x, attn)
-
-
 class _OneTransAdapter:
-    """model/onetrans.py's OneTrans as OneTransParts. Refuses the configurations the cache cannot
-    serve exactly (full attention: S-rows would read NS-rows)."""
+    """model/onetrans.py's OneTrans as OneTransParts: its blocks are the layers, its tokenizers and
+    head methods the rest. Refuses the configurations the cache cannot serve exactly (full
+    attention: S-rows would read NS-rows)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         cfg = getattr(model, "cfg", None)
@@ -441,12 +351,12 @@ class _OneTransAdapter:
             raise ValueError("onetrans Config.causal=False (full attention): S-tokens read NS-tokens, so the "
                              "S-side cannot be cached; KV caching needs the causal mask (spec §1.2)")
         self.model, self.cfg = model, cfg
-        self.layers = [_BlockAdapter(b) for b in model.blocks]
+        self.layers = list(model.blocks)
         # S tokens depend on the request time with the gap embedding, and an intent-ordered stream
         # inserts new events mid-list: then old events' tokens change (docs/kv-cache.md §2).
         self.time_invariant = (not cfg.gap_embedding) and cfg.seq_fusion == "timestamp"
         # execution switches follow the model's: reference attention stays reference, recompute
-        # checkpoints every stage-I / stage-II layer (flash has no cache-shaped call: SDPA instead)
+        # checkpoints every stage-I / stage-II layer (stage I uses SDPA where the model may use flash)
         self.s_backend = "reference" if cfg.attention == "reference" else "sdpa"
         self.recompute = cfg.recompute
 
@@ -457,14 +367,6 @@ class _OneTransAdapter:
         return self.model.ns_tok(imp)
 
     def heads(self, ns_final: Tensor, s_final: Tensor | None, s_mask: Tensor | None) -> dict[str, Tensor]:
-        m = self.model
-        parts = [ns_final]
-        n_s_final = m.n_final - m.cfg.n_ns_tokens          # S rows the heads read (pyramid reading B)
-        if n_s_final:
-            # the plain forward zeroes padded S rows and always hands the heads n_s_final of them:
-            # zero our padded rows and left-pad an unpadded (serving) cache back to that count.
-            s = s_final * s_mask.unsqueeze(-1).to(s_final.dtype)
-            s = torch.nn.functional.pad(s, (0, 0, n_s_final - s.shape[1], 0))
-            parts = [s, ns_final]
-        h = m.final_norm(torch.cat(parts, 1)).flatten(1)
-        return {t: head(h).squeeze(-1).float() for t, head in m.heads.items()}
+        if s_final is None:                                   # no S row left (pyramid reading A)
+            return self.model.head_logits(self.model.final_tokens(ns_final[:, :0], ns_final))
+        return self.model.head_logits(self.model.final_tokens(s_final, ns_final, s_mask))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import attend, choose_backend
+from .attention import SharedKeys, attend, choose_backend
 from .base import RankingModel
 from .features import TASKS, FeatureSpec
 from .flops import TRAIN_MULTIPLIER, attention_flops, linear_flops
@@ -305,12 +305,16 @@ class OneTransBlock(nn.Module):
 
     S rows use the shared weights, NS row t its own (MixedLinear). Keys/values cover all current
     tokens; queries only the kept tail (the last keep_s S rows and every NS row).
+
+    forward() is built from per-side steps that model/kv_cache.py calls as well (S side once per
+    request, NS side per candidate): s_qkv / ns_qkv (pre-norm and projections, per head) and
+    s_finish / ns_finish (out-projection, residual, FFN); attention itself is model/attention.py's.
     """
 
     def __init__(self, cfg: Config, keep_s: int) -> None:
         super().__init__()
         d, n, mixed = cfg.d_model, cfg.n_ns_tokens, cfg.mixed_params
-        self.cfg, self.keep_s = cfg, keep_s
+        self.cfg, self.keep_s, self.n_heads = cfg, keep_s, cfg.n_heads
         self.backend = "reference"         # set by the model from its attention decision
         has_s_queries = keep_s > 0
         self.norm1, self.norm2 = RMSNorm(d, cfg.norm_eps), RMSNorm(d, cfg.norm_eps)
@@ -320,27 +324,39 @@ class OneTransBlock(nn.Module):
         self.ffn1 = MixedLinear(d, cfg.ffn_mult * d, n, mixed=mixed, with_s=has_s_queries)
         self.ffn2 = MixedLinear(cfg.ffn_mult * d, d, n, mixed=mixed, with_s=has_s_queries)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, H, T, dh)
-        B, T, _ = x.shape
-        return x.view(B, T, self.cfg.n_heads, self.cfg.head_dim).transpose(1, 2)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, H, dh)
+        return x.unflatten(-1, (self.n_heads, self.cfg.head_dim))
 
-    def s_qkv(self, x_s: torch.Tensor):
-        """S side, independent of NS: keys/values of all S rows, queries of the kept tail."""
+    # --- the two sides, each on its own rows ----------------------------------------------------
+
+    def s_qkv(self, x_s: torch.Tensor, n_query: int | None = None, n_kv: int | None = None):
+        """S side, independent of NS: keys/values of the last n_kv S rows (all when None), queries of
+        the last n_query rows (the kept tail keep_s when None). Each (B, rows, H, dh). The KV cache's
+        incremental append asks for fewer rows; the forward always for the defaults."""
         h = self.norm1(x_s)
-        k, v = self.kv.forward_s(h).chunk(2, -1)
-        q = self.q.forward_s(h[:, h.shape[1] - self.keep_s:]) if self.keep_s else h[:, :0]
-        return q, k, v
+        n_query = self.keep_s if n_query is None else n_query
+        hk = h if n_kv is None else h[:, h.shape[1] - n_kv:]
+        k, v = self.kv.forward_s(hk).chunk(2, -1)
+        q = self.q.forward_s(h[:, h.shape[1] - n_query:]) if n_query else h[:, :0]
+        return self._heads(q), self._heads(k), self._heads(v)
 
     def ns_qkv(self, x_ns: torch.Tensor):
+        """NS side: queries, keys and values of every NS row (token-specific weights), each (B, N, H, dh)."""
         h = self.norm1(x_ns)
         k, v = self.kv.forward_ns(h).chunk(2, -1)
-        return self.q.forward_ns(h), k, v
+        return self._heads(self.q.forward_ns(h)), self._heads(k), self._heads(v)
 
-    def s_out(self, x_tail: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def s_finish(self, x_tail: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Kept S rows x_tail (B, rows, d) and their attention output a (B, rows, d) -> the rows leaving
+        the block (padded rows not re-masked here). No rows: nothing to do (a block keeping no S row
+        has no S weights)."""
+        if x_tail.shape[1] == 0:
+            return x_tail
         z = x_tail + self.o.forward_s(a)
         return z + self.ffn2.forward_s(F.gelu(self.ffn1.forward_s(self.norm2(z))))
 
-    def ns_out(self, x_ns: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def ns_finish(self, x_ns: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """NS rows (B, N, d) and their attention output -> the NS rows leaving the block."""
         z = x_ns + self.o.forward_ns(a)
         return z + self.ffn2.forward_ns(F.gelu(self.ffn1.forward_ns(self.norm2(z))))
 
@@ -354,7 +370,10 @@ class OneTransBlock(nn.Module):
         q_ns, k_ns, v_ns = self.ns_qkv(x_ns)
         ns_valid = valid_s.new_ones(x_ns.shape[0], n)
         valid_tail = valid_s[:, T_s - ks:]
-        H = self._heads
+
+        def H(x: torch.Tensor) -> torch.Tensor:               # (B, T, H, dh) -> (B, H, T, dh)
+            return x.transpose(1, 2)
+
         if req_index is None:
             # One attention call over [S ; NS] with one bottom-right causal mask: S queries can
             # only reach S keys because NS keys come after every S position.
@@ -367,14 +386,14 @@ class OneTransBlock(nn.Module):
             if not self.cfg.causal:
                 raise ValueError("request-level S side needs causal attention (with causal=False S reads NS)")
             a_s = attend(H(q_s), H(k_s), H(v_s), valid_tail, valid_s, causal=True,
-                         backend=self.backend).transpose(1, 2).flatten(2) if ks else q_s
-            a_ns = attend(H(q_ns), H(torch.cat([k_s[req_index], k_ns], 1)), H(torch.cat([v_s[req_index], v_ns], 1)),
-                          ns_valid, torch.cat([valid_s[req_index], ns_valid], 1), causal=True,
-                          backend=self.backend).transpose(1, 2).flatten(2)
-        y_ns = self.ns_out(x_ns, a_ns)
+                         backend=self.backend).transpose(1, 2).flatten(2) if ks else x_s[:, :0]
+            # NS queries read [their request's S keys ; their own NS keys], the S keys shared per request
+            a_ns = attend(H(q_ns), H(k_ns), H(v_ns), ns_valid, ns_valid, causal=True, backend=self.backend,
+                          shared=SharedKeys(H(k_s), H(v_s), valid_s, req_index)).transpose(1, 2).flatten(2)
+        y_ns = self.ns_finish(x_ns, a_ns)
         if ks == 0:
             return x_s[:, :0], valid_tail, y_ns
-        y_s = self.s_out(x_s[:, T_s - ks:], a_s) * valid_tail.unsqueeze(-1).to(a_s.dtype)
+        y_s = self.s_finish(x_s[:, T_s - ks:], a_s) * valid_tail.unsqueeze(-1).to(a_s.dtype)
         return y_s, valid_tail, y_ns
 
     def flops(self, t_s: int) -> float:
@@ -449,7 +468,23 @@ class OneTrans(RankingModel):
                 x_s, valid_s, x_ns = block(x_s, valid_s, x_ns, req_index)
         if req_index is not None:
             x_s = x_s[req_index]
+        return self.final_tokens(x_s, x_ns)
+
+    def final_tokens(self, x_s: torch.Tensor, x_ns: torch.Tensor, valid_s: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-normed [S ; NS] rows the heads read, (B, n_final, d), from the rows leaving the
+        last block: x_s the surviving S rows (none under pyramid reading A), x_ns the N NS rows.
+        valid_s given (the KV cache's S side, which is not re-masked per block and is unpadded when
+        served): padded S rows are zeroed and a shorter S list is left-padded with zero rows, which
+        is what the blocks hand the heads in forward()."""
+        if valid_s is not None:
+            x_s = x_s * valid_s.unsqueeze(-1).to(x_s.dtype)
+            x_s = F.pad(x_s, (0, 0, self.n_final - x_ns.shape[1] - x_s.shape[1], 0))
         return self.final_norm(torch.cat([x_s, x_ns], 1))
+
+    def head_logits(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{task: logits (B,)} from the final tokens (B, n_final, d): each task tower reads them all."""
+        h = h.flatten(1)
+        return {t: head(h).squeeze(-1).float() for t, head in self.heads.items()}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x_s, valid_s, x_ns = self.tokenize(batch)
@@ -460,8 +495,7 @@ class OneTrans(RankingModel):
             # The S side per impression (the paper's un-optimised behaviour); the tokenizer above
             # ran once per request, which is exact because S-tokens depend on the sequence only.
             h = self.encode(x_s[idx], valid_s[idx], x_ns)
-        h = h.flatten(1)
-        return {t: head(h).squeeze(-1).float() for t, head in self.heads.items()}
+        return self.head_logits(h)
 
     def _check(self, batch: dict[str, torch.Tensor]) -> None:
         """Shape checks only (no host-device sync): a wrong batch fails here, naming the field."""

@@ -124,3 +124,16 @@ def test_request_level_training_same_loss_and_grads(kind, pyramid):
     assert sum(bool(g.abs().sum() > 0) for g in ref_grads.values()) > 10
     for n in ref_grads:
         torch.testing.assert_close(got_grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pyramid_end": "B"}])
+def test_cache_runs_the_models_own_request_level_forward(overrides):
+    """With one backend (reference) the cache calls exactly the model's request-level computation
+    (its block steps, attention and heads), so the two agree bit for bit."""
+    spec = tiny_spec(seq_len=24)
+    model = make_model("onetrans", spec, pyramid=True, seed=13, request_level=True, **overrides)
+    batch = _batch(spec, 3, 4, seed=14)
+    with torch.no_grad():
+        ref, got = model(batch), _cached(model, batch)
+    for t in ("ctr", "cvr"):
+        torch.testing.assert_close(got[t], ref[t], atol=0, rtol=0)

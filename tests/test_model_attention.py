@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from model.attention import attend, attention_mask, choose_backend
+from model.attention import SharedKeys, attend, attention_mask, choose_backend
 
 
 def _inputs(B=3, H=2, tq=5, tk=9, dh=8, pad=(0, 3, 9), dtype=torch.float32, device="cpu", seed=0):
@@ -72,6 +72,33 @@ def test_fully_padded_rows_give_zeros_and_padding_never_leaks(backend):
     k2.transpose(1, 2)[~kv] = 1e4
     v2.transpose(1, 2)[~kv] = -1e4
     torch.testing.assert_close(attend(q, k2, v2, qv, kv, causal=True, backend=backend), out, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+def test_shared_keys_equal_the_concatenated_key_list(backend):
+    """attend(shared=...) = attend over [the group's shared keys ; the row's own keys], forward and
+    backward: uneven groups in any order (3, 0, 1 and 2 rows), one group with no valid shared key."""
+    g = torch.Generator().manual_seed(3)
+    R, B, H, T, n, dh = 4, 6, 2, 7, 3, 8
+    index = torch.tensor([2, 0, 0, 3, 0, 3])
+    ks, vs = (torch.randn(R, H, T, dh, generator=g).requires_grad_() for _ in range(2))
+    s_valid = torch.arange(T)[None, :] >= torch.tensor([0, 2, 7, 5])[:, None]     # group 2: all padding
+    q, k, v = (torch.randn(B, H, n, dh, generator=g).requires_grad_() for _ in range(3))
+    ones = torch.ones(B, n, dtype=torch.bool)
+    w = torch.randn(B, H, n, dh, generator=g)
+    res = []
+    for shared in (True, False):
+        for t in (q, k, v, ks, vs):
+            t.grad = None
+        if shared:
+            out = attend(q, k, v, ones, ones, causal=True, backend=backend, shared=SharedKeys(ks, vs, s_valid, index))
+        else:
+            out = attend(q, torch.cat([ks[index], k], 2), torch.cat([vs[index], v], 2), ones,
+                         torch.cat([s_valid[index], ones], 1), causal=True, backend=backend)
+        (out * w).sum().backward()
+        res.append([out.detach()] + [t.grad.clone() for t in (q, k, v, ks, vs)])
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_choose_backend_reports_reasons_and_refuses_silent_flash():
