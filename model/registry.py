@@ -9,10 +9,11 @@ so the harness can build any model from (name, size, overrides) without knowing 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 from types import ModuleType
 from typing import Any
+
+from harness.suggest import did_you_mean
 
 from .base import RankingModel
 from .features import FeatureSpec
@@ -30,14 +31,9 @@ MODELS: dict[str, str] = {
 }
 
 
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def model_module(name: str) -> ModuleType:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}.{_suggest(name, list(MODELS))}")
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}.{did_you_mean(name, list(MODELS))}")
     return importlib.import_module(MODELS[name])
 
 
@@ -50,14 +46,14 @@ def resolve_config(name: str, size: str, overrides: dict[str, Any] | None = None
     mod = model_module(name)
     if size not in mod.SIZES:
         raise ValueError(f"unknown size {size!r} for model {name!r}; known sizes: {sorted(mod.SIZES)}."
-                         f"{_suggest(size, list(mod.SIZES))}")
+                         f"{did_you_mean(size, list(mod.SIZES))}")
     cfg = mod.SIZES[size]
     overrides = dict(overrides or {})
     fields = {f.name for f in dataclasses.fields(cfg)}
     for key in overrides:
         if key not in fields:
             raise ValueError(f"unknown option {key!r} for model {name!r}; valid options: {sorted(fields)}."
-                             f"{_suggest(key, sorted(fields))}")
+                             f"{did_you_mean(key, sorted(fields))}")
     return dataclasses.replace(cfg, **overrides)
 
 
