@@ -15,7 +15,7 @@ A sweep file is YAML with these top-level keys (only `name` and `base` are requi
     resources:                        # resource classes; one SLURM job array per class
       default: {devices: 1, accelerator: gpu, cpus_per_task: 8, mem_gb: 64, time_min: 240, partition: ...}
     resource_rules: [{when: {model.size: onetrans-l}, class: large}]
-    analysis: {x: data.seq_len, metrics: [test.ctr_uauc], fit: saturating}
+    analysis: {x: data.seq_len, metrics: [test.ctr_uauc], fit: powerlaw}   # hints for analysis.report
     presets:                          # shrink for CI / a laptop WITHOUT changing the grid's shape
       ci: {set: {...}, grid: {data.seq_len: [8, ...]}, zip: [...], baselines: {label: {size: tiny}}, resources: {...}}
 
@@ -43,7 +43,10 @@ PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "seeds", "descrip
 BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
 ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
 NAME_KEY = "_name"                 # zip column that names rows (not a config key)
-FIT_FORMS = ("power", "saturating", "loglinear", "none")
+# analysis.fit: each accepted spelling -> the fit form's one name (analysis/fit.py `form`). "powerlaw" is
+# the saturating law y = E + A·x^-α; "saturating" and "power" are its documented aliases.
+FIT_FORMS = {"loglinear": "loglinear", "powerlaw": "powerlaw", "saturating": "powerlaw", "power": "powerlaw",
+             "none": "none"}
 ACCELERATORS = ("gpu", "cpu")
 
 
@@ -118,10 +121,12 @@ class Baseline:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Analysis:
+class AnalysisHints:
+    """The `analysis:` block of a sweep file (how the analysis should read the sweep)."""
+
     x: str
     metrics: tuple[str, ...] = ("test.ctr_uauc",)
-    fit: str = "none"
+    fit: str = "none"              # a canonical form: FIT_FORMS' values
     baseline: str | None = None     # label of the reference run for deltas (paper: DCNv2+DIN)
 
 
@@ -140,7 +145,7 @@ class Sweep:
     seeds: list[int]
     resources: dict[str, ResourceClass]
     resource_rules: list[dict[str, Any]]
-    analysis: Analysis | None
+    analysis: AnalysisHints | None
     set: dict[str, Any]             # preset's dotted overrides for every run
     presets: tuple[str, ...]
 
@@ -318,8 +323,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
                  presets=tuple(presets_raw))
 
 
-def parse_analysis(a: Any, where: Any, path: Path | None) -> Analysis | None:
-    """The `analysis:` hints of a sweep file (None when absent); read by analysis/hints.py too."""
+def parse_analysis(a: Any, where: Any, path: Path | None) -> AnalysisHints | None:
+    """The `analysis:` hints of a sweep file (None when absent; `fit` canonical); read by analysis/hints.py too."""
     if a is None:
         return None
     if not isinstance(a, Mapping):
@@ -333,7 +338,7 @@ def parse_analysis(a: Any, where: Any, path: Path | None) -> Analysis | None:
                              f"{did_you_mean(fit, FIT_FORMS, list_valid=True)}")
     metrics = a.get("metrics", ["test.ctr_uauc"])
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    return Analysis(x=str(a["x"]), metrics=tuple(metrics), fit=fit, baseline=a.get("baseline"))
+    return AnalysisHints(x=str(a["x"]), metrics=tuple(metrics), fit=FIT_FORMS[fit], baseline=a.get("baseline"))
 
 
 def _parse_grid(raw: Any, where_key: str, where: Any, unique: bool = True) -> dict[str, list[Any]]:
