@@ -20,7 +20,6 @@ and where it came from are recorded in the JSON. On CPU MFU is null unless a pea
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -107,12 +106,12 @@ def spec_for(size: str, seq_len: int | None):
 
 def bench_size(size: str, args, device: torch.device) -> dict:
     inductor = args.compile_backend == "inductor"
-    cfg = dataclasses.replace(SIZES[size], attention=args.attention, compile_blocks=args.compile and inductor,
-                              recompute=args.recompute)
+    cfg = SIZES[size]
     spec = spec_for(size, args.seq_len)
     B = args.batch or DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"][size]
     torch.manual_seed(0)
-    model = build(spec, cfg).to(device).train()
+    model = build(spec, cfg, attention=args.attention, compile_blocks=args.compile and inductor,
+                  recompute=args.recompute).to(device).train()
     if args.compile and not inductor:        # another backend (e.g. "eager": the dynamo path only, fast on CPU)
         for b in model.blocks:
             b.compile(backend=args.compile_backend)

@@ -14,7 +14,6 @@ Kernel names are also sorted into rough classes (gemm / attention / other) by na
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import sys
@@ -73,11 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
-    cfg = dataclasses.replace(SIZES[args.size], attention=args.attention, compile_blocks=args.compile)
     spec = spec_for(args.size, args.seq_len)
     B = args.batch or DEFAULT_BATCH["cuda" if on_cuda else "cpu"][args.size]
     torch.manual_seed(0)
-    model = build(spec, cfg).to(device).train()
+    model = build(spec, SIZES[args.size], attention=args.attention, compile_blocks=args.compile).to(device).train()
     batch = random_batch(spec, n_requests=B, per_request=1, min_len=spec.seq_len,
                          generator=torch.Generator().manual_seed(0), device=device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None

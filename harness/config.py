@@ -189,6 +189,11 @@ class DataConfig(_Section):
         return self.dataset.split(":", 1)[1] if self.dataset.startswith("synthetic:") else None
 
 
+# Execution switches (how a run computes, never what) have one home, the train section; the model
+# receives them from harness/train.py `execution`. Their old spellings as model options are refused.
+MOVED_TO_TRAIN = {"attention": "attention", "recompute": "recompute", "compile_blocks": "compile"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig(_Section):
     name: str = "onetrans"             # a key of model.registry.MODELS
@@ -199,6 +204,10 @@ class ModelConfig(_Section):
         from model.registry import MODELS   # a plain dict: no model code (or torch model) imported
         _require(self.name in MODELS, f"model.name = {self.name!r} is not a known model; known: "
                  f"{sorted(MODELS)}.{did_you_mean(self.name, MODELS)}")
+        for key in self.overrides:
+            _require(key not in MOVED_TO_TRAIN,
+                     f"model.overrides.{key} is no longer a model option: execution switches live in the run "
+                     f"config; write train.{MOVED_TO_TRAIN.get(key)} instead (docs/training.md).")
 
     def resolve(self) -> Any:
         """The model's Config (size + overrides), validated by model.registry.resolve_config."""
@@ -248,10 +257,11 @@ class TrainConfig(_Section):
     cvr_weight: float = 1.0
     protocol: Literal["holdout", "next_batch"] = "holdout"
     next_batch_warmup_days: int = 0    # next_batch: days left out of the macro average (cold model)
-    # execution (decisions and reasons recorded in provenance.json)
+    # execution (decisions and reasons recorded in provenance.json); the one home of these switches:
+    # harness/train.py `execution` hands attention / recompute / compile to the model's build()
     precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"   # auto: bf16-mixed on a bf16 GPU, else 32-true
-    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"
-    compile: bool = False
+    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"   # model/attention.py backends
+    compile: bool = False              # torch.compile each block (OneTrans), else the whole model
     recompute: bool = False            # activation recomputation (when the model supports it)
     deterministic: bool = False        # torch deterministic algorithms (slower on GPU)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"

@@ -2,7 +2,10 @@
 
     Config   a frozen, keyword-only dataclass of the model's hyper-parameters
     SIZES    dict[str, Config] of named sizes (paper scale, scaling-grid points, tiny CPU sizes)
-    build(spec: FeatureSpec, config: Config) -> RankingModel
+    build(spec: FeatureSpec, config: Config, **execution) -> RankingModel
+
+and optionally EXECUTION, the names of the execution switches build() takes as keywords (how the
+model runs, never what it computes: "attention", "recompute", "compile_blocks"; none by default).
 
 so the harness can build any model from (name, size, overrides) without knowing its internals.
 """
@@ -57,5 +60,16 @@ def resolve_config(name: str, size: str, overrides: dict[str, Any] | None = None
     return dataclasses.replace(cfg, **overrides)
 
 
-def build_model(name: str, spec: FeatureSpec, size: str, overrides: dict[str, Any] | None = None) -> RankingModel:
-    return model_module(name).build(spec, resolve_config(name, size, overrides))
+def execution_switches(name: str) -> tuple[str, ...]:
+    """The execution switches the model's build() takes (its module's EXECUTION)."""
+    return tuple(getattr(model_module(name), "EXECUTION", ()))
+
+
+def build_model(name: str, spec: FeatureSpec, size: str, overrides: dict[str, Any] | None = None,
+                execution: dict[str, Any] | None = None) -> RankingModel:
+    """The model for a named size with Config overrides, built with the execution switches given."""
+    execution = dict(execution or {})
+    unknown = sorted(set(execution) - set(execution_switches(name)))
+    if unknown:
+        raise ValueError(f"model {name!r} has no execution switch {unknown}; it has {list(execution_switches(name))}.")
+    return model_module(name).build(spec, resolve_config(name, size, overrides), **execution)

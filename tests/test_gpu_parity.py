@@ -52,8 +52,8 @@ def test_sdpa_model_matches_reference_in_bf16(request_level):
     res = []
     for backend in ("reference", "sdpa"):
         torch.manual_seed(19)
-        cfg = dataclasses.replace(SIZES["onetrans-tiny"], attention=backend, request_level=request_level)
-        m = build(spec, cfg).cuda().train()
+        cfg = dataclasses.replace(SIZES["onetrans-tiny"], request_level=request_level)
+        m = build(spec, cfg, attention=backend).cuda().train()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = m(b)
         assert m.attention_decision[0] == backend
