@@ -7,15 +7,12 @@ import pytest
 
 from harness import config as C
 from harness.config import ConfigError, RunConfig, apply_overrides, load_config, run_id, run_name
-
-import test_train_support as S
+from tests import train_support as S
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _stand_in_model(monkeypatch):
-    S.register_tiny_model(monkeypatch)
+pytestmark = pytest.mark.usefixtures("stand_in")     # tests/conftest.py
 
 
 def _cfg(**kw) -> RunConfig:
