@@ -12,6 +12,7 @@ from model.features import random_batch, tiny_spec
 from model.layers import MixedLinear
 from model.onetrans import SIZES, OneTransBlock, build
 from model.registry import build_model
+from tests.model_support import assert_bf16_model_parity, bf16_model_step, empty_history_batch
 
 TINY = SIZES["onetrans-tiny"]
 FP32 = dict(atol=1e-5, rtol=1e-5)
@@ -299,20 +300,8 @@ def test_request_level_refuses_full_attention():
 def test_flash_model_matches_reference_in_bf16(request_level):
     """Whole model on CUDA under bf16 autocast, pruned queries, padding and one empty history."""
     pytest.importorskip("flash_attn")
-    b = _batch(64, seed=18, n_requests=4, per_request=3)
-    for k in ("seq_item", "seq_side", "seq_type", "seq_gap"):
-        b[k][0] = 0
-    b["seq_mask"][0] = False
-    b = {k: v.cuda() for k, v in b.items()}
-    res = []
-    for backend in ("reference", "flash"):
-        m = _model(seq_len=64, seed=19, execution={"attention": backend}, request_level=request_level).cuda().train()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = m(b)
-        assert m.attention_decision[0] == backend
-        out["ctr"].sum().backward()
-        res.append((out["ctr"].detach(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])))
-    assert torch.isfinite(res[1][0]).all() and torch.isfinite(res[1][1]).all()
-    torch.testing.assert_close(res[0][0], res[1][0], atol=5e-2, rtol=5e-2)
-    cos = torch.nn.functional.cosine_similarity(res[0][1].float(), res[1][1].float(), dim=0)
-    assert cos > 0.99, cos
+    spec = tiny_spec(64)
+    b = empty_history_batch(spec, seed=18)
+    ref, flash = (bf16_model_step(spec, b, backend=x, seed=19, request_level=request_level)
+                  for x in ("reference", "flash"))
+    assert_bf16_model_parity(ref, flash)
