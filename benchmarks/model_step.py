@@ -142,6 +142,14 @@ def training_step(size: str, args, device: torch.device, *, recompute: bool = Fa
     return model, spec, B, step
 
 
+def save_json(result: dict, path: str | Path) -> None:
+    """Write a benchmark's record (its folder created) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"saved {out}")
+
+
 def bench_size(size: str, args, device: torch.device) -> dict:
     model, spec, B, step = training_step(size, args, device, recompute=args.recompute,
                                          compile_backend=args.compile_backend)
@@ -235,10 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     for m in mixed:
         print(f"mixed projection {m['size']}: einsum {1e3 * m['einsum_s']:.2f} ms, per-token loop "
               f"{1e3 * m['loop_s']:.2f} ms -> loop/einsum = {m['loop_over_einsum']:.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
+    save_json(result, args.out)
     return result
 
 

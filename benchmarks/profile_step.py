@@ -14,7 +14,6 @@ Kernel names are also sorted into rough classes (gemm / attention / other) by na
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.model_step import add_step_arguments, training_step  # noqa: E402
+from benchmarks.model_step import add_step_arguments, save_json, training_step  # noqa: E402
 
 CLASSES = (("attention", re.compile(r"flash|fmha|attention|attn|sdpa|softmax", re.I)),
            ("gemm", re.compile(r"gemm|xmma|cutlass|cublas|sm\d+_|matmul|aten::mm|aten::bmm|aten::addmm|"
@@ -129,10 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows[:args.top]:
         print(f"{100 * r['share']:5.1f}% {r['self_us'] / 1e3:9.2f} {r['calls']:>6} {r['class']:>9}  {r['name'][:110]}")
     print("by class: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["class_share"].items()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
+    save_json(result, args.out)
     return result
 
 

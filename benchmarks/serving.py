@@ -85,11 +85,13 @@ def timed_reps(fn, *, reps: int, budget_s: float, warmup: int = 1) -> list[float
     return times
 
 
-def build(size: str, seq_len: int, overrides: dict, seed: int = 0, spec_kind: str = "tiny", device: str = "cpu",
-          attention: str = "sdpa"):
+def build(args, seq_len: int, seed: int = 0):
+    """(spec, model): the benchmarked OneTrans (--size, --override, --attention, --spec) for histories of
+    seq_len events, on --device, in eval mode."""
     torch.manual_seed(seed)
-    spec = paper_feature_spec(seq_len) if spec_kind == "paper" else tiny_spec(seq_len=seq_len)
-    return spec, build_model("onetrans", spec, size, overrides, {"attention": attention}).to(device).eval()
+    spec = paper_feature_spec(seq_len) if args.spec == "paper" else tiny_spec(seq_len=seq_len)
+    model = build_model("onetrans", spec, args.size, args.overrides, {"attention": args.attention})
+    return spec, model.to(args.device).eval()
 
 
 def requests(spec, n_cand: int, n: int, seed: int, device: str = "cpu") -> list[tuple[dict, dict]]:
@@ -105,8 +107,7 @@ def requests(spec, n_cand: int, n: int, seed: int, device: str = "cpu") -> list[
 def bench_serving(args) -> list[dict]:
     rows = []
     for L in args.lengths:
-        spec, model = build(args.size, L, args.overrides, spec_kind=args.spec, device=args.device,
-                            attention=args.attention)
+        spec, model = build(args, L)
         for C in args.candidates:
             reqs = requests(spec, C, 4, seed=L + C, device=args.device)
             cell = {"seq_len": L, "candidates": C}
@@ -143,8 +144,7 @@ def bench_serving(args) -> list[dict]:
 def bench_training(args) -> list[dict]:
     rows = []
     for L in args.train_lengths:
-        spec, model = build(args.size, L, args.overrides, spec_kind=args.spec, device=args.device,
-                            attention=args.attention)
+        spec, model = build(args, L)
         model.train()
         for C in args.train_candidates:
             R = max(1, args.train_impressions // C)
