@@ -267,10 +267,10 @@ def analyze(collection: Collection, *, settings: FitSettings = FitSettings(), me
                 elif fit_hint == "loglinear":
                     forms = ["loglinear"]
                 else:
-                    # the saturating law: loss-like metrics by default; with an explicit `fit: saturating`
+                    # the saturating law: loss-like metrics by default; with an explicit `fit: powerlaw`
                     # hint also higher-is-better metrics in (0, 1), fitted to their shortfall 1 - y
                     sat = x_name != "train_flops" and (metric in LOSS_LIKE or (
-                        fit_hint == "saturating" and np.all((y > 0) & (y < 1))))
+                        fit_hint == "powerlaw" and np.all((y > 0) & (y < 1))))
                     forms = ["loglinear"] + (["powerlaw"] if sat else [])
                 flip = metric not in LOSS_LIKE
                 fits, sk, failed = _fit_forms(forms, x, y, config, s_settings, oracle, flip, metric)

@@ -8,7 +8,8 @@ parsed by harness.sweepfile.parse_analysis (the one validator of the format). Co
     x:        a dotted config key (data.seq_len, model.overrides.n_layers -> its last part: seq_len,
               n_layers), 'flops' (training FLOPs) or 'params' (dense parameters)
     metrics:  split.metric names (test.ctr_uauc); the first is the series' headline metric
-    fit:      loglinear | saturating (= power) | none
+    fit:      loglinear | powerlaw (also spelled saturating or power) | none; harness.sweepfile.FIT_FORMS
+              maps each spelling to the form's one name
 """
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from harness.sweepfile import SweepFileError, parse_analysis
+from harness.sweepfile import FIT_FORMS, SweepFileError, parse_analysis
 
 X_ALIASES = {"flops": "train_flops", "train_flops": "train_flops", "params": "params", "dense_params": "params"}
-FITS = {"loglinear": "loglinear", "saturating": "saturating", "power": "saturating", "none": "none"}
 
 
 class HintError(ValueError):
@@ -32,7 +32,7 @@ class Hints:
     x: str | None = None                    # native axis name, 'params' or 'train_flops'
     metrics: tuple[str, ...] | None = None  # metric names (no split prefix)
     split: str | None = None
-    fit: str | None = None                  # loglinear | saturating | none
+    fit: str | None = None                  # loglinear | powerlaw | none
     baseline: str | None = None
     source: str = ""                        # where they came from (file path or 'command line')
     ignored: tuple[str, ...] = field(default_factory=tuple)   # hinted metrics that are not fit targets
@@ -63,7 +63,7 @@ def from_mapping(a, source: str) -> Hints | None:
             metrics.append(tail)
         else:
             ignored.append(str(m))          # e.g. throughput.samples_per_s: a table value, not a fit target
-    return Hints(x=normalise_x(parsed.x), metrics=tuple(metrics) or None, split=split, fit=FITS[parsed.fit],
+    return Hints(x=normalise_x(parsed.x), metrics=tuple(metrics) or None, split=split, fit=parsed.fit,
                  baseline=parsed.baseline, source=source, ignored=tuple(ignored))
 
 
@@ -114,5 +114,5 @@ def override(h: Hints | None, *, x: str | None = None, metrics=None, fit: str | 
     if any(v is not None for v in (x, metrics, fit)):
         src = (src + " + " if src else "") + "command line"
     return Hints(x=normalise_x(x) if x else h.x, metrics=tuple(metrics) if metrics else h.metrics,
-                 split=split or h.split, fit=FITS[fit] if fit else h.fit, baseline=h.baseline, source=src,
+                 split=split or h.split, fit=FIT_FORMS[fit] if fit else h.fit, baseline=h.baseline, source=src,
                  ignored=h.ignored)

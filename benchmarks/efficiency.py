@@ -7,8 +7,8 @@ individual, not cumulative), and a last row switches all of them on:
   + pyramid          Config.pyramid=True
   + KV cache         training: request_level_forward (S-side once per request);
                      serving: OneTransScorer(cache=True) (stage I once, stage II per candidate)
-  + SDPA / flash     Config.attention="auto" (flash-attn on CUDA when installed, else SDPA)
-  + bf16 + recompute autocast bf16 and Config.recompute=True. SKIPPED on CPU by default (CPU bf16
+  + SDPA / flash     build(attention="auto") (flash-attn on CUDA when installed, else SDPA)
+  + bf16 + recompute autocast bf16 and build(recompute=True). SKIPPED on CPU by default (CPU bf16
                      matmuls are ~50x slower than fp32, so the row would measure the CPU, not the
                      method); --cpu-bf16 runs it anyway.
   all                every row above together
@@ -103,11 +103,12 @@ def child(spec_json: str) -> dict:
         torch.set_num_threads(a["threads"])
     torch.manual_seed(0)
     spec = tiny_spec(seq_len=a["seq_len"])
-    cfg = {"pyramid": v.get("pyramid", False), "attention": v.get("attention", "reference"),
-           "recompute": v.get("recompute", False), **a["overrides"]}
-    model = build_model("onetrans", spec, a["size"], cfg).to(device)
+    execution = {"attention": v.get("attention", "reference"), "recompute": v.get("recompute", False)}
+    overrides = {"pyramid": v.get("pyramid", False), **a["overrides"]}
+    model = build_model("onetrans", spec, a["size"], overrides, execution).to(device)
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=bool(v.get("bf16")))
-    out: dict = {"variant": a["name"], "config": cfg, "kv": bool(v.get("kv")), "bf16": bool(v.get("bf16"))}
+    out: dict = {"variant": a["name"], "config": {**overrides, **execution}, "kv": bool(v.get("kv")),
+                 "bf16": bool(v.get("bf16"))}
 
     if a["phase"] == "serve":
         return _serve(a, model, spec, amp, out)

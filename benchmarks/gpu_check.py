@@ -263,7 +263,8 @@ def sec_serving(raw: Path) -> dict:
     (cell,) = s["serving"]
     on = cell["cache_on"]
     return {"size": s["size"], "spec": s.get("spec"), "device": s.get("device"), "precision": s.get("precision"),
-            "overrides": s["overrides"], "seq_len": cell["seq_len"], "candidates": cell["candidates"],
+            "overrides": s["overrides"], "attention": s.get("attention"), "seq_len": cell["seq_len"],
+            "candidates": cell["candidates"],
             "cache_on": on, "cache_off": cell["cache_off"], "speedup_cands_per_s": cell["speedup_cands_per_s"],
             "max_abs_dprob": cell["max_abs_dprob"], "p99_ms": on["p99_ms"], "p99_goal_ms": SERVE_P99_GOAL_MS,
             "goal_met": on["p99_ms"] <= SERVE_P99_GOAL_MS}

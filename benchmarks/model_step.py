@@ -20,7 +20,6 @@ and where it came from are recorded in the JSON. On CPU MFU is null unless a pea
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -105,17 +104,30 @@ def spec_for(size: str, seq_len: int | None):
     return tiny_spec(seq_len or 64)
 
 
-def bench_size(size: str, args, device: torch.device) -> dict:
-    inductor = args.compile_backend == "inductor"
-    cfg = dataclasses.replace(SIZES[size], attention=args.attention, compile_blocks=args.compile and inductor,
-                              recompute=args.recompute)
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that define the training step (shape, device, precision, attention, compile); shared
+    with benchmarks/profile_step.py, which profiles the same step."""
+    p.add_argument("--batch", type=int, default=0, help="impressions per step (0 = per-size default)")
+    p.add_argument("--seq-len", type=int, default=0, help="events per sequence (0 = the size's own)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--attention", default="auto", choices=("auto", "reference", "sdpa", "flash"))
+    p.add_argument("--compile", action="store_true", help="torch.compile every block")
+
+
+def training_step(size: str, args, device: torch.device, *, recompute: bool = False,
+                  compile_backend: str = "inductor"):
+    """The benchmarked step of one size (add_step_arguments' options): -> (model, spec, impressions per
+    step, step), where step() runs forward, the mean CTR + CVR loss and backward."""
+    inductor = compile_backend == "inductor"
     spec = spec_for(size, args.seq_len)
     B = args.batch or DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"][size]
     torch.manual_seed(0)
-    model = build(spec, cfg).to(device).train()
+    model = build(spec, SIZES[size], attention=args.attention, compile_blocks=args.compile and inductor,
+                  recompute=recompute).to(device).train()
     if args.compile and not inductor:        # another backend (e.g. "eager": the dynamo path only, fast on CPU)
         for b in model.blocks:
-            b.compile(backend=args.compile_backend)
+            b.compile(backend=compile_backend)
     batch = random_batch(spec, n_requests=B, per_request=1, min_len=spec.seq_len,
                          generator=torch.Generator().manual_seed(0), device=device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
@@ -127,6 +139,20 @@ def bench_size(size: str, args, device: torch.device) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
+    return model, spec, B, step
+
+
+def save_json(result: dict, path: str | Path) -> None:
+    """Write a benchmark's record (its folder created) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"saved {out}")
+
+
+def bench_size(size: str, args, device: torch.device) -> dict:
+    model, spec, B, step = training_step(size, args, device, recompute=args.recompute,
+                                         compile_backend=args.compile_backend)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warm: list[float] = []
@@ -136,7 +162,7 @@ def bench_size(size: str, args, device: torch.device) -> dict:
     achieved = flops["train"] * B / t
     peak_tflops, peak_source = dense_bf16_peak(
         torch.cuda.get_device_name(device) if device.type == "cuda" else None, args.peak_tflops)
-    n_tokens = model.n_s_tokens + cfg.n_ns_tokens
+    n_tokens = model.n_s_tokens + model.cfg.n_ns_tokens
     dynamo = None
     if args.compile:      # recompilations / graph breaks (cumulative over the process's sizes)
         from torch._dynamo.utils import counters
@@ -176,12 +202,7 @@ def bench_mixed_projection(size: str, args, device: torch.device) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="onetrans-tiny,onetrans-s,onetrans-l")
-    p.add_argument("--batch", type=int, default=0, help="impressions per step (0 = per-size default)")
-    p.add_argument("--seq-len", type=int, default=0, help="events per sequence (0 = the size's own)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32")
-    p.add_argument("--attention", default="auto", choices=("auto", "reference", "sdpa", "flash"))
-    p.add_argument("--compile", action="store_true", help="torch.compile every block")
+    add_step_arguments(p)
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend with --compile (inductor = the model's own; eager = graph capture only)")
     p.add_argument("--recompute", action="store_true", help="activation recomputation per block")
@@ -222,10 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     for m in mixed:
         print(f"mixed projection {m['size']}: einsum {1e3 * m['einsum_s']:.2f} ms, per-token loop "
               f"{1e3 * m['loop_s']:.2f} ms -> loop/einsum = {m['loop_over_einsum']:.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
+    save_json(result, args.out)
     return result
 
 

@@ -14,8 +14,6 @@ Kernel names are also sorted into rough classes (gemm / attention / other) by na
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import re
 import sys
 import time
@@ -28,9 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.model_step import DEFAULT_BATCH, spec_for  # noqa: E402
-from model.features import random_batch  # noqa: E402
-from model.onetrans import SIZES, build  # noqa: E402
+from benchmarks.model_step import add_step_arguments, save_json, training_step  # noqa: E402
 
 CLASSES = (("attention", re.compile(r"flash|fmha|attention|attn|sdpa|softmax", re.I)),
            ("gemm", re.compile(r"gemm|xmma|cutlass|cublas|sm\d+_|matmul|aten::mm|aten::bmm|aten::addmm|"
@@ -56,12 +52,7 @@ def _self_time_us(evt, on_cuda: bool) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="onetrans-l")
-    p.add_argument("--seq-len", type=int, default=0, help="events per sequence (0 = the size's paper length)")
-    p.add_argument("--batch", type=int, default=0, help="impressions per step (0 = model_step.py's default)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32")
-    p.add_argument("--attention", default="auto", choices=("auto", "reference", "sdpa", "flash"))
-    p.add_argument("--compile", action="store_true", help="torch.compile every block (the model's own)")
+    add_step_arguments(p)                # --batch --seq-len --device --precision --attention --compile
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=1, help="profiled steps (times are summed over them)")
     p.add_argument("--top", type=int, default=20)
@@ -73,21 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
-    cfg = dataclasses.replace(SIZES[args.size], attention=args.attention, compile_blocks=args.compile)
-    spec = spec_for(args.size, args.seq_len)
-    B = args.batch or DEFAULT_BATCH["cuda" if on_cuda else "cpu"][args.size]
-    torch.manual_seed(0)
-    model = build(spec, cfg).to(device).train()
-    batch = random_batch(spec, n_requests=B, per_request=1, min_len=spec.seq_len,
-                         generator=torch.Generator().manual_seed(0), device=device)
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(batch)
-            loss = out["ctr"].float().mean() + out["cvr"].float().mean()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+    model, spec, B, step = training_step(args.size, args, device)
 
     def sync() -> None:
         if on_cuda:
@@ -151,10 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows[:args.top]:
         print(f"{100 * r['share']:5.1f}% {r['self_us'] / 1e3:9.2f} {r['calls']:>6} {r['class']:>9}  {r['name'][:110]}")
     print("by class: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in result["class_share"].items()))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
+    save_json(result, args.out)
     return result
 
 

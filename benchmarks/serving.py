@@ -85,10 +85,13 @@ def timed_reps(fn, *, reps: int, budget_s: float, warmup: int = 1) -> list[float
     return times
 
 
-def build(size: str, seq_len: int, overrides: dict, seed: int = 0, spec_kind: str = "tiny", device: str = "cpu"):
+def build(args, seq_len: int, seed: int = 0):
+    """(spec, model): the benchmarked OneTrans (--size, --override, --attention, --spec) for histories of
+    seq_len events, on --device, in eval mode."""
     torch.manual_seed(seed)
-    spec = paper_feature_spec(seq_len) if spec_kind == "paper" else tiny_spec(seq_len=seq_len)
-    return spec, build_model("onetrans", spec, size, {"attention": "sdpa", **overrides}).to(device).eval()
+    spec = paper_feature_spec(seq_len) if args.spec == "paper" else tiny_spec(seq_len=seq_len)
+    model = build_model("onetrans", spec, args.size, args.overrides, {"attention": args.attention})
+    return spec, model.to(args.device).eval()
 
 
 def requests(spec, n_cand: int, n: int, seed: int, device: str = "cpu") -> list[tuple[dict, dict]]:
@@ -104,7 +107,7 @@ def requests(spec, n_cand: int, n: int, seed: int, device: str = "cpu") -> list[
 def bench_serving(args) -> list[dict]:
     rows = []
     for L in args.lengths:
-        spec, model = build(args.size, L, args.overrides, spec_kind=args.spec, device=args.device)
+        spec, model = build(args, L)
         for C in args.candidates:
             reqs = requests(spec, C, 4, seed=L + C, device=args.device)
             cell = {"seq_len": L, "candidates": C}
@@ -141,7 +144,7 @@ def bench_serving(args) -> list[dict]:
 def bench_training(args) -> list[dict]:
     rows = []
     for L in args.train_lengths:
-        spec, model = build(args.size, L, args.overrides, spec_kind=args.spec, device=args.device)
+        spec, model = build(args, L)
         model.train()
         for C in args.train_candidates:
             R = max(1, args.train_impressions // C)
@@ -171,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="onetrans-mini", help="onetrans size (model/onetrans.py SIZES)")
     p.add_argument("--override", action="append", default=[], help="Config field=value (repeatable)")
+    p.add_argument("--attention", default="sdpa", choices=("auto", "reference", "sdpa", "flash"),
+                   help="attention backend (the model's execution switch)")
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
     p.add_argument("--candidates", type=int, nargs="+", default=[1, 10, 100, 1000])
     p.add_argument("--train-lengths", type=int, nargs="+", default=[512, 1024])
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         serving = bench_serving(args)
     training = [] if args.no_train else bench_training(args)
-    result = {"benchmark": "serving", "size": args.size, "overrides": args.overrides, "quick": args.quick,
+    result = {"benchmark": "serving", "size": args.size, "overrides": args.overrides, "attention": args.attention,
+              "quick": args.quick,
               "max_batch": args.max_batch, "device": args.device, "precision": args.precision, "spec": args.spec,
               "machine": info,
               "loadavg_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -26,7 +26,6 @@ overrides), not as the resolved model Config.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import types
@@ -37,16 +36,13 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from harness.suggest import did_you_mean
+
 SCHEMA = 1
 
 
 class ConfigError(ValueError):
     """A run config that cannot be used; the message names the file, the key and the fix."""
-
-
-def _closest(name: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 # ---- type checking against annotations ------------------------------------------------------
@@ -68,7 +64,7 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: {key} = {value!r}; choose one of {list(args)}."
-                              + (_closest(value, map(str, args)) if isinstance(value, str) else ""))
+                              + (did_you_mean(value, args) if isinstance(value, str) else ""))
         return value
     if origin in (typing.Union, types.UnionType):
         for a in args:
@@ -145,7 +141,7 @@ class _Section:
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
             if key not in names:
-                raise ConfigError(f"{where}: unknown key '{prefix}{key}'.{_closest(str(key), names)} "
+                raise ConfigError(f"{where}: unknown key '{prefix}{key}'.{did_you_mean(key, names)} "
                                   f"Valid keys here: {names}.")
             hint = hints[key]
             if isinstance(hint, type) and issubclass(hint, _Section):
@@ -193,6 +189,11 @@ class DataConfig(_Section):
         return self.dataset.split(":", 1)[1] if self.dataset.startswith("synthetic:") else None
 
 
+# Execution switches (how a run computes, never what) have one home, the train section; the model
+# receives them from harness/train.py `execution`. Their old spellings as model options are refused.
+MOVED_TO_TRAIN = {"attention": "attention", "recompute": "recompute", "compile_blocks": "compile"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig(_Section):
     name: str = "onetrans"             # a key of model.registry.MODELS
@@ -202,7 +203,11 @@ class ModelConfig(_Section):
     def validate(self) -> None:
         from model.registry import MODELS   # a plain dict: no model code (or torch model) imported
         _require(self.name in MODELS, f"model.name = {self.name!r} is not a known model; known: "
-                 f"{sorted(MODELS)}.{_closest(self.name, MODELS)}")
+                 f"{sorted(MODELS)}.{did_you_mean(self.name, MODELS)}")
+        for key in self.overrides:
+            _require(key not in MOVED_TO_TRAIN,
+                     f"model.overrides.{key} is no longer a model option: execution switches live in the run "
+                     f"config; write train.{MOVED_TO_TRAIN.get(key)} instead (docs/training.md).")
 
     def resolve(self) -> Any:
         """The model's Config (size + overrides), validated by model.registry.resolve_config."""
@@ -252,10 +257,11 @@ class TrainConfig(_Section):
     cvr_weight: float = 1.0
     protocol: Literal["holdout", "next_batch"] = "holdout"
     next_batch_warmup_days: int = 0    # next_batch: days left out of the macro average (cold model)
-    # execution (decisions and reasons recorded in provenance.json)
+    # execution (decisions and reasons recorded in provenance.json); the one home of these switches:
+    # harness/train.py `execution` hands attention / recompute / compile to the model's build()
     precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"   # auto: bf16-mixed on a bf16 GPU, else 32-true
-    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"
-    compile: bool = False
+    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"   # model/attention.py backends
+    compile: bool = False              # torch.compile each block (OneTrans), else the whole model
     recompute: bool = False            # activation recomputation (when the model supports it)
     deterministic: bool = False        # torch deterministic algorithms (slower on GPU)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -406,7 +412,8 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | typing.Iterab
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node:
                 options = list(node) if isinstance(node, dict) else []
-                raise ConfigError(f"{where}: unknown key '{'.'.join(parts[:i + 1])}' in '{key}'.{_closest(part, options)}")
+                raise ConfigError(f"{where}: unknown key '{'.'.join(parts[:i + 1])}' in '{key}'."
+                                  f"{did_you_mean(part, options)}")
             node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: '{key}' does not name a config field.")

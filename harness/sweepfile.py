@@ -17,7 +17,7 @@ A sweep file is YAML with these top-level keys (only `name` and `base` are requi
     resources:                        # resource classes; one SLURM job array per class
       default: {devices: 1, accelerator: gpu, cpus_per_task: 8, mem_gb: 64, time_min: 240, partition: ...}
     resource_rules: [{when: {model.size: onetrans-l}, class: large}]
-    analysis: {x: data.seq_len, metrics: [test.ctr_uauc], fit: saturating}
+    analysis: {x: data.seq_len, metrics: [test.ctr_uauc], fit: powerlaw}   # hints for analysis.report
     presets:                          # shrink for CI / a laptop WITHOUT changing the grid's shape
       ci: {set: {...}, grid: {data.seq_len: [8, ...]}, zip: [...], baselines: {label: {size: tiny}}, resources: {...}}
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import itertools
 import math
 from collections.abc import Mapping
@@ -38,13 +37,18 @@ from typing import Any
 
 import yaml
 
+from harness.suggest import did_you_mean
+
 TOP_KEYS = ("name", "description", "base", "axis", "grid", "zip", "baselines", "include_base", "seeds",
             "resources", "resource_rules", "analysis", "presets")
 PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "seeds", "description")
 BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
 ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
 NAME_KEY = "_name"                 # zip column that names rows (not a config key)
-FIT_FORMS = ("power", "saturating", "loglinear", "none")
+# analysis.fit: each accepted spelling -> the fit form's one name (analysis/fit.py `form`). "powerlaw" is
+# the saturating law y = E + A·x^-α; "saturating" and "power" are its documented aliases.
+FIT_FORMS = {"loglinear": "loglinear", "powerlaw": "powerlaw", "saturating": "powerlaw", "power": "powerlaw",
+             "none": "none"}
 ACCELERATORS = ("gpu", "cpu")
 
 
@@ -52,15 +56,11 @@ class SweepFileError(ValueError):
     """A sweep file is invalid; the message names the file, the key and the fix."""
 
 
-def _closest(key: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(key), list(options), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(options)}."
-
-
 def _check_keys(where: str, data: Mapping, allowed: tuple[str, ...], path: Path | None) -> None:
     for key in data:
         if key not in allowed:
-            raise SweepFileError(f"{path or '<sweep>'}: unknown key '{where}{key}'.{_closest(key, allowed)}")
+            raise SweepFileError(f"{path or '<sweep>'}: unknown key '{where}{key}'."
+                                 f"{did_you_mean(key, allowed, list_valid=True)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,10 +123,12 @@ class Baseline:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Analysis:
+class AnalysisHints:
+    """The `analysis:` block of a sweep file (how the analysis should read the sweep)."""
+
     x: str
     metrics: tuple[str, ...] = ("test.ctr_uauc",)
-    fit: str = "none"
+    fit: str = "none"              # a canonical form: FIT_FORMS' values
     baseline: str | None = None     # label of the reference run for deltas (paper: DCNv2+DIN)
 
 
@@ -145,7 +147,7 @@ class Sweep:
     seeds: list[int]
     resources: dict[str, ResourceClass]
     resource_rules: list[dict[str, Any]]
-    analysis: Analysis | None
+    analysis: AnalysisHints | None
     set: dict[str, Any]             # preset's dotted overrides for every run
     presets: tuple[str, ...]
 
@@ -220,7 +222,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
     if not isinstance(presets_raw, Mapping):
         raise SweepFileError(f"{where}: 'presets' must map a preset name to its changes")
     if preset is not None and preset not in presets_raw:
-        raise SweepFileError(f"{where}: no preset {preset!r} in 'presets'.{_closest(preset, tuple(presets_raw)) if presets_raw else ' This file has no presets.'}")
+        hint = did_you_mean(preset, presets_raw, list_valid=True) if presets_raw else " This file has no presets."
+        raise SweepFileError(f"{where}: no preset {preset!r} in 'presets'.{hint}")
 
     if isinstance(data.get("grid"), Mapping) and not data["grid"]:
         raise SweepFileError(f"{where}: 'grid' is empty ({{}}): it would plan the base config alone. Give it an "
@@ -241,7 +244,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         # Presets may change values, never the shape: same axes, same number of points.
         for key, values in _parse_grid(p.get("grid") or {}, f"presets.{preset}.grid", where).items():
             if key not in grid:
-                raise SweepFileError(f"{where}: presets.{preset}.grid.{key} is not a grid axis.{_closest(key, tuple(grid))}")
+                raise SweepFileError(f"{where}: presets.{preset}.grid.{key} is not a grid axis."
+                                     f"{did_you_mean(key, grid, list_valid=True)}")
             if len(values) != len(grid[key]):
                 raise SweepFileError(f"{where}: presets.{preset}.grid.{key} has {len(values)} values but the grid has "
                                      f"{len(grid[key])}; a preset may change values, not the grid's shape")
@@ -253,7 +257,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
             group = _parse_grid(group, f"presets.{preset}.zip[{i}]", where, unique=False)
             for key, values in group.items():
                 if key not in zips[i]:
-                    raise SweepFileError(f"{where}: presets.{preset}.zip[{i}].{key} is not in zip[{i}].{_closest(key, tuple(zips[i]))}")
+                    raise SweepFileError(f"{where}: presets.{preset}.zip[{i}].{key} is not in zip[{i}]."
+                                         f"{did_you_mean(key, zips[i], list_valid=True)}")
                 if len(values) != len(zips[i][key]):
                     raise SweepFileError(f"{where}: presets.{preset}.zip[{i}].{key} has {len(values)} values, zip[{i}] "
                                          f"has {len(zips[i][key])}; a preset may not change the grid's shape")
@@ -262,7 +267,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         labels = {b.label: b for b in baselines}
         for label, change in (p.get("baselines") or {}).items():
             if label not in labels:
-                raise SweepFileError(f"{where}: presets.{preset}.baselines.{label}: no baseline with that label.{_closest(label, tuple(labels))}")
+                raise SweepFileError(f"{where}: presets.{preset}.baselines.{label}: no baseline with that label."
+                                     f"{did_you_mean(label, labels, list_valid=True)}")
             if not isinstance(change, Mapping):
                 raise SweepFileError(f"{where}: presets.{preset}.baselines.{label} must be a mapping like {{size: tiny}}")
             _check_keys(f"presets.{preset}.baselines.{label}.", change, ("size", "set"), path)
@@ -272,7 +278,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         baselines = [labels[b.label] for b in baselines]
         for cls, change in (p.get("resources") or {}).items():
             if cls not in resources:
-                raise SweepFileError(f"{where}: presets.{preset}.resources.{cls}: no such resource class.{_closest(cls, tuple(resources))}")
+                raise SweepFileError(f"{where}: presets.{preset}.resources.{cls}: no such resource class."
+                                     f"{did_you_mean(cls, resources, list_valid=True)}")
             _check_keys(f"presets.{preset}.resources.{cls}.", change, RESOURCE_KEYS, path)
             resources[cls] = _resource(f"presets.{preset}.resources.{cls}", {**dataclasses.asdict(resources[cls]), **change}, where)
 
@@ -281,14 +288,17 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         if not isinstance(rule, Mapping) or set(rule) != {"when", "class"}:
             raise SweepFileError(f"{where}: resource_rules[{i}] must be {{when: {{dotted.key: value}}, class: <name>}}")
         if rule["class"] not in resources:
-            raise SweepFileError(f"{where}: resource_rules[{i}].class {rule['class']!r} is not a resource class.{_closest(rule['class'], tuple(resources))}")
+            raise SweepFileError(f"{where}: resource_rules[{i}].class {rule['class']!r} is not a resource class."
+                                 f"{did_you_mean(rule['class'], resources, list_valid=True)}")
     for b in baselines:
         if b.resource_class is not None and b.resource_class not in resources:
-            raise SweepFileError(f"{where}: baselines.{b.label}.resource_class {b.resource_class!r} is not defined.{_closest(b.resource_class, tuple(resources))}")
+            raise SweepFileError(f"{where}: baselines.{b.label}.resource_class {b.resource_class!r} is not defined."
+                                 f"{did_you_mean(b.resource_class, resources, list_valid=True)}")
         axes = list(grid) + [k for g in zips for k in g]
         for k in b.follow:
             if k not in axes:
-                raise SweepFileError(f"{where}: baselines.{b.label}.follow: {k!r} is not a grid or zip axis.{_closest(k, tuple(axes))}")
+                raise SweepFileError(f"{where}: baselines.{b.label}.follow: {k!r} is not a grid or zip axis."
+                                     f"{did_you_mean(k, axes, list_valid=True)}")
     all_axes = list(grid) + [k for g in zips for k in g]
     if len(set(all_axes)) != len(all_axes):
         raise SweepFileError(f"{where}: an axis appears twice across 'grid' and 'zip': {all_axes}")
@@ -315,8 +325,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
                  presets=tuple(presets_raw))
 
 
-def parse_analysis(a: Any, where: Any, path: Path | None) -> Analysis | None:
-    """The `analysis:` hints of a sweep file (None when absent); read by analysis/hints.py too."""
+def parse_analysis(a: Any, where: Any, path: Path | None) -> AnalysisHints | None:
+    """The `analysis:` hints of a sweep file (None when absent; `fit` canonical); read by analysis/hints.py too."""
     if a is None:
         return None
     if not isinstance(a, Mapping):
@@ -326,10 +336,11 @@ def parse_analysis(a: Any, where: Any, path: Path | None) -> Analysis | None:
         raise SweepFileError(f"{where}: analysis.x is required (a dotted config key, or 'flops' / 'params')")
     fit = str(a.get("fit", "none"))
     if fit not in FIT_FORMS:
-        raise SweepFileError(f"{where}: analysis.fit {fit!r} is not a fit form.{_closest(fit, FIT_FORMS)}")
+        raise SweepFileError(f"{where}: analysis.fit {fit!r} is not a fit form."
+                             f"{did_you_mean(fit, FIT_FORMS, list_valid=True)}")
     metrics = a.get("metrics", ["test.ctr_uauc"])
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    return Analysis(x=str(a["x"]), metrics=tuple(metrics), fit=fit, baseline=a.get("baseline"))
+    return AnalysisHints(x=str(a["x"]), metrics=tuple(metrics), fit=FIT_FORMS[fit], baseline=a.get("baseline"))
 
 
 def _parse_grid(raw: Any, where_key: str, where: Any, unique: bool = True) -> dict[str, list[Any]]:

@@ -14,7 +14,6 @@ mode and record them with reasons in provenance.json, train, evaluate, write res
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -92,40 +91,35 @@ def manifest_of(cfg: RunConfig):
 
 # ---- model ---------------------------------------------------------------------------------
 
-def model_overrides(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """model.overrides plus the execution switches of train.* the model implements, and the
-    decisions with reasons. A switch the model lacks is an error, not a silent no-op."""
-    model_cfg = check_model_config(cfg.model)
-    fields = {f.name for f in dataclasses.fields(model_cfg)}
-    ov = dict(cfg.model.overrides)
+def execution(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's execution switches (train.attention, train.recompute, train.compile: their one home)
+    as keywords for the model's build(), and the decisions with reasons. The one place they are
+    applied; a switch the model lacks is an error, not a silent no-op."""
+    from model.registry import execution_switches
+    check_model_config(cfg.model)
+    switches = execution_switches(cfg.model.name)
+    kw: dict[str, Any] = {}
     decisions: dict[str, Any] = {}
-
-    def put(field: str, value: Any, train_key: str) -> None:
-        if field in ov and ov[field] != value:
-            raise ConfigError(f"{train_key} and model.overrides.{field} disagree ({value!r} vs {ov[field]!r}); set one.")
-        ov[field] = value
-
     t = cfg.train
     if t.attention != "auto":
-        if "attention" not in fields:
+        if "attention" not in switches:
             raise ConfigError(f"train.attention = {t.attention!r} but model {cfg.model.name!r} has no attention "
                               f"switch; leave it 'auto'.")
-        put("attention", t.attention, "train.attention")
+        kw["attention"] = t.attention
     if t.recompute:
-        if "recompute" not in fields:
+        if "recompute" not in switches:
             raise ConfigError(f"train.recompute = true but model {cfg.model.name!r} does not implement recomputation.")
-        put("recompute", True, "train.recompute")
-    decisions["recompute"] = {"value": bool(ov.get("recompute", False)),
-                              "reason": "requested" if t.recompute else "default off"}
+        kw["recompute"] = True
+    decisions["recompute"] = {"value": t.recompute, "reason": "requested" if t.recompute else "default off"}
     if t.compile:
-        if "compile_blocks" in fields:
-            put("compile_blocks", True, "train.compile")
+        if "compile_blocks" in switches:
+            kw["compile_blocks"] = True
             decisions["compile"] = {"value": "blocks", "reason": "requested; the model compiles each block (static shapes per run)"}
         else:
             decisions["compile"] = {"value": "model", "reason": "requested; torch.compile on the whole model (no per-block switch)"}
     else:
         decisions["compile"] = {"value": False, "reason": "default off (compile costs ~15 s cold on CPU)"}
-    return ov, decisions
+    return kw, decisions
 
 
 def describe(cfg: RunConfig) -> dict[str, Any]:
@@ -134,10 +128,10 @@ def describe(cfg: RunConfig) -> dict[str, Any]:
     from model.registry import build_model
 
     spec = manifest_of(cfg).feature_spec(cfg.data.seq_len, n_gap_buckets=cfg.data.n_gap_buckets)
-    ov, _ = model_overrides(cfg)
-    ov.pop("compile_blocks", None)
+    kw, _ = execution(cfg)
+    kw.pop("compile_blocks", None)
     with torch.device("meta"):
-        model = build_model(cfg.model.name, spec, cfg.model.size, ov)
+        model = build_model(cfg.model.name, spec, cfg.model.size, cfg.model.overrides, kw)
     fl = model.flops_per_example()
     return {"params": model.param_counts(),
             "flops": {"forward_per_example": float(fl["forward"]), "train_per_example": float(fl["train"])}}
@@ -287,7 +281,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     threads, threads_why = P.decide_threads(cfg.data.num_workers)
     precision, precision_why = P.decide_precision(cfg)
     wandb_mode, wandb_why = tracking.decide_mode(cfg)
-    overrides, decisions = model_overrides(cfg)
+    execution_kw, decisions = execution(cfg)
     if t.protocol == "next_batch" and (t.max_epochs != 1 or t.devices * t.num_nodes != 1):
         raise ConfigError("train.protocol = next_batch is one chronological pass on one device: set "
                           "train.max_epochs = 1 and train.devices = train.num_nodes = 1.")
@@ -305,7 +299,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
 
     # 2. model (seeded), system
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(cfg.model.name, dm.feature_spec, cfg.model.size, overrides)
+    model = build_model(cfg.model.name, dm.feature_spec, cfg.model.size, cfg.model.overrides, execution_kw)
     if decisions["compile"]["value"] == "model":
         model = torch.compile(model)
     system = RankingSystem(model, t, has_oracle=dm.has_oracle)

@@ -357,8 +357,8 @@ class _OneTransAdapter:
         self.time_invariant = (not cfg.gap_embedding) and cfg.seq_fusion == "timestamp"
         # execution switches follow the model's: reference attention stays reference, recompute
         # checkpoints every stage-I / stage-II layer (stage I uses SDPA where the model may use flash)
-        self.s_backend = "reference" if cfg.attention == "reference" else "sdpa"
-        self.recompute = cfg.recompute
+        self.s_backend = "reference" if model.attention == "reference" else "sdpa"
+        self.recompute = model.recompute
 
     def s_tokens(self, seq: dict[str, Tensor]):
         return self.model.s_tok(seq)

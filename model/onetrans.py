@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import REQUESTS as ATTENTION_REQUESTS
 from .attention import SharedKeys, attend, choose_backend
 from .base import RankingModel
 from .features import TASKS, FeatureSpec
@@ -64,10 +65,8 @@ class Config:
     prune_first_layer: bool = True        # False: layer 1 keeps all tokens, pruning starts at layer 2
     pyramid_multiple: int = 32            # intermediate lengths rounded to this multiple
     norm_eps: float = 1e-6
-    # --- execution (never change the function, only speed/memory)
-    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"
-    recompute: bool = False               # torch.utils.checkpoint around every block
-    compile_blocks: bool = False          # torch.compile every block
+    # --- execution (never changes the function, only speed/memory); the attention backend,
+    # recomputation and compilation are build() keywords, not fields (EXECUTION, below the sizes)
     request_level: bool = False           # S side once per request, shared by its impressions (exact)
 
     def __post_init__(self) -> None:
@@ -82,8 +81,7 @@ class Config:
         check(self.d_model % self.n_heads == 0, "d_model",
               f"{self.d_model} is not divisible by n_heads={self.n_heads}; pick d_model = n_heads * head_dim")
         choices = {"seq_fusion": ("timestamp", "intent", "intent_nosep"), "ns_tokenizer": ("auto_split", "group"),
-                   "out_proj": ("mixed", "shared"), "pyramid_end": ("A", "B"),
-                   "attention": ("auto", "reference", "sdpa", "flash")}
+                   "out_proj": ("mixed", "shared"), "pyramid_end": ("A", "B")}
         for f, options in choices.items():
             check(getattr(self, f) in options, f, f"{getattr(self, f)!r} is not one of {options}")
         check(self.causal or not self.request_level, "request_level",
@@ -410,9 +408,17 @@ class OneTransBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 class OneTrans(RankingModel):
-    def __init__(self, spec: FeatureSpec, cfg: Config) -> None:
+    """attention, recompute and compile_blocks are the execution switches (see EXECUTION): how the
+    model runs, never what it computes."""
+
+    def __init__(self, spec: FeatureSpec, cfg: Config, *, attention: str = "auto", recompute: bool = False,
+                 compile_blocks: bool = False) -> None:
         super().__init__()
+        if attention not in ATTENTION_REQUESTS:
+            raise ValueError(f"onetrans attention: {attention!r} is not one of {ATTENTION_REQUESTS}")
         self.spec, self.cfg = spec, cfg
+        self.attention = attention            # requested backend; the one used is attention_decision
+        self.recompute = recompute            # torch.utils.checkpoint around every block (training)
         self.item_emb = nn.Embedding(spec.item_vocab, cfg.emb_dim)
         self.s_tok = SequenceTokenizer(spec, cfg, self.item_emb)
         self.ns_tok = NonSequenceTokenizer(spec, cfg, self.item_emb,
@@ -426,7 +432,7 @@ class OneTrans(RankingModel):
         self.heads = nn.ModuleDict({t: nn.Sequential(nn.Linear(self.n_final * cfg.d_model, cfg.head_hidden),
                                                      nn.GELU(), nn.Linear(cfg.head_hidden, 1)) for t in TASKS})
         self.attention_decision: tuple[str, str] | None = None
-        if cfg.compile_blocks:
+        if compile_blocks:                    # torch.compile every block (static shapes per run)
             for b in self.blocks:
                 b.compile()
 
@@ -444,7 +450,7 @@ class OneTrans(RankingModel):
 
     def _decide_attention(self, device: torch.device) -> None:
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
-        decision = choose_backend(self.cfg.attention, device, dtype, self.cfg.head_dim)
+        decision = choose_backend(self.attention, device, dtype, self.cfg.head_dim)
         if decision != self.attention_decision:
             self.attention_decision = decision
             for b in self.blocks:
@@ -462,7 +468,7 @@ class OneTrans(RankingModel):
         x_s / valid_s are per request and the S side runs once per request."""
         self._decide_attention(x_ns.device)
         for block in self.blocks:
-            if self.cfg.recompute and torch.is_grad_enabled():
+            if self.recompute and torch.is_grad_enabled():
                 x_s, valid_s, x_ns = checkpoint(block, x_s, valid_s, x_ns, req_index, use_reentrant=False)
             else:
                 x_s, valid_s, x_ns = block(x_s, valid_s, x_ns, req_index)
@@ -569,5 +575,13 @@ def paper_feature_spec(seq_len: int) -> FeatureSpec:
     )
 
 
-def build(spec: FeatureSpec, config: Config) -> OneTrans:
-    return OneTrans(spec, config)
+# The execution switches build() takes beside the Config. They change how the model runs (speed,
+# memory), never what it computes, so they are not hyper-parameters: a run sets them in its run
+# config (train.attention, train.recompute, train.compile; harness/train.py applies them), a script
+# passes them to build() / model.registry.build_model(..., execution={...}).
+EXECUTION = ("attention", "recompute", "compile_blocks")
+
+
+def build(spec: FeatureSpec, config: Config, *, attention: str = "auto", recompute: bool = False,
+          compile_blocks: bool = False) -> OneTrans:
+    return OneTrans(spec, config, attention=attention, recompute=recompute, compile_blocks=compile_blocks)

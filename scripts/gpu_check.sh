@@ -157,7 +157,7 @@ else
   run_step pytest_gpu 90 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$RAW/pytest_gpu.xml" $GPU_TESTS
   run_step model_step_eager 75 "$PYTHON" "${MS[@]}" --sizes onetrans-s,onetrans-l --out "$RAW/model_step_eager.json"
   run_step serving 60 "$PYTHON" benchmarks/serving.py --device cuda --precision bf16 --spec paper --size onetrans-l \
-    --override attention=auto --lengths 1484 --candidates 100 --max-batch 100 --no-train \
+    --attention auto --lengths 1484 --candidates 100 --max-batch 100 --no-train \
     --warmup 10 --reps 300 --budget-s 8 --out "$RAW/serving.json"
   run_step profile 60 "$PYTHON" benchmarks/profile_step.py --size onetrans-l --precision bf16 --attention auto \
     --warmup 3 --steps 1 --out "$RAW/profile.json"

@@ -65,6 +65,38 @@ def _torch_defaults():
     yield
 
 
+# ---- shared fixtures (plain helpers live in tests/<topic>_support.py, imported as tests.<module>) ----
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> Path:
+    """The data tests' small synthetic world (tests/data_support.py SMALL_WORLD), once per module."""
+    from harness.data import synth
+    from tests.data_support import SMALL_WORLD
+    return synth.generate(SMALL_WORLD, tmp_path_factory.mktemp("small") / "clean", seed=0, progress=False)
+
+
+@pytest.fixture
+def folder(clean, tmp_path) -> Path:
+    """A fresh copy of `clean` for one test to damage."""
+    dst = tmp_path / "ds"
+    shutil.copytree(clean, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A small synthetic world in the data contract (tests/train_support.py), generated once per module."""
+    from tests.train_support import tiny_world
+    return tiny_world(tmp_path_factory.mktemp("world") / "tiny")
+
+
+@pytest.fixture
+def stand_in(monkeypatch) -> None:
+    """The training tests' stand-in model (tests/train_support.py) registered in model.registry."""
+    from tests.train_support import register_tiny_model
+    register_tiny_model(monkeypatch)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny shapes run faster on one torch thread, and never oversubscribe a shared 2-core machine

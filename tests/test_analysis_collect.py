@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from make_runs import SAMPLES, TRUTH, make_runs  # noqa: E402
-
-from analysis.collect import CollectError, collect, metric_split, x_value  # noqa: E402
+from analysis.collect import CollectError, collect, metric_split, x_value
+from tests.fixtures.make_runs import SAMPLES, TRUTH, make_runs
 
 
 @pytest.fixture(scope="module")

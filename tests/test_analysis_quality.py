@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +12,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from make_runs import (NOISE_SD, TRUTH, find_run, make_runs, plant_collapse, plant_corrupt,  # noqa: E402
-                       plant_nan)
-
-from analysis import figure3  # noqa: E402
-from analysis.analyze import analyze  # noqa: E402
-from analysis.collect import collect  # noqa: E402
-from analysis.fit import FitSettings, fit, powerlaw_problem  # noqa: E402
-from analysis.hints import HintError, find_hints, override  # noqa: E402
-from analysis.quality import outliers, training_loss_problem  # noqa: E402
-from analysis.report.__main__ import main  # noqa: E402
-from analysis.report.build import series_sentence  # noqa: E402
-from harness.power import mde_per_doubling  # noqa: E402
+from analysis import figure3
+from analysis.analyze import analyze
+from analysis.collect import collect
+from analysis.fit import FitSettings, fit, powerlaw_problem
+from analysis.hints import HintError, find_hints, override
+from analysis.quality import outliers, training_loss_problem
+from analysis.report.__main__ import main
+from analysis.report.build import series_sentence
+from harness.power import mde_per_doubling
+from tests.fixtures.make_runs import (NOISE_SD, TRUTH, find_run, make_runs, plant_collapse, plant_corrupt,
+                                      plant_nan)
 
 SETTINGS = FitSettings(n_boot=300, seed=1)
 TRUE_B2 = TRUTH["length"]["ctr_auc"]["b"] * np.log10(2)     # true gain of AUC per doubling of seq_len

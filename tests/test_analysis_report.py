@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from make_runs import make_runs  # noqa: E402
-
-from analysis.analyze import analyze  # noqa: E402
-from analysis.collect import collect  # noqa: E402
-from analysis.fit import FitSettings  # noqa: E402
-from analysis.report.__main__ import main  # noqa: E402
-from analysis.report.build import build_report, write_outputs  # noqa: E402
-from analysis.report.html import render_html  # noqa: E402
-from analysis.report.markdown import parse_pipe_table, pipe_table, render_markdown  # noqa: E402
+from analysis.analyze import analyze
+from analysis.collect import collect
+from analysis.fit import FitSettings
+from analysis.report.__main__ import main
+from analysis.report.build import build_report, write_outputs
+from analysis.report.html import render_html
+from analysis.report.markdown import parse_pipe_table, pipe_table, render_markdown
+from tests.fixtures.make_runs import make_runs
 
 SECTIONS = ["Conclusions", "Flagged and left-out runs", "Figure 3: which axis buys the most per FLOP",
             "Scaling along each axis", "All series on training FLOPs", "Fit diagnostics", "Bayes ceiling vs fitted floor",

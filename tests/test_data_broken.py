@@ -2,7 +2,6 @@
 trainer's up-front check each end in a message naming the file and the fix, never a traceback."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -10,31 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.data import synth
 from harness.data.__main__ import main
 from harness.data.contract import EVENTS, IMPRESSIONS, ContractError
 from harness.data.validate import errors, validate
 from harness.train import validate_dataset
+from tests.data_support import edit
 
-TINY = synth.SynthConfig(n_users=30, n_topics=8, n_interest_topics=3, days=20, events_median=40,
-                         events_max=200, requests_mean=2.0, user_chunk=30)
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> Path:
-    return synth.generate(TINY, tmp_path_factory.mktemp("b") / "clean", seed=0, progress=False)
-
-
-@pytest.fixture
-def folder(clean, tmp_path) -> Path:
-    dst = tmp_path / "ds"
-    shutil.copytree(clean, dst)
-    return dst
-
-
-def _rewrite(folder: Path, name: str, fn) -> None:
-    df = fn(pd.read_parquet(folder / name))
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), folder / name)
+# fixtures `clean` (a small synthetic world) and `folder` (a fresh copy to damage): tests/conftest.py
 
 
 def _kinds(found) -> dict[str, object]:
@@ -43,7 +24,7 @@ def _kinds(found) -> dict[str, object]:
 
 @pytest.mark.parametrize("name", [EVENTS, IMPRESSIONS])
 def test_empty_files_are_errors_and_stop_training(folder, name, capsys):
-    _rewrite(folder, name, lambda df: df.iloc[:0])
+    edit(folder, name, lambda df: df.iloc[:0])
     v = _kinds(validate(folder))["empty"]
     assert v.file == name and v.is_error and name in v.fix
     with pytest.raises(ContractError, match=f"{name}: empty"):
@@ -54,7 +35,7 @@ def test_empty_files_are_errors_and_stop_training(folder, name, capsys):
 
 
 def test_an_empty_split_is_an_error(folder):
-    _rewrite(folder, IMPRESSIONS, lambda df: df[df["split"] != "val"])
+    edit(folder, IMPRESSIONS, lambda df: df[df["split"] != "val"])
     found = validate(folder)
     v = next(x for x in found if x.kind == "empty_split")
     assert "'val'" in v.message and v.is_error
@@ -63,7 +44,7 @@ def test_an_empty_split_is_an_error(folder):
 def test_exact_duplicate_events_are_a_warning(folder, capsys):
     def dup(df):
         return pd.concat([df, df.iloc[[3, 3, 10]]]).sort_values(["user_id", "ts"], kind="stable")
-    _rewrite(folder, EVENTS, dup)
+    edit(folder, EVENTS, dup)
     found = validate(folder)
     v = _kinds(found)["duplicate_event"]
     assert v.rows == 3 and not v.is_error and "drop_duplicates" in v.fix

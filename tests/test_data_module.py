@@ -13,7 +13,7 @@ from harness.data.contract import ContractError
 from harness.data.datamodule import OneTransDataModule
 from harness.data.sequences import reference_sequences
 from model.features import IMPRESSION_KEYS, LABEL_KEYS, SEQ_KEYS
-from test_data_module_helpers import write_tiny_folder
+from tests.data_support import write_tiny_folder
 
 
 @pytest.fixture(scope="module")

@@ -3,40 +3,18 @@ example row and a fix; several problems are all reported; nothing is modified.""
 from __future__ import annotations
 
 import hashlib
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
-from harness.data import synth
 from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, MANIFEST, USERS
 from harness.data.validate import validate
+from tests.data_support import edit
 
-TINY = synth.SynthConfig(n_users=30, n_topics=8, n_interest_topics=3, days=20, events_median=40,
-                         events_max=200, requests_mean=2.0, user_chunk=30)
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> Path:
-    return synth.generate(TINY, tmp_path_factory.mktemp("v") / "clean", seed=0, progress=False)
-
-
-@pytest.fixture
-def folder(clean, tmp_path) -> Path:
-    dst = tmp_path / "ds"
-    shutil.copytree(clean, dst)
-    return dst
-
-
-def edit(folder: Path, name: str, fn) -> None:
-    df = pd.read_parquet(folder / name)
-    out = fn(df)
-    pq.write_table(pa.Table.from_pandas(out if out is not None else df, preserve_index=False), folder / name)
+# fixtures `clean` (a small synthetic world) and `folder` (a fresh copy to damage): tests/conftest.py
 
 
 def only(found, kind: str, column: str | None = None, file: str | None = None):

@@ -29,7 +29,7 @@ SHAPES = {
 def test_forward_flops_match_flop_counter(shape, backend):
     seq_len, cfg = SHAPES[shape]
     spec = tiny_spec(seq_len)
-    m = build(spec, dataclasses.replace(cfg, attention=backend))
+    m = build(spec, cfg, attention=backend)
     B = 6
     # one impression per request: the analytic count is per impression without request sharing
     batch = random_batch(spec, n_requests=B, per_request=1)
@@ -45,7 +45,7 @@ def test_train_flops_match_flop_counter(shape):
     backward with a score recompute, 2.5 x, which the model-FLOPs convention leaves out)."""
     seq_len, cfg = SHAPES[shape]
     spec = tiny_spec(seq_len)
-    m = build(spec, dataclasses.replace(cfg, attention="reference")).train()
+    m = build(spec, cfg, attention="reference").train()
     B = 4
     batch = random_batch(spec, n_requests=B, per_request=1)
 

@@ -7,13 +7,7 @@ import pytest
 import torch
 
 from model.attention import SharedKeys, attend, attention_mask, choose_backend
-
-
-def _inputs(B=3, H=2, tq=5, tk=9, dh=8, pad=(0, 3, 9), dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, t, dh, generator=g).to(device, dtype).requires_grad_() for t in (tq, tk, tk))
-    k_valid = (torch.arange(tk)[None, :] >= torch.tensor(pad)[:, None]).to(device)   # left padding
-    return q, k, v, k_valid[:, tk - tq:], k_valid
+from tests.model_support import attend_and_grads, attention_inputs
 
 
 def _loop_attention(q, k, v, q_valid, k_valid, causal):
@@ -35,7 +29,7 @@ def _loop_attention(q, k, v, q_valid, k_valid, causal):
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_backends_match_an_explicit_loop(backend, causal):
-    q, k, v, qv, kv = _inputs()
+    q, k, v, qv, kv = attention_inputs()
     out = attend(q, k, v, qv, kv, causal=causal, backend=backend)
     torch.testing.assert_close(out, _loop_attention(q, k, v, qv, kv, causal), atol=1e-5, rtol=1e-5)
 
@@ -43,7 +37,7 @@ def test_backends_match_an_explicit_loop(backend, causal):
 @pytest.mark.parametrize("tq", [1, 4, 9], ids=lambda t: f"tq{t}")
 def test_reference_equals_sdpa_forward_and_backward(tq):
     """Pruned queries (tq < tk) with left padding; fp32 tolerance atol=rtol=1e-5."""
-    q, k, v, qv, kv = _inputs(tq=tq, seed=tq)
+    q, k, v, qv, kv = attention_inputs(tq=tq, seed=tq)
     grads = []
     for backend in ("reference", "sdpa"):
         for t in (q, k, v):
@@ -62,7 +56,7 @@ def test_mask_is_bottom_right_aligned():
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_fully_padded_rows_give_zeros_and_padding_never_leaks(backend):
-    q, k, v, qv, kv = _inputs(pad=(9, 4, 0))            # row 0: nothing but padding
+    q, k, v, qv, kv = attention_inputs(pad=(9, 4, 0))            # row 0: nothing but padding
     out = attend(q, k, v, qv, kv, causal=True, backend=backend)
     assert torch.isfinite(out).all() and (out[0] == 0).all()
     out.sum().backward()
@@ -115,14 +109,8 @@ def test_choose_backend_reports_reasons_and_refuses_silent_flash():
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_flash_matches_reference_in_bf16(causal):
     pytest.importorskip("flash_attn")
-    q, k, v, qv, kv = _inputs(B=4, H=4, tq=48, tk=160, dh=64, pad=(0, 30, 100, 150), dtype=torch.bfloat16,
-                              device="cuda")
-    res = []
-    for backend in ("reference", "flash"):
-        for t in (q, k, v):
-            t.grad = None
-        out = attend(q, k, v, qv, kv, causal=causal, backend=backend)
-        out.float().pow(2).sum().backward()
-        res.append((out.float(), q.grad.float(), k.grad.float(), v.grad.float()))
+    q, k, v, qv, kv = attention_inputs(B=4, H=4, tq=48, tk=160, dh=64, pad=(0, 30, 100, 150), dtype=torch.bfloat16,
+                                       device="cuda")
+    res = [attend_and_grads(q, k, v, qv, kv, causal=causal, backend=b) for b in ("reference", "flash")]
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)

@@ -12,6 +12,7 @@ from model.features import random_batch, tiny_spec
 from model.layers import MixedLinear
 from model.onetrans import SIZES, OneTransBlock, build
 from model.registry import build_model
+from tests.model_support import assert_bf16_model_parity, bf16_model_step, empty_history_batch
 
 TINY = SIZES["onetrans-tiny"]
 FP32 = dict(atol=1e-5, rtol=1e-5)
@@ -21,9 +22,10 @@ FP32 = dict(atol=1e-5, rtol=1e-5)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _model(seq_len=16, seed=0, **overrides):
+def _model(seq_len=16, seed=0, execution=None, **overrides):
+    """overrides: Config fields; execution: build()'s execution switches (attention, recompute, compile_blocks)."""
     torch.manual_seed(seed)
-    return build(tiny_spec(seq_len), dataclasses.replace(TINY, **overrides)).eval()
+    return build(tiny_spec(seq_len), dataclasses.replace(TINY, **overrides), **(execution or {})).eval()
 
 
 def _batch(seq_len=16, seed=0, **kw):
@@ -148,7 +150,7 @@ def test_reference_equals_sdpa_in_the_model():
     b = _batch(24, seed=6)
     res = []
     for backend in ("reference", "sdpa"):
-        m = _model(seq_len=24, seed=7, attention=backend).train()
+        m = _model(seq_len=24, seed=7, execution={"attention": backend}).train()
         out = m(b)
         (out["ctr"] - 2 * out["cvr"]).pow(2).sum().backward()
         assert m.attention_decision == (backend, "requested")
@@ -163,7 +165,7 @@ def test_recompute_is_exact():
     b = _batch(16, seed=8)
     grads = []
     for recompute in (False, True):
-        m = _model(seed=9, recompute=recompute).train()
+        m = _model(seed=9, execution={"recompute": recompute}).train()
         m(b)["ctr"].sum().backward()
         grads.append([p.grad.clone() for p in m.parameters() if p.grad is not None])
     for a, c in zip(*grads):
@@ -261,7 +263,7 @@ def test_trains_on_a_tiny_synthetic_batch():
 def test_compiled_blocks_match_eager():
     b = _batch(16, seed=14)
     eager = _model(seed=15).train()
-    compiled = _model(seed=15, compile_blocks=True).train()
+    compiled = _model(seed=15, execution={"compile_blocks": True}).train()
     compiled.load_state_dict(eager.state_dict())
     o1, o2 = eager(b), compiled(b)
     torch.testing.assert_close(o1["ctr"], o2["ctr"], atol=1e-4, rtol=1e-4)
@@ -269,15 +271,16 @@ def test_compiled_blocks_match_eager():
     assert all(torch.isfinite(p.grad).all() for p in compiled.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("variant", [{"attention": "reference"}, {"attention": "sdpa", "pyramid_end": "B"},
-                                     {"pyramid": False, "recompute": True}],
+@pytest.mark.parametrize("variant,execution", [({}, {"attention": "reference"}),
+                                               ({"pyramid_end": "B"}, {"attention": "sdpa"}),
+                                               ({"pyramid": False}, {"recompute": True})],
                          ids=["reference", "sdpa-reading-B", "no-pyramid-recompute"])
-def test_request_level_s_side_equals_per_impression(variant):
+def test_request_level_s_side_equals_per_impression(variant, execution):
     """S side once per request (request_level=True) = the per-impression forward, fwd and bwd."""
     b = _batch(24, seed=16, n_requests=3, per_request=4)
     res = []
     for request_level in (False, True):
-        m = _model(seq_len=24, seed=17, request_level=request_level, **variant).train()
+        m = _model(seq_len=24, seed=17, execution=execution, request_level=request_level, **variant).train()
         out = m(b)
         (out["ctr"] * torch.linspace(-1, 1, 12) + out["cvr"]).sum().backward()
         res.append((out["ctr"].detach(), out["cvr"].detach(), {n: p.grad for n, p in m.named_parameters()}))
@@ -297,20 +300,8 @@ def test_request_level_refuses_full_attention():
 def test_flash_model_matches_reference_in_bf16(request_level):
     """Whole model on CUDA under bf16 autocast, pruned queries, padding and one empty history."""
     pytest.importorskip("flash_attn")
-    b = _batch(64, seed=18, n_requests=4, per_request=3)
-    for k in ("seq_item", "seq_side", "seq_type", "seq_gap"):
-        b[k][0] = 0
-    b["seq_mask"][0] = False
-    b = {k: v.cuda() for k, v in b.items()}
-    res = []
-    for backend in ("reference", "flash"):
-        m = _model(seq_len=64, seed=19, attention=backend, request_level=request_level).cuda().train()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = m(b)
-        assert m.attention_decision[0] == backend
-        out["ctr"].sum().backward()
-        res.append((out["ctr"].detach(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])))
-    assert torch.isfinite(res[1][0]).all() and torch.isfinite(res[1][1]).all()
-    torch.testing.assert_close(res[0][0], res[1][0], atol=5e-2, rtol=5e-2)
-    cos = torch.nn.functional.cosine_similarity(res[0][1].float(), res[1][1].float(), dim=0)
-    assert cos > 0.99, cos
+    spec = tiny_spec(64)
+    b = empty_history_batch(spec, seed=18)
+    ref, flash = (bf16_model_step(spec, b, backend=x, seed=19, request_level=request_level)
+                  for x in ("reference", "flash"))
+    assert_bf16_model_parity(ref, flash)

@@ -65,12 +65,16 @@ def test_no_pyramid_keeps_everything_until_the_heads_tokens():
 @pytest.mark.parametrize("field,value,match", [
     ("d_model", 31, "not divisible by n_heads"),
     ("seq_fusion", "time", "seq_fusion"),
-    ("attention", "xformers", "attention"),
     ("n_layers", 0, "n_layers"),
 ])
 def test_bad_config_is_rejected_with_the_field_named(field, value, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(SIZES["onetrans-tiny"], **{field: value})
+
+
+def test_bad_execution_switch_is_rejected_with_its_name():
+    with pytest.raises(ValueError, match="attention"):
+        build(tiny_spec(16), SIZES["onetrans-tiny"], attention="xformers")
 
 
 def test_wrong_sequence_length_names_the_fix():

@@ -11,7 +11,7 @@ import yaml
 
 from harness import cluster
 from harness.executors import Task, check_devices, submitit_parameters
-from harness.sweepfile import ResourceClass, SweepFileError, expand, load_sweep, resolve
+from harness.sweepfile import ResourceClass, SweepFileError, expand, load_sweep, parse_analysis, resolve
 
 GOOD = {
     "name": "t",
@@ -96,6 +96,11 @@ def test_resolved_runs_derive_devices_from_one_value(tmp_path):
 ])
 def test_bad_files_name_file_key_and_fix(tmp_path, mutate, preset, expect):
     assert expect in bad(tmp_path, mutate, preset)
+
+
+@pytest.mark.parametrize("spelling", ["powerlaw", "saturating", "power"])
+def test_fit_spellings_map_to_the_one_form_name(spelling):
+    assert parse_analysis({"x": "data.seq_len", "fit": spelling}, "<sweep>", None).fit == "powerlaw"
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -7,15 +7,12 @@ import pytest
 
 from harness import config as C
 from harness.config import ConfigError, RunConfig, apply_overrides, load_config, run_id, run_name
-
-import test_train_support as S
+from tests import train_support as S
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _stand_in_model(monkeypatch):
-    S.register_tiny_model(monkeypatch)
+pytestmark = pytest.mark.usefixtures("stand_in")     # tests/conftest.py
 
 
 def _cfg(**kw) -> RunConfig:
@@ -43,6 +40,12 @@ def test_yaml_round_trip_is_lossless(tmp_path):
     ({"model": {"name": S.MODEL, "size": "tiny", "overrides": {"d_modl": 8}}}, "Did you mean 'd_model'?"),
     ({"model": {"name": S.MODEL, "size": "tiny", "overrides": {"d_model": "big"}}}, "give a value of that type"),
     ({"resources": {"gpus_per_node": 2}}, "must equal train.devices"),
+    # execution switches live in train.* only (docs/training.md): the old model-option spellings name the new key
+    ({"model": {"name": "onetrans", "size": "onetrans-tiny", "overrides": {"attention": "sdpa"}}},
+     "model.overrides.attention is no longer a model option: execution switches live in the run config; "
+     "write train.attention instead"),
+    ({"model": {"name": "onetrans", "size": "onetrans-tiny", "overrides": {"compile_blocks": True}}},
+     "write train.compile instead"),
 ])
 def test_bad_configs_name_file_key_and_closest_valid_name(tmp_path, d, needle):
     d = {"model": {"name": S.MODEL, "size": "tiny"}, **d}
@@ -71,6 +74,17 @@ def test_overrides_dotted_and_strings():
         apply_overrides(cfg, ["trian.lr=1"])
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides(cfg, ["train.lr"])
+    with pytest.raises(ConfigError, match="write train.recompute instead"):
+        apply_overrides(cfg, ["model.overrides.recompute=true"])
+
+
+def test_old_switch_spelling_is_a_clean_cli_error(tmp_path, capsys):
+    from harness.train import main
+    path = tmp_path / "old.yaml"
+    path.write_text("model: {name: onetrans, size: onetrans-tiny, overrides: {attention: sdpa}}\n")
+    assert main(["--config", str(path), "--describe"]) == 2
+    err = capsys.readouterr().err
+    assert "write train.attention instead" in err and "Traceback" not in err
 
 
 def test_run_id_covers_semantics_and_ignores_cadence_labels_and_resources():

@@ -13,33 +13,18 @@ from pathlib import Path
 
 import pytest
 
-import test_train_support as S
 from harness import runstore as R
-from harness.config import RunConfig, apply_overrides
+from harness.config import RunConfig
 from harness.runstore import RunStore, RunStoreError
 from harness.train import main as train_main
 from harness.train import train_run
+from tests import train_support as S
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    return S.tiny_world(tmp_path_factory.mktemp("world") / "tiny")
-
-
-@pytest.fixture(autouse=True)
-def _stand_in(monkeypatch):
-    S.register_tiny_model(monkeypatch)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "stand_in")   # tests/conftest.py, as is `world`
 
 
 def make_cfg(world: Path, **over) -> RunConfig:
-    base = RunConfig.from_dict({
-        "data": {"dataset": str(world), "seq_len": 16, "batch_size": 64, "eval_batch_size": 256},
-        "model": {"name": S.MODEL, "size": "tiny"},
-        "train": {"max_steps": 6, "ckpt_every_n_steps": 3, "log_every_n_steps": 1, "lr": 0.01},
-        "logging": {"wandb": "disabled", "progress_bar": False}, "sweep": "test"})
-    return apply_overrides(base, over)
+    return S.make_cfg(world, steps=6, ckpt_every=3, log_every=1, **over)
 
 
 def _tmp_files(run_dir: Path) -> list[Path]:
@@ -128,7 +113,7 @@ def test_read_only_runs_dir_is_a_clear_message(world, tmp_path, monkeypatch, cap
 def test_sweep_driver_survives_a_failing_mark_failed(tmp_path, monkeypatch, capsys):
     """Two runs fail (no dataset); recording the first failure hits a full disk: the driver says so
     and still runs the second."""
-    from test_sweep_run import write_sweep
+    from tests.sweep_support import write_sweep
 
     from harness import sweep as SW
     path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"))
@@ -176,7 +161,7 @@ def test_a_real_full_tmpfs(world, tmp_path):
 def test_launch_log_keeps_the_runs_own_error(tmp_path, capsys):
     """The driver keeps the launcher's output tail in memory: the run's own error line reaches the
     driver's output even when launch.log could not hold it."""
-    from test_sweep_run import write_sweep
+    from tests.sweep_support import write_sweep
 
     from harness import sweep as SW
     path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"), seeds=(0,))
@@ -194,7 +179,7 @@ def test_launch_log_keeps_the_runs_own_error(tmp_path, capsys):
 def test_a_real_read_only_runs_dir(tmp_path):
     """A runs directory on a read-only mount: the sweep driver and the trainer each say so in one
     line naming the folder, no traceback."""
-    from test_sweep_run import write_sweep
+    from tests.sweep_support import write_sweep
     mnt = tmp_path / "ro"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)]).returncode != 0:

@@ -17,12 +17,12 @@ import pytest
 import torch
 import yaml
 
-import test_train_support as S
 from harness.config import ConfigError, RunConfig, apply_overrides, load_config, run_id
 from harness.data.contract import ContractError
 from harness.runstore import MetricsCsv, RunStore
 from harness.system import NonFiniteLossError
 from harness.train import describe, train_run
+from tests import train_support as S
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -31,23 +31,11 @@ RESULT_KEYS = {"schema", "run_id", "name", "sweep", "axis", "model", "size", "co
 METRIC_KEYS = {f"{t}_{m}" for t in ("ctr", "cvr") for m in ("auc", "uauc", "logloss")}
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    return S.tiny_world(tmp_path_factory.mktemp("world") / "tiny")
-
-
-@pytest.fixture(autouse=True)
-def _stand_in(monkeypatch):
-    S.register_tiny_model(monkeypatch)
+pytestmark = pytest.mark.usefixtures("stand_in")     # tests/conftest.py; `world` is there too
 
 
 def make_cfg(world: Path, **over) -> RunConfig:
-    base = RunConfig.from_dict({
-        "data": {"dataset": str(world), "seq_len": 16, "batch_size": 64, "eval_batch_size": 256},
-        "model": {"name": S.MODEL, "size": "tiny"},
-        "train": {"max_steps": 8, "ckpt_every_n_steps": 4, "log_every_n_steps": 2, "lr": 0.01},
-        "logging": {"wandb": "disabled", "progress_bar": False}, "sweep": "test"})
-    return apply_overrides(base, over)
+    return S.make_cfg(world, steps=8, ckpt_every=4, log_every=2, **over)
 
 
 def test_run_folder_contract_and_idempotence(world, tmp_path):
@@ -249,7 +237,7 @@ def test_slurm_environment_hands_requeue_to_submitit(monkeypatch):
 
 def _child(cfg_path: Path, run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, str(TESTS / "test_train_support.py"), "--config", str(cfg_path),
+    return subprocess.Popen([sys.executable, "-m", "tests.train_support", "--config", str(cfg_path),
                              "--run-dir", str(run_dir)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

@@ -17,10 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.sweepfile import FIT_FORMS
+
 from ..analyze import METRICS, analyze
 from ..collect import CollectError, collect
 from ..fit import FitSettings
-from ..hints import FITS, HintError, find_hints, override
+from ..hints import HintError, find_hints, override
 from ..quality import summarise
 from .build import build_report, conclusions, write_outputs
 from .html import write_html
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated metric names (default: each sweep's hinted metrics, else {','.join(METRICS)})")
     p.add_argument("--x", default=None, help="x axis of every series: the swept axis name, 'params' (dense "
                    "parameters) or 'flops' (training FLOPs); default: each sweep's analysis.x, else the swept axis")
-    p.add_argument("--fit", choices=sorted(FITS), default=None,
+    p.add_argument("--fit", choices=sorted(FIT_FORMS), default=None,
                    help="fit forms (default: each sweep's analysis.fit, else log-linear + saturating on logloss)")
     p.add_argument("--sweep-file", action="append", default=[], metavar="FILE",
                    help="a sweep YAML whose analysis: hints apply to its runs (repeatable)")

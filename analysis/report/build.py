@@ -389,7 +389,7 @@ def _methods(an: Analysis) -> str:
         f"- Fits: log-linear `m = a + b·log10(x)` for every metric with ≥ {an.settings.min_loglinear_x} distinct x "
         f"(Δ per doubling = b·log10 2); saturating `y = E + A·x^-α` for logloss with ≥ {an.settings.min_powerlaw_x} "
         f"x-values (Huber δ = {an.settings.huber_delta:g} on log y, multi-start, LSE parameters), and on 1 − AUC "
-        "where a sweep's hints ask for `fit: saturating`; a saturating fit "
+        "where a sweep's hints ask for `fit: powerlaw`; a saturating fit "
         "with a parameter at its bound or a floor below the Bayes floor is marked failed.",
         f"- Intervals: {an.settings.level:.0%} percentile, two-level cluster bootstrap (configs, then seeds within), "
         f"{an.settings.n_boot} replicates, seed {an.settings.seed}. Bands are for the mean curve.",

@@ -1,12 +1,29 @@
-"""Tiny valid contract folders for the data-module tests (written by the tests themselves)."""
+"""Helpers of the data tests (not part of the package): tiny valid contract folders written by the
+tests themselves, the small synthetic world the validator tests damage (its fixtures `clean` and
+`folder` are in tests/conftest.py) and the edit that damages one file. Imported as
+`from tests.data_support import ...`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from harness.data import synth
 from harness.data.contract import Behavior, Feature, Manifest, SplitRule
+
+# a synthetic world small enough to generate in a second (test_data_validate.py, test_data_broken.py)
+SMALL_WORLD = synth.SynthConfig(n_users=30, n_topics=8, n_interest_topics=3, days=20, events_median=40,
+                                events_max=200, requests_mean=2.0, user_chunk=30)
+
+
+def edit(folder: Path, name: str, fn) -> None:
+    """Rewrite the parquet file `name` of `folder` as fn(frame) (fn may edit in place and return None)."""
+    df = pd.read_parquet(folder / name)
+    out = fn(df)
+    pq.write_table(pa.Table.from_pandas(out if out is not None else df, preserve_index=False), folder / name)
 
 
 def write_tiny_folder(out: Path, *, seed: int = 0, n_users: int = 12, n_items: int = 40, n_events: int = 400,

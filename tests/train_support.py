@@ -1,8 +1,10 @@
-"""A tiny stand-in ranking model for the training-run tests (not part of the package).
+"""Helpers of the training-run tests (not part of the package): a tiny stand-in ranking model, a
+small synthetic world and the run config the tests start from. Imported as `from tests import
+train_support as S`; its fixtures (`world`, `stand_in`) are in tests/conftest.py.
 
-It answers the model protocol of model/base.py (so the harness can be tested without the real
-models) and registers itself in model.registry under MODEL. It has dropout on purpose: the resume
-test then also checks that RNG state survives a checkpoint.
+The stand-in answers the model protocol of model/base.py (so the harness can be tested without the
+real models) and registers itself in model.registry under MODEL. It has dropout on purpose: the
+resume test then also checks that RNG state survives a checkpoint.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.config import RunConfig, apply_overrides
 from model.base import RankingModel
 from model.features import FeatureSpec
 
@@ -93,11 +96,22 @@ def tiny_world(out: Path) -> Path:
     return out
 
 
-# the child process of the kill-and-resume test: python tests/test_train_support.py ARGS...
+def make_cfg(world: Path, *, steps: int, ckpt_every: int, log_every: int, **over) -> RunConfig:
+    """The stand-in model on `world` for `steps` steps (small batches, W&B off, sweep 'test'), with a
+    checkpoint every `ckpt_every` steps; then the dotted overrides `over`."""
+    base = RunConfig.from_dict({
+        "data": {"dataset": str(world), "seq_len": 16, "batch_size": 64, "eval_batch_size": 256},
+        "model": {"name": MODEL, "size": "tiny"},
+        "train": {"max_steps": steps, "ckpt_every_n_steps": ckpt_every, "log_every_n_steps": log_every, "lr": 0.01},
+        "logging": {"wandb": "disabled", "progress_bar": False}, "sweep": "test"})
+    return apply_overrides(base, over)
+
+
+# the child process of the kill-and-resume test: python -m tests.train_support ARGS... (from the repo root)
 if __name__ == "__main__":
     import sys
-    sys.path.insert(0, str(Path(__file__).parent))
-    import test_train_support as me        # register under the importable module name
+
+    from tests import train_support as me   # register under the importable module name
     me.register_globally()
     from harness.train import main
     sys.exit(main(sys.argv[1:]))
