@@ -17,8 +17,9 @@ change how or where a run executes or how it is labelled, never its result), lis
   - data.num_workers, data.cache_dir            (loader parallelism, where synthetic data is cached)
   - train.log_every_n_steps, train.eval_every_n_steps, train.ckpt_every_n_steps   (cadences)
   - logging.*                                   (W&B mode/project/group/tags, progress bar)
-  - resources.*                                 (partition, account, qos, memory, time limit, cpus;
-                                                 the GPU count that matters is train.devices)
+  - resources.*                                 (the scheduler request: partition, account, qos,
+                                                 memory, time limit, cpus; the device count that
+                                                 matters is train.devices)
 Defaults are part of the hash: adding a field with a default changes every id (deliberately: a
 new knob may change what an old config means). The model enters as written (name, size,
 overrides), not as the resolved model Config.
@@ -265,7 +266,7 @@ class TrainConfig(_Section):
     recompute: bool = False            # activation recomputation (when the model supports it)
     deterministic: bool = False        # torch deterministic algorithms (slower on GPU)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = 1                   # per node; must equal resources.gpus_per_node on GPUs
+    devices: int = 1                   # per node; must equal resources.devices on GPUs
     num_nodes: int = 1
     # cadences (not part of the run id)
     log_every_n_steps: int = 10
@@ -299,22 +300,80 @@ class LoggingConfig(_Section):
     progress_bar: bool = True
 
 
-@dataclass(frozen=True, kw_only=True)
-class ResourcesConfig(_Section):
-    """What a SLURM job for this run asks for (read by the sweep dispatcher; not in the run id)."""
+ACCELERATORS = ("gpu", "cpu")
 
-    gpus_per_node: int = 0
+
+@dataclass(frozen=True, kw_only=True)
+class Resources(_Section):
+    """What one run asks the scheduler for: the one resources type. A sweep file's resource classes
+    are Resources, each run's config carries its class as its `resources` section, and
+    harness.executors.submitit_parameters turns it into the SLURM request. Not part of the run id.
+
+    `devices` is THE one value: SLURM tasks per node = Trainer(devices) = GPUs per node (when
+    accelerator is gpu), so ranks are srun-launched one per device and Lightning never spawns.
+    These defaults describe a lone run on this machine's CPU; a sweep file's classes default to a
+    GPU job instead (harness.sweepfile.CLASS_DEFAULTS).
+    """
+
+    devices: int = 1
+    accelerator: str = "cpu"           # gpu | cpu (checked in validate: the sweep file's message)
+    nodes: int = 1
     cpus_per_task: int = 2
-    mem_gb: int = 8
+    mem_gb: float = 8
     time_min: int = 60
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
+    partition: str | None = None       # None: the cluster's default
+    account: str | None = None
+    qos: str | None = None
+    array_parallelism: int = 64        # SLURM: at most this many jobs of one class at once
+    signal_delay_s: int = 120          # >= time to save a checkpoint
+    max_num_timeout: int = 5           # requeues after timeouts (preemptions are always requeued)
+    # Only for the plan's cost column: sustained TFLOP/s one device is assumed to reach
+    # (None: 100 on a GPU, 0.02 on a CPU core set, a rough figure for this kind of model).
+    assumed_tflops_per_device: float | None = None
 
     def validate(self) -> None:
-        for name in ("gpus_per_node", "cpus_per_task", "mem_gb", "time_min"):
-            _require(getattr(self, name) >= (0 if name == "gpus_per_node" else 1),
-                     f"resources.{name} = {getattr(self, name)} is out of range.")
+        _require(self.accelerator in ACCELERATORS,
+                 f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        for name in ("devices", "nodes", "cpus_per_task", "time_min", "array_parallelism"):
+            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
+        _require(self.mem_gb > 0, f"mem_gb must be > 0, got {self.mem_gb!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "<config>", prefix: str = ""):
+        """As every section, but errors name the section once, before the field ("run.yaml:
+        resources: devices must be >= 1", "sweep.yaml: resources.big: ..."), since the same fields
+        are a run config's section and a sweep file's class."""
+        where = f"{where}: {prefix.rstrip('.')}" if prefix else where
+        if isinstance(d, Mapping) and "gpus_per_node" in d:
+            d = _legacy_gpus_per_node(dict(d), where)
+        return super().from_dict(d, where, "")
+
+    @property
+    def assumed_tflops(self) -> float:
+        if self.assumed_tflops_per_device is not None:
+            return float(self.assumed_tflops_per_device)
+        return 100.0 if self.accelerator == "gpu" else 0.02
+
+    @property
+    def tasks_per_node(self) -> int:
+        return self.devices
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.devices if self.accelerator == "gpu" else 0
+
+
+def _legacy_gpus_per_node(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """Run configs written before Resources was the run config's section said `gpus_per_node`
+    (0: no GPU); read it as devices + accelerator so that their run folders stay usable."""
+    g = d.pop("gpus_per_node")
+    if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+        raise ConfigError(f"{where}: gpus_per_node = {g!r}; expected an integer >= 0.")
+    for key, value in ({"accelerator": "gpu", "devices": g} if g else {"accelerator": "cpu"}).items():
+        if d.setdefault(key, value) != value:
+            raise ConfigError(f"{where}: gpus_per_node = {g} contradicts {key} = {d[key]!r}; "
+                              "give devices and accelerator only.")
+    return d
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -323,7 +382,7 @@ class RunConfig(_Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    resources: Resources = field(default_factory=Resources)
     seed: int = 0
     # labels (not part of the run id)
     sweep: str = "adhoc"
@@ -336,8 +395,8 @@ class RunConfig(_Section):
                  f"sweep = {self.sweep!r} must be a non-empty name without '/' (it names a folder).")
         g = self.resources.gpus_per_node
         _require(g == 0 or g == self.train.devices,
-                 f"resources.gpus_per_node ({g}) must equal train.devices ({self.train.devices}): "
-                 "one process per GPU, as SLURM launches them.")
+                 f"resources: {g} GPUs per node (devices, accelerator gpu) must equal train.devices "
+                 f"({self.train.devices}): one process per GPU, as SLURM launches them.")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -6,9 +6,17 @@ already holds the resolved `config.yaml`. Every submission is appended to the sw
 started again can ask the scheduler which runs are still queued or running instead of submitting
 them twice.
 
-Before starting or submitting a run, every executor looks at its folder again (harness/runstore.py):
-a run finished meanwhile is not started, and a run another live process owns is followed or skipped,
-never trained twice; the launcher itself refuses a folder another process owns (exit 75).
+Before starting or submitting a run, every executor looks at its folder again
+(`RunStore.availability`): a run finished meanwhile is not started, and a run another live process
+owns is followed or skipped, never trained twice; the launcher itself refuses a folder another
+process owns (exit 75).
+
+Every executor has one interface (`Executor`): `submit` hands it runs, `follow` adds runs started
+elsewhere that it should wait for, `wait` returns when all of them have ended; `state` and `cancel`
+act on the ledger entries of earlier submissions (whichever driver made them), through the class of
+the executor that made each one (`job_state`, `cancel`). The sweep driver (harness/sweep.py) picks
+one executor and never asks which one it is; two flags say what differs for it (`on_this_machine`,
+`detached`).
 """
 from __future__ import annotations
 
@@ -23,12 +31,13 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from harness.config import Resources
 from harness.runstore import EXIT_BUSY, STATUS, Ledger, RunStore, RunStoreError, SweepStore, describe_owner
-from harness.sweepfile import ResourceClass
 
-__all__ = ["Ledger", "Task", "LIVE_STATES", "job_state", "mark_failed", "make_executor", "cancel"]
+__all__ = ["Ledger", "Task", "Handle", "Executor", "LIVE_STATES", "job_state", "known_states", "mark_failed",
+           "make_executor", "cancel", "submitit_parameters"]
 
 # scheduler states in which a job still owns its run (do not submit it again)
 LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
@@ -41,7 +50,7 @@ class Task:
     name: str
     run_dir: Path
     resource_class: str
-    resources: ResourceClass
+    resources: Resources
     devices: int                    # the run config's train.devices (asserted equal to resources.devices)
 
     @property
@@ -50,6 +59,59 @@ class Task:
 
 
 Progress = Callable[[Task, str, str], None]      # (task, event, detail)
+Entry = dict[str, Any]                           # one ledger line: run_id, executor, job_id or pid, time
+
+
+@dataclass(eq=False)
+class Handle:
+    """One run an executor answers for until it ends: submitted by this driver, or followed
+    (started elsewhere: an earlier driver's SLURM job, a process that owns the run folder)."""
+
+    task: Task
+    job_id: str = ""                # SLURM job id ("123_4"); "" for local and debug runs
+    job: Any = None                 # the submitit job, once there is one
+    followed: bool = False          # started elsewhere: waited for, never started here
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where runs execute. A driver makes one (`make_executor`), hands it the runs to start
+    (`submit`) and the runs started elsewhere to wait for (`follow`), then `wait`s for all of them.
+    `state` and `cancel` work on ledger entries this executor's kind wrote, by any driver; they are
+    class methods, so any executor's entries can be asked about whichever one a driver picked."""
+
+    name: ClassVar[str]
+    on_this_machine: ClassVar[bool]   # runs train on this machine (GPU runs refused, data made here first)
+    detached: ClassVar[bool]          # runs outlive the driver: it may submit and return (--no-wait)
+
+    def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
+        """Hand over runs to start; runs that are done or owned by now are reported, not started."""
+        ...
+
+    def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
+        """Of the runs the sweep sees queued or running (task, job description), those this
+        executor waits for, without starting them again. Selects only: no output, no scheduler call."""
+        ...
+
+    def wait(self, handles: list[Handle], progress: Progress) -> None:
+        """Return when every run of `handles` has ended, reporting each event through `progress`."""
+        ...
+
+    @classmethod
+    def known_states(cls, entries: list[Entry]) -> dict[str, str]:
+        """Scheduler states of these entries' jobs asked at once (job id -> state), for `state`."""
+        ...
+
+    @classmethod
+    def state(cls, entry: Entry, run_dir: Path, known: dict[str, str] | None = None) -> str:
+        """The scheduler's view of one submission: a LIVE_STATES member while its job still owns
+        the run, else how it ended (EXITED, FAILED, CANCELLED, UNKNOWN...)."""
+        ...
+
+    @classmethod
+    def cancel(cls, entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
+        """Cancel the live jobs of these runs (run id -> latest entry); the run ids cancelled."""
+        ...
 
 
 # ----------------------------------------------------------------------------------- job states
@@ -93,16 +155,27 @@ def _pid_runs(pid: int | None, run_dir: Path) -> bool:
     return b"harness.launch" in cmdline and str(run_dir).encode() in cmdline
 
 
-def job_state(entry: dict[str, Any] | None, run_dir: Path, slurm: dict[str, str] | None = None) -> str | None:
-    """The scheduler's view of the latest submission of a run, or None when there is none."""
+def job_state(entry: Entry | None, run_dir: Path, known: dict[str, str] | None = None) -> str | None:
+    """The scheduler's view of the latest submission of a run, or None when there is none.
+    `known`: job states asked beforehand for many entries at once (`known_states`)."""
     if entry is None:
         return None
-    if entry["executor"] == "slurm":
-        states = slurm if slurm is not None else slurm_states([entry["job_id"]])
-        return states.get(entry["job_id"], "UNKNOWN")
-    if entry["executor"] == "local":
-        return "RUNNING" if _pid_runs(entry.get("pid"), run_dir) else "EXITED"
-    return "EXITED"     # debug runs live and die with the driver
+    return executor_class(entry["executor"]).state(entry, run_dir, known)
+
+
+def known_states(entries: list[Entry]) -> dict[str, str]:
+    """Job id -> scheduler state for these entries, one question per executor kind (squeue once)."""
+    out: dict[str, str] = {}
+    for kind, group in _by_executor(entries).items():
+        out.update(executor_class(kind).known_states(group))
+    return out
+
+
+def _by_executor(entries: list[Entry]) -> dict[str, list[Entry]]:
+    groups: dict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        groups[e["executor"]].append(e)
+    return groups
 
 
 def mark_failed(run_dir: Path, error: str) -> str | None:
@@ -149,22 +222,34 @@ def _duration(s: float) -> str:
 
 
 class DebugExecutor:
-    """In the driver's process, one run after another (breakpoints work)."""
+    """In the driver's process, one run after another (breakpoints work). `submit` only queues:
+    `wait` runs them."""
 
     name = "debug"
+    on_this_machine = True
+    detached = False
 
     def __init__(self, sweep_dir: Path, **_: Any):
         self.ledger = Ledger(sweep_dir)
 
-    def run(self, tasks: list[Task], progress: Progress) -> None:
+    def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
+        return [Handle(task) for task in tasks]
+
+    def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
+        # counted by the driver like the local executor's, but not polled: see wait()
+        return [Handle(task, followed=True) for task, _ in running if task.store.owner() is not None]
+
+    def wait(self, handles: list[Handle], progress: Progress) -> None:
         from harness.launch import LaunchRun
-        for task in tasks:
-            store = task.store
-            if store.is_done():
+        for handle in handles:
+            if handle.followed:     # in-process runs only; another process's run ends on its own
+                continue
+            task = handle.task
+            state, owner = task.store.availability()
+            if state == "done":
                 progress(task, "followed", "finished meanwhile by another process")
                 continue
-            owner = store.owner()
-            if owner is not None:
+            if state == "owned":
                 progress(task, "skipped", f"owned by {describe_owner(owner)}; not trained twice")
                 continue
             _record(self.ledger, task, progress, self.name, pid=os.getpid())
@@ -177,6 +262,18 @@ class DebugExecutor:
                 progress(task, "failed", f"{type(err).__name__}: {err}" + (f" ({note})" if note else ""))
                 continue
             progress(task, "done", f"{time.time() - t0:.1f} s")
+
+    @classmethod
+    def known_states(cls, entries: list[Entry]) -> dict[str, str]:
+        return {}
+
+    @classmethod
+    def state(cls, entry: Entry, run_dir: Path, known: dict[str, str] | None = None) -> str:
+        return "EXITED"     # debug runs live and die with the driver
+
+    @classmethod
+    def cancel(cls, entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
+        return []
 
 
 class _Output:
@@ -238,22 +335,33 @@ class LocalExecutor:
     not oversubscribe the CPU. Right before starting a run the executor looks at its folder again:
     a run finished meanwhile is not started, and a run another live process owns (another driver's
     launcher, a hand-started `harness.train`) is followed until that process lets go of it. Every
-    `progress_every_s` seconds it reports each running run's step and ETA (progress.json)."""
+    `progress_every_s` seconds it reports each running run's step and ETA (progress.json).
+    `submit` only queues: `wait` starts the processes as slots free up."""
 
     name = "local"
+    on_this_machine = True
+    detached = False
 
     def __init__(self, sweep_dir: Path, max_parallel: int = 1, progress_every_s: float = 30.0, **_: Any):
         self.ledger = Ledger(sweep_dir)
         self.max_parallel = max(1, int(max_parallel))
         self.progress_every_s = progress_every_s
 
-    def run(self, tasks: list[Task], progress: Progress, follow: list[Task] = ()) -> None:
-        pending = list(tasks)
+    def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
+        return [Handle(task) for task in tasks]
+
+    def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
+        # a killed driver's launcher, a hand-started run: followed until its process lets go
+        return [Handle(task, followed=True) for task, _ in running if task.store.owner() is not None]
+
+    def wait(self, handles: list[Handle], progress: Progress) -> None:
+        pending = [h.task for h in handles if not h.followed]
+        n_new = len(pending)
         running: dict[subprocess.Popen, tuple[Task, float, _Output]] = {}
-        followed: list[Task] = list(follow)
+        followed: list[Task] = [h.task for h in handles if h.followed]
         for task in followed:
             progress(task, "following", f"owned by {describe_owner(task.store.owner())}")
-        threads = max(1, (os.cpu_count() or 1) // min(self.max_parallel, max(1, len(tasks))))
+        threads = max(1, (os.cpu_count() or 1) // min(self.max_parallel, max(1, n_new)))
         env = {**os.environ, "HARNESS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
                "PYTHONUNBUFFERED": "1"}
         last_report = time.time()
@@ -263,12 +371,13 @@ class LocalExecutor:
                 while pending and len(running) < self.max_parallel:
                     task = pending.pop(0)
                     store = task.store
-                    if store.is_done():
+                    state, owner = store.availability()
+                    if state == "done":
                         progress(task, "followed", "finished meanwhile by another process; not started again")
                         continue
-                    owner = store.owner()
-                    if owner is not None:
-                        progress(task, "following", f"owned by {describe_owner(owner)}; waiting for it, not training it twice")
+                    if state == "owned":
+                        progress(task, "following",
+                                 f"owned by {describe_owner(owner)}; waiting for it, not training it twice")
                         followed.append(task)
                         continue
                     proc = subprocess.Popen([sys.executable, "-m", "harness.launch", str(task.run_dir)],
@@ -329,9 +438,28 @@ class LocalExecutor:
             progress(task, "stopped", f"its other owner stopped without finishing it (status {st.get('state')}: "
                                       f"{st.get('error') or '-'}); rerun the sweep to resume it")
 
+    @classmethod
+    def known_states(cls, entries: list[Entry]) -> dict[str, str]:
+        return {}
 
-def submitit_parameters(rc: ResourceClass, name: str, max_parallel: int | None) -> dict[str, Any]:
-    """submitit parameters of one resource class. tasks per node = devices = GPUs per node (gpu)."""
+    @classmethod
+    def state(cls, entry: Entry, run_dir: Path, known: dict[str, str] | None = None) -> str:
+        return "RUNNING" if _pid_runs(entry.get("pid"), run_dir) else "EXITED"
+
+    @classmethod
+    def cancel(cls, entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
+        """SIGTERM to the launcher's process group (its checkpoint lets a rerun resume)."""
+        done = []
+        for run_id, e in entries.items():
+            if _pid_runs(e.get("pid"), run_dirs[run_id]):
+                os.killpg(e["pid"], signal.SIGTERM)
+                done.append(run_id)
+        return done
+
+
+def submitit_parameters(rc: Resources, name: str, max_parallel: int | None) -> dict[str, Any]:
+    """submitit parameters of one resource class: the one place a Resources becomes a SLURM
+    request. tasks per node = devices = GPUs per node (gpu)."""
     params: dict[str, Any] = {
         "name": name, "timeout_min": int(rc.time_min), "nodes": rc.nodes,
         "tasks_per_node": rc.tasks_per_node, "cpus_per_task": rc.cpus_per_task, "mem_gb": rc.mem_gb,
@@ -360,6 +488,8 @@ class SlurmExecutor:
     """SLURM through submitit: one job array per resource class, Checkpointable jobs (requeue)."""
 
     name = "slurm"
+    on_this_machine = False
+    detached = True
 
     def __init__(self, sweep_dir: Path, max_parallel: int | None = None, job_prefix: str = "", **_: Any):
         self.sweep_dir = Path(sweep_dir)
@@ -368,18 +498,18 @@ class SlurmExecutor:
         self.max_parallel = max_parallel
         self.job_prefix = job_prefix or self.sweep_dir.name
 
-    def submit(self, tasks: list[Task], progress: Progress) -> list[tuple[Task, Any]]:
+    def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
         import submitit
 
         from harness.launch import LaunchRun
         by_class: dict[str, list[Task]] = defaultdict(list)
         for task in tasks:
             check_devices(task)
-            if task.store.is_done():
+            state, owner = task.store.availability()
+            if state == "done":
                 progress(task, "followed", "finished meanwhile by another process; not submitted")
                 continue
-            owner = task.store.owner()
-            if owner is not None:       # e.g. a hand-started harness.train on this folder
+            if state == "owned":        # e.g. a hand-started harness.train on this folder
                 progress(task, "skipped", f"owned by {describe_owner(owner)}; not submitted twice")
                 continue
             by_class[task.resource_class].append(task)
@@ -398,17 +528,18 @@ class SlurmExecutor:
                 except RunStoreError as err:
                     progress(task, "warning", str(err))
                 progress(task, "submitted", f"job {job.job_id} ({cls})")
-                submitted.append((task, job))
+                submitted.append(Handle(task, job_id=str(job.job_id), job=job))
         return submitted
 
-    def attach(self, pairs: list[tuple[Task, str]]) -> list[tuple[Task, Any]]:
-        """submitit handles of jobs submitted by an earlier driver (from the ledger's job ids)."""
-        import submitit
-        return [(task, submitit.SlurmJob(folder=self.submitit_dir, job_id=jid)) for task, jid in pairs]
+    def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
+        # jobs an earlier driver submitted (job ids from the ledger); submitit handles come in wait()
+        return [Handle(task, job_id=job, followed=True) for task, job in running if job]
 
-    def wait(self, submitted: list[tuple[Task, Any]], progress: Progress, poll_s: float = 5.0) -> None:
+    def wait(self, handles: list[Handle], progress: Progress, poll_s: float = 5.0) -> None:
         """Follow the jobs until each one ends; report requeues and failures as they happen."""
-        open_jobs = {str(job.job_id): (task, job) for task, job in submitted}
+        import submitit
+        open_jobs = {h.job_id: (h.task, h.job or submitit.SlurmJob(folder=self.submitit_dir, job_id=h.job_id))
+                     for h in handles}
         seen: dict[str, str] = {}
         while open_jobs:
             states = slurm_states(list(open_jobs))
@@ -432,6 +563,25 @@ class SlurmExecutor:
             if open_jobs:
                 time.sleep(poll_s)
 
+    @classmethod
+    def known_states(cls, entries: list[Entry]) -> dict[str, str]:
+        ids = [e["job_id"] for e in entries if e.get("job_id")]
+        return slurm_states(ids) if ids else {}
+
+    @classmethod
+    def state(cls, entry: Entry, run_dir: Path, known: dict[str, str] | None = None) -> str:
+        states = known if known is not None else slurm_states([entry["job_id"]])
+        return states.get(entry["job_id"], "UNKNOWN")
+
+    @classmethod
+    def cancel(cls, entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
+        """scancel the jobs the scheduler still calls live (one call for all of them)."""
+        states = cls.known_states(list(entries.values()))
+        live = {run_id: e["job_id"] for run_id, e in entries.items() if states.get(e["job_id"]) in LIVE_STATES}
+        if live:
+            subprocess.run(["scancel", *live.values()], check=True)
+        return list(live)
+
 
 def _result_file_written(job: Any) -> bool:
     try:
@@ -451,25 +601,26 @@ def _add_job_to_status(run_dir: Path, job_id: str) -> None:
     RunStore(run_dir).add_job(job_id)
 
 
-def cancel(entries: dict[str, dict[str, Any]], run_dirs: dict[str, Path]) -> list[str]:
-    """Cancel the live jobs of these runs (SLURM: scancel; local: SIGTERM to the launcher)."""
-    done = []
-    slurm_ids = [e["job_id"] for e in entries.values() if e["executor"] == "slurm" and e.get("job_id")]
-    states = slurm_states(slurm_ids) if slurm_ids else {}
-    to_scancel = []
-    for run_id, e in entries.items():
-        if e["executor"] == "slurm" and states.get(e["job_id"]) in LIVE_STATES:
-            to_scancel.append(e["job_id"])
-            done.append(run_id)
-        elif e["executor"] == "local" and _pid_runs(e.get("pid"), run_dirs[run_id]):
-            os.killpg(e["pid"], signal.SIGTERM)
-            done.append(run_id)
-    if to_scancel:
-        subprocess.run(["scancel", *to_scancel], check=True)
+EXECUTORS: dict[str, type[Executor]] = {"debug": DebugExecutor, "local": LocalExecutor, "slurm": SlurmExecutor}
+
+
+def executor_class(name: str) -> type[Executor]:
+    """The executor kind that wrote a ledger entry. An unknown name (a hand-edited ledger) reads
+    like a debug entry: nothing to ask, nothing to cancel."""
+    return EXECUTORS.get(name, DebugExecutor)
+
+
+def cancel(entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
+    """Cancel the live jobs of these runs (SLURM: scancel; local: SIGTERM to the launcher), each
+    through the kind of executor that submitted it."""
+    done: list[str] = []
+    for kind in dict.fromkeys(e["executor"] for e in entries.values()):
+        group = {run_id: e for run_id, e in entries.items() if e["executor"] == kind}
+        done += executor_class(kind).cancel(group, run_dirs)
     return done
 
 
-def make_executor(name: str, sweep_dir: Path, max_parallel: int | None, progress_every_s: float = 30.0):
+def make_executor(name: str, sweep_dir: Path, max_parallel: int | None, progress_every_s: float = 30.0) -> Executor:
     if name == "debug":
         return DebugExecutor(sweep_dir)
     if name == "local":

@@ -367,6 +367,17 @@ class RunStore:
         """The one definition of a finished run: DONE (written last) and result.json."""
         return (self.path / DONE).exists() and (self.path / RESULT).exists()
 
+    def availability(self) -> tuple[str, dict[str, Any] | None]:
+        """May a driver start this run now? ("done", None): finished; ("owned", owner record):
+        another live process owns the folder; ("free", None): yes. Every executor asks this right
+        before it starts or submits a run, so that none is trained twice."""
+        if self.is_done():
+            return "done", None
+        owner = self.owner()
+        if owner is not None:
+            return "owned", owner
+        return "free", None
+
     def has_checkpoint(self) -> bool:
         return self.last_ckpt.exists()
 

@@ -10,6 +10,10 @@ Runs land in <runs-dir>/<sweep>[-<preset>]/<run_id>/ (docs/contracts.md §4). Re
 skips DONE runs and runs whose job is still queued or running (asked of the scheduler through the
 sweep's ledger), resumes interrupted runs from their last checkpoint, and leaves failed ones alone
 unless --retry-failed.
+
+From Python: `run_sweep(FILE, command=..., preset=..., ...)` does what the command line does, prints
+the same lines to the streams it is given, and returns the rows (`SweepOutcome.rows`: each run's
+name, id, state, job and, when done, its result.json); `main` only parses the arguments and calls it.
 """
 from __future__ import annotations
 
@@ -17,16 +21,16 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
 from harness import executors as X
 from harness.cluster import choose_executor
 from harness.runstore import CONFIG, Ledger, RunStore, RunStoreError, SweepStore, atomic_write_text, describe_owner
-from harness.sweepfile import ResolvedRun, SweepFileError, load_sweep, resolve, sweep_dir_name
+from harness.sweepfile import ResolvedRun, Sweep, SweepFileError, load_sweep, resolve, sweep_dir_name
 
 COMMANDS = ("run", "status", "plan", "cancel")
 # states a rerun submits by default; failed/cancelled need --retry-failed, done needs --rerun-done
@@ -35,20 +39,81 @@ RUNNABLE = ("new", "interrupted")
 
 @dataclass
 class Row:
+    """One run of the sweep as the plan and `status` show it."""
+
     run: ResolvedRun
     run_dir: Path
-    status: str
-    job: str
+    status: str                     # new | queued | running | done | interrupted | failed | cancelled
+    job: str                        # SLURM job id or "pid N" of its latest submission; "" when none
     params: int | None = None
     flops_example: float | None = None
     flops_total: float | None = None
     cost_h: float | None = None
+    result: dict[str, Any] | None = None     # result.json of a done run
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Final metrics per split ({"test": {"ctr_auc": ...}}) of a done run, else {}."""
+        return (self.result or {}).get("metrics") or {}
+
+
+class SweepError(Exception):
+    """A user mistake or a refusal: the CLI prints `<prefix><message>` on stderr and exits `code`."""
+
+    def __init__(self, message: str, code: int = 2, prefix: str = "error: "):
+        super().__init__(message)
+        self.code, self.prefix = code, prefix
+
+    @property
+    def line(self) -> str:
+        return f"{self.prefix}{self}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepOptions:
+    """What `run_sweep` is asked to do: the command line's options (docs/sweeps.md)."""
+
+    command: str = "run"                    # run | plan | status | cancel
+    preset: str | None = None
+    executor: str | None = None             # slurm | local | debug; None: slurm when a cluster answers
+    runs_dir: Path | None = None            # None: $HARNESS_RUNS_DIR, else runs
+    only: tuple[str, ...] = ()              # KEY=VALUE filters, ANDed
+    dry_run: bool = False
+    retry_failed: bool = False
+    rerun_done: bool = False
+    max_parallel: int | None = None
+    no_wait: bool = False
+    progress_every: float = 30.0
+    describe: bool = True                   # params / FLOPs / cost columns
+
+
+@dataclass
+class SweepOutcome:
+    """What `run_sweep` did. `rows`: every selected run in plan order with its state after the
+    command (done runs with their result.json); `code`: the CLI's exit code (0 when every run is
+    done or the command runs nothing, 1 when some run is not done)."""
+
+    sweep: Sweep
+    sweep_dir: Path
+    rows: list[Row]
+    code: int
+    executor: str | None = None             # the executor a `run` chose (with --dry-run too)
+    cancelled: list[str] = field(default_factory=list)   # run ids whose jobs `cancel` stopped
 
 
 # ------------------------------------------------------------------------------------ run state
 
-def classify(run_dir: Path, entry: dict[str, Any] | None, slurm: dict[str, str]) -> tuple[str, str]:
-    """(status, job description) of one run from its folder (RunStore.folder_state) and the scheduler."""
+def classify(run_dir: Path, entry: dict[str, Any] | None, known: dict[str, str]) -> tuple[str, str]:
+    """(status, job description) of one run from its folder (RunStore.folder_state) and the scheduler
+    (`known`: job states asked beforehand, executors.known_states)."""
     job = ""
     if entry is not None:
         job = entry.get("job_id") or (f"pid {entry['pid']}" if entry.get("pid") else "")
@@ -56,7 +121,7 @@ def classify(run_dir: Path, entry: dict[str, Any] | None, slurm: dict[str, str])
     folder = store.folder_state()
     if folder == "done":
         return "done", job
-    state = X.job_state(entry, run_dir, slurm)
+    state = X.job_state(entry, run_dir, known)
     if state in X.LIVE_STATES:
         return ("queued" if state == "PENDING" else "running"), job
     if folder == "running":                   # a live process owns the folder (lock held)
@@ -73,13 +138,13 @@ def classify(run_dir: Path, entry: dict[str, Any] | None, slurm: dict[str, str])
 
 def build_rows(runs: list[ResolvedRun], sweep_dir: Path, with_describe: bool = True) -> tuple[list[Row], str]:
     latest = Ledger(sweep_dir).latest()
-    slurm_ids = [e["job_id"] for e in latest.values() if e["executor"] == "slurm" and e.get("job_id")]
-    slurm = X.slurm_states(slurm_ids) if slurm_ids else {}
+    known = X.known_states(list(latest.values()))
     rows = []
     for r in runs:
         run_dir = sweep_dir / r.run_id
-        status, job = classify(run_dir, latest.get(r.run_id), slurm)
-        rows.append(Row(run=r, run_dir=run_dir, status=status, job=job))
+        status, job = classify(run_dir, latest.get(r.run_id), known)
+        result = RunStore(run_dir).result() if status == "done" else None
+        rows.append(Row(run=r, run_dir=run_dir, status=status, job=job, result=result))
     note = _describe(rows) if with_describe else ""
     return rows, note
 
@@ -161,8 +226,7 @@ RESULT_COLUMNS = ("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc")
 
 def print_results(rows: list[Row], split: str = "test", out=None) -> None:
     """Final metrics of the finished runs, each beside the oracle's (synthetic data) and the gap."""
-    done = [(r, RunStore(r.run_dir).result()) for r in rows if r.status == "done"]
-    done = [(r, res) for r, res in done if res]
+    done = [(r, r.result) for r in rows if r.status == "done" and r.result]
     if not done:
         return
     out = out or sys.stdout
@@ -216,7 +280,7 @@ def select(runs: list[ResolvedRun], only: list[str]) -> list[ResolvedRun]:
 
 # ------------------------------------------------------------------------------------- running
 
-def prepare(rows: list[Row], sweep_dir: Path, sweep_path: Path | None) -> None:
+def prepare(rows: list[Row], sweep_dir: Path, sweep_path: Path | str | None) -> None:
     """Write each run's resolved config.yaml (atomically) and the sweep's plan under .sweep/."""
     plan = [{"run_id": r.run.run_id, "name": r.run.name, "label": r.run.plan.label, "axes": r.run.plan.axes,
              "seed": r.run.plan.seed, "resource_class": r.run.plan.resource_class} for r in rows]
@@ -255,7 +319,8 @@ class Reporter:
               file=self.out, flush=True)
 
 
-def _wait_for_driver(store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path, every_s: float) -> Any:
+def _wait_for_driver(store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path, every_s: float,
+                     out: TextIO) -> Any:
     """Wait for the other driver of this sweep folder, saying whom and how far it is."""
     state = {"last": 0.0, "said": False}
 
@@ -264,7 +329,7 @@ def _wait_for_driver(store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path
             state["said"] = True
             print(f"another driver owns {sweep_dir}: {describe_owner(owner)}.\n"
                   f"waiting for it to finish (Ctrl-C stops waiting, nothing is lost; --no-wait refuses instead); "
-                  f"this driver then runs whatever is still not done", flush=True)
+                  f"this driver then runs whatever is still not done", file=out, flush=True)
         if time.time() - state["last"] >= every_s:
             state["last"] = time.time()
             rows, _ = build_rows(runs, sweep_dir, with_describe=False)
@@ -274,7 +339,7 @@ def _wait_for_driver(store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path
             running = [f"{r.run.name} ({X.progress_text(RunStore(r.run_dir)) or 'starting'})"
                        for r in rows if r.status == "running"]
             print(f"{time.strftime('%H:%M:%S')} waiting: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                  + (f"; running: {'; '.join(running)}" if running else ""), flush=True)
+                  + (f"; running: {'; '.join(running)}" if running else ""), file=out, flush=True)
 
     return store.lock(wait_s=float("inf"), on_wait=on_wait, poll_s=1.0)
 
@@ -326,147 +391,179 @@ def main(argv: list[str] | None = None) -> int:
                     help="local: report each running run's step and ETA this often (0: never); default 30")
     ap.add_argument("--no-describe", action="store_true", help="skip params/FLOPs (faster plan)")
     args = ap.parse_args(argv)
-    if args.cancel:
-        command = "cancel"
-    if command == "plan":
-        args.dry_run = True
-
     try:
-        sweep = load_sweep(args.file, args.preset)
+        outcome = run_sweep(args.file, command="cancel" if args.cancel else command, preset=args.preset,
+                            executor=args.executor, runs_dir=args.runs_dir, only=tuple(args.only),
+                            dry_run=args.dry_run, retry_failed=args.retry_failed, rerun_done=args.rerun_done,
+                            max_parallel=args.max_parallel, no_wait=args.no_wait,
+                            progress_every=args.progress_every, describe=not args.no_describe)
+    except SweepError as err:
+        print(err.line, file=sys.stderr)
+        return err.code
+    return outcome.code
+
+
+def run_sweep(file: str | Path, *, out: TextIO | None = None, err: TextIO | None = None,
+              **options: Any) -> SweepOutcome:
+    """Plan, run, show or cancel the runs of a sweep file, as `python -m harness.sweep` does.
+
+    `options` are SweepOptions fields (command, preset, executor, runs_dir, only, dry_run, ...).
+    Prints the plan, the events of the runs and the results to `out` (warnings to `err`; default
+    stdout and stderr) as it goes, and returns every selected run with its state after the command.
+    Raises SweepError (message and exit code) for a bad sweep file, an unwritable runs directory,
+    another driver with no_wait, GPU runs without a cluster; SystemExit for a bad `only`."""
+    opts = SweepOptions(**options)
+    if opts.command not in COMMANDS:
+        raise ValueError(f"command {opts.command!r}: choose one of {COMMANDS}")
+    if opts.command == "plan":
+        opts = replace(opts, dry_run=True)
+    out, err = out or sys.stdout, err or sys.stderr
+    runs_dir = Path(opts.runs_dir if opts.runs_dir is not None else os.environ.get("HARNESS_RUNS_DIR", "runs"))
+    try:
+        sweep = load_sweep(file, opts.preset)
         runs = resolve(sweep)
-    except SweepFileError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    runs = select(runs, args.only)
-    sweep_dir = args.runs_dir / sweep_dir_name(sweep)
+    except SweepFileError as e:
+        raise SweepError(str(e)) from None
+    runs = select(runs, list(opts.only))
+    sweep_dir = runs_dir / sweep_dir_name(sweep)
     store = SweepStore(sweep_dir)
     lock = None
-    if command == "run" and not args.dry_run:
+    if opts.command == "run" and not opts.dry_run:
         # one driver per sweep folder: a second one waits (or refuses), then plans from what is on disk
         try:
             owner = store.owner()
-            if owner is not None and args.no_wait:
-                print(f"error: another driver owns {sweep_dir}: {describe_owner(owner)}; nothing was started "
-                      f"(--no-wait). Follow it with: python -m harness.sweep status {args.file}"
-                      + (f" --preset {args.preset}" if args.preset else ""), file=sys.stderr)
-                return 3
-            lock = _wait_for_driver(store, runs, sweep_dir, args.progress_every or 60.0)
-        except RunStoreError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            if owner is not None and opts.no_wait:
+                raise SweepError(f"another driver owns {sweep_dir}: {describe_owner(owner)}; nothing was started "
+                                 f"(--no-wait). Follow it with: python -m harness.sweep status {file}"
+                                 + (f" --preset {opts.preset}" if opts.preset else ""), code=3)
+            lock = _wait_for_driver(store, runs, sweep_dir, opts.progress_every or 60.0, out)
+        except RunStoreError as e:
+            raise SweepError(str(e)) from None
         except KeyboardInterrupt:
-            print("stopped waiting for the other driver; nothing was started", file=sys.stderr)
-            return 130
+            raise SweepError("stopped waiting for the other driver; nothing was started", code=130,
+                             prefix="") from None
     try:
-        return _main(command, args, sweep, runs, sweep_dir)
-    except RunStoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _dispatch(file, opts, sweep, runs, sweep_dir, out, err)
+    except RunStoreError as e:
+        raise SweepError(str(e)) from None
     finally:
         if lock is not None:
             lock.release()
 
 
-def _main(command: str, args: argparse.Namespace, sweep: Any, runs: list[ResolvedRun], sweep_dir: Path) -> int:
-    rows, note = build_rows(runs, sweep_dir, with_describe=not args.no_describe)
+def _dispatch(file: str | Path, opts: SweepOptions, sweep: Sweep, runs: list[ResolvedRun], sweep_dir: Path,
+              out: TextIO, err: TextIO) -> SweepOutcome:
+    rows, note = build_rows(runs, sweep_dir, with_describe=opts.describe)
+
+    def outcome(code: int, **kw: Any) -> SweepOutcome:
+        return SweepOutcome(sweep=sweep, sweep_dir=sweep_dir, rows=rows, code=code, **kw)
 
     print(f"sweep {sweep.name}" + (f" (preset {sweep.preset})" if sweep.preset else "")
-          + f": {len(runs)} runs in {sweep_dir}")
-    print_table(rows)
+          + f": {len(runs)} runs in {sweep_dir}", file=out)
+    print_table(rows, out=out)
     if note:
-        print(note)
-    if args.dry_run:        # how small an effect this plan can detect, from earlier runs of its configs
+        print(note, file=out)
+    if opts.dry_run:        # how small an effect this plan can detect, from earlier runs of its configs
         from harness.power import sweep_mde_lines
         for line in sweep_mde_lines(sweep, rows):
-            print(line)
-    if command in ("status", "plan"):
+            print(line, file=out)
+    if opts.command in ("status", "plan"):
         owner = SweepStore(sweep_dir).owner()
         if owner is not None:
-            print(f"driver: {describe_owner(owner)} owns this sweep folder")
-        if command == "status":
-            print_results(rows)
-        return 0
+            print(f"driver: {describe_owner(owner)} owns this sweep folder", file=out)
+        if opts.command == "status":
+            print_results(rows, out=out)
+        return outcome(0)
 
-    if command == "cancel":
+    if opts.command == "cancel":
         latest = Ledger(sweep_dir).latest()
-        entries = {r.run.run_id: latest[r.run.run_id] for r in rows
-                   if r.status in ("queued", "running") and r.run.run_id in latest}
-        cancelled = X.cancel(entries, {r.run.run_id: r.run_dir for r in rows})
+        entries = {r.run_id: latest[r.run_id] for r in rows
+                   if r.status in ("queued", "running") and r.run_id in latest}
+        cancelled = X.cancel(entries, {r.run_id: r.run_dir for r in rows})
         print(f"cancelled {len(cancelled)} job(s): " + ", ".join(
-            f"{r.run.name} ({r.job})" for r in rows if r.run.run_id in cancelled))
-        return 0
+            f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled), file=out)
+        return outcome(0, cancelled=cancelled)
 
     todo = [r for r in rows if r.status in RUNNABLE
-            or (args.retry_failed and r.status in ("failed", "cancelled"))
-            or (args.rerun_done and r.status == "done")]
-    skipped = {s: sum(1 for r in rows if r.status == s and r not in todo) for s in ("done", "queued", "running", "failed", "cancelled")}
+            or (opts.retry_failed and r.status in ("failed", "cancelled"))
+            or (opts.rerun_done and r.status == "done")]
+    skipped = {s: sum(1 for r in rows if r.status == s and r not in todo)
+               for s in ("done", "queued", "running", "failed", "cancelled")}
     try:
-        name, why = choose_executor(args.executor)
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"executor: {name} ({why})")
+        name, why = choose_executor(opts.executor)
+    except RuntimeError as e:
+        raise SweepError(str(e)) from None
+    print(f"executor: {name} ({why})", file=out)
+    ex = X.make_executor(name, sweep_dir, opts.max_parallel, progress_every_s=opts.progress_every)
     gpu = _gpu_runs(todo or rows)
-    if gpu and name != "slurm":
+    if gpu and ex.on_this_machine:
         rc_names = sorted({r.run.plan.resource_class for r in gpu})
         msg = (f"{len(gpu)} run(s) ask for GPUs (resources {', '.join(rc_names)}: accelerator gpu) but the "
                f"executor is {name}, on this machine")
-        if args.executor is None:
-            print(f"{'warning' if args.dry_run else 'error'}: {msg}. Use a CPU-sized preset (e.g. --preset laptop), "
-                  "submit from a machine with a SLURM cluster, or pass --executor local to run them here anyway.",
-                  file=sys.stderr)
-            if not args.dry_run:
-                return 2
+        if opts.executor is None:
+            msg += (". Use a CPU-sized preset (e.g. --preset laptop), submit from a machine with a SLURM cluster, "
+                    "or pass --executor local to run them here anyway.")
+            if not opts.dry_run:
+                raise SweepError(msg)
+            print(f"warning: {msg}", file=err)
         else:
-            print(f"warning: {msg} (--executor {name} as requested)", file=sys.stderr)
+            print(f"warning: {msg} (--executor {name} as requested)", file=err)
     print(f"to run: {len(todo)}; skipped: " + (", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none")
-          + ("" if not skipped["failed"] and not skipped["cancelled"] else "  (--retry-failed to rerun failed/cancelled)"))
-    # SLURM jobs of this sweep still queued/running from an earlier driver: followed, not resubmitted
-    live = [r for r in rows if r.status in ("queued", "running") and name == "slurm" and r.job]
-    # local runs another process still trains (a killed driver's launcher, a hand-started run): followed
-    owned = [r for r in rows if r.status == "running" and name != "slurm" and RunStore(r.run_dir).owner() is not None]
-    if args.dry_run or (not todo and not live and not owned):
-        if not args.dry_run:
-            print(f"nothing to run: {sum(r.status == 'done' for r in rows)}/{len(rows)} runs done")
-        return 0 if all(r.status == "done" for r in rows) or args.dry_run else 1
+          + ("" if not skipped["failed"] and not skipped["cancelled"]
+             else "  (--retry-failed to rerun failed/cancelled)"), file=out)
+    # runs started elsewhere that this executor waits for instead of starting them again: SLURM jobs
+    # of an earlier driver still queued/running; local runs another process still trains (a killed
+    # driver's launcher, a hand-started run)
+    followed = ex.follow([(_task(r), r.job) for r in rows if r.status in ("queued", "running")])
+    if opts.dry_run or (not todo and not followed):
+        if not opts.dry_run:
+            print(f"nothing to run: {sum(r.status == 'done' for r in rows)}/{len(rows)} runs done", file=out)
+        return outcome(0 if all(r.status == "done" for r in rows) or opts.dry_run else 1, executor=name)
 
     for r in todo:
         if r.status == "done":
-            print(f"  moved finished run {r.run.name} aside to {set_aside(r.run_dir)}")
-    prepare(todo, sweep_dir, args.file)
-    if name != "slurm":
-        prepare_synthetic(todo)
+            print(f"  moved finished run {r.name} aside to {set_aside(r.run_dir)}", file=out)
+    prepare(todo, sweep_dir, file)
+    if ex.on_this_machine:
+        prepare_synthetic(todo, out=out)
     tasks = [_task(r) for r in todo]
-    report = Reporter(len(tasks) + len(live) + len(owned))
-    ex = X.make_executor(name, sweep_dir, args.max_parallel, progress_every_s=args.progress_every)
+    report = Reporter(len(tasks) + len(followed), out=out)
     t0 = time.time()
-    if name == "slurm":
-        submitted = ex.submit(tasks, report) if tasks else []
-        if args.no_wait:
-            print(f"submitted {len(submitted)} job(s); follow with: python -m harness.sweep status {args.file}"
-                  + (f" --preset {args.preset}" if args.preset else ""))
-            return 0
-        if live:
-            print(f"following {len(live)} job(s) submitted earlier: " + ", ".join(f"{r.run.name} ({r.job})" for r in live))
-        ex.wait(submitted + ex.attach([(_task(r), r.job) for r in live]), report)
-    elif name == "local":
-        ex.run(tasks, report, follow=[_task(r) for r in owned])
-    else:
-        ex.run(tasks, report)
-    rows, _ = build_rows(runs, sweep_dir, with_describe=False)
+    submitted = ex.submit(tasks, report)
+    if opts.no_wait and ex.detached:
+        print(f"submitted {len(submitted)} job(s); follow with: python -m harness.sweep status {file}"
+              + (f" --preset {opts.preset}" if opts.preset else ""), file=out)
+        rows = _restate(rows, runs, sweep_dir)
+        return outcome(0, executor=name)
+    if followed and ex.detached:
+        print(f"following {len(followed)} job(s) submitted earlier: "
+              + ", ".join(f"{h.task.name} ({h.job_id})" for h in followed), file=out)
+    ex.wait(submitted + followed, report)
+    rows = _restate(rows, runs, sweep_dir)
     n_done = sum(r.status == "done" for r in rows)
     here = report.counts.get("done", 0)
     others = report.counts.get("followed", 0)
     print(f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done "
           f"({here} trained by this driver" + (f", {others} finished by another process" if others else "")
-          + f", {n_done - here - others} done before)")
-    print_results(rows)
-    return 0 if n_done == len(rows) else 1
+          + f", {n_done - here - others} done before)", file=out)
+    print_results(rows, out=out)
+    return outcome(0 if n_done == len(rows) else 1, executor=name)
 
 
-def prepare_synthetic(rows: list[Row]) -> None:
+def _restate(old: list[Row], runs: list[ResolvedRun], sweep_dir: Path) -> list[Row]:
+    """The rows again, from the run folders and the scheduler after dispatch; the plan's params,
+    FLOPs and cost carried over (they do not change)."""
+    rows, _ = build_rows(runs, sweep_dir, with_describe=False)
+    for new, was in zip(rows, old):
+        new.params, new.flops_example, new.flops_total, new.cost_h = (was.params, was.flops_example,
+                                                                      was.flops_total, was.cost_h)
+    return rows
+
+
+def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
     """Generate each synthetic world the runs need once, here, before they start (local runs in
     parallel would otherwise each generate it, silently, inside their launchers)."""
+    out = out or sys.stdout
     from harness.data import synth
     from harness.data.contract import MANIFEST
     seen = set()
@@ -478,10 +575,12 @@ def prepare_synthetic(rows: list[Row]) -> None:
         seen.add((preset, d.data_seed, d.cache_dir))
         folder = synth.cached_folder(preset, d.data_seed, d.cache_dir)
         if not (folder / MANIFEST).exists():
-            print(f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ...", flush=True)
+            print(f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ...",
+                  file=out, flush=True)
             t0 = time.time()
             synth.ensure_synthetic(preset, d.data_seed, d.cache_dir, progress=False)
-            print(f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it", flush=True)
+            print(f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it", file=out,
+                  flush=True)
 
 
 def _task(r: Row) -> X.Task:

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from harness.config import ConfigError, Resources
 from harness.suggest import did_you_mean
 
 TOP_KEYS = ("name", "description", "base", "axis", "grid", "zip", "baselines", "include_base", "seeds",
@@ -49,7 +50,6 @@ NAME_KEY = "_name"                 # zip column that names rows (not a config ke
 # the saturating law y = E + A·x^-α; "saturating" and "power" are its documented aliases.
 FIT_FORMS = {"loglinear": "loglinear", "powerlaw": "powerlaw", "saturating": "powerlaw", "power": "powerlaw",
              "none": "none"}
-ACCELERATORS = ("gpu", "cpu")
 
 
 class SweepFileError(ValueError):
@@ -63,53 +63,10 @@ def _check_keys(where: str, data: Mapping, allowed: tuple[str, ...], path: Path 
                                  f"{did_you_mean(key, allowed, list_valid=True)}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ResourceClass:
-    """What one run of this class asks the scheduler for.
-
-    `devices` is THE one value: SLURM tasks per node = Trainer(devices) = GPUs per node (when
-    accelerator is gpu), so ranks are srun-launched one per device and Lightning never spawns.
-    """
-
-    devices: int = 1
-    accelerator: str = "gpu"
-    nodes: int = 1
-    cpus_per_task: int = 8
-    mem_gb: float = 64
-    time_min: int = 240
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    array_parallelism: int = 64
-    signal_delay_s: int = 120       # >= time to save a checkpoint
-    max_num_timeout: int = 5        # requeues after timeouts (preemptions are always requeued)
-    # Only for the plan's cost column: sustained TFLOP/s one device is assumed to reach
-    # (None: 100 on a GPU, 0.02 on a CPU core set, a rough figure for this kind of model).
-    assumed_tflops_per_device: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.accelerator not in ACCELERATORS:
-            raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
-        for name in ("devices", "nodes", "cpus_per_task", "time_min", "array_parallelism"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-
-    @property
-    def assumed_tflops(self) -> float:
-        if self.assumed_tflops_per_device is not None:
-            return float(self.assumed_tflops_per_device)
-        return 100.0 if self.accelerator == "gpu" else 0.02
-
-    @property
-    def tasks_per_node(self) -> int:
-        return self.devices
-
-    @property
-    def gpus_per_node(self) -> int:
-        return self.devices if self.accelerator == "gpu" else 0
-
-
-RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(ResourceClass))
+# A sweep file's resource class is a harness.config.Resources; unlike a lone run config (this
+# machine's CPU), a class the file leaves unsaid asks for a GPU job.
+CLASS_DEFAULTS: dict[str, Any] = {"accelerator": "gpu", "cpus_per_task": 8, "mem_gb": 64, "time_min": 240}
+RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,7 +102,7 @@ class Sweep:
     baselines: list[Baseline]
     include_base: bool
     seeds: list[int]
-    resources: dict[str, ResourceClass]
+    resources: dict[str, Resources]
     resource_rules: list[dict[str, Any]]
     analysis: AnalysisHints | None
     set: dict[str, Any]             # preset's dotted overrides for every run
@@ -281,7 +238,8 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
                 raise SweepFileError(f"{where}: presets.{preset}.resources.{cls}: no such resource class."
                                      f"{did_you_mean(cls, resources, list_valid=True)}")
             _check_keys(f"presets.{preset}.resources.{cls}.", change, RESOURCE_KEYS, path)
-            resources[cls] = _resource(f"presets.{preset}.resources.{cls}", {**dataclasses.asdict(resources[cls]), **change}, where)
+            resources[cls] = _resource(f"presets.{preset}.resources.{cls}", {**resources[cls].to_dict(), **change},
+                                       where)
 
     rules = list(data.get("resource_rules") or [])
     for i, rule in enumerate(rules):
@@ -381,14 +339,14 @@ def _parse_baseline(raw: Any, i: int, where: Any, path: Path | None) -> Baseline
                     set=dict(raw.get("set") or {}), follow=tuple(follow), resource_class=raw.get("resource_class"))
 
 
-def _resource(where_key: str, raw: Mapping, where: Any) -> ResourceClass:
+def _resource(where_key: str, raw: Mapping, where: Any) -> Resources:
     try:
-        return ResourceClass(**raw)
-    except (TypeError, ValueError) as err:
-        raise SweepFileError(f"{where}: {where_key}: {err}") from None
+        return Resources.from_dict({**CLASS_DEFAULTS, **raw}, where=str(where), prefix=f"{where_key}.")
+    except ConfigError as err:
+        raise SweepFileError(str(err)) from None
 
 
-def _parse_resources(raw: Any, where: Any, path: Path | None) -> dict[str, ResourceClass]:
+def _parse_resources(raw: Any, where: Any, path: Path | None) -> dict[str, Resources]:
     if not isinstance(raw, Mapping):
         raise SweepFileError(f"{where}: 'resources' must map a class name to its resources")
     out = {}
@@ -505,11 +463,15 @@ class ResolvedRun:
     plan: PlannedRun
     cfg: Any                        # harness.config.RunConfig
     run_id: str
-    resources: ResourceClass
 
     @property
     def name(self) -> str:
         return self.plan.name
+
+    @property
+    def resources(self) -> Resources:
+        """The run's resource class, as its config carries it."""
+        return self.cfg.resources
 
 
 def sweep_dir_name(sweep: Sweep) -> str:
@@ -517,19 +479,14 @@ def sweep_dir_name(sweep: Sweep) -> str:
     return sweep.name if sweep.preset is None else f"{sweep.name}-{sweep.preset}"
 
 
-def resource_overrides(rc: ResourceClass) -> dict[str, Any]:
-    """The run-config keys that one resource class decides, all derived from `rc.devices`."""
+def resource_overrides(rc: Resources) -> dict[str, Any]:
+    """The run-config keys that one resource class decides: the class itself (the run's
+    `resources`) and the Trainer's devices, nodes and accelerator, derived from it."""
     return {
         "train.devices": rc.devices,
         "train.num_nodes": rc.nodes,
         "train.accelerator": rc.accelerator,
-        "resources.gpus_per_node": rc.gpus_per_node,
-        "resources.cpus_per_task": rc.cpus_per_task,
-        "resources.mem_gb": int(math.ceil(rc.mem_gb)),
-        "resources.time_min": rc.time_min,
-        "resources.partition": rc.partition or "",
-        "resources.account": rc.account or "",
-        "resources.qos": rc.qos or "",
+        "resources": rc.to_dict(),
     }
 
 
@@ -551,7 +508,7 @@ def resolve(sweep: Sweep, check_model: bool = True) -> list[ResolvedRun]:
             cfg = C.apply_overrides(base, ov, where=f"{where}: run {run.name}", check_model=check_model)
         except C.ConfigError as err:
             raise SweepFileError(str(err)) from None
-        out.append(ResolvedRun(plan=run, cfg=cfg, run_id=C.run_id(cfg), resources=rc))
+        out.append(ResolvedRun(plan=run, cfg=cfg, run_id=C.run_id(cfg)))
     ids = [r.run_id for r in out]
     if len(set(ids)) != len(ids):
         dup = sorted({r.name for r in out if ids.count(r.run_id) > 1})

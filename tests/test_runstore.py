@@ -90,3 +90,15 @@ def test_sweep_store_ledger_and_set_aside(tmp_path):
     with sweep.lock():
         assert SweepStore(sweep.path).owner()["pid"] == os.getpid()
     assert SweepStore(sweep.path).owner() is None
+
+
+def test_availability_is_the_one_check_before_starting_a_run(tmp_path):
+    store = RunStore(tmp_path / "run")
+    assert store.availability() == ("free", None)
+    with RunStore(store.path).lock():          # another owner (a lock is not shared across objects)
+        state, owner = store.availability()
+        assert state == "owned" and owner["pid"] == os.getpid()
+    assert store.availability() == ("free", None)
+    (store / R.RESULT).write_text("{}")
+    (store / R.DONE).write_text("x")
+    assert store.availability() == ("done", None)

@@ -6,6 +6,7 @@ on a loaded 2-core machine).
 """
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -24,12 +25,24 @@ def cli(capsys, *args) -> tuple[int, str]:
     return rc, capsys.readouterr().out
 
 
+def sweep(path: Path, **options) -> tuple[S.SweepOutcome, str]:
+    """run_sweep as the CLI runs it: its outcome (rows, exit code) and what it printed."""
+    out = io.StringIO()
+    outcome = S.run_sweep(path, out=out, describe=False, **options)
+    return outcome, out.getvalue()
+
+
+def states(outcome: S.SweepOutcome) -> list[str]:
+    return [r.status for r in outcome.rows]
+
+
 @pytest.mark.parametrize("executor", ["debug", "local"])
 def test_failed_runs_are_reported_and_retried_only_on_request(tmp_path, capsys, executor):
     path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"))
     runs = tmp_path / "runs"
     rc, out = cli(capsys, path, "--executor", executor, "--runs-dir", runs, "--max-parallel", 2)
     assert rc == 1 and out.count("] failed ") == 2, out
+    assert states(S.run_sweep(path, command="status", runs_dir=runs, describe=False)) == ["failed", "failed"]
     for d in (p for p in (runs / "runs_test").iterdir() if not p.name.startswith(".")):
         status = json.loads((d / "status.json").read_text())
         assert status["state"] == "failed" and "no_such_dataset" in status["error"]
@@ -38,8 +51,9 @@ def test_failed_runs_are_reported_and_retried_only_on_request(tmp_path, capsys, 
             assert "no_such_dataset" in (d / "logs" / "launch.log").read_text()
     rc, out = cli(capsys, path, "--executor", executor, "--runs-dir", runs)
     assert "to run: 0; skipped: 2 failed" in out and "--retry-failed" in out
-    rc, out = cli(capsys, path, "--executor", executor, "--runs-dir", runs, "--retry-failed", "--only", "seed=1")
+    outcome, out = sweep(path, executor=executor, runs_dir=runs, retry_failed=True, only=("seed=1",))
     assert "to run: 1" in out and out.count("] failed ") == 1
+    assert outcome.code == 1 and [r.run.plan.seed for r in outcome.rows] == [1] and states(outcome) == ["failed"]
     ledger = (runs / "runs_test" / ".sweep" / "ledger.jsonl").read_text().splitlines()
     assert len(ledger) == 3
 
@@ -48,11 +62,13 @@ def test_failed_runs_are_reported_and_retried_only_on_request(tmp_path, capsys, 
 def test_debug_sweep_trains_skips_done_and_resumes_interrupted(tmp_path, capsys):
     path = write_sweep(tmp_path, "synthetic:ci", seeds=(0,))
     runs = tmp_path / "runs"
-    rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", runs)
-    assert rc == 0 and "1/1 runs done" in out
+    outcome, out = sweep(path, executor="debug", runs_dir=runs)
+    assert outcome.code == 0 and states(outcome) == ["done"] and outcome.executor == "debug"
     (run,) = [p for p in (runs / "runs_test").iterdir() if not p.name.startswith(".")]
     result = json.loads((run / "result.json").read_text())
     assert result["run_id"] == run.name and result["train"]["steps"] == 4
+    (row,) = outcome.rows
+    assert row.run_id == run.name and row.result == result and row.metrics == result["metrics"]
 
     rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", runs)
     assert rc == 0 and "to run: 0; skipped: 1 done" in out
@@ -62,8 +78,7 @@ def test_debug_sweep_trains_skips_done_and_resumes_interrupted(tmp_path, capsys)
     (run / "result.json").unlink()
     status = json.loads((run / "status.json").read_text())
     (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
-    rc, out = cli(capsys, "status", path, "--runs-dir", runs)
-    assert "1 runs: 1 interrupted" in out
+    assert states(sweep(path, command="status", runs_dir=runs)[0]) == ["interrupted"]
     rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", runs)
     assert rc == 0 and "1/1 runs done" in out
     attempts = [json.loads(x) for x in (run / "logs" / "jobs.jsonl").read_text().splitlines()]

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from harness import cluster
+from harness import executors as X
+from harness.config import Resources
 from harness.executors import Task, check_devices, submitit_parameters
-from harness.sweepfile import ResourceClass, SweepFileError, expand, load_sweep, parse_analysis, resolve
+from harness.sweepfile import SweepFileError, expand, load_sweep, parse_analysis, resolve
 
 GOOD = {
     "name": "t",
@@ -113,16 +115,45 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_submitit_parameters_one_value_rule():
-    gpu = ResourceClass(devices=4, accelerator="gpu", partition="p", account="a", qos="q")
+    gpu = Resources(devices=4, accelerator="gpu", partition="p", account="a", qos="q")
     params = submitit_parameters(gpu, "x", max_parallel=2)
     assert params["tasks_per_node"] == params["gpus_per_node"] == 4
     assert params["slurm_partition"] == "p" and params["slurm_account"] == "a" and params["slurm_qos"] == "q"
     assert params["slurm_array_parallelism"] == 2
-    cpu = submitit_parameters(ResourceClass(devices=2, accelerator="cpu"), "x", None)
+    cpu = submitit_parameters(Resources(devices=2, accelerator="cpu"), "x", None)
     assert cpu["tasks_per_node"] == 2 and "gpus_per_node" not in cpu
     task = Task(run_id="r", name="n", run_dir=Path("."), resource_class="c", resources=gpu, devices=2)
     with pytest.raises(AssertionError, match="must all be equal"):
         check_devices(task)
+
+
+def test_one_resources_type_from_sweep_file_to_run_config_to_submitit(tmp_path):
+    """A class of the sweep file is the run's `resources` section as it is; submitit gets it from there."""
+    data = copy.deepcopy(GOOD)
+    data["resources"]["big"].update(mem_gb=1.5, partition="p", time_min=30)
+    runs = resolve(load_sweep(write(tmp_path, data)), check_model=False)
+    big = next(r for r in runs if r.plan.resource_class == "big")
+    assert big.cfg.resources == big.resources == Resources(devices=2, accelerator="cpu", mem_gb=1.5, partition="p",
+                                                           time_min=30, cpus_per_task=8)
+    params = submitit_parameters(big.cfg.resources, "x", None)
+    assert params["mem_gb"] == 1.5 and params["timeout_min"] == 30 and params["slurm_partition"] == "p"
+    # a class the file leaves unsaid is a GPU job; a lone run config asks for this machine's CPU
+    data["resources"] = {"default": {}, "big": {}}
+    (run, *_) = resolve(load_sweep(write(tmp_path, data)), check_model=False)
+    assert run.cfg.resources.accelerator == "gpu" and run.cfg.resources.mem_gb == 64
+    assert Resources().accelerator == "cpu" and Resources().gpus_per_node == 0
+
+
+def test_every_executor_has_the_one_interface(tmp_path):
+    for name in ("debug", "local", "slurm"):
+        ex = X.make_executor(name, tmp_path, None)
+        assert isinstance(ex, X.Executor) and ex.name == name
+        assert ex.on_this_machine == (name != "slurm") and ex.detached == (name == "slurm")
+    # the state of a ledger entry is asked of the kind of executor that wrote it
+    assert X.job_state({"executor": "debug", "pid": 1}, tmp_path) == "EXITED"
+    assert X.job_state({"executor": "slurm", "job_id": "7_1"}, tmp_path, {"7_1": "PENDING"}) == "PENDING"
+    assert X.job_state(None, tmp_path) is None
+    assert X.cancel({"a": {"executor": "debug", "pid": 1}}, {"a": tmp_path}) == []
 
 
 def test_cluster_detection_asks_sinfo(monkeypatch, tmp_path):

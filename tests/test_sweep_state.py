@@ -123,11 +123,32 @@ def test_set_aside_moves_never_deletes(tmp_path):
 
 
 def test_status_and_dry_run_write_nothing(tmp_path, capsys):
-    rc = S.main(["sweeps/length.yaml", "--preset", "ci", "--runs-dir", str(tmp_path), "--dry-run",
-                 "--executor", "debug", "--no-describe"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "len16-s0" in out and "5 runs: 5 new" in out and "executor: debug" in out
+    outcome = S.run_sweep("sweeps/length.yaml", preset="ci", runs_dir=tmp_path, dry_run=True, executor="debug",
+                          describe=False)
+    assert outcome.code == 0 and "len16-s0" in [r.name for r in outcome.rows]
+    assert [r.status for r in outcome.rows] == ["new"] * 5 and outcome.executor == "debug"
     assert not any(tmp_path.iterdir())
+
+
+def test_main_prints_what_run_sweep_returns(tmp_path, capsys):
+    """The CLI is run_sweep plus argument parsing: the same table, one row per returned run."""
+    sweep = load_sweep(SWEEPS / "length.yaml", "ci")
+    (done, *_) = resolve(sweep, check_model=False)
+    d = tmp_path / "length-ci" / done.run_id
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"metrics": {"test": {"ctr_auc": 0.75}}, "model": "onetrans"}))
+    (d / "DONE").write_text("")
+    rc = S.main(["status", "sweeps/length.yaml", "--preset", "ci", "--runs-dir", str(tmp_path), "--no-describe"])
+    printed = capsys.readouterr().out
+    outcome = S.run_sweep("sweeps/length.yaml", command="status", preset="ci", runs_dir=tmp_path, describe=False)
+    assert capsys.readouterr().out == printed and rc == outcome.code == 0
+    assert [r.status for r in outcome.rows] == ["done"] + ["new"] * 4 and "5 runs: 1 done, 4 new" in printed
+    assert outcome.rows[0].metrics == {"test": {"ctr_auc": 0.75}} and "0.7500" in printed
+    for row in outcome.rows:
+        assert f"{row.run_id}  {row.name}" in printed
+    with pytest.raises(S.SweepError, match="not found") as info:
+        S.run_sweep(tmp_path / "nope.yaml")
+    assert info.value.code == 2
 
 
 def test_scheduler_job_ids_survive_the_runs_own_status_writes(tmp_path):

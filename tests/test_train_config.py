@@ -57,6 +57,21 @@ def test_bad_configs_name_file_key_and_closest_valid_name(tmp_path, d, needle):
     assert str(path) in str(e.value) and needle in str(e.value)
 
 
+def test_resources_of_older_run_configs_stay_readable():
+    """Run folders written before the sweep's resource class became the run config's `resources`
+    say gpus_per_node; they load as devices + accelerator."""
+    old = {"gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 2, "time_min": 10, "partition": "", "account": "",
+           "qos": ""}
+    cfg = RunConfig.from_dict({"model": {"name": S.MODEL, "size": "tiny"}, "resources": old})
+    assert cfg.resources.accelerator == "cpu" and cfg.resources.gpus_per_node == 0 and cfg.resources.mem_gb == 2
+    gpu = RunConfig.from_dict({"model": {"name": S.MODEL, "size": "tiny"}, "resources": {"gpus_per_node": 1}})
+    assert gpu.resources.devices == 1 and gpu.resources.accelerator == "gpu"
+    assert RunConfig.from_dict(gpu.to_dict()) == gpu
+    with pytest.raises(ConfigError, match="resources: gpus_per_node = 2 contradicts devices = 1"):
+        RunConfig.from_dict({"model": {"name": S.MODEL, "size": "tiny"}, "resources": {"gpus_per_node": 2,
+                                                                                         "devices": 1}})
+
+
 def test_direct_construction_is_validated_too():
     with pytest.raises(ConfigError, match="choose one of"):
         C.TrainConfig(precision="fp16")
