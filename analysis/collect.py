@@ -5,6 +5,7 @@ A run folder is any directory holding `result.json`, `status.json` or `config.ya
 failed, running and incomplete runs become rows too, with `status` and `error` filled, so that
 nothing is silently dropped: the report lists them.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ class CollectError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Collection:
-    runs: pd.DataFrame            # one row per run folder (finished or not)
+    runs: pd.DataFrame  # one row per run folder (finished or not)
     roots: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -50,7 +51,9 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CollectError(f"{path}: not valid JSON ({err}); fix or delete the file and rerun the run") from err
+        raise CollectError(
+            f"{path}: not valid JSON ({err}); fix or delete the file and rerun the run"
+        ) from err
     except OSError as err:
         raise CollectError(f"{path}: cannot be read ({err})") from err
 
@@ -59,8 +62,13 @@ def _flatten(result: dict, path: Path) -> dict:
     """One flat row from a result record (contracts.md §5)."""
     for key in ("run_id", "model", "metrics"):
         if key not in result:
-            raise CollectError(f"{path}: field {key!r} missing; result.json must follow docs/contracts.md §5")
-    row: dict = {k: result.get(k) for k in ("run_id", "name", "sweep", "axis", "model", "size", "seed", "protocol")}
+            raise CollectError(
+                f"{path}: field {key!r} missing; result.json must follow docs/contracts.md §5"
+            )
+    row: dict = {
+        k: result.get(k)
+        for k in ("run_id", "name", "sweep", "axis", "model", "size", "seed", "protocol")
+    }
     row["status"] = "done"
     row["error"] = None
     for name, value in (result.get("axes") or {}).items():
@@ -94,35 +102,50 @@ def _variant_label(row: dict) -> None:
 
 
 def _num(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
+    return (
+        float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
+    )
 
 
 def _read_run(run_dir: Path) -> dict:
     """One row per run folder. A file that cannot be read never aborts the collection: the row gets
     status 'corrupt' and the error names the file (the report lists it, the CLI exit code says so)."""
-    store = RunStore(run_dir)         # the run store defines the folder's files and what "done" is
+    store = RunStore(run_dir)  # the run store defines the folder's files and what "done" is
     status_path, result_path = store / STATUS, store / RESULT
     status_error = None
     try:
         status = _read_json(status_path) if status_path.exists() else {}
         if not isinstance(status, dict):
-            raise CollectError(f"{status_path}: expected a JSON object, got {type(status).__name__}")
+            raise CollectError(
+                f"{status_path}: expected a JSON object, got {type(status).__name__}"
+            )
     except CollectError as err:
         status, status_error = {}, str(err)
     if store.is_done():
         try:
             result = _read_json(result_path)
             if not isinstance(result, dict):
-                raise CollectError(f"{result_path}: expected a JSON object, got {type(result).__name__}")
+                raise CollectError(
+                    f"{result_path}: expected a JSON object, got {type(result).__name__}"
+                )
             row = _flatten(result, result_path)
         except (TypeError, AttributeError) as err:
-            row = {"run_id": run_dir.name, "name": None, "status": "corrupt",
-                   "error": f"{result_path}: malformed record ({type(err).__name__}: {err}); "
-                            "result.json must follow docs/contracts.md §5"}
+            row = {
+                "run_id": run_dir.name,
+                "name": None,
+                "status": "corrupt",
+                "error": f"{result_path}: malformed record ({type(err).__name__}: {err}); "
+                "result.json must follow docs/contracts.md §5",
+            }
             row.update(_labels_from_config(store / CONFIG))
         except CollectError as err:
-            row = {"run_id": run_dir.name, "name": None, "status": "corrupt", "error": str(err),
-                   "attempts": status.get("attempts")}
+            row = {
+                "run_id": run_dir.name,
+                "name": None,
+                "status": "corrupt",
+                "error": str(err),
+                "attempts": status.get("attempts"),
+            }
             row.update(_labels_from_config(store / CONFIG))
             _variant_label(row)
     else:
@@ -131,16 +154,29 @@ def _read_run(run_dir: Path) -> dict:
         if result_path.exists() and state == "done":
             state = "incomplete"
         reason = status.get("error") or (
-            "result.json present but no DONE marker (run interrupted while writing)" if result_path.exists()
-            else "no result.json" + ("" if status else " and no status.json"))
-        row = {"run_id": run_dir.name, "name": None, "status": state, "error": reason,
-               "attempts": status.get("attempts")}
+            "result.json present but no DONE marker (run interrupted while writing)"
+            if result_path.exists()
+            else "no result.json" + ("" if status else " and no status.json")
+        )
+        row = {
+            "run_id": run_dir.name,
+            "name": None,
+            "status": state,
+            "error": reason,
+            "attempts": status.get("attempts"),
+        }
         row.update(_labels_from_config(store / CONFIG))
         _variant_label(row)
         if result_path.exists():
             try:
                 partial = _read_json(result_path)
-                row.update({k: partial.get(k) for k in ("name", "sweep", "axis", "model", "size", "seed") if partial.get(k) is not None})
+                row.update(
+                    {
+                        k: partial.get(k)
+                        for k in ("name", "sweep", "axis", "model", "size", "seed")
+                        if partial.get(k) is not None
+                    }
+                )
             except CollectError as err:
                 row["error"] = f"{reason}; {err}"
     if status_error and row["status"] == "done":
@@ -148,7 +184,7 @@ def _read_run(run_dir: Path) -> dict:
     elif status_error:
         row["error"] = f"{row.get('error')}; {status_error}"
     if row["status"] != "done" and not row.get("sweep"):
-        row["sweep"] = run_dir.parent.name      # runs land in <runs>/<sweep>/<run_id>/
+        row["sweep"] = run_dir.parent.name  # runs land in <runs>/<sweep>/<run_id>/
     row["run_dir"] = str(run_dir)
     return row
 
@@ -158,13 +194,20 @@ def _labels_from_config(path: Path) -> dict:
     if not path.exists():
         return {}
     import yaml
+
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         return {}
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    out = {"sweep": cfg.get("sweep"), "axis": cfg.get("axis"), "name": cfg.get("name"), "seed": cfg.get("seed"),
-           "model": model.get("name"), "size": model.get("size")}
+    out = {
+        "sweep": cfg.get("sweep"),
+        "axis": cfg.get("axis"),
+        "name": cfg.get("name"),
+        "seed": cfg.get("seed"),
+        "model": model.get("name"),
+        "size": model.get("size"),
+    }
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -173,11 +216,15 @@ def collect(roots: list[str | Path]) -> Collection:
     rows, warnings = [], []
     for root in map(Path, roots):
         if not root.is_dir():
-            raise CollectError(f"{root}: not a directory; pass the runs folder of a sweep (e.g. runs/length)")
+            raise CollectError(
+                f"{root}: not a directory; pass the runs folder of a sweep (e.g. runs/length)"
+            )
         run_dirs = find_run_dirs(root)
         if not run_dirs:
-            raise CollectError(f"{root}: no run folders (no result.json, status.json or config.yaml below it); "
-                               "is this the right runs directory?")
+            raise CollectError(
+                f"{root}: no run folders (no result.json, status.json or config.yaml below it); "
+                "is this the right runs directory?"
+            )
         rows.extend(_read_run(d) for d in run_dirs)
     warnings += [r.pop("_warning") for r in rows if "_warning" in r]
     runs = pd.DataFrame(rows)
@@ -186,10 +233,14 @@ def collect(roots: list[str | Path]) -> Collection:
             runs[col] = None
     dup = runs[runs["status"] == "done"].duplicated(["run_id"], keep="first")
     if dup.any():
-        warnings.append(f"{int(dup.sum())} duplicate run ids (same run collected twice); kept the first of each")
+        warnings.append(
+            f"{int(dup.sum())} duplicate run ids (same run collected twice); kept the first of each"
+        )
         runs = runs.drop(index=runs[runs["status"] == "done"].index[dup])
     order = ["sweep", "model", "axis", "run_id"]
-    runs = runs.sort_values(order, na_position="last", key=lambda s: s.astype(str)).reset_index(drop=True)
+    runs = runs.sort_values(order, na_position="last", key=lambda s: s.astype(str)).reset_index(
+        drop=True
+    )
     return Collection(runs=runs, roots=tuple(str(r) for r in roots), warnings=tuple(warnings))
 
 
@@ -205,7 +256,9 @@ def x_value(runs: pd.DataFrame, axis: str) -> pd.Series:
     """The x-values of an axis: 'train_flops', or a key of result.json['axes']."""
     col = axis if axis == "train_flops" else f"axes.{axis}"
     if col not in runs:
-        raise CollectError(f"axis {axis!r}: no column {col!r}; result.json['axes'] must hold the swept value")
+        raise CollectError(
+            f"axis {axis!r}: no column {col!r}; result.json['axes'] must hold the swept value"
+        )
     return pd.to_numeric(runs[col], errors="coerce")
 
 
@@ -220,6 +273,8 @@ def read_metrics_csv(path: Path) -> pd.DataFrame | None:
     if "step" not in df:
         return None
     if {"metric", "value"} <= set(df.columns):
-        df = df.pivot_table(index="step", columns="metric", values="value", aggfunc="last").reset_index()
+        df = df.pivot_table(
+            index="step", columns="metric", values="value", aggfunc="last"
+        ).reset_index()
         df.columns.name = None
     return df

@@ -11,6 +11,7 @@ parsed by harness.sweepfile.parse_analysis (the one validator of the format). Co
     fit:      loglinear | powerlaw (also spelled saturating or power) | none; harness.sweepfile.FIT_FORMS
               maps each spelling to the form's one name
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,7 +21,12 @@ import yaml
 
 from harness.sweepfile import FIT_FORMS, SweepFileError, parse_analysis
 
-X_ALIASES = {"flops": "train_flops", "train_flops": "train_flops", "params": "params", "dense_params": "params"}
+X_ALIASES = {
+    "flops": "train_flops",
+    "train_flops": "train_flops",
+    "params": "params",
+    "dense_params": "params",
+}
 
 
 class HintError(ValueError):
@@ -29,17 +35,22 @@ class HintError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Hints:
-    x: str | None = None                    # native axis name, 'params' or 'train_flops'
+    x: str | None = None  # native axis name, 'params' or 'train_flops'
     metrics: tuple[str, ...] | None = None  # metric names (no split prefix)
     split: str | None = None
-    fit: str | None = None                  # loglinear | powerlaw | none
+    fit: str | None = None  # loglinear | powerlaw | none
     baseline: str | None = None
-    source: str = ""                        # where they came from (file path or 'command line')
-    ignored: tuple[str, ...] = field(default_factory=tuple)   # hinted metrics that are not fit targets
+    source: str = ""  # where they came from (file path or 'command line')
+    ignored: tuple[str, ...] = field(
+        default_factory=tuple
+    )  # hinted metrics that are not fit targets
 
     def describe(self) -> str:
-        parts = [f"x={self.x}" if self.x else "", f"metrics={','.join(self.metrics)}" if self.metrics else "",
-                 f"fit={self.fit}" if self.fit else ""]
+        parts = [
+            f"x={self.x}" if self.x else "",
+            f"metrics={','.join(self.metrics)}" if self.metrics else "",
+            f"fit={self.fit}" if self.fit else "",
+        ]
         return " ".join(p for p in parts if p) + (f" (from {self.source})" if self.source else "")
 
 
@@ -62,9 +73,16 @@ def from_mapping(a, source: str) -> Hints | None:
             split = split or head
             metrics.append(tail)
         else:
-            ignored.append(str(m))          # e.g. throughput.samples_per_s: a table value, not a fit target
-    return Hints(x=normalise_x(parsed.x), metrics=tuple(metrics) or None, split=split, fit=parsed.fit,
-                 baseline=parsed.baseline, source=source, ignored=tuple(ignored))
+            ignored.append(str(m))  # e.g. throughput.samples_per_s: a table value, not a fit target
+    return Hints(
+        x=normalise_x(parsed.x),
+        metrics=tuple(metrics) or None,
+        split=split,
+        fit=parsed.fit,
+        baseline=parsed.baseline,
+        source=source,
+        ignored=tuple(ignored),
+    )
 
 
 def read_sweep_file(path: str | Path) -> tuple[str, Hints | None]:
@@ -87,7 +105,7 @@ def find_hints(run_dirs, sweep_files=()) -> tuple[dict[str, Hints], list[str]]:
     hints: dict[str, Hints] = {}
     warnings: list[str] = []
     for f in sweep_files:
-        name, h = read_sweep_file(f)              # an explicit file that cannot be read is an error
+        name, h = read_sweep_file(f)  # an explicit file that cannot be read is an error
         if h is not None:
             hints[name] = h
     for parent in sorted({Path(d).parent for d in run_dirs}):
@@ -106,13 +124,25 @@ def find_hints(run_dirs, sweep_files=()) -> tuple[dict[str, Hints], list[str]]:
     return hints, warnings
 
 
-def override(h: Hints | None, *, x: str | None = None, metrics=None, fit: str | None = None,
-             split: str | None = None) -> Hints:
+def override(
+    h: Hints | None,
+    *,
+    x: str | None = None,
+    metrics=None,
+    fit: str | None = None,
+    split: str | None = None,
+) -> Hints:
     """Command-line values replace the file's."""
     h = h or Hints()
     src = h.source
     if any(v is not None for v in (x, metrics, fit)):
         src = (src + " + " if src else "") + "command line"
-    return Hints(x=normalise_x(x) if x else h.x, metrics=tuple(metrics) if metrics else h.metrics,
-                 split=split or h.split, fit=FIT_FORMS[fit] if fit else h.fit, baseline=h.baseline, source=src,
-                 ignored=h.ignored)
+    return Hints(
+        x=normalise_x(x) if x else h.x,
+        metrics=tuple(metrics) if metrics else h.metrics,
+        split=split or h.split,
+        fit=FIT_FORMS[fit] if fit else h.fit,
+        baseline=h.baseline,
+        source=src,
+        ignored=h.ignored,
+    )

@@ -17,6 +17,7 @@ A finished run (DONE + result.json) is flagged when
 Flagged runs are listed first by the report and kept out of the fits unless asked for
 (analysis.analyze(include_flagged=True), CLI --include-flagged).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -25,13 +26,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-OUTLIER_K = 6.0                 # threshold in robust seed-sd units
-DIVERGE_FRACTION = 0.5          # share of the achieved improvement the tail may lose
-DIVERGE_REL = 0.10              # ... and by more than this fraction of the best value
-DIVERGE_NOISE = 3.0             # ... and by more than this many per-step noise sds
+OUTLIER_K = 6.0  # threshold in robust seed-sd units
+DIVERGE_FRACTION = 0.5  # share of the achieved improvement the tail may lose
+DIVERGE_REL = 0.10  # ... and by more than this fraction of the best value
+DIVERGE_NOISE = 3.0  # ... and by more than this many per-step noise sds
 ALL = "all"
-FLAG_COLUMNS = ["run_id", "sweep", "model", "name", "seed", "reason", "metrics", "detail", "run_dir"]
+FLAG_COLUMNS = [
+    "run_id",
+    "sweep",
+    "model",
+    "name",
+    "seed",
+    "reason",
+    "metrics",
+    "detail",
+    "run_dir",
+]
 
 
 def loss_column(columns) -> str | None:
@@ -57,7 +67,11 @@ def read_train_loss(path: Path) -> tuple[str, np.ndarray, np.ndarray] | None:
     col = loss_column(df["metric"].unique() if long else df.columns)
     if col is None:
         return None
-    d = df[df["metric"] == col][["step", "value"]] if long else df[["step", col]].rename(columns={col: "value"})
+    d = (
+        df[df["metric"] == col][["step", "value"]]
+        if long
+        else df[["step", col]].rename(columns={col: "value"})
+    )
     d = d[d["value"].str.strip() != ""]
     steps = pd.to_numeric(d["step"], errors="coerce").to_numpy(float)
     values = np.array([_as_float(v) for v in d["value"]])
@@ -88,21 +102,33 @@ def training_loss_problem(path: Path) -> tuple[str, str] | None:
     w = max(1, min(25, len(v) // 10)) if len(v) >= 15 else max(1, min(5, len(v) // 5))
     smooth = pd.Series(v).rolling(w, min_periods=1, center=True).median().to_numpy()
     first, best = smooth[0], float(np.min(smooth))
-    tail = float(np.median(v[-max(1, len(v) // 10):]))
+    tail = float(np.median(v[-max(1, len(v) // 10) :]))
     # per-step (per-batch) losses are noisy and the best rolling median is biased low by that noise:
     # the rise must also exceed DIVERGE_NOISE x the noise sd (robust: MAD around the smoothed curve)
     noise = 1.4826 * float(np.median(np.abs(v - smooth))) if w > 1 else 0.0
-    threshold = best + max(DIVERGE_FRACTION * (first - best), DIVERGE_REL * abs(best), DIVERGE_NOISE * noise)
+    threshold = best + max(
+        DIVERGE_FRACTION * (first - best), DIVERGE_REL * abs(best), DIVERGE_NOISE * noise
+    )
     if tail > threshold:
-        return "diverged", (f"{col}: last values {tail:.4g} vs best {best:.4g} (start {first:.4g}); "
-                            f"more than half the improvement lost")
+        return "diverged", (
+            f"{col}: last values {tail:.4g} vs best {best:.4g} (start {first:.4g}); "
+            f"more than half the improvement lost"
+        )
     return None
 
 
 def _flag(row: pd.Series, reason: str, metrics: str, detail: str) -> dict:
-    return {"run_id": row["run_id"], "sweep": row.get("sweep"), "model": row.get("model"), "name": row.get("name"),
-            "seed": row.get("seed"), "reason": reason, "metrics": metrics, "detail": detail,
-            "run_dir": row.get("run_dir")}
+    return {
+        "run_id": row["run_id"],
+        "sweep": row.get("sweep"),
+        "model": row.get("model"),
+        "name": row.get("name"),
+        "seed": row.get("seed"),
+        "reason": reason,
+        "metrics": metrics,
+        "detail": detail,
+        "run_dir": row.get("run_dir"),
+    }
 
 
 def robust_seed_sd(values: list[np.ndarray]) -> float:
@@ -113,10 +139,14 @@ def robust_seed_sd(values: list[np.ndarray]) -> float:
 
 def config_keys(done: pd.DataFrame) -> pd.Series:
     """One label per configuration: sweep, model, size and every axes.* value (the seed excluded)."""
-    cols = [c for c in ("sweep", "model", "size") if c in done] + sorted(c for c in done.columns if c.startswith("axes."))
+    cols = [c for c in ("sweep", "model", "size") if c in done] + sorted(
+        c for c in done.columns if c.startswith("axes.")
+    )
     if not len(done):
         return pd.Series([], dtype=object)
-    return pd.Series(["|".join(map(str, r)) for r in done[cols].itertuples(index=False)], index=done.index)
+    return pd.Series(
+        ["|".join(map(str, r)) for r in done[cols].itertuples(index=False)], index=done.index
+    )
 
 
 def outliers(done: pd.DataFrame, col: str, k: float = OUTLIER_K) -> list[tuple[int, float, float]]:
@@ -144,7 +174,7 @@ def flag_runs(done: pd.DataFrame, split: str, metrics) -> pd.DataFrame:
     """Every flag of every finished run (a run can carry several), in FLAG_COLUMNS."""
     rows = []
     unchecked = 0
-    for idx, r in done.iterrows():
+    for _, r in done.iterrows():
         path = Path(str(r.get("run_dir"))) / "metrics.csv"
         problem = training_loss_problem(path) if path.exists() else None
         if not path.exists():
@@ -155,14 +185,21 @@ def flag_runs(done: pd.DataFrame, split: str, metrics) -> pd.DataFrame:
     for m in metrics:
         col = f"{split}.{m}"
         if col not in done or done[col].notna().sum() == 0:
-            continue                    # nobody has it: not a per-run problem
-        for idx, r in done[done[col].isna()].iterrows():
+            continue  # nobody has it: not a per-run problem
+        for _, r in done[done[col].isna()].iterrows():
             rows.append(_flag(r, "nan_metric", m, f"{col} is NaN, null or missing in result.json"))
         clean = done[~done["run_id"].isin(loss_flagged)]
         for idx, z, sigma in outliers(clean, col):
             r = done.loc[idx]
-            rows.append(_flag(r, "outlier", m, f"{col} = {r[col]:.4g}, {z:.0f} robust seed sd ({sigma:.2g}) "
-                                               f"from the median of its configuration's seeds"))
+            rows.append(
+                _flag(
+                    r,
+                    "outlier",
+                    m,
+                    f"{col} = {r[col]:.4g}, {z:.0f} robust seed sd ({sigma:.2g}) "
+                    f"from the median of its configuration's seeds",
+                )
+            )
     flags = pd.DataFrame(rows, columns=FLAG_COLUMNS)
     flags.attrs["unchecked_curves"] = unchecked
     return flags
@@ -179,10 +216,30 @@ def excluded_for(flags: pd.DataFrame, metric: str) -> set[str]:
 def summarise(flags: pd.DataFrame) -> pd.DataFrame:
     """One row per flagged run: reasons and metrics joined (the listing of the console and report)."""
     if flags.empty:
-        return pd.DataFrame(columns=["sweep", "model", "name", "run_id", "seed", "reason", "metrics", "detail", "run_dir"])
+        return pd.DataFrame(
+            columns=[
+                "sweep",
+                "model",
+                "name",
+                "run_id",
+                "seed",
+                "reason",
+                "metrics",
+                "detail",
+                "run_dir",
+            ]
+        )
     g = flags.groupby("run_id", sort=False)
-    out = g.agg(sweep=("sweep", "first"), model=("model", "first"), name=("name", "first"), seed=("seed", "first"),
-                reason=("reason", lambda s: ", ".join(dict.fromkeys(s))),
-                metrics=("metrics", lambda s: ALL if ALL in set(s) else ", ".join(dict.fromkeys(s))),
-                detail=("detail", lambda s: "; ".join(dict.fromkeys(s))), run_dir=("run_dir", "first")).reset_index()
-    return out[["sweep", "model", "name", "run_id", "seed", "reason", "metrics", "detail", "run_dir"]]
+    out = g.agg(
+        sweep=("sweep", "first"),
+        model=("model", "first"),
+        name=("name", "first"),
+        seed=("seed", "first"),
+        reason=("reason", lambda s: ", ".join(dict.fromkeys(s))),
+        metrics=("metrics", lambda s: ALL if ALL in set(s) else ", ".join(dict.fromkeys(s))),
+        detail=("detail", lambda s: "; ".join(dict.fromkeys(s))),
+        run_dir=("run_dir", "first"),
+    ).reset_index()
+    return out[
+        ["sweep", "model", "name", "run_id", "seed", "reason", "metrics", "detail", "run_dir"]
+    ]

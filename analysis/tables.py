@@ -3,6 +3,7 @@
 Deltas follow spec §3: the paper's "+x%" is ambiguous, so we print the relative change
 (m/m_ref − 1)·100 AND the absolute change in points (m − m_ref)·100, next to the paper's value.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,12 +15,14 @@ from . import paper_numbers as paper
 PAPER_METRICS = paper.METRICS
 
 
-def config_table(done: pd.DataFrame, split: str, flags: pd.DataFrame | None = None,
-                 include_flagged: bool = False) -> pd.DataFrame:
+def config_table(
+    done: pd.DataFrame, split: str, flags: pd.DataFrame | None = None, include_flagged: bool = False
+) -> pd.DataFrame:
     """One row per configuration: axis values, runs, flagged runs, mean ± seed sd of each metric over the
     runs the fits use (flagged ones left out unless include_flagged; NaN values never count), params,
     TFLOPs, throughput. One seed: the sd is 'n/a' (seed noise not measured), never 0."""
     from .quality import excluded_for
+
     if done.empty:
         return pd.DataFrame(columns=["sweep", "model", "size", "runs"])
     axis_cols = [c for c in done.columns if c.startswith("axes.")]
@@ -68,7 +71,9 @@ def _model_means(done: pd.DataFrame, split: str, by: list[str]) -> pd.DataFrame:
     return agg
 
 
-def _delta_columns(row: dict, means: pd.DataFrame, key, ref_key, split: str, paper_row: dict | None) -> dict:
+def _delta_columns(
+    row: dict, means: pd.DataFrame, key, ref_key, split: str, paper_row: dict | None
+) -> dict:
     for m in PAPER_METRICS:
         col = f"{split}.{m}"
         if (col, "mean") not in means:
@@ -78,32 +83,46 @@ def _delta_columns(row: dict, means: pd.DataFrame, key, ref_key, split: str, pap
         row[f"{m} rel%"] = (v / ref - 1.0) * 100.0
         row[f"{m} pts"] = (v - ref) * 100.0
         # seed sd of the delta (both means noisy): sqrt(sd²/n + sd_ref²/n_ref), as % of ref
-        sd = np.sqrt(np.nansum([means.loc[key, (col, "std")] ** 2 / means.loc[key, (col, "count")],
-                                means.loc[ref_key, (col, "std")] ** 2 / means.loc[ref_key, (col, "count")]]))
+        sd = np.sqrt(
+            np.nansum(
+                [
+                    means.loc[key, (col, "std")] ** 2 / means.loc[key, (col, "count")],
+                    means.loc[ref_key, (col, "std")] ** 2 / means.loc[ref_key, (col, "count")],
+                ]
+            )
+        )
         row[f"{m} rel% sd"] = sd / ref * 100.0
-        lo, hi = welch_interval(means.loc[key, (col, "std")], means.loc[key, (col, "count")],
-                                means.loc[ref_key, (col, "std")], means.loc[ref_key, (col, "count")])
+        lo, hi = welch_interval(
+            means.loc[key, (col, "std")],
+            means.loc[key, (col, "count")],
+            means.loc[ref_key, (col, "std")],
+            means.loc[ref_key, (col, "count")],
+        )
         row[f"{m} pts lo"], row[f"{m} pts hi"] = (v - ref + lo) * 100.0, (v - ref + hi) * 100.0
         row[f"{m} paper%"] = paper_row.get(m) if paper_row else np.nan
     return row
 
 
-def welch_interval(sd_a: float, n_a: float, sd_b: float, n_b: float, level: float = 0.95) -> tuple[float, float]:
+def welch_interval(
+    sd_a: float, n_a: float, sd_b: float, n_b: float, level: float = 0.95
+) -> tuple[float, float]:
     """Half-interval bounds (lo, hi) around mean_a − mean_b: Welch's t with Satterthwaite's degrees of
     freedom, from each side's seed sd and count. Seeds are independent draws (init and batch order), not
     pairs, so the runs are not paired by seed. NaN when either side has fewer than 2 seeds."""
     if not (n_a >= 2 and n_b >= 2) or not (np.isfinite(sd_a) and np.isfinite(sd_b)):
         return float("nan"), float("nan")
-    va, vb = sd_a ** 2 / n_a, sd_b ** 2 / n_b
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
     se = float(np.sqrt(va + vb))
     if se == 0.0:
         return 0.0, 0.0
-    dof = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    dof = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
     q = float(stats.t.ppf(0.5 + level / 2, dof))
     return -q * se, q * se
 
 
-def table2(done: pd.DataFrame, split: str, sweep: str | None = None, reference: str = "dcnv2_din") -> pd.DataFrame:
+def table2(
+    done: pd.DataFrame, split: str, sweep: str | None = None, reference: str = "dcnv2_din"
+) -> pd.DataFrame:
     """Paper Table 2 layout: models vs the reference model (the paper's DCNv2+DIN base, or the sweep
     file's `analysis.baseline`), each difference in points with its 95% Welch CI over seeds. Uses the
     sweep holding the reference's runs."""
@@ -121,10 +140,15 @@ def table2(done: pd.DataFrame, split: str, sweep: str | None = None, reference: 
     rows = []
     for key in means.index:
         model, size = key
-        paper_row = next((p for p in paper.TABLE2 if p["model"] == model and p.get("size", size) == size), None) \
-            or next((p for p in paper.TABLE2 if p["model"] == model and "size" not in p), None)
-        row = {"model": model, "size": size, "paper row": paper_row["label"] if paper_row else "",
-               "seeds": int(means.loc[key].xs("count", level=1).iloc[0])}
+        paper_row = next(
+            (p for p in paper.TABLE2 if p["model"] == model and p.get("size", size) == size), None
+        ) or next((p for p in paper.TABLE2 if p["model"] == model and "size" not in p), None)
+        row = {
+            "model": model,
+            "size": size,
+            "paper row": paper_row["label"] if paper_row else "",
+            "seeds": int(means.loc[key].xs("count", level=1).iloc[0]),
+        }
         row = _delta_columns(row, means, key, ref_keys[0], split, paper_row)
         if model == "dcnv2_din" and reference == "dcnv2_din" and paper_row:
             for m in PAPER_METRICS:
@@ -147,18 +171,28 @@ def table2_sentence(t2: pd.DataFrame, metric: str, reference: str = "dcnv2_din")
     if t2 is None or not len(t2) or f"{metric} abs" not in t2:
         return ""
     t = t2.sort_values(f"{metric} abs", ascending=False)
-    ranking = " > ".join(f"{r['model']} {r['size']} {r[f'{metric} abs']:.4f}" for _, r in t.iterrows())
+    ranking = " > ".join(
+        f"{r['model']} {r['size']} {r[f'{metric} abs']:.4f}" for _, r in t.iterrows()
+    )
     diffs = []
     for _, r in t.iterrows():
         if r["model"] == reference:
             continue
         lo, hi = r.get(f"{metric} pts lo", np.nan), r.get(f"{metric} pts hi", np.nan)
-        ci = f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else " (CI needs >= 2 seeds on both sides)"
-        verdict = "" if not np.isfinite(lo) else (" resolved" if lo > 0 or hi < 0 else " not resolved")
+        ci = (
+            f" [{lo:+.2f}, {hi:+.2f}]"
+            if np.isfinite(lo)
+            else " (CI needs >= 2 seeds on both sides)"
+        )
+        verdict = (
+            "" if not np.isfinite(lo) else (" resolved" if lo > 0 or hi < 0 else " not resolved")
+        )
         diffs.append(f"{r['model']} {r['size']} {r[f'{metric} pts']:+.2f} pts{ci}{verdict}")
     seeds = sorted({int(x) for x in t["seeds"]})
-    return (f"Model comparison on {metric} (mean of {'/'.join(map(str, seeds))} seeds): {ranking}. "
-            f"Difference vs {reference} in points (×100) with 95% Welch CIs: " + "; ".join(diffs) + ".")
+    return (
+        f"Model comparison on {metric} (mean of {'/'.join(map(str, seeds))} seeds): {ranking}. "
+        f"Difference vs {reference} in points (×100) with 95% Welch CIs: " + "; ".join(diffs) + "."
+    )
 
 
 def _variant_sweep(done: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -180,9 +214,13 @@ def table3(done: pd.DataFrame, split: str) -> pd.DataFrame:
     rows = []
     for variant in means.index:
         paper_row = next((p for p in paper.TABLE3 if p["variant"] == variant), None)
-        row = {"variant": variant, "paper row": paper_row["label"] if paper_row else
-               ("OneTrans-S (reference)" if variant == "reference" else ""),
-               "seeds": int(means.loc[variant].xs("count", level=1).iloc[0])}
+        row = {
+            "variant": variant,
+            "paper row": paper_row["label"]
+            if paper_row
+            else ("OneTrans-S (reference)" if variant == "reference" else ""),
+            "seeds": int(means.loc[variant].xs("count", level=1).iloc[0]),
+        }
         row = _delta_columns(row, means, variant, "reference", split, paper_row)
         row["params (M)"] = means.loc[variant, ("params.dense", "mean")] / 1e6
         row["paper params (M)"] = (paper_row or paper.TABLE3_REFERENCE)["params_m"]
@@ -190,8 +228,13 @@ def table3(done: pd.DataFrame, split: str) -> pd.DataFrame:
         row["paper TFLOPs"] = (paper_row or paper.TABLE3_REFERENCE)["tflops"]
         rows.append(row)
     out = pd.DataFrame(rows)
-    out["_o"] = out["variant"].map(lambda v: -1 if v == "reference" else
-                                   next((i for i, p in enumerate(paper.TABLE3) if p["variant"] == v), 99))
+    out["_o"] = out["variant"].map(
+        lambda v: (
+            -1
+            if v == "reference"
+            else next((i for i, p in enumerate(paper.TABLE3) if p["variant"] == v), 99)
+        )
+    )
     return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
 
@@ -206,9 +249,15 @@ def table5(done: pd.DataFrame) -> pd.DataFrame:
     d = _variant_sweep(done, "unoptimised")
     if d.empty:
         return pd.DataFrame()
-    d = d.assign(batch=pd.to_numeric(d.get("train.batch_size", pd.Series(2048, index=d.index)), errors="coerce").fillna(2048))
-    d = d.assign(train_ms=1e3 * d["batch"] / d["throughput.samples_per_s"],
-                 train_mem_gb=pd.to_numeric(d.get("memory.train_peak_gb", pd.Series(np.nan, index=d.index))))
+    d = d.assign(
+        batch=pd.to_numeric(
+            d.get("train.batch_size", pd.Series(2048, index=d.index)), errors="coerce"
+        ).fillna(2048)
+    )
+    d = d.assign(
+        train_ms=1e3 * d["batch"] / d["throughput.samples_per_s"],
+        train_mem_gb=pd.to_numeric(d.get("memory.train_peak_gb", pd.Series(np.nan, index=d.index))),
+    )
     g = d.groupby("axes.variant")[["train_ms", "train_mem_gb"]].mean()
     base = g.loc["unoptimised"]
     rows = []
@@ -217,20 +266,38 @@ def table5(done: pd.DataFrame) -> pd.DataFrame:
         row = {"variant": variant, "paper row": p["label"] if p else ""}
         for c in ("train_ms", "train_mem_gb"):
             row[f"{c} (ours)"] = r[c]
-            row[f"{c} Δ% (ours)"] = (r[c] / base[c] - 1) * 100 if variant != "unoptimised" else np.nan
+            row[f"{c} Δ% (ours)"] = (
+                (r[c] / base[c] - 1) * 100 if variant != "unoptimised" else np.nan
+            )
             row[f"{c} paper"] = p[c] if p else np.nan
         for c in ("infer_p99_ms", "infer_mem_gb"):
-            row[f"{c} (ours)"] = np.nan      # not recorded in result.json
+            row[f"{c} (ours)"] = np.nan  # not recorded in result.json
             row[f"{c} paper"] = p[c] if p else np.nan
         rows.append(row)
     out = pd.DataFrame(rows)
-    out["_o"] = out["variant"].map(lambda v: next((i for i, q in enumerate(paper.TABLE5) if q["variant"] == v), 99))
+    out["_o"] = out["variant"].map(
+        lambda v: next((i for i, q in enumerate(paper.TABLE5) if q["variant"] == v), 99)
+    )
     return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
 
 def problems_table(runs: pd.DataFrame) -> pd.DataFrame:
     p = runs[runs["status"] != "done"]
-    cols = [c for c in ("sweep", "model", "name", "run_id", "seed", "status", "attempts", "error", "run_dir") if c in p]
+    cols = [
+        c
+        for c in (
+            "sweep",
+            "model",
+            "name",
+            "run_id",
+            "seed",
+            "status",
+            "attempts",
+            "error",
+            "run_dir",
+        )
+        if c in p
+    ]
     return p[cols].reset_index(drop=True)
 
 
@@ -243,19 +310,31 @@ def fits_display(fits: pd.DataFrame) -> pd.DataFrame:
         if p not in r or pd.isna(r[p]):
             return ""
         return f"{r[p]:{fmt}} [{r[p + '_lo']:{fmt}}, {r[p + '_hi']:{fmt}}]"
+
     rows = []
     for _, r in fits.iterrows():
         seeds = str(r["seeds/config"])
         lo_s, _, hi_s = seeds.partition("-")
-        row = {"series": f"{r['sweep']}/{r['model']}/{r['axis']}", "x": r["x"], "metric": r["metric"],
-               "form": r["form"], "configs×seeds": f"{r['n_configs']}×{lo_s if lo_s == hi_s else seeds}",
-               "runs fitted": r["n_runs"], "boot": r["n_boot"], "status": r["status"]}
+        row = {
+            "series": f"{r['sweep']}/{r['model']}/{r['axis']}",
+            "x": r["x"],
+            "metric": r["metric"],
+            "form": r["form"],
+            "configs×seeds": f"{r['n_configs']}×{lo_s if lo_s == hi_s else seeds}",
+            "runs fitted": r["n_runs"],
+            "boot": r["n_boot"],
+            "status": r["status"],
+        }
         if r["form"] == "loglinear":
             row["Δ per doubling [95% CI]"] = ci(r, "b_per_doubling", "+.5f")
-            row["MDE per doubling"] = "" if pd.isna(r.get("mde_per_doubling")) else f"{r['mde_per_doubling']:.2g}"
+            row["MDE per doubling"] = (
+                "" if pd.isna(r.get("mde_per_doubling")) else f"{r['mde_per_doubling']:.2g}"
+            )
             for tag in ("with_flagged", "without_flagged"):
                 if f"b_per_doubling_{tag}" in r and pd.notna(r[f"b_per_doubling_{tag}"]):
-                    row[f"Δ per doubling {tag.replace('_', ' ')}"] = ci(r, f"b_per_doubling_{tag}", "+.5f")
+                    row[f"Δ per doubling {tag.replace('_', ' ')}"] = ci(
+                        r, f"b_per_doubling_{tag}", "+.5f"
+                    )
             row["Δ per decade"] = ci(r, "b", "+.5f")
         else:
             row["floor E"] = ci(r, "E", ".4f")
@@ -268,7 +347,15 @@ def fits_display(fits: pd.DataFrame) -> pd.DataFrame:
                 row[tag.replace("_", " ")] = int(r[tag])
         cv = "n/a (too few configs)" if pd.isna(r["cv_rmse"]) else f"{r['cv_rmse']:.2e}"
         sd = "n/a (1 seed)" if pd.isna(r["seed_sd"]) else f"{r['seed_sd']:.2e}"
-        row.update({"R²": f"{r['r2_means']:.3f}", "RMSE": f"{r['rmse_means']:.2e}", "AIC": f"{r['aic']:.1f}",
-                    "CV RMSE": cv, "seed sd": sd, "chosen": "✓" if r["chosen"] else ""})
+        row.update(
+            {
+                "R²": f"{r['r2_means']:.3f}",
+                "RMSE": f"{r['rmse_means']:.2e}",
+                "AIC": f"{r['aic']:.1f}",
+                "CV RMSE": cv,
+                "seed sd": sd,
+                "chosen": "✓" if r["chosen"] else "",
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows).fillna("")

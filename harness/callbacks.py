@@ -8,12 +8,14 @@ CsvMetrics        a Lightning logger writing runstore.MetricsCsv (the local sour
 ProgressFile      progress.json every few seconds: step, total steps, rate, ETA (the sweep driver shows it)
 Throughput        impressions trained and the wall time spent training (validation excluded)
 """
+
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from harness.runstore import MetricsCsv, RunStore, RunStoreError, atomic_write_bytes
 
-SPLIT_KEY = "_split"      # batch key set by ChainLoader (a str; the system pops it before the model)
+SPLIT_KEY = "_split"  # batch key set by ChainLoader (a str; the system pops it before the model)
 
 
 class ResumableLoader:
@@ -83,8 +85,17 @@ class ChainLoader:
 def _rng_state() -> dict[str, Any]:
     """Global RNG states in types torch.load(weights_only=True) accepts (tensors, ints, tuples)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -145,7 +156,9 @@ class ResumeState(Callback):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into a temporary sibling, then rename: a checkpoint file is whole or absent."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
         # a failed write (full disk) removes its temporary file and raises RunStoreError naming the path
         path = Path(path)
         fs = get_filesystem(path)
@@ -207,7 +220,9 @@ class Throughput(Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._val_t0 is not None and self._t0 is not None:
-            self._t0 += time.perf_counter() - self._val_t0     # leave evaluation out of the training time
+            self._t0 += (
+                time.perf_counter() - self._val_t0
+            )  # leave evaluation out of the training time
         self._val_t0 = None
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -250,10 +265,16 @@ class ProgressFile(Callback):
             if total:
                 eta = max(total - step, 0) / rate
         try:
-            self.store.write_progress(step=step, total=total, epoch=int(trainer.current_epoch), phase=phase,
-                                      steps_per_s=rate, eta_s=eta)
+            self.store.write_progress(
+                step=step,
+                total=total,
+                epoch=int(trainer.current_epoch),
+                phase=phase,
+                steps_per_s=rate,
+                eta_s=eta,
+            )
         except RunStoreError:
-            pass        # progress is for the eyes only; checkpoints and results report a full disk
+            pass  # progress is for the eyes only; checkpoints and results report a full disk
         self._last = time.perf_counter()
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -4,6 +4,7 @@
 with no controller answering (then every sbatch fails after ~9 s). So the harness asks the
 controller (`sinfo` must exit 0 and list a partition) and chooses the executor from the answer.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -16,27 +17,37 @@ class ClusterProbe:
     available: bool
     reason: str
     partitions: tuple[str, ...] = ()
-    detail: str = ""                 # the scheduler's own words, when they help
+    detail: str = ""  # the scheduler's own words, when they help
 
 
 def probe_slurm(timeout_s: float = 15.0) -> ClusterProbe:
     if shutil.which("sinfo") is None:
         return ClusterProbe(available=False, reason="`sinfo` is not installed")
     try:
-        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s
+        )
     except subprocess.TimeoutExpired:
-        return ClusterProbe(available=False, reason=f"`sinfo` did not answer within {timeout_s:g} s")
+        return ClusterProbe(
+            available=False, reason=f"`sinfo` did not answer within {timeout_s:g} s"
+        )
     if proc.returncode != 0:
         # SLURM installed but no controller running (e.g. a test cluster that was stopped): a plain
         # fact for the plan's executor line; sinfo's own error text goes only to --executor slurm.
         msg = (proc.stderr or proc.stdout).strip().splitlines()
-        return ClusterProbe(available=False, reason="SLURM is installed but no controller answers `sinfo`",
-                            detail=f"`sinfo` failed (exit {proc.returncode}): {msg[-1] if msg else ''}")
+        return ClusterProbe(
+            available=False,
+            reason="SLURM is installed but no controller answers `sinfo`",
+            detail=f"`sinfo` failed (exit {proc.returncode}): {msg[-1] if msg else ''}",
+        )
     parts = tuple(p.strip() for p in proc.stdout.split() if p.strip())
     if not parts:
         return ClusterProbe(available=False, reason="`sinfo` answered but lists no partition")
-    return ClusterProbe(available=True, reason=f"SLURM controller answers `sinfo` (partitions: {', '.join(parts)})",
-                        partitions=parts)
+    return ClusterProbe(
+        available=True,
+        reason=f"SLURM controller answers `sinfo` (partitions: {', '.join(parts)})",
+        partitions=parts,
+    )
 
 
 EXECUTORS = ("slurm", "local", "debug")
@@ -50,8 +61,10 @@ def choose_executor(requested: str | None) -> tuple[str, str]:
         if requested == "slurm":
             probe = probe_slurm()
             if not probe.available:
-                raise RuntimeError(f"--executor slurm, but no cluster answers: {probe.detail or probe.reason}. "
-                                   "Start one (scripts/slurm_up.sh) or use --executor local.")
+                raise RuntimeError(
+                    f"--executor slurm, but no cluster answers: {probe.detail or probe.reason}. "
+                    "Start one (scripts/slurm_up.sh) or use --executor local."
+                )
             return "slurm", f"requested; {probe.reason}"
         return requested, "requested with --executor"
     probe = probe_slurm()

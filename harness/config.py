@@ -24,6 +24,7 @@ Defaults are part of the hash: adding a field with a default changes every id (d
 new knob may change what an old config means). The model enters as written (name, size,
 overrides), not as the resolved model Config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,9 +32,10 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 
@@ -48,13 +50,16 @@ class ConfigError(ValueError):
 
 # ---- type checking against annotations ------------------------------------------------------
 
+
 def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     """Check `value` against the annotation `hint`; return it in canonical form (lists -> tuples,
     ints -> floats where a float is expected). Raises ConfigError naming the key."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}: {key} = {value!r} ({type(value).__name__}); expected {expected}.")
+        return ConfigError(
+            f"{where}: {key} = {value!r} ({type(value).__name__}); expected {expected}."
+        )
 
     if hint is Any:
         return value
@@ -64,8 +69,10 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         return value
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {key} = {value!r}; choose one of {list(args)}."
-                              + (did_you_mean(value, args) if isinstance(value, str) else ""))
+            raise ConfigError(
+                f"{where}: {key} = {value!r}; choose one of {list(args)}."
+                + (did_you_mean(value, args) if isinstance(value, str) else "")
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         for a in args:
@@ -136,14 +143,18 @@ class _Section:
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "<config>", prefix: str = ""):
         d = {} if d is None else d
         if not isinstance(d, Mapping):
-            raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(d).__name__}.")
+            raise ConfigError(
+                f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(d).__name__}."
+            )
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
             if key not in names:
-                raise ConfigError(f"{where}: unknown key '{prefix}{key}'.{did_you_mean(key, names)} "
-                                  f"Valid keys here: {names}.")
+                raise ConfigError(
+                    f"{where}: unknown key '{prefix}{key}'.{did_you_mean(key, names)} "
+                    f"Valid keys here: {names}."
+                )
             hint = hints[key]
             if isinstance(hint, type) and issubclass(hint, _Section):
                 kwargs[key] = hint.from_dict(value, where, f"{prefix}{key}.")
@@ -162,26 +173,34 @@ def _require(cond: bool, msg: str) -> None:
 
 # ---- the sections ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, kw_only=True)
 class DataConfig(_Section):
     # a dataset folder (docs/data-contract.md) or "synthetic:<preset>" (harness.data.synth presets;
     # generated once into cache_dir by ensure_synthetic(preset, seed, cache_dir))
     dataset: str = "synthetic:ci"
-    data_seed: int = 0                 # seed of the synthetic world (not the training seed)
-    seq_len: int = 64                  # behaviour events per impression (L)
-    n_gap_buckets: int = 32            # log-bucketed time-gap ids
-    batch_size: int = 256              # impressions per training batch, per device
-    eval_batch_size: int = 1024        # impressions per evaluation batch
-    shuffle: bool = False              # False: chronological streaming, as the paper trains
-    num_workers: int = 0               # DataLoader workers (not part of the run id)
-    cache_dir: str = "data_cache"      # where synthetic worlds are written (not part of the run id)
+    data_seed: int = 0  # seed of the synthetic world (not the training seed)
+    seq_len: int = 64  # behaviour events per impression (L)
+    n_gap_buckets: int = 32  # log-bucketed time-gap ids
+    batch_size: int = 256  # impressions per training batch, per device
+    eval_batch_size: int = 1024  # impressions per evaluation batch
+    shuffle: bool = False  # False: chronological streaming, as the paper trains
+    num_workers: int = 0  # DataLoader workers (not part of the run id)
+    cache_dir: str = "data_cache"  # where synthetic worlds are written (not part of the run id)
 
     def validate(self) -> None:
-        _require(bool(self.dataset), "data.dataset is empty; give a folder or 'synthetic:<preset>'.")
+        _require(
+            bool(self.dataset), "data.dataset is empty; give a folder or 'synthetic:<preset>'."
+        )
         _require(self.seq_len >= 1, f"data.seq_len must be >= 1, got {self.seq_len}.")
-        _require(self.n_gap_buckets >= 2, f"data.n_gap_buckets must be >= 2, got {self.n_gap_buckets}.")
+        _require(
+            self.n_gap_buckets >= 2, f"data.n_gap_buckets must be >= 2, got {self.n_gap_buckets}."
+        )
         _require(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}.")
-        _require(self.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}.")
+        _require(
+            self.eval_batch_size >= 1,
+            f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}.",
+        )
         _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}.")
 
     @property
@@ -197,32 +216,41 @@ MOVED_TO_TRAIN = {"attention": "attention", "recompute": "recompute", "compile_b
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig(_Section):
-    name: str = "onetrans"             # a key of model.registry.MODELS
-    size: str = "onetrans-s"           # a key of that model's SIZES
-    overrides: dict[str, Any] = field(default_factory=dict)   # fields of the model's Config
+    name: str = "onetrans"  # a key of model.registry.MODELS
+    size: str = "onetrans-s"  # a key of that model's SIZES
+    overrides: dict[str, Any] = field(default_factory=dict)  # fields of the model's Config
 
     def validate(self) -> None:
-        from model.registry import MODELS   # a plain dict: no model code (or torch model) imported
-        _require(self.name in MODELS, f"model.name = {self.name!r} is not a known model; known: "
-                 f"{sorted(MODELS)}.{did_you_mean(self.name, MODELS)}")
+        from model.registry import MODELS  # a plain dict: no model code (or torch model) imported
+
+        _require(
+            self.name in MODELS,
+            f"model.name = {self.name!r} is not a known model; known: "
+            f"{sorted(MODELS)}.{did_you_mean(self.name, MODELS)}",
+        )
         for key in self.overrides:
-            _require(key not in MOVED_TO_TRAIN,
-                     f"model.overrides.{key} is no longer a model option: execution switches live in the run "
-                     f"config; write train.{MOVED_TO_TRAIN.get(key)} instead (docs/training.md).")
+            _require(
+                key not in MOVED_TO_TRAIN,
+                f"model.overrides.{key} is no longer a model option: execution switches live in the run "
+                f"config; write train.{MOVED_TO_TRAIN.get(key)} instead (docs/training.md).",
+            )
 
     def resolve(self) -> Any:
         """The model's Config (size + overrides), validated by model.registry.resolve_config."""
         from model import registry
+
         base = registry.resolve_config(self.name, self.size)
         fixed = {}
         for key, value in self.overrides.items():
             default = getattr(base, key, None)
             if isinstance(default, tuple) and isinstance(value, list):
-                value = tuple(value)        # YAML has no tuples
+                value = tuple(value)  # YAML has no tuples
             if default is not None and not _same_kind(value, default):
-                raise ConfigError(f"model.overrides.{key} = {value!r} ({type(value).__name__}) but "
-                                  f"{self.name} size {self.size!r} has {key} = {default!r} "
-                                  f"({type(default).__name__}); give a value of that type.")
+                raise ConfigError(
+                    f"model.overrides.{key} = {value!r} ({type(value).__name__}) but "
+                    f"{self.name} size {self.size!r} has {key} = {default!r} "
+                    f"({type(default).__name__}); give a value of that type."
+                )
             fixed[key] = value
         return registry.resolve_config(self.name, self.size, fixed)
 
@@ -237,55 +265,71 @@ def _same_kind(value: Any, default: Any) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(_Section):
-    max_epochs: int = 1                # passes over the training split
-    max_steps: int = -1                # optimizer steps; -1: no step limit (max_epochs decides)
+    max_epochs: int = 1  # passes over the training split
+    max_steps: int = -1  # optimizer steps; -1: no step limit (max_epochs decides)
     optimizer: Literal["adamw", "paper"] = "adamw"
-    lr: float = 1e-3                   # AdamW learning rate (all parameters)
-    weight_decay: float = 0.0          # AdamW; 0 keeps embedding rows of rare ids from decaying
-    warmup_steps: int = 0              # linear LR warm-up (AdamW only); the paper states none
+    lr: float = 1e-3  # AdamW learning rate (all parameters)
+    weight_decay: float = 0.0  # AdamW; 0 keeps embedding rows of rare ids from decaying
+    warmup_steps: int = 0  # linear LR warm-up (AdamW only); the paper states none
     # the paper's pair (spec §1.6, Monolith semantics): Adagrad on embeddings, RMSPropV2 on the rest
-    sparse_lr: float = 0.1             # Adagrad lr ("beta1 = 0.1")
-    sparse_init_acc: float = 1.0       # Adagrad initial accumulator ("beta2 = 1.0")
-    dense_lr: float = 0.005            # RMSPropV2 lr
-    dense_beta: float = 0.99999        # RMSPropV2: v <- beta * v + g^2 (no (1 - beta))
+    sparse_lr: float = 0.1  # Adagrad lr ("beta1 = 0.1")
+    sparse_init_acc: float = 1.0  # Adagrad initial accumulator ("beta2 = 1.0")
+    dense_lr: float = 0.005  # RMSPropV2 lr
+    dense_beta: float = 0.99999  # RMSPropV2: v <- beta * v + g^2 (no (1 - beta))
     dense_eps: float = 1e-8
     # global-norm gradient clipping per parameter group (both optimisers); 0 disables
     clip_dense: float = 90.0
     clip_sparse: float = 120.0
     # losses
-    cvr_loss: Literal["clicked", "ctcvr"] = "clicked"   # CVR BCE on clicked impressions, or CTCVR on all
+    cvr_loss: Literal["clicked", "ctcvr"] = (
+        "clicked"  # CVR BCE on clicked impressions, or CTCVR on all
+    )
     ctr_weight: float = 1.0
     cvr_weight: float = 1.0
     protocol: Literal["holdout", "next_batch"] = "holdout"
-    next_batch_warmup_days: int = 0    # next_batch: days left out of the macro average (cold model)
+    next_batch_warmup_days: int = 0  # next_batch: days left out of the macro average (cold model)
     # execution (decisions and reasons recorded in provenance.json); the one home of these switches:
     # harness/train.py `execution` hands attention / recompute / compile to the model's build()
-    precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"   # auto: bf16-mixed on a bf16 GPU, else 32-true
-    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"   # model/attention.py backends
-    compile: bool = False              # torch.compile each block (OneTrans), else the whole model
-    recompute: bool = False            # activation recomputation (when the model supports it)
-    deterministic: bool = False        # torch deterministic algorithms (slower on GPU)
+    precision: Literal["auto", "32-true", "bf16-mixed"] = (
+        "auto"  # auto: bf16-mixed on a bf16 GPU, else 32-true
+    )
+    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"  # model/attention.py backends
+    compile: bool = False  # torch.compile each block (OneTrans), else the whole model
+    recompute: bool = False  # activation recomputation (when the model supports it)
+    deterministic: bool = False  # torch deterministic algorithms (slower on GPU)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = 1                   # per node; must equal resources.devices on GPUs
+    devices: int = 1  # per node; must equal resources.devices on GPUs
     num_nodes: int = 1
     # cadences (not part of the run id)
     log_every_n_steps: int = 10
-    eval_every_n_steps: int = 0        # holdout: validate every N steps; 0: at the end of each epoch
-    ckpt_every_n_steps: int = 100      # checkpoints/last.ckpt every N steps (and at the end)
+    eval_every_n_steps: int = 0  # holdout: validate every N steps; 0: at the end of each epoch
+    ckpt_every_n_steps: int = 100  # checkpoints/last.ckpt every N steps (and at the end)
 
     def validate(self) -> None:
         _require(self.max_epochs >= 1, f"train.max_epochs must be >= 1, got {self.max_epochs}.")
-        _require(self.max_steps == -1 or self.max_steps >= 1,
-                 f"train.max_steps must be -1 (no limit) or >= 1, got {self.max_steps}.")
+        _require(
+            self.max_steps == -1 or self.max_steps >= 1,
+            f"train.max_steps must be -1 (no limit) or >= 1, got {self.max_steps}.",
+        )
         for name in ("lr", "sparse_lr", "dense_lr", "dense_eps", "sparse_init_acc"):
-            _require(getattr(self, name) > 0, f"train.{name} must be > 0, got {getattr(self, name)}.")
-        _require(0 < self.dense_beta <= 1, f"train.dense_beta must be in (0, 1], got {self.dense_beta}.")
+            _require(
+                getattr(self, name) > 0, f"train.{name} must be > 0, got {getattr(self, name)}."
+            )
+        _require(
+            0 < self.dense_beta <= 1, f"train.dense_beta must be in (0, 1], got {self.dense_beta}."
+        )
         for name in ("weight_decay", "clip_dense", "clip_sparse", "ctr_weight", "cvr_weight"):
-            _require(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}.")
+            _require(
+                getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}."
+            )
         for name in ("warmup_steps", "next_batch_warmup_days", "eval_every_n_steps"):
-            _require(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}.")
+            _require(
+                getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}."
+            )
         for name in ("devices", "num_nodes", "log_every_n_steps", "ckpt_every_n_steps"):
-            _require(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}.")
+            _require(
+                getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}."
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,9 +337,9 @@ class LoggingConfig(_Section):
     # auto: online when W&B credentials are configured, else offline; decided before wandb.init
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
     project: str = "onetrans-scaling"
-    entity: str = ""                   # "" = the default entity of the credentials
-    group: str = ""                    # "" = the run's sweep
-    job_type: str = ""                 # "" = the run's axis
+    entity: str = ""  # "" = the default entity of the credentials
+    group: str = ""  # "" = the run's sweep
+    job_type: str = ""  # "" = the run's axis
     tags: tuple[str, ...] = ()
     progress_bar: bool = True
 
@@ -316,24 +360,26 @@ class Resources(_Section):
     """
 
     devices: int = 1
-    accelerator: str = "cpu"           # gpu | cpu (checked in validate: the sweep file's message)
+    accelerator: str = "cpu"  # gpu | cpu (checked in validate: the sweep file's message)
     nodes: int = 1
     cpus_per_task: int = 2
     mem_gb: float = 8
     time_min: int = 60
-    partition: str | None = None       # None: the cluster's default
+    partition: str | None = None  # None: the cluster's default
     account: str | None = None
     qos: str | None = None
-    array_parallelism: int = 64        # SLURM: at most this many jobs of one class at once
-    signal_delay_s: int = 120          # >= time to save a checkpoint
-    max_num_timeout: int = 5           # requeues after timeouts (preemptions are always requeued)
+    array_parallelism: int = 64  # SLURM: at most this many jobs of one class at once
+    signal_delay_s: int = 120  # >= time to save a checkpoint
+    max_num_timeout: int = 5  # requeues after timeouts (preemptions are always requeued)
     # Only for the plan's cost column: sustained TFLOP/s one device is assumed to reach
     # (None: 100 on a GPU, 0.02 on a CPU core set, a rough figure for this kind of model).
     assumed_tflops_per_device: float | None = None
 
     def validate(self) -> None:
-        _require(self.accelerator in ACCELERATORS,
-                 f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        _require(
+            self.accelerator in ACCELERATORS,
+            f"accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}",
+        )
         for name in ("devices", "nodes", "cpus_per_task", "time_min", "array_parallelism"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)!r}")
         _require(self.mem_gb > 0, f"mem_gb must be > 0, got {self.mem_gb!r}")
@@ -369,10 +415,14 @@ def _legacy_gpus_per_node(d: dict[str, Any], where: str) -> dict[str, Any]:
     g = d.pop("gpus_per_node")
     if isinstance(g, bool) or not isinstance(g, int) or g < 0:
         raise ConfigError(f"{where}: gpus_per_node = {g!r}; expected an integer >= 0.")
-    for key, value in ({"accelerator": "gpu", "devices": g} if g else {"accelerator": "cpu"}).items():
+    for key, value in (
+        {"accelerator": "gpu", "devices": g} if g else {"accelerator": "cpu"}
+    ).items():
         if d.setdefault(key, value) != value:
-            raise ConfigError(f"{where}: gpus_per_node = {g} contradicts {key} = {d[key]!r}; "
-                              "give devices and accelerator only.")
+            raise ConfigError(
+                f"{where}: gpus_per_node = {g} contradicts {key} = {d[key]!r}; "
+                "give devices and accelerator only."
+            )
     return d
 
 
@@ -387,23 +437,32 @@ class RunConfig(_Section):
     # labels (not part of the run id)
     sweep: str = "adhoc"
     axis: str = ""
-    name: str = ""                     # "" = run_name(cfg) derives one
+    name: str = ""  # "" = run_name(cfg) derives one
 
     def validate(self) -> None:
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
-        _require(bool(self.sweep) and "/" not in self.sweep,
-                 f"sweep = {self.sweep!r} must be a non-empty name without '/' (it names a folder).")
+        _require(
+            bool(self.sweep) and "/" not in self.sweep,
+            f"sweep = {self.sweep!r} must be a non-empty name without '/' (it names a folder).",
+        )
         g = self.resources.gpus_per_node
-        _require(g == 0 or g == self.train.devices,
-                 f"resources: {g} GPUs per node (devices, accelerator gpu) must equal train.devices "
-                 f"({self.train.devices}): one process per GPU, as SLURM launches them.")
+        _require(
+            g == 0 or g == self.train.devices,
+            f"resources: {g} GPUs per node (devices, accelerator gpu) must equal train.devices "
+            f"({self.train.devices}): one process per GPU, as SLURM launches them.",
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "<config>", prefix: str = "",
-                  check_model: bool = True) -> "RunConfig":
+    def from_dict(
+        cls,
+        d: Mapping[str, Any] | None,
+        where: str = "<config>",
+        prefix: str = "",
+        check_model: bool = True,
+    ) -> RunConfig:
         """Build and validate; with check_model the size and overrides are resolved against the
         model's registry entry too (this imports the model module)."""
         cfg = super().from_dict(d, where, prefix)
@@ -411,11 +470,12 @@ class RunConfig(_Section):
             check_model_config(cfg.model, where)
         return cfg
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
 
 # ---- files, overrides, identity --------------------------------------------------------------
+
 
 def check_model_config(model: ModelConfig, where: str = "<config>") -> Any:
     """Resolve model.size + model.overrides (errors name the key and the closest valid name)."""
@@ -424,8 +484,10 @@ def check_model_config(model: ModelConfig, where: str = "<config>") -> Any:
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     except ImportError as e:
-        raise ConfigError(f"{where}: model {model.name!r} is registered but its module cannot be "
-                          f"imported ({e}); reinstall the project (bash scripts/setup_env.sh).") from e
+        raise ConfigError(
+            f"{where}: model {model.name!r} is registered but its module cannot be "
+            f"imported ({e}); reinstall the project (bash scripts/setup_env.sh)."
+        ) from e
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: model: {e}") from None
 
@@ -454,16 +516,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     # YAML 1.1 reads "3e-4" as a string; accept it as the number it plainly is
     if isinstance(value, str):
         try:
-            value = float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+            value = (
+                float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+            )
         except ValueError:
             pass
     return key.strip(), value
 
 
-def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | typing.Iterable[str],
-                    where: str = "overrides", check_model: bool = True) -> RunConfig:
+def apply_overrides(
+    cfg: RunConfig,
+    overrides: Mapping[str, Any] | typing.Iterable[str],
+    where: str = "overrides",
+    check_model: bool = True,
+) -> RunConfig:
     """Dotted overrides: {"train.max_steps": 10, "model.overrides.n_layers": 8} or ["k=v", ...]."""
-    items = list(overrides.items()) if isinstance(overrides, Mapping) else [parse_override(s) for s in overrides]
+    items = (
+        list(overrides.items())
+        if isinstance(overrides, Mapping)
+        else [parse_override(s) for s in overrides]
+    )
     d = cfg.to_dict()
     for key, value in items:
         parts = key.split(".")
@@ -471,8 +543,10 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | typing.Iterab
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node:
                 options = list(node) if isinstance(node, dict) else []
-                raise ConfigError(f"{where}: unknown key '{'.'.join(parts[:i + 1])}' in '{key}'."
-                                  f"{did_you_mean(part, options)}")
+                raise ConfigError(
+                    f"{where}: unknown key '{'.'.join(parts[: i + 1])}' in '{key}'."
+                    f"{did_you_mean(part, options)}"
+                )
             node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: '{key}' does not name a config field.")
@@ -482,10 +556,16 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any] | typing.Iterab
 
 # (section, field) pairs left out of run_id; a section alone means the whole section.
 RUN_ID_EXCLUDED: tuple[tuple[str, ...], ...] = (
-    ("sweep",), ("axis",), ("name",),
-    ("data", "num_workers"), ("data", "cache_dir"),
-    ("train", "log_every_n_steps"), ("train", "eval_every_n_steps"), ("train", "ckpt_every_n_steps"),
-    ("logging",), ("resources",),
+    ("sweep",),
+    ("axis",),
+    ("name",),
+    ("data", "num_workers"),
+    ("data", "cache_dir"),
+    ("train", "log_every_n_steps"),
+    ("train", "eval_every_n_steps"),
+    ("train", "ckpt_every_n_steps"),
+    ("logging",),
+    ("resources",),
 )
 
 
@@ -501,7 +581,9 @@ def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def run_id(cfg: RunConfig) -> str:
-    blob = json.dumps({"schema": SCHEMA, **semantic_dict(cfg)}, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(
+        {"schema": SCHEMA, **semantic_dict(cfg)}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -514,7 +596,10 @@ def run_name(cfg: RunConfig) -> str:
     if cfg.name:
         return cfg.name
     m = cfg.model
-    parts = [m.size if m.size.startswith(m.name) else f"{m.name}-{m.size}", f"len{cfg.data.seq_len}"]
+    parts = [
+        m.size if m.size.startswith(m.name) else f"{m.name}-{m.size}",
+        f"len{cfg.data.seq_len}",
+    ]
     for key in sorted(m.overrides):
         v = m.overrides[key]
         v = "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v).lower()

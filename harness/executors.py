@@ -18,6 +18,7 @@ the executor that made each one (`job_state`, `cancel`). The sweep driver (harne
 one executor and never asks which one it is; two flags say what differs for it (`on_this_machine`,
 `detached`).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,14 +35,47 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from harness.config import Resources
-from harness.runstore import EXIT_BUSY, STATUS, Ledger, RunStore, RunStoreError, SweepStore, describe_owner
+from harness.runstore import (
+    EXIT_BUSY,
+    STATUS,
+    Ledger,
+    RunStore,
+    RunStoreError,
+    SweepStore,
+    describe_owner,
+)
 
-__all__ = ["Ledger", "Task", "Handle", "Executor", "LIVE_STATES", "job_state", "known_states", "mark_failed",
-           "make_executor", "cancel", "submitit_parameters"]
+__all__ = [
+    "Ledger",
+    "Task",
+    "Handle",
+    "Executor",
+    "LIVE_STATES",
+    "job_state",
+    "known_states",
+    "mark_failed",
+    "make_executor",
+    "cancel",
+    "submitit_parameters",
+]
 
 # scheduler states in which a job still owns its run (do not submit it again)
-LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
-                         "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "PREEMPTED"})
+LIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "RESIZING",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "SIGNALING",
+        "STAGE_OUT",
+        "PREEMPTED",
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,15 +85,15 @@ class Task:
     run_dir: Path
     resource_class: str
     resources: Resources
-    devices: int                    # the run config's train.devices (asserted equal to resources.devices)
+    devices: int  # the run config's train.devices (asserted equal to resources.devices)
 
     @property
     def store(self) -> RunStore:
         return RunStore(self.run_dir)
 
 
-Progress = Callable[[Task, str, str], None]      # (task, event, detail)
-Entry = dict[str, Any]                           # one ledger line: run_id, executor, job_id or pid, time
+Progress = Callable[[Task, str, str], None]  # (task, event, detail)
+Entry = dict[str, Any]  # one ledger line: run_id, executor, job_id or pid, time
 
 
 @dataclass(eq=False)
@@ -68,9 +102,9 @@ class Handle:
     (started elsewhere: an earlier driver's SLURM job, a process that owns the run folder)."""
 
     task: Task
-    job_id: str = ""                # SLURM job id ("123_4"); "" for local and debug runs
-    job: Any = None                 # the submitit job, once there is one
-    followed: bool = False          # started elsewhere: waited for, never started here
+    job_id: str = ""  # SLURM job id ("123_4"); "" for local and debug runs
+    job: Any = None  # the submitit job, once there is one
+    followed: bool = False  # started elsewhere: waited for, never started here
 
 
 @runtime_checkable
@@ -81,8 +115,10 @@ class Executor(Protocol):
     class methods, so any executor's entries can be asked about whichever one a driver picked."""
 
     name: ClassVar[str]
-    on_this_machine: ClassVar[bool]   # runs train on this machine (GPU runs refused, data made here first)
-    detached: ClassVar[bool]          # runs outlive the driver: it may submit and return (--no-wait)
+    on_this_machine: ClassVar[
+        bool
+    ]  # runs train on this machine (GPU runs refused, data made here first)
+    detached: ClassVar[bool]  # runs outlive the driver: it may submit and return (--no-wait)
 
     def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
         """Hand over runs to start; runs that are done or owned by now are reported, not started."""
@@ -116,6 +152,7 @@ class Executor(Protocol):
 
 # ----------------------------------------------------------------------------------- job states
 
+
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """Scheduler state per job id ("123" or array task "123_4"): squeue for live jobs, sacct after.
 
@@ -124,7 +161,9 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     ids = sorted({j for j in job_ids if j})
     if not ids:
         return out
-    q = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(ids)], capture_output=True, text=True)
+    q = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(ids)], capture_output=True, text=True
+    )
     if q.returncode == 0:
         for line in q.stdout.splitlines():
             jid, _, state = line.strip().partition("|")
@@ -132,13 +171,16 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
                 out[jid] = state.split()[0]
     rest = [j for j in ids if j not in out]
     if rest:
-        s = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(rest)],
-                           capture_output=True, text=True)
+        s = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(rest)],
+            capture_output=True,
+            text=True,
+        )
         if s.returncode == 0:
             for line in s.stdout.splitlines():
                 jid, _, state = line.strip().partition("|")
                 if jid in rest and state:
-                    out[jid] = state.split()[0]      # "CANCELLED by 0" -> CANCELLED
+                    out[jid] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
     for j in ids:
         out.setdefault(j, "UNKNOWN")
     return out
@@ -155,7 +197,9 @@ def _pid_runs(pid: int | None, run_dir: Path) -> bool:
     return b"harness.launch" in cmdline and str(run_dir).encode() in cmdline
 
 
-def job_state(entry: Entry | None, run_dir: Path, known: dict[str, str] | None = None) -> str | None:
+def job_state(
+    entry: Entry | None, run_dir: Path, known: dict[str, str] | None = None
+) -> str | None:
     """The scheduler's view of the latest submission of a run, or None when there is none.
     `known`: job states asked beforehand for many entries at once (`known_states`)."""
     if entry is None:
@@ -200,6 +244,7 @@ def _record(ledger: Ledger, task: Task, progress: Progress, executor: str, **ids
 
 # ------------------------------------------------------------------------------------- executors
 
+
 def progress_text(store: RunStore) -> str | None:
     """'step 120/1200 (10%), 2.1 steps/s, ETA 8m34s' from the run's progress.json (None: none yet)."""
     p = store.progress()
@@ -208,7 +253,7 @@ def progress_text(store: RunStore) -> str | None:
     step, total, rate, eta = p.get("step"), p.get("total"), p.get("steps_per_s"), p.get("eta_s")
     text = f"step {step}" + (f"/{total} ({100 * step / total:.0f}%)" if total else "")
     if p.get("phase") and p["phase"] != "train":
-        return text + f", {p['phase']}"         # evaluation: the training ETA says nothing about it
+        return text + f", {p['phase']}"  # evaluation: the training ETA says nothing about it
     if rate:
         text += f", {rate:.3g} steps/s"
     if eta is not None:
@@ -218,7 +263,11 @@ def progress_text(store: RunStore) -> str | None:
 
 def _duration(s: float) -> str:
     s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s >= 3600
+        else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+    )
 
 
 class DebugExecutor:
@@ -237,12 +286,15 @@ class DebugExecutor:
 
     def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
         # counted by the driver like the local executor's, but not polled: see wait()
-        return [Handle(task, followed=True) for task, _ in running if task.store.owner() is not None]
+        return [
+            Handle(task, followed=True) for task, _ in running if task.store.owner() is not None
+        ]
 
     def wait(self, handles: list[Handle], progress: Progress) -> None:
         from harness.launch import LaunchRun
+
         for handle in handles:
-            if handle.followed:     # in-process runs only; another process's run ends on its own
+            if handle.followed:  # in-process runs only; another process's run ends on its own
                 continue
             task = handle.task
             state, owner = task.store.availability()
@@ -258,8 +310,12 @@ class DebugExecutor:
             try:
                 LaunchRun()(str(task.run_dir))
             except Exception as err:  # the sweep goes on; the run folder says what happened
-                note = mark_failed(task.run_dir, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}")
-                progress(task, "failed", f"{type(err).__name__}: {err}" + (f" ({note})" if note else ""))
+                note = mark_failed(
+                    task.run_dir, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}"
+                )
+                progress(
+                    task, "failed", f"{type(err).__name__}: {err}" + (f" ({note})" if note else "")
+                )
                 continue
             progress(task, "done", f"{time.time() - t0:.1f} s")
 
@@ -269,7 +325,7 @@ class DebugExecutor:
 
     @classmethod
     def state(cls, entry: Entry, run_dir: Path, known: dict[str, str] | None = None) -> str:
-        return "EXITED"     # debug runs live and die with the driver
+        return "EXITED"  # debug runs live and die with the driver
 
     @classmethod
     def cancel(cls, entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
@@ -342,7 +398,9 @@ class LocalExecutor:
     on_this_machine = True
     detached = False
 
-    def __init__(self, sweep_dir: Path, max_parallel: int = 1, progress_every_s: float = 30.0, **_: Any):
+    def __init__(
+        self, sweep_dir: Path, max_parallel: int = 1, progress_every_s: float = 30.0, **_: Any
+    ):
         self.ledger = Ledger(sweep_dir)
         self.max_parallel = max(1, int(max_parallel))
         self.progress_every_s = progress_every_s
@@ -352,7 +410,9 @@ class LocalExecutor:
 
     def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
         # a killed driver's launcher, a hand-started run: followed until its process lets go
-        return [Handle(task, followed=True) for task, _ in running if task.store.owner() is not None]
+        return [
+            Handle(task, followed=True) for task, _ in running if task.store.owner() is not None
+        ]
 
     def wait(self, handles: list[Handle], progress: Progress) -> None:
         pending = [h.task for h in handles if not h.followed]
@@ -362,8 +422,12 @@ class LocalExecutor:
         for task in followed:
             progress(task, "following", f"owned by {describe_owner(task.store.owner())}")
         threads = max(1, (os.cpu_count() or 1) // min(self.max_parallel, max(1, n_new)))
-        env = {**os.environ, "HARNESS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "HARNESS_NUM_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1",
+        }
         last_report = time.time()
         said: dict[str, str] = {}
         try:
@@ -373,16 +437,27 @@ class LocalExecutor:
                     store = task.store
                     state, owner = store.availability()
                     if state == "done":
-                        progress(task, "followed", "finished meanwhile by another process; not started again")
+                        progress(
+                            task,
+                            "followed",
+                            "finished meanwhile by another process; not started again",
+                        )
                         continue
                     if state == "owned":
-                        progress(task, "following",
-                                 f"owned by {describe_owner(owner)}; waiting for it, not training it twice")
+                        progress(
+                            task,
+                            "following",
+                            f"owned by {describe_owner(owner)}; waiting for it, not training it twice",
+                        )
                         followed.append(task)
                         continue
-                    proc = subprocess.Popen([sys.executable, "-m", "harness.launch", str(task.run_dir)],
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "harness.launch", str(task.run_dir)],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        start_new_session=True,
+                    )
                     out = _Output(proc, store.launch_log)
                     _record(self.ledger, task, progress, self.name, pid=proc.pid)
                     running[proc] = (task, time.time(), out)
@@ -398,10 +473,12 @@ class LocalExecutor:
                         self._followed_ended(task, progress)
                 if self.progress_every_s and time.time() - last_report >= self.progress_every_s:
                     last_report = time.time()
-                    for task, event in [*((t, "progress") for t, _, _ in running.values()),
-                                        *((t, "following") for t in followed)]:
+                    for task, event in [
+                        *((t, "progress") for t, _, _ in running.values()),
+                        *((t, "following") for t in followed),
+                    ]:
                         text = progress_text(task.store)
-                        if text and said.get(task.run_id) != text:      # only news
+                        if text and said.get(task.run_id) != text:  # only news
                             said[task.run_id] = text
                             progress(task, event, text)
         except KeyboardInterrupt:
@@ -410,8 +487,15 @@ class LocalExecutor:
                 proc.send_signal(signal.SIGTERM)
             raise
 
-    def _ended(self, task: Task, rc: int, seconds: float, out: _Output, progress: Progress,
-               followed: list[Task]) -> None:
+    def _ended(
+        self,
+        task: Task,
+        rc: int,
+        seconds: float,
+        out: _Output,
+        progress: Progress,
+        followed: list[Task],
+    ) -> None:
         log = task.store.launch_log
         if rc == 0 and task.store.is_done():
             progress(task, "done", f"{seconds:.1f} s")
@@ -421,7 +505,9 @@ class LocalExecutor:
             progress(task, "following", out.error_line())
             followed.append(task)
             return
-        note = mark_failed(task.run_dir, f"launcher exited with code {rc}: {out.error_line()} (log: {log})")
+        note = mark_failed(
+            task.run_dir, f"launcher exited with code {rc}: {out.error_line()} (log: {log})"
+        )
         detail = f"exit {rc}: {out.error_line()}; log: {log}"
         if out.log_error:
             detail += f" (the log is incomplete: {out.log_error}; its last lines follow)"
@@ -435,8 +521,12 @@ class LocalExecutor:
             progress(task, "followed", "finished by its other owner")
         else:
             st = store.status() or {}
-            progress(task, "stopped", f"its other owner stopped without finishing it (status {st.get('state')}: "
-                                      f"{st.get('error') or '-'}); rerun the sweep to resume it")
+            progress(
+                task,
+                "stopped",
+                f"its other owner stopped without finishing it (status {st.get('state')}: "
+                f"{st.get('error') or '-'}); rerun the sweep to resume it",
+            )
 
     @classmethod
     def known_states(cls, entries: list[Entry]) -> dict[str, str]:
@@ -461,8 +551,12 @@ def submitit_parameters(rc: Resources, name: str, max_parallel: int | None) -> d
     """submitit parameters of one resource class: the one place a Resources becomes a SLURM
     request. tasks per node = devices = GPUs per node (gpu)."""
     params: dict[str, Any] = {
-        "name": name, "timeout_min": int(rc.time_min), "nodes": rc.nodes,
-        "tasks_per_node": rc.tasks_per_node, "cpus_per_task": rc.cpus_per_task, "mem_gb": rc.mem_gb,
+        "name": name,
+        "timeout_min": int(rc.time_min),
+        "nodes": rc.nodes,
+        "tasks_per_node": rc.tasks_per_node,
+        "cpus_per_task": rc.cpus_per_task,
+        "mem_gb": rc.mem_gb,
         "slurm_array_parallelism": min(rc.array_parallelism, max_parallel or rc.array_parallelism),
         "slurm_signal_delay_s": rc.signal_delay_s,
     }
@@ -478,10 +572,14 @@ def submitit_parameters(rc: Resources, name: str, max_parallel: int | None) -> d
 def check_devices(task: Task) -> None:
     """The one-value rule: SLURM tasks per node == Trainer devices (== GPUs per node on GPUs)."""
     rc = task.resources
-    ok = rc.tasks_per_node == task.devices and (rc.accelerator != "gpu" or rc.gpus_per_node == task.devices)
+    ok = rc.tasks_per_node == task.devices and (
+        rc.accelerator != "gpu" or rc.gpus_per_node == task.devices
+    )
     if not ok:
-        raise AssertionError(f"run {task.name}: tasks_per_node={rc.tasks_per_node}, gpus_per_node={rc.gpus_per_node}, "
-                             f"train.devices={task.devices} must all be equal (one srun task per device)")
+        raise AssertionError(
+            f"run {task.name}: tasks_per_node={rc.tasks_per_node}, gpus_per_node={rc.gpus_per_node}, "
+            f"train.devices={task.devices} must all be equal (one srun task per device)"
+        )
 
 
 class SlurmExecutor:
@@ -491,7 +589,9 @@ class SlurmExecutor:
     on_this_machine = False
     detached = True
 
-    def __init__(self, sweep_dir: Path, max_parallel: int | None = None, job_prefix: str = "", **_: Any):
+    def __init__(
+        self, sweep_dir: Path, max_parallel: int | None = None, job_prefix: str = "", **_: Any
+    ):
         self.sweep_dir = Path(sweep_dir)
         self.ledger = Ledger(sweep_dir)
         self.submitit_dir = SweepStore(sweep_dir).submitit / "%j"
@@ -502,6 +602,7 @@ class SlurmExecutor:
         import submitit
 
         from harness.launch import LaunchRun
+
         by_class: dict[str, list[Task]] = defaultdict(list)
         for task in tasks:
             check_devices(task)
@@ -509,16 +610,19 @@ class SlurmExecutor:
             if state == "done":
                 progress(task, "followed", "finished meanwhile by another process; not submitted")
                 continue
-            if state == "owned":        # e.g. a hand-started harness.train on this folder
+            if state == "owned":  # e.g. a hand-started harness.train on this folder
                 progress(task, "skipped", f"owned by {describe_owner(owner)}; not submitted twice")
                 continue
             by_class[task.resource_class].append(task)
         submitted = []
         for cls, group in by_class.items():
             rc = group[0].resources
-            ex = submitit.AutoExecutor(folder=self.submitit_dir, cluster="slurm",
-                                       slurm_max_num_timeout=rc.max_num_timeout)
-            ex.update_parameters(**submitit_parameters(rc, f"{self.job_prefix}-{cls}", self.max_parallel))
+            ex = submitit.AutoExecutor(
+                folder=self.submitit_dir, cluster="slurm", slurm_max_num_timeout=rc.max_num_timeout
+            )
+            ex.update_parameters(
+                **submitit_parameters(rc, f"{self.job_prefix}-{cls}", self.max_parallel)
+            )
             with ex.batch():
                 jobs = [ex.submit(LaunchRun(), str(t.run_dir)) for t in group]
             for task, job in zip(group, jobs):
@@ -538,8 +642,14 @@ class SlurmExecutor:
     def wait(self, handles: list[Handle], progress: Progress, poll_s: float = 5.0) -> None:
         """Follow the jobs until each one ends; report requeues and failures as they happen."""
         import submitit
-        open_jobs = {h.job_id: (h.task, h.job or submitit.SlurmJob(folder=self.submitit_dir, job_id=h.job_id))
-                     for h in handles}
+
+        open_jobs = {
+            h.job_id: (
+                h.task,
+                h.job or submitit.SlurmJob(folder=self.submitit_dir, job_id=h.job_id),
+            )
+            for h in handles
+        }
         seen: dict[str, str] = {}
         while open_jobs:
             states = slurm_states(list(open_jobs))
@@ -555,10 +665,16 @@ class SlurmExecutor:
                     progress(task, "done", f"job {jid}")
                     del open_jobs[jid]
                 elif state != "UNKNOWN" or _result_file_written(job):
-                    note = mark_failed(task.run_dir, f"SLURM job {jid} ended {state} without finishing the run; "
-                                                     f"log: {_job_log(job)}")
-                    progress(task, "failed" if state != "CANCELLED" else "cancelled",
-                             f"job {jid} {state}; log: {_job_log(job)}" + (f"; {note}" if note else ""))
+                    note = mark_failed(
+                        task.run_dir,
+                        f"SLURM job {jid} ended {state} without finishing the run; "
+                        f"log: {_job_log(job)}",
+                    )
+                    progress(
+                        task,
+                        "failed" if state != "CANCELLED" else "cancelled",
+                        f"job {jid} {state}; log: {_job_log(job)}" + (f"; {note}" if note else ""),
+                    )
                     del open_jobs[jid]
             if open_jobs:
                 time.sleep(poll_s)
@@ -577,7 +693,11 @@ class SlurmExecutor:
     def cancel(cls, entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
         """scancel the jobs the scheduler still calls live (one call for all of them)."""
         states = cls.known_states(list(entries.values()))
-        live = {run_id: e["job_id"] for run_id, e in entries.items() if states.get(e["job_id"]) in LIVE_STATES}
+        live = {
+            run_id: e["job_id"]
+            for run_id, e in entries.items()
+            if states.get(e["job_id"]) in LIVE_STATES
+        }
         if live:
             subprocess.run(["scancel", *live.values()], check=True)
         return list(live)
@@ -601,7 +721,11 @@ def _add_job_to_status(run_dir: Path, job_id: str) -> None:
     RunStore(run_dir).add_job(job_id)
 
 
-EXECUTORS: dict[str, type[Executor]] = {"debug": DebugExecutor, "local": LocalExecutor, "slurm": SlurmExecutor}
+EXECUTORS: dict[str, type[Executor]] = {
+    "debug": DebugExecutor,
+    "local": LocalExecutor,
+    "slurm": SlurmExecutor,
+}
 
 
 def executor_class(name: str) -> type[Executor]:
@@ -620,11 +744,15 @@ def cancel(entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
     return done
 
 
-def make_executor(name: str, sweep_dir: Path, max_parallel: int | None, progress_every_s: float = 30.0) -> Executor:
+def make_executor(
+    name: str, sweep_dir: Path, max_parallel: int | None, progress_every_s: float = 30.0
+) -> Executor:
     if name == "debug":
         return DebugExecutor(sweep_dir)
     if name == "local":
-        return LocalExecutor(sweep_dir, max_parallel=max_parallel or 1, progress_every_s=progress_every_s)
+        return LocalExecutor(
+            sweep_dir, max_parallel=max_parallel or 1, progress_every_s=progress_every_s
+        )
     if name == "slurm":
         return SlurmExecutor(sweep_dir, max_parallel=max_parallel)
     raise ValueError(f"unknown executor {name!r}; choose slurm, local or debug")

@@ -14,6 +14,7 @@ owned by another live process waits HARNESS_LOCK_WAIT_S (default 30 s: a requeue
 while its predecessor is still exiting), then exits with code 75 (runstore.EXIT_BUSY) and one line
 naming the owner. User errors (config, data contract, disk) end in one `error:` line, not a traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,13 +36,17 @@ def _set_threads() -> None:
     n = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("HARNESS_NUM_THREADS")
     if n:
         import torch
+
         torch.set_num_threads(max(1, int(n)))
 
 
 def attempt_record(event: str) -> dict[str, Any]:
     """What logs/jobs.jsonl says about this attempt (the run store adds time, host, pid)."""
-    return {"event": event, "slurm_job_id": _slurm_job_id(),
-            "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
+    return {
+        "event": event,
+        "slurm_job_id": _slurm_job_id(),
+        "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+    }
 
 
 def _slurm_job_id() -> str | None:
@@ -55,9 +60,8 @@ class LaunchRun(submitit.helpers.Checkpointable):
 
     def __call__(self, run_dir: str) -> dict[str, Any]:
         from harness.config import load_config
-        from harness.train import train_run
-
         from harness.runstore import CONFIG
+        from harness.train import train_run
 
         path = Path(run_dir)
         cfg = load_config(path / CONFIG)
@@ -68,6 +72,7 @@ class LaunchRun(submitit.helpers.Checkpointable):
         # Called by submitit in the job on timeout/preemption (rank 0). The state to resume from is
         # the run's own checkpoints/last.ckpt, written by train_run at its checkpoint cadence.
         from harness.runstore import RunStore, RunStoreError, process_rank
+
         if process_rank() == 0:
             try:
                 RunStore(run_dir).record_attempt(**attempt_record("requeue"))
@@ -79,12 +84,16 @@ class LaunchRun(submitit.helpers.Checkpointable):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m harness.launch RUN_DIR   (RUN_DIR holds the config.yaml to train)", file=sys.stderr)
+        print(
+            "usage: python -m harness.launch RUN_DIR   (RUN_DIR holds the config.yaml to train)",
+            file=sys.stderr,
+        )
         return 2
     from harness.config import ConfigError
     from harness.data.contract import ContractError
     from harness.runstore import Busy, RunStoreError
     from harness.system import NonFiniteLossError
+
     try:
         LaunchRun()(argv[0])
     except Busy as err:

@@ -16,14 +16,16 @@ AUC and UAUC themselves live in harness/metrics_np.py (shared with the synthetic
 one implementation in the repository); this module adds non-finite checks, logloss from logits,
 the CVR modes and the per-day macro average. It stays importable without torch.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 
-from harness import metrics_np as _np   # the one implementation of exact AUC / UAUC in the repo
+from harness import metrics_np as _np  # the one implementation of exact AUC / UAUC in the repo
 
 DAY_SECONDS = 86_400
 
@@ -31,7 +33,9 @@ DAY_SECONDS = 86_400
 def _as_1d(name: str, x) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64).reshape(-1)
     if not np.isfinite(a).all():
-        raise ValueError(f"{name}: contains NaN or infinite values ({int((~np.isfinite(a)).sum())} of {a.size}).")
+        raise ValueError(
+            f"{name}: contains NaN or infinite values ({int((~np.isfinite(a)).sum())} of {a.size})."
+        )
     return a
 
 
@@ -63,9 +67,11 @@ def logloss(labels, *, logits=None, probs=None, eps: float = _np.EPS) -> float:
 def task_metrics(prefix: str, labels, users, *, logits=None, probs=None) -> dict[str, float]:
     """{prefix_auc, prefix_uauc, prefix_logloss} for one task, ranked by logits or probabilities."""
     score = logits if logits is not None else probs
-    return {f"{prefix}_auc": auc(labels, score),
-            f"{prefix}_uauc": uauc(labels, score, users),
-            f"{prefix}_logloss": logloss(labels, logits=logits, probs=probs)}
+    return {
+        f"{prefix}_auc": auc(labels, score),
+        f"{prefix}_uauc": uauc(labels, score, users),
+        f"{prefix}_logloss": logloss(labels, logits=logits, probs=probs),
+    }
 
 
 def _log_sigmoid(z: np.ndarray) -> np.ndarray:
@@ -75,8 +81,9 @@ def _log_sigmoid(z: np.ndarray) -> np.ndarray:
 CvrMode = Literal["clicked", "ctcvr"]
 
 
-def split_metrics(p: Mapping[str, np.ndarray], cvr_mode: CvrMode = "clicked",
-                  oracle: bool = False) -> dict[str, float]:
+def split_metrics(
+    p: Mapping[str, np.ndarray], cvr_mode: CvrMode = "clicked", oracle: bool = False
+) -> dict[str, float]:
     """The result.json metric keys for one split.
 
     `p` holds 1-D arrays: click, conversion, user_id and either ctr_logit/cvr_logit (a model) or,
@@ -92,7 +99,9 @@ def split_metrics(p: Mapping[str, np.ndarray], cvr_mode: CvrMode = "clicked",
             m = click > 0.5
             out |= task_metrics("cvr", conv[m], user[m], probs=np.asarray(p["p_conversion"])[m])
         else:
-            out |= task_metrics("cvr", conv, user, probs=np.asarray(p["p_click"]) * np.asarray(p["p_conversion"]))
+            out |= task_metrics(
+                "cvr", conv, user, probs=np.asarray(p["p_click"]) * np.asarray(p["p_conversion"])
+            )
         return out
     out |= task_metrics("ctr", click, user, logits=p["ctr_logit"])
     if cvr_mode == "clicked":
@@ -100,22 +109,28 @@ def split_metrics(p: Mapping[str, np.ndarray], cvr_mode: CvrMode = "clicked",
         out |= task_metrics("cvr", conv[m], user[m], logits=np.asarray(p["cvr_logit"])[m])
     else:
         # log P(click and conversion) = log s(a) + log s(b): monotone in the product, no saturation
-        log_p = _log_sigmoid(np.asarray(p["ctr_logit"], np.float64)) + _log_sigmoid(np.asarray(p["cvr_logit"], np.float64))
-        log_q = np.log(-np.expm1(np.minimum(log_p, -1e-300)))           # log(1 - p)
+        log_p = _log_sigmoid(np.asarray(p["ctr_logit"], np.float64)) + _log_sigmoid(
+            np.asarray(p["cvr_logit"], np.float64)
+        )
+        log_q = np.log(-np.expm1(np.minimum(log_p, -1e-300)))  # log(1 - p)
         ll = float(-np.mean(conv * log_p + (1 - conv) * log_q)) if conv.size else math.nan
         out |= {"cvr_auc": auc(conv, log_p), "cvr_uauc": uauc(conv, log_p, user), "cvr_logloss": ll}
     return out
 
 
-def daily_macro(p: Mapping[str, np.ndarray], cvr_mode: CvrMode = "clicked", oracle: bool = False,
-                warmup_days: int = 0) -> dict[str, float]:
+def daily_macro(
+    p: Mapping[str, np.ndarray],
+    cvr_mode: CvrMode = "clicked",
+    oracle: bool = False,
+    warmup_days: int = 0,
+) -> dict[str, float]:
     """Next-batch protocol figures: split_metrics per calendar day (ts // 86400), then the mean over
     days (each day weighted equally), leaving out the first `warmup_days` days. A day whose metric
     is undefined (single class) is left out of that metric's mean."""
     day = np.asarray(p["ts"]) // DAY_SECONDS
     days = np.unique(day)[warmup_days:]
     per_day = []
-    for d in days:          # one iteration per day (tens), each fully vectorised
+    for d in days:  # one iteration per day (tens), each fully vectorised
         m = day == d
         per_day.append(split_metrics({k: np.asarray(v)[m] for k, v in p.items()}, cvr_mode, oracle))
     if not per_day:

@@ -9,6 +9,7 @@ Definitions:
            impressions are all one class have no AUC and are left out (weights renormalised).
   logloss  mean binary cross-entropy of probabilities clipped to [eps, 1 - eps].
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,14 +38,14 @@ def _tied_ranks(s: np.ndarray, group: np.ndarray | None = None) -> tuple[np.ndar
     new_run[1:] = (ss[1:] != ss[:-1]) | (gs[1:] != gs[:-1])
     run_id = np.cumsum(new_run) - 1
     run_start = np.flatnonzero(new_run)
-    run_end = np.append(run_start[1:], n)                     # exclusive
+    run_end = np.append(run_start[1:], n)  # exclusive
     # position within the group: global position minus the group's first position
     new_group = np.ones(n, dtype=bool)
     new_group[1:] = gs[1:] != gs[:-1]
     group_start = np.flatnonzero(new_group)
     group_of = np.cumsum(new_group) - 1
     base = group_start[group_of]
-    avg_rank = (run_start + run_end - 1) / 2.0 + 1.0          # average of 1-based global positions
+    avg_rank = (run_start + run_end - 1) / 2.0 + 1.0  # average of 1-based global positions
     ranks = avg_rank[run_id] - base
     return order, ranks
 
@@ -95,8 +96,11 @@ def logloss(y, p, eps: float = EPS) -> float:
 
 def task_metrics(prefix: str, y, p, users) -> dict[str, float]:
     """{prefix_auc, prefix_uauc, prefix_logloss} (the result.json metric keys) for one task."""
-    return {f"{prefix}_auc": auc(y, p), f"{prefix}_uauc": uauc(y, p, users),
-            f"{prefix}_logloss": logloss(y, p)}
+    return {
+        f"{prefix}_auc": auc(y, p),
+        f"{prefix}_uauc": uauc(y, p, users),
+        f"{prefix}_logloss": logloss(y, p),
+    }
 
 
 def ranking_metrics(click, conversion, p_click, p_conversion, users) -> dict[str, float]:
@@ -104,6 +108,12 @@ def ranking_metrics(click, conversion, p_click, p_conversion, users) -> dict[str
     click = np.asarray(click)
     clicked = click == 1
     out = task_metrics("ctr", click, p_click, users)
-    out.update(task_metrics("cvr", np.asarray(conversion)[clicked], np.asarray(p_conversion)[clicked],
-                            np.asarray(users)[clicked]))
+    out.update(
+        task_metrics(
+            "cvr",
+            np.asarray(conversion)[clicked],
+            np.asarray(p_conversion)[clicked],
+            np.asarray(users)[clicked],
+        )
+    )
     return out

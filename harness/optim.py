@@ -14,9 +14,10 @@
 Both: global-norm gradient clipping per group (dense 90, sparse 120 by default), applied by
 clip_per_group() before each optimizer step.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -30,8 +31,12 @@ class PaperOptimizer(torch.optim.Optimizer):
     def __init__(self, groups: list[dict]):
         for g in groups:
             if g.get("rule") not in ("adagrad", "rmspropv2"):
-                raise ValueError(f"PaperOptimizer: group rule must be 'adagrad' or 'rmspropv2', got {g.get('rule')!r}")
-        super().__init__(groups, defaults={"lr": 0.0, "beta": 0.0, "eps": 0.0, "init_acc": 0.0, "clip": 0.0})
+                raise ValueError(
+                    f"PaperOptimizer: group rule must be 'adagrad' or 'rmspropv2', got {g.get('rule')!r}"
+                )
+        super().__init__(
+            groups, defaults={"lr": 0.0, "beta": 0.0, "eps": 0.0, "init_acc": 0.0, "clip": 0.0}
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -45,7 +50,9 @@ class PaperOptimizer(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             if any(g.is_sparse for g in grads):
-                raise RuntimeError("PaperOptimizer: sparse gradients are not supported; use dense embedding grads.")
+                raise RuntimeError(
+                    "PaperOptimizer: sparse gradients are not supported; use dense embedding grads."
+                )
             accs = []
             for p in params:
                 state = self.state[p]
@@ -55,10 +62,10 @@ class PaperOptimizer(torch.optim.Optimizer):
                 accs.append(state["acc"])
             # one fused (foreach) update per group rather than a Python loop of small kernels
             if group["rule"] == "adagrad":
-                torch._foreach_addcmul_(accs, grads, grads)                 # acc += g^2
+                torch._foreach_addcmul_(accs, grads, grads)  # acc += g^2
                 denom = torch._foreach_sqrt(accs)
             else:
-                torch._foreach_mul_(accs, group["beta"])                    # v = beta v + g^2
+                torch._foreach_mul_(accs, group["beta"])  # v = beta v + g^2
                 torch._foreach_addcmul_(accs, grads, grads)
                 denom = torch._foreach_sqrt(accs)
                 torch._foreach_add_(denom, group["eps"])
@@ -81,14 +88,32 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
     dense, sparse = split_parameters(model)
     if cfg.optimizer == "paper":
         groups = [
-            {"name": "dense", "params": dense, "rule": "rmspropv2", "lr": cfg.dense_lr, "beta": cfg.dense_beta,
-             "eps": cfg.dense_eps, "clip": cfg.clip_dense},
-            {"name": "sparse", "params": sparse, "rule": "adagrad", "lr": cfg.sparse_lr,
-             "init_acc": cfg.sparse_init_acc, "clip": cfg.clip_sparse},
+            {
+                "name": "dense",
+                "params": dense,
+                "rule": "rmspropv2",
+                "lr": cfg.dense_lr,
+                "beta": cfg.dense_beta,
+                "eps": cfg.dense_eps,
+                "clip": cfg.clip_dense,
+            },
+            {
+                "name": "sparse",
+                "params": sparse,
+                "rule": "adagrad",
+                "lr": cfg.sparse_lr,
+                "init_acc": cfg.sparse_init_acc,
+                "clip": cfg.clip_sparse,
+            },
         ]
         return PaperOptimizer([g for g in groups if g["params"]]), None
     groups = [
-        {"name": "dense", "params": dense, "weight_decay": cfg.weight_decay, "clip": cfg.clip_dense},
+        {
+            "name": "dense",
+            "params": dense,
+            "weight_decay": cfg.weight_decay,
+            "clip": cfg.clip_dense,
+        },
         {"name": "sparse", "params": sparse, "weight_decay": 0.0, "clip": cfg.clip_sparse},
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
@@ -108,7 +133,11 @@ def clip_per_group(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
             continue
         clip = g.get("clip", 0.0)
         if clip > 0:
-            norms[g.get("name", "group")] = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            norms[g.get("name", "group")] = torch.nn.utils.clip_grad_norm_(
+                params, clip, foreach=True
+            )
         else:
-            norms[g.get("name", "group")] = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+            norms[g.get("name", "group")] = torch.nn.utils.get_total_norm(
+                [p.grad for p in params], foreach=True
+            )
     return norms

@@ -11,6 +11,7 @@ sigma comes from the within-configuration (seed) variance when some configuratio
 otherwise from the scatter of the runs around the fitted line (which also holds any lack of fit, so
 that MDE is conservative), and is undefined with fewer than 3 configurations of one seed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,10 +48,16 @@ def line_noise(x, y) -> tuple[float, int, str]:
         return float("nan"), 0, "fewer than 3 configurations"
     b, a = np.polyfit(u, y, 1)
     dof = len(y) - 2
-    return float(np.sqrt(np.sum((y - a - b * u) ** 2) / dof)), dof, "scatter around the line (seed noise not measured)"
+    return (
+        float(np.sqrt(np.sum((y - a - b * u) ** 2) / dof)),
+        dof,
+        "scatter around the line (seed noise not measured)",
+    )
 
 
-def mde_per_doubling(x, sigma: float, dof: int, *, alpha: float = ALPHA, power: float = POWER) -> float:
+def mde_per_doubling(
+    x, sigma: float, dof: int, *, alpha: float = ALPHA, power: float = POWER
+) -> float:
     """MDE of the gain per doubling of x for runs at x (one entry per run, seeds repeated)."""
     u = np.log2(np.asarray(x, dtype=float))
     sxx = float(np.sum((u - u.mean()) ** 2)) if len(u) else 0.0
@@ -60,12 +67,18 @@ def mde_per_doubling(x, sigma: float, dof: int, *, alpha: float = ALPHA, power: 
     return float(q * sigma / np.sqrt(sxx))
 
 
-def plan_mde(planned: list[dict], finished: list[dict], metric: str = "test.ctr_uauc") -> dict | None:
+def plan_mde(
+    planned: list[dict], finished: list[dict], metric: str = "test.ctr_uauc"
+) -> dict | None:
     """MDE of a planned sweep from its finished runs.
 
     planned: one dict per planned run with 'x' (the swept value) and 'config' (a label shared by seeds).
     finished: the same for runs already done, plus 'y' (the metric). None when too few are done."""
-    fin = [r for r in finished if r.get("y") is not None and np.isfinite(r["y"]) and r["x"] and r["x"] > 0]
+    fin = [
+        r
+        for r in finished
+        if r.get("y") is not None and np.isfinite(r["y"]) and r["x"] and r["x"] > 0
+    ]
     if not fin or not planned:
         return None
     sigma, dof, source = seed_noise([r["y"] for r in fin], [r["config"] for r in fin])
@@ -75,16 +88,24 @@ def plan_mde(planned: list[dict], finished: list[dict], metric: str = "test.ctr_
     mde = mde_per_doubling(xs, sigma, dof)
     if not np.isfinite(mde):
         return None
-    return {"metric": metric, "mde": mde, "sigma": sigma, "dof": dof, "source": source, "n_finished": len(fin),
-            "n_planned": len(xs), "n_configs": len({r["config"] for r in planned})}
+    return {
+        "metric": metric,
+        "mde": mde,
+        "sigma": sigma,
+        "dof": dof,
+        "source": source,
+        "n_finished": len(fin),
+        "n_planned": len(xs),
+        "n_configs": len({r["config"] for r in planned}),
+    }
 
 
 def read_metric(run_dir: Path, metric: str) -> float | None:
     """A finished run's metric ('test.ctr_uauc') from result.json; None when absent or unfinished."""
-    store = RunStore(run_dir)           # the run store's one "done" (DONE written last, result.json)
+    store = RunStore(run_dir)  # the run store's one "done" (DONE written last, result.json)
     if not store.is_done():
         return None
-    rec = store.result()                # None when unreadable or not a JSON object
+    rec = store.result()  # None when unreadable or not a JSON object
     try:
         split, _, name = metric.partition(".")
         v = rec["metrics"][split][name]
@@ -103,7 +124,9 @@ def _row_x(row, x: str | None, axis_keys: list[str]) -> tuple[float | None, str]
         return float(row.params), "dense params"
     key = x if x in axes else next((k for k in axis_keys if k in axes), None)
     v = axes.get(key) if key else None
-    return (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None), (key or "?")
+    return (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None), (
+        key or "?"
+    )
 
 
 def sweep_mde_lines(sweep, rows) -> list[str]:
@@ -111,7 +134,11 @@ def sweep_mde_lines(sweep, rows) -> list[str]:
     the planned sweep from the finished runs of the same configurations already in the sweep folder.
     rows: harness.sweep.Row objects (run.plan.axes/seed/label, run_dir, and params/flops when described)."""
     hints = sweep.analysis
-    metrics = [m for m in (hints.metrics if hints else ("test.ctr_uauc",)) if m.split(".")[0] in ("test", "val")]
+    metrics = [
+        m
+        for m in (hints.metrics if hints else ("test.ctr_uauc",))
+        if m.split(".")[0] in ("test", "val")
+    ]
     x_hint = hints.x if hints else None
     if hints is not None and x_hint not in ("flops", "params"):
         x_hint = x_hint if any(x_hint in r.run.plan.axes for r in rows) else None
@@ -132,11 +159,15 @@ def sweep_mde_lines(sweep, rows) -> list[str]:
             if res is None:
                 continue
             seeds = len(group) / max(res["n_configs"], 1)
-            lines.append(f"MDE {label}: {metric} {res['mde']:.2g} per doubling of {x_name} (95% confidence, 80% power) "
-                         f"for the planned {res['n_configs']} configs x {seeds:g} seed{'' if seeds == 1 else 's'}; "
-                         f"sigma {res['sigma']:.2g} "
-                         f"({res['source']}, {res['dof']} dof) from {res['n_finished']} finished runs")
+            lines.append(
+                f"MDE {label}: {metric} {res['mde']:.2g} per doubling of {x_name} (95% confidence, 80% power) "
+                f"for the planned {res['n_configs']} configs x {seeds:g} seed{'' if seeds == 1 else 's'}; "
+                f"sigma {res['sigma']:.2g} "
+                f"({res['source']}, {res['dof']} dof) from {res['n_finished']} finished runs"
+            )
     if not lines and rows:
-        lines.append("MDE: not shown (needs finished runs of these configurations in the sweep folder: >= 2 seeds "
-                     "of one configuration, or >= 3 configurations)")
+        lines.append(
+            "MDE: not shown (needs finished runs of these configurations in the sweep folder: >= 2 seeds "
+            "of one configuration, or >= 3 configurations)"
+        )
     return lines

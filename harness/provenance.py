@@ -4,6 +4,7 @@
 Decisions are made here, before training, from the config and the device, never by trying one
 thing and falling back on failure.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -20,26 +21,48 @@ import torch
 from harness.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("torch", "lightning", "numpy", "pandas", "pyarrow", "wandb", "submitit", "flash-attn", "onetrans-harness")
+PACKAGES = (
+    "torch",
+    "lightning",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "wandb",
+    "submitit",
+    "flash-attn",
+    "onetrans-harness",
+)
 
 # Dense bf16 peak FLOP/s by device name (for MFU); no entry = no stated peak = MFU is null.
-PEAK_BF16_FLOPS = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12,
-                   "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+PEAK_BF16_FLOPS = {
+    "H100 SXM": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+}
 
 
 def git_state(repo: Path = REPO) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
-            r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+            r = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+            )
             return r.stdout.strip() if r.returncode == 0 else None
         except (OSError, subprocess.TimeoutExpired):
             return None
 
     sha = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha, "dirty": bool(status) if status is not None else None,
-            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "note": None if sha else "not a git checkout (or git missing): code version unknown"}
+    return {
+        "sha": sha,
+        "dirty": bool(status) if status is not None else None,
+        "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+        "note": None if sha else "not a git checkout (or git missing): code version unknown",
+    }
 
 
 def packages() -> dict[str, str | None]:
@@ -54,16 +77,35 @@ def packages() -> dict[str, str | None]:
 
 def device_info(accelerator: str) -> dict[str, Any]:
     cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu")
-    info: dict[str, Any] = {"host": socket.gethostname(), "platform": platform.platform(),
-                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads(), "cuda": cuda}
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": cuda,
+    }
     if cuda:
-        info |= {"gpu": torch.cuda.get_device_name(0), "gpu_count": torch.cuda.device_count(),
-                 "cuda_version": torch.version.cuda, "bf16_supported": torch.cuda.is_bf16_supported()}
+        info |= {
+            "gpu": torch.cuda.get_device_name(0),
+            "gpu_count": torch.cuda.device_count(),
+            "cuda_version": torch.version.cuda,
+            "bf16_supported": torch.cuda.is_bf16_supported(),
+        }
     if os.environ.get("SLURM_JOB_ID"):
-        info["slurm"] = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
-                                                     "SLURM_NODELIST", "SLURM_CPUS_PER_TASK", "SLURM_NTASKS",
-                                                     "SLURM_RESTART_COUNT") if k in os.environ}
+        info["slurm"] = {
+            k: os.environ[k]
+            for k in (
+                "SLURM_JOB_ID",
+                "SLURM_ARRAY_JOB_ID",
+                "SLURM_ARRAY_TASK_ID",
+                "SLURM_NODELIST",
+                "SLURM_CPUS_PER_TASK",
+                "SLURM_NTASKS",
+                "SLURM_RESTART_COUNT",
+            )
+            if k in os.environ
+        }
     return info
 
 
@@ -72,10 +114,13 @@ def peak_flops(device: dict[str, Any], precision: str) -> tuple[float | None, st
     if not device.get("cuda"):
         return None, "CPU: no stated peak, MFU not reported"
     name = device.get("gpu", "")
-    for key, peak in PEAK_BF16_FLOPS.items():      # most specific names first
+    for key, peak in PEAK_BF16_FLOPS.items():  # most specific names first
         if key in name:
             # one reference peak for every precision, so MFUs of fp32 and bf16 runs compare
-            return peak, f"{key} dense bf16 peak {peak:.3g} FLOP/s (used for every precision; run: {precision})"
+            return (
+                peak,
+                f"{key} dense bf16 peak {peak:.3g} FLOP/s (used for every precision; run: {precision})",
+            )
     return None, f"no peak FLOP/s known for {name!r}; MFU not reported"
 
 
@@ -84,7 +129,10 @@ def decide_precision(cfg: RunConfig) -> tuple[str, str]:
     cuda = torch.cuda.is_available() and acc in ("auto", "gpu")
     if p == "auto":
         if cuda and torch.cuda.is_bf16_supported():
-            return "bf16-mixed", "auto: CUDA device supports bf16 (the paper trains in mixed precision)"
+            return (
+                "bf16-mixed",
+                "auto: CUDA device supports bf16 (the paper trains in mixed precision)",
+            )
         if cuda:
             return "32-true", "auto: this CUDA device has no bf16 support"
         return "32-true", "auto: on CPU bf16 matmuls are ~50x slower than fp32 (infra.md §2)"
@@ -120,5 +168,10 @@ def decide_threads(num_workers: int = 0) -> tuple[int, str]:
 
 
 def collect(cfg: RunConfig, decisions: dict[str, Any]) -> dict[str, Any]:
-    return {"git": git_state(), "packages": packages(), "device": device_info(cfg.train.accelerator),
-            "command": sys.argv, "decisions": decisions}
+    return {
+        "git": git_state(),
+        "packages": packages(),
+        "device": device_info(cfg.train.accelerator),
+        "command": sys.argv,
+        "decisions": decisions,
+    }

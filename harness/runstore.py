@@ -22,6 +22,7 @@ folder by the one driver that dispatches it (`SweepStore.lock()`). Both are `flo
 lost node), so a killed process never leaves a folder stuck. Who holds a lock is written beside it
 (`<lock>.owner`: pid, host, command, since) so that a second process can say whom it waits for.
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,8 @@ DONE = "DONE"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 LAST_CKPT = "last.ckpt"
-LAUNCH_LOG = "launch.log"           # in logs/: the local launcher's stdout + stderr
-JOBS = "jobs.jsonl"                 # in logs/: one line per attempt (job id, host, restart count)
+LAUNCH_LOG = "launch.log"  # in logs/: the local launcher's stdout + stderr
+JOBS = "jobs.jsonl"  # in logs/: one line per attempt (job id, host, restart count)
 RUN_LOCK = ".lock"
 SWEEP_META = ".sweep"
 LEDGER = "ledger.jsonl"
@@ -101,7 +102,7 @@ def process_rank() -> int:
 
 def now_iso() -> str:
     """The one timestamp format of run and sweep folders: UTC, ISO 8601, seconds."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def disk_message(err: OSError, path: Path | str | None = None) -> str:
@@ -112,9 +113,15 @@ def disk_message(err: OSError, path: Path | str | None = None) -> str:
         fix = "free space there (or use another --runs-dir) and rerun: the run resumes from its last checkpoint"
         what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
     elif code == errno.EROFS:
-        what, fix = "read-only file system", "choose a writable runs directory (--runs-dir or HARNESS_RUNS_DIR)"
+        what, fix = (
+            "read-only file system",
+            "choose a writable runs directory (--runs-dir or HARNESS_RUNS_DIR)",
+        )
     elif code in (errno.EACCES, errno.EPERM):
-        what, fix = "permission denied", "choose a runs directory you can write (--runs-dir or HARNESS_RUNS_DIR)"
+        what, fix = (
+            "permission denied",
+            "choose a runs directory you can write (--runs-dir or HARNESS_RUNS_DIR)",
+        )
     else:
         what, fix = (err.strerror or str(err)), "check the file system"
     return f"cannot write {where}: {what}; {fix}"
@@ -137,7 +144,9 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp.{os.getpid()}")
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Any], None], mode: str = "w", **open_kw: Any) -> None:
+def atomic_write_bytes(
+    path: Path, write: Callable[[Any], None], mode: str = "w", **open_kw: Any
+) -> None:
     """Write through `write(file)` into a temporary sibling, fsync, rename. On failure the
     temporary file is removed and RunStoreError names the path (OSError is kept as __cause__)."""
     path = Path(path)
@@ -181,6 +190,7 @@ def run_dir_for(runs_dir: str | Path, sweep: str, rid: str) -> Path:
 
 # ---- locks ---------------------------------------------------------------------------------
 
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -197,8 +207,9 @@ def describe_owner(owner: dict[str, Any] | None) -> str:
     if not owner:
         return "another process (it wrote no owner record)"
     cmd = owner.get("command") or ""
-    return (f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
-            + (f" (`{cmd[:120]}`)" if cmd else ""))
+    return f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}" + (
+        f" (`{cmd[:120]}`)" if cmd else ""
+    )
 
 
 class FolderLock:
@@ -238,8 +249,12 @@ class FolderLock:
     def owner(self) -> dict[str, Any]:
         return read_json(self.owner_path) or {}
 
-    def acquire(self, wait_s: float = 0.0, on_wait: Callable[[dict[str, Any]], None] | None = None,
-                poll_s: float = 1.0) -> FolderLock:
+    def acquire(
+        self,
+        wait_s: float = 0.0,
+        on_wait: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> FolderLock:
         """Take the lock, waiting up to wait_s seconds (float('inf'): forever); `on_wait(owner)` is
         called once before waiting and then every poll. Raises Busy when still held, RunStoreError
         when the folder cannot hold a lock file (read-only, full)."""
@@ -256,19 +271,25 @@ class FolderLock:
             except filelock.Timeout:
                 owner = self.owner()
                 if time.monotonic() >= deadline:
-                    raise Busy(f"{self.what} {self.folder} is owned by {describe_owner(owner)}", owner) from None
+                    raise Busy(
+                        f"{self.what} {self.folder} is owned by {describe_owner(owner)}", owner
+                    ) from None
                 if on_wait is not None:
                     on_wait(owner)
                 time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
             except OSError as err:
                 raise RunStoreError(disk_message(err, self.path)) from err
         self._lock = lock
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(),
-                  "command": " ".join(sys.argv)}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": now_iso(),
+            "command": " ".join(sys.argv),
+        }
         try:
             atomic_write_json(self.owner_path, record)
         except (RunStoreError, OSError):
-            pass        # the lock holds without its record; waiters then say "another process"
+            pass  # the lock holds without its record; waiters then say "another process"
         return self
 
     def release(self) -> None:
@@ -294,6 +315,7 @@ class FolderLock:
 
 
 # ---- the run folder ------------------------------------------------------------------------
+
 
 class RunStore:
     """One run folder."""
@@ -334,7 +356,9 @@ class RunStore:
             raise RunStoreError(disk_message(err, self.path)) from err
 
     # ownership
-    def lock(self, wait_s: float = 0.0, on_wait: Callable[[dict[str, Any]], None] | None = None) -> FolderLock:
+    def lock(
+        self, wait_s: float = 0.0, on_wait: Callable[[dict[str, Any]], None] | None = None
+    ) -> FolderLock:
         """Own this run folder (raises Busy naming the owner). Use as a context manager."""
         return self._lock.acquire(wait_s=wait_s, on_wait=on_wait)
 
@@ -406,16 +430,24 @@ class RunStore:
             return "interrupted"
         return "new"
 
-    def write_status(self, state: str, *, error: str | None = None, new_attempt: bool = False, **extra) -> dict:
+    def write_status(
+        self, state: str, *, error: str | None = None, new_attempt: bool = False, **extra
+    ) -> dict:
         """state: running | done | failed. `attempts` counts starts of this run (resumes included).
 
         On a full disk the atomic write (a new file) can fail where rewriting the existing small
         file in place still fits (its blocks are freed first), so a failure is recorded even then."""
         old = self.status() or {}
         attempts = int(old.get("attempts", 0)) + (1 if new_attempt else 0)
-        status = {"state": state, "updated": now_iso(), "attempts": attempts, "error": error, **extra}
+        status = {
+            "state": state,
+            "updated": now_iso(),
+            "attempts": attempts,
+            "error": error,
+            **extra,
+        }
         if "jobs" in old and "jobs" not in extra:
-            status["jobs"] = old["jobs"]    # scheduler job ids mirrored by the sweep dispatcher
+            status["jobs"] = old["jobs"]  # scheduler job ids mirrored by the sweep dispatcher
         self._write_status(status)
         return status
 
@@ -426,7 +458,11 @@ class RunStore:
             atomic_write_text(path, text)
         except RunStoreError as err:
             cause = err.__cause__
-            if not (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT) and path.exists()):
+            if not (
+                isinstance(cause, OSError)
+                and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+                and path.exists()
+            ):
                 raise
             try:
                 with open(path, "r+") as f:
@@ -444,7 +480,7 @@ class RunStore:
             return False
         status = self.status() or {}
         if status.get("state") == FAILED and status.get("error"):
-            status["dispatch_error"] = error        # the run's own error says more: keep it first
+            status["dispatch_error"] = error  # the run's own error says more: keep it first
         else:
             status.update({"state": FAILED, "error": error})
         status["updated"] = now_iso()
@@ -464,8 +500,13 @@ class RunStore:
 
     def record_attempt(self, **entry: Any) -> None:
         """Append one line to logs/jobs.jsonl (one per start or requeue of this run)."""
-        line = {"time": now_iso(), "host": socket.gethostname(), "pid": os.getpid(),
-                "resumed_from_checkpoint": self.has_checkpoint(), **entry}
+        line = {
+            "time": now_iso(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "resumed_from_checkpoint": self.has_checkpoint(),
+            **entry,
+        }
         try:
             self.logs.mkdir(parents=True, exist_ok=True)
             with open(self.logs / JOBS, "a") as f:
@@ -487,7 +528,9 @@ class RunStore:
 
     def write_progress(self, **progress: Any) -> None:
         """progress.json: the training loop's position (step, total, rate); read by the driver."""
-        atomic_write_json(self.path / PROGRESS, {"updated": now_iso(), "time": time.time(), **progress})
+        atomic_write_json(
+            self.path / PROGRESS, {"updated": now_iso(), "time": time.time(), **progress}
+        )
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.path / name, obj)
@@ -504,18 +547,31 @@ class RunStore:
 
 # ---- the sweep folder ----------------------------------------------------------------------
 
+
 class Ledger:
     """Append-only record of submissions (`.sweep/ledger.jsonl`); the latest line per run id wins."""
 
     def __init__(self, sweep_dir: Path):
         self.path = Path(sweep_dir) / SWEEP_META / LEDGER
 
-    def record(self, run_id: str, executor: str, job_id: str | None = None, pid: int | None = None) -> None:
+    def record(
+        self, run_id: str, executor: str, job_id: str | None = None, pid: int | None = None
+    ) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
-                f.write(json.dumps({"run_id": run_id, "executor": executor, "job_id": job_id, "pid": pid,
-                                    "time": now_iso()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "run_id": run_id,
+                            "executor": executor,
+                            "job_id": job_id,
+                            "pid": pid,
+                            "time": now_iso(),
+                        }
+                    )
+                    + "\n"
+                )
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:
@@ -529,7 +585,7 @@ class Ledger:
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                continue        # a line torn by a killed driver: the ones before it still count
+                continue  # a line torn by a killed driver: the ones before it still count
         return out
 
     def latest(self) -> dict[str, dict[str, Any]]:
@@ -555,8 +611,12 @@ class SweepStore:
     def submitit(self) -> Path:
         return self.meta / SUBMITIT
 
-    def lock(self, wait_s: float = 0.0, on_wait: Callable[[dict[str, Any]], None] | None = None,
-             poll_s: float = 1.0) -> FolderLock:
+    def lock(
+        self,
+        wait_s: float = 0.0,
+        on_wait: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> FolderLock:
         """Own this sweep folder as its driver (raises Busy naming the other driver)."""
         return self._lock.acquire(wait_s=wait_s, on_wait=on_wait, poll_s=poll_s)
 
@@ -570,7 +630,9 @@ class SweepStore:
             raise RunStoreError(disk_message(err, self.meta)) from err
         if sweep_file is not None:
             atomic_write_text(self.meta / "sweep.yaml", Path(sweep_file).read_text())
-        atomic_write_text(self.meta / "plan.json", json.dumps(_clean(plan), indent=2, default=str) + "\n")
+        atomic_write_text(
+            self.meta / "plan.json", json.dumps(_clean(plan), indent=2, default=str) + "\n"
+        )
 
     def set_aside(self, run_id: str) -> Path:
         """Move a run folder to .sweep/replaced/<run_id>-<time> (never delete results)."""
@@ -603,6 +665,7 @@ class MetricsCsv:
             w = csv.DictWriter(f, self.FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
+
         atomic_write_bytes(self.path, write, newline="")
 
     def append(self, step: int, metrics: dict[str, float]) -> None:
@@ -635,4 +698,7 @@ class MetricsCsv:
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [{"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])} for r in self._rows()]
+        return [
+            {"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])}
+            for r in self._rows()
+        ]

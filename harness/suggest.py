@@ -4,6 +4,7 @@
 
 Standard library only: model/ and analysis/ import it without torch or the rest of the harness.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -11,7 +12,7 @@ from collections.abc import Iterable
 
 
 def did_you_mean(name: object, options: Iterable[object], *, list_valid: bool = False) -> str:
-    """" Did you mean 'x'?" naming the option closest to `name` (difflib ratio >= 0.5); when none is
+    """ " Did you mean 'x'?" naming the option closest to `name` (difflib ratio >= 0.5); when none is
     that close: "", or with list_valid " Valid keys: a, b." (meant to follow a sentence's full stop)."""
     options = [str(o) for o in options]
     close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)

@@ -15,6 +15,7 @@ From Python: `run_sweep(FILE, command=..., preset=..., ...)` does what the comma
 the same lines to the streams it is given, and returns the rows (`SweepOutcome.rows`: each run's
 name, id, state, job and, when done, its result.json); `main` only parses the arguments and calls it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,23 @@ import yaml
 
 from harness import executors as X
 from harness.cluster import choose_executor
-from harness.runstore import CONFIG, Ledger, RunStore, RunStoreError, SweepStore, atomic_write_text, describe_owner
-from harness.sweepfile import ResolvedRun, Sweep, SweepFileError, load_sweep, resolve, sweep_dir_name
+from harness.runstore import (
+    CONFIG,
+    Ledger,
+    RunStore,
+    RunStoreError,
+    SweepStore,
+    atomic_write_text,
+    describe_owner,
+)
+from harness.sweepfile import (
+    ResolvedRun,
+    Sweep,
+    SweepFileError,
+    load_sweep,
+    resolve,
+    sweep_dir_name,
+)
 
 COMMANDS = ("run", "status", "plan", "cancel")
 # states a rerun submits by default; failed/cancelled need --retry-failed, done needs --rerun-done
@@ -43,13 +59,13 @@ class Row:
 
     run: ResolvedRun
     run_dir: Path
-    status: str                     # new | queued | running | done | interrupted | failed | cancelled
-    job: str                        # SLURM job id or "pid N" of its latest submission; "" when none
+    status: str  # new | queued | running | done | interrupted | failed | cancelled
+    job: str  # SLURM job id or "pid N" of its latest submission; "" when none
     params: int | None = None
     flops_example: float | None = None
     flops_total: float | None = None
     cost_h: float | None = None
-    result: dict[str, Any] | None = None     # result.json of a done run
+    result: dict[str, Any] | None = None  # result.json of a done run
 
     @property
     def name(self) -> str:
@@ -81,18 +97,18 @@ class SweepError(Exception):
 class SweepOptions:
     """What `run_sweep` is asked to do: the command line's options (docs/sweeps.md)."""
 
-    command: str = "run"                    # run | plan | status | cancel
+    command: str = "run"  # run | plan | status | cancel
     preset: str | None = None
-    executor: str | None = None             # slurm | local | debug; None: slurm when a cluster answers
-    runs_dir: Path | None = None            # None: $HARNESS_RUNS_DIR, else runs
-    only: tuple[str, ...] = ()              # KEY=VALUE filters, ANDed
+    executor: str | None = None  # slurm | local | debug; None: slurm when a cluster answers
+    runs_dir: Path | None = None  # None: $HARNESS_RUNS_DIR, else runs
+    only: tuple[str, ...] = ()  # KEY=VALUE filters, ANDed
     dry_run: bool = False
     retry_failed: bool = False
     rerun_done: bool = False
     max_parallel: int | None = None
     no_wait: bool = False
     progress_every: float = 30.0
-    describe: bool = True                   # params / FLOPs / cost columns
+    describe: bool = True  # params / FLOPs / cost columns
 
 
 @dataclass
@@ -105,11 +121,12 @@ class SweepOutcome:
     sweep_dir: Path
     rows: list[Row]
     code: int
-    executor: str | None = None             # the executor a `run` chose (with --dry-run too)
-    cancelled: list[str] = field(default_factory=list)   # run ids whose jobs `cancel` stopped
+    executor: str | None = None  # the executor a `run` chose (with --dry-run too)
+    cancelled: list[str] = field(default_factory=list)  # run ids whose jobs `cancel` stopped
 
 
 # ------------------------------------------------------------------------------------ run state
+
 
 def classify(run_dir: Path, entry: dict[str, Any] | None, known: dict[str, str]) -> tuple[str, str]:
     """(status, job description) of one run from its folder (RunStore.folder_state) and the scheduler
@@ -124,19 +141,30 @@ def classify(run_dir: Path, entry: dict[str, Any] | None, known: dict[str, str])
     state = X.job_state(entry, run_dir, known)
     if state in X.LIVE_STATES:
         return ("queued" if state == "PENDING" else "running"), job
-    if folder == "running":                   # a live process owns the folder (lock held)
+    if folder == "running":  # a live process owns the folder (lock held)
         owner = store.owner() or {}
-        return "running", job if state == "RUNNING" or not owner.get("pid") else f"pid {owner['pid']}"
+        return "running", job if state == "RUNNING" or not owner.get(
+            "pid"
+        ) else f"pid {owner['pid']}"
     if state == "CANCELLED":
         return "cancelled", job
-    if folder == "failed" or state in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"):
+    if folder == "failed" or state in (
+        "FAILED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "DEADLINE",
+    ):
         return "failed", job
     if folder == "interrupted":
-        return "interrupted", job      # resumes from its checkpoint
+        return "interrupted", job  # resumes from its checkpoint
     return "new", job
 
 
-def build_rows(runs: list[ResolvedRun], sweep_dir: Path, with_describe: bool = True) -> tuple[list[Row], str]:
+def build_rows(
+    runs: list[ResolvedRun], sweep_dir: Path, with_describe: bool = True
+) -> tuple[list[Row], str]:
     latest = Ledger(sweep_dir).latest()
     known = X.known_states(list(latest.values()))
     rows = []
@@ -165,14 +193,22 @@ def _describe(rows: list[Row]) -> str:
         p, f = d.get("params"), d.get("flops")
         row.params = p.get("dense") if isinstance(p, dict) else p
         if isinstance(f, dict):
-            row.flops_example = f.get("train_per_example") or f.get("train") or f.get("forward_per_example")
+            row.flops_example = (
+                f.get("train_per_example") or f.get("train") or f.get("forward_per_example")
+            )
             row.flops_total = f.get("train_total")
         elif isinstance(f, (int, float)):
             row.flops_example = f
         rc, t = row.run.resources, row.run.cfg.train
         if row.flops_total is None and row.flops_example and t.max_steps > 0:
             # samples the run will see: steps x per-device batch x devices
-            row.flops_total = row.flops_example * t.max_steps * row.run.cfg.data.batch_size * t.devices * t.num_nodes
+            row.flops_total = (
+                row.flops_example
+                * t.max_steps
+                * row.run.cfg.data.batch_size
+                * t.devices
+                * t.num_nodes
+            )
         elif row.flops_total is None and row.flops_example and t.max_epochs > 0:
             # epoch-bounded: epochs x the train split's impressions (manifest stats, else the
             # synthetic generator's expectation)
@@ -180,11 +216,14 @@ def _describe(rows: list[Row]) -> str:
             if per_epoch:
                 row.flops_total = row.flops_example * per_epoch * t.max_epochs
         if row.flops_total:
-            row.cost_h = row.flops_total / (rc.assumed_tflops * 1e12) / 3600.0   # device-hours at the assumed rate
+            row.cost_h = (
+                row.flops_total / (rc.assumed_tflops * 1e12) / 3600.0
+            )  # device-hours at the assumed rate
     return ("describe failed for: " + "; ".join(errors[:3])) if errors else ""
 
 
 # ------------------------------------------------------------------------------------- printing
+
 
 def _human(x: float | None) -> str:
     if x is None:
@@ -204,10 +243,33 @@ def _axes(r: ResolvedRun) -> str:
 
 def print_table(rows: list[Row], out=None) -> None:
     out = out or sys.stdout
-    head = ("#", "run_id", "name", "axes", "params", "FLOPs/ex", "class", "status", "job", "est dev-h")
-    table = [head] + [(str(r.run.plan.index), r.run.run_id, r.run.name, _axes(r.run), _human(r.params),
-                       _human(r.flops_example), r.run.plan.resource_class, r.status, r.job or "-",
-                       f"{r.cost_h:.3g}" if r.cost_h is not None else "-") for r in rows]
+    head = (
+        "#",
+        "run_id",
+        "name",
+        "axes",
+        "params",
+        "FLOPs/ex",
+        "class",
+        "status",
+        "job",
+        "est dev-h",
+    )
+    table = [head] + [
+        (
+            str(r.run.plan.index),
+            r.run.run_id,
+            r.run.name,
+            _axes(r.run),
+            _human(r.params),
+            _human(r.flops_example),
+            r.run.plan.resource_class,
+            r.status,
+            r.job or "-",
+            f"{r.cost_h:.3g}" if r.cost_h is not None else "-",
+        )
+        for r in rows
+    ]
     widths = [min(40, max(len(row[i]) for row in table)) for i in range(len(head))]
     for row in table:
         print("  ".join(c[:w].ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
@@ -215,8 +277,16 @@ def print_table(rows: list[Row], out=None) -> None:
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     total_h = sum(r.cost_h for r in rows if r.cost_h is not None)
-    print(f"{len(rows)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-          + (f"; est. {total_h:.3g} device-hours at the resource classes' assumed TFLOP/s" if total_h else ""), file=out)
+    print(
+        f"{len(rows)} runs: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + (
+            f"; est. {total_h:.3g} device-hours at the resource classes' assumed TFLOP/s"
+            if total_h
+            else ""
+        ),
+        file=out,
+    )
 
 
 # -------------------------------------------------------------------------------------- filters
@@ -236,12 +306,23 @@ def print_results(rows: list[Row], split: str = "test", out=None) -> None:
     for r, res in done:
         m = (res.get("metrics") or {}).get(split, {})
         oracle = oracle or (res.get("oracle") or {}).get(split, {})
-        table.append([r.run.name, f"{res.get('model', '')}/{res.get('size', '')}",
-                      *(f"{m[c]:.4f}" if c in m else "-" for c in RESULT_COLUMNS),
-                      f"{res.get('wall_time_s', 0):.0f}"])
+        table.append(
+            [
+                r.run.name,
+                f"{res.get('model', '')}/{res.get('size', '')}",
+                *(f"{m[c]:.4f}" if c in m else "-" for c in RESULT_COLUMNS),
+                f"{res.get('wall_time_s', 0):.0f}",
+            ]
+        )
     if oracle:
-        table.append(["oracle (Bayes)", "p_click/p_conversion",
-                      *(f"{oracle[c]:.4f}" if c in oracle else "-" for c in RESULT_COLUMNS), ""])
+        table.append(
+            [
+                "oracle (Bayes)",
+                "p_click/p_conversion",
+                *(f"{oracle[c]:.4f}" if c in oracle else "-" for c in RESULT_COLUMNS),
+                "",
+            ]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     print(f"results ({split} split):", file=out)
     for row in table:
@@ -268,22 +349,36 @@ def select(runs: list[ResolvedRun], only: list[str]) -> list[ResolvedRun]:
     out = runs
     for item in only:
         if "=" not in item:
-            raise SystemExit(f"--only {item!r}: expected key=value, e.g. --only data.seq_len=1024 or --only label=dcnv2")
+            raise SystemExit(
+                f"--only {item!r}: expected key=value, e.g. --only data.seq_len=1024 or --only label=dcnv2"
+            )
         key, value = item.split("=", 1)
         matched = [r for r in out if _match(r, key.strip(), value.strip())]
         if not matched:
-            raise SystemExit(f"--only {item!r} matches no run of this sweep (keys: axes like "
-                             f"{', '.join(runs[0].plan.axes) or '-'}, label, name, run_id or any dotted config key)")
+            raise SystemExit(
+                f"--only {item!r} matches no run of this sweep (keys: axes like "
+                f"{', '.join(runs[0].plan.axes) or '-'}, label, name, run_id or any dotted config key)"
+            )
         out = matched
     return out
 
 
 # ------------------------------------------------------------------------------------- running
 
+
 def prepare(rows: list[Row], sweep_dir: Path, sweep_path: Path | str | None) -> None:
     """Write each run's resolved config.yaml (atomically) and the sweep's plan under .sweep/."""
-    plan = [{"run_id": r.run.run_id, "name": r.run.name, "label": r.run.plan.label, "axes": r.run.plan.axes,
-             "seed": r.run.plan.seed, "resource_class": r.run.plan.resource_class} for r in rows]
+    plan = [
+        {
+            "run_id": r.run.run_id,
+            "name": r.run.name,
+            "label": r.run.plan.label,
+            "axes": r.run.plan.axes,
+            "seed": r.run.plan.seed,
+            "resource_class": r.run.plan.resource_class,
+        }
+        for r in rows
+    ]
     SweepStore(sweep_dir).write_plan(plan, sweep_path)
     for r in rows:
         store = RunStore(r.run_dir)
@@ -315,31 +410,47 @@ class Reporter:
             self.finished += 1
             self.counts[event] = self.counts.get(event, 0) + 1
         stamp = time.strftime("%H:%M:%S")
-        print(f"{stamp} [{self.finished}/{self.total}] {event:<10} {task.name} ({task.run_id}) {detail}",
-              file=self.out, flush=True)
+        print(
+            f"{stamp} [{self.finished}/{self.total}] {event:<10} {task.name} ({task.run_id}) {detail}",
+            file=self.out,
+            flush=True,
+        )
 
 
-def _wait_for_driver(store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path, every_s: float,
-                     out: TextIO) -> Any:
+def _wait_for_driver(
+    store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path, every_s: float, out: TextIO
+) -> Any:
     """Wait for the other driver of this sweep folder, saying whom and how far it is."""
     state = {"last": 0.0, "said": False}
 
     def on_wait(owner: dict[str, Any]) -> None:
         if not state["said"]:
             state["said"] = True
-            print(f"another driver owns {sweep_dir}: {describe_owner(owner)}.\n"
-                  f"waiting for it to finish (Ctrl-C stops waiting, nothing is lost; --no-wait refuses instead); "
-                  f"this driver then runs whatever is still not done", file=out, flush=True)
+            print(
+                f"another driver owns {sweep_dir}: {describe_owner(owner)}.\n"
+                f"waiting for it to finish (Ctrl-C stops waiting, nothing is lost; --no-wait refuses instead); "
+                f"this driver then runs whatever is still not done",
+                file=out,
+                flush=True,
+            )
         if time.time() - state["last"] >= every_s:
             state["last"] = time.time()
             rows, _ = build_rows(runs, sweep_dir, with_describe=False)
             counts: dict[str, int] = {}
             for r in rows:
                 counts[r.status] = counts.get(r.status, 0) + 1
-            running = [f"{r.run.name} ({X.progress_text(RunStore(r.run_dir)) or 'starting'})"
-                       for r in rows if r.status == "running"]
-            print(f"{time.strftime('%H:%M:%S')} waiting: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                  + (f"; running: {'; '.join(running)}" if running else ""), file=out, flush=True)
+            running = [
+                f"{r.run.name} ({X.progress_text(RunStore(r.run_dir)) or 'starting'})"
+                for r in rows
+                if r.status == "running"
+            ]
+            print(
+                f"{time.strftime('%H:%M:%S')} waiting: "
+                + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+                + (f"; running: {'; '.join(running)}" if running else ""),
+                file=out,
+                flush=True,
+            )
 
     return store.lock(wait_s=float("inf"), on_wait=on_wait, poll_s=1.0)
 
@@ -367,44 +478,87 @@ first (or, with --no-wait, refuses) and then runs only what is still not done. S
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
-    ap = argparse.ArgumentParser(prog=f"python -m harness.sweep [{'|'.join(COMMANDS)}]",
-                                 description="Plan and run a sweep file (docs/sweeps.md).", epilog=HELP,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m harness.sweep [{'|'.join(COMMANDS)}]",
+        description="Plan and run a sweep file (docs/sweeps.md).",
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("file", type=Path, help="sweep file, e.g. sweeps/length.yaml")
     ap.add_argument("--preset", default=None, help="named preset of the file (ci, laptop)")
-    ap.add_argument("--executor", choices=("slurm", "local", "debug"), default=None,
-                    help="default: slurm when a cluster answers sinfo, else local (refused when the runs ask "
-                         "for GPUs: pass --executor local to run them here anyway)")
-    ap.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("HARNESS_RUNS_DIR", "runs")))
+    ap.add_argument(
+        "--executor",
+        choices=("slurm", "local", "debug"),
+        default=None,
+        help="default: slurm when a cluster answers sinfo, else local (refused when the runs ask "
+        "for GPUs: pass --executor local to run them here anyway)",
+    )
+    ap.add_argument(
+        "--runs-dir", type=Path, default=Path(os.environ.get("HARNESS_RUNS_DIR", "runs"))
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    ap.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                    help="restrict to matching runs (axis, label, name, run_id or dotted config key); repeatable")
-    ap.add_argument("--retry-failed", action="store_true", help="also rerun failed and cancelled runs")
-    ap.add_argument("--rerun-done", action="store_true", help="move finished runs aside and run them again")
-    ap.add_argument("--cancel", action="store_true", help="cancel the queued/running jobs of the selected runs")
-    ap.add_argument("--max-parallel", type=int, default=None,
-                    help="local: processes at once (default 1); slurm: array parallelism cap")
-    ap.add_argument("--no-wait", action="store_true",
-                    help="slurm: submit and return (follow with `status`); any executor: refuse instead of "
-                         "waiting when another driver owns the sweep folder")
-    ap.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
-                    help="local: report each running run's step and ETA this often (0: never); default 30")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="restrict to matching runs (axis, label, name, run_id or dotted config key); repeatable",
+    )
+    ap.add_argument(
+        "--retry-failed", action="store_true", help="also rerun failed and cancelled runs"
+    )
+    ap.add_argument(
+        "--rerun-done", action="store_true", help="move finished runs aside and run them again"
+    )
+    ap.add_argument(
+        "--cancel", action="store_true", help="cancel the queued/running jobs of the selected runs"
+    )
+    ap.add_argument(
+        "--max-parallel",
+        type=int,
+        default=None,
+        help="local: processes at once (default 1); slurm: array parallelism cap",
+    )
+    ap.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="slurm: submit and return (follow with `status`); any executor: refuse instead of "
+        "waiting when another driver owns the sweep folder",
+    )
+    ap.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="local: report each running run's step and ETA this often (0: never); default 30",
+    )
     ap.add_argument("--no-describe", action="store_true", help="skip params/FLOPs (faster plan)")
     args = ap.parse_args(argv)
     try:
-        outcome = run_sweep(args.file, command="cancel" if args.cancel else command, preset=args.preset,
-                            executor=args.executor, runs_dir=args.runs_dir, only=tuple(args.only),
-                            dry_run=args.dry_run, retry_failed=args.retry_failed, rerun_done=args.rerun_done,
-                            max_parallel=args.max_parallel, no_wait=args.no_wait,
-                            progress_every=args.progress_every, describe=not args.no_describe)
+        outcome = run_sweep(
+            args.file,
+            command="cancel" if args.cancel else command,
+            preset=args.preset,
+            executor=args.executor,
+            runs_dir=args.runs_dir,
+            only=tuple(args.only),
+            dry_run=args.dry_run,
+            retry_failed=args.retry_failed,
+            rerun_done=args.rerun_done,
+            max_parallel=args.max_parallel,
+            no_wait=args.no_wait,
+            progress_every=args.progress_every,
+            describe=not args.no_describe,
+        )
     except SweepError as err:
         print(err.line, file=sys.stderr)
         return err.code
     return outcome.code
 
 
-def run_sweep(file: str | Path, *, out: TextIO | None = None, err: TextIO | None = None,
-              **options: Any) -> SweepOutcome:
+def run_sweep(
+    file: str | Path, *, out: TextIO | None = None, err: TextIO | None = None, **options: Any
+) -> SweepOutcome:
     """Plan, run, show or cancel the runs of a sweep file, as `python -m harness.sweep` does.
 
     `options` are SweepOptions fields (command, preset, executor, runs_dir, only, dry_run, ...).
@@ -418,7 +572,9 @@ def run_sweep(file: str | Path, *, out: TextIO | None = None, err: TextIO | None
     if opts.command == "plan":
         opts = replace(opts, dry_run=True)
     out, err = out or sys.stdout, err or sys.stderr
-    runs_dir = Path(opts.runs_dir if opts.runs_dir is not None else os.environ.get("HARNESS_RUNS_DIR", "runs"))
+    runs_dir = Path(
+        opts.runs_dir if opts.runs_dir is not None else os.environ.get("HARNESS_RUNS_DIR", "runs")
+    )
     try:
         sweep = load_sweep(file, opts.preset)
         runs = resolve(sweep)
@@ -433,15 +589,19 @@ def run_sweep(file: str | Path, *, out: TextIO | None = None, err: TextIO | None
         try:
             owner = store.owner()
             if owner is not None and opts.no_wait:
-                raise SweepError(f"another driver owns {sweep_dir}: {describe_owner(owner)}; nothing was started "
-                                 f"(--no-wait). Follow it with: python -m harness.sweep status {file}"
-                                 + (f" --preset {opts.preset}" if opts.preset else ""), code=3)
+                raise SweepError(
+                    f"another driver owns {sweep_dir}: {describe_owner(owner)}; nothing was started "
+                    f"(--no-wait). Follow it with: python -m harness.sweep status {file}"
+                    + (f" --preset {opts.preset}" if opts.preset else ""),
+                    code=3,
+                )
             lock = _wait_for_driver(store, runs, sweep_dir, opts.progress_every or 60.0, out)
         except RunStoreError as e:
             raise SweepError(str(e)) from None
         except KeyboardInterrupt:
-            raise SweepError("stopped waiting for the other driver; nothing was started", code=130,
-                             prefix="") from None
+            raise SweepError(
+                "stopped waiting for the other driver; nothing was started", code=130, prefix=""
+            ) from None
     try:
         return _dispatch(file, opts, sweep, runs, sweep_dir, out, err)
     except RunStoreError as e:
@@ -451,20 +611,32 @@ def run_sweep(file: str | Path, *, out: TextIO | None = None, err: TextIO | None
             lock.release()
 
 
-def _dispatch(file: str | Path, opts: SweepOptions, sweep: Sweep, runs: list[ResolvedRun], sweep_dir: Path,
-              out: TextIO, err: TextIO) -> SweepOutcome:
+def _dispatch(
+    file: str | Path,
+    opts: SweepOptions,
+    sweep: Sweep,
+    runs: list[ResolvedRun],
+    sweep_dir: Path,
+    out: TextIO,
+    err: TextIO,
+) -> SweepOutcome:
     rows, note = build_rows(runs, sweep_dir, with_describe=opts.describe)
 
     def outcome(code: int, **kw: Any) -> SweepOutcome:
         return SweepOutcome(sweep=sweep, sweep_dir=sweep_dir, rows=rows, code=code, **kw)
 
-    print(f"sweep {sweep.name}" + (f" (preset {sweep.preset})" if sweep.preset else "")
-          + f": {len(runs)} runs in {sweep_dir}", file=out)
+    print(
+        f"sweep {sweep.name}"
+        + (f" (preset {sweep.preset})" if sweep.preset else "")
+        + f": {len(runs)} runs in {sweep_dir}",
+        file=out,
+    )
     print_table(rows, out=out)
     if note:
         print(note, file=out)
-    if opts.dry_run:        # how small an effect this plan can detect, from earlier runs of its configs
+    if opts.dry_run:  # how small an effect this plan can detect, from earlier runs of its configs
         from harness.power import sweep_mde_lines
+
         for line in sweep_mde_lines(sweep, rows):
             print(line, file=out)
     if opts.command in ("status", "plan"):
@@ -477,18 +649,30 @@ def _dispatch(file: str | Path, opts: SweepOptions, sweep: Sweep, runs: list[Res
 
     if opts.command == "cancel":
         latest = Ledger(sweep_dir).latest()
-        entries = {r.run_id: latest[r.run_id] for r in rows
-                   if r.status in ("queued", "running") and r.run_id in latest}
+        entries = {
+            r.run_id: latest[r.run_id]
+            for r in rows
+            if r.status in ("queued", "running") and r.run_id in latest
+        }
         cancelled = X.cancel(entries, {r.run_id: r.run_dir for r in rows})
-        print(f"cancelled {len(cancelled)} job(s): " + ", ".join(
-            f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled), file=out)
+        print(
+            f"cancelled {len(cancelled)} job(s): "
+            + ", ".join(f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled),
+            file=out,
+        )
         return outcome(0, cancelled=cancelled)
 
-    todo = [r for r in rows if r.status in RUNNABLE
-            or (opts.retry_failed and r.status in ("failed", "cancelled"))
-            or (opts.rerun_done and r.status == "done")]
-    skipped = {s: sum(1 for r in rows if r.status == s and r not in todo)
-               for s in ("done", "queued", "running", "failed", "cancelled")}
+    todo = [
+        r
+        for r in rows
+        if r.status in RUNNABLE
+        or (opts.retry_failed and r.status in ("failed", "cancelled"))
+        or (opts.rerun_done and r.status == "done")
+    ]
+    skipped = {
+        s: sum(1 for r in rows if r.status == s and r not in todo)
+        for s in ("done", "queued", "running", "failed", "cancelled")
+    }
     try:
         name, why = choose_executor(opts.executor)
     except RuntimeError as e:
@@ -498,27 +682,43 @@ def _dispatch(file: str | Path, opts: SweepOptions, sweep: Sweep, runs: list[Res
     gpu = _gpu_runs(todo or rows)
     if gpu and ex.on_this_machine:
         rc_names = sorted({r.run.plan.resource_class for r in gpu})
-        msg = (f"{len(gpu)} run(s) ask for GPUs (resources {', '.join(rc_names)}: accelerator gpu) but the "
-               f"executor is {name}, on this machine")
+        msg = (
+            f"{len(gpu)} run(s) ask for GPUs (resources {', '.join(rc_names)}: accelerator gpu) but the "
+            f"executor is {name}, on this machine"
+        )
         if opts.executor is None:
-            msg += (". Use a CPU-sized preset (e.g. --preset laptop), submit from a machine with a SLURM cluster, "
-                    "or pass --executor local to run them here anyway.")
+            msg += (
+                ". Use a CPU-sized preset (e.g. --preset laptop), submit from a machine with a SLURM cluster, "
+                "or pass --executor local to run them here anyway."
+            )
             if not opts.dry_run:
                 raise SweepError(msg)
             print(f"warning: {msg}", file=err)
         else:
             print(f"warning: {msg} (--executor {name} as requested)", file=err)
-    print(f"to run: {len(todo)}; skipped: " + (", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none")
-          + ("" if not skipped["failed"] and not skipped["cancelled"]
-             else "  (--retry-failed to rerun failed/cancelled)"), file=out)
+    print(
+        f"to run: {len(todo)}; skipped: "
+        + (", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none")
+        + (
+            ""
+            if not skipped["failed"] and not skipped["cancelled"]
+            else "  (--retry-failed to rerun failed/cancelled)"
+        ),
+        file=out,
+    )
     # runs started elsewhere that this executor waits for instead of starting them again: SLURM jobs
     # of an earlier driver still queued/running; local runs another process still trains (a killed
     # driver's launcher, a hand-started run)
     followed = ex.follow([(_task(r), r.job) for r in rows if r.status in ("queued", "running")])
     if opts.dry_run or (not todo and not followed):
         if not opts.dry_run:
-            print(f"nothing to run: {sum(r.status == 'done' for r in rows)}/{len(rows)} runs done", file=out)
-        return outcome(0 if all(r.status == "done" for r in rows) or opts.dry_run else 1, executor=name)
+            print(
+                f"nothing to run: {sum(r.status == 'done' for r in rows)}/{len(rows)} runs done",
+                file=out,
+            )
+        return outcome(
+            0 if all(r.status == "done" for r in rows) or opts.dry_run else 1, executor=name
+        )
 
     for r in todo:
         if r.status == "done":
@@ -531,21 +731,31 @@ def _dispatch(file: str | Path, opts: SweepOptions, sweep: Sweep, runs: list[Res
     t0 = time.time()
     submitted = ex.submit(tasks, report)
     if opts.no_wait and ex.detached:
-        print(f"submitted {len(submitted)} job(s); follow with: python -m harness.sweep status {file}"
-              + (f" --preset {opts.preset}" if opts.preset else ""), file=out)
+        print(
+            f"submitted {len(submitted)} job(s); follow with: python -m harness.sweep status {file}"
+            + (f" --preset {opts.preset}" if opts.preset else ""),
+            file=out,
+        )
         rows = _restate(rows, runs, sweep_dir)
         return outcome(0, executor=name)
     if followed and ex.detached:
-        print(f"following {len(followed)} job(s) submitted earlier: "
-              + ", ".join(f"{h.task.name} ({h.job_id})" for h in followed), file=out)
+        print(
+            f"following {len(followed)} job(s) submitted earlier: "
+            + ", ".join(f"{h.task.name} ({h.job_id})" for h in followed),
+            file=out,
+        )
     ex.wait(submitted + followed, report)
     rows = _restate(rows, runs, sweep_dir)
     n_done = sum(r.status == "done" for r in rows)
     here = report.counts.get("done", 0)
     others = report.counts.get("followed", 0)
-    print(f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done "
-          f"({here} trained by this driver" + (f", {others} finished by another process" if others else "")
-          + f", {n_done - here - others} done before)", file=out)
+    print(
+        f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done "
+        f"({here} trained by this driver"
+        + (f", {others} finished by another process" if others else "")
+        + f", {n_done - here - others} done before)",
+        file=out,
+    )
     print_results(rows, out=out)
     return outcome(0 if n_done == len(rows) else 1, executor=name)
 
@@ -555,8 +765,12 @@ def _restate(old: list[Row], runs: list[ResolvedRun], sweep_dir: Path) -> list[R
     FLOPs and cost carried over (they do not change)."""
     rows, _ = build_rows(runs, sweep_dir, with_describe=False)
     for new, was in zip(rows, old):
-        new.params, new.flops_example, new.flops_total, new.cost_h = (was.params, was.flops_example,
-                                                                      was.flops_total, was.cost_h)
+        new.params, new.flops_example, new.flops_total, new.cost_h = (
+            was.params,
+            was.flops_example,
+            was.flops_total,
+            was.cost_h,
+        )
     return rows
 
 
@@ -566,6 +780,7 @@ def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
     out = out or sys.stdout
     from harness.data import synth
     from harness.data.contract import MANIFEST
+
     seen = set()
     for r in rows:
         d = r.run.cfg.data
@@ -575,17 +790,29 @@ def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
         seen.add((preset, d.data_seed, d.cache_dir))
         folder = synth.cached_folder(preset, d.data_seed, d.cache_dir)
         if not (folder / MANIFEST).exists():
-            print(f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ...",
-                  file=out, flush=True)
+            print(
+                f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ...",
+                file=out,
+                flush=True,
+            )
             t0 = time.time()
             synth.ensure_synthetic(preset, d.data_seed, d.cache_dir, progress=False)
-            print(f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it", file=out,
-                  flush=True)
+            print(
+                f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it",
+                file=out,
+                flush=True,
+            )
 
 
 def _task(r: Row) -> X.Task:
-    return X.Task(run_id=r.run.run_id, name=r.run.name, run_dir=r.run_dir, resource_class=r.run.plan.resource_class,
-                  resources=r.run.resources, devices=r.run.cfg.train.devices)
+    return X.Task(
+        run_id=r.run.run_id,
+        name=r.run.name,
+        run_dir=r.run_dir,
+        resource_class=r.run.plan.resource_class,
+        resources=r.run.resources,
+        devices=r.run.cfg.train.devices,
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ A sweep file is YAML with these top-level keys (only `name` and `base` are requi
 Expansion is pure (no torch, no files written) and deterministic: the same file and preset give the
 same runs in the same order. Run ids come from `harness.config.run_id` of the resolved RunConfig.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,16 +41,34 @@ import yaml
 from harness.config import ConfigError, Resources
 from harness.suggest import did_you_mean
 
-TOP_KEYS = ("name", "description", "base", "axis", "grid", "zip", "baselines", "include_base", "seeds",
-            "resources", "resource_rules", "analysis", "presets")
+TOP_KEYS = (
+    "name",
+    "description",
+    "base",
+    "axis",
+    "grid",
+    "zip",
+    "baselines",
+    "include_base",
+    "seeds",
+    "resources",
+    "resource_rules",
+    "analysis",
+    "presets",
+)
 PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "seeds", "description")
 BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
 ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
-NAME_KEY = "_name"                 # zip column that names rows (not a config key)
+NAME_KEY = "_name"  # zip column that names rows (not a config key)
 # analysis.fit: each accepted spelling -> the fit form's one name (analysis/fit.py `form`). "powerlaw" is
 # the saturating law y = E + A·x^-α; "saturating" and "power" are its documented aliases.
-FIT_FORMS = {"loglinear": "loglinear", "powerlaw": "powerlaw", "saturating": "powerlaw", "power": "powerlaw",
-             "none": "none"}
+FIT_FORMS = {
+    "loglinear": "loglinear",
+    "powerlaw": "powerlaw",
+    "saturating": "powerlaw",
+    "power": "powerlaw",
+    "none": "none",
+}
 
 
 class SweepFileError(ValueError):
@@ -59,13 +78,20 @@ class SweepFileError(ValueError):
 def _check_keys(where: str, data: Mapping, allowed: tuple[str, ...], path: Path | None) -> None:
     for key in data:
         if key not in allowed:
-            raise SweepFileError(f"{path or '<sweep>'}: unknown key '{where}{key}'."
-                                 f"{did_you_mean(key, allowed, list_valid=True)}")
+            raise SweepFileError(
+                f"{path or '<sweep>'}: unknown key '{where}{key}'."
+                f"{did_you_mean(key, allowed, list_valid=True)}"
+            )
 
 
 # A sweep file's resource class is a harness.config.Resources; unlike a lone run config (this
 # machine's CPU), a class the file leaves unsaid asks for a GPU job.
-CLASS_DEFAULTS: dict[str, Any] = {"accelerator": "gpu", "cpus_per_task": 8, "mem_gb": 64, "time_min": 240}
+CLASS_DEFAULTS: dict[str, Any] = {
+    "accelerator": "gpu",
+    "cpus_per_task": 8,
+    "mem_gb": 64,
+    "time_min": 240,
+}
 RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
 
 
@@ -74,8 +100,8 @@ class Baseline:
     label: str
     model: str
     size: str
-    set: dict[str, Any] = field(default_factory=dict)   # dotted run-config overrides
-    follow: tuple[str, ...] = ()                          # grid/zip axes this baseline is swept along
+    set: dict[str, Any] = field(default_factory=dict)  # dotted run-config overrides
+    follow: tuple[str, ...] = ()  # grid/zip axes this baseline is swept along
     resource_class: str | None = None
 
 
@@ -85,8 +111,8 @@ class AnalysisHints:
 
     x: str
     metrics: tuple[str, ...] = ("test.ctr_uauc",)
-    fit: str = "none"              # a canonical form: FIT_FORMS' values
-    baseline: str | None = None     # label of the reference run for deltas (paper: DCNv2+DIN)
+    fit: str = "none"  # a canonical form: FIT_FORMS' values
+    baseline: str | None = None  # label of the reference run for deltas (paper: DCNv2+DIN)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,7 +131,7 @@ class Sweep:
     resources: dict[str, Resources]
     resource_rules: list[dict[str, Any]]
     analysis: AnalysisHints | None
-    set: dict[str, Any]             # preset's dotted overrides for every run
+    set: dict[str, Any]  # preset's dotted overrides for every run
     presets: tuple[str, ...]
 
 
@@ -114,15 +140,16 @@ class PlannedRun:
     """One expanded run: the overrides that make it, its labels and its resource class."""
 
     index: int
-    name: str                       # readable, unique within the sweep
-    label: str                      # "base" or the baseline's label
-    axes: dict[str, Any]            # axis key -> value for this run
+    name: str  # readable, unique within the sweep
+    label: str  # "base" or the baseline's label
+    axes: dict[str, Any]  # axis key -> value for this run
     seed: int
-    overrides: dict[str, Any]       # dotted keys applied on the base config, in order
+    overrides: dict[str, Any]  # dotted keys applied on the base config, in order
     resource_class: str
 
 
 # ----------------------------------------------------------------------------------------- loading
+
 
 def load_sweep(path: str | Path, preset: str | None = None) -> Sweep:
     path = Path(path)
@@ -150,21 +177,29 @@ def check_presets(data: Any, path: Path | None, skip: str | None = None) -> None
             resolve(parse_sweep(data, path=path, preset=name), check_model=False)
         except SweepFileError as err:
             text = str(err)
-            raise SweepFileError(text if f"presets.{name}" in text else f"{text}\n  (in preset {name!r}: "
-                                 f"python -m harness.sweep plan {path or 'FILE'} --preset {name} shows it)") from None
+            raise SweepFileError(
+                text
+                if f"presets.{name}" in text
+                else f"{text}\n  (in preset {name!r}: "
+                f"python -m harness.sweep plan {path or 'FILE'} --preset {name} shows it)"
+            ) from None
 
 
 def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = None) -> Sweep:
     where = path or "<sweep>"
     if not isinstance(data, Mapping):
-        raise SweepFileError(f"{where}: the top level must be a mapping with at least 'name' and 'base'")
+        raise SweepFileError(
+            f"{where}: the top level must be a mapping with at least 'name' and 'base'"
+        )
     _check_keys("", data, TOP_KEYS, path)
     for req in ("name", "base"):
         if req not in data:
             raise SweepFileError(f"{where}: missing required key {req!r}")
     name = str(data["name"])
     if not name.replace("_", "").replace("-", "").isalnum():
-        raise SweepFileError(f"{where}: 'name' must be letters, digits, '-' or '_' (it names a folder), got {name!r}")
+        raise SweepFileError(
+            f"{where}: 'name' must be letters, digits, '-' or '_' (it names a folder), got {name!r}"
+        )
 
     base = data["base"]
     if isinstance(base, str):
@@ -173,22 +208,32 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
             raise SweepFileError(f"{where}: 'base' points at {base_path}, which does not exist")
         base = yaml.safe_load(base_path.read_text()) or {}
     if not isinstance(base, Mapping):
-        raise SweepFileError(f"{where}: 'base' must be a mapping (a run config) or a path to a run-config YAML")
+        raise SweepFileError(
+            f"{where}: 'base' must be a mapping (a run config) or a path to a run-config YAML"
+        )
 
     presets_raw = data.get("presets") or {}
     if not isinstance(presets_raw, Mapping):
         raise SweepFileError(f"{where}: 'presets' must map a preset name to its changes")
     if preset is not None and preset not in presets_raw:
-        hint = did_you_mean(preset, presets_raw, list_valid=True) if presets_raw else " This file has no presets."
+        hint = (
+            did_you_mean(preset, presets_raw, list_valid=True)
+            if presets_raw
+            else " This file has no presets."
+        )
         raise SweepFileError(f"{where}: no preset {preset!r} in 'presets'.{hint}")
 
     if isinstance(data.get("grid"), Mapping) and not data["grid"]:
-        raise SweepFileError(f"{where}: 'grid' is empty ({{}}): it would plan the base config alone. Give it an "
-                             "axis (e.g. grid: {data.seq_len: [768, 1024]}), or remove 'grid' to run the base "
-                             "config once per seed on purpose")
+        raise SweepFileError(
+            f"{where}: 'grid' is empty ({{}}): it would plan the base config alone. Give it an "
+            "axis (e.g. grid: {data.seq_len: [768, 1024]}), or remove 'grid' to run the base "
+            "config once per seed on purpose"
+        )
     grid = _parse_grid(data.get("grid") or {}, "grid", where)
     zips = [_parse_zip(g, f"zip[{i}]", where) for i, g in enumerate(data.get("zip") or [])]
-    baselines = [_parse_baseline(b, i, where, path) for i, b in enumerate(data.get("baselines") or [])]
+    baselines = [
+        _parse_baseline(b, i, where, path) for i, b in enumerate(data.get("baselines") or [])
+    ]
     resources = _parse_resources(data.get("resources") or {"default": {}}, where, path)
     sets: dict[str, Any] = {}
 
@@ -199,75 +244,116 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         _check_keys(f"presets.{preset}.", p, PRESET_KEYS, path)
         sets = dict(p.get("set") or {})
         # Presets may change values, never the shape: same axes, same number of points.
-        for key, values in _parse_grid(p.get("grid") or {}, f"presets.{preset}.grid", where).items():
+        for key, values in _parse_grid(
+            p.get("grid") or {}, f"presets.{preset}.grid", where
+        ).items():
             if key not in grid:
-                raise SweepFileError(f"{where}: presets.{preset}.grid.{key} is not a grid axis."
-                                     f"{did_you_mean(key, grid, list_valid=True)}")
+                raise SweepFileError(
+                    f"{where}: presets.{preset}.grid.{key} is not a grid axis."
+                    f"{did_you_mean(key, grid, list_valid=True)}"
+                )
             if len(values) != len(grid[key]):
-                raise SweepFileError(f"{where}: presets.{preset}.grid.{key} has {len(values)} values but the grid has "
-                                     f"{len(grid[key])}; a preset may change values, not the grid's shape")
+                raise SweepFileError(
+                    f"{where}: presets.{preset}.grid.{key} has {len(values)} values but the grid has "
+                    f"{len(grid[key])}; a preset may change values, not the grid's shape"
+                )
             grid[key] = values
         pz = p.get("zip") or []
         if pz and len(pz) != len(zips):
-            raise SweepFileError(f"{where}: presets.{preset}.zip has {len(pz)} groups, the sweep has {len(zips)}")
+            raise SweepFileError(
+                f"{where}: presets.{preset}.zip has {len(pz)} groups, the sweep has {len(zips)}"
+            )
         for i, group in enumerate(pz):
             group = _parse_grid(group, f"presets.{preset}.zip[{i}]", where, unique=False)
             for key, values in group.items():
                 if key not in zips[i]:
-                    raise SweepFileError(f"{where}: presets.{preset}.zip[{i}].{key} is not in zip[{i}]."
-                                         f"{did_you_mean(key, zips[i], list_valid=True)}")
+                    raise SweepFileError(
+                        f"{where}: presets.{preset}.zip[{i}].{key} is not in zip[{i}]."
+                        f"{did_you_mean(key, zips[i], list_valid=True)}"
+                    )
                 if len(values) != len(zips[i][key]):
-                    raise SweepFileError(f"{where}: presets.{preset}.zip[{i}].{key} has {len(values)} values, zip[{i}] "
-                                         f"has {len(zips[i][key])}; a preset may not change the grid's shape")
+                    raise SweepFileError(
+                        f"{where}: presets.{preset}.zip[{i}].{key} has {len(values)} values, zip[{i}] "
+                        f"has {len(zips[i][key])}; a preset may not change the grid's shape"
+                    )
                 zips[i][key] = values
-            _parse_zip(zips[i], f"zip[{i}] after presets.{preset}", where)   # rows still distinct
+            _parse_zip(zips[i], f"zip[{i}] after presets.{preset}", where)  # rows still distinct
         labels = {b.label: b for b in baselines}
         for label, change in (p.get("baselines") or {}).items():
             if label not in labels:
-                raise SweepFileError(f"{where}: presets.{preset}.baselines.{label}: no baseline with that label."
-                                     f"{did_you_mean(label, labels, list_valid=True)}")
+                raise SweepFileError(
+                    f"{where}: presets.{preset}.baselines.{label}: no baseline with that label."
+                    f"{did_you_mean(label, labels, list_valid=True)}"
+                )
             if not isinstance(change, Mapping):
-                raise SweepFileError(f"{where}: presets.{preset}.baselines.{label} must be a mapping like {{size: tiny}}")
+                raise SweepFileError(
+                    f"{where}: presets.{preset}.baselines.{label} must be a mapping like {{size: tiny}}"
+                )
             _check_keys(f"presets.{preset}.baselines.{label}.", change, ("size", "set"), path)
             old = labels[label]
-            labels[label] = dataclasses.replace(old, size=str(change.get("size", old.size)),
-                                                set={**old.set, **(change.get("set") or {})})
+            labels[label] = dataclasses.replace(
+                old,
+                size=str(change.get("size", old.size)),
+                set={**old.set, **(change.get("set") or {})},
+            )
         baselines = [labels[b.label] for b in baselines]
         for cls, change in (p.get("resources") or {}).items():
             if cls not in resources:
-                raise SweepFileError(f"{where}: presets.{preset}.resources.{cls}: no such resource class."
-                                     f"{did_you_mean(cls, resources, list_valid=True)}")
+                raise SweepFileError(
+                    f"{where}: presets.{preset}.resources.{cls}: no such resource class."
+                    f"{did_you_mean(cls, resources, list_valid=True)}"
+                )
             _check_keys(f"presets.{preset}.resources.{cls}.", change, RESOURCE_KEYS, path)
-            resources[cls] = _resource(f"presets.{preset}.resources.{cls}", {**resources[cls].to_dict(), **change},
-                                       where)
+            resources[cls] = _resource(
+                f"presets.{preset}.resources.{cls}", {**resources[cls].to_dict(), **change}, where
+            )
 
     rules = list(data.get("resource_rules") or [])
     for i, rule in enumerate(rules):
         if not isinstance(rule, Mapping) or set(rule) != {"when", "class"}:
-            raise SweepFileError(f"{where}: resource_rules[{i}] must be {{when: {{dotted.key: value}}, class: <name>}}")
+            raise SweepFileError(
+                f"{where}: resource_rules[{i}] must be {{when: {{dotted.key: value}}, class: <name>}}"
+            )
         if rule["class"] not in resources:
-            raise SweepFileError(f"{where}: resource_rules[{i}].class {rule['class']!r} is not a resource class."
-                                 f"{did_you_mean(rule['class'], resources, list_valid=True)}")
+            raise SweepFileError(
+                f"{where}: resource_rules[{i}].class {rule['class']!r} is not a resource class."
+                f"{did_you_mean(rule['class'], resources, list_valid=True)}"
+            )
     for b in baselines:
         if b.resource_class is not None and b.resource_class not in resources:
-            raise SweepFileError(f"{where}: baselines.{b.label}.resource_class {b.resource_class!r} is not defined."
-                                 f"{did_you_mean(b.resource_class, resources, list_valid=True)}")
+            raise SweepFileError(
+                f"{where}: baselines.{b.label}.resource_class {b.resource_class!r} is not defined."
+                f"{did_you_mean(b.resource_class, resources, list_valid=True)}"
+            )
         axes = list(grid) + [k for g in zips for k in g]
         for k in b.follow:
             if k not in axes:
-                raise SweepFileError(f"{where}: baselines.{b.label}.follow: {k!r} is not a grid or zip axis."
-                                     f"{did_you_mean(k, axes, list_valid=True)}")
+                raise SweepFileError(
+                    f"{where}: baselines.{b.label}.follow: {k!r} is not a grid or zip axis."
+                    f"{did_you_mean(k, axes, list_valid=True)}"
+                )
     all_axes = list(grid) + [k for g in zips for k in g]
     if len(set(all_axes)) != len(all_axes):
         raise SweepFileError(f"{where}: an axis appears twice across 'grid' and 'zip': {all_axes}")
 
     seeds = data.get("seeds", [0])
     if preset is not None and "seeds" in (presets_raw[preset] or {}):
-        seeds = presets_raw[preset]["seeds"]   # a preset may change the seeds (e.g. 2 to measure seed noise)
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-        raise SweepFileError(f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}")
+        seeds = presets_raw[preset][
+            "seeds"
+        ]  # a preset may change the seeds (e.g. 2 to measure seed noise)
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise SweepFileError(
+            f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}"
+        )
     if "default" not in resources:
-        raise SweepFileError(f"{where}: 'resources' must define a 'default' class (used when no rule matches)")
+        raise SweepFileError(
+            f"{where}: 'resources' must define a 'default' class (used when no rule matches)"
+        )
 
     analysis = parse_analysis(data.get("analysis"), where, path)
 
@@ -275,12 +361,27 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
     if not isinstance(include_base, bool):
         raise SweepFileError(f"{where}: 'include_base' must be true or false")
     if not include_base and not baselines:
-        raise SweepFileError(f"{where}: include_base is false and there are no baselines: the sweep would be empty")
-    return Sweep(name=name, path=path, preset=preset, description=str(data.get("description", "")),
-                 base=copy.deepcopy(dict(base)), axis=str(data.get("axis", next(iter(all_axes), "none")).split(".")[-1]),
-                 grid=grid, zip=zips, baselines=baselines, include_base=include_base, seeds=list(seeds),
-                 resources=resources, resource_rules=rules, analysis=analysis, set=sets,
-                 presets=tuple(presets_raw))
+        raise SweepFileError(
+            f"{where}: include_base is false and there are no baselines: the sweep would be empty"
+        )
+    return Sweep(
+        name=name,
+        path=path,
+        preset=preset,
+        description=str(data.get("description", "")),
+        base=copy.deepcopy(dict(base)),
+        axis=str(data.get("axis", next(iter(all_axes), "none")).split(".")[-1]),
+        grid=grid,
+        zip=zips,
+        baselines=baselines,
+        include_base=include_base,
+        seeds=list(seeds),
+        resources=resources,
+        resource_rules=rules,
+        analysis=analysis,
+        set=sets,
+        presets=tuple(presets_raw),
+    )
 
 
 def parse_analysis(a: Any, where: Any, path: Path | None) -> AnalysisHints | None:
@@ -291,23 +392,33 @@ def parse_analysis(a: Any, where: Any, path: Path | None) -> AnalysisHints | Non
         raise SweepFileError(f"{where}: 'analysis' must be a mapping with x, metrics, fit")
     _check_keys("analysis.", a, ANALYSIS_KEYS, path)
     if "x" not in a:
-        raise SweepFileError(f"{where}: analysis.x is required (a dotted config key, or 'flops' / 'params')")
+        raise SweepFileError(
+            f"{where}: analysis.x is required (a dotted config key, or 'flops' / 'params')"
+        )
     fit = str(a.get("fit", "none"))
     if fit not in FIT_FORMS:
-        raise SweepFileError(f"{where}: analysis.fit {fit!r} is not a fit form."
-                             f"{did_you_mean(fit, FIT_FORMS, list_valid=True)}")
+        raise SweepFileError(
+            f"{where}: analysis.fit {fit!r} is not a fit form."
+            f"{did_you_mean(fit, FIT_FORMS, list_valid=True)}"
+        )
     metrics = a.get("metrics", ["test.ctr_uauc"])
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    return AnalysisHints(x=str(a["x"]), metrics=tuple(metrics), fit=FIT_FORMS[fit], baseline=a.get("baseline"))
+    return AnalysisHints(
+        x=str(a["x"]), metrics=tuple(metrics), fit=FIT_FORMS[fit], baseline=a.get("baseline")
+    )
 
 
 def _parse_grid(raw: Any, where_key: str, where: Any, unique: bool = True) -> dict[str, list[Any]]:
     if not isinstance(raw, Mapping):
-        raise SweepFileError(f"{where}: '{where_key}' must map dotted config keys to lists of values")
+        raise SweepFileError(
+            f"{where}: '{where_key}' must map dotted config keys to lists of values"
+        )
     out: dict[str, list[Any]] = {}
     for key, values in raw.items():
         if not isinstance(values, list) or not values:
-            raise SweepFileError(f"{where}: {where_key}.{key} must be a non-empty list of values, got {values!r}")
+            raise SweepFileError(
+                f"{where}: {where_key}.{key} must be a non-empty list of values, got {values!r}"
+            )
         if unique and len({_hashable(v) for v in values}) != len(values):
             raise SweepFileError(f"{where}: {where_key}.{key} repeats a value: {values!r}")
         out[str(key)] = list(values)
@@ -319,11 +430,15 @@ def _parse_zip(raw: Any, where_key: str, where: Any) -> dict[str, list[Any]]:
     group = _parse_grid(raw, where_key, where, unique=False)
     lengths = {len(v) for v in group.values()}
     if len(lengths) > 1:
-        raise SweepFileError(f"{where}: {where_key}: zipped axes need lists of equal length, got "
-                             f"{ {k: len(v) for k, v in group.items()} }")
+        raise SweepFileError(
+            f"{where}: {where_key}: zipped axes need lists of equal length, got "
+            f"{ {k: len(v) for k, v in group.items()} }"
+        )
     rows = list(zip(*(map(_hashable, v) for v in group.values())))
     if len(set(rows)) != len(rows):
-        raise SweepFileError(f"{where}: {where_key}: two zipped rows are identical; remove the duplicate")
+        raise SweepFileError(
+            f"{where}: {where_key}: two zipped rows are identical; remove the duplicate"
+        )
     return group
 
 
@@ -335,13 +450,21 @@ def _parse_baseline(raw: Any, i: int, where: Any, path: Path | None) -> Baseline
         if req not in raw:
             raise SweepFileError(f"{where}: baselines[{i}] is missing {req!r}")
     follow = raw.get("follow") or []
-    return Baseline(label=str(raw.get("label", raw["model"])), model=str(raw["model"]), size=str(raw["size"]),
-                    set=dict(raw.get("set") or {}), follow=tuple(follow), resource_class=raw.get("resource_class"))
+    return Baseline(
+        label=str(raw.get("label", raw["model"])),
+        model=str(raw["model"]),
+        size=str(raw["size"]),
+        set=dict(raw.get("set") or {}),
+        follow=tuple(follow),
+        resource_class=raw.get("resource_class"),
+    )
 
 
 def _resource(where_key: str, raw: Mapping, where: Any) -> Resources:
     try:
-        return Resources.from_dict({**CLASS_DEFAULTS, **raw}, where=str(where), prefix=f"{where_key}.")
+        return Resources.from_dict(
+            {**CLASS_DEFAULTS, **raw}, where=str(where), prefix=f"{where_key}."
+        )
     except ConfigError as err:
         raise SweepFileError(str(err)) from None
 
@@ -363,14 +486,24 @@ def _hashable(v: Any) -> Any:
 
 # --------------------------------------------------------------------------------------- expansion
 
+
 def _short(key: str) -> str:
     """Readable abbreviation of a dotted axis key for run names (data.seq_len -> len)."""
     leaf = key.split(".")[-1]
-    return {"seq_len": "len", "n_layers": "d", "d_model": "w", "size": "", "name": "", "overrides": ""}.get(leaf, leaf)
+    return {
+        "seq_len": "len",
+        "n_layers": "d",
+        "d_model": "w",
+        "size": "",
+        "name": "",
+        "overrides": "",
+    }.get(leaf, leaf)
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, Mapping):   # a per-row `model.overrides` column: {} adds nothing, {k: v} adds "k-v"
+    if isinstance(
+        v, Mapping
+    ):  # a per-row `model.overrides` column: {} adds nothing, {k: v} adds "k-v"
         return "-".join(f"{k}-{_fmt(x)}" for k, x in sorted(v.items()))
     if isinstance(v, bool):
         return "on" if v else "off"
@@ -387,26 +520,40 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
     for group in sweep.zip:
         n = len(next(iter(group.values())))
         axis_lists.append([{k: vals[i] for k, vals in group.items()} for i in range(n)])
-    points = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axis_lists)]
+    points = [
+        dict(kv for part in combo for kv in part.items())
+        for combo in itertools.product(*axis_lists)
+    ]
     # a zip group's `_name` column labels its rows (ablation variants): it names runs, sets nothing
     settable = lambda axes: {k: v for k, v in axes.items() if k != NAME_KEY}  # noqa: E731
 
     runs: list[PlannedRun] = []
 
-    def add(label: str, axes: dict[str, Any], seed: int, overrides: dict[str, Any], cls: str | None) -> None:
+    def add(
+        label: str, axes: dict[str, Any], seed: int, overrides: dict[str, Any], cls: str | None
+    ) -> None:
         if NAME_KEY in axes:
             shown = [_fmt(axes[NAME_KEY])]
         else:
             shown = [f"{_short(k)}{_fmt(v)}" for k, v in axes.items()]
-            shown = [part for part in shown if part]   # an empty per-row override dict names nothing
-        if label == "base" and not shown:      # no axes: name the base run by its model size
+            shown = [part for part in shown if part]  # an empty per-row override dict names nothing
+        if label == "base" and not shown:  # no axes: name the base run by its model size
             shown = [_fmt(_lookup(sweep.base, {**sweep.set, **overrides}, "model.size") or "base")]
         parts = ([] if label == "base" else [label]) + shown + [f"s{seed}"]
         full = {**sweep.set, **overrides, "seed": seed}
         # a per-row override dict sets the row up; it is not an axis the analysis groups by
         axes = {k: v for k, v in axes.items() if not isinstance(v, Mapping)}
-        runs.append(PlannedRun(index=len(runs), name="-".join(parts), label=label, axes=axes, seed=seed,
-                               overrides=full, resource_class=cls or _resource_class(sweep, full)))
+        runs.append(
+            PlannedRun(
+                index=len(runs),
+                name="-".join(parts),
+                label=label,
+                axes=axes,
+                seed=seed,
+                overrides=full,
+                resource_class=cls or _resource_class(sweep, full),
+            )
+        )
 
     if sweep.include_base:
         for point in points:
@@ -424,13 +571,21 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
         for sub in followed:
             for seed in sweep.seeds:
                 # a baseline starts from the base config but never inherits the base model's overrides
-                ov = {**settable(sub), "model.name": b.model, "model.size": b.size, "model.overrides": {}, **b.set}
+                ov = {
+                    **settable(sub),
+                    "model.name": b.model,
+                    "model.size": b.size,
+                    "model.overrides": {},
+                    **b.set,
+                }
                 add(b.label, sub, seed, ov, b.resource_class)
     names = [r.name for r in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         where = sweep.path or "<sweep>"
-        raise SweepFileError(f"{where}: two runs would get the same name {dup[:3]}; give baselines distinct labels")
+        raise SweepFileError(
+            f"{where}: two runs would get the same name {dup[:3]}; give baselines distinct labels"
+        )
     return runs
 
 
@@ -453,15 +608,18 @@ def _lookup(base: Mapping, overrides: Mapping, dotted: str) -> Any:
 
 
 def n_points(sweep: Sweep) -> int:
-    return math.prod([len(v) for v in sweep.grid.values()] + [len(next(iter(g.values()))) for g in sweep.zip])
+    return math.prod(
+        [len(v) for v in sweep.grid.values()] + [len(next(iter(g.values()))) for g in sweep.zip]
+    )
 
 
 # ------------------------------------------------------------------------ resolution to RunConfigs
 
+
 @dataclass(frozen=True, kw_only=True)
 class ResolvedRun:
     plan: PlannedRun
-    cfg: Any                        # harness.config.RunConfig
+    cfg: Any  # harness.config.RunConfig
     run_id: str
 
     @property
@@ -502,16 +660,25 @@ def resolve(sweep: Sweep, check_model: bool = True) -> list[ResolvedRun]:
     out = []
     for run in expand(sweep):
         rc = sweep.resources[run.resource_class]
-        ov = {**resource_overrides(rc), **run.overrides,
-              "sweep": sweep_dir_name(sweep), "axis": sweep.axis, "name": run.name}
+        ov = {
+            **resource_overrides(rc),
+            **run.overrides,
+            "sweep": sweep_dir_name(sweep),
+            "axis": sweep.axis,
+            "name": run.name,
+        }
         try:
-            cfg = C.apply_overrides(base, ov, where=f"{where}: run {run.name}", check_model=check_model)
+            cfg = C.apply_overrides(
+                base, ov, where=f"{where}: run {run.name}", check_model=check_model
+            )
         except C.ConfigError as err:
             raise SweepFileError(str(err)) from None
         out.append(ResolvedRun(plan=run, cfg=cfg, run_id=C.run_id(cfg)))
     ids = [r.run_id for r in out]
     if len(set(ids)) != len(ids):
         dup = sorted({r.name for r in out if ids.count(r.run_id) > 1})
-        raise SweepFileError(f"{where}: runs {dup} resolve to the same config (same run id); an axis has no "
-                             "effect on the run config — check its dotted key")
+        raise SweepFileError(
+            f"{where}: runs {dup} resolve to the same config (same run id); an axis has no "
+            "effect on the run config — check its dotted key"
+        )
     return out

@@ -17,6 +17,7 @@ A NaN/inf loss is detected without a per-step host sync: the first bad step is k
 tensor and checked every log_every_n_steps and before every checkpoint save (so no checkpoint
 is ever written after it).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,13 +48,15 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def task_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def task_losses(
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
     ctr_logit, cvr_logit = out["ctr"].float(), out["cvr"].float()
     click, conv = batch["click"].float(), batch["conversion"].float()
     ctr = F.binary_cross_entropy_with_logits(ctr_logit, click)
     if cfg.cvr_loss == "clicked":
         per = F.binary_cross_entropy_with_logits(cvr_logit, conv, reduction="none")
-        cvr = (per * click).sum() / click.sum().clamp(min=1.0)     # mean over clicked; 0 if none
+        cvr = (per * click).sum() / click.sum().clamp(min=1.0)  # mean over clicked; 0 if none
     else:
         log_p = F.logsigmoid(ctr_logit) + F.logsigmoid(cvr_logit)
         cvr = -(conv * log_p + (1 - conv) * _log1mexp(log_p)).mean()
@@ -67,7 +70,7 @@ class RankingSystem(L.LightningModule):
         self.cfg = cfg
         self.has_oracle = has_oracle
         self._preds: dict[str, list[dict[str, torch.Tensor]]] = defaultdict(list)
-        self.results: dict[str, dict[str, Any]] = {}     # split -> {"metrics", "oracle", "step"}
+        self.results: dict[str, dict[str, Any]] = {}  # split -> {"metrics", "oracle", "step"}
         self.register_buffer("first_bad_step", torch.tensor(-1, dtype=torch.long), persistent=False)
 
     # ---- training ----------------------------------------------------------------------------
@@ -88,12 +91,23 @@ class RankingSystem(L.LightningModule):
             losses["loss"] = losses["loss"] + aux
         loss = losses["loss"]
         bad = ~torch.isfinite(loss.detach())
-        self.first_bad_step.copy_(torch.where(bad & (self.first_bad_step < 0),
-                                              torch.full_like(self.first_bad_step, self.global_step),
-                                              self.first_bad_step))
+        self.first_bad_step.copy_(
+            torch.where(
+                bad & (self.first_bad_step < 0),
+                torch.full_like(self.first_bad_step, self.global_step),
+                self.first_bad_step,
+            )
+        )
         n = int(batch["click"].shape[0])
         for k, v in losses.items():
-            self.log(f"train/{k}", v.detach(), on_step=True, on_epoch=False, prog_bar=(k == "loss"), batch_size=n)
+            self.log(
+                f"train/{k}",
+                v.detach(),
+                on_step=True,
+                on_epoch=False,
+                prog_bar=(k == "loss"),
+                batch_size=n,
+            )
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -104,26 +118,34 @@ class RankingSystem(L.LightningModule):
         self.check_finite()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.check_finite()     # raising here stops the save: the last good checkpoint stays
+        self.check_finite()  # raising here stops the save: the last good checkpoint stays
         if self.cfg.protocol == "next_batch":
             # the predictions logged so far are part of the run's result: a resumed run needs them
             checkpoint["next_batch_predictions"] = {
                 split: {k: torch.cat([r[k] for r in rows]).cpu() for k in rows[0]}
-                for split, rows in self._preds.items() if rows}
+                for split, rows in self._preds.items()
+                if rows
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("next_batch_predictions", {})
-        self._preds = defaultdict(list, {split: [{k: v.to(self.device) for k, v in row.items()}]
-                                         for split, row in saved.items()})
+        self._preds = defaultdict(
+            list,
+            {
+                split: [{k: v.to(self.device) for k, v in row.items()}]
+                for split, row in saved.items()
+            },
+        )
 
     def check_finite(self) -> None:
-        step = int(self.first_bad_step)      # the one host sync, at log cadence
+        step = int(self.first_bad_step)  # the one host sync, at log cadence
         if step >= 0:
             raise NonFiniteLossError(
                 f"training loss became NaN/inf at optimizer step {step} (checked every "
                 f"{self.cfg.log_every_n_steps} steps and before each checkpoint). The last good checkpoint "
                 f"is kept. Try a lower learning rate (train.lr / train.dense_lr), tighter clipping "
-                f"(train.clip_dense), or precision 32-true.")
+                f"(train.clip_dense), or precision 32-true."
+            )
 
     def configure_optimizers(self):
         opt, sched = build_optimizer(self.model, self.cfg)
@@ -136,10 +158,14 @@ class RankingSystem(L.LightningModule):
         for name, norm in norms.items():
             self.log(f"train/grad_norm_{name}", norm, on_step=True, on_epoch=False)
         for g in optimizer.param_groups:
-            self.log(f"train/lr_{g.get('name', 'group')}", float(g["lr"]), on_step=True, on_epoch=False)
+            self.log(
+                f"train/lr_{g.get('name', 'group')}", float(g["lr"]), on_step=True, on_epoch=False
+            )
 
     # ---- evaluation --------------------------------------------------------------------------
-    def _record(self, split: str, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> None:
+    def _record(
+        self, split: str, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]
+    ) -> None:
         row = {"ctr_logit": out["ctr"].detach().float(), "cvr_logit": out["cvr"].detach().float()}
         for k in PRED_KEYS + (ORACLE_KEYS if self.has_oracle else ()):
             row[k] = batch[k].detach()
@@ -156,7 +182,10 @@ class RankingSystem(L.LightningModule):
     def _gathered(self, split: str) -> dict[str, np.ndarray]:
         rows = self._preds.pop(split, [])
         keys = ("ctr_logit", "cvr_logit") + PRED_KEYS + (ORACLE_KEYS if self.has_oracle else ())
-        local = {k: torch.cat([r[k] for r in rows]) if rows else torch.empty(0, device=self.device) for k in keys}
+        local = {
+            k: torch.cat([r[k] for r in rows]) if rows else torch.empty(0, device=self.device)
+            for k in keys
+        }
         if self.trainer.world_size > 1:
             local = {k: self._all_gather_var(v) for k, v in local.items()}
         return {k: v.cpu().numpy() for k, v in local.items()}
@@ -173,11 +202,24 @@ class RankingSystem(L.LightningModule):
         if self.cfg.protocol == "next_batch":
             w = self.cfg.next_batch_warmup_days if split == "train" else 0
             metrics = M.daily_macro(p, self.cfg.cvr_loss, warmup_days=w)
-            oracle = M.daily_macro(p, self.cfg.cvr_loss, oracle=True, warmup_days=w) if self.has_oracle else {}
+            oracle = (
+                M.daily_macro(p, self.cfg.cvr_loss, oracle=True, warmup_days=w)
+                if self.has_oracle
+                else {}
+            )
         else:
             metrics = M.split_metrics(p, self.cfg.cvr_loss) if len(p["click"]) else {}
-            oracle = M.split_metrics(p, self.cfg.cvr_loss, oracle=True) if self.has_oracle and len(p["click"]) else {}
-        return {"metrics": metrics, "oracle": oracle, "step": int(self.global_step), "n": int(len(p["click"]))}
+            oracle = (
+                M.split_metrics(p, self.cfg.cvr_loss, oracle=True)
+                if self.has_oracle and len(p["click"])
+                else {}
+            )
+        return {
+            "metrics": metrics,
+            "oracle": oracle,
+            "step": int(self.global_step),
+            "n": int(len(p["click"])),
+        }
 
     def _finish_eval(self, split: str) -> None:
         if self.trainer.sanity_checking:

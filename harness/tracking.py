@@ -10,6 +10,7 @@ The logger carries project, group (= sweep), job_type (= axis), tags, name, id (
 resumed run continues the same W&B run) and the resolved config. Lightning's WandbLogger only
 touches W&B on global rank 0.
 """
+
 from __future__ import annotations
 
 import netrc
@@ -24,7 +25,10 @@ from harness.config import ConfigError, RunConfig
 def _has_credentials() -> tuple[bool, str]:
     if os.environ.get("WANDB_API_KEY"):
         return True, "WANDB_API_KEY is set"
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    host = (
+        urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+        or "api.wandb.ai"
+    )
     path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
         if path.exists() and netrc.netrc(path).authenticators(host):
@@ -42,8 +46,10 @@ def decide_mode(cfg: RunConfig) -> tuple[str, str]:
     creds, why = _has_credentials()
     if want == "online":
         if not creds:
-            raise ConfigError(f"logging.wandb = online but {why}. Run `wandb login`, or set "
-                              f"logging.wandb to offline/auto.")
+            raise ConfigError(
+                f"logging.wandb = online but {why}. Run `wandb login`, or set "
+                f"logging.wandb to offline/auto."
+            )
         return "online", f"config ({why})"
     env = os.environ.get("WANDB_MODE", "").strip().lower()
     if env in ("online", "offline", "disabled"):
@@ -64,10 +70,20 @@ def make_logger(cfg: RunConfig, rid: str, name: str, save_dir: Path, mode: str) 
     log = cfg.logging
     save_dir.mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(
-        project=log.project, entity=log.entity or None, name=name, id=rid, version=rid,
-        group=log.group or cfg.sweep, job_type=log.job_type or cfg.axis or None, tags=list(log.tags),
-        config=cfg.to_dict(), save_dir=str(save_dir), mode=mode,
-        log_model=False, settings=_settings())
+        project=log.project,
+        entity=log.entity or None,
+        name=name,
+        id=rid,
+        version=rid,
+        group=log.group or cfg.sweep,
+        job_type=log.job_type or cfg.axis or None,
+        tags=list(log.tags),
+        config=cfg.to_dict(),
+        save_dir=str(save_dir),
+        mode=mode,
+        log_model=False,
+        settings=_settings(),
+    )
     # Lightning forwards anonymous=None to wandb.init, and recent wandb warns that this (no-op)
     # setting "has no effect" whatever its value: leave it out so run logs carry no such line.
     init = getattr(logger, "_wandb_init", None)
@@ -78,5 +94,6 @@ def make_logger(cfg: RunConfig, rid: str, name: str, save_dir: Path, mode: str) 
 
 def _settings():
     import wandb
+
     # the console capture thread is of no use to us and slows teardown
     return wandb.Settings(console="off", silent=True)

@@ -11,6 +11,7 @@ Order of work: resolve the dataset and validate it (a missing or contract-breaki
 here, before any model is built), build the model, decide precision / attention / compile / W&B
 mode and record them with reasons in provenance.json, train, evaluate, write result.json, DONE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,20 +23,42 @@ from pathlib import Path
 from typing import Any
 
 from harness import provenance as P
-from harness.config import ConfigError, RunConfig, apply_overrides, check_model_config, load_config, run_id, run_name
-from harness.runstore import (CONFIG, DISK_ERRNOS, METRICS, PROVENANCE, RESULT_SCHEMA, STATUS, Busy, RunStore, RunStoreError,
-                              disk_message, process_rank, run_dir_for)
+from harness.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    check_model_config,
+    load_config,
+    run_id,
+    run_name,
+)
+from harness.runstore import (
+    CONFIG,
+    DISK_ERRNOS,
+    METRICS,
+    PROVENANCE,
+    RESULT_SCHEMA,
+    STATUS,
+    Busy,
+    RunStore,
+    RunStoreError,
+    disk_message,
+    process_rank,
+    run_dir_for,
+)
 
 AXIS_FIELDS = ("n_layers", "d_model", "n_heads")
 
 
 # ---- dataset -------------------------------------------------------------------------------
 
+
 def resolve_dataset(cfg: RunConfig, progress: bool = False) -> Path:
     """The dataset folder: generated (once, cached) for "synthetic:<preset>", else the given path."""
     preset = cfg.data.synthetic_preset
     if preset is not None:
         from harness.data.synth import ensure_synthetic
+
         return ensure_synthetic(preset, cfg.data.data_seed, cfg.data.cache_dir, progress=progress)
     return Path(cfg.data.dataset)
 
@@ -47,14 +70,18 @@ def validate_dataset(folder: Path, announce: bool = True) -> list[str]:
     from harness.data.validate import errors, validate
 
     if not folder.is_dir():
-        raise ContractError(f"data.dataset: {folder} is not a dataset folder. Give a folder of the data "
-                            f"contract (docs/data-contract.md) or 'synthetic:<preset>'.")
+        raise ContractError(
+            f"data.dataset: {folder} is not a dataset folder. Give a folder of the data "
+            f"contract (docs/data-contract.md) or 'synthetic:<preset>'."
+        )
     problems = validate(folder)
     bad = errors(problems)
     if bad:
-        raise ContractError(f"{folder}: the dataset breaks the data contract ({len(bad)} problem(s)); "
-                            f"nothing was trained:\n" + "\n".join(str(p) for p in bad))
-    warnings = [str(p) for p in problems]     # the run goes on; provenance.json keeps them
+        raise ContractError(
+            f"{folder}: the dataset breaks the data contract ({len(bad)} problem(s)); "
+            f"nothing was trained:\n" + "\n".join(str(p) for p in bad)
+        )
+    warnings = [str(p) for p in problems]  # the run goes on; provenance.json keeps them
     if announce:
         for w in warnings:
             print(f"{folder}: {w}", file=sys.stderr)
@@ -68,15 +95,19 @@ def _setup_data(dm: Any, folder: Path) -> None:
 
     from harness.data.contract import ContractError
     from harness.data.validate import unreadable_files
+
     try:
         dm.setup("fit")
     except (pa.ArrowException, OSError) as err:
         if isinstance(err, OSError) and err.errno is not None:
-            raise                   # a file-system error (full disk, permissions), not a damaged file
+            raise  # a file-system error (full disk, permissions), not a damaged file
         bad = unreadable_files(folder)
-        raise ContractError((f"{folder}: " + "\n".join(str(v) for v in bad)) if bad else
-                            f"{folder}: the data module could not read the dataset ({type(err).__name__}: {err}); "
-                            f"check it with: python -m harness.data validate {folder}") from err
+        raise ContractError(
+            (f"{folder}: " + "\n".join(str(v) for v in bad))
+            if bad
+            else f"{folder}: the data module could not read the dataset ({type(err).__name__}: {err}); "
+            f"check it with: python -m harness.data validate {folder}"
+        ) from err
 
 
 def manifest_of(cfg: RunConfig):
@@ -84,18 +115,22 @@ def manifest_of(cfg: RunConfig):
     preset = cfg.data.synthetic_preset
     if preset is not None:
         from harness.data.synth import manifest_for
+
         return manifest_for(preset, cfg.data.data_seed)
     from harness.data.contract import Manifest
+
     return Manifest.load(cfg.data.dataset)
 
 
 # ---- model ---------------------------------------------------------------------------------
+
 
 def execution(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The run's execution switches (train.attention, train.recompute, train.compile: their one home)
     as keywords for the model's build(), and the decisions with reasons. The one place they are
     applied; a switch the model lacks is an error, not a silent no-op."""
     from model.registry import execution_switches
+
     check_model_config(cfg.model)
     switches = execution_switches(cfg.model.name)
     kw: dict[str, Any] = {}
@@ -103,28 +138,45 @@ def execution(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     t = cfg.train
     if t.attention != "auto":
         if "attention" not in switches:
-            raise ConfigError(f"train.attention = {t.attention!r} but model {cfg.model.name!r} has no attention "
-                              f"switch; leave it 'auto'.")
+            raise ConfigError(
+                f"train.attention = {t.attention!r} but model {cfg.model.name!r} has no attention "
+                f"switch; leave it 'auto'."
+            )
         kw["attention"] = t.attention
     if t.recompute:
         if "recompute" not in switches:
-            raise ConfigError(f"train.recompute = true but model {cfg.model.name!r} does not implement recomputation.")
+            raise ConfigError(
+                f"train.recompute = true but model {cfg.model.name!r} does not implement recomputation."
+            )
         kw["recompute"] = True
-    decisions["recompute"] = {"value": t.recompute, "reason": "requested" if t.recompute else "default off"}
+    decisions["recompute"] = {
+        "value": t.recompute,
+        "reason": "requested" if t.recompute else "default off",
+    }
     if t.compile:
         if "compile_blocks" in switches:
             kw["compile_blocks"] = True
-            decisions["compile"] = {"value": "blocks", "reason": "requested; the model compiles each block (static shapes per run)"}
+            decisions["compile"] = {
+                "value": "blocks",
+                "reason": "requested; the model compiles each block (static shapes per run)",
+            }
         else:
-            decisions["compile"] = {"value": "model", "reason": "requested; torch.compile on the whole model (no per-block switch)"}
+            decisions["compile"] = {
+                "value": "model",
+                "reason": "requested; torch.compile on the whole model (no per-block switch)",
+            }
     else:
-        decisions["compile"] = {"value": False, "reason": "default off (compile costs ~15 s cold on CPU)"}
+        decisions["compile"] = {
+            "value": False,
+            "reason": "default off (compile costs ~15 s cold on CPU)",
+        }
     return kw, decisions
 
 
 def describe(cfg: RunConfig) -> dict[str, Any]:
     """Parameters and analytic FLOPs of the run's model, built on the meta device (no data, no memory)."""
     import torch
+
     from model.registry import build_model
 
     spec = manifest_of(cfg).feature_spec(cfg.data.seq_len, n_gap_buckets=cfg.data.n_gap_buckets)
@@ -133,8 +185,13 @@ def describe(cfg: RunConfig) -> dict[str, Any]:
     with torch.device("meta"):
         model = build_model(cfg.model.name, spec, cfg.model.size, cfg.model.overrides, kw)
     fl = model.flops_per_example()
-    return {"params": model.param_counts(),
-            "flops": {"forward_per_example": float(fl["forward"]), "train_per_example": float(fl["train"])}}
+    return {
+        "params": model.param_counts(),
+        "flops": {
+            "forward_per_example": float(fl["forward"]),
+            "train_per_example": float(fl["train"]),
+        },
+    }
 
 
 def train_samples_estimate(cfg: RunConfig) -> int | None:
@@ -143,11 +200,20 @@ def train_samples_estimate(cfg: RunConfig) -> int | None:
     else, for "synthetic:<preset>", the generator's expectation; None when unknown."""
     from harness.data import synth
     from harness.data.contract import MANIFEST, ContractError, Manifest
+
     preset = cfg.data.synthetic_preset
-    folder = synth.cached_folder(preset, cfg.data.data_seed, cfg.data.cache_dir) if preset else Path(cfg.data.dataset)
+    folder = (
+        synth.cached_folder(preset, cfg.data.data_seed, cfg.data.cache_dir)
+        if preset
+        else Path(cfg.data.dataset)
+    )
     if (folder / MANIFEST).exists():
         try:
-            n = ((Manifest.load(folder).stats or {}).get("splits") or {}).get("train", {}).get("impressions")
+            n = (
+                ((Manifest.load(folder).stats or {}).get("splits") or {})
+                .get("train", {})
+                .get("impressions")
+            )
         except ContractError:
             n = None
         if n:
@@ -166,13 +232,16 @@ def axes(cfg: RunConfig) -> dict[str, Any]:
 
 # ---- the run -------------------------------------------------------------------------------
 
+
 def trainer_plugins() -> list[Any]:
     """Atomic checkpoint writes; under SLURM (srun sets SLURM_NTASKS) a SLURMEnvironment with
     auto_requeue off: submitit owns requeueing (USR2 + Checkpointable), Lightning must not too."""
     from harness.callbacks import AtomicCheckpointIO
+
     plugins: list[Any] = [AtomicCheckpointIO()]
     if "SLURM_NTASKS" in os.environ:
         from lightning.pytorch.plugins.environments import SLURMEnvironment
+
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins
 
@@ -183,6 +252,7 @@ def quiet_libraries() -> None:
     warnings that do not apply here."""
     import logging
     import warnings
+
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Resume is exact without Lightning's stateful-loader protocol: ResumeState (harness/callbacks.py)
@@ -190,15 +260,26 @@ def quiet_libraries() -> None:
     # batches on resume (tests/test_train_run.py: a killed run ends bitwise equal to an uninterrupted one).
     warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
     # an installed SLURM client outside a SLURM job (e.g. a stopped test cluster): nothing to do with this run
-    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    warnings.filterwarnings(
+        "ignore", message=r"The `srun` command is available on your system but is not used"
+    )
     # the next-batch protocol evaluates inside the training pass on purpose (no val loader)
-    warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
+    warnings.filterwarnings(
+        "ignore", message=r"You defined a `validation_step` but have no `val_dataloader`"
+    )
     # Lightning's pytree helper on torch >= 2.6 (internal to Lightning; nothing to change on our side)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")       # FutureWarning/Deprecation
+    warnings.filterwarnings(
+        "ignore", message=r".*isinstance\(treespec, LeafSpec\).*"
+    )  # FutureWarning/Deprecation
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path, *, attempt: dict[str, Any] | None = None,
-              lock_wait_s: float = 2.0) -> dict[str, Any]:
+def train_run(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    attempt: dict[str, Any] | None = None,
+    lock_wait_s: float = 2.0,
+) -> dict[str, Any]:
     """Train (or resume, or return the finished result of) the run in run_dir.
 
     The run folder is owned by this process while it trains (RunStore.lock; rank 0 of a
@@ -213,16 +294,18 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, attempt: dict[str, Any] | 
     if cfg_path.exists():
         old = load_config(cfg_path, check_model=False)
         if run_id(old) != rid:
-            raise ConfigError(f"{store.path} holds run {run_id(old)} ({cfg_path}); this config is run {rid}. "
-                              f"Use the folder <runs>/<sweep>/{rid} (nothing was changed).")
+            raise ConfigError(
+                f"{store.path} holds run {run_id(old)} ({cfg_path}); this config is run {rid}. "
+                f"Use the folder <runs>/<sweep>/{rid} (nothing was changed)."
+            )
     owner = process_rank() == 0
     lock = store.lock(wait_s=lock_wait_s) if owner else None
     try:
-        if store.is_done():         # finished by the previous owner while this process waited
+        if store.is_done():  # finished by the previous owner while this process waited
             return store.result()  # type: ignore[return-value]
         store.create()
         if owner:
-            store.clean_tmp()       # temporary files of a killed attempt (we own the folder now)
+            store.clean_tmp()  # temporary files of a killed attempt (we own the folder now)
             if attempt is not None:
                 store.record_attempt(**attempt)
         store.write_text(CONFIG, cfg.to_yaml())
@@ -244,7 +327,9 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, attempt: dict[str, Any] | 
             raise
         except (KeyboardInterrupt, SystemExit) as e:
             # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): rerunning resumes
-            _record_failure(store, f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint")
+            _record_failure(
+                store, f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint"
+            )
             raise
         store.finish(result)
         return result
@@ -271,7 +356,14 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from harness import tracking
-    from harness.callbacks import ChainLoader, CsvMetrics, ProgressFile, ResumableLoader, ResumeState, Throughput
+    from harness.callbacks import (
+        ChainLoader,
+        CsvMetrics,
+        ProgressFile,
+        ResumableLoader,
+        ResumeState,
+        Throughput,
+    )
     from harness.data.datamodule import OneTransDataModule
     from harness.system import RankingSystem
     from model.registry import build_model
@@ -283,30 +375,42 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     wandb_mode, wandb_why = tracking.decide_mode(cfg)
     execution_kw, decisions = execution(cfg)
     if t.protocol == "next_batch" and (t.max_epochs != 1 or t.devices * t.num_nodes != 1):
-        raise ConfigError("train.protocol = next_batch is one chronological pass on one device: set "
-                          "train.max_epochs = 1 and train.devices = train.num_nodes = 1.")
+        raise ConfigError(
+            "train.protocol = next_batch is one chronological pass on one device: set "
+            "train.max_epochs = 1 and train.devices = train.num_nodes = 1."
+        )
 
     # 1. data: resolved and validated before anything is built
     folder = resolve_dataset(cfg, progress=cfg.logging.progress_bar)
     # the built-in world's warnings are by design (e.g. repeated actions within one second): not printed
     data_warnings = validate_dataset(folder, announce=cfg.data.synthetic_preset is None)
     next_batch = t.protocol == "next_batch"
-    dm = OneTransDataModule(folder, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
-                            eval_batch_size=cfg.data.batch_size if next_batch else cfg.data.eval_batch_size,
-                            num_workers=cfg.data.num_workers, seed=cfg.seed, n_gap_buckets=cfg.data.n_gap_buckets,
-                            chronological=next_batch or not cfg.data.shuffle)
+    dm = OneTransDataModule(
+        folder,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.batch_size if next_batch else cfg.data.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        n_gap_buckets=cfg.data.n_gap_buckets,
+        chronological=next_batch or not cfg.data.shuffle,
+    )
     _setup_data(dm, folder)
 
     # 2. model (seeded), system
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(cfg.model.name, dm.feature_spec, cfg.model.size, cfg.model.overrides, execution_kw)
+    model = build_model(
+        cfg.model.name, dm.feature_spec, cfg.model.size, cfg.model.overrides, execution_kw
+    )
     if decisions["compile"]["value"] == "model":
         model = torch.compile(model)
     system = RankingSystem(model, t, has_oracle=dm.has_oracle)
 
     # 3. loaders: the train loader is resumable; next_batch streams train -> val -> test
     if next_batch:
-        train_loader = ResumableLoader(ChainLoader([(s, dm.loader(s)) for s in ("train", "val", "test")]))
+        train_loader = ResumableLoader(
+            ChainLoader([(s, dm.loader(s)) for s in ("train", "val", "test")])
+        )
     else:
         train_loader = ResumableLoader(dm.train_dataloader())
     val_loader = None if next_batch else dm.val_dataloader()
@@ -315,40 +419,69 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     ckpt_path = store.last_ckpt if store.last_ckpt.exists() else None
     resume_step = None
     if ckpt_path is not None:
-        resume_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        resume_step = int(
+            torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        )
     loggers: list[Any] = [CsvMetrics(store / METRICS, resume_step=resume_step)]
     wandb_logger = tracking.make_logger(cfg, rid, name, store.logs, wandb_mode)
     if wandb_logger is not None:
         loggers.append(wandb_logger)
-    decisions |= {"precision": {"value": precision, "reason": precision_why},
-                  "wandb": {"value": wandb_mode, "reason": wandb_why},
-                  "threads": {"value": threads, "reason": threads_why},
-                  "attention": {"value": None, "reason": "decided by the model at its first forward (see end of run)"},
-                  "resumed_from_step": resume_step, "dataset_warnings": data_warnings}
+    decisions |= {
+        "precision": {"value": precision, "reason": precision_why},
+        "wandb": {"value": wandb_mode, "reason": wandb_why},
+        "threads": {"value": threads, "reason": threads_why},
+        "attention": {
+            "value": None,
+            "reason": "decided by the model at its first forward (see end of run)",
+        },
+        "resumed_from_step": resume_step,
+        "dataset_warnings": data_warnings,
+    }
     store.write_json(PROVENANCE, P.collect(cfg, decisions))
 
     resume_state, throughput = ResumeState(train_loader), Throughput()
-    ckpt_cb = ModelCheckpoint(dirpath=store.checkpoints, save_top_k=0, save_last=True,
-                              every_n_train_steps=t.ckpt_every_n_steps, enable_version_counter=False)
+    ckpt_cb = ModelCheckpoint(
+        dirpath=store.checkpoints,
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=t.ckpt_every_n_steps,
+        enable_version_counter=False,
+    )
     plugins = trainer_plugins()
     eval_every = t.eval_every_n_steps
     trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, precision=precision,
-        max_epochs=t.max_epochs, max_steps=t.max_steps, logger=loggers,
-        callbacks=[resume_state, throughput, ProgressFile(store), ckpt_cb], plugins=plugins,
-        enable_progress_bar=cfg.logging.progress_bar, enable_model_summary=False,
-        log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, deterministic=t.deterministic,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        precision=precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        logger=loggers,
+        callbacks=[resume_state, throughput, ProgressFile(store), ckpt_cb],
+        plugins=plugins,
+        enable_progress_bar=cfg.logging.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=0,
+        deterministic=t.deterministic,
         limit_val_batches=0 if next_batch else 1.0,
         val_check_interval=eval_every if (eval_every > 0 and not next_batch) else None,
         check_val_every_n_epoch=None if (eval_every > 0 and not next_batch) else 1,
-        use_distributed_sampler=False, default_root_dir=str(store.logs), gradient_clip_val=None)
+        use_distributed_sampler=False,
+        default_root_dir=str(store.logs),
+        gradient_clip_val=None,
+    )
 
     # 5. train, then final evaluation with the final weights
     try:
-        trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+        trainer.fit(
+            system, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path
+        )
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
-        trainer.save_checkpoint(store.last_ckpt, weights_only=False)     # full state: a rerun resumes from it
+        trainer.save_checkpoint(
+            store.last_ckpt, weights_only=False
+        )  # full state: a rerun resumes from it
         if next_batch:
             results = system.next_batch_results()
         else:
@@ -359,14 +492,18 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     finally:
         if wandb_logger is not None and trainer.global_rank == 0:
             import wandb
+
             if wandb.run is not None:
                 wandb.finish()
 
     # 6. the record
     core = model._orig_mod if hasattr(model, "_orig_mod") else model
     att = getattr(core, "attention_decision", None)
-    decisions["attention"] = ({"value": att[0], "reason": att[1]} if att else
-                              {"value": None, "reason": f"model {cfg.model.name!r} reports no attention decision"})
+    decisions["attention"] = (
+        {"value": att[0], "reason": att[1]}
+        if att
+        else {"value": None, "reason": f"model {cfg.model.name!r} reports no attention decision"}
+    )
     store.write_json(PROVENANCE, P.collect(cfg, decisions))
     desc_flops = core.flops_per_example()
     samples = throughput.samples
@@ -374,19 +511,34 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     peak, peak_why = P.peak_flops(P.device_info(t.accelerator), precision)
     batches_per_epoch = max(len(train_loader), 1)
     return {
-        "schema": RESULT_SCHEMA, "run_id": rid, "name": name, "sweep": cfg.sweep, "axis": cfg.axis,
-        "model": cfg.model.name, "size": cfg.model.size, "config": cfg.to_dict(), "axes": axes(cfg),
-        "seed": cfg.seed, "status": "done",
+        "schema": RESULT_SCHEMA,
+        "run_id": rid,
+        "name": name,
+        "sweep": cfg.sweep,
+        "axis": cfg.axis,
+        "model": cfg.model.name,
+        "size": cfg.model.size,
+        "config": cfg.to_dict(),
+        "axes": axes(cfg),
+        "seed": cfg.seed,
+        "status": "done",
         "metrics": {s: r["metrics"] for s, r in results.items()},
         "oracle": {s: r["oracle"] for s, r in results.items()} if dm.has_oracle else {},
         "params": core.param_counts(),
-        "flops": {"forward_per_example": float(desc_flops["forward"]),
-                  "train_per_example": float(desc_flops["train"]),
-                  "train_total": float(desc_flops["train"]) * samples},
-        "train": {"steps": int(trainer.global_step), "samples": samples,
-                  "epochs": trainer.global_step / batches_per_epoch},
+        "flops": {
+            "forward_per_example": float(desc_flops["forward"]),
+            "train_per_example": float(desc_flops["train"]),
+            "train_total": float(desc_flops["train"]) * samples,
+        },
+        "train": {
+            "steps": int(trainer.global_step),
+            "samples": samples,
+            "epochs": trainer.global_step / batches_per_epoch,
+        },
         "throughput": {"samples_per_s": sps, "train_time_s": throughput.train_time},
-        "mfu": (float(desc_flops["train"]) * sps * trainer.world_size / peak) if (peak and sps) else None,
+        "mfu": (float(desc_flops["train"]) * sps * trainer.world_size / peak)
+        if (peak and sps)
+        else None,
         "mfu_note": peak_why,
         "eval_impressions": {s: r["n"] for s, r in results.items()},
         "wall_time_s": time.perf_counter() - t_start,
@@ -397,22 +549,48 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
 
 # ---- CLI -----------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--config", required=True, type=Path, help="run config YAML (see configs/)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="dotted override, repeatable: --set train.max_steps=50 --set model.overrides.n_layers=4")
-    ap.add_argument("--runs-dir", type=Path, default=Path("runs"), help="the run goes to RUNS_DIR/<sweep>/<run_id>")
-    ap.add_argument("--run-dir", type=Path, default=None, help="exact run folder (overrides --runs-dir)")
-    ap.add_argument("--describe", action="store_true", help="print params and FLOPs (no data, no training)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, repeatable: --set train.max_steps=50 --set model.overrides.n_layers=4",
+    )
+    ap.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        help="the run goes to RUNS_DIR/<sweep>/<run_id>",
+    )
+    ap.add_argument(
+        "--run-dir", type=Path, default=None, help="exact run folder (overrides --runs-dir)"
+    )
+    ap.add_argument(
+        "--describe", action="store_true", help="print params and FLOPs (no data, no training)"
+    )
     args = ap.parse_args(argv)
     from harness.data.contract import ContractError
     from harness.system import NonFiniteLossError
+
     try:
-        cfg = apply_overrides(load_config(args.config), args.overrides, where=f"{args.config} + --set")
+        cfg = apply_overrides(
+            load_config(args.config), args.overrides, where=f"{args.config} + --set"
+        )
         if args.describe:
-            print(json.dumps({"run_id": run_id(cfg), "name": run_name(cfg), **describe(cfg)}, indent=2))
+            print(
+                json.dumps(
+                    {"run_id": run_id(cfg), "name": run_name(cfg), **describe(cfg)}, indent=2
+                )
+            )
             return 0
         run_dir = args.run_dir or run_dir_for(args.runs_dir, cfg.sweep, run_id(cfg))
         print(f"run {run_id(cfg)} ({run_name(cfg)}) -> {run_dir}", file=sys.stderr)
@@ -421,12 +599,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Busy as e:
-        print(f"error: {e}; not training it twice (wait for it, or stop that process)", file=sys.stderr)
+        print(
+            f"error: {e}; not training it twice (wait for it, or stop that process)",
+            file=sys.stderr,
+        )
         return 75
     except (NonFiniteLossError, RunStoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    summary = {k: result[k] for k in ("run_id", "name", "metrics", "oracle", "train", "throughput", "wall_time_s")}
+    summary = {
+        k: result[k]
+        for k in ("run_id", "name", "metrics", "oracle", "train", "throughput", "wall_time_s")
+    }
     print(json.dumps(summary, indent=2))
     return 0
 

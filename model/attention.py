@@ -27,6 +27,7 @@ row, the reference backend reads the shared keys in place (one GEMM per group, n
 
 This module is the one definition of the attention mask and of masked attention in the model package.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,23 +47,32 @@ def flash_unsupported_reasons(device: torch.device, dtype: torch.dtype, head_dim
     if device.type != "cuda":
         reasons.append(f"flash-attn needs a CUDA device, inputs are on {device.type}")
     if importlib.util.find_spec("flash_attn") is None:
-        reasons.append("flash_attn is not installed (pip install 'onetrans-harness[gpu]' on a GPU node)")
+        reasons.append(
+            "flash_attn is not installed (pip install 'onetrans-harness[gpu]' on a GPU node)"
+        )
     if dtype not in (torch.float16, torch.bfloat16):
-        reasons.append(f"flash-attn needs fp16/bf16 inputs, got {dtype} (run with precision bf16-mixed)")
+        reasons.append(
+            f"flash-attn needs fp16/bf16 inputs, got {dtype} (run with precision bf16-mixed)"
+        )
     if head_dim % 8 != 0 or head_dim > 256:
         reasons.append(f"flash-attn needs head_dim a multiple of 8 and <= 256, got {head_dim}")
     return reasons
 
 
-def choose_backend(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> tuple[str, str]:
+def choose_backend(
+    requested: str, device: torch.device, dtype: torch.dtype, head_dim: int
+) -> tuple[str, str]:
     """(backend, reason). An explicit request that cannot run raises instead of falling back silently."""
     if requested not in REQUESTS:
         raise ValueError(f"attention backend {requested!r} unknown; choose one of {REQUESTS}")
     flash_no = flash_unsupported_reasons(device, dtype, head_dim)
     if requested == "flash":
         if flash_no:
-            raise RuntimeError("attention='flash' cannot run: " + "; ".join(flash_no)
-                               + ". Use attention='auto' to fall back to SDPA.")
+            raise RuntimeError(
+                "attention='flash' cannot run: "
+                + "; ".join(flash_no)
+                + ". Use attention='auto' to fall back to SDPA."
+            )
         return "flash", "requested"
     if requested in ("reference", "sdpa"):
         return requested, "requested"
@@ -89,20 +99,20 @@ def attention_mask(q_valid: torch.Tensor, k_valid: torch.Tensor, causal: bool) -
 class Groups:
     """Query rows laid out per group (impressions per request): (R, C) slots, C = the largest group."""
 
-    index: torch.Tensor   # (B,) group of each row
-    slot: torch.Tensor    # (B,) position of each row inside its group
+    index: torch.Tensor  # (B,) group of each row
+    slot: torch.Tensor  # (B,) position of each row inside its group
     n_groups: int
     width: int
 
     @staticmethod
-    def of(index: torch.Tensor, n_groups: int) -> "Groups":
+    def of(index: torch.Tensor, n_groups: int) -> Groups:
         counts = torch.bincount(index, minlength=n_groups)
         starts = torch.cumsum(counts, 0) - counts
         # a row's slot is its rank among its group's rows; rows need not be sorted by group
         order = torch.sort(index, stable=True).indices
         slot = torch.empty_like(index)
         slot[order] = torch.arange(index.numel(), device=index.device) - starts[index[order]]
-        width = int(counts.max().item()) if index.numel() else 0          # one host sync
+        width = int(counts.max().item()) if index.numel() else 0  # one host sync
         return Groups(index=index, slot=slot, n_groups=n_groups, width=width)
 
     def pack(self, x: torch.Tensor, fill: float | bool = 0) -> torch.Tensor:
@@ -124,10 +134,10 @@ class SharedKeys:
     (building it costs a host sync; the reference backend needs it, SDPA and flash do not).
     """
 
-    k: torch.Tensor       # (R, H, T, dh)
-    v: torch.Tensor       # (R, H, T, dh)
-    valid: torch.Tensor   # (R, T) False at padding
-    index: torch.Tensor   # (B,) group of each query row
+    k: torch.Tensor  # (R, H, T, dh)
+    v: torch.Tensor  # (R, H, T, dh)
+    valid: torch.Tensor  # (R, T) False at padding
+    index: torch.Tensor  # (B,) group of each query row
     groups: Groups | None = None
 
 
@@ -136,8 +146,13 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
     return torch.softmax(scores.masked_fill(~mask, float("-inf")).float(), dim=-1).to(dtype)
 
 
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                        shared: SharedKeys | None = None) -> torch.Tensor:
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    shared: SharedKeys | None = None,
+) -> torch.Tensor:
     scale = 1.0 / math.sqrt(q.shape[-1])
     if shared is None:
         return _masked_softmax((q @ k.transpose(-1, -2)) * scale, mask, v.dtype) @ v
@@ -147,24 +162,37 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     g = shared.groups if shared.groups is not None else Groups.of(shared.index, shared.k.shape[0])
     tq, t = q.shape[2], shared.k.shape[2]
 
-    def grouped(x: torch.Tensor, fill: float | bool = 0) -> torch.Tensor:     # (B, h, Tq, X) -> (R, h, C*Tq, X)
+    def grouped(
+        x: torch.Tensor, fill: float | bool = 0
+    ) -> torch.Tensor:  # (B, h, Tq, X) -> (R, h, C*Tq, X)
         return g.pack(x, fill).transpose(1, 2).flatten(2, 3)
 
-    def ungrouped(x: torch.Tensor) -> torch.Tensor:                          # (R, H, C*Tq, X) -> (B, H, Tq, X)
+    def ungrouped(x: torch.Tensor) -> torch.Tensor:  # (R, H, C*Tq, X) -> (B, H, Tq, X)
         return g.unpack(x.unflatten(2, (g.width, tq)).transpose(1, 2))
 
-    scores = torch.cat([grouped(q) @ shared.k.transpose(-1, -2), grouped(q @ k.transpose(-1, -2))], -1) * scale
+    scores = (
+        torch.cat([grouped(q) @ shared.k.transpose(-1, -2), grouped(q @ k.transpose(-1, -2))], -1)
+        * scale
+    )
     # empty slots (groups with fewer rows than C) attend everywhere: finite (no NaN in the backward), never unpacked
     probs = _masked_softmax(scores, grouped(mask, True), v.dtype)
     return ungrouped(probs[..., :t] @ shared.v) + ungrouped(probs[..., t:]) @ v
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_valid: torch.Tensor,
-                    k_valid: torch.Tensor, causal: bool) -> torch.Tensor:
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_valid: torch.Tensor,
+    k_valid: torch.Tensor,
+    causal: bool,
+) -> torch.Tensor:
     """Varlen flash-attn on the unpadded tokens. Left padding keeps every row's valid tokens a
     contiguous tail, so flash's per-sequence bottom-right alignment equals our mask."""
     from flash_attn import flash_attn_varlen_func  # optional GPU extra
@@ -173,25 +201,44 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_valid: 
     tk = k.shape[2]
 
     def unpad(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return x.transpose(1, 2)[valid]                       # (n_valid, H, dh)
+        return x.transpose(1, 2)[valid]  # (n_valid, H, dh)
 
     def cu(valid: torch.Tensor) -> torch.Tensor:
         return F.pad(valid.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
 
-    out = flash_attn_varlen_func(unpad(q, q_valid), unpad(k, k_valid), unpad(v, k_valid),
-                                 cu(q_valid), cu(k_valid), tq, tk, causal=causal)
+    out = flash_attn_varlen_func(
+        unpad(q, q_valid),
+        unpad(k, k_valid),
+        unpad(v, k_valid),
+        cu(q_valid),
+        cu(k_valid),
+        tq,
+        tk,
+        causal=causal,
+    )
     full = q.new_zeros(B, tq, H, dh)
     full[q_valid] = out.to(q.dtype)
     return full.transpose(1, 2)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_valid: torch.Tensor, k_valid: torch.Tensor,
-           *, causal: bool, backend: str, shared: SharedKeys | None = None) -> torch.Tensor:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_valid: torch.Tensor,
+    k_valid: torch.Tensor,
+    *,
+    causal: bool,
+    backend: str,
+    shared: SharedKeys | None = None,
+) -> torch.Tensor:
     """Dispatch to one backend; returns (B, H, Tq, dh) with padded query rows set to zero.
     shared: keys/values of each row's group, placed before its own keys k, v (see SharedKeys)."""
     if shared is not None:
         k_valid = torch.cat([shared.valid[shared.index], k_valid], 1)
-        if backend != "reference":    # SDPA and flash need every row's whole key list: copy it per row
+        if (
+            backend != "reference"
+        ):  # SDPA and flash need every row's whole key list: copy it per row
             k = torch.cat([shared.k[shared.index], k], 2)
             v = torch.cat([shared.v[shared.index], v], 2)
             shared = None

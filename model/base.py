@@ -9,6 +9,7 @@ multiply-accumulate, per impression without request-level sharing (the paper's c
 "train" = forward + backward (3x forward for matmul-dominated models unless stated otherwise).
 The conventions are written down in docs/conventions.md.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,9 @@ class RankingModel(nn.Module):
 
     spec: FeatureSpec
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
+    def forward(
+        self, batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
     def embedding_parameters(self) -> list[nn.Parameter]:

@@ -10,9 +10,10 @@ measure_flops() runs a callable under torch.utils.flop_counter.FlopCounterMode, 
 check the analytic counts are pinned to. It also counts PyTorch's CPU SDPA kernel, which the
 stock counter ignores (it registers only the CUDA kernels).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils import flop_counter as fc
@@ -43,7 +44,9 @@ def _custom_mapping() -> dict:
     aten = torch.ops.aten
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flops
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_sdpa_backward_flops
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            _cpu_sdpa_backward_flops
+        )
     return mapping
 
 

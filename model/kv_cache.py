@@ -13,10 +13,12 @@ final_tokens / head_logits, and attention is model/attention.py's `attend` (the 
 attention definition). Nothing of the block is re-implemented here, so a change to the block
 reaches the cache too. The plain `model(batch)` stays the reference every path here is tested against.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -35,9 +37,11 @@ class LayerParts(Protocol):
     Tensors are (rows, T, d) unless stated."""
 
     n_heads: int
-    keep_s: int          # S-rows this layer keeps as queries (frame positions, padding included)
+    keep_s: int  # S-rows this layer keeps as queries (frame positions, padding included)
 
-    def s_qkv(self, x: Tensor, n_query: int, n_kv: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def s_qkv(
+        self, x: Tensor, n_query: int, n_kv: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Pre-norm + shared S projections: q for the last n_query rows, k/v for the last n_kv rows
         (all rows when None). Each (R, rows, H, dh)."""
 
@@ -62,7 +66,9 @@ class OneTransParts(Protocol):
     def ns_tokens(self, imp: dict[str, Tensor], seq: dict[str, Tensor]) -> Tensor:
         """(B, L_NS, d) NS-tokens from the per-impression tensors (req_index points into seq)."""
 
-    def heads(self, ns_final: Tensor, s_final: Tensor | None, s_mask: Tensor | None) -> dict[str, Tensor]:
+    def heads(
+        self, ns_final: Tensor, s_final: Tensor | None, s_mask: Tensor | None
+    ) -> dict[str, Tensor]:
         """Task logits {"ctr", "cvr"} (B,) from the final NS rows (and surviving S rows, if any)."""
 
 
@@ -71,8 +77,15 @@ class OneTransParts(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, q_valid: Tensor, k_valid: Tensor, backend: str,
-            shared: SharedKeys | None = None) -> Tensor:
+def _attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_valid: Tensor,
+    k_valid: Tensor,
+    backend: str,
+    shared: SharedKeys | None = None,
+) -> Tensor:
     """Causal attention of q (rows, Tq, H, dh) over k, v (rows, Tk, H, dh) -> (rows, Tq, H*dh).
 
     Padded query rows follow model/attention.py's one rule: a left-padded S query sees no valid key,
@@ -80,8 +93,16 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, q_valid: Tensor, k_valid: Tensor, b
     exactness: no real row ever reads a padded S row (it is masked as a key in the next layer and
     zeroed before the heads), so any finite rule would give the same scores; the model's is the one.
     """
-    out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), q_valid, k_valid,
-                 causal=True, backend=backend, shared=shared)
+    out = attend(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        q_valid,
+        k_valid,
+        causal=True,
+        backend=backend,
+        shared=shared,
+    )
     return out.transpose(1, 2).flatten(2)
 
 
@@ -120,8 +141,8 @@ def stage_one(parts: OneTransParts, seq: dict[str, Tensor]) -> SideCache:
 
         def run(x: Tensor, mask: Tensor, layer=layer, n_query=n_query):
             q, k, v = layer.s_qkv(x, n_query)
-            attn = _attend(q, k, v, mask[:, mask.shape[1] - n_query:], mask, backend)
-            return layer.s_finish(x[:, x.shape[1] - n_query:], attn), k, v
+            attn = _attend(q, k, v, mask[:, mask.shape[1] - n_query :], mask, backend)
+            return layer.s_finish(x[:, x.shape[1] - n_query :], attn), k, v
 
         if getattr(parts, "recompute", False) and torch.is_grad_enabled():
             x_next, k, v = checkpoint(run, x, mask, use_reentrant=False)
@@ -130,24 +151,28 @@ def stage_one(parts: OneTransParts, seq: dict[str, Tensor]) -> SideCache:
         keys.append(k)
         values.append(v)
         masks.append(mask)
-        x, mask = x_next, mask[:, mask.shape[1] - n_query:]
+        x, mask = x_next, mask[:, mask.shape[1] - n_query :]
     return SideCache(keys=keys, values=values, masks=masks, s_final=x, s_final_mask=mask)
 
 
-def stage_two(parts: OneTransParts, cache: SideCache, imp: dict[str, Tensor],
-              seq: dict[str, Tensor]) -> dict[str, Tensor]:
+def stage_two(
+    parts: OneTransParts, cache: SideCache, imp: dict[str, Tensor], seq: dict[str, Tensor]
+) -> dict[str, Tensor]:
     """Score B impressions (req_index rows of the cache) from their NS-tokens and the S cache."""
     req_index = imp["req_index"]
-    groups = Groups.of(req_index, cache.n_requests)        # one host sync per batch, shared by all layers
+    groups = Groups.of(req_index, cache.n_requests)  # one host sync per batch, shared by all layers
     y = parts.ns_tokens(imp, seq)
     ns_valid = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
     for n, layer in enumerate(parts.layers):
+
         def run(y: Tensor, ks: Tensor, vs: Tensor, layer=layer, n=n) -> Tensor:
             # NS queries over [their request's cached S keys ; their own NS keys, causally]. The
             # reference backend reads the shared S keys in place (one GEMM per request); SDPA and
             # flash would copy the cache once per candidate (docs/kv-cache.md §4).
             q, k, v = layer.ns_qkv(y)
-            shared = SharedKeys(ks.transpose(1, 2), vs.transpose(1, 2), cache.masks[n], req_index, groups)
+            shared = SharedKeys(
+                ks.transpose(1, 2), vs.transpose(1, 2), cache.masks[n], req_index, groups
+            )
             return layer.ns_finish(y, _attend(q, k, v, ns_valid, ns_valid, "reference", shared))
 
         if getattr(parts, "recompute", False) and torch.is_grad_enabled():
@@ -199,7 +224,9 @@ class OneTransScorer:
     at most max_batch to bound memory; the cache is shared by every chunk.
     """
 
-    def __init__(self, model: torch.nn.Module, *, cache: bool = True, max_batch: int = 4096) -> None:
+    def __init__(
+        self, model: torch.nn.Module, *, cache: bool = True, max_batch: int = 4096
+    ) -> None:
         self.model, self.cache, self.max_batch = model, cache, max_batch
         self.parts = onetrans_parts(model) if cache else None
 
@@ -208,14 +235,24 @@ class OneTransScorer:
         n_cand = candidates["cand_item"].shape[0]
         seq = {k: history[k] for k in SEQ_KEYS}
         if seq["seq_item"].shape[0] != 1:
-            raise ValueError(f"OneTransScorer.score: history holds {seq['seq_item'].shape[0]} requests; "
-                             "pass one request (seq_* tensors of shape (1, L, ...)).")
+            raise ValueError(
+                f"OneTransScorer.score: history holds {seq['seq_item'].shape[0]} requests; "
+                "pass one request (seq_* tensors of shape (1, L, ...))."
+            )
         side = stage_one(self.parts, seq) if self.cache else None
         outs = []
         for lo in range(0, n_cand, self.max_batch):
-            imp = {k: candidates[k][lo:lo + self.max_batch] for k in IMPRESSION_KEYS if k != "req_index"}
-            imp["req_index"] = torch.zeros(imp["cand_item"].shape[0], dtype=torch.long, device=imp["cand_item"].device)
-            logits = stage_two(self.parts, side, imp, seq) if self.cache else self.model({**seq, **imp})
+            imp = {
+                k: candidates[k][lo : lo + self.max_batch]
+                for k in IMPRESSION_KEYS
+                if k != "req_index"
+            }
+            imp["req_index"] = torch.zeros(
+                imp["cand_item"].shape[0], dtype=torch.long, device=imp["cand_item"].device
+            )
+            logits = (
+                stage_two(self.parts, side, imp, seq) if self.cache else self.model({**seq, **imp})
+            )
             outs.append(logits)
         return {t: torch.sigmoid(torch.cat([o[t] for o in outs])) for t in outs[0]}
 
@@ -229,9 +266,9 @@ class OneTransScorer:
 class AppendStats:
     """What the last append reused: r and the rows computed per layer (for tests and benchmarks)."""
 
-    exact_layers: int                 # r: states of old events exact up to and including layer r
-    query_rows: list[int]             # S query rows computed per layer
-    kv_rows: list[int]                # S key/value rows computed per layer
+    exact_layers: int  # r: states of old events exact up to and including layer r
+    query_rows: list[int]  # S query rows computed per layer
+    kv_rows: list[int]  # S key/value rows computed per layer
 
 
 class IncrementalCache:
@@ -244,24 +281,31 @@ class IncrementalCache:
     states it with `time_invariant=True`, since the model's token embedding cannot be inspected.
     """
 
-    def __init__(self, model: torch.nn.Module, *, frame: int | None = None,
-                 time_invariant: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        frame: int | None = None,
+        time_invariant: bool | None = None,
+    ) -> None:
         self.parts = onetrans_parts(model)
         if time_invariant is None:
             time_invariant = bool(getattr(self.parts, "time_invariant", False))
         if not time_invariant:
-            raise ValueError("IncrementalCache: S tokens that depend on the request time (time-gap embedding) "
-                             "or an intent-ordered stream change old events' tokens; rebuild the cache with "
-                             "stage_one instead (docs/kv-cache.md §2, assumption T).")
+            raise ValueError(
+                "IncrementalCache: S tokens that depend on the request time (time-gap embedding) "
+                "or an intent-ordered stream change old events' tokens; rebuild the cache with "
+                "stage_one instead (docs/kv-cache.md §2, assumption T)."
+            )
         self.frame = frame if frame is not None else model.spec.seq_len
         self.backend = getattr(self.parts, "s_backend", "sdpa")
         keep, prev = [self.frame], self.frame
         for layer in self.parts.layers:
             prev = min(layer.keep_s, prev)
             keep.append(prev)
-        self.keep = keep                                   # s_0 = frame, s_m = kept after layer m
+        self.keep = keep  # s_0 = frame, s_m = kept after layer m
         self.n = 0
-        self.states: list[Tensor] | None = None            # h_m rows for events [w_m(n), n)
+        self.states: list[Tensor] | None = None  # h_m rows for events [w_m(n), n)
         self.keys: list[Tensor] = []
         self.values: list[Tensor] = []
         self.last: AppendStats | None = None
@@ -274,20 +318,26 @@ class IncrementalCache:
     def append(self, new_events: dict[str, Tensor]) -> AppendStats:
         """Add ΔL events (seq_* tensors of shape (1, ΔL, ...), all real, oldest first)."""
         if not bool(new_events["seq_mask"].all()):
-            raise ValueError("IncrementalCache.append: new_events must hold real events only (seq_mask all True)")
+            raise ValueError(
+                "IncrementalCache.append: new_events must hold real events only (seq_mask all True)"
+            )
         x_new, _ = self.parts.s_tokens({k: new_events[k] for k in SEQ_KEYS})
         n0, n1 = self.n, self.n + x_new.shape[1]
         n_layers = len(self.parts.layers)
         same = [self.window(j, n0) == self.window(j, n1) for j in range(n_layers + 1)]
         exact = [all(same[:j]) for j in range(n_layers + 1)]  # h_j of old events exact
         old = self.states
-        prev = x_new if old is None else torch.cat([old[0][:, self.window(0, n1) - self.window(0, n0):], x_new], 1)
-        prev = prev[:, prev.shape[1] - (n1 - self.window(0, n1)):]
+        prev = (
+            x_new
+            if old is None
+            else torch.cat([old[0][:, self.window(0, n1) - self.window(0, n0) :], x_new], 1)
+        )
+        prev = prev[:, prev.shape[1] - (n1 - self.window(0, n1)) :]
         states, keys, values, q_rows, kv_rows = [prev], [], [], [], []
         for m, layer in enumerate(self.parts.layers, start=1):
             lo_in, lo_out = self.window(m - 1, n1), self.window(m, n1)
             n_out = n1 - lo_out
-            n_new_in = n1 - max(n0, lo_in)                          # rows of prev that are new events
+            n_new_in = n1 - max(n0, lo_in)  # rows of prev that are new events
             n_query = n_out if not exact[m] or old is None else n1 - max(n0, lo_out)
             if exact[m - 1] and old is not None:
                 c = n_new_in
@@ -299,11 +349,11 @@ class IncrementalCache:
             else:
                 c = prev.shape[1]
                 q, k, v = layer.s_qkv(prev, n_query)
-            real = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)     # no padding here
-            attn = _attend(q, k, v, real[:, real.shape[1] - n_query:], real, self.backend)
-            fresh = layer.s_finish(prev[:, prev.shape[1] - n_query:], attn)
-            if n_query < n_out:                                      # old states of this layer are exact
-                kept_old = old[m][:, old[m].shape[1] - (n_out - n_query):]
+            real = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)  # no padding here
+            attn = _attend(q, k, v, real[:, real.shape[1] - n_query :], real, self.backend)
+            fresh = layer.s_finish(prev[:, prev.shape[1] - n_query :], attn)
+            if n_query < n_out:  # old states of this layer are exact
+                kept_old = old[m][:, old[m].shape[1] - (n_out - n_query) :]
                 fresh = torch.cat([kept_old, fresh], 1)
             states.append(fresh)
             keys.append(k)
@@ -312,8 +362,11 @@ class IncrementalCache:
             kv_rows.append(c)
             prev = fresh
         self.states, self.keys, self.values, self.n = states, keys, values, n1
-        self.last = AppendStats(exact_layers=max(j for j in range(n_layers + 1) if exact[j]),
-                                query_rows=q_rows, kv_rows=kv_rows)
+        self.last = AppendStats(
+            exact_layers=max(j for j in range(n_layers + 1) if exact[j]),
+            query_rows=q_rows,
+            kv_rows=kv_rows,
+        )
         return self.last
 
     def side_cache(self) -> SideCache:
@@ -322,13 +375,20 @@ class IncrementalCache:
             raise ValueError("IncrementalCache: no events appended yet")
         masks = [torch.ones(k.shape[:2], dtype=torch.bool, device=k.device) for k in self.keys]
         final = self.states[-1]
-        return SideCache(keys=self.keys, values=self.values, masks=masks, s_final=final,
-                         s_final_mask=torch.ones(final.shape[:2], dtype=torch.bool, device=final.device))
+        return SideCache(
+            keys=self.keys,
+            values=self.values,
+            masks=masks,
+            s_final=final,
+            s_final_mask=torch.ones(final.shape[:2], dtype=torch.bool, device=final.device),
+        )
 
     @torch.no_grad()
     def score(self, candidates: dict[str, Tensor]) -> dict[str, Tensor]:
         imp = {k: candidates[k] for k in IMPRESSION_KEYS if k != "req_index"}
-        imp["req_index"] = torch.zeros(imp["cand_item"].shape[0], dtype=torch.long, device=imp["cand_item"].device)
+        imp["req_index"] = torch.zeros(
+            imp["cand_item"].shape[0], dtype=torch.long, device=imp["cand_item"].device
+        )
         logits = stage_two(self.parts, self.side_cache(), imp, {})
         return {t: torch.sigmoid(v) for t, v in logits.items()}
 
@@ -346,10 +406,14 @@ class _OneTransAdapter:
     def __init__(self, model: torch.nn.Module) -> None:
         cfg = getattr(model, "cfg", None)
         if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "s_tok"):
-            raise TypeError(f"KV caching needs a OneTrans model (model/onetrans.py); got {type(model).__name__}")
+            raise TypeError(
+                f"KV caching needs a OneTrans model (model/onetrans.py); got {type(model).__name__}"
+            )
         if not cfg.causal:
-            raise ValueError("onetrans Config.causal=False (full attention): S-tokens read NS-tokens, so the "
-                             "S-side cannot be cached; KV caching needs the causal mask (spec §1.2)")
+            raise ValueError(
+                "onetrans Config.causal=False (full attention): S-tokens read NS-tokens, so the "
+                "S-side cannot be cached; KV caching needs the causal mask (spec §1.2)"
+            )
         self.model, self.cfg = model, cfg
         self.layers = list(model.blocks)
         # S tokens depend on the request time with the gap embedding, and an intent-ordered stream
@@ -366,7 +430,9 @@ class _OneTransAdapter:
     def ns_tokens(self, imp: dict[str, Tensor], seq: dict[str, Tensor]) -> Tensor:
         return self.model.ns_tok(imp)
 
-    def heads(self, ns_final: Tensor, s_final: Tensor | None, s_mask: Tensor | None) -> dict[str, Tensor]:
-        if s_final is None:                                   # no S row left (pyramid reading A)
+    def heads(
+        self, ns_final: Tensor, s_final: Tensor | None, s_mask: Tensor | None
+    ) -> dict[str, Tensor]:
+        if s_final is None:  # no S row left (pyramid reading A)
             return self.model.head_logits(self.model.final_tokens(ns_final[:, :0], ns_final))
         return self.model.head_logits(self.model.final_tokens(s_final, ns_final, s_mask))

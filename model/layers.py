@@ -5,6 +5,7 @@ MixedLinear  the paper's "mixed" parameterisation: one shared weight for all S-t
              one token-specific weight per NS-token row, applied as one batched einsum over a
              (n_ns, d_in, d_out) tensor, never a Python loop over tokens.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,9 @@ class MixedLinear(nn.Module):
     the parameter count.
     """
 
-    def __init__(self, d_in: int, d_out: int, n_ns: int, *, mixed: bool = True, with_s: bool = True) -> None:
+    def __init__(
+        self, d_in: int, d_out: int, n_ns: int, *, mixed: bool = True, with_s: bool = True
+    ) -> None:
         super().__init__()
         self.d_in, self.d_out, self.n_ns, self.mixed = d_in, d_out, n_ns, mixed
         self.weight_s = nn.Parameter(torch.empty(d_out, d_in)) if (with_s or not mixed) else None

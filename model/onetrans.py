@@ -13,6 +13,7 @@ inside attention, where NS queries read S keys. S-tokens never read NS-tokens (t
 puts NS last), so everything computed for x_s depends on the request's sequence alone; that is
 what KV-cached two-stage scoring and request-level training build on.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,52 +41,80 @@ class Config:
     n_layers: int = 6
     d_model: int = 256
     n_heads: int = 4
-    n_ns_tokens: int = 12                 # L_NS (= the pyramid end point, spec §5.1)
-    ffn_mult: int = 4                     # FFN hidden = ffn_mult * d_model, GELU (spec §5.9)
-    emb_dim: int = 16                     # width of every sparse embedding (item, side, categorical)
-    s_hidden: int = 0                     # hidden width of each behaviour's S MLP; 0 = d_model
-    ns_hidden: int = 0                    # hidden width of the NS tokenizer MLP; 0 = n_ns_tokens * d_model
-    head_hidden: int = 512                # hidden width of each task tower
+    n_ns_tokens: int = 12  # L_NS (= the pyramid end point, spec §5.1)
+    ffn_mult: int = 4  # FFN hidden = ffn_mult * d_model, GELU (spec §5.9)
+    emb_dim: int = 16  # width of every sparse embedding (item, side, categorical)
+    s_hidden: int = 0  # hidden width of each behaviour's S MLP; 0 = d_model
+    ns_hidden: int = 0  # hidden width of the NS tokenizer MLP; 0 = n_ns_tokens * d_model
+    head_hidden: int = 512  # hidden width of each task tower
     # --- input (Table 3 "input" rows)
-    seq_fusion: Literal["timestamp", "intent", "intent_nosep"] = "timestamp"  # ablation: intent order with/without [SEP]
-    ns_tokenizer: Literal["auto_split", "group"] = "auto_split"               # ablation: group-wise
-    type_embedding: bool = True           # behaviour-type indicator added to S-tokens (timestamp mode only)
-    gap_embedding: bool = False           # time-gap bucket embedding on S-tokens (not in the paper)
+    seq_fusion: Literal["timestamp", "intent", "intent_nosep"] = (
+        "timestamp"  # ablation: intent order with/without [SEP]
+    )
+    ns_tokenizer: Literal["auto_split", "group"] = "auto_split"  # ablation: group-wise
+    type_embedding: bool = True  # behaviour-type indicator added to S-tokens (timestamp mode only)
+    gap_embedding: bool = False  # time-gap bucket embedding on S-tokens (not in the paper)
     # --- learnability switches (not in the paper; docs/learning-history.md has the measurements)
-    shared_side_tables: bool = False      # candidate side fields read the S side's tables (paper: silent;
-                                          # only the item id table is shared when False)
-    tokenizer_skip: bool = False          # a bias-free linear path beside every tokenizer MLP
-    type_emb_init_std: float = 0.02       # init std of the type / gap embeddings (1.0 = nn.Embedding's)
+    shared_side_tables: bool = (
+        False  # candidate side fields read the S side's tables (paper: silent;
+    )
+    # only the item id table is shared when False)
+    tokenizer_skip: bool = False  # a bias-free linear path beside every tokenizer MLP
+    type_emb_init_std: float = 0.02  # init std of the type / gap embeddings (1.0 = nn.Embedding's)
     # --- block (Table 3 "block" rows)
-    mixed_params: bool = True             # ablation False: one parameter set for all tokens
-    out_proj: Literal["mixed", "shared"] = "mixed"   # W_O mixed like Q/K/V (spec §5.8) or shared
-    causal: bool = True                   # ablation False: full attention (still tail queries)
-    pyramid: bool = True                  # ablation False: keep every token in every layer
-    pyramid_end: Literal["A", "B"] = "A"  # A: list ends at L_NS tokens; B: L_NS S-tokens survive too
-    prune_first_layer: bool = True        # False: layer 1 keeps all tokens, pruning starts at layer 2
-    pyramid_multiple: int = 32            # intermediate lengths rounded to this multiple
+    mixed_params: bool = True  # ablation False: one parameter set for all tokens
+    out_proj: Literal["mixed", "shared"] = "mixed"  # W_O mixed like Q/K/V (spec §5.8) or shared
+    causal: bool = True  # ablation False: full attention (still tail queries)
+    pyramid: bool = True  # ablation False: keep every token in every layer
+    pyramid_end: Literal["A", "B"] = (
+        "A"  # A: list ends at L_NS tokens; B: L_NS S-tokens survive too
+    )
+    prune_first_layer: bool = True  # False: layer 1 keeps all tokens, pruning starts at layer 2
+    pyramid_multiple: int = 32  # intermediate lengths rounded to this multiple
     norm_eps: float = 1e-6
     # --- execution (never changes the function, only speed/memory); the attention backend,
     # recomputation and compilation are build() keywords, not fields (EXECUTION, below the sizes)
-    request_level: bool = False           # S side once per request, shared by its impressions (exact)
+    request_level: bool = False  # S side once per request, shared by its impressions (exact)
 
     def __post_init__(self) -> None:
         def check(cond: bool, field: str, msg: str) -> None:
             if not cond:
                 raise ValueError(f"onetrans Config.{field}: {msg}")
 
-        for f in ("n_layers", "d_model", "n_heads", "n_ns_tokens", "ffn_mult", "emb_dim", "head_hidden",
-                  "pyramid_multiple"):
+        for f in (
+            "n_layers",
+            "d_model",
+            "n_heads",
+            "n_ns_tokens",
+            "ffn_mult",
+            "emb_dim",
+            "head_hidden",
+            "pyramid_multiple",
+        ):
             check(getattr(self, f) >= 1, f, f"must be >= 1, got {getattr(self, f)}")
-        check(self.s_hidden >= 0 and self.ns_hidden >= 0, "s_hidden/ns_hidden", "must be >= 0 (0 = default)")
-        check(self.d_model % self.n_heads == 0, "d_model",
-              f"{self.d_model} is not divisible by n_heads={self.n_heads}; pick d_model = n_heads * head_dim")
-        choices = {"seq_fusion": ("timestamp", "intent", "intent_nosep"), "ns_tokenizer": ("auto_split", "group"),
-                   "out_proj": ("mixed", "shared"), "pyramid_end": ("A", "B")}
+        check(
+            self.s_hidden >= 0 and self.ns_hidden >= 0,
+            "s_hidden/ns_hidden",
+            "must be >= 0 (0 = default)",
+        )
+        check(
+            self.d_model % self.n_heads == 0,
+            "d_model",
+            f"{self.d_model} is not divisible by n_heads={self.n_heads}; pick d_model = n_heads * head_dim",
+        )
+        choices = {
+            "seq_fusion": ("timestamp", "intent", "intent_nosep"),
+            "ns_tokenizer": ("auto_split", "group"),
+            "out_proj": ("mixed", "shared"),
+            "pyramid_end": ("A", "B"),
+        }
         for f, options in choices.items():
             check(getattr(self, f) in options, f, f"{getattr(self, f)!r} is not one of {options}")
-        check(self.causal or not self.request_level, "request_level",
-              "needs causal=True (with full attention S-tokens read NS-tokens, so S cannot be shared)")
+        check(
+            self.causal or not self.request_level,
+            "request_level",
+            "needs causal=True (with full attention S-tokens read NS-tokens, so S cannot be shared)",
+        )
 
     @property
     def head_dim(self) -> int:
@@ -96,8 +125,10 @@ class Config:
 # Pyramid schedule
 # ----------------------------------------------------------------------------------------------
 
-def pyramid_schedule(n_tokens: int, end: int, n_layers: int, *, prune_first_layer: bool = True,
-                     multiple: int = 32) -> list[int]:
+
+def pyramid_schedule(
+    n_tokens: int, end: int, n_layers: int, *, prune_first_layer: bool = True, multiple: int = 32
+) -> list[int]:
     """Total tokens kept after each layer: linear from n_tokens down to `end`, the intermediate
     values rounded to the nearest multiple (spec §1.3 tables), clamped into [end, previous]."""
     if not 1 <= end <= n_tokens:
@@ -123,6 +154,7 @@ def pyramid_schedule(n_tokens: int, end: int, n_layers: int, *, prune_first_laye
 # Tokenizers
 # ----------------------------------------------------------------------------------------------
 
+
 class FieldEmbedding(nn.Module):
     """Several categorical fields in one table (row offsets per field): one lookup for all."""
 
@@ -131,8 +163,11 @@ class FieldEmbedding(nn.Module):
         self.n_fields, self.dim = len(vocabs), dim
         # no table at all without fields: an unused parameter would break DDP and the counts
         self.table = nn.Embedding(sum(vocabs), dim) if vocabs else None
-        self.register_buffer("offsets", torch.tensor([0, *vocabs[:-1]], dtype=torch.long).cumsum(0)[: len(vocabs)],
-                             persistent=False)
+        self.register_buffer(
+            "offsets",
+            torch.tensor([0, *vocabs[:-1]], dtype=torch.long).cumsum(0)[: len(vocabs)],
+            persistent=False,
+        )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(..., F) ids -> (..., F * dim)."""
@@ -163,8 +198,11 @@ class SequenceTokenizer(nn.Module):
         # only through a random GELU MLP, which makes matching them against the candidate very slow to
         # learn. One map for every behaviour type, so an event's content lands where the candidate's does.
         self.skip = nn.Linear(self.d_in, cfg.d_model, bias=False) if cfg.tokenizer_skip else None
-        self.type_emb = (nn.Embedding(self.k + 1, cfg.d_model)
-                         if cfg.type_embedding and cfg.seq_fusion == "timestamp" else None)
+        self.type_emb = (
+            nn.Embedding(self.k + 1, cfg.d_model)
+            if cfg.type_embedding and cfg.seq_fusion == "timestamp"
+            else None
+        )
         self.gap_emb = nn.Embedding(spec.n_gap_buckets, cfg.d_model) if cfg.gap_embedding else None
         # Type / gap embeddings are added to the event's content token. nn.Embedding's N(0, 1) init
         # gives them norm ~sqrt(d_model), far above the content (~1 per unit after the MLP), so after
@@ -176,20 +214,22 @@ class SequenceTokenizer(nn.Module):
         self.n_sep = self.k - 1 if cfg.seq_fusion == "intent" else 0
         self.sep = nn.Parameter(torch.randn(self.n_sep, cfg.d_model) * 0.02) if self.n_sep else None
         # intent rank per type id (index 0 = padding); lower rank = higher intent = earlier
-        self.register_buffer("rank", torch.tensor([0, *spec.intent_rank()], dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "rank", torch.tensor([0, *spec.intent_rank()], dtype=torch.long), persistent=False
+        )
 
     def n_tokens(self, seq_len: int) -> int:
         return seq_len + self.n_sep
 
     def _per_type(self, fc: nn.Linear, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        scattered = (onehot.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)   # (..., K * width)
+        scattered = (onehot.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # (..., K * width)
         return fc(torch.cat([scattered, onehot], -1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> tokens (R, L_S, d), valid (R, L_S) bool; padded tokens are exactly zero."""
         seq_type, valid = batch["seq_type"], batch["seq_mask"]
         e = torch.cat([self.item_emb(batch["seq_item"]), self.side_emb(batch["seq_side"])], -1)
-        onehot = F.one_hot(seq_type, self.k + 1)[..., 1:].to(e.dtype)      # padding -> all zeros
+        onehot = F.one_hot(seq_type, self.k + 1)[..., 1:].to(e.dtype)  # padding -> all zeros
         h = F.gelu(self._per_type(self.fc1, e, onehot))
         x = self._per_type(self.fc2, h, onehot)
         if self.skip is not None:
@@ -225,7 +265,9 @@ def ns_groups(spec: FeatureSpec) -> list[tuple[str, list[int]]]:
     names = ["item"] * (1 + spec.n_side)
     names += list(spec.cat_groups) if spec.cat_groups else ["other"] * spec.n_cat
     names += list(spec.num_groups) if spec.num_groups else ["other"] * spec.n_num
-    order = [g for g in ("item", "user", "context") if g in names] + sorted(set(names) - {"item", "user", "context"})
+    order = [g for g in ("item", "user", "context") if g in names] + sorted(
+        set(names) - {"item", "user", "context"}
+    )
     return [(g, [i for i, n in enumerate(names) if n == g]) for g in order]
 
 
@@ -233,14 +275,21 @@ class NonSequenceTokenizer(nn.Module):
     """NS features -> N tokens. Auto-Split (default): concat everything -> one MLP -> N*d -> split.
     Group-wise (ablation): one MLP per semantic group, the N tokens split evenly over groups."""
 
-    def __init__(self, spec: FeatureSpec, cfg: Config, item_emb: nn.Embedding,
-                 side_emb: "FieldEmbedding | None" = None) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        cfg: Config,
+        item_emb: nn.Embedding,
+        side_emb: FieldEmbedding | None = None,
+    ) -> None:
         super().__init__()
         self.cfg, self.spec = cfg, spec
         self.item_emb = item_emb
         # shared_side_tables: the S tokenizer's table, so a candidate's brand is the same vector as
         # the same brand in the history (as for the item id, which is always shared)
-        self.side_emb = side_emb if side_emb is not None else FieldEmbedding(spec.side_vocab, cfg.emb_dim)
+        self.side_emb = (
+            side_emb if side_emb is not None else FieldEmbedding(spec.side_vocab, cfg.emb_dim)
+        )
         self.cat_emb = FieldEmbedding(spec.cat_vocab, cfg.emb_dim)
         widths = [cfg.emb_dim] * (1 + spec.n_side + spec.n_cat) + [1] * spec.n_num
         self.d_in = sum(widths)
@@ -253,8 +302,10 @@ class NonSequenceTokenizer(nn.Module):
             self.groups = ns_groups(spec)
             G = len(self.groups)
             if G > n:
-                raise ValueError(f"onetrans Config.n_ns_tokens={n} is smaller than the {G} NS groups "
-                                 f"{[g for g, _ in self.groups]} of the group-wise tokenizer; raise n_ns_tokens")
+                raise ValueError(
+                    f"onetrans Config.n_ns_tokens={n} is smaller than the {G} NS groups "
+                    f"{[g for g, _ in self.groups]} of the group-wise tokenizer; raise n_ns_tokens"
+                )
             self.tokens_per_group = [n // G + (i < n % G) for i in range(G)]
         starts = [0]
         for w in widths:
@@ -265,14 +316,19 @@ class NonSequenceTokenizer(nn.Module):
             idx = torch.cat([torch.arange(starts[c], starts[c + 1]) for c in cols])
             self.register_buffer(f"cols_{len(self.mlps)}", idx, persistent=False)
             h_g = max(1, round(hidden * n_g / n))
-            self.mlps.append(nn.Sequential(nn.Linear(len(idx), h_g), nn.GELU(), nn.Linear(h_g, n_g * d)))
+            self.mlps.append(
+                nn.Sequential(nn.Linear(len(idx), h_g), nn.GELU(), nn.Linear(h_g, n_g * d))
+            )
             if self.skips is not None:
                 self.skips.append(nn.Linear(len(idx), n_g * d, bias=False))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """-> (B, N, d)."""
-        parts = [self.item_emb(batch["cand_item"]), self.side_emb(batch["cand_side"]),
-                 self.cat_emb(batch["ns_cat"])]
+        parts = [
+            self.item_emb(batch["cand_item"]),
+            self.side_emb(batch["cand_side"]),
+            self.cat_emb(batch["ns_cat"]),
+        ]
         v = torch.cat(parts + [batch["ns_num"].to(parts[0].dtype)], -1)
         B, d = v.shape[0], self.cfg.d_model
 
@@ -283,17 +339,27 @@ class NonSequenceTokenizer(nn.Module):
         if len(self.mlps) == 1:  # auto-split reads every column in order: no gather needed
             return group(0, v)
         # group-wise: a loop over the few semantic groups (not over tokens)
-        return torch.cat([group(i, v[:, getattr(self, f"cols_{i}")]) for i in range(len(self.mlps))], 1)
+        return torch.cat(
+            [group(i, v[:, getattr(self, f"cols_{i}")]) for i in range(len(self.mlps))], 1
+        )
 
     def flops(self) -> float:
-        skips = [] if self.skips is None else [linear_flops(1, s.in_features, s.out_features) for s in self.skips]
-        return sum(linear_flops(1, m[0].in_features, m[0].out_features)
-                   + linear_flops(1, m[2].in_features, m[2].out_features) for m in self.mlps) + sum(skips)
+        skips = (
+            []
+            if self.skips is None
+            else [linear_flops(1, s.in_features, s.out_features) for s in self.skips]
+        )
+        return sum(
+            linear_flops(1, m[0].in_features, m[0].out_features)
+            + linear_flops(1, m[2].in_features, m[2].out_features)
+            for m in self.mlps
+        ) + sum(skips)
 
 
 # ----------------------------------------------------------------------------------------------
 # Block
 # ----------------------------------------------------------------------------------------------
+
 
 class OneTransBlock(nn.Module):
     """Pre-RMSNorm causal block with mixed parameters and pyramid queries.
@@ -313,10 +379,10 @@ class OneTransBlock(nn.Module):
         super().__init__()
         d, n, mixed = cfg.d_model, cfg.n_ns_tokens, cfg.mixed_params
         self.cfg, self.keep_s, self.n_heads = cfg, keep_s, cfg.n_heads
-        self.backend = "reference"         # set by the model from its attention decision
+        self.backend = "reference"  # set by the model from its attention decision
         has_s_queries = keep_s > 0
         self.norm1, self.norm2 = RMSNorm(d, cfg.norm_eps), RMSNorm(d, cfg.norm_eps)
-        self.kv = MixedLinear(d, 2 * d, n, mixed=mixed)                  # all rows: K and V
+        self.kv = MixedLinear(d, 2 * d, n, mixed=mixed)  # all rows: K and V
         self.q = MixedLinear(d, d, n, mixed=mixed, with_s=has_s_queries)  # kept rows only
         self.o = MixedLinear(d, d, n, mixed=mixed and cfg.out_proj == "mixed", with_s=has_s_queries)
         self.ffn1 = MixedLinear(d, cfg.ffn_mult * d, n, mixed=mixed, with_s=has_s_queries)
@@ -333,9 +399,9 @@ class OneTransBlock(nn.Module):
         incremental append asks for fewer rows; the forward always for the defaults."""
         h = self.norm1(x_s)
         n_query = self.keep_s if n_query is None else n_query
-        hk = h if n_kv is None else h[:, h.shape[1] - n_kv:]
+        hk = h if n_kv is None else h[:, h.shape[1] - n_kv :]
         k, v = self.kv.forward_s(hk).chunk(2, -1)
-        q = self.q.forward_s(h[:, h.shape[1] - n_query:]) if n_query else h[:, :0]
+        q = self.q.forward_s(h[:, h.shape[1] - n_query :]) if n_query else h[:, :0]
         return self._heads(q), self._heads(k), self._heads(v)
 
     def ns_qkv(self, x_ns: torch.Tensor):
@@ -358,8 +424,13 @@ class OneTransBlock(nn.Module):
         z = x_ns + self.o.forward_ns(a)
         return z + self.ffn2.forward_ns(F.gelu(self.ffn1.forward_ns(self.norm2(z))))
 
-    def forward(self, x_s: torch.Tensor, valid_s: torch.Tensor, x_ns: torch.Tensor,
-                req_index: torch.Tensor | None = None):
+    def forward(
+        self,
+        x_s: torch.Tensor,
+        valid_s: torch.Tensor,
+        x_ns: torch.Tensor,
+        req_index: torch.Tensor | None = None,
+    ):
         """req_index None: x_s is per impression (one attention call over [S ; NS]).
         req_index given: x_s is per REQUEST (R rows) and impression b reads request req_index[b];
         the S side runs once per request (exact: S queries never see NS keys)."""
@@ -367,72 +438,128 @@ class OneTransBlock(nn.Module):
         q_s, k_s, v_s = self.s_qkv(x_s)
         q_ns, k_ns, v_ns = self.ns_qkv(x_ns)
         ns_valid = valid_s.new_ones(x_ns.shape[0], n)
-        valid_tail = valid_s[:, T_s - ks:]
+        valid_tail = valid_s[:, T_s - ks :]
 
-        def H(x: torch.Tensor) -> torch.Tensor:               # (B, T, H, dh) -> (B, H, T, dh)
+        def H(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, dh) -> (B, H, T, dh)
             return x.transpose(1, 2)
 
         if req_index is None:
             # One attention call over [S ; NS] with one bottom-right causal mask: S queries can
             # only reach S keys because NS keys come after every S position.
-            a = attend(H(torch.cat([q_s, q_ns], 1)), H(torch.cat([k_s, k_ns], 1)), H(torch.cat([v_s, v_ns], 1)),
-                       torch.cat([valid_tail, ns_valid], 1), torch.cat([valid_s, ns_valid], 1),
-                       causal=self.cfg.causal, backend=self.backend)
-            a = a.transpose(1, 2).flatten(2)                              # (B, ks + n, d)
+            a = attend(
+                H(torch.cat([q_s, q_ns], 1)),
+                H(torch.cat([k_s, k_ns], 1)),
+                H(torch.cat([v_s, v_ns], 1)),
+                torch.cat([valid_tail, ns_valid], 1),
+                torch.cat([valid_s, ns_valid], 1),
+                causal=self.cfg.causal,
+                backend=self.backend,
+            )
+            a = a.transpose(1, 2).flatten(2)  # (B, ks + n, d)
             a_s, a_ns = a[:, :ks], a[:, ks:]
         else:
             if not self.cfg.causal:
-                raise ValueError("request-level S side needs causal attention (with causal=False S reads NS)")
-            a_s = attend(H(q_s), H(k_s), H(v_s), valid_tail, valid_s, causal=True,
-                         backend=self.backend).transpose(1, 2).flatten(2) if ks else x_s[:, :0]
+                raise ValueError(
+                    "request-level S side needs causal attention (with causal=False S reads NS)"
+                )
+            a_s = (
+                attend(
+                    H(q_s), H(k_s), H(v_s), valid_tail, valid_s, causal=True, backend=self.backend
+                )
+                .transpose(1, 2)
+                .flatten(2)
+                if ks
+                else x_s[:, :0]
+            )
             # NS queries read [their request's S keys ; their own NS keys], the S keys shared per request
-            a_ns = attend(H(q_ns), H(k_ns), H(v_ns), ns_valid, ns_valid, causal=True, backend=self.backend,
-                          shared=SharedKeys(H(k_s), H(v_s), valid_s, req_index)).transpose(1, 2).flatten(2)
+            a_ns = (
+                attend(
+                    H(q_ns),
+                    H(k_ns),
+                    H(v_ns),
+                    ns_valid,
+                    ns_valid,
+                    causal=True,
+                    backend=self.backend,
+                    shared=SharedKeys(H(k_s), H(v_s), valid_s, req_index),
+                )
+                .transpose(1, 2)
+                .flatten(2)
+            )
         y_ns = self.ns_finish(x_ns, a_ns)
         if ks == 0:
             return x_s[:, :0], valid_tail, y_ns
-        y_s = self.s_finish(x_s[:, T_s - ks:], a_s) * valid_tail.unsqueeze(-1).to(a_s.dtype)
+        y_s = self.s_finish(x_s[:, T_s - ks :], a_s) * valid_tail.unsqueeze(-1).to(a_s.dtype)
         return y_s, valid_tail, y_ns
 
     def flops(self, t_s: int) -> float:
         """Forward FLOPs of one example through this block with t_s S rows in."""
-        d, n, ks, f = self.cfg.d_model, self.cfg.n_ns_tokens, self.keep_s, self.cfg.ffn_mult * self.cfg.d_model
+        d, n, ks, f = (
+            self.cfg.d_model,
+            self.cfg.n_ns_tokens,
+            self.keep_s,
+            self.cfg.ffn_mult * self.cfg.d_model,
+        )
         q_rows = ks + n
-        return (linear_flops(t_s + n, d, 2 * d) + linear_flops(q_rows, d, d)       # K,V all; Q kept
-                + attention_flops(q_rows, t_s + n, d) + linear_flops(q_rows, d, d)  # attention; W_O
-                + linear_flops(q_rows, d, f) + linear_flops(q_rows, f, d))          # FFN
+        return (
+            linear_flops(t_s + n, d, 2 * d)
+            + linear_flops(q_rows, d, d)  # K,V all; Q kept
+            + attention_flops(q_rows, t_s + n, d)
+            + linear_flops(q_rows, d, d)  # attention; W_O
+            + linear_flops(q_rows, d, f)
+            + linear_flops(q_rows, f, d)
+        )  # FFN
 
 
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
 
+
 class OneTrans(RankingModel):
     """attention, recompute and compile_blocks are the execution switches (see EXECUTION): how the
     model runs, never what it computes."""
 
-    def __init__(self, spec: FeatureSpec, cfg: Config, *, attention: str = "auto", recompute: bool = False,
-                 compile_blocks: bool = False) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        cfg: Config,
+        *,
+        attention: str = "auto",
+        recompute: bool = False,
+        compile_blocks: bool = False,
+    ) -> None:
         super().__init__()
         if attention not in ATTENTION_REQUESTS:
-            raise ValueError(f"onetrans attention: {attention!r} is not one of {ATTENTION_REQUESTS}")
+            raise ValueError(
+                f"onetrans attention: {attention!r} is not one of {ATTENTION_REQUESTS}"
+            )
         self.spec, self.cfg = spec, cfg
-        self.attention = attention            # requested backend; the one used is attention_decision
-        self.recompute = recompute            # torch.utils.checkpoint around every block (training)
+        self.attention = attention  # requested backend; the one used is attention_decision
+        self.recompute = recompute  # torch.utils.checkpoint around every block (training)
         self.item_emb = nn.Embedding(spec.item_vocab, cfg.emb_dim)
         self.s_tok = SequenceTokenizer(spec, cfg, self.item_emb)
-        self.ns_tok = NonSequenceTokenizer(spec, cfg, self.item_emb,
-                                           self.s_tok.side_emb if cfg.shared_side_tables else None)
+        self.ns_tok = NonSequenceTokenizer(
+            spec, cfg, self.item_emb, self.s_tok.side_emb if cfg.shared_side_tables else None
+        )
         n = cfg.n_ns_tokens
         self.n_s_tokens = self.s_tok.n_tokens(spec.seq_len)
         self.schedule = self.kept_tokens(self.n_s_tokens + n)
         self.blocks = nn.ModuleList(OneTransBlock(cfg, keep - n) for keep in self.schedule)
         self.n_final = self.schedule[-1]
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.heads = nn.ModuleDict({t: nn.Sequential(nn.Linear(self.n_final * cfg.d_model, cfg.head_hidden),
-                                                     nn.GELU(), nn.Linear(cfg.head_hidden, 1)) for t in TASKS})
+        self.heads = nn.ModuleDict(
+            {
+                t: nn.Sequential(
+                    nn.Linear(self.n_final * cfg.d_model, cfg.head_hidden),
+                    nn.GELU(),
+                    nn.Linear(cfg.head_hidden, 1),
+                )
+                for t in TASKS
+            }
+        )
         self.attention_decision: tuple[str, str] | None = None
-        if compile_blocks:                    # torch.compile every block (static shapes per run)
+        if compile_blocks:  # torch.compile every block (static shapes per run)
             for b in self.blocks:
                 b.compile()
 
@@ -443,13 +570,22 @@ class OneTrans(RankingModel):
         if not cfg.pyramid:
             return [n_tokens] * (cfg.n_layers - 1) + [n]
         end = n if cfg.pyramid_end == "A" else n + min(n, n_tokens - n)
-        return pyramid_schedule(n_tokens, end, cfg.n_layers, prune_first_layer=cfg.prune_first_layer,
-                                multiple=cfg.pyramid_multiple)
+        return pyramid_schedule(
+            n_tokens,
+            end,
+            cfg.n_layers,
+            prune_first_layer=cfg.prune_first_layer,
+            multiple=cfg.pyramid_multiple,
+        )
 
     # --- forward ------------------------------------------------------------------------------
 
     def _decide_attention(self, device: torch.device) -> None:
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+        dtype = (
+            torch.get_autocast_dtype(device.type)
+            if torch.is_autocast_enabled(device.type)
+            else torch.float32
+        )
         decision = choose_backend(self.attention, device, dtype, self.cfg.head_dim)
         if decision != self.attention_decision:
             self.attention_decision = decision
@@ -462,21 +598,30 @@ class OneTrans(RankingModel):
         x_s, valid_s = self.s_tok(batch)
         return x_s, valid_s, self.ns_tok(batch)
 
-    def encode(self, x_s: torch.Tensor, valid_s: torch.Tensor, x_ns: torch.Tensor,
-               req_index: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        x_s: torch.Tensor,
+        valid_s: torch.Tensor,
+        x_ns: torch.Tensor,
+        req_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run the block stack; -> the final tokens (B, n_final, d), final-normed. With req_index,
         x_s / valid_s are per request and the S side runs once per request."""
         self._decide_attention(x_ns.device)
         for block in self.blocks:
             if self.recompute and torch.is_grad_enabled():
-                x_s, valid_s, x_ns = checkpoint(block, x_s, valid_s, x_ns, req_index, use_reentrant=False)
+                x_s, valid_s, x_ns = checkpoint(
+                    block, x_s, valid_s, x_ns, req_index, use_reentrant=False
+                )
             else:
                 x_s, valid_s, x_ns = block(x_s, valid_s, x_ns, req_index)
         if req_index is not None:
             x_s = x_s[req_index]
         return self.final_tokens(x_s, x_ns)
 
-    def final_tokens(self, x_s: torch.Tensor, x_ns: torch.Tensor, valid_s: torch.Tensor | None = None) -> torch.Tensor:
+    def final_tokens(
+        self, x_s: torch.Tensor, x_ns: torch.Tensor, valid_s: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The final-normed [S ; NS] rows the heads read, (B, n_final, d), from the rows leaving the
         last block: x_s the surviving S rows (none under pyramid reading A), x_ns the N NS rows.
         valid_s given (the KV cache's S side, which is not re-masked per block and is unpadded when
@@ -506,17 +651,25 @@ class OneTrans(RankingModel):
     def _check(self, batch: dict[str, torch.Tensor]) -> None:
         """Shape checks only (no host-device sync): a wrong batch fails here, naming the field."""
         spec = self.spec
-        for key, width, name in (("seq_side", spec.n_side, "side_names"), ("cand_side", spec.n_side, "side_names"),
-                                 ("ns_cat", spec.n_cat, "cat_names"), ("ns_num", spec.n_num, "num_names")):
+        for key, width, name in (
+            ("seq_side", spec.n_side, "side_names"),
+            ("cand_side", spec.n_side, "side_names"),
+            ("ns_cat", spec.n_cat, "cat_names"),
+            ("ns_num", spec.n_num, "num_names"),
+        ):
             if key not in batch:
                 raise KeyError(f"batch has no {key!r}; see model/features.py for the batch layout")
             if batch[key].shape[-1] != width:
-                raise ValueError(f"batch[{key!r}] has {batch[key].shape[-1]} columns but spec.{name} has {width}; "
-                                 f"build the model from the same FeatureSpec as the data")
+                raise ValueError(
+                    f"batch[{key!r}] has {batch[key].shape[-1]} columns but spec.{name} has {width}; "
+                    f"build the model from the same FeatureSpec as the data"
+                )
         L = batch["seq_item"].shape[-1]
         if L != self.spec.seq_len:
-            raise ValueError(f"batch['seq_item'] has sequence length {L} but the model was built for "
-                             f"spec.seq_len={self.spec.seq_len}; rebuild the model with spec.with_seq_len({L})")
+            raise ValueError(
+                f"batch['seq_item'] has sequence length {L} but the model was built for "
+                f"spec.seq_len={self.spec.seq_len}; rebuild the model with spec.with_seq_len({L})"
+            )
 
     # --- accounting ---------------------------------------------------------------------------
 
@@ -525,19 +678,32 @@ class OneTrans(RankingModel):
         cfg, spec = self.cfg, self.spec
         s, ns = self.s_tok, self.ns_tok
         # S tokenizer: K-way scattered GEMMs over every event ([SEP] tokens cost nothing)
-        tok = spec.seq_len * (linear_flops(1, s.fc1.in_features, s.fc1.out_features)
-                              + linear_flops(1, s.fc2.in_features, s.fc2.out_features)
-                              + (linear_flops(1, s.skip.in_features, s.skip.out_features) if s.skip is not None else 0))
+        tok = spec.seq_len * (
+            linear_flops(1, s.fc1.in_features, s.fc1.out_features)
+            + linear_flops(1, s.fc2.in_features, s.fc2.out_features)
+            + (
+                linear_flops(1, s.skip.in_features, s.skip.out_features)
+                if s.skip is not None
+                else 0
+            )
+        )
         tok += ns.flops()
         blocks, t_s = 0.0, self.n_s_tokens
         for b in self.blocks:
             blocks += b.flops(t_s)
             t_s = b.keep_s
-        heads = len(TASKS) * (linear_flops(1, self.n_final * cfg.d_model, cfg.head_hidden)
-                              + linear_flops(1, cfg.head_hidden, 1))
+        heads = len(TASKS) * (
+            linear_flops(1, self.n_final * cfg.d_model, cfg.head_hidden)
+            + linear_flops(1, cfg.head_hidden, 1)
+        )
         fwd = tok + blocks + heads
-        return {"forward": fwd, "train": TRAIN_MULTIPLIER * fwd,
-                "forward_tokenizers": tok, "forward_blocks": blocks, "forward_heads": heads}
+        return {
+            "forward": fwd,
+            "train": TRAIN_MULTIPLIER * fwd,
+            "forward_tokenizers": tok,
+            "forward_blocks": blocks,
+            "forward_heads": heads,
+        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,10 +717,28 @@ SIZES: dict[str, Config] = {
     # CPU sizes for tests and laptop runs (shorter sequences: round lengths to 8, not 32). They turn
     # on the two learnability switches: without them a tiny OneTrans does not learn even a planted
     # "candidate's brand is in the history" rule from CPU-sized data (docs/learning-history.md).
-    "onetrans-tiny": Config(n_layers=2, d_model=32, n_heads=2, n_ns_tokens=4, emb_dim=8, head_hidden=32,
-                            pyramid_multiple=8, shared_side_tables=True, tokenizer_skip=True),
-    "onetrans-mini": Config(n_layers=4, d_model=64, n_heads=4, n_ns_tokens=8, emb_dim=16, head_hidden=128,
-                            pyramid_multiple=8, shared_side_tables=True, tokenizer_skip=True),
+    "onetrans-tiny": Config(
+        n_layers=2,
+        d_model=32,
+        n_heads=2,
+        n_ns_tokens=4,
+        emb_dim=8,
+        head_hidden=32,
+        pyramid_multiple=8,
+        shared_side_tables=True,
+        tokenizer_skip=True,
+    ),
+    "onetrans-mini": Config(
+        n_layers=4,
+        d_model=64,
+        n_heads=4,
+        n_ns_tokens=8,
+        emb_dim=16,
+        head_hidden=128,
+        pyramid_multiple=8,
+        shared_side_tables=True,
+        tokenizer_skip=True,
+    ),
 }
 # Data sequence length (events) each paper size was defined with; the scaling grids set seq_len
 # through the data (FeatureSpec.seq_len) and n_layers / d_model through Config overrides.
@@ -566,11 +750,16 @@ def paper_feature_spec(seq_len: int) -> FeatureSpec:
     (docs/conventions.md): 3 behaviour types, 4 item side fields, 150 categorical and 60 numeric
     NS features. The paper states none of this; only the dense counts depend on it."""
     return FeatureSpec(
-        item_vocab=1000, side_names=tuple(f"side{i}" for i in range(4)), side_vocab=(100,) * 4,
-        cat_names=tuple(f"cat{i}" for i in range(150)), cat_vocab=(100,) * 150,
+        item_vocab=1000,
+        side_names=tuple(f"side{i}" for i in range(4)),
+        side_vocab=(100,) * 4,
+        cat_names=tuple(f"cat{i}" for i in range(150)),
+        cat_vocab=(100,) * 150,
         cat_groups=tuple(("user", "item", "context")[i % 3] for i in range(150)),
-        num_names=tuple(f"num{i}" for i in range(60)), num_groups=tuple(("user", "item", "context")[i % 3] for i in range(60)),
-        behavior_names=("click", "cart", "purchase"), intent_order=("purchase", "cart", "click"),
+        num_names=tuple(f"num{i}" for i in range(60)),
+        num_groups=tuple(("user", "item", "context")[i % 3] for i in range(60)),
+        behavior_names=("click", "cart", "purchase"),
+        intent_order=("purchase", "cart", "click"),
         seq_len=seq_len,
     )
 
@@ -582,6 +771,14 @@ def paper_feature_spec(seq_len: int) -> FeatureSpec:
 EXECUTION = ("attention", "recompute", "compile_blocks")
 
 
-def build(spec: FeatureSpec, config: Config, *, attention: str = "auto", recompute: bool = False,
-          compile_blocks: bool = False) -> OneTrans:
-    return OneTrans(spec, config, attention=attention, recompute=recompute, compile_blocks=compile_blocks)
+def build(
+    spec: FeatureSpec,
+    config: Config,
+    *,
+    attention: str = "auto",
+    recompute: bool = False,
+    compile_blocks: bool = False,
+) -> OneTrans:
+    return OneTrans(
+        spec, config, attention=attention, recompute=recompute, compile_blocks=compile_blocks
+    )

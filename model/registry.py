@@ -9,6 +9,7 @@ model runs, never what it computes: "attention", "recompute", "compile_blocks"; 
 
 so the harness can build any model from (name, size, overrides) without knowing its internals.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,9 @@ MODELS: dict[str, str] = {
 
 def model_module(name: str) -> ModuleType:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}.{did_you_mean(name, list(MODELS))}")
+        raise ValueError(
+            f"unknown model {name!r}; known models: {sorted(MODELS)}.{did_you_mean(name, list(MODELS))}"
+        )
     return importlib.import_module(MODELS[name])
 
 
@@ -48,15 +51,19 @@ def resolve_config(name: str, size: str, overrides: dict[str, Any] | None = None
     """The model's Config for a named size with field overrides applied (unknown fields rejected)."""
     mod = model_module(name)
     if size not in mod.SIZES:
-        raise ValueError(f"unknown size {size!r} for model {name!r}; known sizes: {sorted(mod.SIZES)}."
-                         f"{did_you_mean(size, list(mod.SIZES))}")
+        raise ValueError(
+            f"unknown size {size!r} for model {name!r}; known sizes: {sorted(mod.SIZES)}."
+            f"{did_you_mean(size, list(mod.SIZES))}"
+        )
     cfg = mod.SIZES[size]
     overrides = dict(overrides or {})
     fields = {f.name for f in dataclasses.fields(cfg)}
     for key in overrides:
         if key not in fields:
-            raise ValueError(f"unknown option {key!r} for model {name!r}; valid options: {sorted(fields)}."
-                             f"{did_you_mean(key, sorted(fields))}")
+            raise ValueError(
+                f"unknown option {key!r} for model {name!r}; valid options: {sorted(fields)}."
+                f"{did_you_mean(key, sorted(fields))}"
+            )
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -65,11 +72,18 @@ def execution_switches(name: str) -> tuple[str, ...]:
     return tuple(getattr(model_module(name), "EXECUTION", ()))
 
 
-def build_model(name: str, spec: FeatureSpec, size: str, overrides: dict[str, Any] | None = None,
-                execution: dict[str, Any] | None = None) -> RankingModel:
+def build_model(
+    name: str,
+    spec: FeatureSpec,
+    size: str,
+    overrides: dict[str, Any] | None = None,
+    execution: dict[str, Any] | None = None,
+) -> RankingModel:
     """The model for a named size with Config overrides, built with the execution switches given."""
     execution = dict(execution or {})
     unknown = sorted(set(execution) - set(execution_switches(name)))
     if unknown:
-        raise ValueError(f"model {name!r} has no execution switch {unknown}; it has {list(execution_switches(name))}.")
+        raise ValueError(
+            f"model {name!r} has no execution switch {unknown}; it has {list(execution_switches(name))}."
+        )
     return model_module(name).build(spec, resolve_config(name, size, overrides), **execution)

@@ -29,6 +29,9 @@ if [ "${SKIP_SLURM:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev
       || echo "WARNING: could not start a local SLURM cluster; slurm-marked tests will be skipped" >&2
   fi
 fi
+# Lint and format first (ruff, configured in pyproject.toml): a failure stops the run before the tests.
+ruff check --quiet . || { echo "ruff check failed: fix the findings above (ruff check --fix . fixes many)" >&2; exit 1; }
+ruff format --check --quiet . || { echo "ruff format: files above need formatting (run: ruff format .)" >&2; exit 1; }
 export WANDB_MODE=offline WANDB_SILENT=true
 set +e
 python -m pytest -q -p no:cacheprovider "$@"

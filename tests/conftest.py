@@ -1,4 +1,5 @@
 """Shared test set-up: CPU determinism, W&B never online, markers that skip what cannot run here."""
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ def _slurm_up() -> bool:
 def _cuda() -> bool:
     try:
         import torch
+
         return torch.cuda.is_available()
     except Exception:
         return False
@@ -38,7 +40,11 @@ def pytest_collection_modifyitems(config, items):
         if "slurm" in item.keywords:
             slurm_ok = _slurm_up() if slurm_ok is None else slurm_ok
             if not slurm_ok:
-                item.add_marker(pytest.mark.skip(reason="no SLURM cluster answers `sinfo` (start one: scripts/slurm_up.sh)"))
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason="no SLURM cluster answers `sinfo` (start one: scripts/slurm_up.sh)"
+                    )
+                )
         if "gpu" in item.keywords:
             cuda_ok = _cuda() if cuda_ok is None else cuda_ok
             if not cuda_ok:
@@ -67,12 +73,16 @@ def _torch_defaults():
 
 # ---- shared fixtures (plain helpers live in tests/<topic>_support.py, imported as tests.<module>) ----
 
+
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     """The data tests' small synthetic world (tests/data_support.py SMALL_WORLD), once per module."""
     from harness.data import synth
     from tests.data_support import SMALL_WORLD
-    return synth.generate(SMALL_WORLD, tmp_path_factory.mktemp("small") / "clean", seed=0, progress=False)
+
+    return synth.generate(
+        SMALL_WORLD, tmp_path_factory.mktemp("small") / "clean", seed=0, progress=False
+    )
 
 
 @pytest.fixture
@@ -87,6 +97,7 @@ def folder(clean, tmp_path) -> Path:
 def world(tmp_path_factory) -> Path:
     """A small synthetic world in the data contract (tests/train_support.py), generated once per module."""
     from tests.train_support import tiny_world
+
     return tiny_world(tmp_path_factory.mktemp("world") / "tiny")
 
 
@@ -94,6 +105,7 @@ def world(tmp_path_factory) -> Path:
 def stand_in(monkeypatch) -> None:
     """The training tests' stand-in model (tests/train_support.py) registered in model.registry."""
     from tests.train_support import register_tiny_model
+
     register_tiny_model(monkeypatch)
 
 
@@ -103,6 +115,7 @@ def one_torch_thread():
     (OpenMP threads spin at barriers: ~6x slower here when the other core is busy). Opt in with
     `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
     import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -5,6 +5,7 @@ causal blocks with the pyramid), written separately from model/kv_cache.py, so a
 the two checks the cache decomposition itself. The same tests run on the real OneTrans model when
 model/onetrans.py is importable.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,11 @@ class ToyLayer(nn.Module):
 
         def p(*shape: int) -> nn.Parameter:
             return nn.Parameter(torch.randn(*shape, generator=g) / math.sqrt(shape[-2]))
-        self.n1, self.n2 = nn.Parameter(1 + 0.1 * torch.randn(d, generator=g)), nn.Parameter(1 + 0.1 * torch.randn(d, generator=g))
+
+        self.n1, self.n2 = (
+            nn.Parameter(1 + 0.1 * torch.randn(d, generator=g)),
+            nn.Parameter(1 + 0.1 * torch.randn(d, generator=g)),
+        )
         self.s_w = nn.ParameterDict({k: p(d, d) for k in "qkvo"})
         self.ns_w = nn.ParameterDict({k: p(n_ns, d, d) for k in "qkvo"})
         self.s_f1, self.s_f2 = p(d, 2 * d), p(2 * d, d)
@@ -38,9 +43,12 @@ class ToyLayer(nn.Module):
     # --- the OneTransParts LayerParts protocol ---
     def s_qkv(self, x: Tensor, n_query: int, n_kv: int | None = None):
         h = _rms(x, self.n1)
-        hk = h if n_kv is None else h[:, h.shape[1] - n_kv:]
-        return (self.heads_view(h[:, h.shape[1] - n_query:] @ self.s_w["q"]),
-                self.heads_view(hk @ self.s_w["k"]), self.heads_view(hk @ self.s_w["v"]))
+        hk = h if n_kv is None else h[:, h.shape[1] - n_kv :]
+        return (
+            self.heads_view(h[:, h.shape[1] - n_query :] @ self.s_w["q"]),
+            self.heads_view(hk @ self.s_w["k"]),
+            self.heads_view(hk @ self.s_w["v"]),
+        )
 
     def ns_qkv(self, x: Tensor):
         h = _rms(x, self.n1)
@@ -61,31 +69,48 @@ class ToyLayer(nn.Module):
         B, T, d = x.shape
         N = T - n_s
         h = _rms(x, self.n1)
+
         def mixed(w_s: Tensor, w_ns: Tensor, rows: Tensor, ns_rows: Tensor) -> Tensor:
             return torch.cat([rows @ w_s, torch.einsum("bnd,nde->bne", ns_rows, w_ns)], 1)
-        hs_q = h[:, n_s - n_query_s:n_s]
+
+        hs_q = h[:, n_s - n_query_s : n_s]
         q = self.heads_view(mixed(self.s_w["q"], self.ns_w["q"], hs_q, h[:, n_s:]))
         k = self.heads_view(mixed(self.s_w["k"], self.ns_w["k"], h[:, :n_s], h[:, n_s:]))
         v = self.heads_view(mixed(self.s_w["v"], self.ns_w["v"], h[:, :n_s], h[:, n_s:]))
         nq = n_query_s + N
         qpos, kpos = torch.arange(T - nq, T), torch.arange(T)
-        allowed = (kpos[None] <= qpos[:, None]) & (key_mask[:, None, :] | (kpos[None] == qpos[:, None]))
+        allowed = (kpos[None] <= qpos[:, None]) & (
+            key_mask[:, None, :] | (kpos[None] == qpos[:, None])
+        )
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k).float() / math.sqrt(d // self.n_heads)
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        a = torch.einsum("bhqk,bkhe->bqhe", torch.softmax(scores, -1).to(v.dtype), v).reshape(B, nq, d)
-        xs, xn = x[:, n_s - n_query_s:n_s], x[:, n_s:]
-        return torch.cat([self.s_finish(xs, a[:, :n_query_s]), self.ns_finish(xn, a[:, n_query_s:])], 1)
+        a = torch.einsum("bhqk,bkhe->bqhe", torch.softmax(scores, -1).to(v.dtype), v).reshape(
+            B, nq, d
+        )
+        xs, xn = x[:, n_s - n_query_s : n_s], x[:, n_s:]
+        return torch.cat(
+            [self.s_finish(xs, a[:, :n_query_s]), self.ns_finish(xn, a[:, n_query_s:])], 1
+        )
 
 
 class ToyOneTrans(nn.Module):
     """Embeddings -> S tokens (per event) and NS tokens (auto-split), pyramid blocks, NS heads."""
 
-    def __init__(self, spec: FeatureSpec, *, d: int = 32, heads: int = 4, n_layers: int = 3,
-                 n_ns: int = 4, keep_s: tuple[int, ...] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        d: int = 32,
+        heads: int = 4,
+        n_layers: int = 3,
+        n_ns: int = 4,
+        keep_s: tuple[int, ...] | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.spec, self.d, self.n_ns = spec, d, n_ns
-        self.time_invariant = True     # S tokens use the event's own fields only (no time gap)
+        self.time_invariant = True  # S tokens use the event's own fields only (no time gap)
         keep = keep_s or (spec.seq_len,) * n_layers
         self.item = nn.Embedding(spec.item_vocab, d)
         self.btype = nn.Embedding(spec.n_behaviors + 1, d)
@@ -106,7 +131,9 @@ class ToyOneTrans(nn.Module):
         return x, seq["seq_mask"]
 
     def ns_tokens(self, imp: dict[str, Tensor], seq: dict[str, Tensor]) -> Tensor:
-        cand = self.item(imp["cand_item"]) + sum(e(imp["cand_side"][:, j]) for j, e in enumerate(self.side))
+        cand = self.item(imp["cand_item"]) + sum(
+            e(imp["cand_side"][:, j]) for j, e in enumerate(self.side)
+        )
         cats = [e(imp["ns_cat"][:, j]) for j, e in enumerate(self.cats)]
         flat = torch.cat([cand, *cats, imp["ns_num"]], -1)
         return self.ns_mlp(flat).reshape(-1, self.n_ns, self.d)
@@ -126,5 +153,5 @@ class ToyOneTrans(nn.Module):
             key_mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.n_ns)], 1)
             keep = min(layer.keep_s, n_s)
             x = layer.full(x, n_s, key_mask, keep)
-            mask, n_s = mask[:, mask.shape[1] - keep:], keep
+            mask, n_s = mask[:, mask.shape[1] - keep :], keep
         return self.heads(x[:, n_s:], None, None)

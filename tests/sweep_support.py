@@ -1,4 +1,5 @@
 """Helpers of the sweep tests (not part of the package). Imported as `from tests.sweep_support import ...`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +11,27 @@ def write_sweep(tmp_path: Path, dataset: str, seeds=(0, 1)) -> Path:
     """A sweep file of tiny 4-step OneTrans runs on `dataset` (CPU, W&B off), one run per seed."""
     data = {
         "name": "runs_test",
-        "base": {"data": {"dataset": dataset, "seq_len": 8, "batch_size": 32, "eval_batch_size": 256},
-                 "model": {"name": "onetrans", "size": "onetrans-tiny"},
-                 "train": {"max_steps": 4, "optimizer": "adamw", "precision": "32-true", "ckpt_every_n_steps": 2},
-                 "logging": {"wandb": "disabled", "progress_bar": False}},
+        "base": {
+            "data": {"dataset": dataset, "seq_len": 8, "batch_size": 32, "eval_batch_size": 256},
+            "model": {"name": "onetrans", "size": "onetrans-tiny"},
+            "train": {
+                "max_steps": 4,
+                "optimizer": "adamw",
+                "precision": "32-true",
+                "ckpt_every_n_steps": 2,
+            },
+            "logging": {"wandb": "disabled", "progress_bar": False},
+        },
         "seeds": list(seeds),
-        "resources": {"default": {"devices": 1, "accelerator": "cpu", "cpus_per_task": 1, "mem_gb": 2, "time_min": 10}},
+        "resources": {
+            "default": {
+                "devices": 1,
+                "accelerator": "cpu",
+                "cpus_per_task": 1,
+                "mem_gb": 2,
+                "time_min": 10,
+            }
+        },
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))

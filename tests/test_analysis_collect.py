@@ -1,4 +1,5 @@
 """Collecting run folders: finished runs become rows, unfinished ones are listed, bad input is named."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,11 @@ def test_collect_lists_done_and_unfinished_runs(length_runs):
     states = sorted(c.problems["status"])
     assert states == ["failed", "incomplete", "running"]
     failed = c.problems[c.problems["status"] == "failed"].iloc[0]
-    assert "out of memory" in failed["error"] and failed["sweep"] == "length" and failed["model"] == "onetrans"
+    assert (
+        "out of memory" in failed["error"]
+        and failed["sweep"] == "length"
+        and failed["model"] == "onetrans"
+    )
     assert "no DONE" in c.problems[c.problems["status"] == "incomplete"].iloc[0]["error"]
     # one training-FLOPs axis for every finished run, from flops.train_total
     assert np.all(c.done["train_flops"] > 0)
@@ -41,7 +46,9 @@ def test_train_flops_falls_back_to_per_example_times_samples(tmp_path):
     res_path.write_text(json.dumps(rec))
     c = collect([root])
     row = c.done[c.done["run_id"] == rec["run_id"]].iloc[0]
-    assert row["train_flops"] == pytest.approx(rec["flops"]["train_per_example"] * rec["train"]["samples"])
+    assert row["train_flops"] == pytest.approx(
+        rec["flops"]["train_per_example"] * rec["train"]["samples"]
+    )
 
 
 def test_several_roots_and_no_silent_duplicates(length_runs, tmp_path):
@@ -63,13 +70,17 @@ def test_bad_input_names_file_and_fix(tmp_path, length_runs):
     n_runs = len(collect([bad]).done)
     res = next(bad.rglob("result.json"))
     before = res.read_text()[:10]
-    res.write_text(before)                    # truncated file, with DONE beside it
-    c = collect([bad])                        # does not abort: the run is listed as corrupt, with its path
+    res.write_text(before)  # truncated file, with DONE beside it
+    c = collect([bad])  # does not abort: the run is listed as corrupt, with its path
     assert len(c.done) == n_runs - 1
     corrupt = c.problems[c.problems["status"] == "corrupt"]
-    assert len(corrupt) == 1 and str(res) in corrupt.iloc[0]["error"] and "not valid JSON" in corrupt.iloc[0]["error"]
-    assert corrupt.iloc[0]["sweep"] == "width"              # labels from config.yaml
-    assert res.read_text() == before          # nothing destroyed
+    assert (
+        len(corrupt) == 1
+        and str(res) in corrupt.iloc[0]["error"]
+        and "not valid JSON" in corrupt.iloc[0]["error"]
+    )
+    assert corrupt.iloc[0]["sweep"] == "width"  # labels from config.yaml
+    assert res.read_text() == before  # nothing destroyed
     rec_path = next(p for p in bad.rglob("result.json") if p != res)
     rec = json.loads(rec_path.read_text())
     del rec["metrics"]
@@ -78,7 +89,9 @@ def test_bad_input_names_file_and_fix(tmp_path, length_runs):
     assert (c.problems["status"] == "corrupt").sum() == 2
     assert c.problems["error"].str.contains("'metrics' missing.*contracts.md").any()
     # a status.json that is not JSON next to a good result: the result is used, a warning names the file
-    status = next(p for p in bad.rglob("status.json") if p.parent not in (res.parent, rec_path.parent))
+    status = next(
+        p for p in bad.rglob("status.json") if p.parent not in (res.parent, rec_path.parent)
+    )
     status.write_text("{")
     c = collect([bad])
     assert len(c.done) == n_runs - 2 and any(str(status) in w for w in c.warnings)

@@ -1,5 +1,6 @@
 """Fits recover known laws, their 95% intervals cover the truth, the bootstrap is seeded, and the
 fast (batched) power-law path matches the scipy reference path."""
+
 from __future__ import annotations
 
 import sys
@@ -8,8 +9,15 @@ import numpy as np
 import pytest
 
 from analysis.bootstrap import cluster_weights
-from analysis.fit import (FitSettings, _powerlaw_starts, fit, leave_largest_out, powerlaw_fit_batch,
-                          powerlaw_fit_reference, saturation_point)
+from analysis.fit import (
+    FitSettings,
+    _powerlaw_starts,
+    fit,
+    leave_largest_out,
+    powerlaw_fit_batch,
+    powerlaw_fit_reference,
+    saturation_point,
+)
 
 X = np.geomspace(64, 4096, 7)
 
@@ -22,6 +30,7 @@ def _draw(rng, law, seeds=3, sd=0.002, x=X):
 def test_analysis_never_imports_torch():
     """The whole CLI import graph in a fresh interpreter (this one may have torch from other tests)."""
     import subprocess
+
     code = "import sys, analysis.report.__main__, analysis.plots; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -53,7 +62,7 @@ def test_loglinear_interval_coverage():
 
 def test_powerlaw_recovers_parameters():
     rng = np.random.default_rng(2)
-    x, y = _draw(rng, lambda x: 0.40 + 0.8 * x ** -0.5, seeds=3, sd=0.0005)
+    x, y = _draw(rng, lambda x: 0.40 + 0.8 * x**-0.5, seeds=3, sd=0.0005)
     f = fit(x, y, form="powerlaw", settings=FitSettings(n_boot=200))
     assert f.params["E"] == pytest.approx(0.40, abs=0.005)
     assert f.params["alpha"] == pytest.approx(0.5, abs=0.08)
@@ -69,7 +78,7 @@ def test_powerlaw_recovers_parameters():
 def test_powerlaw_interval_coverage():
     """95% intervals of E and alpha and of the prediction at the largest x cover the truth in >= 90% of draws."""
     rng = np.random.default_rng(3)
-    law = lambda x: 0.40 + 0.8 * x ** -0.5  # noqa: E731
+    law = lambda x: 0.40 + 0.8 * x**-0.5  # noqa: E731
     hits = {"E": 0, "alpha": 0, "pred": 0}
     n_draws = 60
     for i in range(n_draws):
@@ -85,13 +94,16 @@ def test_powerlaw_interval_coverage():
 
 def test_bootstrap_is_deterministic_under_seed():
     rng = np.random.default_rng(4)
-    x, y = _draw(rng, lambda x: 0.40 + 0.8 * x ** -0.5)
+    x, y = _draw(rng, lambda x: 0.40 + 0.8 * x**-0.5)
     a = fit(x, y, form="powerlaw", settings=FitSettings(n_boot=150, seed=7))
     b = fit(x, y, form="powerlaw", settings=FitSettings(n_boot=150, seed=7))
     c = fit(x, y, form="powerlaw", settings=FitSettings(n_boot=150, seed=8))
     assert a.ci == b.ci and np.array_equal(a.band[0], b.band[0])
     assert a.ci != c.ci
-    w1, w2 = cluster_weights(np.repeat(X, 3), 50, seed=3), cluster_weights(np.repeat(X, 3), 50, seed=3)
+    w1, w2 = (
+        cluster_weights(np.repeat(X, 3), 50, seed=3),
+        cluster_weights(np.repeat(X, 3), 50, seed=3),
+    )
     assert np.array_equal(w1, w2)
 
 
@@ -117,13 +129,15 @@ def test_batched_powerlaw_matches_scipy_reference():
     Identified data only: on replicates where E, A and alpha trade off along a flat valley neither path
     converges to a unique point (seen: 2e-4 relative loss apart), which is what wide CIs then report."""
     rng = np.random.default_rng(5)
-    x, y = _draw(rng, lambda x: 0.40 + 0.8 * x ** -0.5, sd=0.0005)
+    x, y = _draw(rng, lambda x: 0.40 + 0.8 * x**-0.5, sd=0.0005)
     u = np.log(x / np.exp(np.mean(np.log(x))))
     W = cluster_weights(x, 4, seed=int(rng.integers(1 << 30)), min_configs=3)
-    starts = _powerlaw_starts(y)[::9]            # 4 of the 36 starts, spread over the grid
+    starts = _powerlaw_starts(y)[::9]  # 4 of the 36 starts, spread over the grid
     for w in W:
         ref_theta, ref_loss, _ = powerlaw_fit_reference(u, y, w, starts, 1e-3)
-        theta, loss = powerlaw_fit_batch(u, y, np.repeat(w[None], len(starts), 0), np.array(starts), 1e-3)
+        theta, loss = powerlaw_fit_batch(
+            u, y, np.repeat(w[None], len(starts), 0), np.array(starts), 1e-3
+        )
         best = int(np.argmin(loss))
         assert loss[best] <= ref_loss * (1 + 1e-6) + 1e-15
         assert np.allclose(theta[best], ref_theta, atol=1e-3, rtol=1e-3)
@@ -131,7 +145,7 @@ def test_batched_powerlaw_matches_scipy_reference():
 
 def test_fit_rejects_bad_input_with_reasons():
     rng = np.random.default_rng(6)
-    x, y = _draw(rng, lambda x: 0.4 + x ** -0.5, x=X[:4])
+    x, y = _draw(rng, lambda x: 0.4 + x**-0.5, x=X[:4])
     with pytest.raises(ValueError, match=">= 5 distinct x-values"):
         fit(x, y, form="powerlaw")
     with pytest.raises(ValueError, match="x-values must be > 0"):
@@ -162,6 +176,6 @@ def test_leave_largest_out_flags_a_wrong_law():
 
 def test_saturation_point():
     x_star = saturation_point({"A": 0.8, "alpha": 0.5, "E": 0.4}, seed_sd=0.002)
-    gain = lambda x: 0.8 * x ** -0.5 * (1 - 2 ** -0.5)  # noqa: E731
+    gain = lambda x: 0.8 * x**-0.5 * (1 - 2**-0.5)  # noqa: E731
     assert gain(x_star) == pytest.approx(0.002, rel=1e-9)
     assert np.isnan(saturation_point({"A": 0.8, "alpha": 0.5, "E": 0.4}, seed_sd=0.0))

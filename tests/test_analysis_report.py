@@ -1,5 +1,6 @@
 """The report renders every section from a small fixture of run folders (failed runs included),
 as self-contained HTML and Markdown; the W&B renderer builds its blocks with the API mocked."""
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,21 @@ from analysis.report.html import render_html
 from analysis.report.markdown import parse_pipe_table, pipe_table, render_markdown
 from tests.fixtures.make_runs import make_runs
 
-SECTIONS = ["Conclusions", "Flagged and left-out runs", "Figure 3: which axis buys the most per FLOP",
-            "Scaling along each axis", "All series on training FLOPs", "Fit diagnostics", "Bayes ceiling vs fitted floor",
-            "Paper tables (ours beside the paper's)", "Training curves", "Per-configuration results", "Methods",
-            "Provenance"]
-METRICS = ("ctr_uauc", "ctr_logloss")        # two metrics keep the test fast; the CLI default is all six
+SECTIONS = [
+    "Conclusions",
+    "Flagged and left-out runs",
+    "Figure 3: which axis buys the most per FLOP",
+    "Scaling along each axis",
+    "All series on training FLOPs",
+    "Fit diagnostics",
+    "Bayes ceiling vs fitted floor",
+    "Paper tables (ours beside the paper's)",
+    "Training curves",
+    "Per-configuration results",
+    "Methods",
+    "Provenance",
+]
+METRICS = ("ctr_uauc", "ctr_logloss")  # two metrics keep the test fast; the CLI default is all six
 SETTINGS = FitSettings(n_boot=200, seed=3)
 
 
@@ -49,9 +60,23 @@ def test_every_section_renders(rendered):
     figs = spec.figures()
     assert len(figs) >= 9
     assert html.count('<img alt="') == len(figs) == md.count("![")
-    for name in ("scaling_length_onetrans_seq_len", "figure3a", "holdout_parity", "ablation_bars", "curves_length"):
+    for name in (
+        "scaling_length_onetrans_seq_len",
+        "figure3a",
+        "holdout_parity",
+        "ablation_bars",
+        "curves_length",
+    ):
         assert any(f.name == name for f in figs), name
-    for t in ("table2", "table3", "table5", "problems", "fits_powerlaw", "floor_vs_oracle", "configs"):
+    for t in (
+        "table2",
+        "table3",
+        "table5",
+        "problems",
+        "fits_powerlaw",
+        "floor_vs_oracle",
+        "configs",
+    ):
         assert any(tb.name == t for tb in spec.tables()), t
 
 
@@ -91,16 +116,20 @@ def test_paper_tables_show_ours_and_paper(rendered):
     spec = rendered[3]
     t2 = next(t for t in spec.tables() if t.name == "table2").frame
     base = t2[t2["model"] == "dcnv2_din"].iloc[0]
-    assert base["ctr_uauc rel%"] == pytest.approx(0.0) and base["ctr_uauc paper abs"] == pytest.approx(0.71927)
+    assert base["ctr_uauc rel%"] == pytest.approx(0.0) and base[
+        "ctr_uauc paper abs"
+    ] == pytest.approx(0.71927)
     ot = t2[t2["model"] == "onetrans"].iloc[0]
-    assert ot["ctr_uauc paper%"] == pytest.approx(1.77)        # OneTrans-S row of the paper
-    assert ot["ctr_uauc rel%"] == pytest.approx((ot["ctr_uauc abs"] / base["ctr_uauc abs"] - 1) * 100)
+    assert ot["ctr_uauc paper%"] == pytest.approx(1.77)  # OneTrans-S row of the paper
+    assert ot["ctr_uauc rel%"] == pytest.approx(
+        (ot["ctr_uauc abs"] / base["ctr_uauc abs"] - 1) * 100
+    )
     assert ot["ctr_uauc pts"] == pytest.approx((ot["ctr_uauc abs"] - base["ctr_uauc abs"]) * 100)
     t3 = next(t for t in spec.tables() if t.name == "table3").frame
     assert t3.iloc[0]["variant"] == "reference"
     assert t3.set_index("variant").loc["shared_params", "ctr_uauc paper%"] == pytest.approx(-0.29)
     t5 = next(t for t in spec.tables() if t.name == "table5").frame.set_index("variant")
-    assert t5.loc["flash", "train_ms Δ% (ours)"] == pytest.approx(-50.0)      # fixture: 2x throughput
+    assert t5.loc["flash", "train_ms Δ% (ours)"] == pytest.approx(-50.0)  # fixture: 2x throughput
     assert t5.loc["flash", "train_ms paper"] == pytest.approx(-50.1)
 
 
@@ -112,7 +141,11 @@ def test_outputs_deterministic_under_seed(rendered, tmp_path):
     assert (tmp_path / "predictions.csv").read_text() == (out / "predictions.csv").read_text()
     doc = json.loads((out / "fits.json").read_text())
     assert doc["bootstrap"]["seed"] == 3 and doc["bootstrap"]["n_boot"] == 200
-    length = [f for f in doc["fits"] if f["sweep"] == "length" and f["x"] == "seq_len" and f.get("form") == "powerlaw"]
+    length = [
+        f
+        for f in doc["fits"]
+        if f["sweep"] == "length" and f["x"] == "seq_len" and f.get("form") == "powerlaw"
+    ]
     assert length and length[0]["oracle"] == pytest.approx(0.395)
 
 
@@ -128,8 +161,10 @@ def test_cli_writes_everything(tmp_path):
 
 def test_metrics_csv_long_and_wide_form(tmp_path):
     from analysis.plots import read_metrics_csv
-    (tmp_path / "long.csv").write_text("step,metric,value,time\n0,train/loss,0.9,0.1\n0,val/auc,0.6,0.1\n"
-                                       "10,train/loss,0.5,1.0\n")
+
+    (tmp_path / "long.csv").write_text(
+        "step,metric,value,time\n0,train/loss,0.9,0.1\n0,val/auc,0.6,0.1\n10,train/loss,0.5,1.0\n"
+    )
     (tmp_path / "wide.csv").write_text("step,epoch,train/loss\n0,0,0.9\n10,0,0.5\n")
     (tmp_path / "bad.csv").write_text("nothing,here\n1,2\n")
     long, wide = read_metrics_csv(tmp_path / "long.csv"), read_metrics_csv(tmp_path / "wide.csv")
@@ -165,12 +200,13 @@ def test_wandb_renderer_with_api_mocked(rendered, monkeypatch):
     assert {p.media_keys[0] for g in grids for p in g.panels} == {f.name for f in spec.figures()}
     assert all(g.runsets[0].query == "analysis-g1" for g in grids)
     assert kinds.count("MarkdownBlock") >= len(spec.tables())
-    model = report._to_model()                  # the payload save() would send, built offline
+    model = report._to_model()  # the payload save() would send, built offline
     assert model is not None and calls and calls[0]["projectName"] == "onetrans"
 
 
 def test_wandb_is_skipped_without_credentials(monkeypatch):
     from analysis.report import wandb_report
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert "WANDB_MODE=offline" in wandb_report.online_reason()
     monkeypatch.setenv("WANDB_MODE", "online")

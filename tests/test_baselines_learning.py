@@ -2,6 +2,7 @@
 trigger category (the sequence module must find it), conversion = XOR of two NS features'
 parities (a feature cross). Trained on fresh batches, judged on a held-out batch against the
 label prior's entropy."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,20 @@ from model.baselines import BASELINES
 from model.features import FeatureSpec
 from model.registry import build_model
 
-SPEC = FeatureSpec(item_vocab=100, side_names=("category",), side_vocab=(9,), cat_names=("a", "b"),
-                   cat_vocab=(5, 5), cat_groups=("user", "context"), num_names=("x",), num_groups=("user",),
-                   behavior_names=("click",), n_gap_buckets=4, seq_len=8)
-TRIGGER = 1   # with 8 categories and 3..8 events, about half the histories contain it
+SPEC = FeatureSpec(
+    item_vocab=100,
+    side_names=("category",),
+    side_vocab=(9,),
+    cat_names=("a", "b"),
+    cat_vocab=(5, 5),
+    cat_groups=("user", "context"),
+    num_names=("x",),
+    num_groups=("user",),
+    behavior_names=("click",),
+    n_gap_buckets=4,
+    seq_len=8,
+)
+TRIGGER = 1  # with 8 categories and 3..8 events, about half the histories contain it
 
 
 def planted_batch(n_requests: int, per_request: int, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -27,12 +38,15 @@ def planted_batch(n_requests: int, per_request: int, g: torch.Generator) -> dict
     ns = torch.randint(1, 5, (B, 2), generator=g)
     return {
         "seq_item": torch.randint(1, SPEC.item_vocab, (R, L), generator=g) * mask,
-        "seq_side": cats.unsqueeze(-1), "seq_type": mask.long(),
-        "seq_gap": torch.randint(1, SPEC.n_gap_buckets, (R, L), generator=g) * mask, "seq_mask": mask,
+        "seq_side": cats.unsqueeze(-1),
+        "seq_type": mask.long(),
+        "seq_gap": torch.randint(1, SPEC.n_gap_buckets, (R, L), generator=g) * mask,
+        "seq_mask": mask,
         "req_index": ri,
         "cand_item": torch.randint(1, SPEC.item_vocab, (B,), generator=g),
         "cand_side": torch.randint(1, SPEC.side_vocab[0], (B, 1), generator=g),
-        "ns_cat": ns, "ns_num": torch.randn(B, 1, generator=g),
+        "ns_cat": ns,
+        "ns_num": torch.randn(B, 1, generator=g),
         "click": (cats[ri] == TRIGGER).any(1).float(),
         "conversion": ((ns[:, 0] % 2) ^ (ns[:, 1] % 2)).float(),
     }
@@ -57,8 +71,9 @@ def test_learns_planted_signals(name: str) -> None:
     for _ in range(150):
         b = planted_batch(32, 2, g)
         out = model.train()(b)
-        loss = F.binary_cross_entropy_with_logits(out["ctr"], b["click"]) \
-            + F.binary_cross_entropy_with_logits(out["cvr"], b["conversion"])
+        loss = F.binary_cross_entropy_with_logits(
+            out["ctr"], b["click"]
+        ) + F.binary_cross_entropy_with_logits(out["cvr"], b["conversion"])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -69,4 +84,6 @@ def test_learns_planted_signals(name: str) -> None:
         prior = prior_entropy(test[label])
         assert prior > 0.6, "the planted labels should be roughly balanced"
         got = F.binary_cross_entropy_with_logits(out[task], test[label]).item()
-        assert got < 0.25 * prior, f"{name} {task}: held-out log-loss {got:.3f} vs prior {prior:.3f}"
+        assert got < 0.25 * prior, (
+            f"{name} {task}: held-out log-loss {got:.3f} vs prior {prior:.3f}"
+        )

@@ -1,5 +1,6 @@
 """The seven Table 2 baselines: shapes, padding, accounting (params vs Table 2, FLOPs vs the
 counter), gradients, request-level sharing and a planted signal each one must learn."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,6 @@ from model.baselines import BASELINES, TABLE2
 from model.baselines.common import paper_layout_spec
 from model.features import FeatureSpec, random_batch, tiny_spec
 from model.registry import build_model, model_module, resolve_config
-
 
 # tiny shapes: one torch thread (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,7 +29,9 @@ def build(name: str, spec: FeatureSpec, size: str = "tiny", seed: int = 0, **ove
 def test_shapes_and_finite(name: str, size: str) -> None:
     spec = tiny_spec(seq_len=12)
     model = build(name, spec, size)
-    batch = random_batch(spec, n_requests=5, per_request=3, generator=torch.Generator().manual_seed(1))
+    batch = random_batch(
+        spec, n_requests=5, per_request=3, generator=torch.Generator().manual_seed(1)
+    )
     for train in (True, False):
         model.train(train)
         out = model(batch)
@@ -48,7 +50,7 @@ def _scramble_padding(batch: dict[str, torch.Tensor], seed: int) -> dict[str, to
     pad = ~batch["seq_mask"]
     for key in ("seq_item", "seq_side", "seq_type", "seq_gap"):
         x = batch[key]
-        noise = torch.randint(1, 4, x.shape, generator=g)   # 1..3 is valid in every vocabulary
+        noise = torch.randint(1, 4, x.shape, generator=g)  # 1..3 is valid in every vocabulary
         p = pad if x.dim() == 2 else pad.unsqueeze(-1)
         out[key] = torch.where(p, noise, x)
     return out
@@ -58,14 +60,16 @@ def _scramble_padding(batch: dict[str, torch.Tensor], seed: int) -> dict[str, to
 def test_padding_content_never_changes_outputs(name: str) -> None:
     spec = tiny_spec(seq_len=10)
     model = build(name, spec)
-    batch = random_batch(spec, n_requests=6, per_request=2, generator=torch.Generator().manual_seed(2))
-    batch["seq_mask"][0] = False                     # one request with no history at all
+    batch = random_batch(
+        spec, n_requests=6, per_request=2, generator=torch.Generator().manual_seed(2)
+    )
+    batch["seq_mask"][0] = False  # one request with no history at all
     for key in ("seq_item", "seq_side", "seq_type", "seq_gap"):
         batch[key][0] = 0
     assert (~batch["seq_mask"][1:]).any()
     scrambled = _scramble_padding(batch, seed=3)
     assert not torch.equal(scrambled["seq_item"], batch["seq_item"])
-    for train in (False, True):   # train: Dice batch statistics must ignore padded events too
+    for train in (False, True):  # train: Dice batch statistics must ignore padded events too
         model.train(train)
         a, b = model(batch), model(scrambled)
         for t in ("ctr", "cvr"):
@@ -77,7 +81,9 @@ def test_request_sharing_is_exact(name: str) -> None:
     """Encoding a sequence once per request and gathering it equals one sequence per impression."""
     spec = tiny_spec(seq_len=9)
     model = build(name, spec).eval()
-    batch = random_batch(spec, n_requests=4, per_request=3, generator=torch.Generator().manual_seed(4))
+    batch = random_batch(
+        spec, n_requests=4, per_request=3, generator=torch.Generator().manual_seed(4)
+    )
     g = batch["req_index"]
     flat = dict(batch)
     for key in ("seq_item", "seq_side", "seq_type", "seq_gap", "seq_mask"):
@@ -96,11 +102,13 @@ def test_paper_size_dense_params_match_table2(name: str) -> None:
         model = build_model(name, paper_layout_spec(), "paper")
     dense = model.param_counts()["dense"]
     target = TABLE2[name][0] * 1e6
-    assert abs(dense / target - 1) < 0.15, f"{name}: {dense / 1e6:.1f}M dense vs Table 2 {TABLE2[name][0]}M"
+    assert abs(dense / target - 1) < 0.15, (
+        f"{name}: {dense / 1e6:.1f}M dense vs Table 2 {TABLE2[name][0]}M"
+    )
 
 
 @pytest.mark.parametrize("name", BASELINES)
-@pytest.mark.parametrize("seq_len", [16, 13])   # 13: not a multiple of LONGER's merge size
+@pytest.mark.parametrize("seq_len", [16, 13])  # 13: not a multiple of LONGER's merge size
 def test_flops_match_flop_counter(name: str, seq_len: int) -> None:
     """Forward: exact up to 0.5% (the analytic count lists the same matmuls the code runs; the
     counter ignores element-wise work and so do we). Train: within 2% (the counter skips input
@@ -108,7 +116,9 @@ def test_flops_match_flop_counter(name: str, seq_len: int) -> None:
     spec = tiny_spec(seq_len=seq_len)
     model = build(name, spec)
     B = 6
-    batch = random_batch(spec, n_requests=B, per_request=1)   # no request sharing: per-impression cost
+    batch = random_batch(
+        spec, n_requests=B, per_request=1
+    )  # no request sharing: per-impression cost
     with FlopCounterMode(display=False) as fwd:
         model(batch)
     with FlopCounterMode(display=False) as both:
@@ -123,10 +133,13 @@ def test_flops_match_flop_counter(name: str, seq_len: int) -> None:
 def test_gradients_reach_every_parameter(name: str) -> None:
     spec = tiny_spec(seq_len=8)
     model = build(name, spec).train()
-    batch = random_batch(spec, n_requests=8, per_request=2, generator=torch.Generator().manual_seed(5), min_len=1)
+    batch = random_batch(
+        spec, n_requests=8, per_request=2, generator=torch.Generator().manual_seed(5), min_len=1
+    )
     out = model(batch)
-    loss = F.binary_cross_entropy_with_logits(out["ctr"], batch["click"]) \
-        + F.binary_cross_entropy_with_logits(out["cvr"], batch["conversion"])
+    loss = F.binary_cross_entropy_with_logits(
+        out["ctr"], batch["click"]
+    ) + F.binary_cross_entropy_with_logits(out["cvr"], batch["conversion"])
     loss.backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, f"{name}: no gradient reaches {dead}"
@@ -138,7 +151,9 @@ def test_sparse_moe_variant(name: str) -> None:
     uses only the inference router (changing the training router leaves eval outputs unchanged)."""
     spec = tiny_spec(seq_len=8)
     model = build(name, spec, n_experts=3).train()
-    batch = random_batch(spec, n_requests=8, per_request=2, generator=torch.Generator().manual_seed(6))
+    batch = random_batch(
+        spec, n_requests=8, per_request=2, generator=torch.Generator().manual_seed(6)
+    )
     out = model(batch)
     aux = model.aux_loss()
     assert aux is not None and aux.item() > 0
@@ -165,7 +180,9 @@ def test_registry_sizes_and_config_checks() -> None:
         build("dcnv2_din", tiny_spec(), structure="sideways")
     with pytest.raises(ValueError, match="divisible"):
         build("rankmixer_din", tiny_spec(), d_model=18)
-    bad = dataclasses.replace(tiny_spec(), cat_groups=("user", "user", "context", "context", "weather"))
+    bad = dataclasses.replace(
+        tiny_spec(), cat_groups=("user", "user", "context", "context", "weather")
+    )
     with pytest.raises(ValueError, match="weather"):
         build("rankmixer_din", bad)
     with pytest.raises(ValueError, match="normalize"):
@@ -178,7 +195,9 @@ def test_bf16_autocast_forward_is_close_to_fp32(name: str) -> None:
     significant digits; tiny logits are O(1), so 0.1 absolute catches a broken cast, not rounding)."""
     spec = tiny_spec(seq_len=8)
     model = build(name, spec).eval()
-    batch = random_batch(spec, n_requests=3, per_request=2, generator=torch.Generator().manual_seed(7))
+    batch = random_batch(
+        spec, n_requests=3, per_request=2, generator=torch.Generator().manual_seed(7)
+    )
     ref = model(batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(batch)
@@ -194,7 +213,9 @@ def test_sdpa_attention_matches_plain(name: str) -> None:
     spec = tiny_spec(seq_len=11)
     plain, fused = build(name, spec, attn_impl="plain"), build(name, spec, attn_impl="sdpa")
     fused.load_state_dict(plain.state_dict())
-    batch = random_batch(spec, n_requests=5, per_request=2, generator=torch.Generator().manual_seed(8))
+    batch = random_batch(
+        spec, n_requests=5, per_request=2, generator=torch.Generator().manual_seed(8)
+    )
     batch["seq_mask"][0] = False
     for key in ("seq_item", "seq_side", "seq_type", "seq_gap"):
         batch[key][0] = 0

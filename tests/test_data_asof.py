@@ -1,13 +1,20 @@
 """As-of join: equality with a slow reference, and no event at or after the impression time."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from harness.data.sequences import (EventStore, asof_offsets, gap_bucket, gather_sequences,
-                                    reference_sequences)
+from harness.data.sequences import (
+    EventStore,
+    asof_offsets,
+    gap_bucket,
+    gather_sequences,
+    reference_sequences,
+)
 
 
 def random_log(rng: np.random.Generator, n_users: int, n_events: int, n_req: int, ts_range: int):
@@ -19,7 +26,7 @@ def random_log(rng: np.random.Generator, n_users: int, n_events: int, n_req: int
     item = rng.integers(1, 50, n_events)
     side = rng.integers(1, 9, (n_events, 2))
     beh = rng.integers(1, 4, n_events)
-    req_user = rng.integers(0, n_users + 2, n_req)           # users beyond n_users have no history
+    req_user = rng.integers(0, n_users + 2, n_req)  # users beyond n_users have no history
     req_ts = rng.integers(0, ts_range + 2, n_req) * 7 + rng.integers(0, 2, n_req) * 3
     return user, ts, item, side, beh, req_user, req_ts
 
@@ -27,7 +34,9 @@ def random_log(rng: np.random.Generator, n_users: int, n_events: int, n_req: int
 def fast(user, ts, item, side, beh, req_user, req_ts, L, n_gap, method="auto"):
     start, end = asof_offsets(user, ts, req_user, req_ts, method=method)
     store = EventStore.from_numpy(item, side, beh, ts)
-    out = gather_sequences(store, torch.from_numpy(start), torch.from_numpy(end), torch.from_numpy(req_ts), L, n_gap)
+    out = gather_sequences(
+        store, torch.from_numpy(start), torch.from_numpy(end), torch.from_numpy(req_ts), L, n_gap
+    )
     return {k: v.numpy() for k, v in out.items()}, start, end
 
 
@@ -43,13 +52,21 @@ def test_matches_reference_seeded(seed, L, method):
     # the case list the join must cover actually occurs in this data
     assert (got["seq_mask"].sum(1) == 0).any(), "no request without history"
     if L >= 16:
-        assert ((got["seq_mask"].sum(1) > 0) & (got["seq_mask"].sum(1) < L)).any(), "no short (padded) history"
+        assert ((got["seq_mask"].sum(1) > 0) & (got["seq_mask"].sum(1) < L)).any(), (
+            "no short (padded) history"
+        )
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n_users=st.integers(1, 5), n_events=st.integers(0, 60),
-       n_req=st.integers(1, 20), L=st.integers(1, 12), ts_range=st.integers(1, 8),
-       method=st.sampled_from(["packed", "rank"]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n_users=st.integers(1, 5),
+    n_events=st.integers(0, 60),
+    n_req=st.integers(1, 20),
+    L=st.integers(1, 12),
+    ts_range=st.integers(1, 8),
+    method=st.sampled_from(["packed", "rank"]),
+)
 def test_matches_reference_hypothesis(seed, n_users, n_events, n_req, L, ts_range, method):
     log = random_log(np.random.default_rng(seed), n_users, n_events, n_req, ts_range)
     got, _, _ = fast(*log, L, 8, method=method)
@@ -81,8 +98,10 @@ def test_packed_and_rank_agree_on_extreme_times():
     """Huge ts ranges and request times outside the event range: "auto" falls back, results agree."""
     rng = np.random.default_rng(4)
     user = np.sort(rng.integers(0, 30, 2000))
-    ts = np.concatenate([np.sort(rng.integers(-2**50, 2**50, (user == u).sum())) for u in range(30)])
-    req_user, req_ts = rng.integers(-1, 32, 500), rng.integers(-2**51, 2**51, 500)
+    ts = np.concatenate(
+        [np.sort(rng.integers(-(2**50), 2**50, (user == u).sum())) for u in range(30)]
+    )
+    req_user, req_ts = rng.integers(-1, 32, 500), rng.integers(-(2**51), 2**51, 500)
     a = asof_offsets(user, ts, req_user, req_ts, method="auto")
     b = asof_offsets(user, ts, req_user, req_ts, method="rank")
     np.testing.assert_array_equal(a[0], b[0])
@@ -100,7 +119,18 @@ def test_gap_buckets():
 
 
 def test_empty_event_log():
-    store = EventStore.from_numpy(np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    out = gather_sequences(store, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long),
-                           torch.zeros(3, dtype=torch.long), 5, 8)
+    store = EventStore.from_numpy(
+        np.zeros(0, np.int64),
+        np.zeros((0, 2), np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+    )
+    out = gather_sequences(
+        store,
+        torch.zeros(3, dtype=torch.long),
+        torch.zeros(3, dtype=torch.long),
+        torch.zeros(3, dtype=torch.long),
+        5,
+        8,
+    )
     assert out["seq_side"].shape == (3, 5, 2) and not out["seq_mask"].any()

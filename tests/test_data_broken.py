@@ -1,5 +1,6 @@
 """Datasets a run cannot learn from, and damaged files: validate, `harness.data stats` and the
 trainer's up-front check each end in a message naming the file and the fix, never a traceback."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,9 +29,9 @@ def test_empty_files_are_errors_and_stop_training(folder, name, capsys):
     v = _kinds(validate(folder))["empty"]
     assert v.file == name and v.is_error and name in v.fix
     with pytest.raises(ContractError, match=f"{name}: empty"):
-        validate_dataset(folder)                 # train_run calls this before building anything
+        validate_dataset(folder)  # train_run calls this before building anything
     assert main(["validate", str(folder)]) == 1
-    assert main(["stats", str(folder)]) == 0     # statistics of an empty file: zeros, no crash
+    assert main(["stats", str(folder)]) == 0  # statistics of an empty file: zeros, no crash
     assert "error" not in capsys.readouterr().err
 
 
@@ -44,21 +45,28 @@ def test_an_empty_split_is_an_error(folder):
 def test_exact_duplicate_events_are_a_warning(folder, capsys):
     def dup(df):
         return pd.concat([df, df.iloc[[3, 3, 10]]]).sort_values(["user_id", "ts"], kind="stable")
+
     edit(folder, EVENTS, dup)
     found = validate(folder)
     v = _kinds(found)["duplicate_event"]
     assert v.rows == 3 and not v.is_error and "drop_duplicates" in v.fix
     assert errors(found) == []
-    validate_dataset(folder)                     # a warning does not stop training
+    validate_dataset(folder)  # a warning does not stop training
     assert main(["validate", str(folder)]) == 0
     assert "warning: events.parquet [item_id]: duplicate_event" in capsys.readouterr().out
 
 
 def test_duplicates_across_row_groups(folder):
     df = pd.read_parquet(folder / EVENTS)
-    df = pd.concat([df, df.iloc[[5]]]).sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    df = (
+        pd.concat([df, df.iloc[[5]]])
+        .sort_values(["user_id", "ts"], kind="stable")
+        .reset_index(drop=True)
+    )
     row = int(df.index[(df.duplicated(keep="last"))][0])
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), folder / EVENTS, row_group_size=row + 1)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), folder / EVENTS, row_group_size=row + 1
+    )
     assert pq.ParquetFile(folder / EVENTS).num_row_groups > 1
     assert _kinds(validate(folder))["duplicate_event"].rows == 1
 
@@ -71,7 +79,7 @@ def _truncate(path: Path) -> None:
 def _corrupt(path: Path) -> None:
     data = bytearray(path.read_bytes())
     mid = len(data) // 2
-    data[mid:mid + 4096] = bytes(4096)[: len(data[mid:mid + 4096])]
+    data[mid : mid + 4096] = bytes(4096)[: len(data[mid : mid + 4096])]
     path.write_bytes(bytes(data))
 
 
@@ -91,7 +99,7 @@ def test_damaged_parquet_is_named_everywhere(folder, name, damage, capsys):
     assert name in capsys.readouterr().out
     rc = main(["stats", str(folder)])
     err = capsys.readouterr().err
-    if rc != 0:        # stats reads fewer columns: a corrupt page it never reads is not its business
+    if rc != 0:  # stats reads fewer columns: a corrupt page it never reads is not its business
         assert rc == 2 and name in err and "Traceback" not in err
 
 

@@ -1,4 +1,5 @@
 """`python -m harness.data`: synth, stats, validate (exit codes) and convert dispatch."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,10 @@ def ci_folder(tmp_path_factory) -> Path:
 def test_synth_writes_a_folder_and_refuses_to_overwrite(ci_folder, capsys):
     assert Manifest.load(ci_folder).stats["impressions"] > 10_000
     capsys.readouterr()
-    assert main(["synth", "--preset", "ci", "--seed", "1", "--out", str(ci_folder), "--no-progress"]) == 2
+    assert (
+        main(["synth", "--preset", "ci", "--seed", "1", "--out", str(ci_folder), "--no-progress"])
+        == 2
+    )
     assert "already holds a dataset" in capsys.readouterr().err
 
 
@@ -57,15 +61,39 @@ def test_validate_exit_codes(ci_folder, tmp_path, capsys):
 
 def test_convert_dispatches_to_converters(monkeypatch, tmp_path, capsys):
     import harness.data.converters as conv
+
     calls = []
-    monkeypatch.setattr(conv, "convert", lambda source, raw, out, **opts: calls.append((source, raw, out, opts)) or out)
-    assert main(["convert", "taobao", str(tmp_path / "raw"), "--out", str(tmp_path / "o"),
-                 "--opt", "negatives=4", "--opt", "name=x"]) == 0
+    monkeypatch.setattr(
+        conv,
+        "convert",
+        lambda source, raw, out, **opts: calls.append((source, raw, out, opts)) or out,
+    )
+    assert (
+        main(
+            [
+                "convert",
+                "taobao",
+                str(tmp_path / "raw"),
+                "--out",
+                str(tmp_path / "o"),
+                "--opt",
+                "negatives=4",
+                "--opt",
+                "name=x",
+            ]
+        )
+        == 0
+    )
     assert calls == [("taobao", tmp_path / "raw", tmp_path / "o", {"negatives": 4, "name": "x"})]
     assert main(["convert", "taobao", "r", "--out", "o", "--opt", "novalue"]) == 2
 
 
 def test_module_entry_point_runs():
-    r = subprocess.run([sys.executable, "-m", "harness.data", "--help"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "harness.data", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "validate" in r.stdout and "synth" in r.stdout

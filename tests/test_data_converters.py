@@ -1,4 +1,5 @@
 """Converters: tiny raw fixtures written here (MovieLens, Taobao, Tmall) and the real copies."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,8 +15,11 @@ from harness.data.datamodule import OneTransDataModule
 
 
 def load(folder: Path):
-    return (pd.read_parquet(folder / "events.parquet"), pd.read_parquet(folder / "impressions.parquet"),
-            yaml.safe_load((folder / "manifest.yaml").read_text()))
+    return (
+        pd.read_parquet(folder / "events.parquet"),
+        pd.read_parquet(folder / "impressions.parquet"),
+        yaml.safe_load((folder / "manifest.yaml").read_text()),
+    )
 
 
 def check_common(folder: Path, neg_ratio: int) -> None:
@@ -46,24 +50,46 @@ def check_common(folder: Path, neg_ratio: int) -> None:
 # ---- MovieLens --------------------------------------------------------------------------------
 def write_movielens(raw: Path, gz: bool = True) -> Path:
     raw.mkdir(parents=True)
-    ratings = [(1, 10, 5, 100), (1, 20, 3, 100), (1, 30, 4, 50), (2, 10, 1, 70), (2, 30, 5, 90),
-               (2, 20, 4, 200), (3, 40, 2, 300), (3, 10, 5, 310), (3, 20, 4, 310), (3, 30, 3, 400)]
-    text = "".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in ratings)  # grouped by user, not by time
+    ratings = [
+        (1, 10, 5, 100),
+        (1, 20, 3, 100),
+        (1, 30, 4, 50),
+        (2, 10, 1, 70),
+        (2, 30, 5, 90),
+        (2, 20, 4, 200),
+        (3, 40, 2, 300),
+        (3, 10, 5, 310),
+        (3, 20, 4, 310),
+        (3, 30, 3, 400),
+    ]
+    text = "".join(
+        f"{u}::{m}::{r}::{t}\n" for u, m, r, t in ratings
+    )  # grouped by user, not by time
     if gz:
         with gzip.open(raw / "ratings.dat.gz", "wt") as f:
             f.write(text)
     else:
         (raw / "ratings.dat").write_text(text)
-    (raw / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n4::F::18::3::11111\n")
-    (raw / "movies.dat").write_bytes("10::Amélie (2001)::Comedy|Romance\n20::Heat (1995)::Action|Crime\n"
-                                     "30::Alien (1979)::Horror|Sci-Fi\n40::Nosferatu (1922)::Horror\n"
-                                     "50::Unrated (1990)::Drama\n".encode("latin-1"))
+    (raw / "users.dat").write_text(
+        "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n4::F::18::3::11111\n"
+    )
+    (raw / "movies.dat").write_bytes(
+        "10::Amélie (2001)::Comedy|Romance\n20::Heat (1995)::Action|Crime\n"
+        "30::Alien (1979)::Horror|Sci-Fi\n40::Nosferatu (1922)::Horror\n"
+        "50::Unrated (1990)::Drama\n".encode("latin-1")
+    )
     return raw
 
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_movielens_labels_ties_requests(tmp_path, gz):
-    out = convert("movielens", write_movielens(tmp_path / "raw", gz), tmp_path / "ml", val_frac=0.2, test_frac=0.2)
+    out = convert(
+        "movielens",
+        write_movielens(tmp_path / "raw", gz),
+        tmp_path / "ml",
+        val_frac=0.2,
+        test_frac=0.2,
+    )
     ev, im, man = load(out)
     assert len(ev) == 10 and len(im) == 10 and man["item_vocab"] == 6
     # user 1 at ts 100 rated movies 10 and 20: tie broken by item id, one request
@@ -75,20 +101,30 @@ def test_movielens_labels_ties_requests(tmp_path, gz):
     for (u, i), rating in r.items():
         row = im[(im.user_id == u) & (im.item_id == i)].iloc[0]
         assert row.click == (rating >= 4) and row.conversion == (rating == 5)
-        assert ev[(ev.user_id == u) & (ev.item_id == i)].behavior.iloc[0] == (3 if rating == 5 else 2 if rating == 4 else 1)
+        assert ev[(ev.user_id == u) & (ev.item_id == i)].behavior.iloc[0] == (
+            3 if rating == 5 else 2 if rating == 4 else 1
+        )
     items = pd.read_parquet(out / "items.parquet")
-    assert items.set_index("item_id").loc[1, "decade"] == 2001 // 10 - 190    # Amélie parsed from latin-1
+    assert (
+        items.set_index("item_id").loc[1, "decade"] == 2001 // 10 - 190
+    )  # Amélie parsed from latin-1
     check_common(out, 0)
 
 
 def test_movielens_sampled_negatives_never_rated(tmp_path):
-    out = convert("movielens", write_movielens(tmp_path / "raw"), tmp_path / "ml", neg_ratio=2, seed=5)
+    out = convert(
+        "movielens", write_movielens(tmp_path / "raw"), tmp_path / "ml", neg_ratio=2, seed=5
+    )
     ev, im, _ = load(out)
     assert len(im) == 30
-    neg = im.iloc[np.flatnonzero(~im.set_index(["user_id", "item_id"]).index.isin(list(zip(ev.user_id, ev.item_id))))]
+    neg = im.iloc[
+        np.flatnonzero(
+            ~im.set_index(["user_id", "item_id"]).index.isin(list(zip(ev.user_id, ev.item_id)))
+        )
+    ]
     assert len(neg) == 20 and (neg.click == 0).all()
     again = convert("movielens", tmp_path / "raw", tmp_path / "ml2", neg_ratio=2, seed=5)
-    pd.testing.assert_frame_equal(im, pd.read_parquet(again / "impressions.parquet"))   # seeded
+    pd.testing.assert_frame_equal(im, pd.read_parquet(again / "impressions.parquet"))  # seeded
 
 
 def test_existing_output_is_not_destroyed(tmp_path):
@@ -106,19 +142,29 @@ def test_existing_output_is_not_destroyed(tmp_path):
 # ---- Taobao -----------------------------------------------------------------------------------
 def write_taobao(raw: Path) -> Path:
     raw.mkdir(parents=True)
-    rows = ["1,100,7,pv,1000", "1,100,7,buy,1500", "1,200,8,pv,1600", "1,300,7,pv,1600",
-            "2,300,7,buy,900", "2,300,7,pv,1000", "2,400,9,cart,1100", "2,500,9,pv,2000", "2,500,9,fav,2000",
-            "3,600,9,pv,3000", "3,100,7,pv,3100"]
-    for i in range(40):                          # more items so negatives can be sampled
+    rows = [
+        "1,100,7,pv,1000",
+        "1,100,7,buy,1500",
+        "1,200,8,pv,1600",
+        "1,300,7,pv,1600",
+        "2,300,7,buy,900",
+        "2,300,7,pv,1000",
+        "2,400,9,cart,1100",
+        "2,500,9,pv,2000",
+        "2,500,9,fav,2000",
+        "3,600,9,pv,3000",
+        "3,100,7,pv,3100",
+    ]
+    for i in range(40):  # more items so negatives can be sampled
         rows.append(f"4,{1000 + i},{10 + i % 3},pv,{500 + 10 * i}")
-    (raw / "UserBehavior.csv").write_text("\n".join(rows) + "\n5,700,9,pv")   # truncated last line
+    (raw / "UserBehavior.csv").write_text("\n".join(rows) + "\n5,700,9,pv")  # truncated last line
     return raw
 
 
 def test_taobao_truncation_conversion_negatives(tmp_path):
     out = convert("taobao", write_taobao(tmp_path / "raw"), tmp_path / "tb", neg_ratio=3, seed=1)
     ev, im, man = load(out)
-    assert ev.user_id.nunique() == 4 and len(ev) == 51                  # user 5 dropped with its line
+    assert ev.user_id.nunique() == 4 and len(ev) == 51  # user 5 dropped with its line
     assert man["stats"]["source_rows"]["dropped_users"] == [5]
     assert man["stats"]["behaviors"] == {"click": 47, "fav": 1, "cart": 1, "buy": 2}
     pos = im[im.click == 1]
@@ -128,15 +174,27 @@ def test_taobao_truncation_conversion_negatives(tmp_path):
     assert set(it.item_id) == set(range(1, man["item_vocab"]))
     users = sorted(ev.user_id.unique())
     conv = dict(zip(zip(pos.user_id, pos.ts), pos.conversion))
-    assert conv[(users[0], 1000)] == 1 and conv[(users[1], 1000)] == 0 and conv[(users[0], 1600)] == 0
+    assert (
+        conv[(users[0], 1000)] == 1 and conv[(users[1], 1000)] == 0 and conv[(users[0], 1600)] == 0
+    )
     check_common(out, 3)
 
 
 # ---- Tmall ------------------------------------------------------------------------------------
 def write_tmall(raw: Path) -> Path:
     raw.mkdir(parents=True)
-    rows = ["user_id,brand_id,type,visit_datetime", "77,13,0,6-4", "77,12,0,6-4", "77,13,1,6-4", "77,12,0,4-15",
-            "77,11,2,8-15", "77,12,3,5-1", "55,13,0,7-5", "55,11,0,7-5", "55,11,1,7-1"]
+    rows = [
+        "user_id,brand_id,type,visit_datetime",
+        "77,13,0,6-4",
+        "77,12,0,6-4",
+        "77,13,1,6-4",
+        "77,12,0,4-15",
+        "77,11,2,8-15",
+        "77,12,3,5-1",
+        "55,13,0,7-5",
+        "55,11,0,7-5",
+        "55,11,1,7-1",
+    ]
     for i in range(30):
         rows.append(f"99,{100 + i},0,{5 + i % 3}-{1 + i}")
     (raw / "t_alibaba_data.csv").write_text("\n".join(rows) + "\n")
@@ -147,24 +205,33 @@ def test_tmall_dates_ties_and_conversion(tmp_path):
     out = convert("tmall", write_tmall(tmp_path / "raw"), tmp_path / "tm", neg_ratio=2, seed=0)
     ev, im, man = load(out)
     assert len(ev) == 39 and ev.user_id.nunique() == 3
-    u77 = ev[ev.user_id == 2]                                          # raw user 77 -> id 2
+    u77 = ev[ev.user_id == 2]  # raw user 77 -> id 2
     day = pd.to_datetime(u77.ts, unit="s").dt.strftime("%Y-%m-%d").tolist()
-    assert day == ["2014-04-15", "2014-05-01", "2014-06-04", "2014-06-04", "2014-06-04", "2014-08-15"]
+    assert day == [
+        "2014-04-15",
+        "2014-05-01",
+        "2014-06-04",
+        "2014-06-04",
+        "2014-06-04",
+        "2014-08-15",
+    ]
     # same-day tie: brand id, then behaviour id (click before buy)
     assert u77.item_id.tolist()[2:5] == [2, 3, 3] and u77.behavior.tolist()[2:5] == [1, 1, 4]
     pos = im[im.click == 1]
     conv = dict(zip(zip(pos.user_id, pos.ts, pos.item_id), pos.conversion))
     june4 = int(pd.Timestamp("2014-06-04").timestamp())
-    assert conv[(2, june4, 3)] == 1 and conv[(2, june4, 2)] == 0     # same-day click-then-buy counts
+    assert conv[(2, june4, 3)] == 1 and conv[(2, june4, 2)] == 0  # same-day click-then-buy counts
     july5 = int(pd.Timestamp("2014-07-05").timestamp())
-    assert conv[(1, july5, 1)] == 0                                    # bought on 7-1, before the click
+    assert conv[(1, july5, 1)] == 0  # bought on 7-1, before the click
     check_common(out, 2)
 
 
 def test_tmall_bad_date_is_named(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    (raw / "t_alibaba_data.csv").write_text("user_id,brand_id,type,visit_datetime\n1,2,0,6-4\n1,3,0,June 5\n")
+    (raw / "t_alibaba_data.csv").write_text(
+        "user_id,brand_id,type,visit_datetime\n1,2,0,6-4\n1,3,0,June 5\n"
+    )
     with pytest.raises(ValueError, match=r"row 3 visit_datetime = 'June 5'"):
         convert("tmall", raw, tmp_path / "tm")
 
@@ -172,24 +239,49 @@ def test_tmall_bad_date_is_named(tmp_path):
 # ---- the real copies (statistics from their READMEs) ------------------------------------------
 @pytest.mark.realdata
 def test_real_copies_match_readmes(shared_data, tmp_path):
-    ml = load(convert("movielens", shared_data / "movielens-1m-subset", tmp_path / "ml"))[2]["stats"]
+    ml = load(convert("movielens", shared_data / "movielens-1m-subset", tmp_path / "ml"))[2][
+        "stats"
+    ]
     assert (ml["events"], ml["users"], ml["items"]) == (487_650, 2_999, 3_615)
-    assert ml["behaviors"] == {"rated": 127_216 + 53_838 + 27_472, "liked": 170_579, "loved": 108_545}
-    assert (ml["events_per_user"]["min"], ml["events_per_user"]["p50"], ml["events_per_user"]["max"]) == (20, 89, 1_850)
+    assert ml["behaviors"] == {
+        "rated": 127_216 + 53_838 + 27_472,
+        "liked": 170_579,
+        "loved": 108_545,
+    }
+    assert (
+        ml["events_per_user"]["min"],
+        ml["events_per_user"]["p50"],
+        ml["events_per_user"]["max"],
+    ) == (20, 89, 1_850)
 
-    _, tb_im, tb_man = load(convert("taobao", shared_data / "taobao-userbehavior-prefix", tmp_path / "tb"))
+    _, tb_im, tb_man = load(
+        convert("taobao", shared_data / "taobao-userbehavior-prefix", tmp_path / "tb")
+    )
     tb = tb_man["stats"]
     src = tb["source_rows"]
-    assert (src["raw_rows_complete"], src["raw_users"], src["dropped_users"]) == (84_475, 815, [100370])
+    assert (src["raw_rows_complete"], src["raw_users"], src["dropped_users"]) == (
+        84_475,
+        815,
+        [100370],
+    )
     assert tb["users"] == 814 and tb["events"] == 84_475 - src["dropped_user_rows"]
-    full = {"click": 75_872, "fav": 2_356, "cart": 4_497, "buy": 1_750}      # README, before the drop
-    assert sum(full.values()) == 84_475 and all(0 <= full[k] - tb["behaviors"][k] <= src["dropped_user_rows"] for k in full)
-    assert tb["impressions"] == 5 * int(tb_im.click.sum()) and tb_im.click.sum() <= tb["behaviors"]["click"]
+    full = {"click": 75_872, "fav": 2_356, "cart": 4_497, "buy": 1_750}  # README, before the drop
+    assert sum(full.values()) == 84_475 and all(
+        0 <= full[k] - tb["behaviors"][k] <= src["dropped_user_rows"] for k in full
+    )
+    assert (
+        tb["impressions"] == 5 * int(tb_im.click.sum())
+        and tb_im.click.sum() <= tb["behaviors"]["click"]
+    )
 
     tm = load(convert("tmall", shared_data / "tmall-2014-brand-log", tmp_path / "tm"))[2]["stats"]
     assert (tm["events"], tm["users"], tm["items"]) == (182_880, 884, 9_531)
     assert tm["behaviors"] == {"click": 174_539, "buy": 6_984, "collect": 1_204, "cart": 153}
-    assert (tm["events_per_user"]["min"], tm["events_per_user"]["p50"], tm["events_per_user"]["max"]) == (1, 129.5, 2_407)
+    assert (
+        tm["events_per_user"]["min"],
+        tm["events_per_user"]["p50"],
+        tm["events_per_user"]["max"],
+    ) == (1, 129.5, 2_407)
 
 
 def test_converter_cli(tmp_path, capsys):
@@ -200,6 +292,11 @@ def test_converter_cli(tmp_path, capsys):
     p = argparse.ArgumentParser()
     add_convert_args(p)
     raw = write_movielens(tmp_path / "raw")
-    assert main_convert(p.parse_args(["movielens", str(raw), str(tmp_path / "ml"), "--neg-ratio", "1"])) == 0
+    assert (
+        main_convert(
+            p.parse_args(["movielens", str(raw), str(tmp_path / "ml"), "--neg-ratio", "1"])
+        )
+        == 0
+    )
     assert "10 events" in capsys.readouterr().out
     assert len(pd.read_parquet(tmp_path / "ml" / "impressions.parquet")) == 20

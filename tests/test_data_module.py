@@ -1,4 +1,5 @@
 """OneTransDataModule: batch layout, as-of sequences, joins, ordering, shards, workers, bad input."""
+
 from __future__ import annotations
 
 import shutil
@@ -34,7 +35,16 @@ def check_layout(b: dict, spec) -> None:
     for k in (*SEQ_KEYS, *IMPRESSION_KEYS, *LABEL_KEYS, "user_id", "request_id", "ts"):
         assert k in b, k
     assert b["seq_side"].shape == (R, L, spec.n_side) and b["seq_mask"].dtype == torch.bool
-    for k in ("seq_item", "seq_side", "seq_type", "seq_gap", "req_index", "cand_item", "cand_side", "ns_cat"):
+    for k in (
+        "seq_item",
+        "seq_side",
+        "seq_type",
+        "seq_gap",
+        "req_index",
+        "cand_item",
+        "cand_side",
+        "ns_cat",
+    ):
         assert b[k].dtype == torch.int64, k
     assert b["ns_num"].shape == (B, spec.n_num) and b["ns_num"].dtype == torch.float32
     assert torch.isfinite(b["ns_num"]).all()
@@ -71,9 +81,17 @@ def test_layout_sequences_and_joins(tiny):
             # sequences equal the slow reference for each request row
             R = b["seq_item"].shape[0]
             first = torch.searchsorted(b["req_index"], torch.arange(R))
-            ref = reference_sequences(ev.user_id.to_numpy(), ev.ts.to_numpy(), ev.item_id.to_numpy(),
-                                      ev[["category", "brand"]].to_numpy(), ev.behavior.to_numpy(),
-                                      b["user_id"][first].numpy(), b["ts"][first].numpy(), 6, spec.n_gap_buckets)
+            ref = reference_sequences(
+                ev.user_id.to_numpy(),
+                ev.ts.to_numpy(),
+                ev.item_id.to_numpy(),
+                ev[["category", "brand"]].to_numpy(),
+                ev.behavior.to_numpy(),
+                b["user_id"][first].numpy(),
+                b["ts"][first].numpy(),
+                6,
+                spec.n_gap_buckets,
+            )
             for k, v in ref.items():
                 np.testing.assert_array_equal(b[k].numpy(), v, err_msg=k)
             # joined features equal a pandas join
@@ -85,8 +103,12 @@ def test_layout_sequences_and_joins(tiny):
                 assert sorted(b["ns_cat"][:, j].tolist()) == sorted(jj[name].tolist()), name
             for j, name in enumerate(spec.num_names):
                 mu, sd = j_train[name].mean(), j_train[name].std(ddof=0)
-                np.testing.assert_allclose(sorted(b["ns_num"][:, j].numpy()), sorted((jj[name] - mu) / sd),
-                                           rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(
+                    sorted(b["ns_num"][:, j].numpy()),
+                    sorted((jj[name] - mu) / sd),
+                    rtol=1e-5,
+                    atol=1e-5,
+                )
             assert "p_click" in b and dm.has_oracle
     # every impression exactly once across the three splits (no drop: request batching)
     assert sorted(np.concatenate(seen).tolist()) == sorted(im.request_id.tolist())
@@ -106,7 +128,7 @@ def test_shuffle_deterministic_per_seed_epoch_and_chronological_eval(tiny):
 
     assert order(0, 0) == order(0, 0)
     assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
-    assert sorted(order(0, 0)) == sorted(order(0, 1))            # same impressions, new order
+    assert sorted(order(0, 0)) == sorted(order(0, 1))  # same impressions, new order
     chrono = OneTransDataModule(tiny, seq_len=4, batch_size=8, chronological=True)
     ts = torch.cat([b["ts"] for b in all_batches(chrono, "train", epoch=5)])
     assert (ts.diff() >= 0).all()
@@ -151,8 +173,12 @@ def test_ddp_shards_are_disjoint_and_even(tiny):
 
 
 def test_workers_give_identical_batches(tiny):
-    a = all_batches(OneTransDataModule(tiny, seq_len=8, batch_size=8, num_workers=0), "train", epoch=1)
-    b = all_batches(OneTransDataModule(tiny, seq_len=8, batch_size=8, num_workers=1), "train", epoch=1)
+    a = all_batches(
+        OneTransDataModule(tiny, seq_len=8, batch_size=8, num_workers=0), "train", epoch=1
+    )
+    b = all_batches(
+        OneTransDataModule(tiny, seq_len=8, batch_size=8, num_workers=1), "train", epoch=1
+    )
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
@@ -166,15 +192,26 @@ def _broken_copy(tiny: Path, tmp: Path, table: str, edit) -> Path:
     return out
 
 
-@pytest.mark.parametrize("table,edit,needle", [
-    ("users.parquet", lambda d: d.assign(activity=d.activity.where(d.index != 2, np.nan)), "activity"),
-    ("items.parquet", lambda d: d.assign(brand=d.brand + 50), "brand"),
-    ("impressions.parquet", lambda d: d.assign(hour=d.hour.where(d.index != 0, 99)), "hour"),
-    ("events.parquet", lambda d: d.iloc[::-1], "not sorted by (user_id, ts)"),
-    ("events.parquet", lambda d: d.assign(behavior=d.behavior.where(d.index != 1, 7)), "behavior"),
-    ("impressions.parquet", lambda d: d.assign(ts=d.ts.astype(float)), "dtype"),
-    ("users.parquet", lambda d: d.iloc[1:], "no row in"),
-])
+@pytest.mark.parametrize(
+    "table,edit,needle",
+    [
+        (
+            "users.parquet",
+            lambda d: d.assign(activity=d.activity.where(d.index != 2, np.nan)),
+            "activity",
+        ),
+        ("items.parquet", lambda d: d.assign(brand=d.brand + 50), "brand"),
+        ("impressions.parquet", lambda d: d.assign(hour=d.hour.where(d.index != 0, 99)), "hour"),
+        ("events.parquet", lambda d: d.iloc[::-1], "not sorted by (user_id, ts)"),
+        (
+            "events.parquet",
+            lambda d: d.assign(behavior=d.behavior.where(d.index != 1, 7)),
+            "behavior",
+        ),
+        ("impressions.parquet", lambda d: d.assign(ts=d.ts.astype(float)), "dtype"),
+        ("users.parquet", lambda d: d.iloc[1:], "no row in"),
+    ],
+)
 def test_bad_input_clear_error(tiny, tmp_path, table, edit, needle):
     folder = _broken_copy(tiny, tmp_path, table, edit)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -182,7 +219,7 @@ def test_bad_input_clear_error(tiny, tmp_path, table, edit, needle):
         OneTransDataModule(folder, seq_len=4, batch_size=8).setup()
     msg = str(e.value)
     assert needle in msg and str(folder) in msg, msg
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before   # destroys nothing
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # destroys nothing
 
 
 def test_synthetic_ci_world(tmp_path_factory):
@@ -220,9 +257,26 @@ def test_lightning_trainer_keeps_sampler_and_sets_epoch(tiny, tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     dm = OneTransDataModule(tiny, seq_len=4, batch_size=8, seed=7)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(Probe(), datamodule=dm)
-    want = [torch.cat([b["request_id"] for b in all_batches(OneTransDataModule(tiny, seq_len=4, batch_size=8, seed=7),
-                                                            "train", e)]).tolist() for e in (0, 1)]
+    want = [
+        torch.cat(
+            [
+                b["request_id"]
+                for b in all_batches(
+                    OneTransDataModule(tiny, seq_len=4, batch_size=8, seed=7), "train", e
+                )
+            ]
+        ).tolist()
+        for e in (0, 1)
+    ]
     assert seen[0] == want[0] and seen[1] == want[1] and want[0] != want[1]

@@ -1,5 +1,6 @@
 """The throughput benchmark script runs end to end (tiny size) and writes a sane JSON report.
 It measures; it does not assert a speed (speed goals live in the benchmark output, not in tests)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_benchmark_quick_runs(tmp_path):
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "data_throughput.py"), "--quick",
-                          "--workers", "0", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "data_throughput.py"),
+            "--quick",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())
     rows = report["results"]

@@ -1,6 +1,7 @@
 """The synthetic world: determinism, contract conformance, stored statistics, and its designed
 properties (a) ceiling above any no-history predictor, (b) longer history windows keep helping,
 (c) the context decides which part of the history matters."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,16 @@ from harness.data.stats import compute_stats, prior_counts
 from harness.data.validate import errors, validate
 from harness.metrics_np import auc
 
-TINY = synth.SynthConfig(n_users=40, n_topics=8, n_interest_topics=3, days=20, events_median=60,
-                         events_max=400, requests_mean=2.0, user_chunk=16)
+TINY = synth.SynthConfig(
+    n_users=40,
+    n_topics=8,
+    n_interest_topics=3,
+    days=20,
+    events_median=60,
+    events_max=400,
+    requests_mean=2.0,
+    user_chunk=16,
+)
 WINDOWS = (64, 128, 256, 512, 1024, 2048)
 
 
@@ -34,7 +43,9 @@ def ci_arrays(ci_world) -> dict:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.parquet"))}
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.parquet"))
+    }
 
 
 def test_same_seed_gives_byte_identical_files_and_other_seed_differs(tmp_path):
@@ -119,16 +130,23 @@ def test_ensure_synthetic_reuses_and_never_leaves_half_folders(tmp_path, monkeyp
     first = synth.ensure_synthetic("ci", 5, tmp_path, progress=False)
     stamp = (first / EVENTS).stat().st_mtime_ns
     assert synth.ensure_synthetic("ci", 5, tmp_path, progress=False) == first
-    assert (first / EVENTS).stat().st_mtime_ns == stamp                  # reused, not regenerated
+    assert (first / EVENTS).stat().st_mtime_ns == stamp  # reused, not regenerated
 
     def boom(*a, **k):
         raise KeyboardInterrupt("interrupted")
+
     real_generate = synth.generate_preset
-    monkeypatch.setattr(synth, "generate_preset",
-                        lambda preset, seed, out, progress=True: (real_generate(preset, seed, out, progress), boom()))
+    monkeypatch.setattr(
+        synth,
+        "generate_preset",
+        lambda preset, seed, out, progress=True: (
+            real_generate(preset, seed, out, progress),
+            boom(),
+        ),
+    )
     with pytest.raises(KeyboardInterrupt):
         synth.ensure_synthetic("ci", 6, tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]   # nothing half-written left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # nothing half-written left
 
 
 def test_a_oracle_clearly_above_best_no_history_predictor(ci_arrays):
@@ -141,7 +159,7 @@ def test_a_oracle_clearly_above_best_no_history_predictor(ci_arrays):
     oracle_auc, nh_auc = auc(d["click"][test], d["p_click"][test]), auc(d["click"][test], nh[test])
     hist = history_match_counts(d, [2048], mode_matched=True)[2048]
     both = auc(d["click"][test], (np.log(nh) + 3 * np.log1p(hist))[test])
-    assert nh_auc > 0.55                    # the table is a real predictor, not a strawman
+    assert nh_auc > 0.55  # the table is a real predictor, not a strawman
     assert oracle_auc - nh_auc > 0.15, (oracle_auc, nh_auc)
     assert both - nh_auc > 0.05, (both, nh_auc)
 
@@ -173,7 +191,9 @@ def test_c_context_decides_which_history_matters(ci_arrays):
     M = int(d["n_modes"])
     grid = np.zeros((M, M))
     for other in range(M):
-        c = history_match_counts(d, [2048], mode_matched=True, style=np.full(d["mode"].size, other))[2048]
+        c = history_match_counts(
+            d, [2048], mode_matched=True, style=np.full(d["mode"].size, other)
+        )[2048]
         for m in range(M):
             sel = ev & (d["mode"] == m)
             grid[m, other] = auc(d["click"][sel], c[sel])
@@ -186,7 +206,7 @@ def test_b_laptop_history_gain_is_monotone_from_64_to_2048(tmp_path_factory):
     count 64 -> 2048, and the topic count over the laptop length sweep's grid, 8 -> 128."""
     folder = synth.ensure_synthetic("laptop", 0, tmp_path_factory.mktemp("laptop"), progress=False)
     m = Manifest.load(folder)
-    assert m.stats["impressions_with_prior_ge_2048"] > 10_000     # active users hold >= 2048 events
+    assert m.stats["impressions_with_prior_ge_2048"] > 10_000  # active users hold >= 2048 events
     d = load_for_predictors(folder)
     a = _window_aucs(d, mode_matched=True)
     assert all(y > x for x, y in zip(a, a[1:])), a
@@ -204,7 +224,9 @@ def test_paper_preset_scales_to_a_million_impressions_and_long_histories(tmp_pat
     gives >= 1M impressions, and active users hold >= 2048 prior events. (The full preset: 1.57M
     impressions, 44.9M events, seed 0; docs/synthetic-world.md.)"""
     cfg = synth.PRESETS["paper"]
-    out = synth.generate(replace(cfg, n_users=300, user_chunk=300), tmp_path / "p", seed=0, progress=False)
+    out = synth.generate(
+        replace(cfg, n_users=300, user_chunk=300), tmp_path / "p", seed=0, progress=False
+    )
     stats = Manifest.load(out).stats
     assert stats["impressions"] / 300 * cfg.n_users > 1.2e6, stats["impressions"]
     assert stats["impressions_with_prior_ge_2048"] > 0.1 * stats["impressions"]
@@ -213,6 +235,7 @@ def test_paper_preset_scales_to_a_million_impressions_and_long_histories(tmp_pat
 def test_part_file_directories_are_read_like_single_files(ci_world, tmp_path):
     """events.parquet may be a directory of part files (docs/data-contract.md)."""
     import shutil
+
     dst = tmp_path / "parts"
     shutil.copytree(ci_world, dst)
     ev = pq.read_table(dst / EVENTS)
@@ -222,4 +245,7 @@ def test_part_file_directories_are_read_like_single_files(ci_world, tmp_path):
     pq.write_table(ev.slice(0, half), dst / EVENTS / "part-00000.parquet")
     pq.write_table(ev.slice(half), dst / EVENTS / "part-00001.parquet")
     assert errors(validate(dst)) == []
-    assert compute_stats(dst)["prior_events_percentiles"] == Manifest.load(ci_world).stats["prior_events_percentiles"]
+    assert (
+        compute_stats(dst)["prior_events_percentiles"]
+        == Manifest.load(ci_world).stats["prior_events_percentiles"]
+    )

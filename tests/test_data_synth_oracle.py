@@ -1,4 +1,5 @@
 """The torch-free metrics (exact AUC, UAUC, logloss) against slow, obviously correct references."""
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,9 @@ def test_auc_and_uauc_match_pairwise_reference_with_ties(seed):
     rng = np.random.default_rng(seed)
     n = 300
     y = (rng.random(n) < 0.3).astype(int)
-    s = rng.integers(0, 6, n).astype(float) + 0.5 * y * rng.integers(0, 2, n)   # many ties, some signal
+    s = rng.integers(0, 6, n).astype(float) + 0.5 * y * rng.integers(
+        0, 2, n
+    )  # many ties, some signal
     users = rng.integers(0, 25, n)
     assert auc(y, s) == pytest.approx(slow_auc(y, s), abs=1e-12)
     assert uauc(y, s, users) == pytest.approx(slow_uauc(y, s, users), abs=1e-12)
@@ -43,8 +46,8 @@ def test_auc_and_uauc_match_pairwise_reference_with_ties(seed):
 def test_auc_edge_cases():
     assert auc([0, 1], [0.2, 0.8]) == 1.0
     assert auc([1, 0], [0.2, 0.8]) == 0.0
-    assert auc([0, 1, 0, 1], [0.5] * 4) == 0.5                  # all tied
-    assert math.isnan(auc([1, 1], [0.1, 0.2]))                  # one class only
+    assert auc([0, 1, 0, 1], [0.5] * 4) == 0.5  # all tied
+    assert math.isnan(auc([1, 1], [0.1, 0.2]))  # one class only
     # users with one class are excluded: only user 7 counts
     assert uauc([1, 1, 0, 1], [0.1, 0.2, 0.3, 0.9], [3, 3, 7, 7]) == 1.0
     with pytest.raises(ValueError, match="0/1"):
@@ -57,13 +60,13 @@ def test_logloss_matches_direct_formula_and_clips():
     y = (rng.random(100) < p).astype(int)
     ref = -np.mean([math.log(pi) if yi else math.log(1 - pi) for yi, pi in zip(y, p)])
     assert logloss(y, p) == pytest.approx(ref, rel=1e-12)
-    assert np.isfinite(logloss([1, 0], [0.0, 1.0]))             # clipped, not inf
+    assert np.isfinite(logloss([1, 0], [0.0, 1.0]))  # clipped, not inf
 
 
 def test_ranking_metrics_cvr_uses_clicked_rows_only():
     click = np.array([1, 1, 0, 0, 1, 1])
     conv = np.array([1, 0, 0, 0, 0, 1])
-    p_conv = np.array([0.9, 0.1, 0.99, 0.0, 0.2, 0.8])         # unclicked rows would spoil the AUC
+    p_conv = np.array([0.9, 0.1, 0.99, 0.0, 0.2, 0.8])  # unclicked rows would spoil the AUC
     m = ranking_metrics(click, conv, np.full(6, 0.5), p_conv, np.zeros(6))
     assert m["cvr_auc"] == 1.0 and m["ctr_auc"] == 0.5
     assert set(m) == {f"{t}_{k}" for t in ("ctr", "cvr") for k in ("auc", "uauc", "logloss")}

@@ -1,5 +1,6 @@
 """The validator: a clean folder passes; each kind of bad input is reported with file, column, an
 example row and a fix; several problems are all reported; nothing is modified."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,13 @@ from tests.data_support import edit
 
 
 def only(found, kind: str, column: str | None = None, file: str | None = None):
-    hits = [v for v in found if v.kind == kind and (column is None or v.column == column)
-            and (file is None or v.file == file)]
+    hits = [
+        v
+        for v in found
+        if v.kind == kind
+        and (column is None or v.column == column)
+        and (file is None or v.file == file)
+    ]
     assert hits, f"no {kind} violation in {[str(v) for v in found]}"
     v = hits[0]
     assert v.fix and v.message
@@ -65,9 +71,21 @@ def test_unsorted_impressions(folder):
 
 
 def test_ids_outside_vocabulary(folder):
-    edit(folder, EVENTS, lambda d: d.assign(brand=np.where(np.arange(len(d)) == 5, 10_000, d["brand"])))
-    edit(folder, IMPRESSIONS, lambda d: d.assign(item_id=np.where(np.arange(len(d)) == 2, 0, d["item_id"])))
-    edit(folder, IMPRESSIONS, lambda d: d.assign(hour=np.where(np.arange(len(d)) == 3, 99, d["hour"])))
+    edit(
+        folder,
+        EVENTS,
+        lambda d: d.assign(brand=np.where(np.arange(len(d)) == 5, 10_000, d["brand"])),
+    )
+    edit(
+        folder,
+        IMPRESSIONS,
+        lambda d: d.assign(item_id=np.where(np.arange(len(d)) == 2, 0, d["item_id"])),
+    )
+    edit(
+        folder,
+        IMPRESSIONS,
+        lambda d: d.assign(hour=np.where(np.arange(len(d)) == 3, 99, d["hour"])),
+    )
     found = validate(folder)
     v = only(found, "vocab", "brand", EVENTS)
     assert v.rows == 1 and v.example["row"] == 5 and v.example["brand"] == 10_000
@@ -76,16 +94,29 @@ def test_ids_outside_vocabulary(folder):
 
 
 def test_non_finite_numerics(folder):
-    edit(folder, ITEMS, lambda d: d.assign(price=np.where(np.arange(len(d)) == 4, np.nan, d["price"])))
-    edit(folder, USERS, lambda d: d.assign(user_activity=np.where(np.arange(len(d)) == 1, np.inf,
-                                                                     d["user_activity"])))
+    edit(
+        folder,
+        ITEMS,
+        lambda d: d.assign(price=np.where(np.arange(len(d)) == 4, np.nan, d["price"])),
+    )
+    edit(
+        folder,
+        USERS,
+        lambda d: d.assign(
+            user_activity=np.where(np.arange(len(d)) == 1, np.inf, d["user_activity"])
+        ),
+    )
     found = validate(folder)
     assert only(found, "non_finite", "price", ITEMS).example["row"] == 4
     assert only(found, "non_finite", "user_activity", USERS).rows == 1
 
 
 def test_labels_not_binary(folder):
-    edit(folder, IMPRESSIONS, lambda d: d.assign(click=np.where(np.arange(len(d)) == 7, 2, d["click"])))
+    edit(
+        folder,
+        IMPRESSIONS,
+        lambda d: d.assign(click=np.where(np.arange(len(d)) == 7, 2, d["click"])),
+    )
     v = only(validate(folder), "label", "click")
     assert v.example["row"] == 7 and v.example["click"] == 2
 
@@ -95,6 +126,7 @@ def test_conversion_without_click(folder):
         i = int(np.flatnonzero(d["click"].to_numpy() == 0)[0])
         d.loc[i, "conversion"] = 1
         return d
+
     edit(folder, IMPRESSIONS, corrupt)
     v = only(validate(folder), "conversion_without_click", "conversion")
     assert v.example["click"] == 0 and v.example["conversion"] == 1
@@ -113,7 +145,11 @@ def test_impression_user_without_users_row(folder):
 
 
 def test_unknown_behaviour(folder):
-    edit(folder, EVENTS, lambda d: d.assign(behavior=np.where(np.arange(len(d)) == 9, 4, d["behavior"])))
+    edit(
+        folder,
+        EVENTS,
+        lambda d: d.assign(behavior=np.where(np.arange(len(d)) == 9, 4, d["behavior"])),
+    )
     v = only(validate(folder), "behavior", "behavior")
     assert v.example["row"] == 9 and "purchase" in v.message
 
@@ -124,22 +160,34 @@ def test_split_leakage(folder):
         i = int(np.flatnonzero(d["split"].to_numpy() == "test")[0])
         d.loc[i, "split"] = "train"
         return d
+
     edit(folder, IMPRESSIONS, corrupt)
     v = only(validate(folder), "leakage", "split")
     assert v.example["split"] == "train" and "val_start_ts" in v.fix
 
 
 def test_bad_split_value_and_probability(folder):
-    edit(folder, IMPRESSIONS, lambda d: d.assign(split=np.where(np.arange(len(d)) == 0, "dev", d["split"]),
-                                                 p_click=np.where(np.arange(len(d)) == 1, 3.5, d["p_click"])))
+    edit(
+        folder,
+        IMPRESSIONS,
+        lambda d: d.assign(
+            split=np.where(np.arange(len(d)) == 0, "dev", d["split"]),
+            p_click=np.where(np.arange(len(d)) == 1, 3.5, d["p_click"]),
+        ),
+    )
     found = validate(folder)
     only(found, "split", "split")
     only(found, "probability", "p_click")
 
 
 def test_request_spanning_users(folder):
-    edit(folder, IMPRESSIONS, lambda d: d.assign(user_id=np.where(np.arange(len(d)) == 1, d["user_id"].iloc[0] % 30 + 1,
-                                                                   d["user_id"])))
+    edit(
+        folder,
+        IMPRESSIONS,
+        lambda d: d.assign(
+            user_id=np.where(np.arange(len(d)) == 1, d["user_id"].iloc[0] % 30 + 1, d["user_id"])
+        ),
+    )
     only(validate(folder), "request", "request_id")
 
 
@@ -150,8 +198,16 @@ def test_broken_manifest(folder):
 
 
 def test_every_violation_is_reported_and_nothing_is_modified(folder):
-    edit(folder, EVENTS, lambda d: d.assign(behavior=np.where(np.arange(len(d)) < 3, 0, d["behavior"])).iloc[::-1])
-    edit(folder, IMPRESSIONS, lambda d: d.assign(click=np.where(np.arange(len(d)) == 0, -1, d["click"])))
+    edit(
+        folder,
+        EVENTS,
+        lambda d: d.assign(behavior=np.where(np.arange(len(d)) < 3, 0, d["behavior"])).iloc[::-1],
+    )
+    edit(
+        folder,
+        IMPRESSIONS,
+        lambda d: d.assign(click=np.where(np.arange(len(d)) == 0, -1, d["click"])),
+    )
     digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir()}
     found = validate(folder)
     assert {v.kind for v in found} >= {"behavior", "unsorted", "label"}
@@ -166,13 +222,22 @@ def test_sort_check_spans_row_groups(folder):
     df = pd.read_parquet(folder / EVENTS)
     half = len(df) // 2
     swapped = pd.concat([df.iloc[half:], df.iloc[:half]])
-    pq.write_table(pa.Table.from_pandas(swapped, preserve_index=False), folder / EVENTS, row_group_size=len(df) - half)
+    pq.write_table(
+        pa.Table.from_pandas(swapped, preserve_index=False),
+        folder / EVENTS,
+        row_group_size=len(df) - half,
+    )
     v = only(validate(folder), "unsorted", "ts", EVENTS)
     assert v.rows == 1 and v.example["row"] == len(df) - half
 
 
 def test_event_side_fields_disagree_with_items(folder):
-    edit(folder, EVENTS, lambda d: d.assign(category=np.where(np.arange(len(d)) == 6, d["category"] % 2 + 1,
-                                                              d["category"])))
+    edit(
+        folder,
+        EVENTS,
+        lambda d: d.assign(
+            category=np.where(np.arange(len(d)) == 6, d["category"] % 2 + 1, d["category"])
+        ),
+    )
     v = only(validate(folder), "side_mismatch", "category", EVENTS)
     assert v.rows == 1 and v.example["row"] == 6 and "item_id" in v.example

@@ -1,5 +1,6 @@
 """benchmarks/efficiency.py --quick: every Table 5 row is measured in its own process (or skipped
 with a stated reason) and the JSON holds the table and the ratios."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ def test_efficiency_quick(tmp_path):
     main(["--quick", "--device", "cpu", "--out", str(out)])
     res = json.loads(out.read_text())
     assert set(res["rows"]) == set(VARIANTS)
-    assert "CPU bf16" in res["rows"]["bf16_recompute"]["skipped"]      # CPU: skipped, and says why
+    assert "CPU bf16" in res["rows"]["bf16_recompute"]["skipped"]  # CPU: skipped, and says why
     assert "bf16 left out" in res["rows"]["all"]["note"]
     for name, r in res["rows"].items():
         if "skipped" in r:

@@ -1,17 +1,26 @@
 """Two-stage (KV-cached) scoring and request-level training equal the plain forward."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from model.features import random_batch, tiny_spec
-from model.kv_cache import OneTransScorer, _split, request_level_forward, stage_one, stage_two, onetrans_parts
+from model.kv_cache import (
+    OneTransScorer,
+    _split,
+    onetrans_parts,
+    request_level_forward,
+    stage_one,
+    stage_two,
+)
 from tests.kv_models import KIND_PARAMS, make_model
 
 
 def _batch(spec, n_req, per_req, seed):
-    return random_batch(spec, n_requests=n_req, per_request=per_req,
-                        generator=torch.Generator().manual_seed(seed))
+    return random_batch(
+        spec, n_requests=n_req, per_request=per_req, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def _cached(model, batch):
@@ -27,16 +36,25 @@ def test_cached_equals_full_fp32(kind, n_cand, pyramid):
     spec = tiny_spec(seq_len=24)
     model = make_model(kind, spec, pyramid=pyramid, seed=n_cand)
     batch = _batch(spec, 3, n_cand, seed=10 + n_cand)
-    assert not batch["seq_mask"].all()                       # padding is exercised
+    assert not batch["seq_mask"].all()  # padding is exercised
     with torch.no_grad():
         ref, got = model(batch), _cached(model, batch)
     for t in ("ctr", "cvr"):
         torch.testing.assert_close(got[t], ref[t], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{"attention": "sdpa"}, {"pyramid_end": "B"}, {"prune_first_layer": False},
-                                       {"seq_fusion": "intent"}, {"gap_embedding": True},
-                                       {"mixed_params": False}, {"out_proj": "shared"}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"attention": "sdpa"},
+        {"pyramid_end": "B"},
+        {"prune_first_layer": False},
+        {"seq_fusion": "intent"},
+        {"gap_embedding": True},
+        {"mixed_params": False},
+        {"out_proj": "shared"},
+    ],
+)
 def test_cached_equals_full_ablations(overrides):
     spec = tiny_spec(seq_len=24)
     model = make_model("onetrans", spec, pyramid=True, seed=3, **overrides)
@@ -52,11 +70,19 @@ def test_uneven_requests_and_empty_history():
     spec = tiny_spec(seq_len=16)
     model = make_model("onetrans", spec, pyramid=True, seed=4)
     batch = _batch(spec, 4, 6, seed=5)
-    keep = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 12, 18, 19, 20, 21, 22, 23])  # 6, 2, 1, 6 candidates
-    batch = {k: (v[keep] if v.shape[0] == 24 and k not in ("seq_item",) and not k.startswith("seq_") else v)
-             for k, v in batch.items()}
+    keep = torch.tensor(
+        [0, 1, 2, 3, 4, 5, 6, 7, 12, 18, 19, 20, 21, 22, 23]
+    )  # 6, 2, 1, 6 candidates
+    batch = {
+        k: (
+            v[keep]
+            if v.shape[0] == 24 and k not in ("seq_item",) and not k.startswith("seq_")
+            else v
+        )
+        for k, v in batch.items()
+    }
     for k in ("seq_item", "seq_side", "seq_type", "seq_gap", "seq_mask"):
-        batch[k][2] = 0                                       # request 2: empty history
+        batch[k][2] = 0  # request 2: empty history
     with torch.no_grad():
         ref, got = model(batch), _cached(model, batch)
     for t in ("ctr", "cvr"):
@@ -87,7 +113,7 @@ def test_bf16_close_to_fp32_reference():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             full_bf16, cached_bf16 = model(batch), _cached(model, batch)
     for t in ("ctr", "cvr"):
-        assert ref[t].abs().max() > 0.05                      # not a degenerate all-zero comparison
+        assert ref[t].abs().max() > 0.05  # not a degenerate all-zero comparison
         torch.testing.assert_close(cached_bf16[t].float(), ref[t], atol=3e-2, rtol=3e-2)
         torch.testing.assert_close(full_bf16[t].float(), ref[t], atol=3e-2, rtol=3e-2)
 
@@ -109,14 +135,18 @@ def test_request_level_training_same_loss_and_grads(kind, pyramid):
     def loss_and_grads(fwd):
         model.zero_grad(set_to_none=True)
         out = fwd(batch)
-        loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(out[t], batch[l])
-                   for t, l in (("ctr", "click"), ("cvr", "conversion")))
+        loss = sum(
+            torch.nn.functional.binary_cross_entropy_with_logits(out[t], batch[lbl])
+            for t, lbl in (("ctr", "click"), ("cvr", "conversion"))
+        )
         loss.backward()
         # a parameter outside the graph (the toy's unused last-layer S weights) counts as zero grad
-        return loss.detach(), {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-                               for n, p in model.named_parameters()}
+        return loss.detach(), {
+            n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in model.named_parameters()
+        }
 
-    if kind == "onetrans" and pyramid:          # recomputation must not change anything either
+    if kind == "onetrans" and pyramid:  # recomputation must not change anything either
         model = make_model(kind, spec, pyramid=pyramid, seed=11, recompute=True).train()
     ref_loss, ref_grads = loss_and_grads(model)
     got_loss, got_grads = loss_and_grads(lambda b: request_level_forward(model, b))

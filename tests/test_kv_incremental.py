@@ -1,5 +1,6 @@
 """Cross-request incremental cache: appending events equals a fresh stage I, and reuses what the
 rule in docs/kv-cache.md §2 says (and no more)."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,13 @@ FRAME = 24
 
 def _events(spec, n, seed):
     """n real events of one user (unpadded), plus candidates."""
-    b = random_batch(spec.with_seq_len(n), n_requests=1, per_request=5, min_len=n,
-                     generator=torch.Generator().manual_seed(seed))
+    b = random_batch(
+        spec.with_seq_len(n),
+        n_requests=1,
+        per_request=5,
+        min_len=n,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return b
 
 
@@ -29,7 +35,10 @@ def _padded(ev, n_total, cands):
     lo = max(0, n_total - FRAME)
     seq = _slice(ev, lo, n_total)
     pad = FRAME - seq["seq_item"].shape[1]
-    out = {k: torch.nn.functional.pad(v, (0, 0, pad, 0) if v.dim() == 3 else (pad, 0)) for k, v in seq.items()}
+    out = {
+        k: torch.nn.functional.pad(v, (0, 0, pad, 0) if v.dim() == 3 else (pad, 0))
+        for k, v in seq.items()
+    }
     return {**out, **cands}
 
 
@@ -55,7 +64,10 @@ def test_append_matches_full_forward(kind, pyramid, steps):
             torch.testing.assert_close(got[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5)
         # r from the rule: layers whose kept window held the whole new history
         keep = inc.keep
-        r = next((j for j in range(len(keep)) if max(0, n - d - keep[j]) != max(0, n - keep[j])), len(keep) - 1)
+        r = next(
+            (j for j in range(len(keep)) if max(0, n - d - keep[j]) != max(0, n - keep[j])),
+            len(keep) - 1,
+        )
         assert stats.exact_layers == r
 
 
@@ -96,9 +108,11 @@ def test_truncation_recomputes_states():
     ev = _events(spec, 30, seed=6)
     inc = IncrementalCache(model, time_invariant=True)
     inc.append(_slice(ev, 0, 22))
-    stats = inc.append(_slice(ev, 22, 30))                 # 30 > FRAME: oldest 6 events dropped
+    stats = inc.append(_slice(ev, 22, 30))  # 30 > FRAME: oldest 6 events dropped
     assert stats.exact_layers == 0
-    assert stats.query_rows == [FRAME] * 3 and stats.kv_rows[0] == 8   # layer-1 K/V of old events reused
+    assert (
+        stats.query_rows == [FRAME] * 3 and stats.kv_rows[0] == 8
+    )  # layer-1 K/V of old events reused
 
 
 def test_time_dependent_tokens_refused():
@@ -121,4 +135,6 @@ def test_append_pyramid_variants(overrides):
         with torch.no_grad():
             ref = model(_padded(ev, n, cands))
         for t in ("ctr", "cvr"):
-            torch.testing.assert_close(inc.score(cands)[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                inc.score(cands)[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5
+            )

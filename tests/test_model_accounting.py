@@ -1,4 +1,5 @@
 """Parameter and FLOP accounting: analytic counts pinned to FlopCounterMode; paper-shape counts."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,17 +11,29 @@ from model.features import random_batch, tiny_spec
 from model.flops import measure_flops
 from model.onetrans import PAPER_SEQ_LEN, SIZES, build, paper_feature_spec
 
-
 # tiny shapes: one torch thread (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SHAPES = {
     "tiny-default": (16, SIZES["onetrans-tiny"]),
-    "mini-intent-group-B": (40, dataclasses.replace(SIZES["onetrans-mini"], seq_fusion="intent", ns_tokenizer="group",
-                                                    pyramid_end="B", out_proj="shared", prune_first_layer=False)),
-    "tiny-no-pyramid-shared": (24, dataclasses.replace(SIZES["onetrans-tiny"], pyramid=False, mixed_params=False,
-                                                       gap_embedding=True)),
+    "mini-intent-group-B": (
+        40,
+        dataclasses.replace(
+            SIZES["onetrans-mini"],
+            seq_fusion="intent",
+            ns_tokenizer="group",
+            pyramid_end="B",
+            out_proj="shared",
+            prune_first_layer=False,
+        ),
+    ),
+    "tiny-no-pyramid-shared": (
+        24,
+        dataclasses.replace(
+            SIZES["onetrans-tiny"], pyramid=False, mixed_params=False, gap_embedding=True
+        ),
+    ),
 }
 
 
@@ -59,7 +72,9 @@ def test_train_flops_match_flop_counter(shape):
 
 def _paper(size, **overrides):
     with torch.device("meta"):
-        return build(paper_feature_spec(PAPER_SEQ_LEN[size]), dataclasses.replace(SIZES[size], **overrides))
+        return build(
+            paper_feature_spec(PAPER_SEQ_LEN[size]), dataclasses.replace(SIZES[size], **overrides)
+        )
 
 
 @pytest.mark.parametrize("size,paper_params", [("onetrans-s", 91e6), ("onetrans-l", 330e6)])
@@ -70,14 +85,17 @@ def test_paper_size_params_within_15_percent(size, paper_params):
 
 def test_shared_parameters_ablation_far_fewer_params_same_flops():
     base, shared = _paper("onetrans-s"), _paper("onetrans-s", mixed_params=False)
-    assert shared.param_counts()["dense"] < 0.4 * base.param_counts()["dense"]      # paper: 24M vs 91M
+    assert shared.param_counts()["dense"] < 0.4 * base.param_counts()["dense"]  # paper: 24M vs 91M
     assert shared.flops_per_example() == base.flops_per_example()
 
 
 def test_no_pyramid_multiplies_block_flops_at_onetrans_s_shape():
     """Our count: 2.1x for the blocks, 2.0x in total (paper Table 3: 3.06x; see docs/conventions.md
     for why no per-component ratio of this architecture reaches 3 under the linear schedule)."""
-    base, flat = _paper("onetrans-s").flops_per_example(), _paper("onetrans-s", pyramid=False).flops_per_example()
+    base, flat = (
+        _paper("onetrans-s").flops_per_example(),
+        _paper("onetrans-s", pyramid=False).flops_per_example(),
+    )
     assert 2.05 < flat["forward_blocks"] / base["forward_blocks"] < 2.2
     assert 1.95 < flat["train"] / base["train"] < 2.1
     assert _paper("onetrans-s", pyramid=False).param_counts() == _paper("onetrans-s").param_counts()
@@ -86,9 +104,14 @@ def test_no_pyramid_multiplies_block_flops_at_onetrans_s_shape():
 def test_ablation_accounting_directions():
     base = _paper("onetrans-s")
     group = _paper("onetrans-s", ns_tokenizer="group")
-    assert group.param_counts()["dense"] < base.param_counts()["dense"]               # paper: 78M < 91M
-    nosep, sep = _paper("onetrans-s", seq_fusion="intent_nosep"), _paper("onetrans-s", seq_fusion="intent")
-    assert nosep.flops_per_example()["train"] < sep.flops_per_example()["train"]       # paper: 2.62 < 2.64
+    assert group.param_counts()["dense"] < base.param_counts()["dense"]  # paper: 78M < 91M
+    nosep, sep = (
+        _paper("onetrans-s", seq_fusion="intent_nosep"),
+        _paper("onetrans-s", seq_fusion="intent"),
+    )
+    assert (
+        nosep.flops_per_example()["train"] < sep.flops_per_example()["train"]
+    )  # paper: 2.62 < 2.64
     assert sep.n_s_tokens == nosep.n_s_tokens + 2
 
 

@@ -1,4 +1,5 @@
 """Attention dispatch: reference vs SDPA (vs flash on GPU), bottom-right alignment, padding."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,9 @@ def _loop_attention(q, k, v, q_valid, k_valid, causal):
                 continue
             pos = tk - tq + i
             keys = [j for j in range(tk) if k_valid[b, j] and (not causal or j <= pos)]
-            s = (q[b, :, i, None] @ k[b, :, keys].transpose(-1, -2)) / math.sqrt(dh)   # (H, 1, n_keys)
+            s = (q[b, :, i, None] @ k[b, :, keys].transpose(-1, -2)) / math.sqrt(
+                dh
+            )  # (H, 1, n_keys)
             out[b, :, i] = (torch.softmax(s, -1) @ v[b, :, keys]).squeeze(1)
     return out
 
@@ -50,22 +53,28 @@ def test_reference_equals_sdpa_forward_and_backward(tq):
 
 
 def test_mask_is_bottom_right_aligned():
-    m = attention_mask(torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool), causal=True)
+    m = attention_mask(
+        torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool), causal=True
+    )
     assert m[0, 0].tolist() == [[True, True, True, False], [True, True, True, True]]
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_fully_padded_rows_give_zeros_and_padding_never_leaks(backend):
-    q, k, v, qv, kv = attention_inputs(pad=(9, 4, 0))            # row 0: nothing but padding
+    q, k, v, qv, kv = attention_inputs(pad=(9, 4, 0))  # row 0: nothing but padding
     out = attend(q, k, v, qv, kv, causal=True, backend=backend)
     assert torch.isfinite(out).all() and (out[0] == 0).all()
     out.sum().backward()
     assert torch.isfinite(k.grad).all()
-    assert (k.grad[1, :, :4] == 0).all() and (v.grad[1, :, :4] == 0).all()   # padded keys get nothing
+    assert (k.grad[1, :, :4] == 0).all() and (
+        v.grad[1, :, :4] == 0
+    ).all()  # padded keys get nothing
     k2, v2 = k.detach().clone(), v.detach().clone()
     k2.transpose(1, 2)[~kv] = 1e4
     v2.transpose(1, 2)[~kv] = -1e4
-    torch.testing.assert_close(attend(q, k2, v2, qv, kv, causal=True, backend=backend), out, atol=0, rtol=0)
+    torch.testing.assert_close(
+        attend(q, k2, v2, qv, kv, causal=True, backend=backend), out, atol=0, rtol=0
+    )
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
@@ -76,7 +85,9 @@ def test_shared_keys_equal_the_concatenated_key_list(backend):
     R, B, H, T, n, dh = 4, 6, 2, 7, 3, 8
     index = torch.tensor([2, 0, 0, 3, 0, 3])
     ks, vs = (torch.randn(R, H, T, dh, generator=g).requires_grad_() for _ in range(2))
-    s_valid = torch.arange(T)[None, :] >= torch.tensor([0, 2, 7, 5])[:, None]     # group 2: all padding
+    s_valid = (
+        torch.arange(T)[None, :] >= torch.tensor([0, 2, 7, 5])[:, None]
+    )  # group 2: all padding
     q, k, v = (torch.randn(B, H, n, dh, generator=g).requires_grad_() for _ in range(3))
     ones = torch.ones(B, n, dtype=torch.bool)
     w = torch.randn(B, H, n, dh, generator=g)
@@ -85,10 +96,26 @@ def test_shared_keys_equal_the_concatenated_key_list(backend):
         for t in (q, k, v, ks, vs):
             t.grad = None
         if shared:
-            out = attend(q, k, v, ones, ones, causal=True, backend=backend, shared=SharedKeys(ks, vs, s_valid, index))
+            out = attend(
+                q,
+                k,
+                v,
+                ones,
+                ones,
+                causal=True,
+                backend=backend,
+                shared=SharedKeys(ks, vs, s_valid, index),
+            )
         else:
-            out = attend(q, torch.cat([ks[index], k], 2), torch.cat([vs[index], v], 2), ones,
-                         torch.cat([s_valid[index], ones], 1), causal=True, backend=backend)
+            out = attend(
+                q,
+                torch.cat([ks[index], k], 2),
+                torch.cat([vs[index], v], 2),
+                ones,
+                torch.cat([s_valid[index], ones], 1),
+                causal=True,
+                backend=backend,
+            )
         (out * w).sum().backward()
         res.append([out.detach()] + [t.grad.clone() for t in (q, k, v, ks, vs)])
     for a, b in zip(*res):
@@ -98,7 +125,10 @@ def test_shared_keys_equal_the_concatenated_key_list(backend):
 def test_choose_backend_reports_reasons_and_refuses_silent_flash():
     backend, reason = choose_backend("auto", torch.device("cpu"), torch.float32, 16)
     assert backend == "sdpa" and "CUDA" in reason
-    assert choose_backend("reference", torch.device("cpu"), torch.float32, 16) == ("reference", "requested")
+    assert choose_backend("reference", torch.device("cpu"), torch.float32, 16) == (
+        "reference",
+        "requested",
+    )
     with pytest.raises(RuntimeError, match="cannot run"):
         choose_backend("flash", torch.device("cpu"), torch.float32, 16)
     with pytest.raises(ValueError, match="unknown"):
@@ -109,8 +139,11 @@ def test_choose_backend_reports_reasons_and_refuses_silent_flash():
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_flash_matches_reference_in_bf16(causal):
     pytest.importorskip("flash_attn")
-    q, k, v, qv, kv = attention_inputs(B=4, H=4, tq=48, tk=160, dh=64, pad=(0, 30, 100, 150), dtype=torch.bfloat16,
-                                       device="cuda")
-    res = [attend_and_grads(q, k, v, qv, kv, causal=causal, backend=b) for b in ("reference", "flash")]
+    q, k, v, qv, kv = attention_inputs(
+        B=4, H=4, tq=48, tk=160, dh=64, pad=(0, 30, 100, 150), dtype=torch.bfloat16, device="cuda"
+    )
+    res = [
+        attend_and_grads(q, k, v, qv, kv, causal=causal, backend=b) for b in ("reference", "flash")
+    ]
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)

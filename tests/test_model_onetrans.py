@@ -1,4 +1,5 @@
 """OneTrans properties on fresh random inputs (model.features.random_batch / tiny_spec)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _model(seq_len=16, seed=0, execution=None, **overrides):
     """overrides: Config fields; execution: build()'s execution switches (attention, recompute, compile_blocks)."""
     torch.manual_seed(seed)
-    return build(tiny_spec(seq_len), dataclasses.replace(TINY, **overrides), **(execution or {})).eval()
+    return build(
+        tiny_spec(seq_len), dataclasses.replace(TINY, **overrides), **(execution or {})
+    ).eval()
 
 
 def _batch(seq_len=16, seed=0, **kw):
@@ -49,22 +52,33 @@ def test_registry_builds_and_outputs_logits():
     spec = tiny_spec(16)
     m = build_model("onetrans", spec, "onetrans-mini", {"n_layers": 3})
     out = m(random_batch(spec))
-    assert set(out) == {"ctr", "cvr"} and out["ctr"].shape == (12,) and out["ctr"].dtype == torch.float32
+    assert (
+        set(out) == {"ctr", "cvr"}
+        and out["ctr"].shape == (12,)
+        and out["ctr"].dtype == torch.float32
+    )
     pc = m.param_counts()
     assert pc["total"] == sum(p.numel() for p in m.parameters()) == pc["dense"] + pc["embedding"]
 
 
-@pytest.mark.parametrize("variant", [{}, {"pyramid": False}, {"causal": True, "pyramid_end": "B"}],
-                         ids=["pyramid", "no-pyramid", "reading-B"])
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"pyramid": False}, {"causal": True, "pyramid_end": "B"}],
+    ids=["pyramid", "no-pyramid", "reading-B"],
+)
 def test_s_outputs_ignore_ns_inputs(variant):
     m = _model(seq_len=24, **variant)
     b1 = _batch(24, seed=1)
-    b2 = dict(b1, cand_item=torch.randint(1, 200, b1["cand_item"].shape), ns_num=torch.randn_like(b1["ns_num"]),
-              ns_cat=(b1["ns_cat"] % 3) + 1)
+    b2 = dict(
+        b1,
+        cand_item=torch.randint(1, 200, b1["cand_item"].shape),
+        ns_num=torch.randn_like(b1["ns_num"]),
+        ns_cat=(b1["ns_cat"] % 3) + 1,
+    )
     with torch.no_grad():
         for a, b in zip(_s_outputs(m, b1), _s_outputs(m, b2)):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
-        assert not torch.allclose(m(b1)["ctr"], m(b2)["ctr"])     # ...while NS inputs do matter
+        assert not torch.allclose(m(b1)["ctr"], m(b2)["ctr"])  # ...while NS inputs do matter
 
 
 def test_full_attention_switch_lets_s_read_ns():
@@ -85,7 +99,7 @@ def test_s_outputs_ignore_later_s_tokens():
         later = torch.randint(1, vocab, b1[key][:, p:].shape)
         b2[key] = torch.cat([b1[key][:, :p], later], 1)
     with torch.no_grad():
-        o1, o2 = _s_outputs(m, b1)[:-1], _s_outputs(m, b2)[:-1]    # the last layer keeps NS only
+        o1, o2 = _s_outputs(m, b1)[:-1], _s_outputs(m, b2)[:-1]  # the last layer keeps NS only
         for a, b in zip(o1, o2):
             torch.testing.assert_close(a[:, :p], b[:, :p], atol=0, rtol=0)
             assert not torch.allclose(a[:, p:], b[:, p:])
@@ -107,7 +121,7 @@ def test_pruning_before_equals_pruning_after(backend, keep_s):
     x_s = x_s * valid[..., None]
     ys_full, _, yns_full = full(x_s, valid, x_ns)
     ys, v, yns = pruned(x_s, valid, x_ns)
-    torch.testing.assert_close(ys, ys_full[:, 20 - keep_s:], **FP32)
+    torch.testing.assert_close(ys, ys_full[:, 20 - keep_s :], **FP32)
     torch.testing.assert_close(yns, yns_full, **FP32)
     assert v.shape == (5, keep_s)
 
@@ -120,7 +134,9 @@ def test_padding_content_never_matters():
     b2 = dict(b1)
     for key, vocab in (("seq_item", 200), ("seq_type", 4), ("seq_gap", 16)):
         b2[key] = torch.where(pad, torch.randint(1, vocab, pad.shape), b1[key])
-    b2["seq_side"] = torch.where(pad[..., None], torch.randint(1, 11, b1["seq_side"].shape), b1["seq_side"])
+    b2["seq_side"] = torch.where(
+        pad[..., None], torch.randint(1, 11, b1["seq_side"].shape), b1["seq_side"]
+    )
     with torch.no_grad():
         for t in ("ctr", "cvr"):
             torch.testing.assert_close(m(b1)[t], m(b2)[t], atol=0, rtol=0)
@@ -128,11 +144,16 @@ def test_padding_content_never_matters():
         x_s, valid, x_ns = m.tokenize(b1)
         noisy = torch.where(valid[..., None], x_s, 100 * torch.randn_like(x_s))
         idx = b1["req_index"]
-        torch.testing.assert_close(m.encode(noisy[idx], valid[idx], x_ns), m.encode(x_s[idx], valid[idx], x_ns), **FP32)
+        torch.testing.assert_close(
+            m.encode(noisy[idx], valid[idx], x_ns), m.encode(x_s[idx], valid[idx], x_ns), **FP32
+        )
 
 
-@pytest.mark.parametrize("variant", [{}, {"seq_fusion": "intent_nosep"}, {"pyramid_end": "B"}, {"causal": False}],
-                         ids=["default", "intent-nosep", "reading-B", "full-attention"])
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"seq_fusion": "intent_nosep"}, {"pyramid_end": "B"}, {"causal": False}],
+    ids=["default", "intent-nosep", "reading-B", "full-attention"],
+)
 def test_empty_history_gives_finite_logits_and_grads(variant):
     m = _model(seq_len=16, **variant).train()
     b = _batch(16, seed=5)
@@ -154,7 +175,12 @@ def test_reference_equals_sdpa_in_the_model():
         out = m(b)
         (out["ctr"] - 2 * out["cvr"]).pow(2).sum().backward()
         assert m.attention_decision == (backend, "requested")
-        res.append((out["ctr"].detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+        res.append(
+            (
+                out["ctr"].detach(),
+                {n: p.grad for n, p in m.named_parameters() if p.grad is not None},
+            )
+        )
     torch.testing.assert_close(res[0][0], res[1][0], **FP32)
     assert res[0][1].keys() == res[1][1].keys()
     for n in res[0][1]:
@@ -192,21 +218,37 @@ def test_intent_order_groups_by_intent_keeps_time_order_and_left_padding():
     valid = seq_type > 0
     x = torch.arange(1, 9, dtype=torch.float32).expand(2, 8).unsqueeze(-1) * valid[..., None]
     with torch.no_grad():
-        tok.sep.copy_(torch.tensor([[-1.0], [-2.0]]).expand(-1, tok.sep.shape[1])[:, :1].expand(2, tok.sep.shape[1]))
-    tok_x, tok_valid = tok._intent_order(x.expand(-1, -1, tok.sep.shape[1]).contiguous(), valid, seq_type)
+        tok.sep.copy_(
+            torch.tensor([[-1.0], [-2.0]])
+            .expand(-1, tok.sep.shape[1])[:, :1]
+            .expand(2, tok.sep.shape[1])
+        )
+    tok_x, tok_valid = tok._intent_order(
+        x.expand(-1, -1, tok.sep.shape[1]).contiguous(), valid, seq_type
+    )
     got = tok_x[..., 0].tolist()
-    assert got[0] == [0, 0, 4, 7, -1, 5, 8, -2, 3, 6]          # pad | purchase | SEP | cart | SEP | click
-    assert got[1] == [-1, -2, 1, 2, 3, 4, 5, 6, 7, 8]         # empty groups: adjacent SEPs, no padding
+    assert got[0] == [0, 0, 4, 7, -1, 5, 8, -2, 3, 6]  # pad | purchase | SEP | cart | SEP | click
+    assert got[1] == [-1, -2, 1, 2, 3, 4, 5, 6, 7, 8]  # empty groups: adjacent SEPs, no padding
     assert tok_valid[0].tolist() == [False, False] + [True] * 8
     m2 = _model(seq_len=8, seq_fusion="intent_nosep")
     x2, v2 = m2.s_tok._intent_order(x.expand(-1, -1, 32).contiguous(), valid, seq_type)
     assert x2[0, :, 0].tolist() == [0, 0, 4, 7, 5, 8, 3, 6] and v2.shape == (2, 8)
 
 
-@pytest.mark.parametrize("variant", [{"seq_fusion": "intent"}, {"seq_fusion": "intent_nosep"}, {"ns_tokenizer": "group"},
-                                     {"out_proj": "shared"}, {"mixed_params": False}, {"gap_embedding": True},
-                                     {"prune_first_layer": False}, {"pyramid": False}],
-                         ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()))
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"seq_fusion": "intent"},
+        {"seq_fusion": "intent_nosep"},
+        {"ns_tokenizer": "group"},
+        {"out_proj": "shared"},
+        {"mixed_params": False},
+        {"gap_embedding": True},
+        {"prune_first_layer": False},
+        {"pyramid": False},
+    ],
+    ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()),
+)
 def test_every_switch_builds_runs_and_trains_every_weight(variant):
     """Each switch runs forward+backward, and every parameter it creates receives a gradient
     (no dead weights: DDP needs that, and the parameter counts rely on it)."""
@@ -227,7 +269,10 @@ def test_shared_output_projection_has_no_token_specific_wo():
     shared, mixed = _model(out_proj="shared"), _model()
     assert all(b.o.weight_ns is None for b in shared.blocks)
     d, n = TINY.d_model, TINY.n_ns_tokens
-    assert mixed.param_counts()["dense"] - shared.param_counts()["dense"] == TINY.n_layers * n * d * d - d * d
+    assert (
+        mixed.param_counts()["dense"] - shared.param_counts()["dense"]
+        == TINY.n_layers * n * d * d - d * d
+    )
 
 
 def test_mixed_einsum_equals_per_token_loop():
@@ -271,19 +316,28 @@ def test_compiled_blocks_match_eager():
     assert all(torch.isfinite(p.grad).all() for p in compiled.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("variant,execution", [({}, {"attention": "reference"}),
-                                               ({"pyramid_end": "B"}, {"attention": "sdpa"}),
-                                               ({"pyramid": False}, {"recompute": True})],
-                         ids=["reference", "sdpa-reading-B", "no-pyramid-recompute"])
+@pytest.mark.parametrize(
+    "variant,execution",
+    [
+        ({}, {"attention": "reference"}),
+        ({"pyramid_end": "B"}, {"attention": "sdpa"}),
+        ({"pyramid": False}, {"recompute": True}),
+    ],
+    ids=["reference", "sdpa-reading-B", "no-pyramid-recompute"],
+)
 def test_request_level_s_side_equals_per_impression(variant, execution):
     """S side once per request (request_level=True) = the per-impression forward, fwd and bwd."""
     b = _batch(24, seed=16, n_requests=3, per_request=4)
     res = []
     for request_level in (False, True):
-        m = _model(seq_len=24, seed=17, execution=execution, request_level=request_level, **variant).train()
+        m = _model(
+            seq_len=24, seed=17, execution=execution, request_level=request_level, **variant
+        ).train()
         out = m(b)
         (out["ctr"] * torch.linspace(-1, 1, 12) + out["cvr"]).sum().backward()
-        res.append((out["ctr"].detach(), out["cvr"].detach(), {n: p.grad for n, p in m.named_parameters()}))
+        res.append(
+            (out["ctr"].detach(), out["cvr"].detach(), {n: p.grad for n, p in m.named_parameters()})
+        )
     torch.testing.assert_close(res[0][0], res[1][0], **FP32)
     torch.testing.assert_close(res[0][1], res[1][1], **FP32)
     for n, g in res[0][2].items():
@@ -302,6 +356,8 @@ def test_flash_model_matches_reference_in_bf16(request_level):
     pytest.importorskip("flash_attn")
     spec = tiny_spec(64)
     b = empty_history_batch(spec, seed=18)
-    ref, flash = (bf16_model_step(spec, b, backend=x, seed=19, request_level=request_level)
-                  for x in ("reference", "flash"))
+    ref, flash = (
+        bf16_model_step(spec, b, backend=x, seed=19, request_level=request_level)
+        for x in ("reference", "flash")
+    )
     assert_bf16_model_parity(ref, flash)

@@ -1,4 +1,5 @@
 """harness/runstore.py: the one owner of run-folder names, states, "done", timestamps and writes."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_runstore_and_analysis_collect_import_no_torch():
-    code = ("import sys, harness.runstore, analysis.collect; "
-            "sys.exit('torch imported' if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys, harness.runstore, analysis.collect; "
+        "sys.exit('torch imported' if 'torch' in sys.modules else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -34,11 +37,11 @@ def test_folder_states_and_the_one_done(tmp_path):
     assert store.folder_state() == "new"
     store.create()
     store.write_status("running", new_attempt=True)
-    assert store.folder_state() == "interrupted"          # status running, nobody owns it: resumable
+    assert store.folder_state() == "interrupted"  # status running, nobody owns it: resumable
     store.write_status("failed", error="x")
     assert store.folder_state() == "failed"
     (store / R.DONE).write_text("x")
-    assert not store.is_done() and store.folder_state() == "failed"   # DONE alone is not done
+    assert not store.is_done() and store.folder_state() == "failed"  # DONE alone is not done
     store.finish({"run_id": "r"})
     assert store.is_done() and store.folder_state() == "done" and store.status()["state"] == "done"
     with store.lock():
@@ -48,10 +51,14 @@ def test_folder_states_and_the_one_done(tmp_path):
 def test_failed_atomic_write_removes_its_temporary_file_and_names_the_path(tmp_path, monkeypatch):
     store = RunStore(tmp_path / "r")
     store.create()
-    monkeypatch.setattr(R.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
-    with pytest.raises(RunStoreError, match=r"cannot write .*result\.json: no space left on device"):
+    monkeypatch.setattr(
+        R.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left"))
+    )
+    with pytest.raises(
+        RunStoreError, match=r"cannot write .*result\.json: no space left on device"
+    ):
         store.write_json(R.RESULT, {"a": 1})
-    assert sorted(p.name for p in store.path.iterdir()) == ["checkpoints", "logs"]     # no .tmp left
+    assert sorted(p.name for p in store.path.iterdir()) == ["checkpoints", "logs"]  # no .tmp left
 
 
 def test_clean_tmp_removes_leftovers_of_killed_writers(tmp_path):
@@ -69,13 +76,13 @@ def test_metrics_restart_without_checkpoint_and_torn_lines(tmp_path):
     m.append(1, {"loss": 1.0})
     m.append(2, {"loss": 0.5})
     with open(m.path, "a") as f:
-        f.write("3,loss,0.2")               # torn by a kill / full disk: no newline, no time
+        f.write("3,loss,0.2")  # torn by a kill / full disk: no newline, no time
     with open(m.path, "a") as f:
         f.write("\n4,lo")
     assert [r["step"] for r in m.read()] == [1, 2, 3]
     m.truncate_after(2)
     assert [r["step"] for r in m.read()] == [1, 2]
-    m.truncate_after(-1)                    # a restart without checkpoint drops the repeated attempt
+    m.truncate_after(-1)  # a restart without checkpoint drops the repeated attempt
     assert m.read() == [] and m.path.read_text() == "step,metric,value,time\n"
 
 
@@ -95,7 +102,7 @@ def test_sweep_store_ledger_and_set_aside(tmp_path):
 def test_availability_is_the_one_check_before_starting_a_run(tmp_path):
     store = RunStore(tmp_path / "run")
     assert store.availability() == ("free", None)
-    with RunStore(store.path).lock():          # another owner (a lock is not shared across objects)
+    with RunStore(store.path).lock():  # another owner (a lock is not shared across objects)
         state, owner = store.availability()
         assert state == "owned" and owner["pid"] == os.getpid()
     assert store.availability() == ("free", None)

@@ -2,6 +2,7 @@
 owned by a foreign process, locks released by a kill.
 
 The two-driver test trains the smoke sweep's ci preset (4 tiny runs, 2 steps each) for real."""
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,13 @@ from harness.runstore import EXIT_BUSY, Busy, RunStore, SweepStore
 from harness.sweepfile import load_sweep, resolve
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HARNESS_LOCK_WAIT_S": "0",
-       "PYTHONPATH": str(REPO)}
+ENV = {
+    **os.environ,
+    "WANDB_MODE": "disabled",
+    "WANDB_SILENT": "true",
+    "HARNESS_LOCK_WAIT_S": "0",
+    "PYTHONPATH": str(REPO),
+}
 
 HOLD = """
 import sys, time
@@ -35,8 +41,13 @@ time.sleep(seconds)
 
 
 def _hold(kind: str, path: Path, seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, kind, str(path), str(seconds)], stdout=subprocess.PIPE,
-                            text=True, env=ENV, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, kind, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -55,28 +66,47 @@ def test_a_lock_names_its_owner_and_dies_with_it(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert run.owner() is None                # SIGKILL: the kernel dropped the flock
+    assert run.owner() is None  # SIGKILL: the kernel dropped the flock
     with run.lock():
         assert run.owned
     assert run.folder_state() == "new"
 
 
 def _sweep_file(tmp_path: Path, dataset: str, seeds=(0,)) -> Path:
-    data = {"name": "own", "base": {"data": {"dataset": dataset, "seq_len": 8, "batch_size": 32},
-                                    "model": {"name": "onetrans", "size": "onetrans-tiny"},
-                                    "train": {"max_steps": 2, "optimizer": "adamw", "precision": "32-true"},
-                                    "logging": {"wandb": "disabled", "progress_bar": False}},
-            "seeds": list(seeds),
-            "resources": {"default": {"devices": 1, "accelerator": "cpu", "cpus_per_task": 1, "mem_gb": 2,
-                                      "time_min": 10}}}
+    data = {
+        "name": "own",
+        "base": {
+            "data": {"dataset": dataset, "seq_len": 8, "batch_size": 32},
+            "model": {"name": "onetrans", "size": "onetrans-tiny"},
+            "train": {"max_steps": 2, "optimizer": "adamw", "precision": "32-true"},
+            "logging": {"wandb": "disabled", "progress_bar": False},
+        },
+        "seeds": list(seeds),
+        "resources": {
+            "default": {
+                "devices": 1,
+                "accelerator": "cpu",
+                "cpus_per_task": 1,
+                "mem_gb": 2,
+                "time_min": 10,
+            }
+        },
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
 def _driver(*args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.sweep", *map(str, args), "--no-describe"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.sweep", *map(str, args), "--no-describe"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        **kw,
+    )
 
 
 def test_launcher_refuses_and_driver_follows_a_run_another_process_owns(tmp_path):
@@ -89,8 +119,13 @@ def test_launcher_refuses_and_driver_follows_a_run_another_process_owns(tmp_path
     holder = _hold("run", run_dir, 300)
     try:
         # the launcher itself: a clear refusal with its own exit code, nothing written
-        launch = subprocess.run([sys.executable, "-m", "harness.launch", str(run_dir)], capture_output=True,
-                                text=True, env=ENV, cwd=REPO)
+        launch = subprocess.run(
+            [sys.executable, "-m", "harness.launch", str(run_dir)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=REPO,
+        )
         assert launch.returncode == EXIT_BUSY, launch.stderr
         assert f"pid {holder.pid}" in launch.stderr and "not training it twice" in launch.stderr
         assert "Traceback" not in launch.stderr and not (run_dir / "status.json").exists()
@@ -110,7 +145,7 @@ def test_launcher_refuses_and_driver_follows_a_run_another_process_owns(tmp_path
     assert driver.returncode == 1, out
     assert "following" in out and f"pid {holder.pid}" in out, out
     assert "stopped" in out and "rerun the sweep to resume it" in out, out
-    assert not (runs / "own" / ".sweep" / "ledger.jsonl").exists()      # nothing was launched
+    assert not (runs / "own" / ".sweep" / "ledger.jsonl").exists()  # nothing was launched
 
 
 def test_second_driver_refuses_with_no_wait(tmp_path):
@@ -118,20 +153,48 @@ def test_second_driver_refuses_with_no_wait(tmp_path):
     runs = tmp_path / "runs"
     holder = _hold("sweep", runs / "own", 30)
     try:
-        p = subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "--runs-dir", str(runs), "--no-wait",
-                            "--executor", "local", "--no-describe"], capture_output=True, text=True, env=ENV,
-                           cwd=REPO, timeout=60)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harness.sweep",
+                str(path),
+                "--runs-dir",
+                str(runs),
+                "--no-wait",
+                "--executor",
+                "local",
+                "--no-describe",
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=REPO,
+            timeout=60,
+        )
     finally:
         holder.kill()
         holder.wait()
-    assert p.returncode == 3 and f"another driver owns {runs / 'own'}: pid {holder.pid}" in p.stderr, p.stderr
+    assert (
+        p.returncode == 3 and f"another driver owns {runs / 'own'}: pid {holder.pid}" in p.stderr
+    ), p.stderr
     assert "Traceback" not in p.stderr
 
 
 @pytest.mark.slow
 def test_two_drivers_on_one_sweep_train_every_run_once(tmp_path):
     runs = tmp_path / "runs"
-    args = ("sweeps/smoke.yaml", "--preset", "ci", "--executor", "local", "--runs-dir", runs, "--progress-every", 1)
+    args = (
+        "sweeps/smoke.yaml",
+        "--preset",
+        "ci",
+        "--executor",
+        "local",
+        "--runs-dir",
+        runs,
+        "--progress-every",
+        1,
+    )
     first = _driver(*args)
     time.sleep(0.3)
     second = _driver(*args)

@@ -4,6 +4,7 @@ The golden ids pin the run identity: a change to a sweep file or to a *semantic*
 config changes them (that is the point of content-hash ids: old results no longer match). If the
 change is deliberate, regenerate with `python tests/test_sweep_files.py` and paste the output.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,44 +20,218 @@ def presets_of(path: Path) -> list[str | None]:
     """None (the paper-scale default) and every preset the file declares, sorted."""
     return [None, *sorted(load_sweep(path).presets)]
 
+
 GOLDEN = {
-    ('ablations.yaml', None): ['2d896724ca3b', '968c4e524825', 'c0d54543d486', '7821e7bc5d78', 'd2bc0e0221e1', '9259a2605a20', '1055aaa4e373'],
-    ('ablations.yaml', 'ci'): ['9978f664c50e', '59b818794fa4', '4356e5d3067d', 'd6f9c2dc1bcb', 'ff955e9323ff', 'd3d62515da6b', '250fa69b1872'],
-    ('ablations.yaml', 'laptop'): ['4c00f7840f7e', '863e3f74511a', '0dad37076290', '74ba0e7b203e', 'd3f8daffec27', '59e8e2c90e2d', '839dfd13233f'],
-    ('baselines.yaml', None): ['3d7ae6a26322', 'e41f4e80f0a4', '5ad3ba9cb993', 'efcb8d2277a1', '4524e5c9e40b', '3b2eb185a3e7', '930878f402d7', 'b611f62564dc', '72b561962cda'],
-    ('baselines.yaml', 'compare'): ['2ee076dec7ae', '856a442decf8', '6a6ba7e0a52c', '6564790218da', '1e38b0f628c0', '81a22606c184', 'e98e1c7684df', '4bd7b66ccc3a', 'f254e0b63f81', '56063386be71', 'e9dd9c40f253', 'ceae91459f9b', '9f53fa108496', '74799894779d', 'd7d6402b4ac6', '83b658b43fa0', '24d06a23c938', '2a37d10948d6', 'c021e2bff13f', 'e039e7c7427c', '102f0d5c5cb3', '6cf8e140e564', '08d533bbf905', '099c7a35223b', 'bb6aa8d4516c', 'c09e0aa02ee3', '99b6aaa0d204'],
-    ('baselines.yaml', 'ci'): ['f10e948a3073', '1eaaf5f272d5', 'b2e30ffff9cc', '86613a4c7d63', '5743fc04a0f9', '91dee80cf607', '2f1349d199e8', '632ef8678d65', '6ef61da4f824'],
-    ('baselines.yaml', 'laptop'): ['d1a2a8f63cdd', '474eddbbec2e', 'ac307cb5450e', 'd3871be535ba', '76c9fc618a68', '109d0250a8c2', 'be636ec5402c', '35e678178b11', '100fbb63f36e'],
-    
-    ('depth.yaml', None): ['1879ae5bf5b1', 'ff9535d09f9b', '1b473bd3b91a', '387b54cad33d', '040a08fc4bf8'],
-    ('depth.yaml', 'ci'): ['be094d2be757', 'b81c406e1dae', '4c3c2f3cc852', 'a91249b7e7aa', '54686e7c99e2'],
-    ('depth.yaml', 'laptop'): ['13f0373c443e', '6d2141106ff1', 'bd12d0c835de', '03dbc2debb09', '405fb0384506', 'd536e89974cc', 'c4ec3fa4f3bb', 'e0460dc072f1', '3b8c4adbe183', 'b475a478bbd5'],
-    ('efficiency.yaml', None): ['1d1b6d19d502', '5fc8b4357c22', '7cad4da43ebf', '3b4251811865'],
-    ('efficiency.yaml', 'ci'): ['367962e60c34', '87d6dd16f59c', '8af8bdad7413', 'aa36e1c16d80'],
-    ('efficiency.yaml', 'laptop'): ['dcbb9538e7f0', '3ecc2c7387e6', '7680f178139f', '68119f919485'],
-    ('length.yaml', None): ['544ecd235a8b', '8977c4d84611', '3ec3ffc0938a', 'a6703837df2d', '626087e798d5'],
-    ('length.yaml', 'ci'): ['b6e723b032f4', '89a7e308579f', '632ef8678d65', 'b0c0027ca5da', '0775cb33eb8f'],
-    ('length.yaml', 'laptop'): ['fe996050d50e', '9c1d62de894c', '7351b08a58c1', 'aeb5d5c1ec90', 'ce309041b29a', 'c09d3282be43',
-                                '6cf8e140e564', '08d533bbf905', 'e17542248b37', '457b6511afb2'],
-    ('length.yaml', 'taobao'): ['c9311c615aff', '79053cf75e0a', '0bbe1d7fd374', '38137a2aaed6', '22762cab8563', '7a37c7574639',
-                                '9489f6677f7d', '9e31975aa32a', 'd67ef7e9ea45', 'e1a40fe268ce'],
-    ('length.yaml', 'tmall'): ['13f439701280', '348e56178158', 'c6b8f7485bce', 'b3abe8c71dd2', 'f2120a1206b5', 'fcae38d4a418',
-                               '82726b179090', '1ead4b0ff663', 'bf7f20133c6e', 'aaa1ba397293'],
-    ('smoke.yaml', None): ['632ef8678d65', '4c4d5628bfc9', 'f10e948a3073', 'e1de2f00b2a8'],
-    ('smoke.yaml', 'ci'): ['b145ed3cf44a', 'a25646fcb60b', '41982886b6ea', 'b5335a954f49'],
-    ('smoke.yaml', 'laptop'): ['32996542bf27', '53dd3347e34d', 'dea7261ae4a5', '7392fb11b73e'],
-    ('width.yaml', None): ['9007a8174bc2', '73d84274108f', '4433b52fef46', '6219d31d824b', '06693730890d'],
-    ('width.yaml', 'ci'): ['1010abd78f2c', '2d6a7087e657', 'a746e66468c6', '99adf1f0293a', 'a2fa671ffc61'],
-    ('width.yaml', 'laptop'): ['738a3eb9ef7b', 'a01f460df09a', 'd59b1ad42207', 'e546b2bf535d', '8aa00c122a34', '419e69a943d9', '6aff77a6d290', '35c176b91f88', '4e15e402a652', 'f8f8091b5cd8'],
+    ("ablations.yaml", None): [
+        "2d896724ca3b",
+        "968c4e524825",
+        "c0d54543d486",
+        "7821e7bc5d78",
+        "d2bc0e0221e1",
+        "9259a2605a20",
+        "1055aaa4e373",
+    ],
+    ("ablations.yaml", "ci"): [
+        "9978f664c50e",
+        "59b818794fa4",
+        "4356e5d3067d",
+        "d6f9c2dc1bcb",
+        "ff955e9323ff",
+        "d3d62515da6b",
+        "250fa69b1872",
+    ],
+    ("ablations.yaml", "laptop"): [
+        "4c00f7840f7e",
+        "863e3f74511a",
+        "0dad37076290",
+        "74ba0e7b203e",
+        "d3f8daffec27",
+        "59e8e2c90e2d",
+        "839dfd13233f",
+    ],
+    ("baselines.yaml", None): [
+        "3d7ae6a26322",
+        "e41f4e80f0a4",
+        "5ad3ba9cb993",
+        "efcb8d2277a1",
+        "4524e5c9e40b",
+        "3b2eb185a3e7",
+        "930878f402d7",
+        "b611f62564dc",
+        "72b561962cda",
+    ],
+    ("baselines.yaml", "compare"): [
+        "2ee076dec7ae",
+        "856a442decf8",
+        "6a6ba7e0a52c",
+        "6564790218da",
+        "1e38b0f628c0",
+        "81a22606c184",
+        "e98e1c7684df",
+        "4bd7b66ccc3a",
+        "f254e0b63f81",
+        "56063386be71",
+        "e9dd9c40f253",
+        "ceae91459f9b",
+        "9f53fa108496",
+        "74799894779d",
+        "d7d6402b4ac6",
+        "83b658b43fa0",
+        "24d06a23c938",
+        "2a37d10948d6",
+        "c021e2bff13f",
+        "e039e7c7427c",
+        "102f0d5c5cb3",
+        "6cf8e140e564",
+        "08d533bbf905",
+        "099c7a35223b",
+        "bb6aa8d4516c",
+        "c09e0aa02ee3",
+        "99b6aaa0d204",
+    ],
+    ("baselines.yaml", "ci"): [
+        "f10e948a3073",
+        "1eaaf5f272d5",
+        "b2e30ffff9cc",
+        "86613a4c7d63",
+        "5743fc04a0f9",
+        "91dee80cf607",
+        "2f1349d199e8",
+        "632ef8678d65",
+        "6ef61da4f824",
+    ],
+    ("baselines.yaml", "laptop"): [
+        "d1a2a8f63cdd",
+        "474eddbbec2e",
+        "ac307cb5450e",
+        "d3871be535ba",
+        "76c9fc618a68",
+        "109d0250a8c2",
+        "be636ec5402c",
+        "35e678178b11",
+        "100fbb63f36e",
+    ],
+    ("depth.yaml", None): [
+        "1879ae5bf5b1",
+        "ff9535d09f9b",
+        "1b473bd3b91a",
+        "387b54cad33d",
+        "040a08fc4bf8",
+    ],
+    ("depth.yaml", "ci"): [
+        "be094d2be757",
+        "b81c406e1dae",
+        "4c3c2f3cc852",
+        "a91249b7e7aa",
+        "54686e7c99e2",
+    ],
+    ("depth.yaml", "laptop"): [
+        "13f0373c443e",
+        "6d2141106ff1",
+        "bd12d0c835de",
+        "03dbc2debb09",
+        "405fb0384506",
+        "d536e89974cc",
+        "c4ec3fa4f3bb",
+        "e0460dc072f1",
+        "3b8c4adbe183",
+        "b475a478bbd5",
+    ],
+    ("efficiency.yaml", None): ["1d1b6d19d502", "5fc8b4357c22", "7cad4da43ebf", "3b4251811865"],
+    ("efficiency.yaml", "ci"): ["367962e60c34", "87d6dd16f59c", "8af8bdad7413", "aa36e1c16d80"],
+    ("efficiency.yaml", "laptop"): ["dcbb9538e7f0", "3ecc2c7387e6", "7680f178139f", "68119f919485"],
+    ("length.yaml", None): [
+        "544ecd235a8b",
+        "8977c4d84611",
+        "3ec3ffc0938a",
+        "a6703837df2d",
+        "626087e798d5",
+    ],
+    ("length.yaml", "ci"): [
+        "b6e723b032f4",
+        "89a7e308579f",
+        "632ef8678d65",
+        "b0c0027ca5da",
+        "0775cb33eb8f",
+    ],
+    ("length.yaml", "laptop"): [
+        "fe996050d50e",
+        "9c1d62de894c",
+        "7351b08a58c1",
+        "aeb5d5c1ec90",
+        "ce309041b29a",
+        "c09d3282be43",
+        "6cf8e140e564",
+        "08d533bbf905",
+        "e17542248b37",
+        "457b6511afb2",
+    ],
+    ("length.yaml", "taobao"): [
+        "c9311c615aff",
+        "79053cf75e0a",
+        "0bbe1d7fd374",
+        "38137a2aaed6",
+        "22762cab8563",
+        "7a37c7574639",
+        "9489f6677f7d",
+        "9e31975aa32a",
+        "d67ef7e9ea45",
+        "e1a40fe268ce",
+    ],
+    ("length.yaml", "tmall"): [
+        "13f439701280",
+        "348e56178158",
+        "c6b8f7485bce",
+        "b3abe8c71dd2",
+        "f2120a1206b5",
+        "fcae38d4a418",
+        "82726b179090",
+        "1ead4b0ff663",
+        "bf7f20133c6e",
+        "aaa1ba397293",
+    ],
+    ("smoke.yaml", None): ["632ef8678d65", "4c4d5628bfc9", "f10e948a3073", "e1de2f00b2a8"],
+    ("smoke.yaml", "ci"): ["b145ed3cf44a", "a25646fcb60b", "41982886b6ea", "b5335a954f49"],
+    ("smoke.yaml", "laptop"): ["32996542bf27", "53dd3347e34d", "dea7261ae4a5", "7392fb11b73e"],
+    ("width.yaml", None): [
+        "9007a8174bc2",
+        "73d84274108f",
+        "4433b52fef46",
+        "6219d31d824b",
+        "06693730890d",
+    ],
+    ("width.yaml", "ci"): [
+        "1010abd78f2c",
+        "2d6a7087e657",
+        "a746e66468c6",
+        "99adf1f0293a",
+        "a2fa671ffc61",
+    ],
+    ("width.yaml", "laptop"): [
+        "738a3eb9ef7b",
+        "a01f460df09a",
+        "d59b1ad42207",
+        "e546b2bf535d",
+        "8aa00c122a34",
+        "419e69a943d9",
+        "6aff77a6d290",
+        "35c176b91f88",
+        "4e15e402a652",
+        "f8f8091b5cd8",
+    ],
 }
 
 
 def test_every_sweep_file_has_golden_values():
     files = sorted(p.name for p in SWEEPS.glob("*.yaml"))
     assert files, "sweeps/ holds no sweep file"
-    assert sorted({f for f, _ in GOLDEN}) == files, "a sweep file was added or removed: update GOLDEN"
+    assert sorted({f for f, _ in GOLDEN}) == files, (
+        "a sweep file was added or removed: update GOLDEN"
+    )
     for name in files:
-        assert set(load_sweep(SWEEPS / name).presets) >= {"ci", "laptop"}, f"{name} lacks the ci/laptop presets"
+        assert set(load_sweep(SWEEPS / name).presets) >= {"ci", "laptop"}, (
+            f"{name} lacks the ci/laptop presets"
+        )
         missing = {(name, p) for p in presets_of(SWEEPS / name)} - set(GOLDEN)
         assert not missing, f"presets without golden ids: {sorted(missing, key=str)}; update GOLDEN"
 
@@ -67,14 +242,15 @@ def test_expansion_count_and_stable_ids(fname, preset):
     ids = [r.run_id for r in runs]
     assert len(ids) == len(set(ids))
     assert ids == GOLDEN[(fname, preset)], (
-        f"{fname} preset={preset}: run ids changed; if deliberate, regenerate (python tests/test_sweep_files.py)")
+        f"{fname} preset={preset}: run ids changed; if deliberate, regenerate (python tests/test_sweep_files.py)"
+    )
     # same input, same runs, same order
     assert [r.run_id for r in resolve(load_sweep(SWEEPS / fname, preset), check_model=False)] == ids
 
 
 @pytest.mark.parametrize("fname", sorted({f for f, _ in GOLDEN}))
 def test_presets_keep_the_grid_shape(fname):
-    def points(runs):   # the grid's points, in order; a preset may run them with other seeds
+    def points(runs):  # the grid's points, in order; a preset may run them with other seeds
         return [(r.label, list(r.axes)) for r in runs if r.seed == runs[0].seed]
 
     default = expand(load_sweep(SWEEPS / fname))
@@ -90,6 +266,7 @@ def test_length_sweep_is_log_spaced_768_to_2048():
     lengths = sweep.grid["data.seq_len"]
     assert lengths[0] == 768 and lengths[-1] == 2048 and len(lengths) >= 5
     import numpy as np
+
     ratios = np.diff(np.log(lengths))
     assert ratios.max() / ratios.min() < 1.25, f"not log-spaced: {lengths}"
 
@@ -104,7 +281,9 @@ def test_presets_build_valid_models(fname, preset):
 if __name__ == "__main__":
     for f in sorted(SWEEPS.glob("*.yaml")):
         for p in presets_of(f):
-            print(f"    ({f.name!r}, {p!r}): {[r.run_id for r in resolve(load_sweep(f, p), check_model=False)]!r},")
+            print(
+                f"    ({f.name!r}, {p!r}): {[r.run_id for r in resolve(load_sweep(f, p), check_model=False)]!r},"
+            )
 
 
 def test_zip_column_gives_rows_their_own_model_overrides():
@@ -116,5 +295,7 @@ def test_zip_column_gives_rows_their_own_model_overrides():
         if r.cfg.model.name == "onetrans":
             assert r.cfg.model.overrides == {"request_level": True} and "request_level-on" in r.name
         else:
-            assert r.cfg.model.overrides == {} and r.name == f"{r.cfg.model.name}-tiny-s{r.plan.seed}"
+            assert (
+                r.cfg.model.overrides == {} and r.name == f"{r.cfg.model.name}-tiny-s{r.plan.seed}"
+            )
     assert {r.plan.seed for r in runs} == {0, 1, 2} and {r.cfg.data.seq_len for r in runs} == {64}

@@ -4,11 +4,11 @@ Failure paths use a dataset folder that does not exist (train_run fails fast, be
 built); the success/skip/resume path trains a real tiny run (marked slow: ~15 s quiet, minutes
 on a loaded 2-core machine).
 """
+
 from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -42,18 +42,27 @@ def test_failed_runs_are_reported_and_retried_only_on_request(tmp_path, capsys, 
     runs = tmp_path / "runs"
     rc, out = cli(capsys, path, "--executor", executor, "--runs-dir", runs, "--max-parallel", 2)
     assert rc == 1 and out.count("] failed ") == 2, out
-    assert states(S.run_sweep(path, command="status", runs_dir=runs, describe=False)) == ["failed", "failed"]
+    assert states(S.run_sweep(path, command="status", runs_dir=runs, describe=False)) == [
+        "failed",
+        "failed",
+    ]
     for d in (p for p in (runs / "runs_test").iterdir() if not p.name.startswith(".")):
         status = json.loads((d / "status.json").read_text())
         assert status["state"] == "failed" and "no_such_dataset" in status["error"]
         assert not (d / "DONE").exists()
-        if executor == "local":        # the launcher's output is kept next to the run
+        if executor == "local":  # the launcher's output is kept next to the run
             assert "no_such_dataset" in (d / "logs" / "launch.log").read_text()
     rc, out = cli(capsys, path, "--executor", executor, "--runs-dir", runs)
     assert "to run: 0; skipped: 2 failed" in out and "--retry-failed" in out
-    outcome, out = sweep(path, executor=executor, runs_dir=runs, retry_failed=True, only=("seed=1",))
+    outcome, out = sweep(
+        path, executor=executor, runs_dir=runs, retry_failed=True, only=("seed=1",)
+    )
     assert "to run: 1" in out and out.count("] failed ") == 1
-    assert outcome.code == 1 and [r.run.plan.seed for r in outcome.rows] == [1] and states(outcome) == ["failed"]
+    assert (
+        outcome.code == 1
+        and [r.run.plan.seed for r in outcome.rows] == [1]
+        and states(outcome) == ["failed"]
+    )
     ledger = (runs / "runs_test" / ".sweep" / "ledger.jsonl").read_text().splitlines()
     assert len(ledger) == 3
 
@@ -96,8 +105,11 @@ def test_debug_sweep_trains_skips_done_and_resumes_interrupted(tmp_path, capsys)
 
 def test_the_driver_generates_a_synthetic_world_once_before_the_runs(tmp_path, capsys, monkeypatch):
     from harness.data import synth
+
     calls = []
-    monkeypatch.setattr(synth, "ensure_synthetic", lambda *a, **k: calls.append(a))   # nothing generated
+    monkeypatch.setattr(
+        synth, "ensure_synthetic", lambda *a, **k: calls.append(a)
+    )  # nothing generated
     path = write_sweep(tmp_path, "synthetic:ci")
     data = yaml.safe_load(path.read_text())
     data["base"]["data"]["cache_dir"] = str(tmp_path / "cache")

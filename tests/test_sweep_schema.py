@@ -1,4 +1,5 @@
 """Sweep-file validation: every bad input names the file, the key and the fix."""
+
 from __future__ import annotations
 
 import copy
@@ -17,16 +18,29 @@ from harness.sweepfile import SweepFileError, expand, load_sweep, parse_analysis
 
 GOOD = {
     "name": "t",
-    "base": {"data": {"dataset": "synthetic:ci", "seq_len": 8}, "model": {"name": "onetrans", "size": "onetrans-tiny"}},
+    "base": {
+        "data": {"dataset": "synthetic:ci", "seq_len": 8},
+        "model": {"name": "onetrans", "size": "onetrans-tiny"},
+    },
     "grid": {"data.seq_len": [4, 8], "train.lr": [0.001, 0.01]},
     "zip": [{"model.overrides.n_layers": [1, 2], "model.overrides.d_model": [16, 32]}],
-    "baselines": [{"label": "dcn", "model": "dcnv2_din", "size": "tiny", "follow": ["data.seq_len"]}],
+    "baselines": [
+        {"label": "dcn", "model": "dcnv2_din", "size": "tiny", "follow": ["data.seq_len"]}
+    ],
     "seeds": [0, 1],
-    "resources": {"default": {"devices": 1, "accelerator": "cpu"}, "big": {"devices": 2, "accelerator": "cpu"}},
+    "resources": {
+        "default": {"devices": 1, "accelerator": "cpu"},
+        "big": {"devices": 2, "accelerator": "cpu"},
+    },
     "resource_rules": [{"when": {"model.overrides.n_layers": 2}, "class": "big"}],
     "analysis": {"x": "data.seq_len", "metrics": ["test.ctr_uauc"], "fit": "saturating"},
-    "presets": {"ci": {"set": {"train.max_steps": 2}, "grid": {"data.seq_len": [2, 3]},
-                       "baselines": {"dcn": {"size": "mini"}}}},
+    "presets": {
+        "ci": {
+            "set": {"train.max_steps": 2},
+            "grid": {"data.seq_len": [2, 3]},
+            "baselines": {"dcn": {"size": "mini"}},
+        }
+    },
 }
 
 
@@ -52,11 +66,18 @@ def test_good_file_expands_as_documented(tmp_path):
     # 2 seq_len x 2 lr x 2 zipped rows x 2 seeds = 16 base runs; baseline follows seq_len only: 2 x 2 seeds
     assert len(runs) == 16 + 4
     base = [r for r in runs if r.label == "base"]
-    assert {r.resource_class for r in base if r.overrides["model.overrides.n_layers"] == 2} == {"big"}
-    assert {r.resource_class for r in base if r.overrides["model.overrides.n_layers"] == 1} == {"default"}
+    assert {r.resource_class for r in base if r.overrides["model.overrides.n_layers"] == 2} == {
+        "big"
+    }
+    assert {r.resource_class for r in base if r.overrides["model.overrides.n_layers"] == 1} == {
+        "default"
+    }
     dcn = [r for r in runs if r.label == "dcn"]
     assert [r.axes for r in dcn] == [{"data.seq_len": 4}] * 2 + [{"data.seq_len": 8}] * 2
-    assert all(r.overrides["model.name"] == "dcnv2_din" and r.overrides["model.overrides"] == {} for r in dcn)
+    assert all(
+        r.overrides["model.name"] == "dcnv2_din" and r.overrides["model.overrides"] == {}
+        for r in dcn
+    )
     assert len({r.name for r in runs}) == len(runs)
 
 
@@ -73,29 +94,56 @@ def test_resolved_runs_derive_devices_from_one_value(tmp_path):
     runs = resolve(load_sweep(write(tmp_path, GOOD)), check_model=False)
     big = [r for r in runs if r.plan.resource_class == "big"]
     assert big and all(r.cfg.train.devices == 2 and r.cfg.train.accelerator == "cpu" for r in big)
-    assert all(r.cfg.resources.gpus_per_node == 0 for r in big)        # cpu: tasks, no GPUs
+    assert all(r.cfg.resources.gpus_per_node == 0 for r in big)  # cpu: tasks, no GPUs
     assert all(r.cfg.sweep == "t" and r.cfg.name == r.name for r in runs)
 
 
-@pytest.mark.parametrize("mutate,preset,expect", [
-    (lambda d: d.update(gird={}), None, "Did you mean 'grid'"),
-    (lambda d: d.pop("base"), None, "missing required key 'base'"),
-    (lambda d: d["grid"].update({"data.seq_len": []}), None, "grid.data.seq_len must be a non-empty list"),
-    (lambda d: d["grid"].update({"data.seq_len": [4, 4]}), None, "repeats a value"),
-    (lambda d: d["zip"][0].update({"model.overrides.d_model": [16]}), None, "equal length"),
-    (lambda d: d["presets"]["ci"]["grid"].update({"data.seq_len": [2, 3, 4]}), "ci", "not the grid's shape"),
-    (lambda d: d["presets"]["ci"]["grid"].update({"data.seqlen": [2, 3]}), "ci", "Did you mean 'data.seq_len'"),
-    (lambda d: None, "cii", "Did you mean 'ci'"),
-    (lambda d: d["resources"]["default"].update({"gpus": 1}), None, "unknown key 'resources.default.gpus'"),
-    (lambda d: d["resources"]["default"].update({"accelerator": "tpu"}), None, "accelerator must be one of"),
-    (lambda d: d["resource_rules"][0].update({"class": "bgi"}), None, "Did you mean 'big'"),
-    (lambda d: d["baselines"][0].update({"follow": ["data.seqlen"]}), None, "Did you mean 'data.seq_len'"),
-    (lambda d: d["baselines"][0].update({"modle": "x"}), None, "Did you mean 'model'"),
-    (lambda d: d["analysis"].update({"fit": "saturate"}), None, "Did you mean 'saturating'"),
-    (lambda d: d.update(seeds=[0, 0]), None, "distinct integers"),
-    (lambda d: d["grid"].update({"train.lrr": [1, 2]}), None, "Did you mean 'lr'"),
-    (lambda d: d["grid"].update({"data.num_workers": [0, 1]}), None, "same run id"),
-])
+@pytest.mark.parametrize(
+    "mutate,preset,expect",
+    [
+        (lambda d: d.update(gird={}), None, "Did you mean 'grid'"),
+        (lambda d: d.pop("base"), None, "missing required key 'base'"),
+        (
+            lambda d: d["grid"].update({"data.seq_len": []}),
+            None,
+            "grid.data.seq_len must be a non-empty list",
+        ),
+        (lambda d: d["grid"].update({"data.seq_len": [4, 4]}), None, "repeats a value"),
+        (lambda d: d["zip"][0].update({"model.overrides.d_model": [16]}), None, "equal length"),
+        (
+            lambda d: d["presets"]["ci"]["grid"].update({"data.seq_len": [2, 3, 4]}),
+            "ci",
+            "not the grid's shape",
+        ),
+        (
+            lambda d: d["presets"]["ci"]["grid"].update({"data.seqlen": [2, 3]}),
+            "ci",
+            "Did you mean 'data.seq_len'",
+        ),
+        (lambda d: None, "cii", "Did you mean 'ci'"),
+        (
+            lambda d: d["resources"]["default"].update({"gpus": 1}),
+            None,
+            "unknown key 'resources.default.gpus'",
+        ),
+        (
+            lambda d: d["resources"]["default"].update({"accelerator": "tpu"}),
+            None,
+            "accelerator must be one of",
+        ),
+        (lambda d: d["resource_rules"][0].update({"class": "bgi"}), None, "Did you mean 'big'"),
+        (
+            lambda d: d["baselines"][0].update({"follow": ["data.seqlen"]}),
+            None,
+            "Did you mean 'data.seq_len'",
+        ),
+        (lambda d: d["baselines"][0].update({"modle": "x"}), None, "Did you mean 'model'"),
+        (lambda d: d["analysis"].update({"fit": "saturate"}), None, "Did you mean 'saturating'"),
+        (lambda d: d.update(seeds=[0, 0]), None, "distinct integers"),
+        (lambda d: d["grid"].update({"train.lrr": [1, 2]}), None, "Did you mean 'lr'"),
+        (lambda d: d["grid"].update({"data.num_workers": [0, 1]}), None, "same run id"),
+    ],
+)
 def test_bad_files_name_file_key_and_fix(tmp_path, mutate, preset, expect):
     assert expect in bad(tmp_path, mutate, preset)
 
@@ -118,11 +166,17 @@ def test_submitit_parameters_one_value_rule():
     gpu = Resources(devices=4, accelerator="gpu", partition="p", account="a", qos="q")
     params = submitit_parameters(gpu, "x", max_parallel=2)
     assert params["tasks_per_node"] == params["gpus_per_node"] == 4
-    assert params["slurm_partition"] == "p" and params["slurm_account"] == "a" and params["slurm_qos"] == "q"
+    assert (
+        params["slurm_partition"] == "p"
+        and params["slurm_account"] == "a"
+        and params["slurm_qos"] == "q"
+    )
     assert params["slurm_array_parallelism"] == 2
     cpu = submitit_parameters(Resources(devices=2, accelerator="cpu"), "x", None)
     assert cpu["tasks_per_node"] == 2 and "gpus_per_node" not in cpu
-    task = Task(run_id="r", name="n", run_dir=Path("."), resource_class="c", resources=gpu, devices=2)
+    task = Task(
+        run_id="r", name="n", run_dir=Path("."), resource_class="c", resources=gpu, devices=2
+    )
     with pytest.raises(AssertionError, match="must all be equal"):
         check_devices(task)
 
@@ -133,10 +187,17 @@ def test_one_resources_type_from_sweep_file_to_run_config_to_submitit(tmp_path):
     data["resources"]["big"].update(mem_gb=1.5, partition="p", time_min=30)
     runs = resolve(load_sweep(write(tmp_path, data)), check_model=False)
     big = next(r for r in runs if r.plan.resource_class == "big")
-    assert big.cfg.resources == big.resources == Resources(devices=2, accelerator="cpu", mem_gb=1.5, partition="p",
-                                                           time_min=30, cpus_per_task=8)
+    assert (
+        big.cfg.resources
+        == big.resources
+        == Resources(
+            devices=2, accelerator="cpu", mem_gb=1.5, partition="p", time_min=30, cpus_per_task=8
+        )
+    )
     params = submitit_parameters(big.cfg.resources, "x", None)
-    assert params["mem_gb"] == 1.5 and params["timeout_min"] == 30 and params["slurm_partition"] == "p"
+    assert (
+        params["mem_gb"] == 1.5 and params["timeout_min"] == 30 and params["slurm_partition"] == "p"
+    )
     # a class the file leaves unsaid is a GPU job; a lone run config asks for this machine's CPU
     data["resources"] = {"default": {}, "big": {}}
     (run, *_) = resolve(load_sweep(write(tmp_path, data)), check_model=False)
@@ -151,7 +212,10 @@ def test_every_executor_has_the_one_interface(tmp_path):
         assert ex.on_this_machine == (name != "slurm") and ex.detached == (name == "slurm")
     # the state of a ledger entry is asked of the kind of executor that wrote it
     assert X.job_state({"executor": "debug", "pid": 1}, tmp_path) == "EXITED"
-    assert X.job_state({"executor": "slurm", "job_id": "7_1"}, tmp_path, {"7_1": "PENDING"}) == "PENDING"
+    assert (
+        X.job_state({"executor": "slurm", "job_id": "7_1"}, tmp_path, {"7_1": "PENDING"})
+        == "PENDING"
+    )
     assert X.job_state(None, tmp_path) is None
     assert X.cancel({"a": {"executor": "debug", "pid": 1}}, {"a": tmp_path}) == []
 
@@ -177,8 +241,12 @@ def test_cli_reports_bad_file_without_traceback(tmp_path):
     data = copy.deepcopy(GOOD)
     data["gird"] = {}
     path = write(tmp_path, data)
-    proc = subprocess.run([sys.executable, "-m", "harness.sweep", "status", str(path), "--runs-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sweep", "status", str(path), "--runs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Did you mean 'grid'" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -189,17 +257,24 @@ def test_empty_grid_and_typos_in_unselected_presets_are_errors(tmp_path):
     with pytest.raises(SweepFileError, match="'grid' is empty"):
         load_sweep(write(tmp_path, data))
     data = copy.deepcopy(GOOD)
-    data["presets"] = {"ci": {"set": {"train.max_steps": 2}}, "laptop": {"set": {"train.max_step": 2}}}
+    data["presets"] = {
+        "ci": {"set": {"train.max_steps": 2}},
+        "laptop": {"set": {"train.max_step": 2}},
+    }
     path = write(tmp_path, data)
-    for preset in (None, "ci"):           # the typo is in 'laptop', reported whichever is selected
+    for preset in (None, "ci"):  # the typo is in 'laptop', reported whichever is selected
         with pytest.raises(SweepFileError, match="max_step") as info:
             load_sweep(path, preset)
         assert "laptop" in str(info.value)
 
 
 def test_sweep_help_explains_the_subcommands():
-    proc = subprocess.run([sys.executable, "-m", "harness.sweep", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sweep", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0
     for word in ("plan ", "status ", "cancel ", "run ", "One driver owns a sweep folder"):
         assert word in proc.stdout, proc.stdout
@@ -214,5 +289,7 @@ def test_a_preset_may_change_the_seeds(tmp_path):
     assert sorted({r.seed for r in three}) == [5, 6, 7]
     data["presets"] = {"two": {"seeds": [0, 1]}, "bad": {"seeds": [1, 1]}}
     path = write(tmp_path, data)
-    with pytest.raises(SweepFileError, match=r"(?s)seeds.*preset 'bad'"):   # every preset is checked at load
+    with pytest.raises(
+        SweepFileError, match=r"(?s)seeds.*preset 'bad'"
+    ):  # every preset is checked at load
         load_sweep(path, "two")

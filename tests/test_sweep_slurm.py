@@ -3,6 +3,7 @@
 Marked `slurm`: skipped when `sinfo` fails. Every job runs the real harness.train.train_run through
 harness.launch.LaunchRun (submitit), on tiny synthetic data.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,31 +24,58 @@ pytestmark = pytest.mark.slurm
 def slurm_cluster() -> dict:
     """The cluster as the tests need it: a partition answering, and accounting (sacct) for job states."""
     from harness.cluster import probe_slurm
+
     probe = probe_slurm()
     if not probe.available:
         pytest.skip(probe.reason)
-    sacct = subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True, text=True)
+    sacct = subprocess.run(
+        ["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True, text=True
+    )
     return {"partitions": probe.partitions, "accounting": sacct.returncode == 0}
 
 
 def sweep_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.sweep", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     print(proc.stdout[-4000:], proc.stderr[-4000:])
     return proc
 
 
-def write_sweep(tmp_path: Path, name: str, train: dict, resources: dict | None = None, grid=None) -> Path:
+def write_sweep(
+    tmp_path: Path, name: str, train: dict, resources: dict | None = None, grid=None
+) -> Path:
     data = {
         "name": name,
-        "base": {"data": {"dataset": "synthetic:ci", "seq_len": 8, "batch_size": 32, "eval_batch_size": 256},
-                 "model": {"name": "onetrans", "size": "onetrans-tiny"},
-                 "train": {"optimizer": "adamw", "precision": "32-true", **train},
-                 "logging": {"wandb": "disabled", "progress_bar": False}},
+        "base": {
+            "data": {
+                "dataset": "synthetic:ci",
+                "seq_len": 8,
+                "batch_size": 32,
+                "eval_batch_size": 256,
+            },
+            "model": {"name": "onetrans", "size": "onetrans-tiny"},
+            "train": {"optimizer": "adamw", "precision": "32-true", **train},
+            "logging": {"wandb": "disabled", "progress_bar": False},
+        },
         "grid": grid or {"train.lr": [0.001]},
-        "resources": {"default": resources or {"devices": 1, "accelerator": "cpu", "cpus_per_task": 1,
-                                               "mem_gb": 2, "time_min": 20, "signal_delay_s": 30}},
+        "resources": {
+            "default": resources
+            or {
+                "devices": 1,
+                "accelerator": "cpu",
+                "cpus_per_task": 1,
+                "mem_gb": 2,
+                "time_min": 20,
+                "signal_delay_s": 30,
+            }
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -74,12 +102,16 @@ def ledger_job(sweep_dir: Path) -> str:
 
 
 def squeue_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%T", "-j", job_id], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%T", "-j", job_id], capture_output=True, text=True
+    ).stdout
     return out.strip()
 
 
 def test_ci_sweep_through_submitit_then_rerun_skips_everything(slurm_cluster, tmp_path):
-    proc = sweep_cli("sweeps/smoke.yaml", "--preset", "ci", "--executor", "slurm", "--runs-dir", str(tmp_path))
+    proc = sweep_cli(
+        "sweeps/smoke.yaml", "--preset", "ci", "--executor", "slurm", "--runs-dir", str(tmp_path)
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "executor: slurm" in proc.stdout and "4/4 runs done" in proc.stdout
     sweep_dir = tmp_path / "smoke-ci"
@@ -88,15 +120,24 @@ def test_ci_sweep_through_submitit_then_rerun_skips_everything(slurm_cluster, tm
     for d in dirs:
         assert (d / "DONE").exists()
         result = json.loads((d / "result.json").read_text())
-        assert result["run_id"] == d.name and result["sweep"] == "smoke-ci" and result["status"] == "done"
+        assert (
+            result["run_id"] == d.name
+            and result["sweep"] == "smoke-ci"
+            and result["status"] == "done"
+        )
         assert result["metrics"]["test"]["ctr_auc"] is not None
         attempts = [json.loads(x) for x in (d / "logs" / "jobs.jsonl").read_text().splitlines()]
-        assert len(attempts) == 1 and attempts[0]["slurm_job_id"]          # ran under SLURM, once
+        assert len(attempts) == 1 and attempts[0]["slurm_job_id"]  # ran under SLURM, once
     # one array for the single resource class: all four jobs share the array id
-    ids = [json.loads(x)["job_id"] for x in (sweep_dir / ".sweep" / "ledger.jsonl").read_text().splitlines()]
+    ids = [
+        json.loads(x)["job_id"]
+        for x in (sweep_dir / ".sweep" / "ledger.jsonl").read_text().splitlines()
+    ]
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1
     # a second invocation submits nothing
-    again = sweep_cli("sweeps/smoke.yaml", "--preset", "ci", "--executor", "slurm", "--runs-dir", str(tmp_path))
+    again = sweep_cli(
+        "sweeps/smoke.yaml", "--preset", "ci", "--executor", "slurm", "--runs-dir", str(tmp_path)
+    )
     assert again.returncode == 0 and "to run: 0; skipped: 4 done" in again.stdout
     assert len((sweep_dir / ".sweep" / "ledger.jsonl").read_text().splitlines()) == 4
 
@@ -116,9 +157,14 @@ def test_killed_driver_does_not_resubmit_live_jobs_and_cancel_is_reported(slurm_
     assert "to run: 0; skipped: 1 running" in again.stdout
     assert len((sweep_dir / ".sweep" / "ledger.jsonl").read_text().splitlines()) == 1
     cancel = sweep_cli(str(path), "--cancel", "--runs-dir", str(runs))
-    assert cancel.returncode == 0 and f"cancelled 1 job(s)" in cancel.stdout and job in cancel.stdout
-    status = wait_for(lambda: (lambda p: p if " cancelled " in p.stdout else None)(
-        sweep_cli("status", str(path), "--runs-dir", str(runs), "--no-describe")), 60, "the cancel to be reported")
+    assert cancel.returncode == 0 and "cancelled 1 job(s)" in cancel.stdout and job in cancel.stdout
+    status = wait_for(
+        lambda: (lambda p: p if " cancelled " in p.stdout else None)(
+            sweep_cli("status", str(path), "--runs-dir", str(runs), "--no-describe")
+        ),
+        60,
+        "the cancel to be reported",
+    )
     assert "1 runs: 1 cancelled" in status.stdout
     # cancelled runs are not resubmitted unless asked
     rerun = sweep_cli(str(path), "--executor", "slurm", "--runs-dir", str(runs), "--dry-run")
@@ -127,9 +173,18 @@ def test_killed_driver_does_not_resubmit_live_jobs_and_cancel_is_reported(slurm_
 
 def test_two_task_ddp_job_on_cpu_with_gloo(slurm_cluster, tmp_path):
     # devices: 2 -> 2 srun tasks per node = Trainer(devices=2), CPU accelerator -> gloo backend
-    path = write_sweep(tmp_path, "ddp", {"max_steps": 4, "ckpt_every_n_steps": 2},
-                       resources={"devices": 2, "accelerator": "cpu", "cpus_per_task": 1, "mem_gb": 4,
-                                  "time_min": 20})
+    path = write_sweep(
+        tmp_path,
+        "ddp",
+        {"max_steps": 4, "ckpt_every_n_steps": 2},
+        resources={
+            "devices": 2,
+            "accelerator": "cpu",
+            "cpus_per_task": 1,
+            "mem_gb": 4,
+            "time_min": 20,
+        },
+    )
     proc = sweep_cli(str(path), "--executor", "slurm", "--runs-dir", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run,) = run_dirs(tmp_path / "runs" / "ddp")
@@ -157,19 +212,29 @@ def test_requeued_job_resumes_from_its_checkpoint_and_finishes_once(slurm_cluste
     job_id = ledger_job(sweep_dir)
     (run,) = run_dirs(sweep_dir)
     wait_for(lambda: (run / "checkpoints" / "last.ckpt").exists(), 300, "a first checkpoint")
-    assert not (run / "DONE").exists(), "the run finished before it could be interrupted; raise max_steps"
+    assert not (run / "DONE").exists(), (
+        "the run finished before it could be interrupted; raise max_steps"
+    )
     # what a timeout looks like to the job: USR2 to its tasks; submitit checkpoints and requeues
-    submitit.SlurmJob(folder=sweep_dir / ".sweep" / "submitit" / "%j", job_id=job_id)._interrupt(timeout=True)
+    submitit.SlurmJob(folder=sweep_dir / ".sweep" / "submitit" / "%j", job_id=job_id)._interrupt(
+        timeout=True
+    )
+
     def ended():
         st = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
-        return (run / "DONE").exists() or (st.get("state") == "failed" and squeue_state(job_id) == "")
+        return (run / "DONE").exists() or (
+            st.get("state") == "failed" and squeue_state(job_id) == ""
+        )
+
     wait_for(ended, 540, "the requeued job to end", poll=5)
     assert (run / "DONE").exists(), (run / "status.json").read_text()
     attempts = [json.loads(x) for x in (run / "logs" / "jobs.jsonl").read_text().splitlines()]
     events = [a["event"] for a in attempts]
     assert events == ["start", "requeue", "start"], attempts
     assert attempts[-1]["resumed_from_checkpoint"] and attempts[-1]["restart_count"] >= 1
-    assert attempts[0]["slurm_job_id"] == attempts[-1]["slurm_job_id"] == job_id    # same job, requeued
+    assert (
+        attempts[0]["slurm_job_id"] == attempts[-1]["slurm_job_id"] == job_id
+    )  # same job, requeued
     result = json.loads((run / "result.json").read_text())
     assert result["train"]["steps"] == steps
     prov = json.loads((run / "provenance.json").read_text())

@@ -3,10 +3,10 @@
 These build run folders by hand (the states a train_run leaves behind) to test the decisions the
 driver takes from them; the end-to-end behaviour with the real train_run is in test_sweep_run*.py.
 """
+
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +26,7 @@ def test_ledger_latest_wins_and_survives_a_torn_line(tmp_path):
     led.record("b", "local", pid=123)
     led.record("a", "slurm", job_id="7")
     with open(led.path, "a") as f:
-        f.write('{"run_id": "c", "exec')           # a driver killed mid-write
+        f.write('{"run_id": "c", "exec')  # a driver killed mid-write
     latest = led.latest()
     assert latest["a"]["job_id"] == "7" and latest["b"]["pid"] == 123 and "c" not in latest
     assert [e["job_id"] for e in led.history("a")] == ["1", "7"]
@@ -44,7 +44,7 @@ def test_classify_each_state(tmp_path):
     done = tmp_path / "done"
     _status(done, "done")
     (done / "DONE").write_text("x")
-    assert S.classify(done, None, {})[0] != "done"      # DONE without result.json is not done
+    assert S.classify(done, None, {})[0] != "done"  # DONE without result.json is not done
     (done / "result.json").write_text("{}")
     assert S.classify(done, None, {})[0] == "done"
 
@@ -52,7 +52,7 @@ def test_classify_each_state(tmp_path):
     _status(failed, "failed")
     assert S.classify(failed, None, {})[0] == "failed"
 
-    crashed = tmp_path / "crashed"           # died while running (killed node, killed driver)
+    crashed = tmp_path / "crashed"  # died while running (killed node, killed driver)
     _status(crashed, "running")
     assert S.classify(crashed, None, {})[0] == "interrupted"
 
@@ -76,14 +76,19 @@ def test_local_pid_liveness_checks_the_command_line(tmp_path):
     run_dir.mkdir()
     # a live process that is NOT this run's launcher (pid reuse) must not count as running
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    mine = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(30)", "harness.launch", str(run_dir)])
+    mine = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; time.sleep(30)", "harness.launch", str(run_dir)]
+    )
     try:
         import time
-        time.sleep(1.0)          # let both children exec (before exec, /proc shows the parent's argv)
+
+        time.sleep(1.0)  # let both children exec (before exec, /proc shows the parent's argv)
         assert X.job_state({"executor": "local", "pid": other.pid}, run_dir) == "EXITED"
         assert X.job_state({"executor": "local", "pid": mine.pid}, run_dir) == "RUNNING"
     finally:
-        other.kill(); mine.kill(); other.wait(); mine.wait()
+        for p in (other, mine):
+            p.kill()
+            p.wait()
     assert X.job_state({"executor": "local", "pid": mine.pid}, run_dir) == "EXITED"
 
 
@@ -104,7 +109,9 @@ def test_mark_failed_keeps_other_keys_and_spares_done_runs(tmp_path):
 def test_only_filters_by_axis_label_and_dotted_key():
     runs = resolve(load_sweep(SWEEPS / "smoke.yaml", "ci"), check_model=False)
     assert [r.name for r in S.select(runs, ["label=dcnv2"])] == ["dcnv2-s0", "dcnv2-s1"]
-    assert [r.name for r in S.select(runs, ["seed=1", "model.name=onetrans"])] == ["onetrans-tiny-s1"]
+    assert [r.name for r in S.select(runs, ["seed=1", "model.name=onetrans"])] == [
+        "onetrans-tiny-s1"
+    ]
     runs = resolve(load_sweep(SWEEPS / "length.yaml", "ci"), check_model=False)
     assert [r.name for r in S.select(runs, ["data.seq_len=8"])] == ["len8-s0"]
     with pytest.raises(SystemExit, match="matches no run"):
@@ -123,8 +130,14 @@ def test_set_aside_moves_never_deletes(tmp_path):
 
 
 def test_status_and_dry_run_write_nothing(tmp_path, capsys):
-    outcome = S.run_sweep("sweeps/length.yaml", preset="ci", runs_dir=tmp_path, dry_run=True, executor="debug",
-                          describe=False)
+    outcome = S.run_sweep(
+        "sweeps/length.yaml",
+        preset="ci",
+        runs_dir=tmp_path,
+        dry_run=True,
+        executor="debug",
+        describe=False,
+    )
     assert outcome.code == 0 and "len16-s0" in [r.name for r in outcome.rows]
     assert [r.status for r in outcome.rows] == ["new"] * 5 and outcome.executor == "debug"
     assert not any(tmp_path.iterdir())
@@ -136,13 +149,29 @@ def test_main_prints_what_run_sweep_returns(tmp_path, capsys):
     (done, *_) = resolve(sweep, check_model=False)
     d = tmp_path / "length-ci" / done.run_id
     d.mkdir(parents=True)
-    (d / "result.json").write_text(json.dumps({"metrics": {"test": {"ctr_auc": 0.75}}, "model": "onetrans"}))
+    (d / "result.json").write_text(
+        json.dumps({"metrics": {"test": {"ctr_auc": 0.75}}, "model": "onetrans"})
+    )
     (d / "DONE").write_text("")
-    rc = S.main(["status", "sweeps/length.yaml", "--preset", "ci", "--runs-dir", str(tmp_path), "--no-describe"])
+    rc = S.main(
+        [
+            "status",
+            "sweeps/length.yaml",
+            "--preset",
+            "ci",
+            "--runs-dir",
+            str(tmp_path),
+            "--no-describe",
+        ]
+    )
     printed = capsys.readouterr().out
-    outcome = S.run_sweep("sweeps/length.yaml", command="status", preset="ci", runs_dir=tmp_path, describe=False)
+    outcome = S.run_sweep(
+        "sweeps/length.yaml", command="status", preset="ci", runs_dir=tmp_path, describe=False
+    )
     assert capsys.readouterr().out == printed and rc == outcome.code == 0
-    assert [r.status for r in outcome.rows] == ["done"] + ["new"] * 4 and "5 runs: 1 done, 4 new" in printed
+    assert [r.status for r in outcome.rows] == ["done"] + [
+        "new"
+    ] * 4 and "5 runs: 1 done, 4 new" in printed
     assert outcome.rows[0].metrics == {"test": {"ctr_auc": 0.75}} and "0.7500" in printed
     for row in outcome.rows:
         assert f"{row.run_id}  {row.name}" in printed
@@ -168,25 +197,36 @@ def test_scheduler_job_ids_survive_the_runs_own_status_writes(tmp_path):
     assert run.status()["jobs"] == ["41_0", "41_0.requeue"] and run.status()["state"] == "failed"
 
 
-def test_paper_scale_plan_estimates_epoch_runs_and_gpu_runs_are_not_run_on_the_cpu(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(S, "choose_executor", lambda requested: (requested or "local", "default: no SLURM cluster"))
+def test_paper_scale_plan_estimates_epoch_runs_and_gpu_runs_are_not_run_on_the_cpu(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(
+        S, "choose_executor", lambda requested: (requested or "local", "default: no SLURM cluster")
+    )
     rc = S.main(["sweeps/length.yaml", "--dry-run", "--runs-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     rows = [line for line in out.splitlines() if line[:1].isdigit() and "len" in line]
-    assert rc == 0 and len(rows) == 5 and all(not line.rstrip().endswith(" -") for line in rows), out
+    assert rc == 0 and len(rows) == 5 and all(not line.rstrip().endswith(" -") for line in rows), (
+        out
+    )
     assert "device-hours" in out and "warning: 5 run(s) ask for GPUs" in err
     rc = S.main(["sweeps/length.yaml", "--runs-dir", str(tmp_path), "--no-describe"])
     err = capsys.readouterr().err
     assert rc == 2 and "error: 5 run(s) ask for GPUs" in err and "--executor local" in err
-    assert not any(p for p in tmp_path.rglob("*") if p.is_dir() and p.name != ".sweep" and p.parent != tmp_path)
+    assert not any(
+        p for p in tmp_path.rglob("*") if p.is_dir() and p.name != ".sweep" and p.parent != tmp_path
+    )
 
 
 def test_progress_text_shows_step_rate_and_eta(tmp_path):
     from harness.runstore import RunStore
+
     store = RunStore(tmp_path / "r")
     store.create()
     assert X.progress_text(store) is None
     store.write_progress(step=120, total=1200, phase="train", steps_per_s=2.1, eta_s=514.3)
     assert X.progress_text(store) == "step 120/1200 (10%), 2.1 steps/s, ETA 8m34s"
-    store.write_progress(step=1200, total=1200, phase="final evaluation", steps_per_s=2.0, eta_s=0.0)
+    store.write_progress(
+        step=1200, total=1200, phase="final evaluation", steps_per_s=2.0, eta_s=0.0
+    )
     assert X.progress_text(store) == "step 1200/1200 (100%), final evaluation"

@@ -1,4 +1,5 @@
 """The training system adds a model's auxiliary loss (RankMixer's Sparse-MoE routing penalty)."""
+
 import torch
 
 from harness.config import TrainConfig
@@ -16,9 +17,13 @@ def test_moe_penalty_enters_the_training_loss_and_reaches_the_router():
     loss = system.training_step(dict(batch), 0)
     aux = model.aux_loss()
     assert aux is not None and aux.item() > 0
-    aux_of_step = aux.detach().clone()   # a second forward recomputes it (and adapts the L1 coefficient)
+    aux_of_step = (
+        aux.detach().clone()
+    )  # a second forward recomputes it (and adapts the L1 coefficient)
     loss.backward()
-    plain = task_losses(model(batch), batch, system.cfg)["loss"]   # the task outputs don't depend on the coefficient
+    plain = task_losses(model(batch), batch, system.cfg)[
+        "loss"
+    ]  # the task outputs don't depend on the coefficient
     torch.testing.assert_close(loss.detach(), (plain + aux_of_step).detach(), rtol=1e-6, atol=1e-7)
     routers = [p for n, p in model.named_parameters() if "infer" in n]
     assert routers and any(p.grad is not None and p.grad.abs().sum() > 0 for p in routers)
@@ -31,4 +36,6 @@ def test_models_without_aux_loss_train_on_the_task_loss_alone():
     system = RankingSystem(model, TrainConfig())
     batch = random_batch(spec, n_requests=3, per_request=2)
     loss = system.training_step(dict(batch), 0)
-    torch.testing.assert_close(loss.detach(), task_losses(model(batch), batch, system.cfg)["loss"].detach())
+    torch.testing.assert_close(
+        loss.detach(), task_losses(model(batch), batch, system.cfg)["loss"].detach()
+    )

@@ -1,6 +1,7 @@
 """Full and read-only disks, leaked temporary files, resume without a checkpoint: a run ends with a
 message naming the path, status.json says failed, no `.tmp.<pid>` file stays, and a rerun after the
 space is back finishes with the same metrics.csv as an uninterrupted run."""
+
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,9 @@ from harness.train import main as train_main
 from harness.train import train_run
 from tests import train_support as S
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "stand_in")   # tests/conftest.py, as is `world`
+pytestmark = pytest.mark.usefixtures(
+    "one_torch_thread", "stand_in"
+)  # tests/conftest.py, as is `world`
 
 
 def make_cfg(world: Path, **over) -> RunConfig:
@@ -47,9 +50,10 @@ def test_checkpoint_on_a_full_disk_fails_cleanly_and_resumes(world, tmp_path, mo
 
     real_save = C.torch.save
 
-    def half_then_full(obj, f):         # a few bytes reach the temporary file, then the disk is full
+    def half_then_full(obj, f):  # a few bytes reach the temporary file, then the disk is full
         f.write(b"partial")
         _enospc()
+
     monkeypatch.setattr(C.torch, "save", half_then_full)
     with pytest.raises(RunStoreError) as info:
         train_run(cfg, run_dir)
@@ -58,14 +62,16 @@ def test_checkpoint_on_a_full_disk_fails_cleanly_and_resumes(world, tmp_path, mo
     status = RunStore(run_dir).status()
     assert status["state"] == "failed" and "no space left" in status["error"]
     assert _tmp_files(run_dir) == []
-    assert RunStore(run_dir).owner() is None                 # the lock went with the failure
+    assert RunStore(run_dir).owner() is None  # the lock went with the failure
 
-    monkeypatch.setattr(C.torch, "save", real_save)           # space is back: the rerun starts over
+    monkeypatch.setattr(C.torch, "save", real_save)  # space is back: the rerun starts over
     result = train_run(cfg, run_dir)
     assert result["train"]["steps"] == 6 and RunStore(run_dir).is_done()
     assert _tmp_files(run_dir) == []
     keys = _metric_keys(run_dir)
-    assert len(keys) == len(set(keys))     # the first attempt's rows (no checkpoint) were not kept twice
+    assert len(keys) == len(
+        set(keys)
+    )  # the first attempt's rows (no checkpoint) were not kept twice
 
 
 def test_status_is_recorded_even_when_no_new_file_fits(tmp_path, monkeypatch):
@@ -76,11 +82,13 @@ def test_status_is_recorded_even_when_no_new_file_fits(tmp_path, monkeypatch):
 
     def full(path, text):
         if Path(path).name == R.STATUS:
-            raise RunStoreError(R.disk_message(OSError(errno.ENOSPC, "No space left on device"), path)) \
-                from OSError(errno.ENOSPC, "No space left on device")
+            raise RunStoreError(
+                R.disk_message(OSError(errno.ENOSPC, "No space left on device"), path)
+            ) from OSError(errno.ENOSPC, "No space left on device")
         real(path, text)
+
     monkeypatch.setattr(R, "atomic_write_text", full)
-    store.write_status("failed", error="disk full")        # rewritten in place: no new file needed
+    store.write_status("failed", error="disk full")  # rewritten in place: no new file needed
     assert store.status()["state"] == "failed" and store.status()["attempts"] == 1
 
 
@@ -103,6 +111,7 @@ def test_read_only_runs_dir_is_a_clear_message(world, tmp_path, monkeypatch, cap
         if str(self).startswith(str(runs)):
             raise OSError(errno.EROFS, "Read-only file system", str(self))
         return real_mkdir(self, *a, **k)
+
     monkeypatch.setattr(Path, "mkdir", ro_mkdir)
     assert train_main(["--config", str(cfg_path), "--runs-dir", str(runs)]) == 1
     err = capsys.readouterr().err
@@ -113,23 +122,28 @@ def test_read_only_runs_dir_is_a_clear_message(world, tmp_path, monkeypatch, cap
 def test_sweep_driver_survives_a_failing_mark_failed(tmp_path, monkeypatch, capsys):
     """Two runs fail (no dataset); recording the first failure hits a full disk: the driver says so
     and still runs the second."""
+    from harness import sweep as SW
     from tests.sweep_support import write_sweep
 
-    from harness import sweep as SW
     path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"))
     calls = []
 
     def full(self, error):
         calls.append(self.path)
         raise RunStoreError(f"cannot write {self.path / 'status.json'}: no space left on device")
+
     monkeypatch.setattr(RunStore, "mark_failed", full)
-    rc = SW.main([str(path), "--executor", "local", "--runs-dir", str(tmp_path / "runs"), "--no-describe"])
+    rc = SW.main(
+        [str(path), "--executor", "local", "--runs-dir", str(tmp_path / "runs"), "--no-describe"]
+    )
     out = capsys.readouterr().out
     assert rc == 1 and len(calls) == 2 and out.count("] failed ") == 2, out
     assert "could not record the failure" in out and "no_such_dataset" in out
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs"
+)
 def test_a_real_full_tmpfs(world, tmp_path):
     """A run folder on a small tmpfs filled to the brim: the run fails with the path named, leaves no
     temporary file and status failed; after space is freed, the rerun finishes."""
@@ -143,7 +157,7 @@ def test_a_real_full_tmpfs(world, tmp_path):
         RunStore(run_dir).create()
         st = os.statvfs(mnt)
         filler = mnt / "filler"
-        filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 24 * 1024))     # ~24 KB left
+        filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 24 * 1024))  # ~24 KB left
         with pytest.raises(RunStoreError, match="no space left on device") as info:
             train_run(cfg, run_dir)
         assert str(run_dir) in str(info.value)
@@ -161,42 +175,79 @@ def test_a_real_full_tmpfs(world, tmp_path):
 def test_launch_log_keeps_the_runs_own_error(tmp_path, capsys):
     """The driver keeps the launcher's output tail in memory: the run's own error line reaches the
     driver's output even when launch.log could not hold it."""
+    from harness import sweep as SW
     from tests.sweep_support import write_sweep
 
-    from harness import sweep as SW
     path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"), seeds=(0,))
-    rc = SW.main([str(path), "--executor", "local", "--runs-dir", str(tmp_path / "runs"), "--no-describe"])
+    rc = SW.main(
+        [str(path), "--executor", "local", "--runs-dir", str(tmp_path / "runs"), "--no-describe"]
+    )
     out = capsys.readouterr().out
     assert rc == 1 and "error: data.dataset:" in out and "| error: data.dataset" in out, out
-    (run_dir,) = [p for p in (tmp_path / "runs" / "runs_test").iterdir() if not p.name.startswith(".")]
+    (run_dir,) = [
+        p for p in (tmp_path / "runs" / "runs_test").iterdir() if not p.name.startswith(".")
+    ]
     log = (run_dir / "logs" / "launch.log").read_text()
     assert "no_such_dataset" in log and "Traceback" not in log
     assert "no_such_dataset" in RunStore(run_dir).status()["error"]
 
 
-
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("mount"), reason="needs root to mount a tmpfs"
+)
 def test_a_real_read_only_runs_dir(tmp_path):
     """A runs directory on a read-only mount: the sweep driver and the trainer each say so in one
     line naming the folder, no traceback."""
     from tests.sweep_support import write_sweep
+
     mnt = tmp_path / "ro"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)]).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)]).returncode
+        != 0
+    ):
         pytest.skip("mount -t tmpfs is not permitted here")
     try:
         path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"), seeds=(0,))
         env = {**os.environ, "WANDB_MODE": "disabled"}
-        p = subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "--runs-dir", str(mnt),
-                            "--executor", "local", "--no-describe"], capture_output=True, text=True, env=env,
-                           cwd=Path(__file__).resolve().parents[1], timeout=120)
-        assert p.returncode == 2 and "read-only file system" in p.stderr and str(mnt) in p.stderr, p.stderr
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harness.sweep",
+                str(path),
+                "--runs-dir",
+                str(mnt),
+                "--executor",
+                "local",
+                "--no-describe",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+            timeout=120,
+        )
+        assert p.returncode == 2 and "read-only file system" in p.stderr and str(mnt) in p.stderr, (
+            p.stderr
+        )
         assert "Traceback" not in p.stderr
         cfg = tmp_path / "cfg.yaml"
-        cfg.write_text("data: {dataset: synthetic:ci}\nmodel: {name: onetrans, size: onetrans-tiny}\n")
-        p = subprocess.run([sys.executable, "-m", "harness.train", "--config", str(cfg), "--runs-dir", str(mnt)],
-                           capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
-                           timeout=120)
-        assert p.returncode == 1 and "read-only file system" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        cfg.write_text(
+            "data: {dataset: synthetic:ci}\nmodel: {name: onetrans, size: onetrans-tiny}\n"
+        )
+        p = subprocess.run(
+            [sys.executable, "-m", "harness.train", "--config", str(cfg), "--runs-dir", str(mnt)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+            timeout=120,
+        )
+        assert (
+            p.returncode == 1
+            and "read-only file system" in p.stderr
+            and "Traceback" not in p.stderr
+        ), p.stderr
     finally:
         subprocess.run(["umount", str(mnt)])

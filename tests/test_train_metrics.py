@@ -1,4 +1,5 @@
 """harness.metrics against slow, obviously-correct references (pairwise Mann-Whitney counting)."""
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ def random_case(rng, n, n_users, n_levels):
 def test_auc_and_uauc_match_pairwise_reference_with_ties(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(20, 300))
-    y, s, u = random_case(rng, n, n_users=int(rng.integers(1, 25)), n_levels=int(rng.integers(2, 12)))
+    y, s, u = random_case(
+        rng, n, n_users=int(rng.integers(1, 25)), n_levels=int(rng.integers(2, 12))
+    )
     assert M.auc(y, s) == pytest.approx(slow_auc(y, s), abs=1e-12)
     ref = slow_uauc(list(y), list(s), list(u))
     got = M.uauc(y, s, u)
@@ -51,7 +54,7 @@ def test_auc_and_uauc_match_pairwise_reference_with_ties(seed):
 def test_single_class_users_are_excluded_and_weighting_is_by_impressions():
     # user 1: perfect (AUC 1) on 4 impressions; user 2: reversed (AUC 0) on 2; user 3: only positives
     y = np.array([0, 0, 1, 1, 1, 0, 1, 1, 1])
-    s = np.array([.1, .2, .3, .4, .1, .9, .5, .6, .7])
+    s = np.array([0.1, 0.2, 0.3, 0.4, 0.1, 0.9, 0.5, 0.6, 0.7])
     u = np.array([1, 1, 1, 1, 2, 2, 3, 3, 3])
     assert M.uauc(y, s, u) == pytest.approx((1.0 * 4 + 0.0 * 2) / 6)
     assert math.isnan(M.auc(np.ones(5), np.arange(5.0)))
@@ -94,10 +97,14 @@ def test_bad_input_is_rejected_clearly():
 def _preds(rng, n=400):
     click = (rng.random(n) < 0.4).astype(float)
     return {
-        "click": click, "conversion": click * (rng.random(n) < 0.3),
-        "user_id": rng.integers(0, 20, n), "ts": np.sort(rng.integers(0, 3 * M.DAY_SECONDS, n)),
-        "ctr_logit": rng.normal(size=n).astype(np.float32), "cvr_logit": rng.normal(size=n).astype(np.float32),
-        "p_click": rng.random(n), "p_conversion": rng.random(n),
+        "click": click,
+        "conversion": click * (rng.random(n) < 0.3),
+        "user_id": rng.integers(0, 20, n),
+        "ts": np.sort(rng.integers(0, 3 * M.DAY_SECONDS, n)),
+        "ctr_logit": rng.normal(size=n).astype(np.float32),
+        "cvr_logit": rng.normal(size=n).astype(np.float32),
+        "p_click": rng.random(n),
+        "p_conversion": rng.random(n),
     }
 
 
@@ -109,13 +116,21 @@ def test_split_metrics_cvr_modes():
     assert clicked["cvr_auc"] == pytest.approx(slow_auc(p["conversion"][m], p["cvr_logit"][m]))
     assert clicked["ctr_auc"] == pytest.approx(slow_auc(p["click"], p["ctr_logit"]))
     ct = M.split_metrics(p, "ctcvr")
-    prob = 1 / (1 + np.exp(-p["ctr_logit"].astype(np.float64))) / (1 + np.exp(-p["cvr_logit"].astype(np.float64)))
+    prob = (
+        1
+        / (1 + np.exp(-p["ctr_logit"].astype(np.float64)))
+        / (1 + np.exp(-p["cvr_logit"].astype(np.float64)))
+    )
     assert ct["cvr_auc"] == pytest.approx(slow_auc(p["conversion"], prob))
     ref_ll = -np.mean(p["conversion"] * np.log(prob) + (1 - p["conversion"]) * np.log(1 - prob))
     assert ct["cvr_logloss"] == pytest.approx(ref_ll, rel=1e-9)
     orc = M.split_metrics(p, "clicked", oracle=True)
     assert orc["cvr_auc"] == pytest.approx(slow_auc(p["conversion"][m], p["p_conversion"][m]))
-    assert set(orc) == set(clicked) == {f"{t}_{k}" for t in ("ctr", "cvr") for k in ("auc", "uauc", "logloss")}
+    assert (
+        set(orc)
+        == set(clicked)
+        == {f"{t}_{k}" for t in ("ctr", "cvr") for k in ("auc", "uauc", "logloss")}
+    )
 
 
 def test_daily_macro_is_the_unweighted_mean_over_days_after_warmup():

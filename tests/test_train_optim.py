@@ -1,4 +1,5 @@
 """Each update rule of harness.optim against a hand computation (numbers worked out below)."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,9 @@ def test_rmspropv2_no_one_minus_beta_by_hand():
     # step 1: v = 0.5*0 + 4 = 4;       w = 1 - 0.01*2/(2 + 1e-8)
     # step 2: v = 0.5*4 + 1 = 3;       w -= 0.01*(-1)/(sqrt(3) + 1e-8)
     p = _param([1.0])
-    opt = PaperOptimizer([{"params": [p], "rule": "rmspropv2", "lr": 0.01, "beta": 0.5, "eps": 1e-8}])
+    opt = PaperOptimizer(
+        [{"params": [p], "rule": "rmspropv2", "lr": 0.01, "beta": 0.5, "eps": 1e-8}]
+    )
     w = 1.0
     for g, v in ((2.0, 4.0), (-1.0, 3.0)):
         p.grad = torch.tensor([g], dtype=torch.float64)
@@ -48,7 +51,9 @@ def test_rmspropv2_no_one_minus_beta_by_hand():
 def test_paper_defaults_differ_from_torch_rmsprop():
     # torch's RMSprop(alpha=0.99999) scales g^2 by 1e-5: its first step is ~316x ours.
     p1, p2 = _param([0.0]), _param([0.0])
-    ours = PaperOptimizer([{"params": [p1], "rule": "rmspropv2", "lr": 0.005, "beta": 0.99999, "eps": 1e-8}])
+    ours = PaperOptimizer(
+        [{"params": [p1], "rule": "rmspropv2", "lr": 0.005, "beta": 0.99999, "eps": 1e-8}]
+    )
     theirs = torch.optim.RMSprop([p2], lr=0.005, alpha=0.99999, eps=1e-8)
     for p in (p1, p2):
         p.grad = torch.tensor([1.0], dtype=torch.float64)
@@ -72,8 +77,16 @@ def test_build_paper_groups_and_values():
     opt, sched = build_optimizer(m, TrainConfig(optimizer="paper"))
     assert sched is None
     groups = {g["name"]: g for g in opt.param_groups}
-    assert groups["sparse"]["rule"] == "adagrad" and groups["sparse"]["lr"] == 0.1 and groups["sparse"]["init_acc"] == 1.0
-    assert groups["dense"]["rule"] == "rmspropv2" and groups["dense"]["lr"] == 0.005 and groups["dense"]["beta"] == 0.99999
+    assert (
+        groups["sparse"]["rule"] == "adagrad"
+        and groups["sparse"]["lr"] == 0.1
+        and groups["sparse"]["init_acc"] == 1.0
+    )
+    assert (
+        groups["dense"]["rule"] == "rmspropv2"
+        and groups["dense"]["lr"] == 0.005
+        and groups["dense"]["beta"] == 0.99999
+    )
     assert groups["dense"]["clip"] == 90.0 and groups["sparse"]["clip"] == 120.0
     assert [id(p) for p in groups["sparse"]["params"]] == [id(m.emb.weight)]
     dense, sparse = split_parameters(m)
@@ -82,7 +95,9 @@ def test_build_paper_groups_and_values():
 
 def test_adamw_groups_no_decay_on_embeddings_and_warmup():
     m = Tiny()
-    opt, sched = build_optimizer(m, TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.1, warmup_steps=4))
+    opt, sched = build_optimizer(
+        m, TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.1, warmup_steps=4)
+    )
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["dense"]["weight_decay"] == 0.1 and groups["sparse"]["weight_decay"] == 0.0
     lrs = []
@@ -96,15 +111,39 @@ def test_adamw_groups_no_decay_on_embeddings_and_warmup():
 def test_clip_per_group_uses_each_groups_own_global_norm():
     # dense grads (3, 4) -> norm 5 clipped to 1; sparse grad (0, 6, 8) -> norm 10 clipped to 2
     d, s = _param([0.0, 0.0]), _param([0.0, 0.0, 0.0])
-    opt = PaperOptimizer([{"name": "dense", "params": [d], "rule": "rmspropv2", "lr": 1.0, "beta": 1.0, "eps": 0.0, "clip": 1.0},
-                          {"name": "sparse", "params": [s], "rule": "adagrad", "lr": 1.0, "init_acc": 1.0, "clip": 2.0}])
+    opt = PaperOptimizer(
+        [
+            {
+                "name": "dense",
+                "params": [d],
+                "rule": "rmspropv2",
+                "lr": 1.0,
+                "beta": 1.0,
+                "eps": 0.0,
+                "clip": 1.0,
+            },
+            {
+                "name": "sparse",
+                "params": [s],
+                "rule": "adagrad",
+                "lr": 1.0,
+                "init_acc": 1.0,
+                "clip": 2.0,
+            },
+        ]
+    )
     d.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
     s.grad = torch.tensor([0.0, 6.0, 8.0], dtype=torch.float64)
     norms = clip_per_group(opt)
-    assert norms["dense"].item() == pytest.approx(5.0) and norms["sparse"].item() == pytest.approx(10.0)
+    assert norms["dense"].item() == pytest.approx(5.0) and norms["sparse"].item() == pytest.approx(
+        10.0
+    )
     assert d.grad.tolist() == pytest.approx([0.6, 0.8], rel=1e-5)
     assert s.grad.tolist() == pytest.approx([0.0, 1.2, 1.6], rel=1e-5)
     # a group with clip 0 is left alone
     opt.param_groups[0]["clip"] = 0.0
     d.grad = torch.tensor([30.0, 40.0], dtype=torch.float64)
-    assert clip_per_group(opt)["dense"].item() == pytest.approx(50.0) and d.grad.tolist() == [30.0, 40.0]
+    assert clip_per_group(opt)["dense"].item() == pytest.approx(50.0) and d.grad.tolist() == [
+        30.0,
+        40.0,
+    ]

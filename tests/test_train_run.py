@@ -1,5 +1,6 @@
 """harness.train end to end on a small synthetic world with the stand-in model: the run folder,
 idempotence, failure handling, the next-batch protocol, W&B offline, resume after a real kill."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from harness.config import ConfigError, RunConfig, apply_overrides, load_config, run_id
 from harness.data.contract import ContractError
@@ -26,12 +26,32 @@ from tests import train_support as S
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-RESULT_KEYS = {"schema", "run_id", "name", "sweep", "axis", "model", "size", "config", "axes", "seed", "status",
-               "metrics", "oracle", "params", "flops", "train", "throughput", "mfu", "wall_time_s", "protocol"}
+RESULT_KEYS = {
+    "schema",
+    "run_id",
+    "name",
+    "sweep",
+    "axis",
+    "model",
+    "size",
+    "config",
+    "axes",
+    "seed",
+    "status",
+    "metrics",
+    "oracle",
+    "params",
+    "flops",
+    "train",
+    "throughput",
+    "mfu",
+    "wall_time_s",
+    "protocol",
+}
 METRIC_KEYS = {f"{t}_{m}" for t in ("ctr", "cvr") for m in ("auc", "uauc", "logloss")}
 
 
-pytestmark = pytest.mark.usefixtures("stand_in")     # tests/conftest.py; `world` is there too
+pytestmark = pytest.mark.usefixtures("stand_in")  # tests/conftest.py; `world` is there too
 
 
 def make_cfg(world: Path, **over) -> RunConfig:
@@ -43,10 +63,22 @@ def test_run_folder_contract_and_idempotence(world, tmp_path):
     run_dir = tmp_path / "runs" / "test" / run_id(cfg)
     result = train_run(cfg, run_dir)
     names = {p.name for p in run_dir.iterdir()}
-    assert {"config.yaml", "provenance.json", "status.json", "metrics.csv", "result.json", "checkpoints",
-            "logs", "DONE"} <= names
+    assert {
+        "config.yaml",
+        "provenance.json",
+        "status.json",
+        "metrics.csv",
+        "result.json",
+        "checkpoints",
+        "logs",
+        "DONE",
+    } <= names
     assert load_config(run_dir / "config.yaml") == cfg
-    assert RESULT_KEYS <= set(result) and result["run_id"] == run_id(cfg) and result["status"] == "done"
+    assert (
+        RESULT_KEYS <= set(result)
+        and result["run_id"] == run_id(cfg)
+        and result["status"] == "done"
+    )
     assert json.loads((run_dir / "result.json").read_text()) == json.loads(json.dumps(result))
     for split in ("val", "test"):
         assert set(result["metrics"][split]) == METRIC_KEYS == set(result["oracle"][split])
@@ -54,8 +86,12 @@ def test_run_folder_contract_and_idempotence(world, tmp_path):
     # the synthetic world's true probabilities beat an 8-step model
     assert result["oracle"]["test"]["ctr_auc"] > result["metrics"]["test"]["ctr_auc"]
     assert result["train"]["steps"] == 8 and result["train"]["samples"] > 0
-    assert result["flops"]["train_total"] == pytest.approx(result["flops"]["train_per_example"] * result["train"]["samples"])
-    assert result["throughput"]["samples_per_s"] > 0 and result["mfu"] is None        # CPU: no stated peak
+    assert result["flops"]["train_total"] == pytest.approx(
+        result["flops"]["train_per_example"] * result["train"]["samples"]
+    )
+    assert (
+        result["throughput"]["samples_per_s"] > 0 and result["mfu"] is None
+    )  # CPU: no stated peak
     assert result["params"]["total"] == result["params"]["dense"] + result["params"]["embedding"]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["attempts"] == 1 and status["error"] is None
@@ -65,9 +101,13 @@ def test_run_folder_contract_and_idempotence(world, tmp_path):
         assert prov["decisions"][key]["reason"], key
     assert prov["decisions"]["precision"]["value"] == "32-true" and prov["packages"]["torch"]
     rows = pd.read_csv(run_dir / "metrics.csv")
-    assert {"train/loss", "train/grad_norm_dense", "val/ctr_auc", "val_oracle/ctr_auc"} <= set(rows.metric)
-    assert rows[rows.metric == "val/ctr_auc"].step.nunique() == 2          # eval_every_n_steps = 4 of 8
-    assert rows[rows.metric == "val/ctr_auc"].value.iloc[-1] == pytest.approx(result["metrics"]["val"]["ctr_auc"], abs=1e-6)
+    assert {"train/loss", "train/grad_norm_dense", "val/ctr_auc", "val_oracle/ctr_auc"} <= set(
+        rows.metric
+    )
+    assert rows[rows.metric == "val/ctr_auc"].step.nunique() == 2  # eval_every_n_steps = 4 of 8
+    assert rows[rows.metric == "val/ctr_auc"].value.iloc[-1] == pytest.approx(
+        result["metrics"]["val"]["ctr_auc"], abs=1e-6
+    )
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     # DONE: a second call returns the record without training again
     before = (run_dir / "result.json").stat().st_mtime_ns
@@ -81,13 +121,14 @@ def test_folder_of_another_run_is_refused(world, tmp_path):
     (tmp_path / "config.yaml").write_text(apply_overrides(cfg, {"seed": 9}).to_yaml())
     with pytest.raises(ConfigError, match="holds run"):
         train_run(cfg, tmp_path)
-    assert load_config(tmp_path / "config.yaml").seed == 9          # nothing overwritten
+    assert load_config(tmp_path / "config.yaml").seed == 9  # nothing overwritten
 
 
 def test_describe_matches_the_built_model(world):
     cfg = make_cfg(world)
     from harness.data.contract import Manifest
     from model.registry import build_model
+
     spec = Manifest.load(world).feature_spec(16)
     m = build_model(S.MODEL, spec, "tiny")
     d = describe(cfg)
@@ -96,16 +137,27 @@ def test_describe_matches_the_built_model(world):
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(world, tmp_path):
-    cfg = make_cfg(world, **{"model.overrides.nan_after_steps": 6, "train.max_steps": 20,
-                             "train.ckpt_every_n_steps": 2, "train.log_every_n_steps": 5})
+    cfg = make_cfg(
+        world,
+        **{
+            "model.overrides.nan_after_steps": 6,
+            "train.max_steps": 20,
+            "train.ckpt_every_n_steps": 2,
+            "train.log_every_n_steps": 5,
+        },
+    )
     with pytest.raises(NonFiniteLossError, match="NaN/inf at optimizer step 6"):
         train_run(cfg, tmp_path)
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "failed" and "NaN/inf" in status["error"]
     assert not (tmp_path / "DONE").exists() and not (tmp_path / "result.json").exists()
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 6          # the checkpoint after step 6 (NaN) was refused
-    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    ckpt = torch.load(
+        tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["global_step"] == 6  # the checkpoint after step 6 (NaN) was refused
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_missing_dataset_fails_before_training(tmp_path, world):
@@ -132,10 +184,12 @@ def test_contract_breaking_dataset_fails_before_training_and_is_left_intact(tmp_
 
 
 def test_next_batch_protocol_reports_daily_macro_per_split(world, tmp_path):
-    cfg = make_cfg(world, **{"train.protocol": "next_batch", "train.max_steps": -1, "train.cvr_loss": "ctcvr"})
+    cfg = make_cfg(
+        world, **{"train.protocol": "next_batch", "train.max_steps": -1, "train.cvr_loss": "ctcvr"}
+    )
     result = train_run(cfg, tmp_path)
     assert set(result["metrics"]) == {"train", "val", "test"} == set(result["oracle"])
-    for split, m in result["metrics"].items():
+    for m in result["metrics"].values():
         assert METRIC_KEYS <= set(m) and m["n_days"] >= 1
     # one pass over the whole stream: every train, val and test batch was predicted, then trained on
     assert result["train"]["epochs"] == pytest.approx(1.0)
@@ -145,24 +199,26 @@ def test_next_batch_protocol_reports_daily_macro_per_split(world, tmp_path):
 
 # ---- W&B offline ------------------------------------------------------------------------------
 
+
 def read_wandb_records(path: Path):
     """Records of a .wandb file: LevelDB-log framing (7-byte header ':W&B' + magic/version, 32 KiB
     blocks, 7-byte record headers: crc32, length, type FULL=1/FIRST=2/MIDDLE=3/LAST=4) around
     protobuf wandb_internal_pb2.Record messages (infra.md §5)."""
     from wandb.proto import wandb_internal_pb2 as pb
+
     data = path.read_bytes()
     assert data[:4] == b":W&B"
     pos, block, out, buf = 7, 32768, [], b""
     while pos + 7 <= len(data):
         left = block - pos % block
-        if left < 7:                      # block trailer padding
+        if left < 7:  # block trailer padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:
             pos += left
             continue
-        chunk = data[pos + 7: pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4):
@@ -182,19 +238,32 @@ def test_wandb_offline_run_holds_the_logged_metrics(world, tmp_path, monkeypatch
     assert len(files) == 1 and "offline-run-" in str(files[0])
     recs = read_wandb_records(files[0])
     run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
-    assert run.run_id == run_id(cfg) and run.run_group == "test" and run.job_type == "seq_len" and list(run.tags) == ["t1"]
+    assert (
+        run.run_id == run_id(cfg)
+        and run.run_group == "test"
+        and run.job_type == "seq_len"
+        and list(run.tags) == ["t1"]
+    )
     cfg_items = {i.key: i.value_json for i in run.config.update}
     assert json.loads(cfg_items["train"])["max_steps"] == 8
-    history = [{i.key or ".".join(i.nested_key): i.value_json for i in r.history.item}
-               for r in recs if r.WhichOneof("record_type") == "history"]
+    history = [
+        {i.key or ".".join(i.nested_key): i.value_json for i in r.history.item}
+        for r in recs
+        if r.WhichOneof("record_type") == "history"
+    ]
     losses = [float(h["train/loss"]) for h in history if "train/loss" in h]
-    csv_losses = [r["value"] for r in MetricsCsv(tmp_path / "metrics.csv").read() if r["metric"] == "train/loss"]
-    assert losses and losses == pytest.approx(csv_losses)     # the mirror matches the source of truth
+    csv_losses = [
+        r["value"]
+        for r in MetricsCsv(tmp_path / "metrics.csv").read()
+        if r["metric"] == "train/loss"
+    ]
+    assert losses and losses == pytest.approx(csv_losses)  # the mirror matches the source of truth
     assert any("val/ctr_auc" in h for h in history)
 
 
 def test_wandb_mode_is_decided_before_init(monkeypatch, tmp_path):
     from harness.tracking import decide_mode
+
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
@@ -211,8 +280,10 @@ def test_wandb_mode_is_decided_before_init(monkeypatch, tmp_path):
 
 def test_slurm_environment_hands_requeue_to_submitit(monkeypatch):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
+
     from harness.provenance import decide_threads
     from harness.train import trainer_plugins
+
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     assert not any(isinstance(p, SLURMEnvironment) for p in trainer_plugins())
     monkeypatch.setenv("SLURM_NTASKS", "1")
@@ -235,11 +306,24 @@ def test_slurm_environment_hands_requeue_to_submitit(monkeypatch):
 
 # ---- kill and resume ------------------------------------------------------------------------------
 
+
 def _child(cfg_path: Path, run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "tests.train_support", "--config", str(cfg_path),
-                             "--run-dir", str(run_dir)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.train_support",
+            "--config",
+            str(cfg_path),
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -250,7 +334,7 @@ def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: fl
             try:
                 if torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] >= step:
                     return
-            except Exception:          # pragma: no cover (the file is renamed into place whole)
+            except Exception:  # pragma: no cover (the file is renamed into place whole)
                 pass
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         time.sleep(0.2)
@@ -261,9 +345,17 @@ def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: fl
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_same_result(world, tmp_path, sig):
     # 2 epochs of ~15 batches, checkpoint every 3 steps, killed mid-epoch-1, resumed -> bitwise equal
-    cfg = make_cfg(world, **{"train.max_steps": -1, "train.max_epochs": 2, "data.batch_size": 256,
-                             "train.ckpt_every_n_steps": 3, "data.shuffle": True,
-                             "model.overrides.sleep_s": 0.15})
+    cfg = make_cfg(
+        world,
+        **{
+            "train.max_steps": -1,
+            "train.max_epochs": 2,
+            "data.batch_size": 256,
+            "train.ckpt_every_n_steps": 3,
+            "data.shuffle": True,
+            "model.overrides.sleep_s": 0.15,
+        },
+    )
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(cfg.to_yaml())
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
@@ -274,20 +366,36 @@ def test_killed_run_resumes_to_the_same_result(world, tmp_path, sig):
     proc.wait(timeout=60)
     assert not (run_dir / "DONE").exists()
     status = json.loads((run_dir / "status.json").read_text())
-    if sig == signal.SIGTERM:      # a catchable signal: the run says so; SIGKILL leaves "running" behind
+    if (
+        sig == signal.SIGTERM
+    ):  # a catchable signal: the run says so; SIGKILL leaves "running" behind
         assert status["state"] == "failed" and "interrupted" in status["error"]
-    killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    killed_at = torch.load(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )["global_step"]
     resumed = _child(cfg_path, run_dir)
     assert resumed.wait(timeout=400) == 0, resumed.stdout.read().decode()[-3000:]
     assert ref.wait(timeout=400) == 0, ref.stdout.read().decode()[-3000:]
     a, b = (json.loads((d / "result.json").read_text()) for d in (ref_dir, run_dir))
     assert 0 < killed_at < a["train"]["steps"]
-    assert b["metrics"] == a["metrics"] and b["train"] == a["train"]          # bitwise: exact float equality
-    wa, wb = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-              for d in (ref_dir, run_dir))
+    assert (
+        b["metrics"] == a["metrics"] and b["train"] == a["train"]
+    )  # bitwise: exact float equality
+    wa, wb = (
+        torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+            "state_dict"
+        ]
+        for d in (ref_dir, run_dir)
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    la, lb = ([(r["step"], r["value"]) for r in MetricsCsv(d / "metrics.csv").read() if r["metric"] == "train/loss"]
-              for d in (ref_dir, run_dir))
+    la, lb = (
+        [
+            (r["step"], r["value"])
+            for r in MetricsCsv(d / "metrics.csv").read()
+            if r["metric"] == "train/loss"
+        ]
+        for d in (ref_dir, run_dir)
+    )
     assert la == lb
     st = json.loads((run_dir / "status.json").read_text())
     assert st["state"] == "done" and st["attempts"] == 2
@@ -296,8 +404,16 @@ def test_killed_run_resumes_to_the_same_result(world, tmp_path, sig):
 
 
 def test_real_onetrans_trains_and_records_its_attention_decision(world, tmp_path):
-    cfg = make_cfg(world, **{"model.name": "onetrans", "model.size": "onetrans-tiny", "train.max_steps": 3,
-                             "train.optimizer": "paper", "train.attention": "sdpa"})
+    cfg = make_cfg(
+        world,
+        **{
+            "model.name": "onetrans",
+            "model.size": "onetrans-tiny",
+            "train.max_steps": 3,
+            "train.optimizer": "paper",
+            "train.attention": "sdpa",
+        },
+    )
     result = train_run(cfg, tmp_path)
     assert result["axes"]["n_layers"] == 2 and result["axes"]["seq_len"] == 16
     prov = json.loads((tmp_path / "provenance.json").read_text())

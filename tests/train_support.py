@@ -6,6 +6,7 @@ The stand-in answers the model protocol of model/base.py (so the harness can be 
 real models) and registers itself in model.registry under MODEL. It has dropout on purpose: the
 resume test then also checks that RNG state survives a checkpoint.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,10 @@ class Config:
     d_model: int = 8
     n_layers: int = 1
     dropout: float = 0.1
-    nan_after_steps: int = -1      # >= 0: forward returns NaN logits once this many forwards ran in training
-    sleep_s: float = 0.0           # per training forward: slows a run down so a test can kill it mid-way
+    nan_after_steps: int = (
+        -1
+    )  # >= 0: forward returns NaN logits once this many forwards ran in training
+    sleep_s: float = 0.0  # per training forward: slows a run down so a test can kill it mid-way
 
 
 SIZES = {"tiny": Config(), "wide": Config(d_model=16)}
@@ -78,20 +81,31 @@ def build(spec: FeatureSpec, cfg: Config) -> TinyModel:
 
 def register_tiny_model(monkeypatch) -> None:
     from model import registry
+
     monkeypatch.setitem(registry.MODELS, MODEL, __name__)
 
 
 def register_globally() -> None:
     """For subprocesses (no monkeypatch there)."""
     from model import registry
+
     registry.MODELS[MODEL] = __name__
 
 
 def tiny_world(out: Path) -> Path:
     """A small synthetic world (a few seconds to generate) in the data contract."""
     from harness.data.synth import SynthConfig, generate
-    cfg = SynthConfig(n_users=150, n_topics=16, n_interest_topics=4, days=12, events_median=60,
-                      events_max=400, requests_mean=4.0, user_chunk=150)
+
+    cfg = SynthConfig(
+        n_users=150,
+        n_topics=16,
+        n_interest_topics=4,
+        days=12,
+        events_median=60,
+        events_max=400,
+        requests_mean=4.0,
+        user_chunk=150,
+    )
     generate(cfg, out, seed=0, name="tiny-test-world", progress=False)
     return out
 
@@ -99,11 +113,25 @@ def tiny_world(out: Path) -> Path:
 def make_cfg(world: Path, *, steps: int, ckpt_every: int, log_every: int, **over) -> RunConfig:
     """The stand-in model on `world` for `steps` steps (small batches, W&B off, sweep 'test'), with a
     checkpoint every `ckpt_every` steps; then the dotted overrides `over`."""
-    base = RunConfig.from_dict({
-        "data": {"dataset": str(world), "seq_len": 16, "batch_size": 64, "eval_batch_size": 256},
-        "model": {"name": MODEL, "size": "tiny"},
-        "train": {"max_steps": steps, "ckpt_every_n_steps": ckpt_every, "log_every_n_steps": log_every, "lr": 0.01},
-        "logging": {"wandb": "disabled", "progress_bar": False}, "sweep": "test"})
+    base = RunConfig.from_dict(
+        {
+            "data": {
+                "dataset": str(world),
+                "seq_len": 16,
+                "batch_size": 64,
+                "eval_batch_size": 256,
+            },
+            "model": {"name": MODEL, "size": "tiny"},
+            "train": {
+                "max_steps": steps,
+                "ckpt_every_n_steps": ckpt_every,
+                "log_every_n_steps": log_every,
+                "lr": 0.01,
+            },
+            "logging": {"wandb": "disabled", "progress_bar": False},
+            "sweep": "test",
+        }
+    )
     return apply_overrides(base, over)
 
 
@@ -111,7 +139,9 @@ def make_cfg(world: Path, *, steps: int, ckpt_every: int, log_every: int, **over
 if __name__ == "__main__":
     import sys
 
-    from tests import train_support as me   # register under the importable module name
+    from tests import train_support as me  # register under the importable module name
+
     me.register_globally()
     from harness.train import main
+
     sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,7 @@ self-contained HTML file and Markdown (always) and to a W&B report (only with on
 
     python -m analysis.report RUNS_DIR [RUNS_DIR ...] --out DIR
 """
+
 from .spec import Figure, ReportSpec, Section, Table, Text
 
 __all__ = ["Figure", "ReportSpec", "Section", "Table", "Text"]

@@ -11,6 +11,7 @@ The sweep files' `analysis:` hints (x, metrics, fit) are read from <sweep folder
 Exit codes: 0 report written, every run folder readable; 1 report written but some run folder could
 not be read (corrupt result.json/status.json: listed with its path); 2 bad input (nothing written).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,26 +31,60 @@ from .markdown import write_markdown
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="runs directories (a sweep folder or a parent of several)")
-    p.add_argument("--out", required=True, help="output folder (created; existing files are overwritten)")
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "runs", nargs="+", help="runs directories (a sweep folder or a parent of several)"
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder (created; existing files are overwritten)"
+    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--split", choices=["test", "val"], help="metrics split (default: the hints', else test if present)")
-    p.add_argument("--metrics", default=None,
-                   help=f"comma-separated metric names (default: each sweep's hinted metrics, else {','.join(METRICS)})")
-    p.add_argument("--x", default=None, help="x axis of every series: the swept axis name, 'params' (dense "
-                   "parameters) or 'flops' (training FLOPs); default: each sweep's analysis.x, else the swept axis")
-    p.add_argument("--fit", choices=sorted(FIT_FORMS), default=None,
-                   help="fit forms (default: each sweep's analysis.fit, else log-linear + saturating on logloss)")
-    p.add_argument("--sweep-file", action="append", default=[], metavar="FILE",
-                   help="a sweep YAML whose analysis: hints apply to its runs (repeatable)")
-    p.add_argument("--include-flagged", action="store_true",
-                   help="fit flagged runs too (default: leave them out; both estimates are shown either way)")
+    p.add_argument(
+        "--split",
+        choices=["test", "val"],
+        help="metrics split (default: the hints', else test if present)",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help=f"comma-separated metric names (default: each sweep's hinted metrics, else {','.join(METRICS)})",
+    )
+    p.add_argument(
+        "--x",
+        default=None,
+        help="x axis of every series: the swept axis name, 'params' (dense "
+        "parameters) or 'flops' (training FLOPs); default: each sweep's analysis.x, else the swept axis",
+    )
+    p.add_argument(
+        "--fit",
+        choices=sorted(FIT_FORMS),
+        default=None,
+        help="fit forms (default: each sweep's analysis.fit, else log-linear + saturating on logloss)",
+    )
+    p.add_argument(
+        "--sweep-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a sweep YAML whose analysis: hints apply to its runs (repeatable)",
+    )
+    p.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="fit flagged runs too (default: leave them out; both estimates are shown either way)",
+    )
     p.add_argument("--title", default="OneTrans scaling report")
-    p.add_argument("--no-vector", action="store_true", help="skip the SVG twin of every figure (faster)")
-    p.add_argument("--wandb-project", help="also publish a W&B report to this project (needs credentials)")
+    p.add_argument(
+        "--no-vector", action="store_true", help="skip the SVG twin of every figure (faster)"
+    )
+    p.add_argument(
+        "--wandb-project", help="also publish a W&B report to this project (needs credentials)"
+    )
     p.add_argument("--wandb-entity")
     a = p.parse_args(argv)
     if a.n_boot < 100:
@@ -62,22 +97,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     sweeps = {str(s) for s in coll.runs["sweep"].dropna().unique()} | set(found)
-    hints = {name: override(found.get(name), x=a.x, metrics=metrics, fit=a.fit, split=a.split) for name in sweeps}
+    hints = {
+        name: override(found.get(name), x=a.x, metrics=metrics, fit=a.fit, split=a.split)
+        for name in sweeps
+    }
     for w in hint_warnings:
         print(f"warning: {w}", file=sys.stderr)
     out = Path(a.out)
     try:
-        an = analyze(coll, settings=FitSettings(n_boot=a.n_boot, seed=a.seed), split=a.split, metrics=metrics,
-                     hints=hints, include_flagged=a.include_flagged)
+        an = analyze(
+            coll,
+            settings=FitSettings(n_boot=a.n_boot, seed=a.seed),
+            split=a.split,
+            metrics=metrics,
+            hints=hints,
+            include_flagged=a.include_flagged,
+        )
     except CollectError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     flagged = summarise(an.flags)
     if len(flagged):
-        print(f"{len(flagged)} flagged run(s), " + ("INCLUDED in the fits (--include-flagged):" if a.include_flagged
-                                                  else "left out of the fits (--include-flagged to use them):"))
+        print(
+            f"{len(flagged)} flagged run(s), "
+            + (
+                "INCLUDED in the fits (--include-flagged):"
+                if a.include_flagged
+                else "left out of the fits (--include-flagged to use them):"
+            )
+        )
         for r in flagged.itertuples():
-            print(f"  {r.sweep}/{r.name or r.run_id} ({r.run_id}): {r.reason} [{r.metrics}] {r.detail}")
+            print(
+                f"  {r.sweep}/{r.name or r.run_id} ({r.run_id}): {r.reason} [{r.metrics}] {r.detail}"
+            )
     problems = coll.problems
     if len(problems):
         print(f"{len(problems)} run folder(s) not finished or unreadable (not in any fit):")
@@ -85,26 +137,40 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r.status:<10} {r.run_dir}: {r.error}")
     write_outputs(an, out)
     spec = build_report(an, out, title=a.title, vector=not a.no_vector)
-    html_path, md_path = write_html(spec, out / "report.html"), write_markdown(spec, out / "report.md")
+    html_path, md_path = (
+        write_html(spec, out / "report.html"),
+        write_markdown(spec, out / "report.md"),
+    )
     for line in conclusions(an):
         print("- " + line.replace("**", ""))
     for note in an.notes:
         print(f"note: {note}")
     n_bad = int((coll.runs["status"] != "done").sum())
-    print(f"{len(coll.done)} finished runs ({len(flagged)} flagged), {n_bad} not finished or unreadable; "
-          f"{len(an.series)} series fitted")
-    print(f"wrote {html_path} and {md_path} ({len(spec.figures())} figures, {len(spec.tables())} tables)")
+    print(
+        f"{len(coll.done)} finished runs ({len(flagged)} flagged), {n_bad} not finished or unreadable; "
+        f"{len(an.series)} series fitted"
+    )
+    print(
+        f"wrote {html_path} and {md_path} ({len(spec.figures())} figures, {len(spec.tables())} tables)"
+    )
     if a.wandb_project:
         from .wandb_report import online_reason, publish
+
         reason = online_reason()
         if reason:
             print(f"W&B report skipped: {reason}")
         else:
-            print("W&B report:", publish(spec, entity=a.wandb_entity, project=a.wandb_project, group=out.name))
+            print(
+                "W&B report:",
+                publish(spec, entity=a.wandb_entity, project=a.wandb_project, group=out.name),
+            )
     corrupt = problems[problems["status"] == "corrupt"]
     if len(corrupt):
-        print(f"exit 1: {len(corrupt)} run folder(s) could not be read and were left out (listed above and in the "
-              "report)", file=sys.stderr)
+        print(
+            f"exit 1: {len(corrupt)} run folder(s) could not be read and were left out (listed above and in the "
+            "report)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,26 +1,30 @@
 """Analysis -> output files (runs.csv, fits.json, predictions.csv, tables/, figures/) and the ReportSpec."""
+
 from __future__ import annotations
 
 import json
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .. import plots, tables
-from .. import quality
+from .. import plots, quality, tables
 from ..analyze import Analysis, x_label
 from .spec import Figure, ReportSpec, Section, Table, Text
 
-FLOP_CONVENTION = ("training FLOPs = result.json flops.train_total, else flops.train_per_example × "
-                   "train.samples (forward + backward, as counted by the model's flops_per_example(); "
-                   "see docs/contracts.md §5)")
-DELTA_CONVENTION = ("Deltas: 'rel%' = (m / m_ref − 1)·100 and 'pts' = (m − m_ref)·100; the paper does not say "
-                    "which one its '+x%' means (spec §3), so both are given beside the paper's value.")
+FLOP_CONVENTION = (
+    "training FLOPs = result.json flops.train_total, else flops.train_per_example × "
+    "train.samples (forward + backward, as counted by the model's flops_per_example(); "
+    "see docs/contracts.md §5)"
+)
+DELTA_CONVENTION = (
+    "Deltas: 'rel%' = (m / m_ref − 1)·100 and 'pts' = (m − m_ref)·100; the paper does not say "
+    "which one its '+x%' means (spec §3), so both are given beside the paper's value."
+)
 
 
 def _finite(o):
@@ -48,31 +52,69 @@ def write_outputs(an: Analysis, out: Path) -> dict[str, Path]:
     """The machine-readable outputs (anchors.md §3.8); deterministic given inputs and bootstrap seed.
     Every CSV is readable by pandas (header-only when empty)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"runs": out / "runs.csv", "fits": out / "fits.json", "fits_csv": out / "fits.csv",
-             "predictions": out / "predictions.csv", "flagged": out / "flagged.csv"}
+    paths = {
+        "runs": out / "runs.csv",
+        "fits": out / "fits.json",
+        "fits_csv": out / "fits.csv",
+        "predictions": out / "predictions.csv",
+        "flagged": out / "flagged.csv",
+    }
     write_csv(an.collection.runs, paths["runs"])
     fits = []
     for s in an.series:
         for form, f in s.fits.items():
             alt = s.alt_fits.get(form)
-            fits.append({"sweep": s.sweep, "model": s.model, "axis": s.axis, "x": s.x_name, "metric": s.metric,
-                         "split": an.split, "seed_sd": s.seed_sd, "oracle": s.oracle, "chosen_form": s.best_form(),
-                         "failed": s.failed.get(form), "mde_per_doubling": s.mde if form == "loglinear" else None,
-                         "flagged_runs": list(s.excluded), "flagged_included": s.include_flagged,
-                         ("fit_with_flagged" if not s.include_flagged else "fit_without_flagged"):
-                             alt.to_dict() if alt is not None else None,
-                         **f.to_dict()})
+            fits.append(
+                {
+                    "sweep": s.sweep,
+                    "model": s.model,
+                    "axis": s.axis,
+                    "x": s.x_name,
+                    "metric": s.metric,
+                    "split": an.split,
+                    "seed_sd": s.seed_sd,
+                    "oracle": s.oracle,
+                    "chosen_form": s.best_form(),
+                    "failed": s.failed.get(form),
+                    "mde_per_doubling": s.mde if form == "loglinear" else None,
+                    "flagged_runs": list(s.excluded),
+                    "flagged_included": s.include_flagged,
+                    (
+                        "fit_with_flagged" if not s.include_flagged else "fit_without_flagged"
+                    ): alt.to_dict() if alt is not None else None,
+                    **f.to_dict(),
+                }
+            )
         for form, why in s.skipped.items():
-            fits.append({"sweep": s.sweep, "model": s.model, "axis": s.axis, "x": s.x_name, "metric": s.metric,
-                         "form": form, "skipped": why})
+            fits.append(
+                {
+                    "sweep": s.sweep,
+                    "model": s.model,
+                    "axis": s.axis,
+                    "x": s.x_name,
+                    "metric": s.metric,
+                    "form": form,
+                    "skipped": why,
+                }
+            )
     excluded = tables.problems_table(an.collection.runs).drop(columns=["run_dir"], errors="ignore")
-    doc = {"bootstrap": {"n_boot": an.settings.n_boot, "seed": an.settings.seed, "level": an.settings.level,
-                         "scheme": "two-level cluster bootstrap: configs with replacement, then seeds within"},
-           "huber_delta": an.settings.huber_delta, "model_choice": "leave-one-config-out CV RMSE (AIC/BIC also given)",
-           "flop_convention": FLOP_CONVENTION, "excluded_runs": excluded.to_dict("records"),
-           "flagged_runs": quality.summarise(an.flags).drop(columns=["run_dir"]).to_dict("records"),
-           "flagged_included": an.include_flagged, "notes": an.notes,
-           "hints": {k: h.describe() for k, h in an.hints.items() if h.describe()}, "fits": fits}
+    doc = {
+        "bootstrap": {
+            "n_boot": an.settings.n_boot,
+            "seed": an.settings.seed,
+            "level": an.settings.level,
+            "scheme": "two-level cluster bootstrap: configs with replacement, then seeds within",
+        },
+        "huber_delta": an.settings.huber_delta,
+        "model_choice": "leave-one-config-out CV RMSE (AIC/BIC also given)",
+        "flop_convention": FLOP_CONVENTION,
+        "excluded_runs": excluded.to_dict("records"),
+        "flagged_runs": quality.summarise(an.flags).drop(columns=["run_dir"]).to_dict("records"),
+        "flagged_included": an.include_flagged,
+        "notes": an.notes,
+        "hints": {k: h.describe() for k, h in an.hints.items() if h.describe()},
+        "fits": fits,
+    }
     doc = _finite(json.loads(json.dumps(doc, default=_json_default)))
     paths["fits"].write_text(json.dumps(doc, indent=1, allow_nan=False))
     write_csv(an.fits_table(), paths["fits_csv"])
@@ -84,10 +126,21 @@ def write_outputs(an: Analysis, out: Path) -> dict[str, Path]:
 def _provenance(an: Analysis) -> dict[str, str]:
     repo = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "analysis"],
-                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--", "analysis"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            != ""
+        )
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "unknown", False
     run_shas = set()
@@ -97,7 +150,9 @@ def _provenance(an: Analysis) -> dict[str, str]:
             try:
                 prov = json.loads(p.read_text())
                 git = prov.get("git", {})
-                run_shas.add(str(git.get("sha") if isinstance(git, dict) else prov.get("git_sha", git)))
+                run_shas.add(
+                    str(git.get("sha") if isinstance(git, dict) else prov.get("git_sha", git))
+                )
             except (json.JSONDecodeError, AttributeError):
                 run_shas.add("unreadable provenance.json")
     versions = {}
@@ -106,56 +161,75 @@ def _provenance(an: Analysis) -> dict[str, str]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = "?"
-    return {"analysis code": f"{sha}{' (dirty)' if dirty else ''}",
-            "runs' git shas": ", ".join(sorted(run_shas)) or "no provenance.json in the run folders",
-            "inputs": ", ".join(an.collection.roots),
-            "bootstrap": f"{an.settings.n_boot} replicates, seed {an.settings.seed}, {an.settings.level:.0%} percentile",
-            "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
-            "python": platform.python_version(), "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "analysis code": f"{sha}{' (dirty)' if dirty else ''}",
+        "runs' git shas": ", ".join(sorted(run_shas)) or "no provenance.json in the run folders",
+        "inputs": ", ".join(an.collection.roots),
+        "bootstrap": f"{an.settings.n_boot} replicates, seed {an.settings.seed}, {an.settings.level:.0%} percentile",
+        "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "python": platform.python_version(),
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def series_sentence(an: Analysis, s) -> str:
     """One sentence: the series' effect, its CI, whether it is resolved, and the MDE."""
     from ..figure3 import series_label
+
     head = f"**{series_label(s)}** ({s.sweep}: {s.model} along {s.axis}"
     if "loglinear" not in s.fits:
-        why = s.skipped.get("loglinear") or next(iter(s.skipped.values()), "no fit requested (analysis.fit: none)")
+        why = s.skipped.get("loglinear") or next(
+            iter(s.skipped.values()), "no fit requested (analysis.fit: none)"
+        )
         return f"{head}): no fit claimed. {why}."
     f = s.fits["loglinear"]
     b, lo, hi = s.slope()
-    seeds = (f"{f.n_configs} configs × {s.n_seeds[0]} seed{'' if s.n_seeds[0] == 1 else 's'}"
-             if s.n_seeds[0] == s.n_seeds[1]
-             else f"{f.n_configs} configs × {s.n_seeds[0]}-{s.n_seeds[1]} seeds")
+    seeds = (
+        f"{f.n_configs} configs × {s.n_seeds[0]} seed{'' if s.n_seeds[0] == 1 else 's'}"
+        if s.n_seeds[0] == s.n_seeds[1]
+        else f"{f.n_configs} configs × {s.n_seeds[0]}-{s.n_seeds[1]} seeds"
+    )
     mde = s.mde.get("mde", np.nan)
     resolved = lo > 0 or hi < 0
-    text = (f"{head}; {seeds}): {s.metric} {_fmt(b)} per doubling of {x_label(s.x_name)} "
-            f"[95% CI {_fmt(lo)}, {_fmt(hi)}]")
+    text = (
+        f"{head}; {seeds}): {s.metric} {_fmt(b)} per doubling of {x_label(s.x_name)} "
+        f"[95% CI {_fmt(lo)}, {_fmt(hi)}]"
+    )
     if not np.isfinite(mde):
         text += ("; resolved" if resolved else "; not resolved") + (
-            "; the minimum detectable effect cannot be computed (one seed per configuration and < 3 configurations)")
+            "; the minimum detectable effect cannot be computed (one seed per configuration and < 3 configurations)"
+        )
     elif resolved:
         text += f"; resolved (MDE {mde:.2g}: the sweep detects gains ≥ that per doubling with 80% power)"
     elif abs(b) < mde:
-        text += (f"; not resolved. The sweep detects effects ≥ {mde:.2g} per doubling with 80% power (MDE), so an "
-                 "effect, if any, is likely smaller than that; smaller ones need more seeds (MDE ∝ 1/√seeds) "
-                 "or a wider grid")
+        text += (
+            f"; not resolved. The sweep detects effects ≥ {mde:.2g} per doubling with 80% power (MDE), so an "
+            "effect, if any, is likely smaller than that; smaller ones need more seeds (MDE ∝ 1/√seeds) "
+            "or a wider grid"
+        )
     else:
-        text += (f"; not resolved although the estimate exceeds the MDE ({mde:.2g}, from seed noise): the "
-                 "configuration means scatter around the line more than seed noise explains, or there are too "
-                 "few configurations for the cluster bootstrap; add configurations")
+        text += (
+            f"; not resolved although the estimate exceeds the MDE ({mde:.2g}, from seed noise): the "
+            "configuration means scatter around the line more than seed noise explains, or there are too "
+            "few configurations for the cluster bootstrap; add configurations"
+        )
     if s.n_seeds[1] <= 1:
         text += " (one seed per configuration: seed noise not measured; the MDE uses the scatter around the line)"
     if s.excluded and not s.include_flagged and "loglinear" in s.alt_fits:
         a = s.alt_fits["loglinear"]
-        text += (f". {_runs(len(s.excluded))} flagged and left out; with {'it' if len(s.excluded) == 1 else 'them'}: {_fmt(a.params['b_per_doubling'])} "
-                 f"[{_fmt(a.ci['b_per_doubling'][0])}, {_fmt(a.ci['b_per_doubling'][1])}]")
+        text += (
+            f". {_runs(len(s.excluded))} flagged and left out; with {'it' if len(s.excluded) == 1 else 'them'}: {_fmt(a.params['b_per_doubling'])} "
+            f"[{_fmt(a.ci['b_per_doubling'][0])}, {_fmt(a.ci['b_per_doubling'][1])}]"
+        )
     elif s.excluded and s.include_flagged and "loglinear" in s.alt_fits:
         a = s.alt_fits["loglinear"]
-        text += (f". {_runs(len(s.excluded))} flagged and included (--include-flagged); without "
-                 f"{'it' if len(s.excluded) == 1 else 'them'}: "
-                 f"{_fmt(a.params['b_per_doubling'])} [{_fmt(a.ci['b_per_doubling'][0])}, "
-                 f"{_fmt(a.ci['b_per_doubling'][1])}]")
-    for form, why in s.failed.items():
+        text += (
+            f". {_runs(len(s.excluded))} flagged and included (--include-flagged); without "
+            f"{'it' if len(s.excluded) == 1 else 'them'}: "
+            f"{_fmt(a.params['b_per_doubling'])} [{_fmt(a.ci['b_per_doubling'][0])}, "
+            f"{_fmt(a.ci['b_per_doubling'][1])}]"
+        )
+    for why in s.failed.values():
         text += f". The saturating fit failed ({why}) and is not used"
     return text + "."
 
@@ -181,7 +255,9 @@ def conclusions(an: Analysis) -> list[str]:
     return lines
 
 
-def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling report", vector: bool = True) -> ReportSpec:
+def build_report(
+    an: Analysis, out: Path, *, title: str = "OneTrans scaling report", vector: bool = True
+) -> ReportSpec:
     """Write figures/tables under out and return the report description (vector: also SVG figures)."""
     from .. import figure3
 
@@ -202,21 +278,31 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
     flagged = quality.summarise(an.flags)
 
     # flagged runs stay out of the paper tables too (NaN metrics are skipped by the means anyway)
-    bad = set(an.flags.loc[an.flags["reason"] != "nan_metric", "run_id"]) if len(an.flags) else set()
+    bad = (
+        set(an.flags.loc[an.flags["reason"] != "nan_metric", "run_id"]) if len(an.flags) else set()
+    )
     tdone = done if an.include_flagged else done[~done["run_id"].isin(bad)]
     # the model comparison's reference and headline metric: the sweep file's analysis hints, else the paper's
     ref_hint = next((h for h in an.hints.values() if h is not None and h.baseline), None)
     reference = ref_hint.baseline if ref_hint else "dcnv2_din"
     t2 = tables.table2(tdone, an.split, reference=reference)
-    cmp_metric = next((m for m in ((ref_hint.metrics or ()) if ref_hint else ()) if f"{m} abs" in t2), primary)
+    cmp_metric = next(
+        (m for m in ((ref_hint.metrics or ()) if ref_hint else ()) if f"{m} abs" in t2), primary
+    )
 
     # 1. conclusions first
-    lines = [f"**{len(done)} finished runs** ({len(flagged)} flagged, "
-             + ("included in the fits, --include-flagged" if an.include_flagged else "left out of the fits")
-             + f"), **{n_failed} not finished or unreadable**, from `{'`, `'.join(an.collection.roots)}`; "
-             f"{an.split} split. Effects are gains per doubling with 95% cluster-bootstrap CIs; "
-             "MDE = the smallest gain per doubling the sweep detects at 95% confidence with 80% power "
-             "(from the measured seed noise and the grid)."]
+    lines = [
+        f"**{len(done)} finished runs** ({len(flagged)} flagged, "
+        + (
+            "included in the fits, --include-flagged"
+            if an.include_flagged
+            else "left out of the fits"
+        )
+        + f"), **{n_failed} not finished or unreadable**, from `{'`, `'.join(an.collection.roots)}`; "
+        f"{an.split} split. Effects are gains per doubling with 95% cluster-bootstrap CIs; "
+        "MDE = the smallest gain per doubling the sweep detects at 95% confidence with 80% power "
+        "(from the measured seed noise and the grid)."
+    ]
     compared = tables.table2_sentence(t2, cmp_metric, reference) if len(t2) else ""
     body = [f"- {c}" for c in conclusions(an)] + ([f"- {compared}"] if compared else [])
     body = body or ["- No series with a numeric swept axis among the finished runs."]
@@ -227,21 +313,48 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
         ours, base, sent_b, diffs_b = figure3.decision_3b(an, primary)
         blocks.append(Text(markdown=f"- Figure 3a: {sent_a}\n- Figure 3b: {sent_b}"))
         if len(ranked) >= 2:
-            fig3.append(figure(plots.figure_3a(an, ranked), "figure3a",
-                               "Figure 3a: length, depth and width on one training-FLOPs axis (points: config means "
-                               "± seed sd; lines and bands: log-linear fits with 95% bootstrap "
-                               "bands). Right: gain per doubling of FLOPs with its 95% CI; grey ticks at ± MDE."))
+            fig3.append(
+                figure(
+                    plots.figure_3a(an, ranked),
+                    "figure3a",
+                    "Figure 3a: length, depth and width on one training-FLOPs axis (points: config means "
+                    "± seed sd; lines and bands: log-linear fits with 95% bootstrap "
+                    "bands). Right: gain per doubling of FLOPs with its 95% CI; grey ticks at ± MDE.",
+                )
+            )
         fig3.append(Text(markdown=sent_a))
-        fig3.append(Table(name="figure3a_slopes", frame=figure3.slope_table(ranked),
-                          caption=f"Gain of {primary} per doubling of training FLOPs per series."))
+        fig3.append(
+            Table(
+                name="figure3a_slopes",
+                frame=figure3.slope_table(ranked),
+                caption=f"Gain of {primary} per doubling of training FLOPs per series.",
+            )
+        )
         if len(diffs_a):
-            fig3.append(Table(name="figure3a_differences", frame=diffs_a, caption="Leader minus each other axis "
-                              "(95% CI from the two series' bootstrap replicates); resolved = the CI excludes 0."))
+            fig3.append(
+                Table(
+                    name="figure3a_differences",
+                    frame=diffs_a,
+                    caption="Leader minus each other axis "
+                    "(95% CI from the two series' bootstrap replicates); resolved = the CI excludes 0.",
+                )
+            )
         if ours and base:
-            fig3.append(figure(plots.figure_3b(an, ours, base, diffs_b), "figure3b",
-                               "Figure 3b: OneTrans series and scaled baselines on training FLOPs; right: slope "
-                               "difference (OneTrans − baseline) per doubling of FLOPs with its 95% CI."))
-            fig3.append(Table(name="figure3b_differences", frame=diffs_b, caption="Slope differences on FLOPs."))
+            fig3.append(
+                figure(
+                    plots.figure_3b(an, ours, base, diffs_b),
+                    "figure3b",
+                    "Figure 3b: OneTrans series and scaled baselines on training FLOPs; right: slope "
+                    "difference (OneTrans − baseline) per doubling of FLOPs with its 95% CI.",
+                )
+            )
+            fig3.append(
+                Table(
+                    name="figure3b_differences",
+                    frame=diffs_b,
+                    caption="Slope differences on FLOPs.",
+                )
+            )
         fig3.append(Text(markdown=sent_b))
     for note in an.notes:
         blocks.append(Text(markdown=f"- Note: {note}"))
@@ -252,128 +365,293 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
     # 2. what was left out, before any figure
     left = []
     if len(flagged):
-        left.append(Table(name="flagged", frame=flagged.drop(columns=["run_dir"]),
-                          caption="Flagged runs: " + ("included in the fits (--include-flagged); every affected fit "
-                                                      "also shows its estimate without them." if an.include_flagged
-                                                      else "left out of the fits (--include-flagged uses them); every "
-                                                      "affected fit also shows its estimate with them.")
-                          + " Rules: docs/analysis.md, 'Flagged runs'."))
+        left.append(
+            Table(
+                name="flagged",
+                frame=flagged.drop(columns=["run_dir"]),
+                caption="Flagged runs: "
+                + (
+                    "included in the fits (--include-flagged); every affected fit "
+                    "also shows its estimate without them."
+                    if an.include_flagged
+                    else "left out of the fits (--include-flagged uses them); every "
+                    "affected fit also shows its estimate with them."
+                )
+                + " Rules: docs/analysis.md, 'Flagged runs'.",
+            )
+        )
     else:
         unchecked = an.flags.attrs.get("unchecked_curves", 0)
-        left.append(Text(markdown="No flagged run: no diverged or non-finite training loss, no NaN metric, no seed "
-                                  "outlier." + (f" ({unchecked} runs have no metrics.csv: their training loss was "
-                                               "not checked.)" if unchecked else "")))
+        left.append(
+            Text(
+                markdown="No flagged run: no diverged or non-finite training loss, no NaN metric, no seed "
+                "outlier."
+                + (
+                    f" ({unchecked} runs have no metrics.csv: their training loss was not checked.)"
+                    if unchecked
+                    else ""
+                )
+            )
+        )
     problems = tables.problems_table(runs)
-    left.append(Table(name="problems", frame=problems, caption="Failed, running, incomplete, missing and corrupt "
-                      "runs (never dropped silently; not in any fit).") if len(problems) else
-                Text(markdown="Every run folder has DONE and a readable result.json."))
+    left.append(
+        Table(
+            name="problems",
+            frame=problems,
+            caption="Failed, running, incomplete, missing and corrupt "
+            "runs (never dropped silently; not in any fit).",
+        )
+        if len(problems)
+        else Text(markdown="Every run folder has DONE and a readable result.json.")
+    )
     sections.append(Section(title="Flagged and left-out runs", blocks=left))
-    sections.append(Section(title="Figure 3: which axis buys the most per FLOP",
-                            blocks=[b for b in fig3 if b is not None] or [Text(markdown="No scaling series.")]))
+    sections.append(
+        Section(
+            title="Figure 3: which axis buys the most per FLOP",
+            blocks=[b for b in fig3 if b is not None] or [Text(markdown="No scaling series.")],
+        )
+    )
 
     keys = list(dict.fromkeys((s.sweep, s.model, s.axis, s.x_name) for s in an.series if s.primary))
     scaling = []
     for sweep, model, axis, x_name in keys:
-        f = figure(plots.series_figure(an, sweep, model, axis, x_name), f"scaling_{sweep}_{model}_{axis}",
-                   f"{sweep}: {model} vs {x_label(x_name)}. Grey: seeds; black: mean ± seed sd; red ×: flagged runs; "
-                   "lines: fits with 95% bootstrap bands of the mean curve (dashed grey: failed fit, not a law); "
-                   "red dotted: the fit with the flagged runs; green dashed: Bayes oracle (synthetic data only).")
+        f = figure(
+            plots.series_figure(an, sweep, model, axis, x_name),
+            f"scaling_{sweep}_{model}_{axis}",
+            f"{sweep}: {model} vs {x_label(x_name)}. Grey: seeds; black: mean ± seed sd; red ×: flagged runs; "
+            "lines: fits with 95% bootstrap bands of the mean curve (dashed grey: failed fit, not a law); "
+            "red dotted: the fit with the flagged runs; green dashed: Bayes oracle (synthetic data only).",
+        )
         scaling.append(f)
     fits = an.fits_table()
     fits_disp = tables.fits_display(fits)
     if scaling:
         native = fits_disp[fits_disp["x"] != "train_flops"] if len(fits_disp) else fits_disp
-        for form, cap in (("loglinear", "Log-linear fits on each series' x: estimate [95% CI], MDE (95%/80%) and, "
-                                        "where flagged runs exist, the estimate with them."),
-                          ("powerlaw", "Saturating fits (logloss, >= 5 x-values): floor E and exponent α [95% CI]; "
-                                       "'chosen' = lower leave-one-config-out CV RMSE than the log-linear fit; "
-                                       "'status' says when a fit failed (parameter at a bound, floor below Bayes).")):
+        for form, cap in (
+            (
+                "loglinear",
+                "Log-linear fits on each series' x: estimate [95% CI], MDE (95%/80%) and, "
+                "where flagged runs exist, the estimate with them.",
+            ),
+            (
+                "powerlaw",
+                "Saturating fits (logloss, >= 5 x-values): floor E and exponent α [95% CI]; "
+                "'chosen' = lower leave-one-config-out CV RMSE than the log-linear fit; "
+                "'status' says when a fit failed (parameter at a bound, floor below Bayes).",
+            ),
+        ):
             part = native[native["form"] == form] if len(native) else native
             if len(part):
-                scaling.append(Table(name=f"fits_{form}", frame=part.loc[:, (part != "").any()], caption=cap))
-    sections.append(Section(title="Scaling along each axis", blocks=scaling or [
-        Text(markdown="No sweep with ≥ 2 numeric values of its axis among the finished runs.")]))
+                scaling.append(
+                    Table(name=f"fits_{form}", frame=part.loc[:, (part != "").any()], caption=cap)
+                )
+    sections.append(
+        Section(
+            title="Scaling along each axis",
+            blocks=scaling
+            or [
+                Text(
+                    markdown="No sweep with ≥ 2 numeric values of its axis among the finished runs."
+                )
+            ],
+        )
+    )
 
     flops_blocks = []
     if an.series:
-        flops_blocks.append(Table(name="fits_flops", frame=fits_disp[fits_disp["x"] == "train_flops"],
-                                  caption="Log-linear fits on training FLOPs."))
-        flops_blocks.append(figure(plots.tradeoff(an, primary), "tradeoff", "Linear FLOPs axis, marker area ~ dense params."))
+        flops_blocks.append(
+            Table(
+                name="fits_flops",
+                frame=fits_disp[fits_disp["x"] == "train_flops"],
+                caption="Log-linear fits on training FLOPs.",
+            )
+        )
+        flops_blocks.append(
+            figure(
+                plots.tradeoff(an, primary),
+                "tradeoff",
+                "Linear FLOPs axis, marker area ~ dense params.",
+            )
+        )
         flops_blocks.append(Text(markdown=_slope_differences(an, primary)))
-    sections.append(Section(title="All series on training FLOPs",
-                            blocks=flops_blocks or [Text(markdown="No scaling series.")]))
+    sections.append(
+        Section(
+            title="All series on training FLOPs",
+            blocks=flops_blocks or [Text(markdown="No scaling series.")],
+        )
+    )
 
     diag = []
     for metric in dict.fromkeys(("ctr_logloss", primary)):
         if any(s.metric == metric and s.fits for s in an.series):
-            diag.append(figure(plots.residuals(an, metric), f"residuals_{metric}",
-                               f"Residuals of config means ({metric}); grey band: ± pooled seed sd. Curvature in "
-                               "the log-linear residuals is the signature of saturation."))
+            diag.append(
+                figure(
+                    plots.residuals(an, metric),
+                    f"residuals_{metric}",
+                    f"Residuals of config means ({metric}); grey band: ± pooled seed sd. Curvature in "
+                    "the log-linear residuals is the signature of saturation.",
+                )
+            )
     hold = an.holdout_table()
     hold = hold[hold["x_name"] != "train_flops"]
     if len(hold):
-        diag.append(figure(plots.holdout_parity(hold), "holdout_parity",
-                           "Leave-largest-out: fit without the largest x, predict it (95% prediction interval "
-                           "= bootstrap curve spread + seed noise of the held-out mean)."))
-        h = hold[["sweep", "model", "axis", "metric", "form", "x", "n_seeds", "observed", "predicted", "lo", "hi",
-                  "inside", "abs_rel_error"]]
-        diag.append(Table(name="holdout", frame=h, caption=f"Extrapolation checks: {int(h['inside'].sum())} of "
-                          f"{len(h)} observed values inside their 95% prediction interval.", float_format="{:.5g}"))
-    uauc = [s for s in an.series if s.metric == primary and s.x_name == "train_flops" and "loglinear" in s.fits]
+        diag.append(
+            figure(
+                plots.holdout_parity(hold),
+                "holdout_parity",
+                "Leave-largest-out: fit without the largest x, predict it (95% prediction interval "
+                "= bootstrap curve spread + seed noise of the held-out mean).",
+            )
+        )
+        h = hold[
+            [
+                "sweep",
+                "model",
+                "axis",
+                "metric",
+                "form",
+                "x",
+                "n_seeds",
+                "observed",
+                "predicted",
+                "lo",
+                "hi",
+                "inside",
+                "abs_rel_error",
+            ]
+        ]
+        diag.append(
+            Table(
+                name="holdout",
+                frame=h,
+                caption=f"Extrapolation checks: {int(h['inside'].sum())} of "
+                f"{len(h)} observed values inside their 95% prediction interval.",
+                float_format="{:.5g}",
+            )
+        )
+    uauc = [
+        s
+        for s in an.series
+        if s.metric == primary and s.x_name == "train_flops" and "loglinear" in s.fits
+    ]
     if uauc:
-        diag.append(figure(plots.bootstrap_hist(uauc), "bootstrap_slopes",
-                           f"Bootstrap distributions of the {primary} gain per doubling of training FLOPs."))
-    sections.append(Section(title="Fit diagnostics", blocks=diag or [Text(markdown="No fits to diagnose.")]))
+        diag.append(
+            figure(
+                plots.bootstrap_hist(uauc),
+                "bootstrap_slopes",
+                f"Bootstrap distributions of the {primary} gain per doubling of training FLOPs.",
+            )
+        )
+    sections.append(
+        Section(title="Fit diagnostics", blocks=diag or [Text(markdown="No fits to diagnose.")])
+    )
 
     floor = fits[(fits["form"] == "powerlaw")] if len(fits) and "form" in fits else pd.DataFrame()
     if len(floor) and "oracle" in floor and floor["oracle"].notna().any():
-        fl = floor[["sweep", "model", "axis", "metric", "E", "E_lo", "E_hi", "oracle", "status"]].copy()
+        fl = floor[
+            ["sweep", "model", "axis", "metric", "E", "E_lo", "E_hi", "oracle", "status"]
+        ].copy()
         fl["E − oracle"] = fl["E"] - fl["oracle"]
         fl["oracle inside E's CI"] = (fl["E_lo"] <= fl["oracle"]) & (fl["oracle"] <= fl["E_hi"])
         fl["E below oracle (impossible floor)"] = fl["E_hi"] < fl["oracle"]
-        oracle_blocks = [Table(name="floor_vs_oracle", frame=fl, caption="Fitted floor E vs the Bayes logloss "
-                               "(result.json 'oracle', from the true probabilities). A floor whose CI lies below the "
-                               "oracle marks the fit failed; well above it means a capacity or data limit.",
-                               float_format="{:.5f}")]
+        oracle_blocks = [
+            Table(
+                name="floor_vs_oracle",
+                frame=fl,
+                caption="Fitted floor E vs the Bayes logloss "
+                "(result.json 'oracle', from the true probabilities). A floor whose CI lies below the "
+                "oracle marks the fit failed; well above it means a capacity or data limit.",
+                float_format="{:.5f}",
+            )
+        ]
     else:
-        oracle_blocks = [Text(markdown="No saturating fit with an oracle value (real data has no Bayes ceiling, "
-                                       "or fewer than 5 x-values).")]
+        oracle_blocks = [
+            Text(
+                markdown="No saturating fit with an oracle value (real data has no Bayes ceiling, "
+                "or fewer than 5 x-values)."
+            )
+        ]
     sections.append(Section(title="Bayes ceiling vs fitted floor", blocks=oracle_blocks))
 
     t3, t5 = tables.table3(tdone, an.split), tables.table5(tdone)
     left_out = len(set(done["run_id"]) & bad) if not an.include_flagged else 0
-    paper_blocks = [Text(markdown=DELTA_CONVENTION + " Paper values: ../shared/paper/onetrans-spec.md §2 "
-                                  "(analysis/paper_numbers.py)." + (f" {_runs(left_out)} flagged and left out of "
-                                  "these tables." if left_out else ""))]
-    for name, t, cap in (("table2", t2, f"Table 2 layout: models vs {reference}; 'pts lo/hi' = the 95% Welch CI "
-                                        "of the difference in points over seeds."),
-                         ("table3", t3, "Table 3 layout: ablations vs OneTrans-S (reference)."),
-                         ("table5", t5, "Table 5 layout: system variants vs un-optimised (inference columns are "
-                                        "not recorded in result.json: n/a).")):
-        paper_blocks.append(Table(name=name, frame=_drop_sd(t), caption=cap) if len(t) else
-                            Text(markdown=f"{cap} No runs of this kind in the input."))
+    paper_blocks = [
+        Text(
+            markdown=DELTA_CONVENTION + " Paper values: ../shared/paper/onetrans-spec.md §2 "
+            "(analysis/paper_numbers.py)."
+            + (f" {_runs(left_out)} flagged and left out of these tables." if left_out else "")
+        )
+    ]
+    for name, t, cap in (
+        (
+            "table2",
+            t2,
+            f"Table 2 layout: models vs {reference}; 'pts lo/hi' = the 95% Welch CI "
+            "of the difference in points over seeds.",
+        ),
+        ("table3", t3, "Table 3 layout: ablations vs OneTrans-S (reference)."),
+        (
+            "table5",
+            t5,
+            "Table 5 layout: system variants vs un-optimised (inference columns are "
+            "not recorded in result.json: n/a).",
+        ),
+    ):
+        paper_blocks.append(
+            Table(name=name, frame=_drop_sd(t), caption=cap)
+            if len(t)
+            else Text(markdown=f"{cap} No runs of this kind in the input.")
+        )
     if len(t3):
-        paper_blocks.append(figure(plots.ablation_bars(t3[t3["variant"] != "reference"]), "ablation_bars",
-                                   "Ablations: relative Δ vs reference (± seed sd of the difference); black: paper."))
+        paper_blocks.append(
+            figure(
+                plots.ablation_bars(t3[t3["variant"] != "reference"]),
+                "ablation_bars",
+                "Ablations: relative Δ vs reference (± seed sd of the difference); black: paper.",
+            )
+        )
     sections.append(Section(title="Paper tables (ours beside the paper's)", blocks=paper_blocks))
 
     curves = []
     bad_ids = set(an.flags["run_id"]) if len(an.flags) else set()
     for sweep, g in done.groupby("sweep"):
-        curves.append(figure(plots.training_curves(g, str(sweep), flagged=bad_ids), f"curves_{sweep}",
-                             f"Training curves, sweep {sweep} (training loss first, then validation metrics; "
-                             "flagged runs in red)."))
+        curves.append(
+            figure(
+                plots.training_curves(g, str(sweep), flagged=bad_ids),
+                f"curves_{sweep}",
+                f"Training curves, sweep {sweep} (training loss first, then validation metrics; "
+                "flagged runs in red).",
+            )
+        )
     curves = [c for c in curves if c is not None]
-    sections.append(Section(title="Training curves", blocks=curves or [Text(markdown="No metrics.csv found.")]))
+    sections.append(
+        Section(title="Training curves", blocks=curves or [Text(markdown="No metrics.csv found.")])
+    )
 
-    sections.append(Section(title="Per-configuration results", blocks=[
-        Table(name="configs", frame=tables.config_table(done, an.split, an.flags, an.include_flagged),
-              caption="Mean ± seed sd per configuration over the runs used by the fits (one seed: 'n/a', seed noise "
-                      "not measured); params in millions; TFLOPs = training FLOPs / 1e12.")]))
+    sections.append(
+        Section(
+            title="Per-configuration results",
+            blocks=[
+                Table(
+                    name="configs",
+                    frame=tables.config_table(done, an.split, an.flags, an.include_flagged),
+                    caption="Mean ± seed sd per configuration over the runs used by the fits (one seed: 'n/a', seed noise "
+                    "not measured); params in millions; TFLOPs = training FLOPs / 1e12.",
+                )
+            ],
+        )
+    )
     sections.append(Section(title="Methods", blocks=[Text(markdown=_methods(an))]))
     prov = _provenance(an)
-    sections.append(Section(title="Provenance", blocks=[Text(markdown="\n".join(f"- **{k}**: {v}" for k, v in prov.items()))]))
-    sections = [Section(title=s.title, blocks=[b for b in s.blocks if b is not None]) for s in sections]
+    sections.append(
+        Section(
+            title="Provenance",
+            blocks=[Text(markdown="\n".join(f"- **{k}**: {v}" for k, v in prov.items()))],
+        )
+    )
+    sections = [
+        Section(title=s.title, blocks=[b for b in s.blocks if b is not None]) for s in sections
+    ]
     tdir = out / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
     spec = ReportSpec(title=title, sections=sections, provenance=prov)
@@ -383,23 +661,30 @@ def build_report(an: Analysis, out: Path, *, title: str = "OneTrans scaling repo
 
 
 def _methods(an: Analysis) -> str:
-    hints = "; ".join(f"{k}: {h.describe()}" for k, h in sorted(an.hints.items()) if h.describe()) \
+    hints = (
+        "; ".join(f"{k}: {h.describe()}" for k, h in sorted(an.hints.items()) if h.describe())
         or "none found (defaults used)"
-    return "\n".join([
-        f"- Fits: log-linear `m = a + b·log10(x)` for every metric with ≥ {an.settings.min_loglinear_x} distinct x "
-        f"(Δ per doubling = b·log10 2); saturating `y = E + A·x^-α` for logloss with ≥ {an.settings.min_powerlaw_x} "
-        f"x-values (Huber δ = {an.settings.huber_delta:g} on log y, multi-start, LSE parameters), and on 1 − AUC "
-        "where a sweep's hints ask for `fit: powerlaw`; a saturating fit "
-        "with a parameter at its bound or a floor below the Bayes floor is marked failed.",
-        f"- Intervals: {an.settings.level:.0%} percentile, two-level cluster bootstrap (configs, then seeds within), "
-        f"{an.settings.n_boot} replicates, seed {an.settings.seed}. Bands are for the mean curve.",
-        "- MDE: (t(0.975, dof) + t(0.80, dof)) · σ / sqrt(Σ (log2 x − mean)²) over the runs fitted; σ = pooled "
-        "within-configuration seed sd (else the scatter around the line).",
-        "- Flagged runs: non-finite or diverged training loss, NaN metric, seed outlier (|y − config median| > 6 "
-        "robust seed sd); docs/analysis.md.",
-        "- Model choice: leave-one-config-out CV RMSE of config means (AIC/BIC on config means also shown; "
-        "with few configs they are indicative only).",
-        f"- Sweep-file analysis hints: {hints}.", f"- {FLOP_CONVENTION}.", f"- {DELTA_CONVENTION}"])
+    )
+    return "\n".join(
+        [
+            f"- Fits: log-linear `m = a + b·log10(x)` for every metric with ≥ {an.settings.min_loglinear_x} distinct x "
+            f"(Δ per doubling = b·log10 2); saturating `y = E + A·x^-α` for logloss with ≥ {an.settings.min_powerlaw_x} "
+            f"x-values (Huber δ = {an.settings.huber_delta:g} on log y, multi-start, LSE parameters), and on 1 − AUC "
+            "where a sweep's hints ask for `fit: powerlaw`; a saturating fit "
+            "with a parameter at its bound or a floor below the Bayes floor is marked failed.",
+            f"- Intervals: {an.settings.level:.0%} percentile, two-level cluster bootstrap (configs, then seeds within), "
+            f"{an.settings.n_boot} replicates, seed {an.settings.seed}. Bands are for the mean curve.",
+            "- MDE: (t(0.975, dof) + t(0.80, dof)) · σ / sqrt(Σ (log2 x − mean)²) over the runs fitted; σ = pooled "
+            "within-configuration seed sd (else the scatter around the line).",
+            "- Flagged runs: non-finite or diverged training loss, NaN metric, seed outlier (|y − config median| > 6 "
+            "robust seed sd); docs/analysis.md.",
+            "- Model choice: leave-one-config-out CV RMSE of config means (AIC/BIC on config means also shown; "
+            "with few configs they are indicative only).",
+            f"- Sweep-file analysis hints: {hints}.",
+            f"- {FLOP_CONVENTION}.",
+            f"- {DELTA_CONVENTION}",
+        ]
+    )
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -416,14 +701,25 @@ def _drop_sd(t: pd.DataFrame) -> pd.DataFrame:
 
 def _slope_differences(an: Analysis, metric: str) -> str:
     """CIs of slope differences between series on the FLOPs axis, from the series' bootstrap replicates."""
-    group = [s for s in an.series if s.metric == metric and s.x_name == "train_flops" and "loglinear" in s.fits]
+    group = [
+        s
+        for s in an.series
+        if s.metric == metric and s.x_name == "train_flops" and "loglinear" in s.fits
+    ]
     if len(group) < 2:
         return "Slope differences need at least two series on the FLOPs axis."
-    lines = [f"Differences of the {metric} gain per doubling of FLOPs (first − second series; 95% CI from the two "
-             "series' independent bootstrap replicates, paired by replicate index):"]
+    lines = [
+        f"Differences of the {metric} gain per doubling of FLOPs (first − second series; 95% CI from the two "
+        "series' independent bootstrap replicates, paired by replicate index):"
+    ]
     for i, a in enumerate(group):
-        for b in group[i + 1:]:
-            d = a.fits["loglinear"].boot["b_per_doubling"] - b.fits["loglinear"].boot["b_per_doubling"]
+        for b in group[i + 1 :]:
+            d = (
+                a.fits["loglinear"].boot["b_per_doubling"]
+                - b.fits["loglinear"].boot["b_per_doubling"]
+            )
             lo, hi = np.nanpercentile(d, [2.5, 97.5])
-            lines.append(f"- {a.sweep}/{a.axis} − {b.sweep}/{b.axis}: {np.nanmedian(d):+.5f} [{lo:+.5f}, {hi:+.5f}]")
+            lines.append(
+                f"- {a.sweep}/{a.axis} − {b.sweep}/{b.axis}: {np.nanmedian(d):+.5f} [{lo:+.5f}, {hi:+.5f}]"
+            )
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Self-contained HTML: figures embedded as base64 PNG, inline CSS, no external URL of any kind."""
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,10 @@ def _slug(text: str) -> str:
 
 def _figure(f: Figure) -> str:
     data = base64.b64encode(Path(f.png).read_bytes()).decode("ascii")
-    return (f'<figure id="fig-{_slug(f.name)}"><img alt="{html.escape(f.name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+    return (
+        f'<figure id="fig-{_slug(f.name)}"><img alt="{html.escape(f.name)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+    )
 
 
 def _table(t: Table) -> str:
@@ -58,9 +61,13 @@ def _table(t: Table) -> str:
 
 
 def render_html(spec: ReportSpec) -> str:
-    toc = "".join(f'<li><a href="#{_slug(s.title)}">{html.escape(s.title)}</a></li>' for s in spec.sections)
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(spec.title)}</title>"
-             f"<style>{CSS}</style></head><body><h1>{html.escape(spec.title)}</h1><nav><ol>{toc}</ol></nav>"]
+    toc = "".join(
+        f'<li><a href="#{_slug(s.title)}">{html.escape(s.title)}</a></li>' for s in spec.sections
+    )
+    parts = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(spec.title)}</title>'
+        f"<style>{CSS}</style></head><body><h1>{html.escape(spec.title)}</h1><nav><ol>{toc}</ol></nav>"
+    ]
     for s in spec.sections:
         parts.append(f'<section><h2 id="{_slug(s.title)}">{html.escape(s.title)}</h2>')
         for b in s.blocks:

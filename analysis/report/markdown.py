@@ -1,5 +1,6 @@
 """Markdown report: pipe tables (own writer: DataFrame.to_markdown needs the optional tabulate) and
 figure links relative to the report file."""
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ def pipe_table(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
 
 def parse_pipe_table(text: str) -> pd.DataFrame:
     """Inverse of pipe_table (all cells as strings); used by the round-trip test and by readers."""
+
     def split(line: str) -> list[str]:
         cells, cur, i, body = [], "", 0, line.strip()[1:-1]
         while i < len(body):
@@ -41,13 +43,17 @@ def parse_pipe_table(text: str) -> pd.DataFrame:
             i += 1
         cells.append(cur.strip())
         return cells
+
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return pd.DataFrame([split(ln) for ln in lines[2:]], columns=split(lines[0]))
 
 
 def render_markdown(spec: ReportSpec, base: Path) -> str:
     out = [f"# {spec.title}", ""]
-    out += [f"{i}. [{s.title}](#{s.title.lower().replace(' ', '-')})" for i, s in enumerate(spec.sections, 1)] + [""]
+    out += [
+        f"{i}. [{s.title}](#{s.title.lower().replace(' ', '-')})"
+        for i, s in enumerate(spec.sections, 1)
+    ] + [""]
     for s in spec.sections:
         out += [f"## {s.title}", ""]
         for b in s.blocks:
@@ -58,7 +64,12 @@ def render_markdown(spec: ReportSpec, base: Path) -> str:
                 vec = f" ([vector]({os.path.relpath(b.vector, base)}))" if b.vector else ""
                 out += [f"![{b.name}]({rel})", "", f"*{b.caption}*{vec}", ""]
             elif isinstance(b, Table):
-                out += [pipe_table(b.frame, b.float_format) if not b.frame.empty else "(empty)", "", f"*{b.caption}*", ""]
+                out += [
+                    pipe_table(b.frame, b.float_format) if not b.frame.empty else "(empty)",
+                    "",
+                    f"*{b.caption}*",
+                    "",
+                ]
     return "\n".join(out)
 
 

@@ -2,6 +2,7 @@
 
 Renderers (html.py, markdown.py, wandb_report.py) only map these blocks; they compute nothing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,15 +12,15 @@ import pandas as pd
 
 @dataclass(frozen=True, kw_only=True)
 class Text:
-    markdown: str                   # a small Markdown subset: paragraphs, `code`, **bold**, "- " lists
+    markdown: str  # a small Markdown subset: paragraphs, `code`, **bold**, "- " lists
 
 
 @dataclass(frozen=True, kw_only=True)
 class Figure:
-    name: str                       # unique key (file stem; W&B media key)
-    png: str                        # path of the PNG (embedded in HTML, linked from Markdown)
+    name: str  # unique key (file stem; W&B media key)
+    png: str  # path of the PNG (embedded in HTML, linked from Markdown)
     caption: str
-    vector: str | None = None       # path of the SVG/PDF twin
+    vector: str | None = None  # path of the SVG/PDF twin
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,5 @@
 """Shared helpers of the static renderers: the small Markdown subset of Text blocks, table formatting."""
+
 from __future__ import annotations
 
 import html
@@ -10,6 +11,7 @@ import pandas as pd
 
 def format_frame(frame: pd.DataFrame, float_format: str) -> pd.DataFrame:
     """Every cell as a string: floats with float_format, NaN/None as '', booleans as yes/no."""
+
     def cell(v):
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return ""
@@ -18,6 +20,7 @@ def format_frame(frame: pd.DataFrame, float_format: str) -> pd.DataFrame:
         if isinstance(v, (float, np.floating)):
             return float_format.format(v)
         return str(v)
+
     return frame.apply(lambda col: col.map(cell)) if len(frame.columns) else frame
 
 

@@ -10,6 +10,7 @@
 Conventions: ts is int64 seconds; categorical ids are int64 in [0, vocab_size) with 0 reserved for
 padding / missing; behaviour ids are 1..n (0 never appears in events); labels are 0/1 integers.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -40,37 +41,42 @@ class Feature:
     name: str
     kind: FeatureKind
     group: FeatureGroup
-    table: FeatureTable                 # where the column lives (joined by user_id / item_id)
-    vocab_size: int | None = None       # categorical only: ids in [0, vocab_size)
+    table: FeatureTable  # where the column lives (joined by user_id / item_id)
+    vocab_size: int | None = None  # categorical only: ids in [0, vocab_size)
     description: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Behavior:
     name: str
-    id: int                             # 1..n, as stored in events.behavior
+    id: int  # 1..n, as stored in events.behavior
 
 
 @dataclass(frozen=True, kw_only=True)
 class SplitRule:
     rule: Literal["chronological"] = "chronological"
-    val_start_ts: int                   # impressions with ts >= val_start_ts are val (or test)
-    test_start_ts: int                  # impressions with ts >= test_start_ts are test
+    val_start_ts: int  # impressions with ts >= val_start_ts are val (or test)
+    test_start_ts: int  # impressions with ts >= test_start_ts are test
 
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
     name: str
     source: str
-    item_vocab: int                     # item ids (events.item_id, impressions.item_id) in [0, item_vocab)
-    side_fields: tuple[str, ...]        # item side fields present in events.parquet AND as item features
-    features: tuple[Feature, ...]       # every non-sequential feature (side fields included, group=item)
+    item_vocab: int  # item ids (events.item_id, impressions.item_id) in [0, item_vocab)
+    side_fields: tuple[str, ...]  # item side fields present in events.parquet AND as item features
+    features: tuple[Feature, ...]  # every non-sequential feature (side fields included, group=item)
     behaviors: tuple[Behavior, ...]
-    intent_order: tuple[str, ...]       # behaviour names, highest intent first
+    intent_order: tuple[str, ...]  # behaviour names, highest intent first
     split: SplitRule
-    labels: dict[str, Any] = field(default_factory=lambda: {
-        "click": "click", "conversion": "conversion", "conversion_requires_click": True})
-    has_oracle: bool = False            # impressions carry p_click / p_conversion
+    labels: dict[str, Any] = field(
+        default_factory=lambda: {
+            "click": "click",
+            "conversion": "conversion",
+            "conversion_requires_click": True,
+        }
+    )
+    has_oracle: bool = False  # impressions carry p_click / p_conversion
     stats: dict[str, Any] = field(default_factory=dict)
     contract_version: int = CONTRACT_VERSION
     notes: str = ""
@@ -90,7 +96,9 @@ class Manifest:
         d = asdict(self)
         d["side_fields"] = list(self.side_fields)
         d["intent_order"] = list(self.intent_order)
-        d["features"] = [{k: v for k, v in asdict(f).items() if v not in (None, "")} for f in self.features]
+        d["features"] = [
+            {k: v for k, v in asdict(f).items() if v not in (None, "")} for f in self.features
+        ]
         d["behaviors"] = [asdict(b) for b in self.behaviors]
         return d
 
@@ -102,72 +110,119 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:
         def need(obj: dict, key: str, ctx: str) -> Any:
             if key not in obj:
-                raise ContractError(f"{where}: missing field '{ctx}{key}'. Add it (see docs/data-contract.md).")
+                raise ContractError(
+                    f"{where}: missing field '{ctx}{key}'. Add it (see docs/data-contract.md)."
+                )
             return obj[key]
 
         if not isinstance(d, dict):
-            raise ContractError(f"{where}: expected a mapping at the top level, got {type(d).__name__}.")
+            raise ContractError(
+                f"{where}: expected a mapping at the top level, got {type(d).__name__}."
+            )
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ContractError(f"{where}: unknown field(s) {unknown}; valid fields are {sorted(known)}.")
+            raise ContractError(
+                f"{where}: unknown field(s) {unknown}; valid fields are {sorted(known)}."
+            )
         feats = []
         for i, f in enumerate(need(d, "features", "")):
             ctx = f"features[{i}]."
             kind, group, table = need(f, "kind", ctx), need(f, "group", ctx), need(f, "table", ctx)
             if kind not in ("categorical", "numeric"):
-                raise ContractError(f"{where}: {ctx}kind = {kind!r}; use 'categorical' or 'numeric'.")
+                raise ContractError(
+                    f"{where}: {ctx}kind = {kind!r}; use 'categorical' or 'numeric'."
+                )
             if group not in ("user", "item", "context"):
-                raise ContractError(f"{where}: {ctx}group = {group!r}; use 'user', 'item' or 'context'.")
+                raise ContractError(
+                    f"{where}: {ctx}group = {group!r}; use 'user', 'item' or 'context'."
+                )
             if table not in ("impressions", "users", "items"):
-                raise ContractError(f"{where}: {ctx}table = {table!r}; use 'impressions', 'users' or 'items'.")
+                raise ContractError(
+                    f"{where}: {ctx}table = {table!r}; use 'impressions', 'users' or 'items'."
+                )
             vocab = f.get("vocab_size")
             if kind == "categorical" and (not isinstance(vocab, int) or vocab < 2):
-                raise ContractError(f"{where}: {ctx}vocab_size must be an integer >= 2 for categorical "
-                                    f"feature {f.get('name')!r}, got {vocab!r}.")
-            feats.append(Feature(name=need(f, "name", ctx), kind=kind, group=group, table=table,
-                                 vocab_size=vocab, description=f.get("description", "")))
-        behaviors = tuple(Behavior(name=need(b, "name", f"behaviors[{i}]."), id=int(need(b, "id", f"behaviors[{i}].")))
-                          for i, b in enumerate(need(d, "behaviors", "")))
+                raise ContractError(
+                    f"{where}: {ctx}vocab_size must be an integer >= 2 for categorical "
+                    f"feature {f.get('name')!r}, got {vocab!r}."
+                )
+            feats.append(
+                Feature(
+                    name=need(f, "name", ctx),
+                    kind=kind,
+                    group=group,
+                    table=table,
+                    vocab_size=vocab,
+                    description=f.get("description", ""),
+                )
+            )
+        behaviors = tuple(
+            Behavior(
+                name=need(b, "name", f"behaviors[{i}]."), id=int(need(b, "id", f"behaviors[{i}]."))
+            )
+            for i, b in enumerate(need(d, "behaviors", ""))
+        )
         ids = sorted(b.id for b in behaviors)
         if ids != list(range(1, len(ids) + 1)):
             raise ContractError(f"{where}: behaviors ids must be 1..n without gaps, got {ids}.")
         names = [b.name for b in behaviors]
         intent = tuple(d.get("intent_order") or reversed(names))
         if sorted(intent) != sorted(names):
-            raise ContractError(f"{where}: intent_order {list(intent)} must list each behaviour name {names} once.")
+            raise ContractError(
+                f"{where}: intent_order {list(intent)} must list each behaviour name {names} once."
+            )
         split = need(d, "split", "")
-        split_rule = SplitRule(rule=split.get("rule", "chronological"),
-                               val_start_ts=int(need(split, "val_start_ts", "split.")),
-                               test_start_ts=int(need(split, "test_start_ts", "split.")))
+        split_rule = SplitRule(
+            rule=split.get("rule", "chronological"),
+            val_start_ts=int(need(split, "val_start_ts", "split.")),
+            test_start_ts=int(need(split, "test_start_ts", "split.")),
+        )
         if split_rule.rule != "chronological":
-            raise ContractError(f"{where}: split.rule = {split_rule.rule!r}; only 'chronological' is supported.")
+            raise ContractError(
+                f"{where}: split.rule = {split_rule.rule!r}; only 'chronological' is supported."
+            )
         if split_rule.val_start_ts > split_rule.test_start_ts:
             raise ContractError(f"{where}: split.val_start_ts must be <= split.test_start_ts.")
         side = tuple(d.get("side_fields", ()))
         fnames = {f.name for f in feats}
         for s in side:
             if s not in fnames:
-                raise ContractError(f"{where}: side field {s!r} must also be declared in 'features' "
-                                    f"(group: item, kind: categorical) so candidates carry it.")
-        return cls(name=str(need(d, "name", "")), source=str(d.get("source", "")),
-                   item_vocab=int(need(d, "item_vocab", "")), side_fields=side, features=tuple(feats),
-                   behaviors=behaviors, intent_order=intent, split=split_rule,
-                   labels=d.get("labels") or cls.__dataclass_fields__["labels"].default_factory(),
-                   has_oracle=bool(d.get("has_oracle", False)), stats=d.get("stats") or {},
-                   contract_version=int(d.get("contract_version", CONTRACT_VERSION)), notes=d.get("notes", ""))
+                raise ContractError(
+                    f"{where}: side field {s!r} must also be declared in 'features' "
+                    f"(group: item, kind: categorical) so candidates carry it."
+                )
+        return cls(
+            name=str(need(d, "name", "")),
+            source=str(d.get("source", "")),
+            item_vocab=int(need(d, "item_vocab", "")),
+            side_fields=side,
+            features=tuple(feats),
+            behaviors=behaviors,
+            intent_order=intent,
+            split=split_rule,
+            labels=d.get("labels") or cls.__dataclass_fields__["labels"].default_factory(),
+            has_oracle=bool(d.get("has_oracle", False)),
+            stats=d.get("stats") or {},
+            contract_version=int(d.get("contract_version", CONTRACT_VERSION)),
+            notes=d.get("notes", ""),
+        )
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Manifest":
+    def load(cls, folder: str | Path) -> Manifest:
         path = Path(folder) / MANIFEST
         if not Path(folder).is_dir():
-            raise ContractError(f"{folder}: not a dataset folder. Create one with "
-                                f"`python -m harness.data synth --preset ci --out {folder}` or a converter.")
+            raise ContractError(
+                f"{folder}: not a dataset folder. Create one with "
+                f"`python -m harness.data synth --preset ci --out {folder}` or a converter."
+            )
         if not path.exists():
-            raise ContractError(f"{path}: missing. A dataset folder needs manifest.yaml (docs/data-contract.md).")
+            raise ContractError(
+                f"{path}: missing. A dataset folder needs manifest.yaml (docs/data-contract.md)."
+            )
         try:
             d = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
@@ -180,17 +235,26 @@ class Manifest:
         the remaining categoricals (item_id excluded: it is cand_item) feed ns_cat, numerics ns_num."""
         from model.features import FeatureSpec
 
-        cats = [f for f in self.features if f.kind == "categorical" and f.name not in self.side_fields
-                and f.name != "item_id"]
+        cats = [
+            f
+            for f in self.features
+            if f.kind == "categorical" and f.name not in self.side_fields and f.name != "item_id"
+        ]
         nums = [f for f in self.features if f.kind == "numeric"]
         return FeatureSpec(
             item_vocab=self.item_vocab,
-            side_names=self.side_fields, side_vocab=tuple(self.feature(s).vocab_size for s in self.side_fields),
-            cat_names=tuple(f.name for f in cats), cat_vocab=tuple(f.vocab_size for f in cats),
+            side_names=self.side_fields,
+            side_vocab=tuple(self.feature(s).vocab_size for s in self.side_fields),
+            cat_names=tuple(f.name for f in cats),
+            cat_vocab=tuple(f.vocab_size for f in cats),
             cat_groups=tuple(f.group for f in cats),
-            num_names=tuple(f.name for f in nums), num_groups=tuple(f.group for f in nums),
-            behavior_names=self.behavior_names(), intent_order=self.intent_order,
-            n_gap_buckets=n_gap_buckets, seq_len=seq_len)
+            num_names=tuple(f.name for f in nums),
+            num_groups=tuple(f.group for f in nums),
+            behavior_names=self.behavior_names(),
+            intent_order=self.intent_order,
+            n_gap_buckets=n_gap_buckets,
+            seq_len=seq_len,
+        )
 
 
 def resolve_folder(name: str | Path, cache_dir: str | Path = "data_cache", seed: int = 0) -> Path:
@@ -201,8 +265,11 @@ def resolve_folder(name: str | Path, cache_dir: str | Path = "data_cache", seed:
     if not name.startswith("synthetic:"):
         return Path(name)
     from harness.data.synth import PRESETS, ensure_synthetic
+
     preset = name.split(":", 1)[1]
     if preset not in PRESETS:
-        raise ContractError(f"{name}: no synthetic preset {preset!r}; choose one of "
-                            + ", ".join(f"synthetic:{p}" for p in sorted(PRESETS)))
+        raise ContractError(
+            f"{name}: no synthetic preset {preset!r}; choose one of "
+            + ", ".join(f"synthetic:{p}" for p in sorted(PRESETS))
+        )
     return ensure_synthetic(preset, seed, cache_dir, progress=True)

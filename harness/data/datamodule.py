@@ -13,11 +13,13 @@ Design (docs/data-module.md):
   from (seed, epoch), so workers and DDP ranks agree without communication; rank k takes batches
   k, k + world, ... (train: truncated to an equal count per rank so DDP never waits on a missing one).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -38,21 +40,27 @@ Batching = Literal["requests", "fixed"]
 def _read(folder: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
     path = folder / name
     if not path.exists():
-        raise ContractError(f"{path}: missing. Every dataset folder needs {name} (docs/data-contract.md).")
+        raise ContractError(
+            f"{path}: missing. Every dataset folder needs {name} (docs/data-contract.md)."
+        )
     df = pd.read_parquet(path)
     if columns:
         missing = [c for c in columns if c not in df.columns]
         if missing:
-            raise ContractError(f"{path}: missing column(s) {missing}; present: {list(df.columns)}. "
-                                f"Add them (docs/data-contract.md).")
+            raise ContractError(
+                f"{path}: missing column(s) {missing}; present: {list(df.columns)}. "
+                f"Add them (docs/data-contract.md)."
+            )
     return df
 
 
 def _int_column(df: pd.DataFrame, col: str, where: str) -> np.ndarray:
     s = df[col]
     if not pd.api.types.is_integer_dtype(s.dtype):
-        raise ContractError(f"{where}: column '{col}' has dtype {s.dtype}; it must be an integer "
-                            f"(int64) column. Cast it, e.g. df['{col}'] = df['{col}'].astype('int64').")
+        raise ContractError(
+            f"{where}: column '{col}' has dtype {s.dtype}; it must be an integer "
+            f"(int64) column. Cast it, e.g. df['{col}'] = df['{col}'].astype('int64')."
+        )
     return s.to_numpy(dtype=np.int64)
 
 
@@ -60,11 +68,15 @@ def _check_range(values: np.ndarray, lo: int, hi: int, where: str, col: str, fix
     bad = np.flatnonzero((values < lo) | (values >= hi))
     if len(bad):
         i = int(bad[0])
-        raise ContractError(f"{where}: column '{col}' has {len(bad)} value(s) outside [{lo}, {hi}), "
-                            f"e.g. row {i} = {values[i]}. {fix}")
+        raise ContractError(
+            f"{where}: column '{col}' has {len(bad)} value(s) outside [{lo}, {hi}), "
+            f"e.g. row {i} = {values[i]}. {fix}"
+        )
 
 
-def _lookup(keys: np.ndarray, table_keys: np.ndarray, where: str, key: str, table: str) -> np.ndarray:
+def _lookup(
+    keys: np.ndarray, table_keys: np.ndarray, where: str, key: str, table: str
+) -> np.ndarray:
     """Row of `table` for each key (vectorised join); every key must be present."""
     order = np.argsort(table_keys, kind="stable")
     sk = table_keys[order]
@@ -75,8 +87,10 @@ def _lookup(keys: np.ndarray, table_keys: np.ndarray, where: str, key: str, tabl
     found = (sk[pos] == keys) if len(sk) else np.zeros(len(keys), bool)
     if not found.all():
         i = int(np.flatnonzero(~found)[0])
-        raise ContractError(f"{where}: row {i} has {key} = {keys[i]} with no row in {table}; "
-                            f"add the missing {key}s to {table} or drop those rows.")
+        raise ContractError(
+            f"{where}: row {i} has {key} = {keys[i]} with no row in {table}; "
+            f"add the missing {key}s to {table} or drop those rows."
+        )
     return order[pos]
 
 
@@ -87,14 +101,14 @@ class PreparedData:
     events: EventStore
     # per impression, in file order (ts, request_id): requests are contiguous runs
     imp: dict[str, torch.Tensor]
-    imp_req: np.ndarray           # request row of each impression
+    imp_req: np.ndarray  # request row of each impression
     # per request
-    req_lo: np.ndarray            # first impression
-    req_hi: np.ndarray            # one past the last impression
-    req_start: torch.Tensor       # as-of slice of the event arrays
+    req_lo: np.ndarray  # first impression
+    req_hi: np.ndarray  # one past the last impression
+    req_start: torch.Tensor  # as-of slice of the event arrays
     req_end: torch.Tensor
     req_ts: torch.Tensor
-    split_requests: dict[str, np.ndarray]   # chronological request rows per split
+    split_requests: dict[str, np.ndarray]  # chronological request rows per split
     num_mean: np.ndarray
     num_std: np.ndarray
 
@@ -113,45 +127,79 @@ def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
         du, dt = np.diff(ev_user), np.diff(ev_ts)
         bad = np.flatnonzero((du < 0) | ((du == 0) & (dt < 0)))
         if len(bad):
-            raise ContractError(f"{ev_where}: not sorted by (user_id, ts): row {bad[0] + 1} "
-                                f"(user {ev_user[bad[0] + 1]}, ts {ev_ts[bad[0] + 1]}) comes after "
-                                f"(user {ev_user[bad[0]]}, ts {ev_ts[bad[0]]}). Sort with "
-                                f"df.sort_values(['user_id', 'ts'], kind='stable').")
+            raise ContractError(
+                f"{ev_where}: not sorted by (user_id, ts): row {bad[0] + 1} "
+                f"(user {ev_user[bad[0] + 1]}, ts {ev_ts[bad[0] + 1]}) comes after "
+                f"(user {ev_user[bad[0]]}, ts {ev_ts[bad[0]]}). Sort with "
+                f"df.sort_values(['user_id', 'ts'], kind='stable')."
+            )
     ev_item = _int_column(ev, "item_id", ev_where)
-    _check_range(ev_item, 0, manifest.item_vocab, ev_where, "item_id", "Raise manifest item_vocab or remap ids.")
+    _check_range(
+        ev_item,
+        0,
+        manifest.item_vocab,
+        ev_where,
+        "item_id",
+        "Raise manifest item_vocab or remap ids.",
+    )
     ev_beh = _int_column(ev, "behavior", ev_where)
-    _check_range(ev_beh, 1, spec.n_behaviors + 1, ev_where, "behavior",
-                 "Behaviour ids are 1..n as declared in manifest 'behaviors'.")
+    _check_range(
+        ev_beh,
+        1,
+        spec.n_behaviors + 1,
+        ev_where,
+        "behavior",
+        "Behaviour ids are 1..n as declared in manifest 'behaviors'.",
+    )
     ev_side = np.zeros((len(ev), len(side)), np.int64)
     for k, (name, vocab) in enumerate(zip(side, spec.side_vocab)):
         ev_side[:, k] = _int_column(ev, name, ev_where)
-        _check_range(ev_side[:, k], 0, vocab, ev_where, name, f"Raise vocab_size of '{name}' in the manifest.")
+        _check_range(
+            ev_side[:, k],
+            0,
+            vocab,
+            ev_where,
+            name,
+            f"Raise vocab_size of '{name}' in the manifest.",
+        )
     events = EventStore.from_numpy(ev_item, ev_side, ev_beh, ev_ts)
     del ev, ev_side
 
     # ---- impressions and requests ------------------------------------------------------------
-    im = _read(folder, IMPRESSIONS, ["request_id", "user_id", "ts", "item_id", "click", "conversion", "split"])
+    im = _read(
+        folder,
+        IMPRESSIONS,
+        ["request_id", "user_id", "ts", "item_id", "click", "conversion", "split"],
+    )
     n = len(im)
     rid, user = _int_column(im, "request_id", im_where), _int_column(im, "user_id", im_where)
     ts, item = _int_column(im, "ts", im_where), _int_column(im, "item_id", im_where)
-    _check_range(item, 0, manifest.item_vocab, im_where, "item_id", "Raise manifest item_vocab or remap ids.")
+    _check_range(
+        item, 0, manifest.item_vocab, im_where, "item_id", "Raise manifest item_vocab or remap ids."
+    )
     new = np.ones(n, bool)
     new[1:] = rid[1:] != rid[:-1]
     req_lo = np.flatnonzero(new)
     req_hi = np.append(req_lo[1:], n)
     if len(np.unique(rid)) != len(req_lo):
-        raise ContractError(f"{im_where}: the impressions of a request are not contiguous; sort the file "
-                            f"by (ts, request_id) so each request is one run of rows.")
+        raise ContractError(
+            f"{im_where}: the impressions of a request are not contiguous; sort the file "
+            f"by (ts, request_id) so each request is one run of rows."
+        )
     imp_req = np.cumsum(new) - 1
     split = im["split"].astype(str).to_numpy()
     for col, vals in (("user_id", user), ("ts", ts), ("split", split)):
         bad = np.flatnonzero(vals != vals[req_lo][imp_req])
         if len(bad):
-            raise ContractError(f"{im_where}: request {rid[bad[0]]} (row {bad[0]}) mixes several '{col}' "
-                                f"values; every impression of a request shares user_id, ts and split.")
+            raise ContractError(
+                f"{im_where}: request {rid[bad[0]]} (row {bad[0]}) mixes several '{col}' "
+                f"values; every impression of a request shares user_id, ts and split."
+            )
     unknown = sorted(set(np.unique(split)) - set(SPLITS))
     if unknown:
-        raise ContractError(f"{im_where}: column 'split' has value(s) {unknown}; use {list(SPLITS)}.")
+        raise ContractError(
+            f"{im_where}: column 'split' has value(s) {unknown}; use {list(SPLITS)}."
+        )
     labels = {}
     for col in ("click", "conversion"):
         v = im[col].to_numpy()
@@ -166,28 +214,60 @@ def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
     def column(table: str, name: str) -> tuple[np.ndarray, str]:
         if table == "impressions":
             if name not in im.columns:
-                raise ContractError(f"{im_where}: missing column '{name}' declared in the manifest (table: impressions).")
+                raise ContractError(
+                    f"{im_where}: missing column '{name}' declared in the manifest (table: impressions)."
+                )
             return im[name].to_numpy(), im_where
-        fname, key, keys = (USERS, "user_id", user) if table == "users" else (ITEMS, "item_id", item)
+        fname, key, keys = (
+            (USERS, "user_id", user) if table == "users" else (ITEMS, "item_id", item)
+        )
         if table not in tables:
             df = _read(folder, fname, [key])
-            tables[table] = (df, _lookup(keys, _int_column(df, key, str(folder / fname)), im_where, key,
-                                         str(folder / fname)), str(folder / fname))
+            tables[table] = (
+                df,
+                _lookup(
+                    keys,
+                    _int_column(df, key, str(folder / fname)),
+                    im_where,
+                    key,
+                    str(folder / fname),
+                ),
+                str(folder / fname),
+            )
         df, rows, where = tables[table]
         if name not in df.columns:
-            raise ContractError(f"{where}: missing column '{name}' declared in the manifest (table: {table}).")
+            raise ContractError(
+                f"{where}: missing column '{name}' declared in the manifest (table: {table})."
+            )
         return df[name].to_numpy()[rows], where
 
     def categorical(name: str, vocab: int) -> np.ndarray:
         f = manifest.feature(name)
         vals, where = column(f.table, name)
         if not np.issubdtype(vals.dtype, np.integer):
-            raise ContractError(f"{where}: categorical column '{name}' has dtype {vals.dtype}; store int64 ids in [0, {vocab}).")
-        _check_range(vals, 0, vocab, where, name, f"Raise vocab_size of '{name}' in the manifest or remap ids (0 = missing).")
+            raise ContractError(
+                f"{where}: categorical column '{name}' has dtype {vals.dtype}; store int64 ids in [0, {vocab})."
+            )
+        _check_range(
+            vals,
+            0,
+            vocab,
+            where,
+            name,
+            f"Raise vocab_size of '{name}' in the manifest or remap ids (0 = missing).",
+        )
         return vals.astype(np.int64)
 
-    cand_side = np.stack([categorical(s, v) for s, v in zip(side, spec.side_vocab)], 1) if side else np.zeros((n, 0), np.int64)
-    ns_cat = np.stack([categorical(c, v) for c, v in zip(spec.cat_names, spec.cat_vocab)], 1) if spec.n_cat else np.zeros((n, 0), np.int64)
+    cand_side = (
+        np.stack([categorical(s, v) for s, v in zip(side, spec.side_vocab)], 1)
+        if side
+        else np.zeros((n, 0), np.int64)
+    )
+    ns_cat = (
+        np.stack([categorical(c, v) for c, v in zip(spec.cat_names, spec.cat_vocab)], 1)
+        if spec.n_cat
+        else np.zeros((n, 0), np.int64)
+    )
     is_train = split == "train"
     nums = []
     for name in spec.num_names:
@@ -195,42 +275,74 @@ def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
         vals = vals.astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(vals))
         if len(bad):
-            raise ContractError(f"{where}: numeric column '{name}' has {len(bad)} NaN/infinite value(s) "
-                                f"(first at joined impression row {bad[0]}). Impute or drop them.")
+            raise ContractError(
+                f"{where}: numeric column '{name}' has {len(bad)} NaN/infinite value(s) "
+                f"(first at joined impression row {bad[0]}). Impute or drop them."
+            )
         nums.append(vals)
     ns_num = np.stack(nums, 1) if nums else np.zeros((n, 0))
     ref = ns_num[is_train] if is_train.any() else ns_num
     mean = ref.mean(0) if len(ref) else np.zeros(ns_num.shape[1])
     std = ref.std(0) if len(ref) else np.ones(ns_num.shape[1])
-    std = np.where(std > 0, std, 1.0)               # a constant column standardises to 0, not NaN
+    std = np.where(std > 0, std, 1.0)  # a constant column standardises to 0, not NaN
     ns_num = ((ns_num - mean) / std).astype(np.float32)
 
-    def i32(a: np.ndarray) -> torch.Tensor:       # compact storage; batches are cast to int64
-        return torch.from_numpy(np.ascontiguousarray(a.astype(np.int32 if a.size == 0 or a.max() < 2**31 - 1 else np.int64)))
+    def i32(a: np.ndarray) -> torch.Tensor:  # compact storage; batches are cast to int64
+        return torch.from_numpy(
+            np.ascontiguousarray(
+                a.astype(np.int32 if a.size == 0 or a.max() < 2**31 - 1 else np.int64)
+            )
+        )
 
-    imp = {"cand_item": i32(item), "cand_side": i32(cand_side), "ns_cat": i32(ns_cat),
-           "ns_num": torch.from_numpy(ns_num), **labels,
-           "user_id": torch.from_numpy(user.copy()), "request_id": torch.from_numpy(rid.copy()),
-           "ts": torch.from_numpy(ts.copy())}
+    imp = {
+        "cand_item": i32(item),
+        "cand_side": i32(cand_side),
+        "ns_cat": i32(ns_cat),
+        "ns_num": torch.from_numpy(ns_num),
+        **labels,
+        "user_id": torch.from_numpy(user.copy()),
+        "request_id": torch.from_numpy(rid.copy()),
+        "ts": torch.from_numpy(ts.copy()),
+    }
     if manifest.has_oracle:
         for col in ("p_click", "p_conversion"):
             if col not in im.columns:
-                raise ContractError(f"{im_where}: manifest has_oracle is true but column '{col}' is missing.")
+                raise ContractError(
+                    f"{im_where}: manifest has_oracle is true but column '{col}' is missing."
+                )
             imp[col] = torch.from_numpy(im[col].to_numpy(dtype=np.float32).copy())
 
     start, end = asof_offsets(ev_user, ev_ts, user[req_lo], ts[req_lo])
     req_split = split[req_lo]
     return PreparedData(
-        events=events, imp=imp, imp_req=imp_req, req_lo=req_lo, req_hi=req_hi,
-        req_start=torch.from_numpy(start), req_end=torch.from_numpy(end), req_ts=torch.from_numpy(ts[req_lo]),
-        split_requests={s: np.flatnonzero(req_split == s) for s in SPLITS}, num_mean=mean, num_std=std)
+        events=events,
+        imp=imp,
+        imp_req=imp_req,
+        req_lo=req_lo,
+        req_hi=req_hi,
+        req_start=torch.from_numpy(start),
+        req_end=torch.from_numpy(end),
+        req_ts=torch.from_numpy(ts[req_lo]),
+        split_requests={s: np.flatnonzero(req_split == s) for s in SPLITS},
+        num_mean=mean,
+        num_std=std,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # batch plans, the batch dataset and the sampler
 # ---------------------------------------------------------------------------------------------
-def plan_batches(data: PreparedData, requests: np.ndarray, batch_size: int, *, batching: Batching,
-                 shuffle: bool, seed: int, epoch: int, drop_last: bool) -> tuple[np.ndarray, np.ndarray]:
+def plan_batches(
+    data: PreparedData,
+    requests: np.ndarray,
+    batch_size: int,
+    *,
+    batching: Batching,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """(impression order, batch boundaries) for one epoch of one split.
 
     batching="requests": whole requests, greedily packed to at most batch_size impressions.
@@ -248,16 +360,23 @@ def plan_batches(data: PreparedData, requests: np.ndarray, batch_size: int, *, b
         bounds = np.unique(bounds)
     else:
         if len(sizes) and sizes.max() > batch_size:
-            raise ContractError(f"a request has {sizes.max()} impressions, more than batch_size={batch_size}; "
-                                f"raise batch_size or use batching='fixed'.")
+            raise ContractError(
+                f"a request has {sizes.max()} impressions, more than batch_size={batch_size}; "
+                f"raise batch_size or use batching='fixed'."
+            )
         cum = np.concatenate([[0], np.cumsum(sizes)])
         bounds, at = [0], 0
-        while at < len(sizes):                      # one step per batch, not per sample
+        while at < len(sizes):  # one step per batch, not per sample
             nxt = int(np.searchsorted(cum, cum[at] + batch_size, side="right")) - 1
             at = max(nxt, at + 1)
             bounds.append(int(cum[at]))
         bounds = np.asarray(bounds, np.int64)
-    if drop_last and len(bounds) > 1 and bounds[-1] - bounds[-2] < batch_size and batching == "fixed":
+    if (
+        drop_last
+        and len(bounds) > 1
+        and bounds[-1] - bounds[-2] < batch_size
+        and batching == "fixed"
+    ):
         bounds = bounds[:-1]
     return order, bounds
 
@@ -265,15 +384,34 @@ def plan_batches(data: PreparedData, requests: np.ndarray, batch_size: int, *, b
 class BatchDataset(Dataset):
     """Map-style dataset whose item (epoch, b) is the whole collated batch b of that epoch's plan."""
 
-    def __init__(self, data: PreparedData, split: str, *, seq_len: int, batch_size: int, n_gap_buckets: int,
-                 batching: Batching, shuffle: bool, seed: int, drop_last: bool) -> None:
+    def __init__(
+        self,
+        data: PreparedData,
+        split: str,
+        *,
+        seq_len: int,
+        batch_size: int,
+        n_gap_buckets: int,
+        batching: Batching,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+    ) -> None:
         self.data, self.split, self.seq_len, self.n_gap = data, split, seq_len, n_gap_buckets
-        self.kw = dict(batch_size=batch_size, batching=batching, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.kw = dict(
+            batch_size=batch_size,
+            batching=batching,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._plan is None or self._plan[0] != epoch:     # cached: one plan per epoch per process
-            order, bounds = plan_batches(self.data, self.data.split_requests[self.split], epoch=epoch, **self.kw)
+        if self._plan is None or self._plan[0] != epoch:  # cached: one plan per epoch per process
+            order, bounds = plan_batches(
+                self.data, self.data.split_requests[self.split], epoch=epoch, **self.kw
+            )
             self._plan = (epoch, order, bounds)
         return self._plan[1], self._plan[2]
 
@@ -286,7 +424,7 @@ class BatchDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, b = key
         order, bounds = self.plan(epoch)
-        return self.batch(order[bounds[b]:bounds[b + 1]])
+        return self.batch(order[bounds[b] : bounds[b + 1]])
 
     def batch(self, imps: np.ndarray) -> dict[str, torch.Tensor]:
         """Collate the impressions `imps` (request-contiguous) into one batch."""
@@ -296,7 +434,9 @@ class BatchDataset(Dataset):
         new[1:] = req[1:] != req[:-1]
         rows = torch.from_numpy(req[new])
         idx = torch.from_numpy(imps)
-        out = gather_sequences(d.events, d.req_start[rows], d.req_end[rows], d.req_ts[rows], self.seq_len, self.n_gap)
+        out = gather_sequences(
+            d.events, d.req_start[rows], d.req_end[rows], d.req_ts[rows], self.seq_len, self.n_gap
+        )
         out["req_index"] = torch.from_numpy(np.cumsum(new) - 1)
         for k, v in d.imp.items():
             v = v.index_select(0, idx)
@@ -311,11 +451,16 @@ class EpochBatchSampler(DistributedSampler):
     def __init__(self, dataset: BatchDataset, *, rank: int, world_size: int, even: bool) -> None:
         # no super().__init__: it would require torch.distributed; we set what Lightning reads.
         self.dataset, self.rank, self.num_replicas, self.even = dataset, rank, world_size, even
-        self.epoch, self.shuffle, self.seed, self.drop_last = 0, dataset.kw["shuffle"], dataset.kw["seed"], even
+        self.epoch, self.shuffle, self.seed, self.drop_last = (
+            0,
+            dataset.kw["shuffle"],
+            dataset.kw["seed"],
+            even,
+        )
 
     def _mine(self) -> range:
         n = self.dataset.n_batches(self.epoch)
-        if self.even:                                   # equal count per rank: DDP steps stay in lockstep
+        if self.even:  # equal count per rank: DDP steps stay in lockstep
             n = n // self.num_replicas * self.num_replicas
         return range(self.rank, n, self.num_replicas)
 
@@ -335,10 +480,22 @@ class EpochBatchSampler(DistributedSampler):
 class OneTransDataModule(L.LightningDataModule):
     """Batches of model/features.py from a contract folder. See docs/data-module.md."""
 
-    def __init__(self, folder: str | Path, *, seq_len: int, batch_size: int, eval_batch_size: int | None = None,
-                 num_workers: int = 0, seed: int = 0, n_gap_buckets: int = 32, batching: Batching = "requests",
-                 chronological: bool = False, drop_last: bool = True, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        seq_len: int,
+        batch_size: int,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        n_gap_buckets: int = 32,
+        batching: Batching = "requests",
+        chronological: bool = False,
+        drop_last: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         super().__init__()
         if batching not in ("requests", "fixed"):
             raise ValueError(f"batching must be 'requests' or 'fixed', got {batching!r}")
@@ -378,16 +535,29 @@ class OneTransDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> BatchDataset:
         self.setup()
         train = split == "train"
-        return BatchDataset(self.data, split, seq_len=self.seq_len, n_gap_buckets=self.n_gap_buckets,
-                            batch_size=self.batch_size if train else self.eval_batch_size, batching=self.batching,
-                            shuffle=train and not self.chronological, seed=self.seed, drop_last=train and self.drop_last)
+        return BatchDataset(
+            self.data,
+            split,
+            seq_len=self.seq_len,
+            n_gap_buckets=self.n_gap_buckets,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            batching=self.batching,
+            shuffle=train and not self.chronological,
+            seed=self.seed,
+            drop_last=train and self.drop_last,
+        )
 
     def loader(self, split: str) -> DataLoader:
         ds = self.dataset(split)
         rank, world = self.rank_and_world()
         sampler = EpochBatchSampler(ds, rank=rank, world_size=world, even=split == "train")
-        return DataLoader(ds, batch_size=None, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")

@@ -14,6 +14,7 @@
 Both use the generator's id layout (brand = topic * n_modes + style + 1; mode from hour and surface
 through the world's mode table), so they only apply to synthetic folders.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Manifest
-from harness.data.synth import HOUR_BLOCKS, N_HOURS, SynthConfig, build_world
 from harness.data.stats import prior_counts
+from harness.data.synth import HOUR_BLOCKS, N_HOURS, SynthConfig, build_world
 
 
 def synth_config(manifest: Manifest) -> SynthConfig:
@@ -45,7 +46,10 @@ def context_mode(folder: str | Path, hour: np.ndarray, surface: np.ndarray) -> n
     seed = int(m.source.rsplit("seed=", 1)[1])
     # the mode table is the world's first draws; rebuilding the (cheap) world recovers it exactly
     from harness.data.synth import GENERATOR_VERSION
-    world_ss = np.random.SeedSequence([seed, GENERATOR_VERSION]).spawn(1 + -(-cfg.n_users // cfg.user_chunk))[0]
+
+    world_ss = np.random.SeedSequence([seed, GENERATOR_VERSION]).spawn(
+        1 + -(-cfg.n_users // cfg.user_chunk)
+    )[0]
     table = build_world(cfg, np.random.default_rng(world_ss)).mode_table
     return table[(np.asarray(hour) - 1) // (N_HOURS // HOUR_BLOCKS), np.asarray(surface) - 1]
 
@@ -70,8 +74,13 @@ def load_for_predictors(folder: str | Path) -> dict[str, np.ndarray]:
     return d
 
 
-def history_match_counts(d: dict[str, np.ndarray], windows: Sequence[int], *, mode_matched: bool,
-                         style: np.ndarray | None = None) -> dict[int, np.ndarray]:
+def history_match_counts(
+    d: dict[str, np.ndarray],
+    windows: Sequence[int],
+    *,
+    mode_matched: bool,
+    style: np.ndarray | None = None,
+) -> dict[int, np.ndarray]:
     """Per window W and impression: events among the user's last W prior events in the candidate's
     topic (mode_matched: and in the style of the impression's context mode, or in `style` when
     given, to ask what another mode's part of the history would predict). Vectorised: events are
@@ -79,7 +88,9 @@ def history_match_counts(d: dict[str, np.ndarray], windows: Sequence[int], *, mo
     M = np.int64(d["n_modes"])
     ev_user, imp_user = d["ev_user"].astype(np.int64), d["user_id"].astype(np.int64)
     # absolute event positions of each impression's prior events: [first, end)
-    end = np.searchsorted(ev_user, imp_user, side="left") + prior_counts(ev_user, d["ev_ts"], imp_user, d["ts"])
+    end = np.searchsorted(ev_user, imp_user, side="left") + prior_counts(
+        ev_user, d["ev_ts"], imp_user, d["ts"]
+    )
     first = np.searchsorted(ev_user, imp_user, side="left")
     ev_cell = d["ev_brand"].astype(np.int64) - 1
     cand_topic = (d["brand"].astype(np.int64) - 1) // M
@@ -88,7 +99,9 @@ def history_match_counts(d: dict[str, np.ndarray], windows: Sequence[int], *, mo
     else:
         ev_key, key = ev_cell // M, cand_topic
     n = np.int64(ev_key.size + 1)
-    packed = np.sort(ev_key * n + np.arange(ev_key.size))    # positions never cross users: [start, end) is one user's
+    packed = np.sort(
+        ev_key * n + np.arange(ev_key.size)
+    )  # positions never cross users: [start, end) is one user's
     hi = np.searchsorted(packed, key * n + end, side="left")
     out = {}
     for w in windows:
@@ -97,11 +110,15 @@ def history_match_counts(d: dict[str, np.ndarray], windows: Sequence[int], *, mo
     return out
 
 
-def no_history_table(d: dict[str, np.ndarray], train: np.ndarray, prior_strength: float = 20.0) -> np.ndarray:
+def no_history_table(
+    d: dict[str, np.ndarray], train: np.ndarray, prior_strength: float = 20.0
+) -> np.ndarray:
     """Click-rate lookup on train by (cell, mode, surface, device, price bucket, age bucket),
     shrunk towards the cell x mode rate, which is shrunk towards the global rate; scores every row."""
     click = d["click"].astype(np.float64)
-    fine = np.stack([d["brand"], d["mode"], d["surface"], d["device"], d["price_bucket"], d["age_bucket"]], 1)
+    fine = np.stack(
+        [d["brand"], d["mode"], d["surface"], d["device"], d["price_bucket"], d["age_bucket"]], 1
+    )
     coarse = np.stack([d["brand"], d["mode"]], 1)
     base = click[train].mean()
 

@@ -10,6 +10,7 @@ Two steps, so memory grows with the number of events and not with impressions x 
 
 `reference_sequences` is the slow, obviously correct version the tests compare against.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,13 @@ import numpy as np
 import torch
 
 
-def asof_offsets(ev_user: np.ndarray, ev_ts: np.ndarray, req_user: np.ndarray, req_ts: np.ndarray,
-                 method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def asof_offsets(
+    ev_user: np.ndarray,
+    ev_ts: np.ndarray,
+    req_user: np.ndarray,
+    req_ts: np.ndarray,
+    method: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
     """(start, end) int64 offsets per request: events [start, end) belong to the request's user and
     have ts strictly before the request's ts. Events must be sorted by (user, ts) (checked by caller).
 
@@ -40,7 +46,7 @@ def asof_offsets(ev_user: np.ndarray, ev_ts: np.ndarray, req_user: np.ndarray, r
     users = ev_user[change]
     ev_rank = np.cumsum(change) - 1
     pos = np.searchsorted(users, req_user).clip(0, len(users) - 1)
-    known = users[pos] == req_user                    # requests of users without any event: empty slice
+    known = users[pos] == req_user  # requests of users without any event: empty slice
     tmin, tmax = int(ev_ts.min()), int(ev_ts.max())
     if method == "auto":
         method = "packed" if len(users) < 2**23 and tmax + 1 - tmin < 2**40 else "rank"
@@ -50,13 +56,13 @@ def asof_offsets(ev_user: np.ndarray, ev_ts: np.ndarray, req_user: np.ndarray, r
     elif method == "rank":
         ts_all, ts_inv = np.unique(np.concatenate([ev_ts, req_ts]), return_inverse=True)
         n_ts = np.int64(len(ts_all) + 1)
-        ev_key = ev_rank * n_ts + ts_inv[:len(ev_ts)]
-        req_t = ts_inv[len(ev_ts):]
+        ev_key = ev_rank * n_ts + ts_inv[: len(ev_ts)]
+        req_t = ts_inv[len(ev_ts) :]
     else:
         raise ValueError(f"method must be 'auto', 'packed' or 'rank', got {method!r}")
     base = (pos << 40) if method == "packed" else pos * n_ts
-    start = np.searchsorted(ev_key, base, side="left")              # the user's first event
-    end = np.searchsorted(ev_key, base + req_t, side="left")        # first event with ts >= t
+    start = np.searchsorted(ev_key, base, side="left")  # the user's first event
+    end = np.searchsorted(ev_key, base + req_t, side="left")  # first event with ts >= t
     start, end = np.where(known, start, 0), np.where(known, end, 0)
     return start.astype(np.int64), end.astype(np.int64)
 
@@ -77,14 +83,16 @@ class EventStore:
     ts range under 68 years), else int64. A final all-zero row is the padding target, so padded
     positions gather zeros without a mask multiply."""
 
-    table: torch.Tensor       # (E + 1, 3 + Fs)
+    table: torch.Tensor  # (E + 1, 3 + Fs)
     ts_base: int
     n_events: int
 
     @classmethod
-    def from_numpy(cls, item: np.ndarray, side: np.ndarray, behavior: np.ndarray, ts: np.ndarray) -> "EventStore":
+    def from_numpy(
+        cls, item: np.ndarray, side: np.ndarray, behavior: np.ndarray, ts: np.ndarray
+    ) -> EventStore:
         side = np.asarray(side)
-        side = side if side.ndim == 2 else side.reshape(len(item), -1)    # (E,) -> (E, 1)
+        side = side if side.ndim == 2 else side.reshape(len(item), -1)  # (E,) -> (E, 1)
         ts = np.asarray(ts, dtype=np.int64)
         base = int(ts.min()) if len(ts) else 0
         cols = [np.asarray(item), np.asarray(behavior), ts - base, *side.T]
@@ -102,17 +110,23 @@ class EventStore:
         return self.table.shape[1] - 3
 
 
-def gather_sequences(store: EventStore, start: torch.Tensor, end: torch.Tensor, req_ts: torch.Tensor,
-                     seq_len: int, n_gap_buckets: int) -> dict[str, torch.Tensor]:
+def gather_sequences(
+    store: EventStore,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    req_ts: torch.Tensor,
+    seq_len: int,
+    n_gap_buckets: int,
+) -> dict[str, torch.Tensor]:
     """The seq_* tensors (model/features.py) for R requests given their as-of slices.
 
     Position j of row r holds event end[r] - L + j; positions before start[r] are padding. So the
     newest event sits at L-1, time ascends left to right, and short histories are left-padded."""
     L, R = seq_len, start.shape[0]
-    pos = end.unsqueeze(1) - L + torch.arange(L, dtype=end.dtype)          # (R, L)
+    pos = end.unsqueeze(1) - L + torch.arange(L, dtype=end.dtype)  # (R, L)
     mask = pos >= start.unsqueeze(1)
-    flat = torch.where(mask, pos, store.n_events).reshape(-1)            # padding -> the zero row
-    rows = store.table.index_select(0, flat)                              # the one gather per batch
+    flat = torch.where(mask, pos, store.n_events).reshape(-1)  # padding -> the zero row
+    rows = store.table.index_select(0, flat)  # the one gather per batch
     item = rows[:, 0].reshape(R, L).to(torch.int64)
     btype = rows[:, 1].reshape(R, L).to(torch.int64)
     side = rows[:, 3:].reshape(R, L, store.n_side).to(torch.int64)
@@ -121,18 +135,33 @@ def gather_sequences(store: EventStore, start: torch.Tensor, end: torch.Tensor, 
     return {"seq_item": item, "seq_side": side, "seq_type": btype, "seq_gap": gap, "seq_mask": mask}
 
 
-def reference_sequences(ev_user, ev_ts, ev_item, ev_side, ev_behavior, req_user, req_ts,
-                        seq_len: int, n_gap_buckets: int) -> dict[str, np.ndarray]:
+def reference_sequences(
+    ev_user,
+    ev_ts,
+    ev_item,
+    ev_side,
+    ev_behavior,
+    req_user,
+    req_ts,
+    seq_len: int,
+    n_gap_buckets: int,
+) -> dict[str, np.ndarray]:
     """Slow, obviously correct as-of join (a Python loop per request) for tests only."""
     ev_side = np.asarray(ev_side)
     ev_side = ev_side if ev_side.ndim == 2 else ev_side.reshape(len(ev_user), -1)
     R, L, Fs = len(req_user), seq_len, ev_side.shape[1]
-    out = {"seq_item": np.zeros((R, L), np.int64), "seq_side": np.zeros((R, L, Fs), np.int64),
-           "seq_type": np.zeros((R, L), np.int64), "seq_gap": np.zeros((R, L), np.int64),
-           "seq_mask": np.zeros((R, L), bool)}
+    out = {
+        "seq_item": np.zeros((R, L), np.int64),
+        "seq_side": np.zeros((R, L, Fs), np.int64),
+        "seq_type": np.zeros((R, L), np.int64),
+        "seq_gap": np.zeros((R, L), np.int64),
+        "seq_mask": np.zeros((R, L), bool),
+    }
     for r in range(R):
         # events of this user strictly before the request, in stored (time-ascending) order
-        rows = [i for i in range(len(ev_user)) if ev_user[i] == req_user[r] and ev_ts[i] < req_ts[r]]
+        rows = [
+            i for i in range(len(ev_user)) if ev_user[i] == req_user[r] and ev_ts[i] < req_ts[r]
+        ]
         rows = rows[-L:]
         for k, i in enumerate(rows):
             j = L - len(rows) + k
@@ -140,6 +169,8 @@ def reference_sequences(ev_user, ev_ts, ev_item, ev_side, ev_behavior, req_user,
             out["seq_item"][r, j] = ev_item[i]
             out["seq_side"][r, j] = ev_side[i]
             out["seq_type"][r, j] = ev_behavior[i]
-            out["seq_gap"][r, j] = min(max(int(np.floor(np.log2(max(gap, 1)))) + 1, 1), n_gap_buckets - 1)
+            out["seq_gap"][r, j] = min(
+                max(int(np.floor(np.log2(max(gap, 1)))) + 1, 1), n_gap_buckets - 1
+            )
             out["seq_mask"][r, j] = True
     return out

@@ -6,6 +6,7 @@ in manifest.stats at generation time: sizes, prior-history length percentiles pe
 impressions carry p_click / p_conversion, the oracle AUC / UAUC / logloss per split and task
 (CTR on every impression, CVR on clicked impressions; p_conversion is P(conversion | click)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,26 +23,33 @@ from harness.metrics_np import ranking_metrics
 PERCENTILES = (10, 50, 90, 99)
 
 
-TS_BITS = 34          # ts in [0, 2^34) seconds (until year 2514) packs with the user id into int64
+TS_BITS = 34  # ts in [0, 2^34) seconds (until year 2514) packs with the user id into int64
 
 
 def _pack(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
     user, ts = np.asarray(user, np.int64), np.asarray(ts, np.int64)
     if ts.size and (ts.min() < 0 or ts.max() >= 1 << TS_BITS):
-        raise ValueError("ts must be int64 seconds in [0, 2^34); convert timestamps to epoch seconds")
+        raise ValueError(
+            "ts must be int64 seconds in [0, 2^34); convert timestamps to epoch seconds"
+        )
     return (user << TS_BITS) | ts
 
 
-def prior_counts(ev_user: np.ndarray, ev_ts: np.ndarray, imp_user: np.ndarray, imp_ts: np.ndarray) -> np.ndarray:
+def prior_counts(
+    ev_user: np.ndarray, ev_ts: np.ndarray, imp_user: np.ndarray, imp_ts: np.ndarray
+) -> np.ndarray:
     """Number of the user's events with ts strictly before each impression's ts.
     Events must be sorted by (user_id, ts): one searchsorted over a packed (user, ts) key."""
     ev_key = _pack(ev_user, ev_ts)
-    return (np.searchsorted(ev_key, _pack(imp_user, imp_ts), side="left")
-            - np.searchsorted(ev_key, _pack(imp_user, np.zeros_like(imp_ts)), side="left")).astype(np.int64)
+    return (
+        np.searchsorted(ev_key, _pack(imp_user, imp_ts), side="left")
+        - np.searchsorted(ev_key, _pack(imp_user, np.zeros_like(imp_ts)), side="left")
+    ).astype(np.int64)
 
 
-def streamed_event_stats(events_path: Path, imp_user: np.ndarray, imp_ts: np.ndarray,
-                         user_vocab: int) -> tuple[np.ndarray, np.ndarray]:
+def streamed_event_stats(
+    events_path: Path, imp_user: np.ndarray, imp_ts: np.ndarray, user_vocab: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(prior count per impression, events per user id) reading events one row group at a time.
     Every row group of a (user, ts)-sorted file is a sorted slice, so a global rank is the sum of
     the ranks within each row group; memory stays at one row group plus the impressions."""
@@ -56,7 +64,9 @@ def streamed_event_stats(events_path: Path, imp_user: np.ndarray, imp_ts: np.nda
             t = pf.read_row_group(rg, columns=["user_id", "ts"])
             u = t.column("user_id").to_numpy()
             key = _pack(u, t.column("ts").to_numpy())
-            prior += np.searchsorted(key, hi_key, side="left") - np.searchsorted(key, lo_key, side="left")
+            prior += np.searchsorted(key, hi_key, side="left") - np.searchsorted(
+                key, lo_key, side="left"
+            )
             per_user += np.bincount(u, minlength=user_vocab)[:user_vocab]
     return prior, per_user
 
@@ -83,17 +93,36 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
         cols += ["p_click", "p_conversion"]
     imp = pq.read_table(folder / IMPRESSIONS, columns=cols).to_pandas()
     imp_user = imp["user_id"].to_numpy()
-    user_vocab = manifest.feature("user_id").vocab_size if "user_id" in {f.name for f in manifest.features} \
+    user_vocab = (
+        manifest.feature("user_id").vocab_size
+        if "user_id" in {f.name for f in manifest.features}
         else int(imp_user.max()) + 1
+    )
     user_vocab = max(user_vocab, int(imp_user.max()) + 1 if imp_user.size else 1)
-    prior, events_per_user = streamed_event_stats(folder / EVENTS, imp_user, imp["ts"].to_numpy(), user_vocab)
-    n_users = pq.read_metadata(folder / USERS).num_rows if (folder / USERS).exists() else \
-        int(np.count_nonzero(events_per_user | np.bincount(imp_user, minlength=user_vocab)[:user_vocab]))
-    n_items = pq.read_metadata(folder / ITEMS).num_rows if (folder / ITEMS).exists() else manifest.item_vocab - 1
+    prior, events_per_user = streamed_event_stats(
+        folder / EVENTS, imp_user, imp["ts"].to_numpy(), user_vocab
+    )
+    n_users = (
+        pq.read_metadata(folder / USERS).num_rows
+        if (folder / USERS).exists()
+        else int(
+            np.count_nonzero(
+                events_per_user | np.bincount(imp_user, minlength=user_vocab)[:user_vocab]
+            )
+        )
+    )
+    n_items = (
+        pq.read_metadata(folder / ITEMS).num_rows
+        if (folder / ITEMS).exists()
+        else manifest.item_vocab - 1
+    )
     per_user = events_per_user[events_per_user > 0]
     stats: dict[str, Any] = {
-        "users": int(n_users), "items": int(n_items), "events": _n_rows(folder / EVENTS),
-        "impressions": int(len(imp)), "requests": None,
+        "users": int(n_users),
+        "items": int(n_items),
+        "events": _n_rows(folder / EVENTS),
+        "impressions": int(len(imp)),
+        "requests": None,
         "events_per_user_percentiles": {},
         "prior_events_percentiles": {f"p{q}": _pct(prior, q) for q in PERCENTILES},
         "prior_events_max": int(prior.max()) if prior.size else 0,
@@ -102,7 +131,9 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
     }
     stats["prior_events_percentiles"]["mean"] = _round(float(prior.mean())) if prior.size else 0.0
     stats["events_per_user_percentiles"] = {f"p{q}": _pct(per_user, q) for q in PERCENTILES}
-    rid = pq.read_table(folder / IMPRESSIONS, columns=["request_id"]).column("request_id").to_numpy()
+    rid = (
+        pq.read_table(folder / IMPRESSIONS, columns=["request_id"]).column("request_id").to_numpy()
+    )
     stats["requests"] = int(np.unique(rid).size)
     oracle: dict[str, dict[str, float]] = {}
     for split in SPLITS:
@@ -110,15 +141,21 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
         click, conv = part["click"].to_numpy(), part["conversion"].to_numpy()
         n_click = int(click.sum())
         stats["splits"][split] = {
-            "impressions": int(len(part)), "ts_min": int(part["ts"].min()) if len(part) else None,
+            "impressions": int(len(part)),
+            "ts_min": int(part["ts"].min()) if len(part) else None,
             "ts_max": int(part["ts"].max()) if len(part) else None,
             "click_rate": _round(click.mean()) if len(part) else None,
             "conversion_rate": _round(conv.mean()) if len(part) else None,
             "cvr_given_click": _round(conv[click == 1].mean()) if n_click else None,
         }
         if manifest.has_oracle and len(part):
-            m = ranking_metrics(click, conv, part["p_click"].to_numpy(), part["p_conversion"].to_numpy(),
-                                part["user_id"].to_numpy())
+            m = ranking_metrics(
+                click,
+                conv,
+                part["p_click"].to_numpy(),
+                part["p_conversion"].to_numpy(),
+                part["user_id"].to_numpy(),
+            )
             oracle[split] = {k: _round(v) for k, v in m.items()}
     if oracle:
         stats["oracle"] = oracle
@@ -126,17 +163,26 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
 
 
 def format_stats(manifest: Manifest, stats: dict[str, Any]) -> str:
-    lines = [f"dataset {manifest.name} ({manifest.source})",
-             f"  users {stats['users']:,}  items {stats['items']:,}  events {stats['events']:,}  "
-             f"requests {stats['requests']:,}  impressions {stats['impressions']:,}",
-             "  events per user   " + "  ".join(f"{k} {v}" for k, v in stats["events_per_user_percentiles"].items()),
-             "  prior events/imp  " + "  ".join(f"{k} {v}" for k, v in stats["prior_events_percentiles"].items())
-             + f"  max {stats['prior_events_max']}  (>=2048: {stats['impressions_with_prior_ge_2048']:,} imps)",
-             f"  {'split':6s} {'imps':>10s} {'ctr':>8s} {'conv':>8s} {'cvr|clk':>8s}"]
+    lines = [
+        f"dataset {manifest.name} ({manifest.source})",
+        f"  users {stats['users']:,}  items {stats['items']:,}  events {stats['events']:,}  "
+        f"requests {stats['requests']:,}  impressions {stats['impressions']:,}",
+        "  events per user   "
+        + "  ".join(f"{k} {v}" for k, v in stats["events_per_user_percentiles"].items()),
+        "  prior events/imp  "
+        + "  ".join(f"{k} {v}" for k, v in stats["prior_events_percentiles"].items())
+        + f"  max {stats['prior_events_max']}  (>=2048: {stats['impressions_with_prior_ge_2048']:,} imps)",
+        f"  {'split':6s} {'imps':>10s} {'ctr':>8s} {'conv':>8s} {'cvr|clk':>8s}",
+    ]
     for split, s in stats["splits"].items():
-        f = lambda v: f"{v:8.4f}" if v is not None else f"{'-':>8s}"
-        lines.append(f"  {split:6s} {s['impressions']:10,d} {f(s['click_rate'])} {f(s['conversion_rate'])} "
-                     f"{f(s['cvr_given_click'])}")
+
+        def f(v):
+            return f"{v:8.4f}" if v is not None else f"{'-':>8s}"
+
+        lines.append(
+            f"  {split:6s} {s['impressions']:10,d} {f(s['click_rate'])} {f(s['conversion_rate'])} "
+            f"{f(s['cvr_given_click'])}"
+        )
     if stats.get("oracle"):
         lines.append("  Bayes-optimal (oracle) scores from p_click / p_conversion:")
         keys = list(next(iter(stats["oracle"].values())))
@@ -148,9 +194,12 @@ def format_stats(manifest: Manifest, stats: dict[str, Any]) -> str:
 
 def add_stats_args(p: argparse.ArgumentParser) -> None:
     from harness.data.validate import add_folder_args
+
     add_folder_args(p)
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    p.add_argument("--stored", action="store_true", help="print manifest.stats without reading the data")
+    p.add_argument(
+        "--stored", action="store_true", help="print manifest.stats without reading the data"
+    )
 
 
 def main_stats(args: argparse.Namespace) -> int:
@@ -158,6 +207,7 @@ def main_stats(args: argparse.Namespace) -> int:
 
     from harness.data.contract import ContractError, resolve_folder
     from harness.data.validate import unreadable_files
+
     folder = resolve_folder(args.folder, args.cache_dir, args.data_seed)
     manifest = Manifest.load(folder)
     if args.stored and manifest.stats:
@@ -167,7 +217,11 @@ def main_stats(args: argparse.Namespace) -> int:
             stats = compute_stats(folder, manifest)
         except (pa.ArrowException, OSError) as err:
             bad = unreadable_files(folder)
-            raise ContractError("\n".join(str(v) for v in bad) if bad else f"{folder}: cannot read the dataset: "
-                                f"{err}; check it with: python -m harness.data validate {folder}") from None
+            raise ContractError(
+                "\n".join(str(v) for v in bad)
+                if bad
+                else f"{folder}: cannot read the dataset: "
+                f"{err}; check it with: python -m harness.data validate {folder}"
+            ) from None
     print(json.dumps(stats, indent=2) if args.json else format_stats(manifest, stats))
     return 0

@@ -24,6 +24,7 @@ Generative process (docs/synthetic-world.md has the full story and every paramet
 Everything is vectorised per chunk of users; the events of a chunk are appended to events.parquet
 as row groups (bounded memory); impressions are sorted globally at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from harness.data.contract import (EVENTS, IMPRESSIONS, ITEMS, USERS, Behavior, Feature, Manifest,
-                                   SplitRule)
+from harness.data.contract import (
+    EVENTS,
+    IMPRESSIONS,
+    ITEMS,
+    USERS,
+    Behavior,
+    Feature,
+    Manifest,
+    SplitRule,
+)
 
 GENERATOR_VERSION = 1
-T0 = 1_600_000_000                    # first second of the synthetic timeline (2020-09-13)
+T0 = 1_600_000_000  # first second of the synthetic timeline (2020-09-13)
 DAY = 86_400
 N_HOURS, N_DEVICES, N_SURFACES, N_AGE, N_PRICE_BUCKETS = 24, 3, 3, 7, 10
-HOUR_BLOCKS = 4                       # 6-hour blocks; (block, surface) -> mode
+HOUR_BLOCKS = 4  # 6-hour blocks; (block, surface) -> mode
 BEHAVIORS = ("click", "cart", "purchase")
 
 
@@ -63,42 +72,50 @@ class SynthConfig:
     items_per_cell: int = 8
     days: int = 60
     # users' interests
-    n_interest_topics: int = 24       # each in 2 modes -> 2x interest cells
-    zipf_alpha: float = 1.6           # event frequency of the k-th interest ~ k^-alpha
-    noise_event_rate: float = 0.02    # events on a uniformly random item (exploration)
-    style_fidelity: float = 0.9       # an event's item has the event mode's style with this prob
+    n_interest_topics: int = 24  # each in 2 modes -> 2x interest cells
+    zipf_alpha: float = 1.6  # event frequency of the k-th interest ~ k^-alpha
+    noise_event_rate: float = 0.02  # events on a uniformly random item (exploration)
+    style_fidelity: float = 0.9  # an event's item has the event mode's style with this prob
     # activity
-    events_median: float = 400.0      # events per user: lognormal(median, sigma), clipped
+    events_median: float = 400.0  # events per user: lognormal(median, sigma), clipped
     events_sigma: float = 0.9
     events_min: int = 20
     events_max: int = 8000
-    requests_mean: float = 4.0        # requests per user ~ 1 + Poisson(mean * (n/median)^power)
+    requests_mean: float = 4.0  # requests per user ~ 1 + Poisson(mean * (n/median)^power)
     requests_activity_power: float = 0.5
     candidates_per_request: int = 8
-    candidate_mix: tuple[float, float, float] = (0.5, 0.25, 0.25)   # interest topics, popular, random
-    request_start_frac: float = 0.5   # requests happen in [start_frac, 1) of the timeline
-    val_frac: float = 0.8             # timeline fraction where val starts
+    candidate_mix: tuple[float, float, float] = (
+        0.5,
+        0.25,
+        0.25,
+    )  # interest topics, popular, random
+    request_start_frac: float = 0.5  # requests happen in [start_frac, 1) of the timeline
+    val_frac: float = 0.8  # timeline fraction where val starts
     test_frac: float = 0.9
     # click / conversion model (logits)
     click_bias: float = -3.2
     beta_affinity: float = 1.6
-    mode_leak: float = 0.2            # affinity of an interest topic outside its modes, relative
-    beta_style: float = 0.5           # candidate style == context mode
-    cat_surface_scale: float = 0.5    # std of the category x surface bias
-    beta_price: float = 1.0           # x price sensitivity x relu(log price - tolerance)
+    mode_leak: float = 0.2  # affinity of an interest topic outside its modes, relative
+    beta_style: float = 0.5  # candidate style == context mode
+    cat_surface_scale: float = 0.5  # std of the category x surface bias
+    beta_price: float = 1.0  # x price sensitivity x relu(log price - tolerance)
     beta_pop: float = 0.3
     conv_bias: float = -1.5
     beta_buy: float = 1.0
-    purchase_bias: float = -2.0       # event behaviours
+    purchase_bias: float = -2.0  # event behaviours
     cart_rate: float = 0.25
-    user_chunk: int = 2000            # users per generation chunk (memory bound)
+    user_chunk: int = 2000  # users per generation chunk (memory bound)
     # observability: a `topic` item field (a sub-category, as real catalogues have). Without it a
     # model must discover from co-occurrence alone which brands share a topic (docs/learning-history.md)
     expose_topic: bool = False
 
     @property
     def side_fields(self) -> tuple[str, ...]:
-        return ("category", "topic", "brand", "price_bucket") if self.expose_topic else ("category", "brand", "price_bucket")
+        return (
+            ("category", "topic", "brand", "price_bucket")
+            if self.expose_topic
+            else ("category", "brand", "price_bucket")
+        )
 
     @property
     def n_categories(self) -> int:
@@ -115,18 +132,46 @@ class SynthConfig:
 
 PRESETS: dict[str, SynthConfig] = {
     # CI: seconds; still long enough histories (hundreds of events) to show the designed effects.
-    "ci": SynthConfig(n_users=800, n_topics=64, n_interest_topics=12, days=40, events_median=300,
-                      events_max=3000, requests_mean=6.0, user_chunk=600),
+    "ci": SynthConfig(
+        n_users=800,
+        n_topics=64,
+        n_interest_topics=12,
+        days=40,
+        events_median=300,
+        events_max=3000,
+        requests_mean=6.0,
+        user_chunk=600,
+    ),
     # laptop: what a tiny model can learn on 2 cores in minutes (docs/learning-history.md): the
     # topic is an item field, 32 topics, 8 interest topics, affinity at topic level (mode_leak 1),
     # a stronger affinity. The history statistic rises from 0.62 (8 events) to 0.76 (128).
-    "laptop": SynthConfig(n_users=4000, n_topics=32, n_interest_topics=8, days=60,
-                          events_median=900, events_sigma=0.9, events_max=8000, requests_mean=6.0,
-                          expose_topic=True, beta_affinity=2.0, click_bias=-2.8, mode_leak=1.0),
+    "laptop": SynthConfig(
+        n_users=4000,
+        n_topics=32,
+        n_interest_topics=8,
+        days=60,
+        events_median=900,
+        events_sigma=0.9,
+        events_max=8000,
+        requests_mean=6.0,
+        expose_topic=True,
+        beta_affinity=2.0,
+        click_bias=-2.8,
+        mode_leak=1.0,
+    ),
     # paper-like: >= 1M impressions, long histories, sharded generation.
-    "paper": SynthConfig(n_users=30000, n_topics=512, n_interest_topics=32, items_per_cell=16,
-                         days=90, events_median=1000, events_sigma=0.9, events_max=10000,
-                         requests_mean=5.0, user_chunk=1500),
+    "paper": SynthConfig(
+        n_users=30000,
+        n_topics=512,
+        n_interest_topics=32,
+        items_per_cell=16,
+        days=90,
+        events_median=1000,
+        events_sigma=0.9,
+        events_max=10000,
+        requests_mean=5.0,
+        user_chunk=1500,
+    ),
 }
 
 
@@ -145,28 +190,53 @@ def split_times(cfg: SynthConfig) -> tuple[int, int]:
 
 def _manifest(cfg: SynthConfig, name: str, seed: int) -> Manifest:
     val_ts, test_ts = split_times(cfg)
-    cat = lambda n, g, t, v, d: Feature(name=n, kind="categorical", group=g, table=t, vocab_size=v, description=d)
+
+    def cat(n, g, t, v, d):
+        return Feature(name=n, kind="categorical", group=g, table=t, vocab_size=v, description=d)
+
     features = (
         cat("category", "item", "items", cfg.n_categories + 1, "item category (topic group)"),
-        *([cat("topic", "item", "items", cfg.n_topics + 1, "topic (sub-category)")] if cfg.expose_topic else []),
+        *(
+            [cat("topic", "item", "items", cfg.n_topics + 1, "topic (sub-category)")]
+            if cfg.expose_topic
+            else []
+        ),
         cat("brand", "item", "items", cfg.n_cells + 1, "brand: the item's (topic, style) cell"),
         cat("price_bucket", "item", "items", N_PRICE_BUCKETS + 1, "decile of log price"),
         cat("user_id", "user", "users", cfg.n_users + 1, "user id"),
         cat("age_bucket", "user", "users", N_AGE + 1, "age bucket; shifts price tolerance"),
         cat("hour", "context", "impressions", N_HOURS + 1, "hour of day + 1"),
         cat("device", "context", "impressions", N_DEVICES + 1, "device; scales price sensitivity"),
-        cat("surface", "context", "impressions", N_SURFACES + 1, "surface; with hour selects the mode"),
-        Feature(name="price", kind="numeric", group="item", table="items", description="item price"),
-        Feature(name="user_activity", kind="numeric", group="user", table="users",
-                description="log1p(number of events of the user)"),
+        cat(
+            "surface",
+            "context",
+            "impressions",
+            N_SURFACES + 1,
+            "surface; with hour selects the mode",
+        ),
+        Feature(
+            name="price", kind="numeric", group="item", table="items", description="item price"
+        ),
+        Feature(
+            name="user_activity",
+            kind="numeric",
+            group="user",
+            table="users",
+            description="log1p(number of events of the user)",
+        ),
     )
     return Manifest(
-        name=name, source=f"synthetic v{GENERATOR_VERSION} seed={seed}", item_vocab=cfg.n_items + 1,
-        side_fields=cfg.side_fields, features=features,
+        name=name,
+        source=f"synthetic v{GENERATOR_VERSION} seed={seed}",
+        item_vocab=cfg.n_items + 1,
+        side_fields=cfg.side_fields,
+        features=features,
         behaviors=tuple(Behavior(name=b, id=i + 1) for i, b in enumerate(BEHAVIORS)),
         intent_order=("purchase", "cart", "click"),
-        split=SplitRule(val_start_ts=val_ts, test_start_ts=test_ts), has_oracle=True,
-        notes="p_conversion is P(conversion | click). Generator config: " + json.dumps(asdict(cfg)))
+        split=SplitRule(val_start_ts=val_ts, test_start_ts=test_ts),
+        has_oracle=True,
+        notes="p_conversion is P(conversion | click). Generator config: " + json.dumps(asdict(cfg)),
+    )
 
 
 def manifest_for(preset: str, seed: int) -> Manifest:
@@ -180,24 +250,25 @@ def manifest_for(preset: str, seed: int) -> Manifest:
 @dataclass(frozen=True, kw_only=True)
 class World:
     """Latent and observable tables, indexed by id (row 0 unused: ids are 1-based)."""
-    item_topic: np.ndarray        # (n_items+1,)
+
+    item_topic: np.ndarray  # (n_items+1,)
     item_style: np.ndarray
     item_logprice: np.ndarray
     item_price_bucket: np.ndarray
-    item_pop: np.ndarray          # popularity weight, sums to 1 over real items
-    cell_items: np.ndarray        # (n_cells, items_per_cell) item ids, most popular first
-    within_cell_cdf: np.ndarray   # (items_per_cell,)
-    mode_table: np.ndarray        # (HOUR_BLOCKS, N_SURFACES) -> mode
-    cat_surface: np.ndarray       # (n_categories, N_SURFACES) click bias
+    item_pop: np.ndarray  # popularity weight, sums to 1 over real items
+    cell_items: np.ndarray  # (n_cells, items_per_cell) item ids, most popular first
+    within_cell_cdf: np.ndarray  # (items_per_cell,)
+    mode_table: np.ndarray  # (HOUR_BLOCKS, N_SURFACES) -> mode
+    cat_surface: np.ndarray  # (n_categories, N_SURFACES) click bias
     # users (row u-1 for user id u)
     age: np.ndarray
-    tolerance: np.ndarray         # log-price tolerance
+    tolerance: np.ndarray  # log-price tolerance
     sensitivity: np.ndarray
-    buyer: np.ndarray             # buyer propensity (conversion / purchase logit shift)
+    buyer: np.ndarray  # buyer propensity (conversion / purchase logit shift)
     device_pref: np.ndarray
-    int_cell: np.ndarray          # (U, K) interest cells, in the user's frequency-rank order
-    int_aff: np.ndarray           # (U, K) affinity of each interest cell
-    int_buy: np.ndarray           # (U, K) buy propensity of each interest cell
+    int_cell: np.ndarray  # (U, K) interest cells, in the user's frequency-rank order
+    int_aff: np.ndarray  # (U, K) affinity of each interest cell
+    int_buy: np.ndarray  # (U, K) buy propensity of each interest cell
     n_events: np.ndarray
 
 
@@ -215,7 +286,7 @@ def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
     n_items = cfg.n_items
     # items: a random permutation of ids over (topic, style, rank within cell)
     ids = rng.permutation(n_items) + 1
-    cell_items = ids.reshape(cfg.n_cells, ipc)                     # cell = topic * M + style
+    cell_items = ids.reshape(cfg.n_cells, ipc)  # cell = topic * M + style
     cell = np.repeat(np.arange(cfg.n_cells), ipc)
     item_topic = np.zeros(n_items + 1, np.int64)
     item_style = np.zeros(n_items + 1, np.int64)
@@ -231,7 +302,7 @@ def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
     topic_w = np.arange(1, T + 1, dtype=np.float64)[rng.permutation(T)] ** -0.8
     within_w = np.arange(1, ipc + 1, dtype=np.float64) ** -0.8
     item_pop = np.zeros(n_items + 1)
-    item_pop[cell_items.ravel()] = (topic_w[cell // M] * np.tile(within_w, cfg.n_cells))
+    item_pop[cell_items.ravel()] = topic_w[cell // M] * np.tile(within_w, cfg.n_cells)
     item_pop /= item_pop.sum()
     # context: each surface shifts the hour blocks by its own offset, so every mode is reachable
     mode_table = (np.arange(HOUR_BLOCKS)[:, None] + rng.permutation(N_SURFACES)[None, :]) % M
@@ -248,34 +319,53 @@ def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
     topics = np.argpartition(-g, Kt - 1, axis=1)[:, :Kt]
     modes2 = np.argsort(rng.random((U, Kt, M)), axis=2)[:, :, :2]  # two distinct modes per topic
     int_cell = (topics[:, :, None] * M + modes2).reshape(U, 2 * Kt)
-    perm = np.argsort(rng.random(int_cell.shape), axis=1)          # random frequency rank order
+    perm = np.argsort(rng.random(int_cell.shape), axis=1)  # random frequency rank order
     int_cell = np.take_along_axis(int_cell, perm, axis=1)
     int_aff = rng.uniform(1.0, 2.5, int_cell.shape)
     int_buy = rng.normal(0.0, 1.0, int_cell.shape)
-    n_events = np.clip(np.round(rng.lognormal(np.log(cfg.events_median), cfg.events_sigma, U)),
-                       cfg.events_min, cfg.events_max).astype(np.int64)
-    return World(item_topic=item_topic, item_style=item_style, item_logprice=item_logprice,
-                 item_price_bucket=item_price_bucket, item_pop=item_pop, cell_items=cell_items,
-                 within_cell_cdf=_zipf_cdf(ipc, 0.8), mode_table=mode_table, cat_surface=cat_surface,
-                 age=age, tolerance=tolerance, sensitivity=sensitivity, buyer=buyer,
-                 device_pref=device_pref, int_cell=int_cell, int_aff=int_aff, int_buy=int_buy,
-                 n_events=n_events)
+    n_events = np.clip(
+        np.round(rng.lognormal(np.log(cfg.events_median), cfg.events_sigma, U)),
+        cfg.events_min,
+        cfg.events_max,
+    ).astype(np.int64)
+    return World(
+        item_topic=item_topic,
+        item_style=item_style,
+        item_logprice=item_logprice,
+        item_price_bucket=item_price_bucket,
+        item_pop=item_pop,
+        cell_items=cell_items,
+        within_cell_cdf=_zipf_cdf(ipc, 0.8),
+        mode_table=mode_table,
+        cat_surface=cat_surface,
+        age=age,
+        tolerance=tolerance,
+        sensitivity=sensitivity,
+        buyer=buyer,
+        device_pref=device_pref,
+        int_cell=int_cell,
+        int_aff=int_aff,
+        int_buy=int_buy,
+        n_events=n_events,
+    )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _pick_item(cfg: SynthConfig, w: World, topic: np.ndarray, style: np.ndarray,
-               rng: np.random.Generator) -> np.ndarray:
+def _pick_item(
+    cfg: SynthConfig, w: World, topic: np.ndarray, style: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     return w.cell_items[topic * cfg.n_modes + style, _draw(w.within_cell_cdf, rng, topic.shape)]
 
 
-def _interest_match(cfg: SynthConfig, w: World, u: np.ndarray, topic: np.ndarray,
-                    mode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _interest_match(
+    cfg: SynthConfig, w: World, u: np.ndarray, topic: np.ndarray, mode: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Affinity and buy propensity of users u for (topic, mode): the cell's own values, else
     mode_leak x the same topic's values in another mode, else 0."""
-    cells = w.int_cell[u]                                          # (n, K)
+    cells = w.int_cell[u]  # (n, K)
     exact = cells == (topic * cfg.n_modes + mode)[:, None]
     same_topic = (cells // cfg.n_modes) == topic[:, None]
     aff, buy = w.int_aff[u], w.int_buy[u]
@@ -289,16 +379,20 @@ def _interest_match(cfg: SynthConfig, w: World, u: np.ndarray, topic: np.ndarray
     return affinity, buy_p
 
 
-def _price_term(cfg: SynthConfig, w: World, u: np.ndarray, item: np.ndarray, device: np.ndarray | None):
+def _price_term(
+    cfg: SynthConfig, w: World, u: np.ndarray, item: np.ndarray, device: np.ndarray | None
+):
     over = np.maximum(w.item_logprice[item] - w.tolerance[u], 0.0)
-    dev = 1.0 if device is None else np.array([0.0, 1.3, 1.0, 0.7])[device]   # mobile most sensitive
+    dev = 1.0 if device is None else np.array([0.0, 1.3, 1.0, 0.7])[device]  # mobile most sensitive
     return cfg.beta_price * w.sensitivity[u] * dev * over
 
 
 # ---------------------------------------------------------------------------------------------
 # per chunk of users: events and requests
 # ---------------------------------------------------------------------------------------------
-def _events(cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _events(
+    cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     n = w.n_events[users]
     u = np.repeat(users, n)
     E, K = u.size, w.int_cell.shape[1]
@@ -310,9 +404,13 @@ def _events(cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Genera
     noise = rng.random(E) < cfg.noise_event_rate
     item = np.where(noise, rng.integers(1, cfg.n_items + 1, E), item)
     # an hour in a (block, surface) cell of the event's mode
-    mode_blocks = (w.mode_table[None] == np.arange(cfg.n_modes)[:, None, None]).any(2)   # (modes, blocks)
-    block_ok = mode_blocks[mode].astype(np.float64)                                        # (E, blocks)
-    block = (np.cumsum(block_ok, 1) > rng.random(E)[:, None] * block_ok.sum(1, keepdims=True)).argmax(1)
+    mode_blocks = (w.mode_table[None] == np.arange(cfg.n_modes)[:, None, None]).any(
+        2
+    )  # (modes, blocks)
+    block_ok = mode_blocks[mode].astype(np.float64)  # (E, blocks)
+    block = (
+        np.cumsum(block_ok, 1) > rng.random(E)[:, None] * block_ok.sum(1, keepdims=True)
+    ).argmax(1)
     hour = block * (N_HOURS // HOUR_BLOCKS) + rng.integers(0, N_HOURS // HOUR_BLOCKS, E)
     day = rng.integers(0, cfg.days, E)
     ts = T0 + day * DAY + hour * 3600 + rng.integers(0, 3600, E)
@@ -323,15 +421,21 @@ def _events(cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Genera
     behavior = np.where(r < p_buy, 3, np.where(r < p_buy + (1 - p_buy) * cfg.cart_rate, 2, 1))
     order = np.lexsort((ts, u))
     u, ts, item, behavior = u[order], ts[order], item[order], behavior[order]
-    return {"user_id": u + 1, "ts": ts.astype(np.int64), "behavior": behavior.astype(np.int64),
-            "item_id": item.astype(np.int64),
-            "category": (w.item_topic[item] // cfg.topics_per_category + 1).astype(np.int64),
-            "topic": (w.item_topic[item] + 1).astype(np.int64),
-            "brand": (w.item_topic[item] * cfg.n_modes + w.item_style[item] + 1).astype(np.int64),
-            "price_bucket": w.item_price_bucket[item].astype(np.int64)}
+    return {
+        "user_id": u + 1,
+        "ts": ts.astype(np.int64),
+        "behavior": behavior.astype(np.int64),
+        "item_id": item.astype(np.int64),
+        "category": (w.item_topic[item] // cfg.topics_per_category + 1).astype(np.int64),
+        "topic": (w.item_topic[item] + 1).astype(np.int64),
+        "brand": (w.item_topic[item] * cfg.n_modes + w.item_style[item] + 1).astype(np.int64),
+        "price_bucket": w.item_price_bucket[item].astype(np.int64),
+    }
 
 
-def _requests(cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _requests(
+    cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     lam = cfg.requests_mean * (w.n_events[users] / cfg.events_median) ** cfg.requests_activity_power
     r = 1 + rng.poisson(lam)
     u = np.repeat(users, r)
@@ -346,7 +450,7 @@ def _requests(cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Gene
     ui = np.repeat(u, C)
     src = _draw(np.cumsum(cfg.candidate_mix), rng, R * C)
     K = w.int_cell.shape[1]
-    t_int = w.int_cell[ui, rng.integers(0, K, R * C)] // cfg.n_modes   # uniform over interests
+    t_int = w.int_cell[ui, rng.integers(0, K, R * C)] // cfg.n_modes  # uniform over interests
     item_int = _pick_item(cfg, w, t_int, rng.integers(0, cfg.n_modes, R * C), rng)
     item_pop = _draw(np.cumsum(w.item_pop[1:]), rng, R * C) + 1
     item_rand = rng.integers(1, cfg.n_items + 1, R * C)
@@ -357,25 +461,61 @@ def _requests(cfg: SynthConfig, w: World, users: np.ndarray, rng: np.random.Gene
     aff, buy = _interest_match(cfg, w, ui, topic, m)
     price = _price_term(cfg, w, ui, item, dev)
     pop_z = np.log(w.item_pop[item] * cfg.n_items)
-    logit_click = (cfg.click_bias + cfg.beta_affinity * aff + cfg.beta_style * (style == m)
-                   + w.cat_surface[topic // cfg.topics_per_category, surf - 1] - price + cfg.beta_pop * pop_z)
-    logit_conv = (cfg.conv_bias + w.buyer[ui] + cfg.beta_buy * buy + 0.5 * aff - 1.5 * price)
+    logit_click = (
+        cfg.click_bias
+        + cfg.beta_affinity * aff
+        + cfg.beta_style * (style == m)
+        + w.cat_surface[topic // cfg.topics_per_category, surf - 1]
+        - price
+        + cfg.beta_pop * pop_z
+    )
+    logit_conv = cfg.conv_bias + w.buyer[ui] + cfg.beta_buy * buy + 0.5 * aff - 1.5 * price
     p_click, p_conv = _sigmoid(logit_click), _sigmoid(logit_conv)
     click = (rng.random(R * C) < p_click).astype(np.int64)
     conversion = click * (rng.random(R * C) < p_conv).astype(np.int64)
-    return {"req": rq, "user_id": ui + 1, "ts": ts[rq], "item_id": item.astype(np.int64),
-            "hour": (hour[rq] + 1).astype(np.int64), "device": dev.astype(np.int64),
-            "surface": surf.astype(np.int64), "click": click, "conversion": conversion,
-            "p_click": p_click.astype(np.float32), "p_conversion": p_conv.astype(np.float32),
-            "mode": m}
+    return {
+        "req": rq,
+        "user_id": ui + 1,
+        "ts": ts[rq],
+        "item_id": item.astype(np.int64),
+        "hour": (hour[rq] + 1).astype(np.int64),
+        "device": dev.astype(np.int64),
+        "surface": surf.astype(np.int64),
+        "click": click,
+        "conversion": conversion,
+        "p_click": p_click.astype(np.float32),
+        "p_conversion": p_conv.astype(np.float32),
+        "mode": m,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
-EVENT_COLUMNS = ("user_id", "ts", "behavior", "item_id", "category", "topic", "brand", "price_bucket")
-IMPRESSION_COLUMNS = ("request_id", "user_id", "ts", "item_id", "hour", "device", "surface",
-                      "click", "conversion", "split", "p_click", "p_conversion")
+EVENT_COLUMNS = (
+    "user_id",
+    "ts",
+    "behavior",
+    "item_id",
+    "category",
+    "topic",
+    "brand",
+    "price_bucket",
+)
+IMPRESSION_COLUMNS = (
+    "request_id",
+    "user_id",
+    "ts",
+    "item_id",
+    "hour",
+    "device",
+    "surface",
+    "click",
+    "conversion",
+    "split",
+    "p_click",
+    "p_conversion",
+)
 
 
 def _table(cols: dict[str, np.ndarray], names) -> pa.Table:
@@ -392,8 +532,15 @@ def new_dataset_folder(out: str | Path) -> Path:
     return out
 
 
-def generate(cfg: SynthConfig, out: str | Path, *, seed: int, name: str | None = None,
-             progress: bool = True, row_group: int = 1_000_000) -> Path:
+def generate(
+    cfg: SynthConfig,
+    out: str | Path,
+    *,
+    seed: int,
+    name: str | None = None,
+    progress: bool = True,
+    row_group: int = 1_000_000,
+) -> Path:
     """Write the world for (cfg, seed) into the folder `out` (created; must not hold a dataset)."""
     out = new_dataset_folder(out)
     ss = np.random.SeedSequence([seed, GENERATOR_VERSION])
@@ -407,7 +554,9 @@ def generate(cfg: SynthConfig, out: str | Path, *, seed: int, name: str | None =
     reqs: list[dict[str, np.ndarray]] = []
     starts = range(0, cfg.n_users, cfg.user_chunk)
     with pq.ParquetWriter(out / EVENTS, ev_schema) as writer:
-        for s, css in tqdm(list(zip(starts, chunk_ss)), desc="synth: users", unit="chunk", disable=not progress):
+        for s, css in tqdm(
+            list(zip(starts, chunk_ss)), desc="synth: users", unit="chunk", disable=not progress
+        ):
             rng = np.random.default_rng(css)
             users = np.arange(s, min(s + cfg.user_chunk, cfg.n_users))
             ev = _events(cfg, w, users, rng)
@@ -422,34 +571,59 @@ def generate(cfg: SynthConfig, out: str | Path, *, seed: int, name: str | None =
     order = np.lexsort((pos, imp["req"], chunk_of, imp["ts"]))
     imp = {k: v[order] for k, v in imp.items()}
     new_req = np.ones(order.size, dtype=bool)
-    new_req[1:] = (imp["req"][1:] != imp["req"][:-1]) | (chunk_of[order][1:] != chunk_of[order][:-1])
+    new_req[1:] = (imp["req"][1:] != imp["req"][:-1]) | (
+        chunk_of[order][1:] != chunk_of[order][:-1]
+    )
     imp["request_id"] = np.cumsum(new_req).astype(np.int64)
-    imp["split"] = np.where(imp["ts"] >= test_ts, "test", np.where(imp["ts"] >= val_ts, "val", "train"))
+    imp["split"] = np.where(
+        imp["ts"] >= test_ts, "test", np.where(imp["ts"] >= val_ts, "val", "train")
+    )
     pq.write_table(_table(imp, IMPRESSION_COLUMNS), out / IMPRESSIONS, row_group_size=row_group)
 
     uid = np.arange(1, cfg.n_users + 1)
-    pq.write_table(pa.table({"user_id": uid, "age_bucket": w.age.astype(np.int64),
-                             "user_activity": np.log1p(w.n_events).astype(np.float32)}), out / USERS)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": uid,
+                "age_bucket": w.age.astype(np.int64),
+                "user_activity": np.log1p(w.n_events).astype(np.float32),
+            }
+        ),
+        out / USERS,
+    )
     iid = np.arange(1, cfg.n_items + 1)
     topic_col = {"topic": (w.item_topic[iid] + 1).astype(np.int64)} if cfg.expose_topic else {}
-    pq.write_table(pa.table({
-        "item_id": iid, "category": (w.item_topic[iid] // cfg.topics_per_category + 1).astype(np.int64), **topic_col,
-        "brand": (w.item_topic[iid] * cfg.n_modes + w.item_style[iid] + 1).astype(np.int64),
-        "price_bucket": w.item_price_bucket[iid], "price": np.round(np.exp(w.item_logprice[iid]), 2).astype(np.float32),
-    }), out / ITEMS)
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": iid,
+                "category": (w.item_topic[iid] // cfg.topics_per_category + 1).astype(np.int64),
+                **topic_col,
+                "brand": (w.item_topic[iid] * cfg.n_modes + w.item_style[iid] + 1).astype(np.int64),
+                "price_bucket": w.item_price_bucket[iid],
+                "price": np.round(np.exp(w.item_logprice[iid]), 2).astype(np.float32),
+            }
+        ),
+        out / ITEMS,
+    )
 
     from harness.data.stats import compute_stats
+
     manifest = replace(manifest, stats=compute_stats(out, manifest))
     manifest.save(out)
     return out
 
 
 def generate_preset(preset: str, seed: int, out: str | Path, progress: bool = True) -> Path:
-    return generate(preset_config(preset), out, seed=seed, name=f"synth-{preset}-s{seed}", progress=progress)
+    return generate(
+        preset_config(preset), out, seed=seed, name=f"synth-{preset}-s{seed}", progress=progress
+    )
 
 
 def _cache_key(preset: str, seed: int) -> str:
-    digest = hashlib.sha256(json.dumps(asdict(preset_config(preset)), sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(
+        json.dumps(asdict(preset_config(preset)), sort_keys=True).encode()
+    ).hexdigest()[:8]
     return f"synth-{preset}-s{seed}-v{GENERATOR_VERSION}-{digest}"
 
 
@@ -464,7 +638,9 @@ def expected_train_impressions(preset: str) -> int:
     the request window before val starts. Requests per user are 1 + Poisson(mean (n/median)^power)
     with n lognormal around the median, so E[(n/median)^power] = exp((power sigma)^2 / 2)."""
     c = preset_config(preset)
-    per_user = 1.0 + c.requests_mean * math.exp((c.requests_activity_power * c.events_sigma) ** 2 / 2)
+    per_user = 1.0 + c.requests_mean * math.exp(
+        (c.requests_activity_power * c.events_sigma) ** 2 / 2
+    )
     train_share = (c.val_frac - c.request_start_frac) / (1.0 - c.request_start_frac)
     return int(c.n_users * per_user * c.candidates_per_request * train_share)
 
@@ -482,7 +658,7 @@ def ensure_synthetic(preset: str, seed: int, cache_dir: str | Path, progress: bo
         generate_preset(preset, seed, tmp, progress=progress)
         os.replace(tmp, final)
     except OSError:
-        if (final / "manifest.yaml").exists():       # another process finished first: use theirs
+        if (final / "manifest.yaml").exists():  # another process finished first: use theirs
             shutil.rmtree(tmp, ignore_errors=True)
             return final
         raise
@@ -504,6 +680,8 @@ def main_synth(args: argparse.Namespace) -> int:
     out = generate_preset(args.preset, args.seed, args.out, progress=not args.no_progress)
     m = Manifest.load(out)
     s = m.stats
-    print(f"wrote {out} in {time.perf_counter() - t:.1f}s: {s['users']} users, {s['items']} items, "
-          f"{s['events']} events, {s['impressions']} impressions")
+    print(
+        f"wrote {out} in {time.perf_counter() - t:.1f}s: {s['users']} users, {s['items']} items, "
+        f"{s['events']} events, {s['impressions']} impressions"
+    )
     return 0

@@ -6,6 +6,7 @@ columns (vectorised) and reports how many rows break it and the first one. Event
 row group at a time (the sort check carries the last key across row groups), so a large log is
 checked in bounded memory. Nothing is ever written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, MANIFEST, SPLITS, USERS, ContractError, Manifest
+from harness.data.contract import (
+    EVENTS,
+    IMPRESSIONS,
+    ITEMS,
+    MANIFEST,
+    SPLITS,
+    USERS,
+    ContractError,
+    Manifest,
+)
 
 DOC = "docs/data-contract.md"
 
@@ -26,19 +36,25 @@ DOC = "docs/data-contract.md"
 class Violation:
     file: str
     column: str
-    kind: str                      # short tag: missing_file, dtype, unsorted, vocab, ...
+    kind: str  # short tag: missing_file, dtype, unsorted, vocab, ...
     message: str
     fix: str
-    rows: int = 0                  # how many rows break it (0: file- or column-level)
-    example: dict[str, Any] = field(default_factory=dict)   # first offending row: {"row": i, col: value, ...}
-    severity: str = "error"        # error: the dataset cannot be used; warning: usable, but look at it
+    rows: int = 0  # how many rows break it (0: file- or column-level)
+    example: dict[str, Any] = field(
+        default_factory=dict
+    )  # first offending row: {"row": i, col: value, ...}
+    severity: str = "error"  # error: the dataset cannot be used; warning: usable, but look at it
 
     @property
     def is_error(self) -> bool:
         return self.severity == "error"
 
     def __str__(self) -> str:
-        where = ("warning: " if not self.is_error else "") + f"{self.file}" + (f" [{self.column}]" if self.column else "")
+        where = (
+            ("warning: " if not self.is_error else "")
+            + f"{self.file}"
+            + (f" [{self.column}]" if self.column else "")
+        )
         ex = f"\n    example: {self.example}" if self.example else ""
         n = f" ({self.rows:,} rows)" if self.rows else ""
         return f"{where}: {self.kind}: {self.message}{n}{ex}\n    fix: {self.fix}"
@@ -53,8 +69,20 @@ class _Report:
     def add(self, **kw: Any) -> None:
         self.items.append(Violation(**kw))
 
-    def rows(self, table: pa.Table, mask: np.ndarray, offset: int, *, file: str, column: str, kind: str,
-             message: str, fix: str, show: tuple[str, ...] = (), severity: str = "error") -> None:
+    def rows(
+        self,
+        table: pa.Table,
+        mask: np.ndarray,
+        offset: int,
+        *,
+        file: str,
+        column: str,
+        kind: str,
+        message: str,
+        fix: str,
+        show: tuple[str, ...] = (),
+        severity: str = "error",
+    ) -> None:
         """Aggregate a row-level check (possibly over several row groups) into one violation."""
         n = int(np.count_nonzero(mask))
         if n == 0:
@@ -62,14 +90,30 @@ class _Report:
         key = (file, column, kind)
         if key in self._agg:
             old = self._agg[key]
-            self._agg[key] = Violation(file=file, column=column, kind=kind, message=message, fix=fix,
-                                       rows=old.rows + n, example=old.example, severity=severity)
+            self._agg[key] = Violation(
+                file=file,
+                column=column,
+                kind=kind,
+                message=message,
+                fix=fix,
+                rows=old.rows + n,
+                example=old.example,
+                severity=severity,
+            )
             return
         i = int(np.flatnonzero(mask)[0])
         cols = [c for c in dict.fromkeys((*show, column)) if c in table.column_names]
         example = {"row": offset + i, **{c: _py(table.column(c)[i].as_py()) for c in cols}}
-        self._agg[key] = Violation(file=file, column=column, kind=kind, message=message, fix=fix,
-                                   rows=n, example=example, severity=severity)
+        self._agg[key] = Violation(
+            file=file,
+            column=column,
+            kind=kind,
+            message=message,
+            fix=fix,
+            rows=n,
+            example=example,
+            severity=severity,
+        )
 
     def result(self) -> list[Violation]:
         return self.items + list(self._agg.values())
@@ -94,10 +138,14 @@ class _readable:
             return False
         if self.fname not in self.rep.unreadable:
             self.rep.unreadable.add(self.fname)
-            self.rep.add(file=self.fname, column="", kind="unreadable",
-                         message=f"cannot read {self.path}: {type(err).__name__}: {str(err).strip()}",
-                         fix="the file is truncated or corrupt (an interrupted copy or write?): write it again "
-                             "(rerun the converter, or df.to_parquet) and validate again")
+            self.rep.add(
+                file=self.fname,
+                column="",
+                kind="unreadable",
+                message=f"cannot read {self.path}: {type(err).__name__}: {str(err).strip()}",
+                fix="the file is truncated or corrupt (an interrupted copy or write?): write it again "
+                "(rerun the converter, or df.to_parquet) and validate again",
+            )
         return True
 
 
@@ -141,41 +189,92 @@ def _schema(path: Path) -> pa.Schema:
 INT_FIX = "store it as an integer column (int64), e.g. df[col] = df[col].astype('int64')"
 
 
-def _check_columns(rep: _Report, fname: str, schema: pa.Schema, ints: list[str], floats: list[str],
-                   strings: list[str]) -> set[str]:
+def _check_columns(
+    rep: _Report,
+    fname: str,
+    schema: pa.Schema,
+    ints: list[str],
+    floats: list[str],
+    strings: list[str],
+) -> set[str]:
     """Missing columns and wrong dtypes; returns the columns that are present with a usable dtype."""
     ok = set()
-    for col, want in [*((c, "int") for c in ints), *((c, "float") for c in floats), *((c, "str") for c in strings)]:
+    for col, want in [
+        *((c, "int") for c in ints),
+        *((c, "float") for c in floats),
+        *((c, "str") for c in strings),
+    ]:
         if col not in schema.names:
-            rep.add(file=fname, column=col, kind="missing_column", message=f"required column '{col}' is absent",
-                    fix=f"add column '{col}' ({want}) to {fname} ({DOC})")
+            rep.add(
+                file=fname,
+                column=col,
+                kind="missing_column",
+                message=f"required column '{col}' is absent",
+                fix=f"add column '{col}' ({want}) to {fname} ({DOC})",
+            )
             continue
         t = schema.field(col).type
-        good = {"int": pa.types.is_integer(t), "float": pa.types.is_floating(t) or pa.types.is_integer(t),
-                "str": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)}[want]
+        good = {
+            "int": pa.types.is_integer(t),
+            "float": pa.types.is_floating(t) or pa.types.is_integer(t),
+            "str": pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+            or pa.types.is_dictionary(t),
+        }[want]
         if not good:
-            fix = {"int": INT_FIX, "float": "store it as float32/float64",
-                   "str": "store split as strings 'train' / 'val' / 'test'"}[want]
-            rep.add(file=fname, column=col, kind="dtype", message=f"dtype {t}, expected {want}", fix=fix)
+            fix = {
+                "int": INT_FIX,
+                "float": "store it as float32/float64",
+                "str": "store split as strings 'train' / 'val' / 'test'",
+            }[want]
+            rep.add(
+                file=fname, column=col, kind="dtype", message=f"dtype {t}, expected {want}", fix=fix
+            )
         else:
             ok.add(col)
     return ok
 
 
-def _vocab(rep: _Report, t: pa.Table, off: int, fname: str, col: str, lo: int, hi: int, what: str,
-           show: tuple[str, ...] = ()) -> None:
+def _vocab(
+    rep: _Report,
+    t: pa.Table,
+    off: int,
+    fname: str,
+    col: str,
+    lo: int,
+    hi: int,
+    what: str,
+    show: tuple[str, ...] = (),
+) -> None:
     v = t.column(col).to_numpy(zero_copy_only=False)
-    rep.rows(t, (v < lo) | (v >= hi), off, file=fname, column=col, kind="vocab",
-             message=f"ids outside [{lo}, {hi}) ({what})",
-             fix=f"re-index '{col}' to 1..{hi - 1} (0 = missing) or raise its vocab_size in {MANIFEST}",
-             show=show)
+    rep.rows(
+        t,
+        (v < lo) | (v >= hi),
+        off,
+        file=fname,
+        column=col,
+        kind="vocab",
+        message=f"ids outside [{lo}, {hi}) ({what})",
+        fix=f"re-index '{col}' to 1..{hi - 1} (0 = missing) or raise its vocab_size in {MANIFEST}",
+        show=show,
+    )
 
 
-def _finite(rep: _Report, t: pa.Table, off: int, fname: str, col: str, show: tuple[str, ...] = ()) -> None:
+def _finite(
+    rep: _Report, t: pa.Table, off: int, fname: str, col: str, show: tuple[str, ...] = ()
+) -> None:
     v = t.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
-    rep.rows(t, ~np.isfinite(v), off, file=fname, column=col, kind="non_finite",
-             message="NaN or infinite values in a numeric column",
-             fix=f"impute or drop them (e.g. fill with the column median) before writing {fname}", show=show)
+    rep.rows(
+        t,
+        ~np.isfinite(v),
+        off,
+        file=fname,
+        column=col,
+        kind="non_finite",
+        message="NaN or infinite values in a numeric column",
+        fix=f"impute or drop them (e.g. fill with the column median) before writing {fname}",
+        show=show,
+    )
 
 
 def _numeric_feats(m: Manifest, table: str) -> list[str]:
@@ -193,20 +292,35 @@ def validate(folder: str | Path) -> list[Violation]:
     try:
         m = Manifest.load(folder)
     except ContractError as e:
-        rep.add(file=MANIFEST, column="", kind="manifest", message=str(e), fix=f"see {DOC} for the manifest fields")
+        rep.add(
+            file=MANIFEST,
+            column="",
+            kind="manifest",
+            message=str(e),
+            fix=f"see {DOC} for the manifest fields",
+        )
         return rep.result()
 
     present = {f: (folder / f).exists() for f in (EVENTS, IMPRESSIONS, USERS, ITEMS)}
     for f in (EVENTS, IMPRESSIONS):
         if not present[f]:
-            rep.add(file=f, column="", kind="missing_file", message=f"required file {f} is absent",
-                    fix=f"write {folder / f} ({DOC})")
+            rep.add(
+                file=f,
+                column="",
+                kind="missing_file",
+                message=f"required file {f} is absent",
+                fix=f"write {folder / f} ({DOC})",
+            )
     for table, f in (("users", USERS), ("items", ITEMS)):
         feats = [x.name for x in m.features if x.table == table]
         if feats and not present[f]:
-            rep.add(file=f, column=",".join(feats), kind="missing_file",
-                    message=f"manifest declares features {feats} in table '{table}' but {f} is absent",
-                    fix=f"write {f} with {table[:-1]}_id and those columns, or move the features' table")
+            rep.add(
+                file=f,
+                column=",".join(feats),
+                kind="missing_file",
+                message=f"manifest declares features {feats} in table '{table}' but {f} is absent",
+                fix=f"write {f} with {table[:-1]}_id and those columns, or move the features' table",
+            )
     voc = {f.name: f.vocab_size for f in m.features if f.kind == "categorical"}
     user_vocab = voc.get("user_id")
 
@@ -215,8 +329,14 @@ def validate(folder: str | Path) -> list[Violation]:
         if not present[fname]:
             continue
         with _readable(rep, fname, folder / fname):
-            ok = _check_columns(rep, fname, _schema(folder / fname), [idc, *_cat_feats(m, table)],
-                                _numeric_feats(m, table), [])
+            ok = _check_columns(
+                rep,
+                fname,
+                _schema(folder / fname),
+                [idc, *_cat_feats(m, table)],
+                _numeric_feats(m, table),
+                [],
+            )
             t = pq.read_table(folder / fname, columns=sorted(ok))
             if idc in ok:
                 ids = t.column(idc).to_numpy()
@@ -225,8 +345,16 @@ def validate(folder: str | Path) -> list[Violation]:
                 _, first, counts = np.unique(ids, return_index=True, return_counts=True)
                 dup = np.zeros(ids.size, bool)
                 dup[np.setdiff1d(np.arange(ids.size), first)] = True
-                rep.rows(t, dup, 0, file=fname, column=idc, kind="duplicate_id",
-                         message=f"{idc} appears more than once", fix=f"keep one row per {idc}")
+                rep.rows(
+                    t,
+                    dup,
+                    0,
+                    file=fname,
+                    column=idc,
+                    kind="duplicate_id",
+                    message=f"{idc} appears more than once",
+                    fix=f"keep one row per {idc}",
+                )
                 if table == "users":
                     users_ids = np.unique(ids)
                 else:
@@ -238,28 +366,43 @@ def validate(folder: str | Path) -> list[Violation]:
                 if c in ok:
                     _finite(rep, t, 0, fname, c, (idc,))
 
-    item_side = None        # (sorted item ids, {side field: values}) to check events against items.parquet
+    item_side = (
+        None  # (sorted item ids, {side field: values}) to check events against items.parquet
+    )
     if present[ITEMS]:
         with _readable(rep, ITEMS, folder / ITEMS):
             sides = [c for c in m.side_fields if c in _schema(folder / ITEMS).names]
             it = pq.read_table(folder / ITEMS, columns=["item_id", *sides])
             order = np.argsort(it.column("item_id").to_numpy(), kind="stable")
-            item_side = (it.column("item_id").to_numpy()[order], {c: it.column(c).to_numpy()[order] for c in sides})
+            item_side = (
+                it.column("item_id").to_numpy()[order],
+                {c: it.column(c).to_numpy()[order] for c in sides},
+            )
 
     if present[EVENTS]:
         with _readable(rep, EVENTS, folder / EVENTS):
-            ok = _check_columns(rep, EVENTS, _schema(folder / EVENTS),
-                                ["user_id", "ts", "behavior", "item_id", *m.side_fields], [], [])
+            ok = _check_columns(
+                rep,
+                EVENTS,
+                _schema(folder / EVENTS),
+                ["user_id", "ts", "behavior", "item_id", *m.side_fields],
+                [],
+                [],
+            )
             n_beh = len(m.behaviors)
             last_key: tuple[int, int] | None = None
             off = 0
             if _n_rows(folder / EVENTS) == 0:
-                rep.add(file=EVENTS, column="", kind="empty",
-                        message="the behaviour log has no rows: every impression would have an empty history, "
-                                "so a sequence model could not learn from it",
-                        fix=f"write the users' events to {EVENTS} ({DOC}); check the converter's filters")
+                rep.add(
+                    file=EVENTS,
+                    column="",
+                    kind="empty",
+                    message="the behaviour log has no rows: every impression would have an empty history, "
+                    "so a sequence model could not learn from it",
+                    fix=f"write the users' events to {EVENTS} ({DOC}); check the converter's filters",
+                )
             dup_keys = [c for c in ("user_id", "ts", "item_id", "behavior") if c in ok]
-            carry: pa.Table | None = None     # last (user, ts) group of the previous row group
+            carry: pa.Table | None = None  # last (user, ts) group of the previous row group
             for f in _files(folder / EVENTS):
                 pf = pq.ParquetFile(f)
                 for rg in range(pf.num_row_groups):
@@ -271,26 +414,69 @@ def validate(folder: str | Path) -> list[Violation]:
                         bad[1:] = (u[1:] < u[:-1]) | ((u[1:] == u[:-1]) & (ts[1:] < ts[:-1]))
                         if last_key is not None and len(u):
                             bad[0] = (u[0], ts[0]) < last_key
-                        rep.rows(t, bad, off, file=EVENTS, column="ts", kind="unsorted",
-                                 message="events are not sorted by (user_id, ts)",
-                                 fix="sort: df.sort_values(['user_id', 'ts'], kind='stable') before writing", show=show)
+                        rep.rows(
+                            t,
+                            bad,
+                            off,
+                            file=EVENTS,
+                            column="ts",
+                            kind="unsorted",
+                            message="events are not sorted by (user_id, ts)",
+                            fix="sort: df.sort_values(['user_id', 'ts'], kind='stable') before writing",
+                            show=show,
+                        )
                         if len(u):
                             last_key = (int(u[-1]), int(ts[-1]))
-                        rep.rows(t, ts < 0, off, file=EVENTS, column="ts", kind="timestamp",
-                                 message="negative timestamps", fix="store ts as int64 epoch seconds", show=show)
+                        rep.rows(
+                            t,
+                            ts < 0,
+                            off,
+                            file=EVENTS,
+                            column="ts",
+                            kind="timestamp",
+                            message="negative timestamps",
+                            fix="store ts as int64 epoch seconds",
+                            show=show,
+                        )
                     if len(dup_keys) == 4 and len(t):
                         carry = _duplicates(rep, t, carry, off, dup_keys, show)
                     if "user_id" in ok:
-                        _vocab(rep, t, off, EVENTS, "user_id", 1, user_vocab or np.iinfo(np.int64).max,
-                               "user ids are 1-based", show)
+                        _vocab(
+                            rep,
+                            t,
+                            off,
+                            EVENTS,
+                            "user_id",
+                            1,
+                            user_vocab or np.iinfo(np.int64).max,
+                            "user ids are 1-based",
+                            show,
+                        )
                     if "behavior" in ok:
                         b = t.column("behavior").to_numpy()
-                        rep.rows(t, (b < 1) | (b > n_beh), off, file=EVENTS, column="behavior", kind="behavior",
-                                 message=f"unknown behaviour ids (manifest declares 1..{n_beh}: {list(m.behavior_names())})",
-                                 fix="map behaviours to the ids declared in manifest.behaviors (0 is never an event)",
-                                 show=show)
+                        rep.rows(
+                            t,
+                            (b < 1) | (b > n_beh),
+                            off,
+                            file=EVENTS,
+                            column="behavior",
+                            kind="behavior",
+                            message=f"unknown behaviour ids (manifest declares 1..{n_beh}: {list(m.behavior_names())})",
+                            fix="map behaviours to the ids declared in manifest.behaviors (0 is never an event)",
+                            show=show,
+                        )
                     if "item_id" in ok:
-                        _vocab(rep, t, off, EVENTS, "item_id", 1, m.item_vocab, "item ids are 1-based", show)
+                        _vocab(
+                            rep,
+                            t,
+                            off,
+                            EVENTS,
+                            "item_id",
+                            1,
+                            m.item_vocab,
+                            "item ids are 1-based",
+                            show,
+                        )
                     for s in m.side_fields:
                         if s in ok:
                             _vocab(rep, t, off, EVENTS, s, 0, voc[s], "side field", show)
@@ -303,44 +489,91 @@ def validate(folder: str | Path) -> list[Violation]:
                         for s, vals in sides.items():
                             if s in ok:
                                 bad = found & (t.column(s).to_numpy() != vals[pos])
-                                rep.rows(t, bad, off, file=EVENTS, column=s, kind="side_mismatch",
-                                         message=f"'{s}' of the event differs from the item's '{s}' in {ITEMS}",
-                                         fix=f"write each event's side fields from {ITEMS} (join on item_id) so "
-                                             f"sequence and candidate see the same values", show=(*show, "item_id"))
+                                rep.rows(
+                                    t,
+                                    bad,
+                                    off,
+                                    file=EVENTS,
+                                    column=s,
+                                    kind="side_mismatch",
+                                    message=f"'{s}' of the event differs from the item's '{s}' in {ITEMS}",
+                                    fix=f"write each event's side fields from {ITEMS} (join on item_id) so "
+                                    f"sequence and candidate see the same values",
+                                    show=(*show, "item_id"),
+                                )
                     off += len(t)
 
     if present[IMPRESSIONS]:
         with _readable(rep, IMPRESSIONS, folder / IMPRESSIONS):
-            ints = ["request_id", "user_id", "ts", "item_id", "click", "conversion",
-                    *(c for c in _cat_feats(m, "impressions") if c not in ("user_id", "item_id"))]
-            floats = _numeric_feats(m, "impressions") + (["p_click", "p_conversion"] if m.has_oracle else [])
-            ok = _check_columns(rep, IMPRESSIONS, _schema(folder / IMPRESSIONS), ints, floats, ["split"])
+            ints = [
+                "request_id",
+                "user_id",
+                "ts",
+                "item_id",
+                "click",
+                "conversion",
+                *(c for c in _cat_feats(m, "impressions") if c not in ("user_id", "item_id")),
+            ]
+            floats = _numeric_feats(m, "impressions") + (
+                ["p_click", "p_conversion"] if m.has_oracle else []
+            )
+            ok = _check_columns(
+                rep, IMPRESSIONS, _schema(folder / IMPRESSIONS), ints, floats, ["split"]
+            )
             t = pq.read_table(folder / IMPRESSIONS, columns=sorted(ok))
             show = tuple(c for c in ("request_id", "user_id", "ts") if c in ok)
-            col = lambda c: t.column(c).to_numpy(zero_copy_only=False)
+
+            def col(c):
+                return t.column(c).to_numpy(zero_copy_only=False)
+
             if len(t) == 0:
-                rep.add(file=IMPRESSIONS, column="", kind="empty",
-                        message="no impressions: nothing to train or evaluate on",
-                        fix=f"write the shown candidates with their labels to {IMPRESSIONS} ({DOC})")
+                rep.add(
+                    file=IMPRESSIONS,
+                    column="",
+                    kind="empty",
+                    message="no impressions: nothing to train or evaluate on",
+                    fix=f"write the shown candidates with their labels to {IMPRESSIONS} ({DOC})",
+                )
             elif "split" in ok:
                 sp = np.asarray(col("split")).astype(str)
                 for split in SPLITS:
                     if not np.any(sp == split):
-                        rep.add(file=IMPRESSIONS, column="split", kind="empty_split",
-                                message=f"split '{split}' has no impressions: the run needs train to learn, val "
-                                        f"to select and test to report",
-                                fix=f"check manifest.split (val from ts {m.split.val_start_ts}, test from ts "
-                                    f"{m.split.test_start_ts}) against the impressions' time range")
+                        rep.add(
+                            file=IMPRESSIONS,
+                            column="split",
+                            kind="empty_split",
+                            message=f"split '{split}' has no impressions: the run needs train to learn, val "
+                            f"to select and test to report",
+                            fix=f"check manifest.split (val from ts {m.split.val_start_ts}, test from ts "
+                            f"{m.split.test_start_ts}) against the impressions' time range",
+                        )
             if "ts" in ok:
-                rep.rows(t, col("ts") < 0, 0, file=IMPRESSIONS, column="ts", kind="timestamp",
-                         message="negative timestamps", fix="store ts as int64 epoch seconds", show=show)
+                rep.rows(
+                    t,
+                    col("ts") < 0,
+                    0,
+                    file=IMPRESSIONS,
+                    column="ts",
+                    kind="timestamp",
+                    message="negative timestamps",
+                    fix="store ts as int64 epoch seconds",
+                    show=show,
+                )
             if {"ts", "request_id"} <= ok:
                 ts, rid = col("ts"), col("request_id")
                 bad = np.zeros(len(ts), bool)
                 bad[1:] = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (rid[1:] < rid[:-1]))
-                rep.rows(t, bad, 0, file=IMPRESSIONS, column="ts", kind="unsorted",
-                         message="impressions are not sorted by (ts, request_id)",
-                         fix="sort: df.sort_values(['ts', 'request_id'], kind='stable') before writing", show=show)
+                rep.rows(
+                    t,
+                    bad,
+                    0,
+                    file=IMPRESSIONS,
+                    column="ts",
+                    kind="unsorted",
+                    message="impressions are not sorted by (ts, request_id)",
+                    fix="sort: df.sort_values(['ts', 'request_id'], kind='stable') before writing",
+                    show=show,
+                )
                 if "user_id" in ok:
                     # a request is one (user, time): its impressions share one behaviour sequence
                     order = np.argsort(rid, kind="stable")
@@ -349,23 +582,66 @@ def validate(folder: str | Path) -> list[Violation]:
                     mix[1:] = (r[1:] == r[:-1]) & ((u2[1:] != u2[:-1]) | (t2[1:] != t2[:-1]))
                     rows = np.zeros(len(r), bool)
                     rows[order[mix]] = True
-                    rep.rows(t, rows, 0, file=IMPRESSIONS, column="request_id", kind="request",
-                             message="a request_id spans several users or timestamps",
-                             fix="give each (user_id, ts) request its own request_id", show=show)
+                    rep.rows(
+                        t,
+                        rows,
+                        0,
+                        file=IMPRESSIONS,
+                        column="request_id",
+                        kind="request",
+                        message="a request_id spans several users or timestamps",
+                        fix="give each (user_id, ts) request its own request_id",
+                        show=show,
+                    )
             if "item_id" in ok:
-                _vocab(rep, t, 0, IMPRESSIONS, "item_id", 1, m.item_vocab, "item ids are 1-based", show + ("item_id",))
+                _vocab(
+                    rep,
+                    t,
+                    0,
+                    IMPRESSIONS,
+                    "item_id",
+                    1,
+                    m.item_vocab,
+                    "item ids are 1-based",
+                    show + ("item_id",),
+                )
                 if items_ids is not None:
-                    rep.rows(t, ~np.isin(col("item_id"), items_ids), 0, file=IMPRESSIONS, column="item_id",
-                             kind="unknown_item", message=f"candidate items without a row in {ITEMS}",
-                             fix=f"add those items to {ITEMS} (their item features are joined from it)", show=show)
+                    rep.rows(
+                        t,
+                        ~np.isin(col("item_id"), items_ids),
+                        0,
+                        file=IMPRESSIONS,
+                        column="item_id",
+                        kind="unknown_item",
+                        message=f"candidate items without a row in {ITEMS}",
+                        fix=f"add those items to {ITEMS} (their item features are joined from it)",
+                        show=show,
+                    )
             if "user_id" in ok:
-                _vocab(rep, t, 0, IMPRESSIONS, "user_id", 1, user_vocab or np.iinfo(np.int64).max,
-                       "user ids are 1-based", show)
+                _vocab(
+                    rep,
+                    t,
+                    0,
+                    IMPRESSIONS,
+                    "user_id",
+                    1,
+                    user_vocab or np.iinfo(np.int64).max,
+                    "user ids are 1-based",
+                    show,
+                )
                 if users_ids is not None:
-                    rep.rows(t, ~np.isin(col("user_id"), users_ids), 0, file=IMPRESSIONS, column="user_id",
-                             kind="unknown_user", message=f"impressions whose user has no row in {USERS}",
-                             fix=f"add those users to {USERS}: when {USERS} exists it must hold every user of "
-                                 f"the impressions (a user without events is allowed: an empty history)", show=show)
+                    rep.rows(
+                        t,
+                        ~np.isin(col("user_id"), users_ids),
+                        0,
+                        file=IMPRESSIONS,
+                        column="user_id",
+                        kind="unknown_user",
+                        message=f"impressions whose user has no row in {USERS}",
+                        fix=f"add those users to {USERS}: when {USERS} exists it must hold every user of "
+                        f"the impressions (a user without events is allowed: an empty history)",
+                        show=show,
+                    )
             for c in _cat_feats(m, "impressions"):
                 if c in ok and c not in ("user_id", "item_id"):
                     _vocab(rep, t, 0, IMPRESSIONS, c, 0, voc[c], "categorical feature", show)
@@ -374,39 +650,87 @@ def validate(folder: str | Path) -> list[Violation]:
                     _finite(rep, t, 0, IMPRESSIONS, c, show)
             for c in ("click", "conversion"):
                 if c in ok:
-                    rep.rows(t, ~np.isin(col(c), (0, 1)), 0, file=IMPRESSIONS, column=c, kind="label",
-                             message="labels must be 0 or 1", fix=f"binarise '{c}' (e.g. (x > 0).astype('int64'))",
-                             show=show)
+                    rep.rows(
+                        t,
+                        ~np.isin(col(c), (0, 1)),
+                        0,
+                        file=IMPRESSIONS,
+                        column=c,
+                        kind="label",
+                        message="labels must be 0 or 1",
+                        fix=f"binarise '{c}' (e.g. (x > 0).astype('int64'))",
+                        show=show,
+                    )
             if {"click", "conversion"} <= ok and m.labels.get("conversion_requires_click", True):
-                rep.rows(t, (col("conversion") == 1) & (col("click") != 1), 0, file=IMPRESSIONS, column="conversion",
-                         kind="conversion_without_click", message="conversion = 1 on an impression with click = 0",
-                         fix="set conversion = click & conversion, or set labels.conversion_requires_click: false "
-                             f"in {MANIFEST} if your funnel allows it", show=(*show, "click"))
+                rep.rows(
+                    t,
+                    (col("conversion") == 1) & (col("click") != 1),
+                    0,
+                    file=IMPRESSIONS,
+                    column="conversion",
+                    kind="conversion_without_click",
+                    message="conversion = 1 on an impression with click = 0",
+                    fix="set conversion = click & conversion, or set labels.conversion_requires_click: false "
+                    f"in {MANIFEST} if your funnel allows it",
+                    show=(*show, "click"),
+                )
             for c in ("p_click", "p_conversion"):
                 if c in ok:
                     p = col(c).astype(np.float64)
-                    rep.rows(t, ~(np.isfinite(p) & (p >= 0) & (p <= 1)), 0, file=IMPRESSIONS, column=c,
-                             kind="probability", message="true probabilities must be finite and in [0, 1]",
-                             fix=f"store probabilities, not logits, in '{c}'", show=show)
+                    rep.rows(
+                        t,
+                        ~(np.isfinite(p) & (p >= 0) & (p <= 1)),
+                        0,
+                        file=IMPRESSIONS,
+                        column=c,
+                        kind="probability",
+                        message="true probabilities must be finite and in [0, 1]",
+                        fix=f"store probabilities, not logits, in '{c}'",
+                        show=show,
+                    )
             if "split" in ok:
                 sp = np.asarray(col("split")).astype(str)
-                rep.rows(t, ~np.isin(sp, SPLITS), 0, file=IMPRESSIONS, column="split", kind="split",
-                         message=f"split values must be one of {list(SPLITS)}", fix="relabel the split column",
-                         show=show)
+                rep.rows(
+                    t,
+                    ~np.isin(sp, SPLITS),
+                    0,
+                    file=IMPRESSIONS,
+                    column="split",
+                    kind="split",
+                    message=f"split values must be one of {list(SPLITS)}",
+                    fix="relabel the split column",
+                    show=show,
+                )
                 if "ts" in ok:
                     ts = col("ts")
-                    want = np.where(ts >= m.split.test_start_ts, "test",
-                                    np.where(ts >= m.split.val_start_ts, "val", "train"))
-                    rep.rows(t, np.isin(sp, SPLITS) & (sp != want), 0, file=IMPRESSIONS, column="split", kind="leakage",
-                             message=f"split is not chronological: it disagrees with manifest.split "
-                                     f"(val from ts {m.split.val_start_ts}, test from ts {m.split.test_start_ts})",
-                             fix="derive split from ts: train < split.val_start_ts <= val < split.test_start_ts <= test",
-                             show=show)
+                    want = np.where(
+                        ts >= m.split.test_start_ts,
+                        "test",
+                        np.where(ts >= m.split.val_start_ts, "val", "train"),
+                    )
+                    rep.rows(
+                        t,
+                        np.isin(sp, SPLITS) & (sp != want),
+                        0,
+                        file=IMPRESSIONS,
+                        column="split",
+                        kind="leakage",
+                        message=f"split is not chronological: it disagrees with manifest.split "
+                        f"(val from ts {m.split.val_start_ts}, test from ts {m.split.test_start_ts})",
+                        fix="derive split from ts: train < split.val_start_ts <= val < split.test_start_ts <= test",
+                        show=show,
+                    )
     return rep.result()
 
 
-def _duplicates(rep: _Report, t: pa.Table, carry: pa.Table | None, off: int, keys: list[str],
-                show: tuple[str, ...]) -> pa.Table:
+def _duplicates(
+    rep: _Report,
+    t: pa.Table,
+    carry: pa.Table | None,
+    off: int,
+    keys: list[str],
+    show: tuple[str, ...],
+) -> pa.Table:
     """Exact duplicate events (same user_id, ts, item_id and behavior) within a row group and across
     its boundary with the previous one (events are sorted by (user_id, ts), so a duplicate of a row
     sits in the same (user, ts) group). Returns the last (user, ts) group, carried to the next."""
@@ -419,12 +743,21 @@ def _duplicates(rep: _Report, t: pa.Table, carry: pa.Table | None, off: int, key
         same &= c[order][1:] == c[order][:-1]
     dup = np.zeros(len(order), bool)
     dup[order[1:][same]] = True
-    rep.rows(t, dup[n_carry:], off, file=EVENTS, column="item_id", kind="duplicate_event",
-             message="exact duplicate events (same user_id, ts, item_id, behavior): each repeats a token of "
-                     "the history", fix="drop them if they are double-logged "
-                     "(df.drop_duplicates(['user_id', 'ts', 'item_id', 'behavior'])); keep them if the log "
-                     "really records repeated actions within one second", show=(*show, "item_id"),
-             severity="warning")
+    rep.rows(
+        t,
+        dup[n_carry:],
+        off,
+        file=EVENTS,
+        column="item_id",
+        kind="duplicate_event",
+        message="exact duplicate events (same user_id, ts, item_id, behavior): each repeats a token of "
+        "the history",
+        fix="drop them if they are double-logged "
+        "(df.drop_duplicates(['user_id', 'ts', 'item_id', 'behavior'])); keep them if the log "
+        "really records repeated actions within one second",
+        show=(*show, "item_id"),
+        severity="warning",
+    )
     u, ts = cols[0], cols[1]
     last = (u == u[-1]) & (ts == ts[-1])
     return both.filter(pa.array(last))
@@ -439,21 +772,35 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_folder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", help="dataset folder, or a dataset name as in run configs: synthetic:ci, "
-                                  "synthetic:laptop (the cached built-in world, generated on first use)")
-    p.add_argument("--cache-dir", default="data_cache",
-                   help="where synthetic:<preset> worlds are cached (data.cache_dir; default ./data_cache)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of a synthetic:<preset> world (data.data_seed)")
+    p.add_argument(
+        "folder",
+        help="dataset folder, or a dataset name as in run configs: synthetic:ci, "
+        "synthetic:laptop (the cached built-in world, generated on first use)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default="data_cache",
+        help="where synthetic:<preset> worlds are cached (data.cache_dir; default ./data_cache)",
+    )
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="seed of a synthetic:<preset> world (data.data_seed)",
+    )
 
 
 def main_validate(args: argparse.Namespace) -> int:
     from harness.data.contract import resolve_folder
+
     folder = resolve_folder(args.folder, args.cache_dir, args.data_seed)
     found = validate(folder)
     bad, warn = errors(found), [v for v in found if not v.is_error]
     if not bad:
-        print(f"{folder}: valid (contract v{Manifest.load(folder).contract_version})"
-              + (f", {len(warn)} warning(s)" if warn else ""))
+        print(
+            f"{folder}: valid (contract v{Manifest.load(folder).contract_version})"
+            + (f", {len(warn)} warning(s)" if warn else "")
+        )
     else:
         print(f"{folder}: {len(bad)} violation(s)" + (f", {len(warn)} warning(s)" if warn else ""))
     for v in bad + warn:

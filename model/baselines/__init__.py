@@ -1,5 +1,6 @@
 """The baselines of the paper's Table 2 (spec §4), each an encode-then-interaction model that takes
 the same batch as OneTrans and answers the same RankingModel calls. See docs/baselines.md."""
+
 from __future__ import annotations
 
 # registry name -> dense params (M) and training TFLOPs @ batch 2048 reported in Table 2

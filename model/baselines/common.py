@@ -5,6 +5,7 @@ Every module here also knows its own analytic forward FLOPs (2 per multiply-accu
 only, per impression, biases and element-wise work ignored), which is exactly what
 torch.utils.flop_counter.FlopCounterMode counts for the code paths below.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,19 +17,25 @@ from torch import nn
 
 from ..features import FeatureSpec
 
-GROUPS = ("user", "item", "context")   # semantic-group order of the RankMixer input vector
+GROUPS = ("user", "item", "context")  # semantic-group order of the RankMixer input vector
 
 
 def paper_layout_spec(seq_len: int = 1178) -> FeatureSpec:
     """The feature layout the paper-scale sizes are checked at: tiny_spec's field names with
     production-like vocabularies (Table 1: 10.2M items, 27.9M users) and L_S = 1178 events."""
     return FeatureSpec(
-        item_vocab=10_200_000, side_names=("category", "brand", "price_bucket"), side_vocab=(5_000, 200_000, 50),
+        item_vocab=10_200_000,
+        side_names=("category", "brand", "price_bucket"),
+        side_vocab=(5_000, 200_000, 50),
         cat_names=("user_id", "age_bucket", "hour", "device", "surface"),
-        cat_vocab=(27_900_000, 10, 25, 8, 16), cat_groups=("user", "user", "context", "context", "context"),
-        num_names=("price", "user_activity"), num_groups=("item", "user"),
-        behavior_names=("click", "cart", "purchase"), intent_order=("purchase", "cart", "click"),
-        n_gap_buckets=32, seq_len=seq_len,
+        cat_vocab=(27_900_000, 10, 25, 8, 16),
+        cat_groups=("user", "user", "context", "context", "context"),
+        num_names=("price", "user_activity"),
+        num_groups=("item", "user"),
+        behavior_names=("click", "cart", "purchase"),
+        intent_order=("purchase", "cart", "click"),
+        n_gap_buckets=32,
+        seq_len=seq_len,
     )
 
 
@@ -40,6 +47,7 @@ def mm_flops(m: float, k: float, n: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # Feature embedding
 # ----------------------------------------------------------------------------------------------
+
 
 class FeatureEmbedding(nn.Module):
     """Embeds a batch. Items and their side fields share tables between the sequence and the
@@ -56,9 +64,11 @@ class FeatureEmbedding(nn.Module):
         self.behavior = nn.Embedding(spec.n_behaviors + 1, emb_dim)
         self.gap = nn.Embedding(spec.n_gap_buckets, emb_dim)
         unknown = set(spec.cat_groups + spec.num_groups) - set(GROUPS)
-        if unknown:   # RankMixer orders its input by these groups
-            raise ValueError(f"FeatureSpec cat_groups/num_groups: unknown group(s) {sorted(unknown)}; "
-                             f"use one of {GROUPS} (the dataset's manifest.yaml sets them per field)")
+        if unknown:  # RankMixer orders its input by these groups
+            raise ValueError(
+                f"FeatureSpec cat_groups/num_groups: unknown group(s) {sorted(unknown)}; "
+                f"use one of {GROUPS} (the dataset's manifest.yaml sets them per field)"
+            )
         self.register_buffer("side_off", _offsets(spec.side_vocab), persistent=False)
         self.register_buffer("cat_off", _offsets(spec.cat_vocab), persistent=False)
 
@@ -82,7 +92,9 @@ class FeatureEmbedding(nn.Module):
             parts.append(self.side(side + self.side_off).flatten(-2))
         return torch.cat(parts, -1)
 
-    def events(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def events(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per request: item-space e (R, L, item_dim), context (R, L, ctx_dim), mask (R, L)."""
         mask = batch["seq_mask"]
         keep = mask.unsqueeze(-1).to(self.item.weight.dtype)
@@ -99,9 +111,13 @@ class FeatureEmbedding(nn.Module):
 
     def ns_flat(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, ns_dim): NS categorical embeddings, flattened, then the numeric features."""
-        return torch.cat([self.ns_cat(batch).flatten(1), batch["ns_num"].to(self.item.weight.dtype)], -1)
+        return torch.cat(
+            [self.ns_cat(batch).flatten(1), batch["ns_num"].to(self.item.weight.dtype)], -1
+        )
 
-    def grouped(self, batch: dict[str, torch.Tensor], cand: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    def grouped(
+        self, batch: dict[str, torch.Tensor], cand: torch.Tensor, seq: torch.Tensor
+    ) -> torch.Tensor:
         """One vector ordered by semantic group (user | item | context | sequence), the input
         RankMixer slices into tokens: nearby columns then share a token."""
         spec = self.spec
@@ -131,6 +147,7 @@ def _offsets(vocab: tuple[int, ...]) -> torch.Tensor:
 # DIN: Dice and target attention
 # ----------------------------------------------------------------------------------------------
 
+
 class Dice(nn.Module):
     """Dice (DIN paper): f(s) = p(s)*s + (1-p(s))*alpha*s, p = sigmoid of the batch-standardised s.
     Training uses batch statistics over the *real* positions only (a mask), so padded events do
@@ -146,7 +163,7 @@ class Dice(nn.Module):
     def forward(self, s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
             flat = s.reshape(-1, s.shape[-1]).float()
-            w = (mask.reshape(-1, 1).float() if mask is not None else torch.ones_like(flat[:, :1]))
+            w = mask.reshape(-1, 1).float() if mask is not None else torch.ones_like(flat[:, :1])
             n = w.sum().clamp_min(1.0)
             mean = (flat * w).sum(0) / n
             var = ((flat - mean).square() * w).sum(0) / n
@@ -168,35 +185,51 @@ class DINAttention(nn.Module):
     history length - at L ~ 1k events that makes the output scale depend on how long a user's
     history is, which is why softmax is the default here."""
 
-    def __init__(self, item_dim: int, ctx_dim: int, hidden: int, normalize: str = "softmax") -> None:
+    def __init__(
+        self, item_dim: int, ctx_dim: int, hidden: int, normalize: str = "softmax"
+    ) -> None:
         super().__init__()
         if normalize not in ("softmax", "none"):
-            raise ValueError(f"DINAttention normalize must be 'softmax' or 'none', got {normalize!r}")
-        self.item_dim, self.ctx_dim, self.hidden, self.normalize = item_dim, ctx_dim, hidden, normalize
+            raise ValueError(
+                f"DINAttention normalize must be 'softmax' or 'none', got {normalize!r}"
+            )
+        self.item_dim, self.ctx_dim, self.hidden, self.normalize = (
+            item_dim,
+            ctx_dim,
+            hidden,
+            normalize,
+        )
         self.fc1 = nn.Linear(4 * item_dim + ctx_dim, hidden)
         self.dice = Dice(hidden)
         # a softmax ignores a shared shift, so the output bias would be a dead parameter there
         self.fc2 = nn.Linear(hidden, 1, bias=normalize == "none")
 
-    def forward(self, q: torch.Tensor, e: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, e: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         v = q.unsqueeze(1).expand_as(e)
-        a = self.fc2(self.dice(self.fc1(torch.cat([e, v, e - v, e * v, ctx], -1)), mask)).squeeze(-1)
+        a = self.fc2(self.dice(self.fc1(torch.cat([e, v, e - v, e * v, ctx], -1)), mask)).squeeze(
+            -1
+        )
         if self.normalize == "softmax":
             a = torch.softmax(a.masked_fill(~mask, torch.finfo(a.dtype).min), -1)
-        a = a * mask   # also zeroes the uniform weights of a history with no real event
+        a = a * mask  # also zeroes the uniform weights of a history with no real event
         return torch.einsum("bl,bld->bd", a, e)
 
     def flops(self, L: int) -> float:
-        return L * (mm_flops(1, 4 * self.item_dim + self.ctx_dim, self.hidden) + mm_flops(1, self.hidden, 1)) \
-            + mm_flops(1, L, self.item_dim)
+        return L * (
+            mm_flops(1, 4 * self.item_dim + self.ctx_dim, self.hidden) + mm_flops(1, self.hidden, 1)
+        ) + mm_flops(1, L, self.item_dim)
 
 
 # ----------------------------------------------------------------------------------------------
 # Attention and Transformer layers (plain matmuls: what FlopCounterMode sees on every backend)
 # ----------------------------------------------------------------------------------------------
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
-              impl: str = "plain") -> torch.Tensor:
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, impl: str = "plain"
+) -> torch.Tensor:
     """Softmax attention. q (B, H, Lq, dh), k/v (B, H, Lk, dh), allowed broadcastable to
     (B, H, Lq, Lk), True where a query may look; every row must allow at least one key (callers
     guarantee it: a fully masked row would be NaN under SDPA).
@@ -227,7 +260,9 @@ class TransformerLayer(nn.Module):
         self.wq, self.wkv, self.wo = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
         self.ffn = nn.Sequential(nn.Linear(d, ffn_mult * d), nn.GELU(), nn.Linear(ffn_mult * d, d))
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, allowed: torch.Tensor, kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x (N, Lq, d); kv (N, Lk, d) or None (self-attention); allowed (N|1, Lq, Lk) bool."""
         N, Lq, d = x.shape
         q = self.wq(self.ln_q(x))
@@ -240,13 +275,19 @@ class TransformerLayer(nn.Module):
 
     def flops(self, n_q: int, n_kv: int) -> float:
         d = self.d
-        return (mm_flops(n_q, d, d) + mm_flops(n_kv, d, 2 * d) + 2 * mm_flops(n_q, d, n_kv)
-                + mm_flops(n_q, d, d) + 2 * mm_flops(n_q, d, self.ffn_mult * d))
+        return (
+            mm_flops(n_q, d, d)
+            + mm_flops(n_kv, d, 2 * d)
+            + 2 * mm_flops(n_q, d, n_kv)
+            + mm_flops(n_q, d, d)
+            + 2 * mm_flops(n_q, d, self.ffn_mult * d)
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # RankMixer (Zhu et al. 2025): tokenisation, token mixing, per-token FFN / Sparse-MoE
 # ----------------------------------------------------------------------------------------------
+
 
 class PerTokenFFN(nn.Module):
     """Token t has its own 2-layer GELU FFN; all tokens in one batched einsum."""
@@ -276,8 +317,16 @@ class SparseMoEFFN(nn.Module):
     Experts are evaluated densely (the output is identical; a zero gate only skips work on
     hardware with sparse kernels)."""
 
-    def __init__(self, T: int, d: int, hidden: int, n_experts: int, active_budget: float,
-                 l1_init: float = 1e-4, l1_rate: float = 0.01) -> None:
+    def __init__(
+        self,
+        T: int,
+        d: int,
+        hidden: int,
+        n_experts: int,
+        active_budget: float,
+        l1_init: float = 1e-4,
+        l1_rate: float = 0.01,
+    ) -> None:
         super().__init__()
         self.T, self.d, self.hidden, self.E = T, d, hidden, n_experts
         self.budget, self.l1_rate = active_budget, l1_rate
@@ -295,8 +344,10 @@ class SparseMoEFFN(nn.Module):
         if self.training:
             g_tr = F.relu(torch.einsum("btd,tde->bte", x, self.router_train))
             gates = 0.5 * (g_tr + g_inf)
-            self.aux_loss = self.l1_coef.clone() * g_inf.sum(-1).mean()   # clone: the coef adapts in place below
-            with torch.no_grad():   # adaptive L1: stronger when too many experts are active
+            self.aux_loss = (
+                self.l1_coef.clone() * g_inf.sum(-1).mean()
+            )  # clone: the coef adapts in place below
+            with torch.no_grad():  # adaptive L1: stronger when too many experts are active
                 active = (g_inf > 0).float().mean()
                 self.l1_coef.mul_(torch.exp(self.l1_rate * (active - self.budget) / self.budget))
         else:
@@ -307,8 +358,11 @@ class SparseMoEFFN(nn.Module):
 
     def flops(self) -> float:
         # two routers in training, one in eval: count the training forward (both)
-        return self.T * (2 * mm_flops(1, self.d, self.E) + self.E * 2 * mm_flops(1, self.d, self.hidden)
-                         + mm_flops(1, self.E, self.d))
+        return self.T * (
+            2 * mm_flops(1, self.d, self.E)
+            + self.E * 2 * mm_flops(1, self.d, self.hidden)
+            + mm_flops(1, self.E, self.d)
+        )
 
 
 def token_mix(x: torch.Tensor) -> torch.Tensor:
@@ -322,12 +376,17 @@ class RankMixerBlock(nn.Module):
     """Post-LN: S = LN(TokenMixing(X) + X); X' = LN(PFFN(S) + S). Token mixing is parameter-free:
     each token splits into T heads and output token h gathers head h of every token."""
 
-    def __init__(self, T: int, d: int, ffn_mult: int, n_experts: int = 0, active_budget: float = 0.5) -> None:
+    def __init__(
+        self, T: int, d: int, ffn_mult: int, n_experts: int = 0, active_budget: float = 0.5
+    ) -> None:
         super().__init__()
         self.T = T
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.ffn = (SparseMoEFFN(T, d, ffn_mult * d, n_experts, active_budget) if n_experts
-                    else PerTokenFFN(T, d, ffn_mult * d))
+        self.ffn = (
+            SparseMoEFFN(T, d, ffn_mult * d, n_experts, active_budget)
+            if n_experts
+            else PerTokenFFN(T, d, ffn_mult * d)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.ln1(token_mix(x) + x)
@@ -339,18 +398,33 @@ class RankMixer(nn.Module):
     Tokenisation: the vector (zero-padded to T equal chunks) is sliced, chunk t projected to d by
     its own matrix."""
 
-    def __init__(self, in_dim: int, *, n_tokens: int, d_model: int, n_layers: int, ffn_mult: int,
-                 n_experts: int = 0, active_budget: float = 0.5) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        *,
+        n_tokens: int,
+        d_model: int,
+        n_layers: int,
+        ffn_mult: int,
+        n_experts: int = 0,
+        active_budget: float = 0.5,
+    ) -> None:
         super().__init__()
         if d_model % n_tokens:
-            raise ValueError(f"RankMixer: d_model={d_model} must be divisible by n_tokens={n_tokens} "
-                             "(token mixing uses T heads of width d_model/T)")
+            raise ValueError(
+                f"RankMixer: d_model={d_model} must be divisible by n_tokens={n_tokens} "
+                "(token mixing uses T heads of width d_model/T)"
+            )
         self.in_dim, self.T, self.d = in_dim, n_tokens, d_model
         self.chunk = -(-in_dim // n_tokens)
-        self.tok_w = nn.Parameter(torch.randn(n_tokens, self.chunk, d_model) / math.sqrt(self.chunk))
+        self.tok_w = nn.Parameter(
+            torch.randn(n_tokens, self.chunk, d_model) / math.sqrt(self.chunk)
+        )
         self.tok_b = nn.Parameter(torch.zeros(n_tokens, d_model))
-        self.blocks = nn.ModuleList(RankMixerBlock(n_tokens, d_model, ffn_mult, n_experts, active_budget)
-                                    for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            RankMixerBlock(n_tokens, d_model, ffn_mult, n_experts, active_budget)
+            for _ in range(n_layers)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (0, self.T * self.chunk - self.in_dim)).reshape(x.shape[0], self.T, self.chunk)
@@ -360,7 +434,11 @@ class RankMixer(nn.Module):
         return h.mean(1)
 
     def aux_loss(self) -> torch.Tensor | None:
-        losses = [b.ffn.aux_loss for b in self.blocks if isinstance(b.ffn, SparseMoEFFN) and b.ffn.aux_loss is not None]
+        losses = [
+            b.ffn.aux_loss
+            for b in self.blocks
+            if isinstance(b.ffn, SparseMoEFFN) and b.ffn.aux_loss is not None
+        ]
         return torch.stack(losses).sum() if losses else None
 
     def flops(self) -> float:
@@ -370,6 +448,7 @@ class RankMixer(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # MLPs and task towers
 # ----------------------------------------------------------------------------------------------
+
 
 class MLP(nn.Module):
     """Linear layers with ReLU between (and after, unless last_act=False)."""
@@ -396,10 +475,14 @@ class TaskTowers(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int) -> None:
         super().__init__()
-        self.towers = nn.ModuleDict({t: MLP((in_dim, hidden, 1), last_act=False) for t in ("ctr", "cvr")})
+        self.towers = nn.ModuleDict(
+            {t: MLP((in_dim, hidden, 1), last_act=False) for t in ("ctr", "cvr")}
+        )
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {t: m(x[t] if isinstance(x, dict) else x).squeeze(-1) for t, m in self.towers.items()}
+        return {
+            t: m(x[t] if isinstance(x, dict) else x).squeeze(-1) for t, m in self.towers.items()
+        }
 
     def flops(self) -> float:
         return sum(m.flops() for m in self.towers.values())
@@ -410,8 +493,13 @@ def train_flops(forward: float) -> dict[str, float]:
     return {"forward": float(forward), "train": 3.0 * float(forward)}
 
 
-def field_tokens(emb: FeatureEmbedding, num_proj: nn.Module | None, batch: dict[str, torch.Tensor],
-                 cand: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
+def field_tokens(
+    emb: FeatureEmbedding,
+    num_proj: nn.Module | None,
+    batch: dict[str, torch.Tensor],
+    cand: torch.Tensor,
+    interest: torch.Tensor,
+) -> torch.Tensor:
     """One emb_dim token per field: candidate item + side fields, the DIN interest split the same
     way, each NS categorical, and one token projected from the numerics (Wukong / HiFormer input)."""
     B, d = cand.shape[0], emb.d

@@ -4,6 +4,7 @@ DIN target attention pools the behaviour sequence into a user-interest vector; w
 features and the candidate it forms the semantic-group-ordered input of RankMixer (tokenise,
 token mixing, per-token FFN or Sparse-MoE), mean-pooled into per-task towers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,20 +20,22 @@ from .common import DINAttention, FeatureEmbedding, RankMixer, TaskTowers, train
 class Config:
     emb_dim: int = 64
     din_hidden: int = 36
-    din_normalize: str = "softmax"        # "softmax" | "none"
-    n_tokens: int = 16                    # T (RankMixer 100M: D=768, T=16, L=2)
+    din_normalize: str = "softmax"  # "softmax" | "none"
+    n_tokens: int = 16  # T (RankMixer 100M: D=768, T=16, L=2)
     d_model: int = 768
     n_layers: int = 2
     ffn_mult: int = 4
-    n_experts: int = 0                    # > 0: Sparse-MoE per-token FFN (ReLU routing, DTSI)
-    active_budget: float = 0.5            # target share of active experts (MoE only)
+    n_experts: int = 0  # > 0: Sparse-MoE per-token FFN (ReLU routing, DTSI)
+    active_budget: float = 0.5  # target share of active experts (MoE only)
     tower_hidden: int = 256
 
 
 SIZES: dict[str, Config] = {
     "paper": Config(ffn_mult=4, d_model=640),
     "mini": Config(emb_dim=16, n_tokens=8, d_model=128, n_layers=2, ffn_mult=2, tower_hidden=64),
-    "tiny": Config(emb_dim=8, din_hidden=8, n_tokens=4, d_model=16, n_layers=2, ffn_mult=2, tower_hidden=8),
+    "tiny": Config(
+        emb_dim=8, din_hidden=8, n_tokens=4, d_model=16, n_layers=2, ffn_mult=2, tower_hidden=8
+    ),
 }
 
 
@@ -41,10 +44,18 @@ class RankMixerDIN(RankingModel):
         super().__init__()
         self.spec, self.cfg = spec, cfg
         self.emb = FeatureEmbedding(spec, cfg.emb_dim)
-        self.din = DINAttention(self.emb.item_dim, self.emb.ctx_dim, cfg.din_hidden, cfg.din_normalize)
-        self.mixer = RankMixer(2 * self.emb.item_dim + self.emb.ns_dim, n_tokens=cfg.n_tokens, d_model=cfg.d_model,
-                               n_layers=cfg.n_layers, ffn_mult=cfg.ffn_mult, n_experts=cfg.n_experts,
-                               active_budget=cfg.active_budget)
+        self.din = DINAttention(
+            self.emb.item_dim, self.emb.ctx_dim, cfg.din_hidden, cfg.din_normalize
+        )
+        self.mixer = RankMixer(
+            2 * self.emb.item_dim + self.emb.ns_dim,
+            n_tokens=cfg.n_tokens,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            ffn_mult=cfg.ffn_mult,
+            n_experts=cfg.n_experts,
+            active_budget=cfg.active_budget,
+        )
         self.towers = TaskTowers(cfg.d_model, cfg.tower_hidden)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -59,7 +70,9 @@ class RankMixerDIN(RankingModel):
         return self.mixer.aux_loss()
 
     def flops_per_example(self) -> dict[str, float]:
-        return train_flops(self.din.flops(self.spec.seq_len) + self.mixer.flops() + self.towers.flops())
+        return train_flops(
+            self.din.flops(self.spec.seq_len) + self.mixer.flops() + self.towers.flops()
+        )
 
 
 def build(spec: FeatureSpec, config: Config) -> RankMixerDIN:

@@ -14,6 +14,7 @@ LONGER (Chai et al. 2025) as the sequence module:
 The outputs of the global tokens and the mean of the real query tokens form RankMixer's
 sequence group. Steps 1-2 depend only on the request and run once per request.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,15 +31,15 @@ from .common import FeatureEmbedding, RankMixer, TaskTowers, TransformerLayer, m
 @dataclass(frozen=True, kw_only=True)
 class Config:
     emb_dim: int = 64
-    d_inner: int = 32                     # event-token width inside a merge group
-    merge_k: int = 8                      # K events per merged token (1 = no merge)
+    d_inner: int = 32  # event-token width inside a merge group
+    merge_k: int = 8  # K events per merged token (1 = no merge)
     inner_heads: int = 2
     d_seq: int = 256
     seq_heads: int = 4
-    seq_layers: int = 2                   # 1 cross-causal + (seq_layers - 1) self-causal
-    n_queries: int = 64                   # k most recent merged tokens kept as queries
-    n_cls: int = 2                        # learnable global tokens
-    attn_impl: str = "plain"              # "plain" matmuls (reference, FLOP-countable) | "sdpa" (fused)
+    seq_layers: int = 2  # 1 cross-causal + (seq_layers - 1) self-causal
+    n_queries: int = 64  # k most recent merged tokens kept as queries
+    n_cls: int = 2  # learnable global tokens
+    attn_impl: str = "plain"  # "plain" matmuls (reference, FLOP-countable) | "sdpa" (fused)
     n_tokens: int = 16
     d_model: int = 768
     n_layers: int = 2
@@ -50,10 +51,32 @@ class Config:
 
 SIZES: dict[str, Config] = {
     "paper": Config(d_model=640),
-    "mini": Config(emb_dim=16, d_inner=16, merge_k=4, d_seq=64, seq_heads=2, n_queries=16, n_tokens=8,
-                   d_model=128, ffn_mult=2, tower_hidden=64),
-    "tiny": Config(emb_dim=8, d_inner=8, merge_k=2, inner_heads=1, d_seq=16, seq_heads=2, n_queries=4, n_cls=1,
-                   n_tokens=4, d_model=16, ffn_mult=2, tower_hidden=8),
+    "mini": Config(
+        emb_dim=16,
+        d_inner=16,
+        merge_k=4,
+        d_seq=64,
+        seq_heads=2,
+        n_queries=16,
+        n_tokens=8,
+        d_model=128,
+        ffn_mult=2,
+        tower_hidden=64,
+    ),
+    "tiny": Config(
+        emb_dim=8,
+        d_inner=8,
+        merge_k=2,
+        inner_heads=1,
+        d_seq=16,
+        seq_heads=2,
+        n_queries=4,
+        n_cls=1,
+        n_tokens=4,
+        d_model=16,
+        ffn_mult=2,
+        tower_hidden=8,
+    ),
 }
 
 
@@ -61,26 +84,40 @@ class RankMixerLonger(RankingModel):
     def __init__(self, spec: FeatureSpec, cfg: Config) -> None:
         super().__init__()
         if cfg.seq_layers < 1 or cfg.merge_k < 1 or cfg.n_queries < 1:
-            raise ValueError("rankmixer_longer: seq_layers, merge_k and n_queries must be >= 1, got "
-                             f"{cfg.seq_layers}, {cfg.merge_k}, {cfg.n_queries}")
+            raise ValueError(
+                "rankmixer_longer: seq_layers, merge_k and n_queries must be >= 1, got "
+                f"{cfg.seq_layers}, {cfg.merge_k}, {cfg.n_queries}"
+            )
         self.spec, self.cfg = spec, cfg
         self.emb = FeatureEmbedding(spec, cfg.emb_dim)
         di, ds, K = self.emb.item_dim, cfg.d_seq, cfg.merge_k
-        self.G = -(-spec.seq_len // K)                       # merged tokens
+        self.G = -(-spec.seq_len // K)  # merged tokens
         self.k = min(cfg.n_queries, self.G)
         self.m = 2 + cfg.n_cls
         self.event_proj = nn.Linear(di + self.emb.ctx_dim, cfg.d_inner)
-        self.inner = TransformerLayer(cfg.d_inner, cfg.inner_heads, attn_impl=cfg.attn_impl) if K > 1 else None
+        self.inner = (
+            TransformerLayer(cfg.d_inner, cfg.inner_heads, attn_impl=cfg.attn_impl)
+            if K > 1
+            else None
+        )
         self.merge = nn.Linear(K * cfg.d_inner, ds)
         self.target_proj = nn.Linear(di, ds)
         self.user_proj = nn.Linear(self.emb.ns_dim, ds)
         self.cls = nn.Parameter(torch.randn(cfg.n_cls, ds) * 0.02)
-        self.layers = nn.ModuleList(TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl)
-                                    for _ in range(cfg.seq_layers))
+        self.layers = nn.ModuleList(
+            TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl)
+            for _ in range(cfg.seq_layers)
+        )
         self.out_ln = nn.LayerNorm(ds)
-        self.mixer = RankMixer(di + (self.m + 1) * ds + self.emb.ns_dim, n_tokens=cfg.n_tokens,
-                               d_model=cfg.d_model, n_layers=cfg.n_layers, ffn_mult=cfg.ffn_mult,
-                               n_experts=cfg.n_experts, active_budget=cfg.active_budget)
+        self.mixer = RankMixer(
+            di + (self.m + 1) * ds + self.emb.ns_dim,
+            n_tokens=cfg.n_tokens,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            ffn_mult=cfg.ffn_mult,
+            n_experts=cfg.n_experts,
+            active_budget=cfg.active_budget,
+        )
         self.towers = TaskTowers(cfg.d_model, cfg.tower_hidden)
 
     def merged_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +125,10 @@ class RankMixerLonger(RankingModel):
         e, ctx, mask = self.emb.events(batch)
         K, G = self.cfg.merge_k, self.G
         R, L = mask.shape
-        x = self.event_proj(torch.cat([e, ctx], -1)) * mask.unsqueeze(-1)   # padded tokens: exactly 0
-        pad = G * K - L                                                       # extra left padding
+        x = self.event_proj(torch.cat([e, ctx], -1)) * mask.unsqueeze(
+            -1
+        )  # padded tokens: exactly 0
+        pad = G * K - L  # extra left padding
         x, mask = F.pad(x, (0, 0, pad, 0)), F.pad(mask, (pad, 0))
         x, gm = x.reshape(R * G, K, -1), mask.reshape(R * G, K)
         if self.inner is not None:
@@ -105,19 +144,31 @@ class RankMixerLonger(RankingModel):
         B, G, k, m = merged.shape[0], self.G, self.k, self.m
         cand = self.emb.candidate(batch)
         ns = self.emb.ns_flat(batch)
-        glob = torch.cat([self.target_proj(cand).unsqueeze(1), self.user_proj(ns).unsqueeze(1),
-                          self.cls.unsqueeze(0).expand(B, -1, -1)], 1)                  # (B, m, ds)
-        qmask = gmask[:, G - k:]
+        glob = torch.cat(
+            [
+                self.target_proj(cand).unsqueeze(1),
+                self.user_proj(ns).unsqueeze(1),
+                self.cls.unsqueeze(0).expand(B, -1, -1),
+            ],
+            1,
+        )  # (B, m, ds)
+        qmask = gmask[:, G - k :]
         ones = torch.ones(B, m, dtype=torch.bool, device=gmask.device)
         # layer 1, cross-causal: query i (global, or merged position G-k+j) over [global ; merged]
-        qpos = torch.cat([torch.full((m,), G, device=gmask.device), torch.arange(G - k, G, device=gmask.device)])
-        causal = torch.arange(G, device=gmask.device).unsqueeze(0) <= qpos.unsqueeze(1)   # (m+k, G)
-        allowed1 = torch.cat([ones.unsqueeze(1).expand(B, m + k, m), gmask.unsqueeze(1) & causal], -1)
-        x = torch.cat([glob, merged[:, G - k:]], 1)
+        qpos = torch.cat(
+            [torch.full((m,), G, device=gmask.device), torch.arange(G - k, G, device=gmask.device)]
+        )
+        causal = torch.arange(G, device=gmask.device).unsqueeze(0) <= qpos.unsqueeze(1)  # (m+k, G)
+        allowed1 = torch.cat(
+            [ones.unsqueeze(1).expand(B, m + k, m), gmask.unsqueeze(1) & causal], -1
+        )
+        x = torch.cat([glob, merged[:, G - k :]], 1)
         x = self.layers[0](x, allowed1, kv=torch.cat([glob, merged], 1))
         # layers 2.., self-causal over the m + k tokens
-        qcausal = causal[:, G - k:]                                                         # (m+k, k)
-        allowed = torch.cat([ones.unsqueeze(1).expand(B, m + k, m), qmask.unsqueeze(1) & qcausal], -1)
+        qcausal = causal[:, G - k :]  # (m+k, k)
+        allowed = torch.cat(
+            [ones.unsqueeze(1).expand(B, m + k, m), qmask.unsqueeze(1) & qcausal], -1
+        )
         for layer in self.layers[1:]:
             x = layer(x, allowed)
         x = self.out_ln(x)
@@ -135,8 +186,14 @@ class RankMixerLonger(RankingModel):
         f = mm_flops(L, di + self.emb.ctx_dim, c.d_inner)
         if self.inner is not None:
             f += G * self.inner.flops(K, K)
-        f += mm_flops(G, K * c.d_inner, c.d_seq) + mm_flops(1, di, c.d_seq) + mm_flops(1, self.emb.ns_dim, c.d_seq)
-        f += self.layers[0].flops(m + k, m + G) + sum(layer.flops(m + k, m + k) for layer in self.layers[1:])
+        f += (
+            mm_flops(G, K * c.d_inner, c.d_seq)
+            + mm_flops(1, di, c.d_seq)
+            + mm_flops(1, self.emb.ns_dim, c.d_seq)
+        )
+        f += self.layers[0].flops(m + k, m + G) + sum(
+            layer.flops(m + k, m + k) for layer in self.layers[1:]
+        )
         return train_flops(f + self.mixer.flops() + self.towers.flops())
 
 

@@ -4,6 +4,7 @@ StackDIN is not defined in the paper. Reading used here: n_din_layers DIN target
 stacked, each querying the sequence with a query refined by the previous layer's interest
 (q_{l+1} = LN(q_l + W_l u_l)); every layer's interest vector enters RankMixer's sequence group.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,12 @@ class Config:
 
 SIZES: dict[str, Config] = {
     "paper": Config(d_model=640),
-    "mini": Config(emb_dim=16, n_din_layers=2, n_tokens=8, d_model=128, ffn_mult=2, tower_hidden=64),
-    "tiny": Config(emb_dim=8, din_hidden=8, n_din_layers=2, n_tokens=4, d_model=16, ffn_mult=2, tower_hidden=8),
+    "mini": Config(
+        emb_dim=16, n_din_layers=2, n_tokens=8, d_model=128, ffn_mult=2, tower_hidden=64
+    ),
+    "tiny": Config(
+        emb_dim=8, din_hidden=8, n_din_layers=2, n_tokens=4, d_model=16, ffn_mult=2, tower_hidden=8
+    ),
 }
 
 
@@ -42,18 +47,28 @@ class RankMixerStackDIN(RankingModel):
     def __init__(self, spec: FeatureSpec, cfg: Config) -> None:
         super().__init__()
         if cfg.n_din_layers < 1:
-            raise ValueError(f"rankmixer_stackdin n_din_layers must be >= 1, got {cfg.n_din_layers}")
+            raise ValueError(
+                f"rankmixer_stackdin n_din_layers must be >= 1, got {cfg.n_din_layers}"
+            )
         self.spec, self.cfg = spec, cfg
         self.emb = FeatureEmbedding(spec, cfg.emb_dim)
         di = self.emb.item_dim
-        self.dins = nn.ModuleList(DINAttention(di, self.emb.ctx_dim, cfg.din_hidden, cfg.din_normalize)
-                                  for _ in range(cfg.n_din_layers))
+        self.dins = nn.ModuleList(
+            DINAttention(di, self.emb.ctx_dim, cfg.din_hidden, cfg.din_normalize)
+            for _ in range(cfg.n_din_layers)
+        )
         # query refinement between consecutive DIN layers
         self.refine = nn.ModuleList(nn.Linear(di, di) for _ in range(cfg.n_din_layers - 1))
         self.refine_ln = nn.ModuleList(nn.LayerNorm(di) for _ in range(cfg.n_din_layers - 1))
-        self.mixer = RankMixer(di * (1 + cfg.n_din_layers) + self.emb.ns_dim, n_tokens=cfg.n_tokens,
-                               d_model=cfg.d_model, n_layers=cfg.n_layers, ffn_mult=cfg.ffn_mult,
-                               n_experts=cfg.n_experts, active_budget=cfg.active_budget)
+        self.mixer = RankMixer(
+            di * (1 + cfg.n_din_layers) + self.emb.ns_dim,
+            n_tokens=cfg.n_tokens,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            ffn_mult=cfg.ffn_mult,
+            n_experts=cfg.n_experts,
+            active_budget=cfg.active_budget,
+        )
         self.towers = TaskTowers(cfg.d_model, cfg.tower_hidden)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -74,7 +89,9 @@ class RankMixerStackDIN(RankingModel):
 
     def flops_per_example(self) -> dict[str, float]:
         di = self.emb.item_dim
-        f = sum(d.flops(self.spec.seq_len) for d in self.dins) + len(self.refine) * mm_flops(1, di, di)
+        f = sum(d.flops(self.spec.seq_len) for d in self.dins) + len(self.refine) * mm_flops(
+            1, di, di
+        )
         return train_flops(f + self.mixer.flops() + self.towers.flops())
 
 

@@ -6,6 +6,7 @@ pre-LN Transformer encoder (padding masked). Because the target token sits insid
 sequence is encoded per impression, as in BST. Pooled output = [target token, masked mean of the
 event tokens]; it forms RankMixer's sequence group.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ class Config:
     d_seq: int = 128
     seq_layers: int = 2
     seq_heads: int = 4
-    attn_impl: str = "plain"              # "plain" matmuls (reference, FLOP-countable) | "sdpa" (fused)
+    attn_impl: str = "plain"  # "plain" matmuls (reference, FLOP-countable) | "sdpa" (fused)
     n_tokens: int = 16
     d_model: int = 768
     n_layers: int = 2
@@ -36,10 +37,26 @@ class Config:
 
 SIZES: dict[str, Config] = {
     "paper": Config(d_model=640),
-    "mini": Config(emb_dim=16, d_seq=64, seq_layers=2, seq_heads=2, n_tokens=8, d_model=128, ffn_mult=2,
-                   tower_hidden=64),
-    "tiny": Config(emb_dim=8, d_seq=16, seq_layers=1, seq_heads=2, n_tokens=4, d_model=16, ffn_mult=2,
-                   tower_hidden=8),
+    "mini": Config(
+        emb_dim=16,
+        d_seq=64,
+        seq_layers=2,
+        seq_heads=2,
+        n_tokens=8,
+        d_model=128,
+        ffn_mult=2,
+        tower_hidden=64,
+    ),
+    "tiny": Config(
+        emb_dim=8,
+        d_seq=16,
+        seq_layers=1,
+        seq_heads=2,
+        n_tokens=4,
+        d_model=16,
+        ffn_mult=2,
+        tower_hidden=8,
+    ),
 }
 
 
@@ -51,29 +68,41 @@ class RankMixerTransformer(RankingModel):
         di, ds = self.emb.item_dim, cfg.d_seq
         self.event_proj = nn.Linear(di + self.emb.ctx_dim, ds)
         self.target_proj = nn.Linear(di, ds)
-        self.encoder = nn.ModuleList(TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl)
-                                     for _ in range(cfg.seq_layers))
+        self.encoder = nn.ModuleList(
+            TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl)
+            for _ in range(cfg.seq_layers)
+        )
         self.out_ln = nn.LayerNorm(ds)
-        self.mixer = RankMixer(di + 2 * ds + self.emb.ns_dim, n_tokens=cfg.n_tokens, d_model=cfg.d_model,
-                               n_layers=cfg.n_layers, ffn_mult=cfg.ffn_mult, n_experts=cfg.n_experts,
-                               active_budget=cfg.active_budget)
+        self.mixer = RankMixer(
+            di + 2 * ds + self.emb.ns_dim,
+            n_tokens=cfg.n_tokens,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            ffn_mult=cfg.ffn_mult,
+            n_experts=cfg.n_experts,
+            active_budget=cfg.active_budget,
+        )
         self.towers = TaskTowers(cfg.d_model, cfg.tower_hidden)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         e, ctx, mask = self.emb.events(batch)
         g = batch["req_index"]
-        events = self.event_proj(torch.cat([e, ctx], -1))[g]          # (B, L, ds), per request then gathered
+        events = self.event_proj(torch.cat([e, ctx], -1))[
+            g
+        ]  # (B, L, ds), per request then gathered
         mask = mask[g]
         cand = self.emb.candidate(batch)
         x = torch.cat([events, self.target_proj(cand).unsqueeze(1)], 1)  # target is the last token
-        keys = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)        # padded events are never keys
-        allowed = keys.unsqueeze(1)                                        # (B, 1, L+1)
+        keys = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)  # padded events are never keys
+        allowed = keys.unsqueeze(1)  # (B, 1, L+1)
         for layer in self.encoder:
             x = layer(x, allowed)
         x = self.out_ln(x)
         w = mask.unsqueeze(-1).to(x.dtype)
         seq_mean = (x[:, :-1] * w).sum(1) / w.sum(1).clamp_min(1.0)
-        return self.towers(self.mixer(self.emb.grouped(batch, cand, torch.cat([x[:, -1], seq_mean], -1))))
+        return self.towers(
+            self.mixer(self.emb.grouped(batch, cand, torch.cat([x[:, -1], seq_mean], -1)))
+        )
 
     def aux_loss(self) -> torch.Tensor | None:
         return self.mixer.aux_loss()

@@ -1,22 +1,32 @@
 """Converters from public raw logs to the data contract (docs/converters.md).
 
-    convert("movielens", raw_dir, out_dir, neg_ratio=0)
-    convert("taobao", raw_dir, out_dir, neg_ratio=4)
-    convert("tmall", raw_dir, out_dir, neg_ratio=4)
+convert("movielens", raw_dir, out_dir, neg_ratio=0)
+convert("taobao", raw_dir, out_dir, neg_ratio=4)
+convert("tmall", raw_dir, out_dir, neg_ratio=4)
 """
+
 from __future__ import annotations
 
 from importlib import import_module
 from pathlib import Path
 
-SOURCES = {"movielens": "movielens", "movielens-1m": "movielens", "ml-1m": "movielens",
-           "taobao": "taobao", "taobao-userbehavior": "taobao", "tmall": "tmall", "tmall-2014": "tmall"}
+SOURCES = {
+    "movielens": "movielens",
+    "movielens-1m": "movielens",
+    "ml-1m": "movielens",
+    "taobao": "taobao",
+    "taobao-userbehavior": "taobao",
+    "tmall": "tmall",
+    "tmall-2014": "tmall",
+}
 
 
 def convert(source: str, raw: Path, out: Path, **opts) -> Path:
     """Convert the raw files in `raw` to a contract folder `out` (written atomically); returns `out`."""
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {sorted(set(SOURCES.values()))}")
+        raise ValueError(
+            f"unknown source {source!r}; choose one of {sorted(set(SOURCES.values()))}"
+        )
     module = import_module(f"harness.data.converters.{SOURCES[source]}")
     return module.convert(Path(raw), Path(out), **opts)
 
@@ -25,9 +35,17 @@ def add_convert_args(p) -> None:
     """Arguments of `convert` for an argparse (sub)parser."""
     p.add_argument("source", choices=["movielens", "taobao", "tmall"], help="raw format")
     p.add_argument("raw", type=Path, help="folder holding the raw files")
-    p.add_argument("out", type=Path, help="contract folder to write (must not exist unless --overwrite)")
-    p.add_argument("--neg-ratio", type=int, help="sampled negatives per positive (default: 0 movielens, 4 others)")
-    p.add_argument("--negatives", choices=["popularity", "uniform"], help="taobao/tmall negative sampling")
+    p.add_argument(
+        "out", type=Path, help="contract folder to write (must not exist unless --overwrite)"
+    )
+    p.add_argument(
+        "--neg-ratio",
+        type=int,
+        help="sampled negatives per positive (default: 0 movielens, 4 others)",
+    )
+    p.add_argument(
+        "--negatives", choices=["popularity", "uniform"], help="taobao/tmall negative sampling"
+    )
     p.add_argument("--val-frac", type=float, default=0.1)
     p.add_argument("--test-frac", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -35,7 +53,12 @@ def add_convert_args(p) -> None:
 
 
 def main_convert(args) -> int:
-    opts = {"val_frac": args.val_frac, "test_frac": args.test_frac, "seed": args.seed, "overwrite": args.overwrite}
+    opts = {
+        "val_frac": args.val_frac,
+        "test_frac": args.test_frac,
+        "seed": args.seed,
+        "overwrite": args.overwrite,
+    }
     if args.neg_ratio is not None:
         opts["neg_ratio"] = args.neg_ratio
     if args.negatives is not None:
@@ -44,7 +67,10 @@ def main_convert(args) -> int:
         opts["negatives"] = args.negatives
     out = convert(args.source, args.raw, args.out, **opts)
     import yaml
+
     stats = yaml.safe_load((out / "manifest.yaml").read_text())["stats"]
-    print(f"wrote {out}: {stats['events']:,} events, {stats['users']:,} users, {stats['items']:,} items, "
-          f"{stats['impressions']:,} impressions in {stats['requests']:,} requests")
+    print(
+        f"wrote {out}: {stats['events']:,} events, {stats['users']:,} users, {stats['items']:,} items, "
+        f"{stats['impressions']:,} impressions in {stats['requests']:,} requests"
+    )
     return 0

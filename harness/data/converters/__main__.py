@@ -1,4 +1,5 @@
 """python -m harness.data.converters {movielens,taobao,tmall} RAW_DIR OUT_DIR [--neg-ratio N] ..."""
+
 import argparse
 
 from harness.data.converters import add_convert_args, main_convert

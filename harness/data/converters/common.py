@@ -1,5 +1,6 @@
 """Shared steps of the converters: id remapping, requests, sampled negatives, the chronological
 split, statistics and an atomic write of the contract folder (docs/converters.md)."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,14 @@ def lookup(raw: np.ndarray, uniq: np.ndarray) -> np.ndarray:
     return np.where(uniq[pos] == raw, pos + 1, 0).astype(np.int64)
 
 
-def sample_negatives(rng: np.random.Generator, users: np.ndarray, n_items: int, exclude_keys: np.ndarray,
-                     weights: np.ndarray | None = None, max_rounds: int = 200) -> np.ndarray:
+def sample_negatives(
+    rng: np.random.Generator,
+    users: np.ndarray,
+    n_items: int,
+    exclude_keys: np.ndarray,
+    weights: np.ndarray | None = None,
+    max_rounds: int = 200,
+) -> np.ndarray:
     """One negative item (1..n_items) per entry of `users`, never an item in the user's
     `exclude_keys` (sorted unique user * (n_items + 1) + item). Rejection sampling, vectorised per round."""
     p = None if weights is None else weights / weights.sum()
@@ -42,12 +49,21 @@ def sample_negatives(rng: np.random.Generator, users: np.ndarray, n_items: int, 
         hit = (exclude_keys[pos] == keys) if len(exclude_keys) else np.zeros(len(keys), bool)
         out[todo[~hit]] = cand[~hit]
         todo = todo[hit]
-    raise ValueError(f"could not sample negatives for {len(todo)} rows after {max_rounds} rounds: "
-                     f"those users interacted with almost every item; lower neg_ratio.")
+    raise ValueError(
+        f"could not sample negatives for {len(todo)} rows after {max_rounds} rounds: "
+        f"those users interacted with almost every item; lower neg_ratio."
+    )
 
 
-def build_impressions(pos: pd.DataFrame, *, n_items: int, neg_ratio: int, exclude_keys: np.ndarray,
-                      weights: np.ndarray | None, seed: int) -> pd.DataFrame:
+def build_impressions(
+    pos: pd.DataFrame,
+    *,
+    n_items: int,
+    neg_ratio: int,
+    exclude_keys: np.ndarray,
+    weights: np.ndarray | None,
+    seed: int,
+) -> pd.DataFrame:
     """Positive candidates (user_id, ts, item_id, click, conversion) plus `neg_ratio` sampled
     negatives per positive row, grouped into requests (one per (user, ts)), sorted by
     (ts, request_id, item_id). Negatives get click = conversion = 0."""
@@ -55,14 +71,22 @@ def build_impressions(pos: pd.DataFrame, *, n_items: int, neg_ratio: int, exclud
     parts = [pos]
     if neg_ratio > 0:
         u = np.repeat(pos.user_id.to_numpy(), neg_ratio)
-        neg = pd.DataFrame({"user_id": u, "ts": np.repeat(pos.ts.to_numpy(), neg_ratio),
-                            "item_id": sample_negatives(rng, u, n_items, exclude_keys, weights),
-                            "click": 0, "conversion": 0})
+        neg = pd.DataFrame(
+            {
+                "user_id": u,
+                "ts": np.repeat(pos.ts.to_numpy(), neg_ratio),
+                "item_id": sample_negatives(rng, u, n_items, exclude_keys, weights),
+                "click": 0,
+                "conversion": 0,
+            }
+        )
         parts.append(neg)
     im = pd.concat(parts, ignore_index=True)
     im = im.sort_values(["ts", "user_id", "item_id", "click"], kind="stable", ignore_index=True)
     new = np.ones(len(im), bool)
-    new[1:] = (im.ts.to_numpy()[1:] != im.ts.to_numpy()[:-1]) | (im.user_id.to_numpy()[1:] != im.user_id.to_numpy()[:-1])
+    new[1:] = (im.ts.to_numpy()[1:] != im.ts.to_numpy()[:-1]) | (
+        im.user_id.to_numpy()[1:] != im.user_id.to_numpy()[:-1]
+    )
     im.insert(0, "request_id", np.cumsum(new).astype(np.int64))
     return im
 
@@ -77,10 +101,18 @@ def chronological_split(im: pd.DataFrame, val_frac: float, test_frac: float) -> 
     if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
         raise ValueError(f"val_frac + test_frac must be in [0, 1), got {val_frac} + {test_frac}")
     ts = np.sort(im.ts.to_numpy())
-    val_start = int(ts[min(int(len(ts) * (1 - val_frac - test_frac)), len(ts) - 1)]) if val_frac else int(ts[-1]) + 1
-    test_start = int(ts[min(int(len(ts) * (1 - test_frac)), len(ts) - 1)]) if test_frac else int(ts[-1]) + 1
+    val_start = (
+        int(ts[min(int(len(ts) * (1 - val_frac - test_frac)), len(ts) - 1)])
+        if val_frac
+        else int(ts[-1]) + 1
+    )
+    test_start = (
+        int(ts[min(int(len(ts) * (1 - test_frac)), len(ts) - 1)]) if test_frac else int(ts[-1]) + 1
+    )
     test_start = max(test_start, val_start)
-    im["split"] = np.where(im.ts >= test_start, "test", np.where(im.ts >= val_start, "val", "train"))
+    im["split"] = np.where(
+        im.ts >= test_start, "test", np.where(im.ts >= val_start, "val", "train")
+    )
     return val_start, test_start
 
 
@@ -88,29 +120,58 @@ def dataset_stats(events: pd.DataFrame, im: pd.DataFrame, manifest: Manifest) ->
     per_user = events.groupby("user_id").size().to_numpy()
     names = dict(zip(range(1, len(manifest.behaviors) + 1), manifest.behavior_names()))
     beh = events.behavior.value_counts()
-    split = {s: {"impressions": int((im.split == s).sum()), "requests": int(im.request_id[im.split == s].nunique()),
-                 "click_rate": float(im.click[im.split == s].mean()) if (im.split == s).any() else None,
-                 "conversion_rate": float(im.conversion[im.split == s].mean()) if (im.split == s).any() else None}
-             for s in ("train", "val", "test")}
+    split = {
+        s: {
+            "impressions": int((im.split == s).sum()),
+            "requests": int(im.request_id[im.split == s].nunique()),
+            "click_rate": float(im.click[im.split == s].mean()) if (im.split == s).any() else None,
+            "conversion_rate": float(im.conversion[im.split == s].mean())
+            if (im.split == s).any()
+            else None,
+        }
+        for s in ("train", "val", "test")
+    }
     q = np.percentile(per_user, [50, 90, 99]) if len(per_user) else [0, 0, 0]
-    return {"events": int(len(events)), "users": int(events.user_id.nunique()), "items": int(events.item_id.nunique()),
-            "impressions": int(len(im)), "requests": int(im.request_id.nunique()),
-            "behaviors": {names[int(k)]: int(v) for k, v in beh.sort_index().items()},
-            "events_per_user": {"min": int(per_user.min()) if len(per_user) else 0, "p50": float(q[0]),
-                                "p90": float(q[1]), "p99": float(q[2]), "max": int(per_user.max()) if len(per_user) else 0},
-            "splits": split}
+    return {
+        "events": int(len(events)),
+        "users": int(events.user_id.nunique()),
+        "items": int(events.item_id.nunique()),
+        "impressions": int(len(im)),
+        "requests": int(im.request_id.nunique()),
+        "behaviors": {names[int(k)]: int(v) for k, v in beh.sort_index().items()},
+        "events_per_user": {
+            "min": int(per_user.min()) if len(per_user) else 0,
+            "p50": float(q[0]),
+            "p90": float(q[1]),
+            "p99": float(q[2]),
+            "max": int(per_user.max()) if len(per_user) else 0,
+        },
+        "splits": split,
+    }
 
 
-def write_folder(out: Path, manifest: Manifest, events: pd.DataFrame, im: pd.DataFrame,
-                 users: pd.DataFrame | None = None, items: pd.DataFrame | None = None, *,
-                 overwrite: bool = False, extra_stats: dict | None = None) -> Path:
+def write_folder(
+    out: Path,
+    manifest: Manifest,
+    events: pd.DataFrame,
+    im: pd.DataFrame,
+    users: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    *,
+    overwrite: bool = False,
+    extra_stats: dict | None = None,
+) -> Path:
     """Write the contract folder atomically: into a temporary sibling, then renamed into place.
     An existing `out` is never touched unless overwrite=True."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass overwrite=True (--overwrite).")
+        raise FileExistsError(
+            f"{out} exists; choose another --out or pass overwrite=True (--overwrite)."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    manifest = replace(manifest, stats={**dataset_stats(events, im, manifest), **(extra_stats or {})})
+    manifest = replace(
+        manifest, stats={**dataset_stats(events, im, manifest), **(extra_stats or {})}
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         events.to_parquet(tmp / EVENTS, index=False)
@@ -134,7 +195,9 @@ def need_file(raw: Path, *names: str) -> Path:
     for n in names:
         if (raw / n).exists():
             return raw / n
-    raise FileNotFoundError(f"{raw}: none of {list(names)} found; point the converter at the folder holding the raw files.")
+    raise FileNotFoundError(
+        f"{raw}: none of {list(names)} found; point the converter at the folder holding the raw files."
+    )
 
 
 def add_time_context(im: pd.DataFrame, utc_offset_h: int = 0, hour: bool = True) -> None:
@@ -142,4 +205,4 @@ def add_time_context(im: pd.DataFrame, utc_offset_h: int = 0, hour: bool = True)
     local = im.ts.to_numpy() + utc_offset_h * 3600
     if hour:
         im["hour"] = (local // 3600) % 24 + 1
-    im["weekday"] = ((local // 86400) + 3) % 7 + 1          # 1970-01-01 was a Thursday
+    im["weekday"] = ((local // 86400) + 3) % 7 + 1  # 1970-01-01 was a Thursday

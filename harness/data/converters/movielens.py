@@ -6,6 +6,7 @@ negatives; `neg_ratio` > 0 adds sampled never-rated movies as extra negatives. A
 (user, second): MovieLens users rate in bursts, so the ratings of one second share one history,
 which (as-of, strictly before) never contains any rating of that second. See docs/converters.md.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -17,12 +18,38 @@ import numpy as np
 import pandas as pd
 
 from harness.data.contract import Behavior, Feature, Manifest, SplitRule
-from harness.data.converters.common import (add_time_context, build_impressions, chronological_split, interacted_keys, lookup,
-                                            need_file, remap, write_folder)
+from harness.data.converters.common import (
+    add_time_context,
+    build_impressions,
+    chronological_split,
+    interacted_keys,
+    lookup,
+    need_file,
+    remap,
+    write_folder,
+)
 
 AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
-GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+GENRES = (
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 
 def _read_dat(path: Path, n_fields: int, encoding: str = "latin-1") -> list[list[str]]:
@@ -32,25 +59,44 @@ def _read_dat(path: Path, n_fields: int, encoding: str = "latin-1") -> list[list
     rows = [line.split("::") for line in text.splitlines() if line.strip()]
     bad = [i for i, r in enumerate(rows) if len(r) != n_fields]
     if bad:
-        raise ValueError(f"{path}: line {bad[0] + 1} has {len(rows[bad[0]])} '::'-separated fields, "
-                         f"expected {n_fields}; is this the MovieLens-1M format?")
+        raise ValueError(
+            f"{path}: line {bad[0] + 1} has {len(rows[bad[0]])} '::'-separated fields, "
+            f"expected {n_fields}; is this the MovieLens-1M format?"
+        )
     return rows
 
 
 def read_ratings(path: Path) -> pd.DataFrame:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
-        text = f.read().decode("latin-1").replace("::", ",")     # numeric fields only: safe to re-delimit
-    df = pd.read_csv(io.StringIO(text), header=None, names=["user", "movie", "rating", "ts"], dtype=np.int64)
+        text = (
+            f.read().decode("latin-1").replace("::", ",")
+        )  # numeric fields only: safe to re-delimit
+    df = pd.read_csv(
+        io.StringIO(text), header=None, names=["user", "movie", "rating", "ts"], dtype=np.int64
+    )
     return df
 
 
-def convert(raw: Path, out: Path, *, neg_ratio: int = 0, val_frac: float = 0.1, test_frac: float = 0.1,
-            seed: int = 0, overwrite: bool = False) -> Path:
+def convert(
+    raw: Path,
+    out: Path,
+    *,
+    neg_ratio: int = 0,
+    val_frac: float = 0.1,
+    test_frac: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
     raw = Path(raw)
     ratings = read_ratings(need_file(raw, "ratings.dat", "ratings.dat.gz"))
-    users_raw = pd.DataFrame(_read_dat(need_file(raw, "users.dat"), 5), columns=["user", "gender", "age", "occupation", "zip"])
-    movies = pd.DataFrame(_read_dat(need_file(raw, "movies.dat"), 3), columns=["movie", "title", "genres"])
+    users_raw = pd.DataFrame(
+        _read_dat(need_file(raw, "users.dat"), 5),
+        columns=["user", "gender", "age", "occupation", "zip"],
+    )
+    movies = pd.DataFrame(
+        _read_dat(need_file(raw, "movies.dat"), 3), columns=["movie", "title", "genres"]
+    )
     movies["movie"] = movies.movie.astype(np.int64)
     users_raw["user"] = users_raw.user.astype(np.int64)
 
@@ -62,63 +108,154 @@ def convert(raw: Path, out: Path, *, neg_ratio: int = 0, val_frac: float = 0.1, 
 
     # items: first listed genre (the side field; multi-genre is not in the contract) and decade
     items = pd.DataFrame({"item_id": np.arange(1, n_items + 1)})
-    genre = movies.genres.str.split("|").str[0].map({g: i + 1 for i, g in enumerate(GENRES)}).fillna(0).astype(np.int64)
-    year = movies.title.map(lambda t: int(m.group(1)) if (m := re.search(r"\((\d{4})\)\s*$", t)) else 0).astype(np.int64)
+    genre = (
+        movies.genres.str.split("|")
+        .str[0]
+        .map({g: i + 1 for i, g in enumerate(GENRES)})
+        .fillna(0)
+        .astype(np.int64)
+    )
+    year = movies.title.map(
+        lambda t: int(m.group(1)) if (m := re.search(r"\((\d{4})\)\s*$", t)) else 0
+    ).astype(np.int64)
     rows = lookup(movies.movie.to_numpy(), movie_uniq) - 1
     items["genre"] = 0
     items.loc[rows, "genre"] = genre.to_numpy()
     items["year"] = 0.0
     items.loc[rows, "year"] = year.to_numpy().astype(float)
     med = float(np.median(year[year > 0])) if (year > 0).any() else 1990.0
-    items["year"] = items.year.where(items.year > 0, med)          # unknown year: median, stated in docs
-    items["decade"] = ((items.year.astype(np.int64) // 10) - 190).clip(1, 11)   # 1910s -> 1 ... 2000s -> 11
+    items["year"] = items.year.where(items.year > 0, med)  # unknown year: median, stated in docs
+    items["decade"] = ((items.year.astype(np.int64) // 10) - 190).clip(
+        1, 11
+    )  # 1910s -> 1 ... 2000s -> 11
 
     # users: only those with ratings, demographics as categorical ids
     u = users_raw.set_index("user").reindex(user_uniq)
     if u.gender.isna().any():
         missing = user_uniq[u.gender.isna().to_numpy()][:5]
-        raise ValueError(f"{raw / 'users.dat'}: users {list(missing)} have ratings but no row; is users.dat complete?")
+        raise ValueError(
+            f"{raw / 'users.dat'}: users {list(missing)} have ratings but no row; is users.dat complete?"
+        )
     zip_id, zip_uniq = remap(u.zip.astype(str).to_numpy())
-    users = pd.DataFrame({"user_id": np.arange(1, len(user_uniq) + 1),
-                          "gender": np.where(u.gender.to_numpy() == "F", 1, 2).astype(np.int64),
-                          "age": np.searchsorted(AGE_CODES, u.age.astype(np.int64).to_numpy()) + 1,
-                          "occupation": u.occupation.astype(np.int64).to_numpy() + 1,
-                          "zip": zip_id})
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, len(user_uniq) + 1),
+            "gender": np.where(u.gender.to_numpy() == "F", 1, 2).astype(np.int64),
+            "age": np.searchsorted(AGE_CODES, u.age.astype(np.int64).to_numpy()) + 1,
+            "occupation": u.occupation.astype(np.int64).to_numpy() + 1,
+            "zip": zip_id,
+        }
+    )
 
     # events: ratings as three behaviours, sorted by (user, ts) with the movie id as stable tie-break
     r = ratings.rating.to_numpy()
-    events = pd.DataFrame({"user_id": ratings.user_id, "ts": ratings.ts,
-                           "behavior": np.select([r >= 5, r >= 4], [3, 2], 1).astype(np.int64),
-                           "item_id": ratings.item_id})
+    events = pd.DataFrame(
+        {
+            "user_id": ratings.user_id,
+            "ts": ratings.ts,
+            "behavior": np.select([r >= 5, r >= 4], [3, 2], 1).astype(np.int64),
+            "item_id": ratings.item_id,
+        }
+    )
     events = events.sort_values(["user_id", "ts", "item_id"], kind="stable", ignore_index=True)
     events = events.join(items.set_index("item_id")[["genre", "decade"]], on="item_id")
 
-    pos = pd.DataFrame({"user_id": events.user_id, "ts": events.ts, "item_id": events.item_id,
-                        "click": (events.behavior >= 2).astype(np.int64),
-                        "conversion": (events.behavior == 3).astype(np.int64)})
-    im = build_impressions(pos, n_items=n_items, neg_ratio=neg_ratio, weights=None, seed=seed,
-                           exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items))
+    pos = pd.DataFrame(
+        {
+            "user_id": events.user_id,
+            "ts": events.ts,
+            "item_id": events.item_id,
+            "click": (events.behavior >= 2).astype(np.int64),
+            "conversion": (events.behavior == 3).astype(np.int64),
+        }
+    )
+    im = build_impressions(
+        pos,
+        n_items=n_items,
+        neg_ratio=neg_ratio,
+        weights=None,
+        seed=seed,
+        exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items),
+    )
     add_time_context(im)
     val_start, test_start = chronological_split(im, val_frac, test_frac)
 
     manifest = Manifest(
-        name="movielens-1m", source=f"MovieLens-1M ({raw})", item_vocab=n_items + 1, side_fields=("genre", "decade"),
+        name="movielens-1m",
+        source=f"MovieLens-1M ({raw})",
+        item_vocab=n_items + 1,
+        side_fields=("genre", "decade"),
         features=(
-            Feature(name="user_id", kind="categorical", group="user", table="impressions", vocab_size=len(user_uniq) + 1),
+            Feature(
+                name="user_id",
+                kind="categorical",
+                group="user",
+                table="impressions",
+                vocab_size=len(user_uniq) + 1,
+            ),
             Feature(name="gender", kind="categorical", group="user", table="users", vocab_size=3),
-            Feature(name="age", kind="categorical", group="user", table="users", vocab_size=len(AGE_CODES) + 1),
-            Feature(name="occupation", kind="categorical", group="user", table="users", vocab_size=22),
-            Feature(name="zip", kind="categorical", group="user", table="users", vocab_size=len(zip_uniq) + 1),
-            Feature(name="genre", kind="categorical", group="item", table="items", vocab_size=len(GENRES) + 1,
-                    description="first listed genre"),
+            Feature(
+                name="age",
+                kind="categorical",
+                group="user",
+                table="users",
+                vocab_size=len(AGE_CODES) + 1,
+            ),
+            Feature(
+                name="occupation", kind="categorical", group="user", table="users", vocab_size=22
+            ),
+            Feature(
+                name="zip",
+                kind="categorical",
+                group="user",
+                table="users",
+                vocab_size=len(zip_uniq) + 1,
+            ),
+            Feature(
+                name="genre",
+                kind="categorical",
+                group="item",
+                table="items",
+                vocab_size=len(GENRES) + 1,
+                description="first listed genre",
+            ),
             Feature(name="decade", kind="categorical", group="item", table="items", vocab_size=12),
-            Feature(name="year", kind="numeric", group="item", table="items", description="release year"),
-            Feature(name="hour", kind="categorical", group="context", table="impressions", vocab_size=25),
-            Feature(name="weekday", kind="categorical", group="context", table="impressions", vocab_size=8)),
-        behaviors=(Behavior(name="rated", id=1), Behavior(name="liked", id=2), Behavior(name="loved", id=3)),
-        intent_order=("loved", "liked", "rated"), split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
-        labels={"click": "rating >= 4", "conversion": "rating == 5 (stand-in; implies click)",
-                "conversion_requires_click": True, "neg_ratio": neg_ratio, "seed": seed},
-        notes="Impressions are the ratings themselves (+ neg_ratio sampled unrated movies per rating). See docs/converters.md.")
-    return write_folder(out, manifest, events, im, users, items[["item_id", "genre", "decade", "year"]], overwrite=overwrite)
-
+            Feature(
+                name="year", kind="numeric", group="item", table="items", description="release year"
+            ),
+            Feature(
+                name="hour", kind="categorical", group="context", table="impressions", vocab_size=25
+            ),
+            Feature(
+                name="weekday",
+                kind="categorical",
+                group="context",
+                table="impressions",
+                vocab_size=8,
+            ),
+        ),
+        behaviors=(
+            Behavior(name="rated", id=1),
+            Behavior(name="liked", id=2),
+            Behavior(name="loved", id=3),
+        ),
+        intent_order=("loved", "liked", "rated"),
+        split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
+        labels={
+            "click": "rating >= 4",
+            "conversion": "rating == 5 (stand-in; implies click)",
+            "conversion_requires_click": True,
+            "neg_ratio": neg_ratio,
+            "seed": seed,
+        },
+        notes="Impressions are the ratings themselves (+ neg_ratio sampled unrated movies per rating). See docs/converters.md.",
+    )
+    return write_folder(
+        out,
+        manifest,
+        events,
+        im,
+        users,
+        items[["item_id", "genre", "decade", "year"]],
+        overwrite=overwrite,
+    )

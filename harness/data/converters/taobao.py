@@ -7,6 +7,7 @@ from items the user never touched. conversion = the user buys that item at or af
 truncated last line) are dropped together with every row of their user, whose history is then
 incomplete. See docs/converters.md.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,34 +16,63 @@ import numpy as np
 import pandas as pd
 
 from harness.data.contract import Behavior, Feature, Manifest, SplitRule
-from harness.data.converters.common import (add_time_context, build_impressions, chronological_split,
-                                            interacted_keys, need_file, remap, write_folder)
+from harness.data.converters.common import (
+    add_time_context,
+    build_impressions,
+    chronological_split,
+    interacted_keys,
+    need_file,
+    remap,
+    write_folder,
+)
 
 BEHAVIORS = {"pv": 1, "fav": 2, "cart": 3, "buy": 4}
-NAMES = ("click", "fav", "cart", "buy")          # pv is the publisher's "click"
-BEIJING = 8                                      # UTC offset of the source, for the hour-of-day context
+NAMES = ("click", "fav", "cart", "buy")  # pv is the publisher's "click"
+BEIJING = 8  # UTC offset of the source, for the hour-of-day context
 
 
 def read_log(path: Path) -> tuple[pd.DataFrame, dict]:
     """The raw log with incomplete rows (and their users) removed; returns what was dropped."""
-    df = pd.read_csv(path, header=None, names=["user", "item", "category", "behavior", "ts"],
-                     dtype={"behavior": str}, on_bad_lines="error")
+    df = pd.read_csv(
+        path,
+        header=None,
+        names=["user", "item", "category", "behavior", "ts"],
+        dtype={"behavior": str},
+        on_bad_lines="error",
+    )
     broken = df.isna().any(axis=1).to_numpy()
     bad_users = np.unique(df.user.to_numpy()[broken])
     unknown = ~df.behavior.isin(list(BEHAVIORS)) & ~broken
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
-        raise ValueError(f"{path}: row {i + 1} has behavior {df.behavior.iloc[i]!r}; expected one of {list(BEHAVIORS)}.")
+        raise ValueError(
+            f"{path}: row {i + 1} has behavior {df.behavior.iloc[i]!r}; expected one of {list(BEHAVIORS)}."
+        )
     drop = df.user.isin(bad_users).to_numpy()
-    info = {"raw_rows_complete": int((~broken).sum()), "raw_users": int(df.user[~broken].nunique()),
-            "dropped_incomplete_rows": int(broken.sum()), "dropped_users": [int(u) for u in bad_users],
-            "dropped_user_rows": int((drop & ~broken).sum())}
-    df = df[~drop].astype({"user": np.int64, "item": np.int64, "category": np.int64, "ts": np.int64})
+    info = {
+        "raw_rows_complete": int((~broken).sum()),
+        "raw_users": int(df.user[~broken].nunique()),
+        "dropped_incomplete_rows": int(broken.sum()),
+        "dropped_users": [int(u) for u in bad_users],
+        "dropped_user_rows": int((drop & ~broken).sum()),
+    }
+    df = df[~drop].astype(
+        {"user": np.int64, "item": np.int64, "category": np.int64, "ts": np.int64}
+    )
     return df.reset_index(drop=True), info
 
 
-def convert(raw: Path, out: Path, *, neg_ratio: int = 4, negatives: str = "popularity", val_frac: float = 0.1,
-            test_frac: float = 0.1, seed: int = 0, overwrite: bool = False) -> Path:
+def convert(
+    raw: Path,
+    out: Path,
+    *,
+    neg_ratio: int = 4,
+    negatives: str = "popularity",
+    val_frac: float = 0.1,
+    test_frac: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
     if negatives not in ("popularity", "uniform"):
         raise ValueError(f"negatives must be 'popularity' or 'uniform', got {negatives!r}")
     df, info = read_log(need_file(Path(raw), "UserBehavior.csv"))
@@ -54,13 +84,21 @@ def convert(raw: Path, out: Path, *, neg_ratio: int = 4, negatives: str = "popul
 
     # one category per item (the most frequent one in the log; ties -> smallest id)
     ic = df.groupby(["item_id", "category_id"]).size().rename("n").reset_index()
-    ic = ic.sort_values(["item_id", "n", "category_id"], ascending=[True, False, True], kind="stable")
-    items = ic.drop_duplicates("item_id")[["item_id", "category_id"]].rename(columns={"category_id": "category"})
+    ic = ic.sort_values(
+        ["item_id", "n", "category_id"], ascending=[True, False, True], kind="stable"
+    )
+    items = ic.drop_duplicates("item_id")[["item_id", "category_id"]].rename(
+        columns={"category_id": "category"}
+    )
     items = items.reset_index(drop=True)
 
     # events sorted by (user, ts); ties broken by item id, then behaviour id (stable, documented)
-    events = pd.DataFrame({"user_id": df.user_id, "ts": df.ts, "behavior": df.behavior_id, "item_id": df.item_id})
-    events = events.sort_values(["user_id", "ts", "item_id", "behavior"], kind="stable", ignore_index=True)
+    events = pd.DataFrame(
+        {"user_id": df.user_id, "ts": df.ts, "behavior": df.behavior_id, "item_id": df.item_id}
+    )
+    events = events.sort_values(
+        ["user_id", "ts", "item_id", "behavior"], kind="stable", ignore_index=True
+    )
     events["category"] = items.category.to_numpy()[events.item_id.to_numpy() - 1]
 
     # positives: distinct (user, ts, item) page views; conversion = a buy of the pair at or after the view
@@ -68,27 +106,82 @@ def convert(raw: Path, out: Path, *, neg_ratio: int = 4, negatives: str = "popul
     buys = events[events.behavior == 4].groupby(["user_id", "item_id"]).ts.max().rename("last_buy")
     pv = pv.join(buys, on=["user_id", "item_id"])
     conv = (pv.last_buy.notna() & (pv.ts <= pv.last_buy.fillna(-1))).astype(np.int64)
-    pos = pd.DataFrame({"user_id": pv.user_id, "ts": pv.ts, "item_id": pv.item_id, "click": 1, "conversion": conv})
-    weights = np.bincount(events.item_id[events.behavior == 1], minlength=n_items + 1)[1:].astype(float) + 1.0 \
-        if negatives == "popularity" else None
-    im = build_impressions(pos.reset_index(drop=True), n_items=n_items, neg_ratio=neg_ratio, weights=weights, seed=seed,
-                           exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items))
+    pos = pd.DataFrame(
+        {"user_id": pv.user_id, "ts": pv.ts, "item_id": pv.item_id, "click": 1, "conversion": conv}
+    )
+    weights = (
+        np.bincount(events.item_id[events.behavior == 1], minlength=n_items + 1)[1:].astype(float)
+        + 1.0
+        if negatives == "popularity"
+        else None
+    )
+    im = build_impressions(
+        pos.reset_index(drop=True),
+        n_items=n_items,
+        neg_ratio=neg_ratio,
+        weights=weights,
+        seed=seed,
+        exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items),
+    )
     add_time_context(im, utc_offset_h=BEIJING)
     val_start, test_start = chronological_split(im, val_frac, test_frac)
 
     manifest = Manifest(
-        name="taobao-userbehavior", source=f"Taobao UserBehavior ({raw})", item_vocab=n_items + 1,
+        name="taobao-userbehavior",
+        source=f"Taobao UserBehavior ({raw})",
+        item_vocab=n_items + 1,
         side_fields=("category",),
         features=(
-            Feature(name="user_id", kind="categorical", group="user", table="impressions", vocab_size=len(user_uniq) + 1),
-            Feature(name="category", kind="categorical", group="item", table="items", vocab_size=len(cat_uniq) + 1),
-            Feature(name="hour", kind="categorical", group="context", table="impressions", vocab_size=25,
-                    description="hour of day, Beijing time"),
-            Feature(name="weekday", kind="categorical", group="context", table="impressions", vocab_size=8)),
+            Feature(
+                name="user_id",
+                kind="categorical",
+                group="user",
+                table="impressions",
+                vocab_size=len(user_uniq) + 1,
+            ),
+            Feature(
+                name="category",
+                kind="categorical",
+                group="item",
+                table="items",
+                vocab_size=len(cat_uniq) + 1,
+            ),
+            Feature(
+                name="hour",
+                kind="categorical",
+                group="context",
+                table="impressions",
+                vocab_size=25,
+                description="hour of day, Beijing time",
+            ),
+            Feature(
+                name="weekday",
+                kind="categorical",
+                group="context",
+                table="impressions",
+                vocab_size=8,
+            ),
+        ),
         behaviors=tuple(Behavior(name=n, id=i + 1) for i, n in enumerate(NAMES)),
-        intent_order=("buy", "cart", "fav", "click"), split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
-        labels={"click": "page view (pv) of the item = 1; sampled negatives = 0",
-                "conversion": "the user buys the viewed item at or after the view",
-                "conversion_requires_click": True, "neg_ratio": neg_ratio, "negatives": negatives, "seed": seed},
-        notes="Impressions are page views plus sampled negatives. See docs/converters.md.")
-    return write_folder(out, manifest, events, im, None, items, overwrite=overwrite, extra_stats={"source_rows": info})
+        intent_order=("buy", "cart", "fav", "click"),
+        split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
+        labels={
+            "click": "page view (pv) of the item = 1; sampled negatives = 0",
+            "conversion": "the user buys the viewed item at or after the view",
+            "conversion_requires_click": True,
+            "neg_ratio": neg_ratio,
+            "negatives": negatives,
+            "seed": seed,
+        },
+        notes="Impressions are page views plus sampled negatives. See docs/converters.md.",
+    )
+    return write_folder(
+        out,
+        manifest,
+        events,
+        im,
+        None,
+        items,
+        overwrite=overwrite,
+        extra_stats={"source_rows": info},
+    )
