@@ -98,6 +98,8 @@ def _delta_columns(
             means.loc[ref_key, (col, "std")],
             means.loc[ref_key, (col, "count")],
         )
+        if key == ref_key:  # the reference against itself: no difference to bound
+            lo = hi = np.nan
         row[f"{m} pts lo"], row[f"{m} pts hi"] = (v - ref + lo) * 100.0, (v - ref + hi) * 100.0
         row[f"{m} paper%"] = paper_row.get(m) if paper_row else np.nan
     return row

@@ -7,15 +7,18 @@ from pathlib import Path
 import yaml
 
 
-def write_sweep(tmp_path: Path, dataset: str, seeds=(0, 1)) -> Path:
-    """A sweep file of tiny 4-step OneTrans runs on `dataset` (CPU, W&B off), one run per seed."""
+def write_sweep(
+    tmp_path: Path, dataset: str, seeds=(0, 1), *, name: str = "runs_test", max_steps: int = 4
+) -> Path:
+    """A sweep file of tiny OneTrans runs (4 steps unless told) on `dataset` (CPU, W&B off), one run
+    per seed."""
     data = {
-        "name": "runs_test",
+        "name": name,
         "base": {
             "data": {"dataset": dataset, "seq_len": 8, "batch_size": 32, "eval_batch_size": 256},
             "model": {"name": "onetrans", "size": "onetrans-tiny"},
             "train": {
-                "max_steps": 4,
+                "max_steps": max_steps,
                 "optimizer": "adamw",
                 "precision": "32-true",
                 "ckpt_every_n_steps": 2,

@@ -52,6 +52,8 @@ def test_table2_difference_ci_matches_scipy_welch():
     assert row["ctr_auc pts"] == pytest.approx((np.mean(ours) - np.mean(ref)) * 100)
     base = t2.set_index("model").loc["dcnv2_din"]
     assert base["ctr_auc pts"] == pytest.approx(0.0)
+    # no CI of the reference against itself
+    assert np.isnan(base["ctr_auc pts lo"]) and np.isnan(base["ctr_auc pts hi"])
 
     line = tables.table2_sentence(t2, "ctr_auc")
     assert line.index("onetrans onetrans-tiny") < line.index(

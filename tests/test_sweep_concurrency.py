@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.runstore import EXIT_BUSY, Busy, RunStore, SweepStore
 from harness.sweepfile import load_sweep, resolve
+from tests.sweep_support import write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {
@@ -72,31 +72,6 @@ def test_a_lock_names_its_owner_and_dies_with_it(tmp_path):
     assert run.folder_state() == "new"
 
 
-def _sweep_file(tmp_path: Path, dataset: str, seeds=(0,)) -> Path:
-    data = {
-        "name": "own",
-        "base": {
-            "data": {"dataset": dataset, "seq_len": 8, "batch_size": 32},
-            "model": {"name": "onetrans", "size": "onetrans-tiny"},
-            "train": {"max_steps": 2, "optimizer": "adamw", "precision": "32-true"},
-            "logging": {"wandb": "disabled", "progress_bar": False},
-        },
-        "seeds": list(seeds),
-        "resources": {
-            "default": {
-                "devices": 1,
-                "accelerator": "cpu",
-                "cpus_per_task": 1,
-                "mem_gb": 2,
-                "time_min": 10,
-            }
-        },
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def _driver(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "harness.sweep", *map(str, args), "--no-describe"],
@@ -110,7 +85,9 @@ def _driver(*args, **kw) -> subprocess.Popen:
 
 
 def test_launcher_refuses_and_driver_follows_a_run_another_process_owns(tmp_path):
-    path = _sweep_file(tmp_path, str(tmp_path / "no_such_dataset"))
+    path = write_sweep(
+        tmp_path, str(tmp_path / "no_such_dataset"), seeds=(0,), name="own", max_steps=2
+    )
     runs = tmp_path / "runs"
     (run,) = resolve(load_sweep(path), check_model=False)
     run_dir = runs / "own" / run.run_id
@@ -149,7 +126,9 @@ def test_launcher_refuses_and_driver_follows_a_run_another_process_owns(tmp_path
 
 
 def test_second_driver_refuses_with_no_wait(tmp_path):
-    path = _sweep_file(tmp_path, str(tmp_path / "no_such_dataset"))
+    path = write_sweep(
+        tmp_path, str(tmp_path / "no_such_dataset"), seeds=(0,), name="own", max_steps=2
+    )
     runs = tmp_path / "runs"
     holder = _hold("sweep", runs / "own", 30)
     try:
