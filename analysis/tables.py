@@ -82,24 +82,13 @@ def _delta_columns(
         row[f"{m} abs"] = v
         row[f"{m} rel%"] = (v / ref - 1.0) * 100.0
         row[f"{m} pts"] = (v - ref) * 100.0
+        sd_a, n_a = means.loc[key, (col, "std")], means.loc[key, (col, "count")]
+        sd_b, n_b = means.loc[ref_key, (col, "std")], means.loc[ref_key, (col, "count")]
         # seed sd of the delta (both means noisy): sqrt(sd²/n + sd_ref²/n_ref), as % of ref
-        sd = np.sqrt(
-            np.nansum(
-                [
-                    means.loc[key, (col, "std")] ** 2 / means.loc[key, (col, "count")],
-                    means.loc[ref_key, (col, "std")] ** 2 / means.loc[ref_key, (col, "count")],
-                ]
-            )
-        )
+        sd = np.sqrt(np.nansum([sd_a**2 / n_a, sd_b**2 / n_b]))
         row[f"{m} rel% sd"] = sd / ref * 100.0
-        lo, hi = welch_interval(
-            means.loc[key, (col, "std")],
-            means.loc[key, (col, "count")],
-            means.loc[ref_key, (col, "std")],
-            means.loc[ref_key, (col, "count")],
-        )
-        if key == ref_key:  # the reference against itself: no difference to bound
-            lo = hi = np.nan
+        # the reference against itself has no difference to bound
+        lo, hi = (np.nan, np.nan) if key == ref_key else welch_interval(sd_a, n_a, sd_b, n_b)
         row[f"{m} pts lo"], row[f"{m} pts hi"] = (v - ref + lo) * 100.0, (v - ref + hi) * 100.0
         row[f"{m} paper%"] = paper_row.get(m) if paper_row else np.nan
     return row

@@ -157,9 +157,8 @@ def training_step(
         .to(device)
         .train()
     )
-    if (
-        args.compile and not inductor
-    ):  # another backend (e.g. "eager": the dynamo path only, fast on CPU)
+    # another backend (e.g. "eager": the dynamo path only, fast on CPU)
+    if args.compile and not inductor:
         for b in model.blocks:
             b.compile(backend=compile_backend)
     batch = random_batch(

@@ -501,9 +501,8 @@ def _short(key: str) -> str:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(
-        v, Mapping
-    ):  # a per-row `model.overrides` column: {} adds nothing, {k: v} adds "k-v"
+    # a per-row `model.overrides` column: {} adds nothing, {k: v} adds "k-v"
+    if isinstance(v, Mapping):
         return "-".join(f"{k}-{_fmt(x)}" for k, x in sorted(v.items()))
     if isinstance(v, bool):
         return "on" if v else "off"

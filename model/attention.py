@@ -236,9 +236,8 @@ def attend(
     shared: keys/values of each row's group, placed before its own keys k, v (see SharedKeys)."""
     if shared is not None:
         k_valid = torch.cat([shared.valid[shared.index], k_valid], 1)
-        if (
-            backend != "reference"
-        ):  # SDPA and flash need every row's whole key list: copy it per row
+        # SDPA and flash need every row's whole key list: copy it per row
+        if backend != "reference":
             k = torch.cat([shared.k[shared.index], k], 2)
             v = torch.cat([shared.v[shared.index], v], 2)
             shared = None

@@ -289,7 +289,6 @@ def test_a_preset_may_change_the_seeds(tmp_path):
     assert sorted({r.seed for r in three}) == [5, 6, 7]
     data["presets"] = {"two": {"seeds": [0, 1]}, "bad": {"seeds": [1, 1]}}
     path = write(tmp_path, data)
-    with pytest.raises(
-        SweepFileError, match=r"(?s)seeds.*preset 'bad'"
-    ):  # every preset is checked at load
+    # every preset is checked at load
+    with pytest.raises(SweepFileError, match=r"(?s)seeds.*preset 'bad'"):
         load_sweep(path, "two")
