@@ -125,11 +125,21 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=("fp32", "bf16", "bf16-true"),
         default="bf16" if torch.cuda.is_available() else "fp32",
+        help="bf16 = bf16 autocast over fp32 weights; bf16-true = the model's weights in bf16, no autocast",
     )
-    p.add_argument("--attention", default="auto", choices=("auto", "reference", "sdpa", "flash"))
+    p.add_argument(
+        "--attention",
+        default="auto",
+        choices=("auto", "reference", "sdpa", "flash", "sdpa_causal"),
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile every block")
+    p.add_argument(
+        "--no-fused-ops",
+        action="store_true",
+        help="the model's reference tokenizer / RMSNorm forms (execution switch fused_ops=False)",
+    )
 
 
 def training_step(
@@ -153,10 +163,13 @@ def training_step(
             attention=args.attention,
             compile_blocks=args.compile and inductor,
             recompute=recompute,
+            fused_ops=not getattr(args, "no_fused_ops", False),
         )
         .to(device)
         .train()
     )
+    if args.precision == "bf16-true":
+        model.to(torch.bfloat16)
     # another backend (e.g. "eager": the dynamo path only, fast on CPU)
     if args.compile and not inductor:
         for b in model.blocks:
@@ -169,7 +182,7 @@ def training_step(
         generator=torch.Generator().manual_seed(0),
         device=device,
     )
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    dtype = torch.bfloat16 if args.precision == "bf16" else None  # bf16-true: no autocast
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -190,6 +203,16 @@ def save_json(result: dict, path: str | Path) -> None:
 
 
 def bench_size(size: str, args, device: torch.device) -> dict:
+    """One size's figures; a CUDA out-of-memory is recorded as {"error": ...} instead of raised."""
+    try:
+        return _bench_size(size, args, device)
+    except torch.cuda.OutOfMemoryError as err:
+        B = args.batch or DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"][size]
+        torch.cuda.empty_cache()
+        return {"size": size, "batch": B, "error": f"CUDA out of memory: {str(err)[:300]}"}
+
+
+def _bench_size(size: str, args, device: torch.device) -> dict:
     model, spec, B, step = training_step(
         size, args, device, recompute=args.recompute, compile_backend=args.compile_backend
     )
@@ -200,6 +223,7 @@ def bench_size(size: str, args, device: torch.device) -> dict:
     t = statistics.median(times)
     flops = model.flops_per_example()
     achieved = flops["train"] * B / t
+    achieved_causal = flops["train_causal"] * B / t
     peak_tflops, peak_source = dense_bf16_peak(
         torch.cuda.get_device_name(device) if device.type == "cuda" else None, args.peak_tflops
     )
@@ -236,6 +260,10 @@ def bench_size(size: str, args, device: torch.device) -> dict:
         "peak_tflops": peak_tflops,
         "peak_source": peak_source,
         "mfu": mfu(achieved, peak_tflops * 1e12 if peak_tflops else None),
+        # attention counted over the causally visible pairs only (model/flops.attention_flops_causal)
+        "achieved_tflops_causal": achieved_causal / 1e12,
+        "mfu_causal": mfu(achieved_causal, peak_tflops * 1e12 if peak_tflops else None),
+        "fused_ops": not getattr(args, "no_fused_ops", False),
         "peak_memory_gb": (
             torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
         ),
@@ -328,6 +356,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'TFLOP/s':>8} {'MFU':>6} {'mem GB':>7}  attention"
     )
     for r in rows:
+        if "error" in r:
+            print(f"{r['size']:14} {r['batch']:>6}  {r['error'][:100]}")
+            continue
         mem = r["peak_memory_gb"] if r["peak_memory_gb"] is not None else r["peak_rss_gb"]
         mfu_s = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         print(

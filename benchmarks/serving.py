@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from model.features import IMPRESSION_KEYS, SEQ_KEYS, random_batch, tiny_spec  # noqa: E402
-from model.kv_cache import OneTransScorer, request_level_forward  # noqa: E402
+from model.kv_cache import GraphedScorer, OneTransScorer, request_level_forward  # noqa: E402
 from model.onetrans import paper_feature_spec  # noqa: E402
 from model.registry import build_model  # noqa: E402
 
@@ -67,6 +67,7 @@ def _sync(device: str) -> None:
 
 
 def _amp(args):
+    """bf16 autocast for --precision bf16; bf16-true runs a bf16 model without autocast."""
     dev = torch.device(args.device).type
     return torch.autocast(dev, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
@@ -97,7 +98,10 @@ def build(args, seq_len: int, seed: int = 0):
     torch.manual_seed(seed)
     spec = paper_feature_spec(seq_len) if args.spec == "paper" else tiny_spec(seq_len=seq_len)
     model = build_model("onetrans", spec, args.size, args.overrides, {"attention": args.attention})
-    return spec, model.to(args.device).eval()
+    model = model.to(args.device).eval()
+    if args.precision == "bf16-true":
+        model.to(torch.bfloat16)
+    return spec, model
 
 
 def requests(spec, n_cand: int, n: int, seed: int, device: str = "cpu") -> list[tuple[dict, dict]]:
@@ -126,8 +130,13 @@ def bench_serving(args) -> list[dict]:
             reqs = requests(spec, C, 4, seed=L + C, device=args.device)
             cell = {"seq_len": L, "candidates": C}
             probs = {}
-            for cache in (True, False):
-                scorer = OneTransScorer(model, cache=cache, max_batch=args.max_batch)
+            paths = [True, False] + (["graph"] if args.graph else [])
+            for cache in paths:
+                scorer = (
+                    GraphedScorer(model)
+                    if cache == "graph"
+                    else OneTransScorer(model, cache=cache, max_batch=args.max_batch)
+                )
                 counter, first = itertools.count(), {}
 
                 def run() -> None:
@@ -145,7 +154,7 @@ def bench_serving(args) -> list[dict]:
                 )
                 times = timed_reps(run, reps=args.reps, budget_s=args.budget_s, warmup=warmup)
                 probs[cache] = first["ctr"]
-                tag = "on" if cache else "off"
+                tag = "graph" if cache == "graph" else ("on" if cache else "off")
                 cell[f"cache_{tag}"] = {
                     "p50_ms": 1e3 * statistics.median(times),
                     "p99_ms": 1e3 * percentile(times, 99),
@@ -156,6 +165,17 @@ def bench_serving(args) -> list[dict]:
                 cell["cache_on"]["cands_per_s"] / cell["cache_off"]["cands_per_s"]
             )
             cell["max_abs_dprob"] = float((probs[True].float() - probs[False].float()).abs().max())
+            if args.graph:  # the CUDA-graph path (cache on, one graph per request shape)
+                cell["max_abs_dprob_graph"] = float(
+                    (probs["graph"].float() - probs[False].float()).abs().max()
+                )
+                cell["graphed"] = bool(GraphedScorer(model).graph)
+                g = cell["cache_graph"]
+                print(
+                    f"L={L:5d} C={C:5d} | graph p50 {g['p50_ms']:9.3f} ms p99 {g['p99_ms']:9.3f} ms "
+                    f"(CUDA graph: {cell['graphed']}) |dp|max vs off {cell['max_abs_dprob_graph']:.1e}",
+                    flush=True,
+                )
             rows.append(cell)
             on, off = cell["cache_on"], cell["cache_off"]
             print(
@@ -225,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--attention",
         default="sdpa",
-        choices=("auto", "reference", "sdpa", "flash"),
+        choices=("auto", "reference", "sdpa", "flash", "sdpa_causal"),
         help="attention backend (the model's execution switch)",
     )
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
@@ -251,7 +271,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (timed up to a synchronize)")
     p.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = bf16 autocast"
+        "--precision",
+        choices=("fp32", "bf16", "bf16-true"),
+        default="fp32",
+        help="bf16 = bf16 autocast; bf16-true = bf16 weights, no autocast",
+    )
+    p.add_argument(
+        "--graph",
+        action="store_true",
+        help="also time model.kv_cache.GraphedScorer (cache on, one CUDA graph per shape; eager on CPU)",
     )
     p.add_argument(
         "--spec",
@@ -294,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_batch": args.max_batch,
         "device": args.device,
         "precision": args.precision,
+        "graph": args.graph,
         "spec": args.spec,
         "machine": info,
         "loadavg_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

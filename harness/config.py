@@ -293,7 +293,9 @@ class TrainConfig(_Section):
     precision: Literal["auto", "32-true", "bf16-mixed"] = (
         "auto"  # auto: bf16-mixed on a bf16 GPU, else 32-true
     )
-    attention: Literal["auto", "reference", "sdpa", "flash"] = "auto"  # model/attention.py backends
+    attention: Literal["auto", "reference", "sdpa", "flash", "sdpa_causal"] = (
+        "auto"  # model/attention.py backends
+    )
     compile: bool = False  # torch.compile each block (OneTrans), else the whole model
     recompute: bool = False  # activation recomputation (when the model supports it)
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU)

@@ -13,6 +13,15 @@ Backends:
                mask (a padding mask cannot be combined with causal_lower_right / is_causal).
   "flash"      flash_attn.flash_attn_varlen_func on CUDA in fp16/bf16 (its causal=True is
                bottom-right per sequence); padding is removed (unpadded varlen layout).
+  "sdpa_causal" SDPA with NO mask tensor (issue #25): the causal part is SDPA's own bottom-right
+               causal variant (torch.nn.attention.bias.causal_lower_right -> the flash kernel on
+               CUDA in bf16/fp16, which skips the masked upper triangle), and key padding rides in
+               the head dimension: q gets a column of ones, k a column holding 0 (real key) or
+               -PAD_BIAS (padded key), v a zero column, all padded to a multiple of 8 (so the
+               score of a padded key is q.k - PAD_BIAS and its softmax weight underflows to exactly
+               0). The scale stays 1/sqrt(head_dim). With pad_free=True (the caller knows no key is
+               padded) the extra columns are left out. Exact up to fp rounding (tested against
+               "reference").
   "auto"       flash when usable, else sdpa; choose_backend() returns the choice AND the reason.
 
 Padding rules shared by all backends: a padded query's output is exactly zero, and a query that
@@ -37,7 +46,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("reference", "sdpa", "flash")
+BACKENDS = ("reference", "sdpa", "flash", "sdpa_causal")
+# score offset of a padded key in the "sdpa_causal" backend: exp(-PAD_BIAS / sqrt(head_dim)) is 0 in
+# fp32 for any head_dim <= 256 (PAD_BIAS / 16 = 1875 >> 104), and it is exact in bf16 / fp16
+PAD_BIAS = 30000.0
 REQUESTS = ("auto", *BACKENDS)
 
 
@@ -74,7 +86,7 @@ def choose_backend(
                 + ". Use attention='auto' to fall back to SDPA."
             )
         return "flash", "requested"
-    if requested in ("reference", "sdpa"):
+    if requested in ("reference", "sdpa", "sdpa_causal"):
         return requested, "requested"
     if not flash_no:
         return "flash", f"auto: flash-attn usable on {device.type} with {dtype}"
@@ -185,6 +197,61 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def _pad_columns(dh: int) -> int:
+    """Extra head-dim columns of sdpa_causal: at least one, up to the next multiple of 8."""
+    return 8 - dh % 8 if dh % 8 else 8
+
+
+def sdpa_causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_valid: torch.Tensor,
+    causal: bool,
+    pad_free: bool = False,
+) -> torch.Tensor:
+    """Mask-free SDPA (see the module doc): bottom-right causal by SDPA itself, key padding as a key
+    bias carried by extra head-dim columns. Padded query rows are finite (the caller zeroes them)."""
+    B, H, tq, dh = q.shape
+    tk = k.shape[2]
+    scale = 1.0 / math.sqrt(dh)
+    if not pad_free:
+        e = _pad_columns(dh)
+        qx = q.new_zeros(B, H, tq, e)
+        qx[..., 0] = 1.0
+        kx = k.new_zeros(B, H, tk, e)
+        kx[..., 0] = torch.where(k_valid, 0.0, -PAD_BIAS).to(k.dtype)[:, None, :]
+        q = torch.cat([q, qx], -1)
+        k = torch.cat([k, kx], -1)
+        v = F.pad(v, (0, e))
+    if not causal:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    elif tq == tk:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    elif _flash_usable(q):
+        # PyTorch's flash kernel: its is_causal means bottom-right when tq < tk (what
+        # torch.nn.attention.bias.causal_lower_right dispatches to; called directly because that
+        # tensor subclass breaks torch.compile graphs)
+        out = torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, True, False, scale=scale
+        )[0]
+    else:  # CPU / fp32 / old GPUs: a (tq, tk) bottom-right mask, shared by every row and head
+        allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    return out if pad_free else out[..., :dh]
+
+
+def _flash_usable(q: torch.Tensor) -> bool:
+    """PyTorch's own flash kernel can take q: CUDA, fp16/bf16, head_dim a multiple of 8 and <= 256.
+    (It also needs sm80+, as bf16 itself does; no device query here, so torch.compile traces it.)"""
+    return (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+    )
+
+
 def flash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -231,9 +298,11 @@ def attend(
     causal: bool,
     backend: str,
     shared: SharedKeys | None = None,
+    pad_free: bool = False,
 ) -> torch.Tensor:
     """Dispatch to one backend; returns (B, H, Tq, dh) with padded query rows set to zero.
-    shared: keys/values of each row's group, placed before its own keys k, v (see SharedKeys)."""
+    shared: keys/values of each row's group, placed before its own keys k, v (see SharedKeys).
+    pad_free: the caller guarantees k_valid is all True (only "sdpa_causal" uses it: no pad columns)."""
     if shared is not None:
         k_valid = torch.cat([shared.valid[shared.index], k_valid], 1)
         # SDPA and flash need every row's whole key list: copy it per row
@@ -243,6 +312,9 @@ def attend(
             shared = None
     if backend == "flash":
         return flash_attention(q, k, v, q_valid, k_valid, causal)
+    if backend == "sdpa_causal":
+        out = sdpa_causal_attention(q, k, v, k_valid, causal, pad_free)
+        return out * q_valid[:, None, :, None].to(out.dtype)
     mask = attention_mask(q_valid, k_valid, causal)
     if backend == "reference":
         out = reference_attention(q, k, v, mask, shared)

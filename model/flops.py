@@ -31,6 +31,14 @@ def attention_flops(q_len: int, k_len: int, d_model: int) -> float:
     return 4.0 * q_len * k_len * d_model
 
 
+def attention_flops_causal(q_len: int, k_len: int, d_model: int) -> float:
+    """Q K^T plus P V over the (query, key) pairs a bottom-right causal mask lets through: query i of
+    the last q_len sits at k_len - q_len + i and sees that many keys + 1. What a causal kernel that
+    skips masked blocks must compute (the "sdpa_causal" / flash backends), padding not discounted."""
+    pairs = q_len * (k_len - q_len) + q_len * (q_len + 1) / 2
+    return 4.0 * pairs * d_model
+
+
 def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return fc.sdpa_flop_count(query, key, value)
 

@@ -29,7 +29,7 @@ from .attention import REQUESTS as ATTENTION_REQUESTS
 from .attention import SharedKeys, attend, choose_backend
 from .base import RankingModel
 from .features import TASKS, FeatureSpec
-from .flops import TRAIN_MULTIPLIER, attention_flops, linear_flops
+from .flops import TRAIN_MULTIPLIER, attention_flops, attention_flops_causal, linear_flops
 from .layers import MixedLinear, RMSNorm
 
 
@@ -180,9 +180,16 @@ class SequenceTokenizer(nn.Module):
     """Events -> S-tokens. One MLP per behaviour type (shared over that type's events), then
     timestamp-aware interleave + type embedding (default) or intent-ordered groups with [SEP].
 
-    The per-type MLPs run as two plain GEMMs: the input is scattered into the event type's slot of
-    a (K * width) vector (plus a one-hot for the per-type bias), so W[type] applies without a loop
-    or a weight gather; the cost is K x one MLP, counted as such in the FLOPs.
+    The per-type MLPs are stored as two plain Linear layers over a scattered input: the input sits in
+    the event type's slot of a (K * width) vector, followed by a one-hot for the per-type bias, so
+    W[type] applies without a loop or a weight gather; the cost is K x one MLP, counted as such in
+    the FLOPs. Two ways to run them, same parameters, same function (tested):
+      gather (fused=True, default): one GEMM of the (aligned) input against all K types' weights,
+        (..., width) -> (..., K, out), then each event's own type row is gathered and its bias
+        added: no scattered (..., K*width) copy, no concatenation, and GEMM widths that are
+        multiples of 8 (the scattered widths K*(width+1) = 243 / 1155 at OneTrans-L ran as slow
+        align1 kernels and needed fp32 scatter + cat passes of (N, 1155) under autocast).
+      scatter (fused=False): the plain scattered GEMM, the reference.
     """
 
     def __init__(self, spec: FeatureSpec, cfg: Config, item_emb: nn.Embedding) -> None:
@@ -211,6 +218,7 @@ class SequenceTokenizer(nn.Module):
         for emb in (self.type_emb, self.gap_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=cfg.type_emb_init_std)
+        self.fused = True  # execution switch: gather path (True) or the scatter reference (False)
         self.n_sep = self.k - 1 if cfg.seq_fusion == "intent" else 0
         self.sep = nn.Parameter(torch.randn(self.n_sep, cfg.d_model) * 0.02) if self.n_sep else None
         # intent rank per type id (index 0 = padding); lower rank = higher intent = earlier
@@ -222,16 +230,37 @@ class SequenceTokenizer(nn.Module):
         return seq_len + self.n_sep
 
     def _per_type(self, fc: nn.Linear, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Scatter reference: (..., width) -> (..., out) with W[type] (zero for type 0 = padding)."""
         scattered = (onehot.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # (..., K * width)
         return fc(torch.cat([scattered, onehot], -1))
+
+    def _per_type_gather(
+        self, fc: nn.Linear, x: torch.Tensor, seq_type: torch.Tensor
+    ) -> torch.Tensor:
+        """The same map as _per_type from the same fc.weight (out, K*width + K), without the scatter:
+        y = x @ [W_1; ..; W_K]^T -> (..., K, out), row type-1 gathered, + bias[type]; type 0 -> 0."""
+        k, width = self.k, x.shape[-1]
+        w = fc.weight
+        out = w.shape[0]
+        w_all = w[:, : k * width].unflatten(1, (k, width)).transpose(0, 1).reshape(k * out, width)
+        y = F.linear(x, w_all).unflatten(-1, (k, out))  # (..., K, out)
+        idx = (seq_type - 1).clamp(min=0)[..., None, None].expand(*seq_type.shape, 1, out)
+        picked = y.gather(-2, idx).squeeze(-2)
+        bias = F.pad(w[:, k * width :].t(), (0, 0, 1, 0)).to(picked.dtype)  # (K+1, out), row 0 = 0
+        keep = (seq_type > 0).unsqueeze(-1).to(picked.dtype)
+        return (picked + F.embedding(seq_type, bias)) * keep
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> tokens (R, L_S, d), valid (R, L_S) bool; padded tokens are exactly zero."""
         seq_type, valid = batch["seq_type"], batch["seq_mask"]
         e = torch.cat([self.item_emb(batch["seq_item"]), self.side_emb(batch["seq_side"])], -1)
-        onehot = F.one_hot(seq_type, self.k + 1)[..., 1:].to(e.dtype)  # padding -> all zeros
-        h = F.gelu(self._per_type(self.fc1, e, onehot))
-        x = self._per_type(self.fc2, h, onehot)
+        if self.fused:
+            h = F.gelu(self._per_type_gather(self.fc1, e, seq_type))
+            x = self._per_type_gather(self.fc2, h, seq_type)
+        else:
+            onehot = F.one_hot(seq_type, self.k + 1)[..., 1:].to(e.dtype)  # padding -> all zeros
+            h = F.gelu(self._per_type(self.fc1, e, onehot))
+            x = self._per_type(self.fc2, h, onehot)
         if self.skip is not None:
             x = x + self.skip(e)
         if self.type_emb is not None:
@@ -380,6 +409,8 @@ class OneTransBlock(nn.Module):
         d, n, mixed = cfg.d_model, cfg.n_ns_tokens, cfg.mixed_params
         self.cfg, self.keep_s, self.n_heads = cfg, keep_s, cfg.n_heads
         self.backend = "reference"  # set by the model from its attention decision
+        # set by the model per forward for "sdpa_causal": True when no S key is padded (no pad columns)
+        self.pad_free = False
         has_s_queries = keep_s > 0
         self.norm1, self.norm2 = RMSNorm(d, cfg.norm_eps), RMSNorm(d, cfg.norm_eps)
         self.kv = MixedLinear(d, 2 * d, n, mixed=mixed)  # all rows: K and V
@@ -454,6 +485,7 @@ class OneTransBlock(nn.Module):
                 torch.cat([valid_s, ns_valid], 1),
                 causal=self.cfg.causal,
                 backend=self.backend,
+                pad_free=self.pad_free,
             )
             a = a.transpose(1, 2).flatten(2)  # (B, ks + n, d)
             a_s, a_ns = a[:, :ks], a[:, ks:]
@@ -464,7 +496,14 @@ class OneTransBlock(nn.Module):
                 )
             a_s = (
                 attend(
-                    H(q_s), H(k_s), H(v_s), valid_tail, valid_s, causal=True, backend=self.backend
+                    H(q_s),
+                    H(k_s),
+                    H(v_s),
+                    valid_tail,
+                    valid_s,
+                    causal=True,
+                    backend=self.backend,
+                    pad_free=self.pad_free,
                 )
                 .transpose(1, 2)
                 .flatten(2)
@@ -482,6 +521,7 @@ class OneTransBlock(nn.Module):
                     causal=True,
                     backend=self.backend,
                     shared=SharedKeys(H(k_s), H(v_s), valid_s, req_index),
+                    pad_free=self.pad_free,
                 )
                 .transpose(1, 2)
                 .flatten(2)
@@ -492,8 +532,10 @@ class OneTransBlock(nn.Module):
         y_s = self.s_finish(x_s[:, T_s - ks :], a_s) * valid_tail.unsqueeze(-1).to(a_s.dtype)
         return y_s, valid_tail, y_ns
 
-    def flops(self, t_s: int) -> float:
-        """Forward FLOPs of one example through this block with t_s S rows in."""
+    def flops(self, t_s: int, causal_pairs: bool = False) -> float:
+        """Forward FLOPs of one example through this block with t_s S rows in. causal_pairs: count the
+        attention products over the causally visible (query, key) pairs only (see attention_flops_causal);
+        default: the full rectangle (docs/conventions.md)."""
         d, n, ks, f = (
             self.cfg.d_model,
             self.cfg.n_ns_tokens,
@@ -504,7 +546,11 @@ class OneTransBlock(nn.Module):
         return (
             linear_flops(t_s + n, d, 2 * d)
             + linear_flops(q_rows, d, d)  # K,V all; Q kept
-            + attention_flops(q_rows, t_s + n, d)
+            + (
+                attention_flops_causal(q_rows, t_s + n, d)
+                if causal_pairs and self.cfg.causal
+                else attention_flops(q_rows, t_s + n, d)
+            )
             + linear_flops(q_rows, d, d)  # attention; W_O
             + linear_flops(q_rows, d, f)
             + linear_flops(q_rows, f, d)
@@ -528,6 +574,7 @@ class OneTrans(RankingModel):
         attention: str = "auto",
         recompute: bool = False,
         compile_blocks: bool = False,
+        fused_ops: bool = True,
     ) -> None:
         super().__init__()
         if attention not in ATTENTION_REQUESTS:
@@ -559,6 +606,12 @@ class OneTrans(RankingModel):
             }
         )
         self.attention_decision: tuple[str, str] | None = None
+        self.fused_ops = fused_ops
+        for (
+            m
+        ) in self.modules():  # the tokenizer's gather path and the fused RMSNorm (same function)
+            if isinstance(m, (RMSNorm, SequenceTokenizer)):
+                m.fused = fused_ops
         if compile_blocks:  # torch.compile every block (static shapes per run)
             for b in self.blocks:
                 b.compile()
@@ -584,7 +637,7 @@ class OneTrans(RankingModel):
         dtype = (
             torch.get_autocast_dtype(device.type)
             if torch.is_autocast_enabled(device.type)
-            else torch.float32
+            else self.final_norm.weight.dtype  # bf16 weights (no autocast): bf16
         )
         decision = choose_backend(self.attention, device, dtype, self.cfg.head_dim)
         if decision != self.attention_decision:
@@ -608,6 +661,11 @@ class OneTrans(RankingModel):
         """Run the block stack; -> the final tokens (B, n_final, d), final-normed. With req_index,
         x_s / valid_s are per request and the S side runs once per request."""
         self._decide_attention(x_ns.device)
+        if self.attention_decision[0] == "sdpa_causal":
+            # one host sync per forward: with no padded S key anywhere the pad columns are left out
+            pad_free = bool(valid_s.all())
+            for b in self.blocks:
+                b.pad_free = pad_free
         for block in self.blocks:
             if self.recompute and torch.is_grad_enabled():
                 x_s, valid_s, x_ns = checkpoint(
@@ -688,9 +746,17 @@ class OneTrans(RankingModel):
             )
         )
         tok += ns.flops()
-        blocks, t_s = 0.0, self.n_s_tokens
+        blocks, blocks_causal, attn, attn_causal, t_s = 0.0, 0.0, 0.0, 0.0, self.n_s_tokens
         for b in self.blocks:
             blocks += b.flops(t_s)
+            blocks_causal += b.flops(t_s, causal_pairs=True)
+            q_rows, k_rows = b.keep_s + cfg.n_ns_tokens, t_s + cfg.n_ns_tokens
+            attn += attention_flops(q_rows, k_rows, cfg.d_model)
+            attn_causal += (
+                attention_flops_causal(q_rows, k_rows, cfg.d_model)
+                if cfg.causal
+                else attention_flops(q_rows, k_rows, cfg.d_model)
+            )
             t_s = b.keep_s
         heads = len(TASKS) * (
             linear_flops(1, self.n_final * cfg.d_model, cfg.head_hidden)
@@ -703,6 +769,12 @@ class OneTrans(RankingModel):
             "forward_tokenizers": tok,
             "forward_blocks": blocks,
             "forward_heads": heads,
+            "forward_attention": attn,  # the two attention products (included in forward_blocks)
+            # the same with attention over the causally visible pairs only: what a causal kernel
+            # must compute, and the honest basis of MFU for the backends that skip masked blocks
+            "forward_attention_causal": attn_causal,
+            "forward_causal": tok + blocks_causal + heads,
+            "train_causal": TRAIN_MULTIPLIER * (tok + blocks_causal + heads),
         }
 
 
@@ -768,7 +840,9 @@ def paper_feature_spec(seq_len: int) -> FeatureSpec:
 # memory), never what it computes, so they are not hyper-parameters: a run sets them in its run
 # config (train.attention, train.recompute, train.compile; harness/train.py applies them), a script
 # passes them to build() / model.registry.build_model(..., execution={...}).
-EXECUTION = ("attention", "recompute", "compile_blocks")
+# fused_ops (issue #25): the S tokenizer's gather path and the fused RMSNorm (True, default) or their
+# plain reference forms (False); the same function either way (tests/test_model_fast_paths.py).
+EXECUTION = ("attention", "recompute", "compile_blocks", "fused_ops")
 
 
 def build(
@@ -778,7 +852,13 @@ def build(
     attention: str = "auto",
     recompute: bool = False,
     compile_blocks: bool = False,
+    fused_ops: bool = True,
 ) -> OneTrans:
     return OneTrans(
-        spec, config, attention=attention, recompute=recompute, compile_blocks=compile_blocks
+        spec,
+        config,
+        attention=attention,
+        recompute=recompute,
+        compile_blocks=compile_blocks,
+        fused_ops=fused_ops,
     )
