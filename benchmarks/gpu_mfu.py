@@ -109,7 +109,7 @@ def sec_serving(raw: Path) -> dict:
         (s[p]["p99_ms"], f"{tag}/{p}")
         for tag, s in out.items()
         for p in ("on", "off", "graph")
-        if isinstance(s.get(p), dict)
+        if isinstance(s.get(p), dict) and "p99_ms" in s[p]
     ]
     if best:
         p99, where = min(best)
@@ -247,7 +247,9 @@ def markdown(rep: dict) -> str:
                 L.append(f"| {tag} | ERROR {str(x['error'])[:100]} ||||")
                 continue
             for p in ("on", "off", "graph"):
-                if isinstance(x.get(p), dict):
+                if isinstance(x.get(p), dict) and "error" in x[p]:
+                    L.append(f"| {tag} | {p}: ERROR {str(x[p]['error'])[:150]} ||||")
+                elif isinstance(x.get(p), dict):
                     dp = (
                         x["max_abs_dprob_on_off"]
                         if p == "on"
