@@ -234,6 +234,10 @@ def markdown(rep: dict) -> str:
             )
         if "speedup" in c:
             L.append(f"\ncompiled speed-up after/before: {c['speedup']:.2f}x")
+        L.append(
+            "\n(first GPU run, 2026-12-04, same H200 / torch 2.11: compiled before = 64.8 ms, "
+            "MFU 18.2%; eager before 107.4 ms, 11.0%)"
+        )
     s = rep["serving"]
     L += ["", "## Serving (one request, 100 candidates, onetrans-l, L=1484)", ""]
     if "error" in s:

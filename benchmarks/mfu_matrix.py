@@ -7,7 +7,9 @@ comparison of every optimisation pays the torch/CUDA start-up once.
         --variant after:size=onetrans-l,attention=sdpa_causal,fused=1,precision=bf16-true,batch=512
 
 Keys: size, batch (0 = model_step's default), attention, fused (fused_ops 1/0), precision
-(fp32 | bf16 = autocast | bf16-true = bf16 weights), compile (0/1), compile_backend, seq_len.
+(fp32 | bf16 = autocast | bf16-true = bf16 weights), compile (0/1), compile_backend, seq_len,
+recompute (0/1: activation recomputation per block; its extra forward is not counted in MFU),
+warmup / steps (this variant's own, e.g. fewer for a slow big batch).
 Common options (--device, --warmup, --steps, --peak-tflops, --threads) apply to every variant. A
 variant that fails (out of memory included) is recorded with its error; the others still run.
 """
@@ -37,6 +39,9 @@ DEFAULTS = {
     "compile": "0",
     "compile_backend": "inductor",
     "seq_len": "0",
+    "recompute": "0",
+    "warmup": "",  # empty = the common --warmup / --steps
+    "steps": "",
 }
 
 
@@ -66,9 +71,9 @@ def variant_args(opts: dict[str, str], common: argparse.Namespace) -> argparse.N
         compile=opts["compile"] == "1",
         compile_backend=opts["compile_backend"],
         no_fused_ops=opts["fused"] == "0",
-        recompute=False,
-        warmup=common.warmup,
-        steps=common.steps,
+        recompute=opts["recompute"] == "1",
+        warmup=int(opts["warmup"]) if opts["warmup"] else common.warmup,
+        steps=int(opts["steps"]) if opts["steps"] else common.steps,
         peak_tflops=common.peak_tflops,
     )
 

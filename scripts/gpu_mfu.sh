@@ -3,7 +3,8 @@
 #   pytest_gpu      pytest -m gpu (flash / SDPA / sdpa_causal vs reference in bf16, the CUDA-graph scorer)
 #   eager_matrix    benchmarks/mfu_matrix.py, onetrans-l (and -s) eager, one process: before (today's
 #                   settings: sdpa + explicit mask, reference tokenizer/RMSNorm, bf16 autocast), each
-#                   change alone, all together, bf16 weights, bigger batches (OOM recorded, not fatal)
+#                   change alone, all together, bf16 weights, bigger batches (OOM recorded, not fatal),
+#                   the paper's 2048 per GPU with per-block recomputation
 #   serving         benchmarks/serving.py onetrans-l L=1484 C=100: before settings and after settings,
 #                   cache on / off / CUDA graph, p50/p99 and the |dp| parity of every path
 #   compile_after_l model_step.py --compile onetrans-l with every change on (fresh process)
@@ -106,7 +107,7 @@ GPU_TESTS=$(grep -l 'mark\.gpu' tests/test_*.py | tr '\n' ' ')
 # and composite RMSNorm, bf16 autocast over fp32 weights); AFTER = every change (sdpa_causal, fused_ops,
 # bf16 weights). One change at a time in between, so each one's share is measured.
 if [ "$DRY" = 1 ]; then
-  L=onetrans-mini; S=onetrans-tiny; LB=8; SB=8; BIG=16; HUGE=32; SEQ=seq_len=16
+  L=onetrans-mini; S=onetrans-tiny; LB=8; SB=8; BIG=16; HUGE=32; PAPER=64; SEQ=seq_len=16
   AC=fp32; AT=bf16-true   # CPU: fp32 stands for autocast (CPU bf16 autocast is ~50x slower)
   COMMON=(--device cpu --warmup 1 --steps 2 --threads 1 --peak-tflops 1)
   MS=(benchmarks/model_step.py --device cpu --batch 8 --seq-len 16 --warmup 1 --steps 2 --threads 1 --no-mixed
@@ -115,7 +116,7 @@ if [ "$DRY" = 1 ]; then
          --warmup 1 --reps 3 --budget-s 1 --threads 1 --graph)
   PROF=(benchmarks/profile_step.py --device cpu --size onetrans-tiny --seq-len 16 --batch 8 --precision fp32 --warmup 1 --threads 1)
 else
-  L=onetrans-l; S=onetrans-s; LB=128; SB=256; BIG=512; HUGE=1024; SEQ=seq_len=0
+  L=onetrans-l; S=onetrans-s; LB=128; SB=256; BIG=512; HUGE=1024; PAPER=2048; SEQ=seq_len=0
   AC=bf16; AT=bf16-true
   COMMON=(--device cuda --warmup 3 --steps 10)
   MS=(benchmarks/model_step.py --warmup 3 --steps 8 --no-mixed)
@@ -135,6 +136,7 @@ run_step eager_matrix 110 "$PYTHON" benchmarks/mfu_matrix.py "${COMMON[@]}" --ou
   $(V l_after "$L" $LB sdpa_causal 1 $AT) \
   $(V l_after_b$BIG "$L" $BIG sdpa_causal 1 $AT) \
   $(V l_after_b$HUGE "$L" $HUGE sdpa_causal 1 $AT) \
+  --variant "l_after_b${PAPER}_recompute:size=$L,batch=$PAPER,attention=sdpa_causal,fused=1,precision=$AT,recompute=1,warmup=1,steps=2,$SEQ" \
   $(V s_before "$S" $SB sdpa 0 $AC) \
   $(V s_after "$S" $SB sdpa_causal 1 $AT)
 if [ "$DRY" = 1 ]; then
