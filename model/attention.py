@@ -21,7 +21,13 @@ Backends:
                score of a padded key is q.k - PAD_BIAS and its softmax weight underflows to exactly
                0). The scale stays 1/sqrt(head_dim). With pad_free=True (the caller knows no key is
                padded) the extra columns are left out. Exact up to fp rounding (tested against
-               "reference").
+               "reference"). The flash kernel runs only where its preconditions hold (CUDA, q/k/v
+               all fp16 or bf16, head_dim + pad columns a multiple of 8 and <= 256, 0 < Tq <= Tk);
+               elsewhere sdpa_causal runs SDPA with one shared (Tq, Tk) bottom-right mask (CPU, fp32,
+               odd head dims: the same function), an empty query list returns an empty result
+               without launching anything (a zero-block flash launch is a CUDA "invalid argument"),
+               and Tq > Tk (never produced by the model) goes to the plain "sdpa" path, whose mask
+               handles queries that see no key. See sdpa_causal_plan().
   "auto"       flash when usable, else sdpa; choose_backend() returns the choice AND the reason.
 
 Padding rules shared by all backends: a padded query's output is exactly zero, and a query that
@@ -71,6 +77,24 @@ def flash_unsupported_reasons(device: torch.device, dtype: torch.dtype, head_dim
     return reasons
 
 
+def sdpa_causal_flash_unsupported(
+    device: torch.device, dtype: torch.dtype, head_dim: int
+) -> list[str]:
+    """Why PyTorch's flash kernel cannot run "sdpa_causal" for these static properties (empty = it
+    can, for query lists with 0 < Tq <= Tk). The pad columns make the kernel's head dim
+    head_dim + _pad_columns(head_dim) when some key is padded."""
+    reasons = []
+    if device.type != "cuda":
+        reasons.append(f"it needs a CUDA device, inputs are on {device.type}")
+    if dtype not in (torch.float16, torch.bfloat16):
+        reasons.append(f"it needs fp16/bf16 inputs, got {dtype}")
+    if head_dim + _pad_columns(head_dim) > 256:
+        reasons.append(
+            f"head_dim {head_dim} + {_pad_columns(head_dim)} pad columns is over its limit of 256"
+        )
+    return reasons
+
+
 def choose_backend(
     requested: str, device: torch.device, dtype: torch.dtype, head_dim: int
 ) -> tuple[str, str]:
@@ -86,7 +110,17 @@ def choose_backend(
                 + ". Use attention='auto' to fall back to SDPA."
             )
         return "flash", "requested"
-    if requested in ("reference", "sdpa", "sdpa_causal"):
+    if requested == "sdpa_causal":
+        no = sdpa_causal_flash_unsupported(device, dtype, head_dim)
+        if not no:
+            return "sdpa_causal", "requested: PyTorch's flash kernel, bottom-right causal, no mask"
+        return "sdpa_causal", (
+            "requested; PyTorch's flash kernel cannot run ("
+            + "; ".join(no)
+            + "): sdpa_causal runs SDPA with one shared (Tq, Tk) bottom-right mask instead "
+            "(same function)"
+        )
+    if requested in ("reference", "sdpa"):
         return requested, "requested"
     if not flash_no:
         return "flash", f"auto: flash-attn usable on {device.type} with {dtype}"
@@ -228,7 +262,7 @@ def sdpa_causal_attention(
         out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     elif tq == tk:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    elif _flash_usable(q):
+    elif _flash_usable(q, k, v):
         # PyTorch's flash kernel: its is_causal means bottom-right when tq < tk (what
         # torch.nn.attention.bias.causal_lower_right dispatches to; called directly because that
         # tensor subclass breaks torch.compile graphs)
@@ -241,15 +275,38 @@ def sdpa_causal_attention(
     return out if pad_free else out[..., :dh]
 
 
-def _flash_usable(q: torch.Tensor) -> bool:
-    """PyTorch's own flash kernel can take q: CUDA, fp16/bf16, head_dim a multiple of 8 and <= 256.
-    (It also needs sm80+, as bf16 itself does; no device query here, so torch.compile traces it.)"""
+def _flash_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """PyTorch's own flash kernel can take q, k, v (B, H, T, dh): CUDA, all three fp16/bf16 of one
+    dtype, a contiguous last dim, head_dim a multiple of 8 and <= 256, and a non-empty query and key
+    list (a zero-block launch fails with "invalid argument"; sdpa_causal_plan() keeps Tq = 0 away
+    from here anyway). It also needs sm80+, as bf16 itself does; no device query here, so
+    torch.compile traces it."""
     return (
         q.is_cuda
         and q.dtype in (torch.float16, torch.bfloat16)
+        and k.dtype == q.dtype
+        and v.dtype == q.dtype
+        and all(t.stride(-1) == 1 for t in (q, k, v))
         and q.shape[-1] % 8 == 0
         and q.shape[-1] <= 256
+        and q.shape[2] > 0
+        and k.shape[2] > 0
     )
+
+
+def sdpa_causal_plan(tq: int, tk: int, causal: bool) -> str:
+    """What attend(backend="sdpa_causal") does with Tq queries over Tk keys (shapes only, no sync):
+    "empty"        Tq = 0 (a layer that keeps no S query, e.g. the KV cache's stage I at the last
+                   layer): the (B, H, 0, dh) result, no kernel launched (PyTorch's flash kernel would
+                   be launched with zero blocks: CUDA error "invalid argument");
+    "sdpa"         causal with Tq > Tk: the first queries see no key, which only the explicit mask of
+                   the plain "sdpa" path handles by the module's rule (never produced by the model);
+    "sdpa_causal"  everything else (sdpa_causal_attention picks flash or its masked form)."""
+    if tq == 0:
+        return "empty"
+    if causal and tq > tk:
+        return "sdpa"
+    return "sdpa_causal"
 
 
 def flash_attention(
@@ -313,8 +370,13 @@ def attend(
     if backend == "flash":
         return flash_attention(q, k, v, q_valid, k_valid, causal)
     if backend == "sdpa_causal":
-        out = sdpa_causal_attention(q, k, v, k_valid, causal, pad_free)
-        return out * q_valid[:, None, :, None].to(out.dtype)
+        plan = sdpa_causal_plan(q.shape[2], k.shape[2], causal)
+        if plan == "empty":
+            return q.new_zeros(q.shape[0], q.shape[1], 0, v.shape[-1], dtype=v.dtype)
+        if plan == "sdpa_causal":
+            out = sdpa_causal_attention(q, k, v, k_valid, causal, pad_free)
+            return out * q_valid[:, None, :, None].to(out.dtype)
+        backend = "sdpa"  # explicit fallback (see sdpa_causal_plan)
     mask = attention_mask(q_valid, k_valid, causal)
     if backend == "reference":
         out = reference_attention(q, k, v, mask, shared)

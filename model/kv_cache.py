@@ -293,7 +293,9 @@ class GraphedScorer:
         self.model, self.parts = model, onetrans_parts(model)
         on_cuda = next(model.parameters()).device.type == "cuda"
         self.graph = on_cuda if graph is None else (graph and on_cuda)
-        self._graphs: dict[tuple, tuple[dict, dict, object]] = {}
+        # per key: (static inputs, static outputs, graph, groups). Every tensor the graph reads must
+        # live as long as the graph: the replay reads their device memory, not the Python objects
+        self._graphs: dict[tuple, tuple[dict, dict, object, Groups]] = {}
 
     def _run(self, seq: dict[str, Tensor], imp: dict[str, Tensor], groups: Groups):
         logits = stage_two(self.parts, stage_one(self.parts, seq), imp, seq, groups)
@@ -322,7 +324,7 @@ class GraphedScorer:
         )
         if key not in self._graphs:
             self._graphs[key] = self._capture(seq, imp, n, dt, dev)
-        static_in, static_out, g = self._graphs[key]
+        static_in, static_out, g, _ = self._graphs[key]
         for k, v in {**seq, **imp}.items():
             static_in[k].copy_(v)
         g.replay()
@@ -332,6 +334,10 @@ class GraphedScorer:
         static_in = {k: v.clone() for k, v in {**seq, **imp}.items()}
         s_in = {k: static_in[k] for k in seq}
         i_in = {k: static_in[k] for k in imp}
+        # allocated outside the capture and read inside it (stage II's per-request layout): it is
+        # returned with the graph and kept beside it. Dropped here (as it was), its memory went back
+        # to the caching allocator, the next eager work reused it, and a later replay indexed with
+        # whatever lay there (GPU run 2: "index out of bounds" in IndexKernel.cu on the 2nd request)
         groups = one_request_groups(n, dev)
 
         def fn():
@@ -349,7 +355,7 @@ class GraphedScorer:
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             static_out = fn()
-        return static_in, static_out, g
+        return static_in, static_out, g, groups
 
 
 # --------------------------------------------------------------------------------------------
