@@ -850,6 +850,9 @@ def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
 
 
 FLOOR_FILE = "floor.json"  # <sweep folder>/.sweep/floor.json
+# the driver fits the floor itself up to this many events (~150 bytes each at the peak: ~3 GB);
+# larger logs: `python -m harness.data stats DIR --floor ...` elsewhere fills the dataset's cache
+FLOOR_MAX_EVENTS = 20_000_000
 
 
 def _dataset_folder(cfg) -> Path:
@@ -868,8 +871,9 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
     --only subset keeps the other windows). The analysis reads that file (no torch there).
 
     Informational, never an error: a dataset that is not on this machine (a SLURM-only path, a
-    synthetic world not generated yet) or that cannot be fitted is skipped with a note. The floor
-    itself is cached in the dataset folder (.floor.json), so a rerun costs a file hash."""
+    synthetic world not generated yet), larger than FLOOR_MAX_EVENTS and not cached, or that cannot
+    be fitted is skipped with a note. The floor itself is cached in the dataset folder (.floor.json),
+    so a rerun costs a file hash."""
     import json
 
     import pyarrow as pa
@@ -899,7 +903,7 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
             continue
         t0 = time.time()
         try:
-            f = compute_floor(folder, lens)
+            f = compute_floor(folder, lens, max_events=FLOOR_MAX_EVENTS)
         except (ValueError, OSError, pa.ArrowException) as e:
             print(f"count-feature floor of {name}: skipped ({type(e).__name__}: {e})", file=out)
             continue

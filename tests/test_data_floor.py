@@ -14,7 +14,13 @@ import pytest
 
 from harness.data.__main__ import main
 from harness.data.contract import ITEMS
-from harness.data.floor import CACHE_NAME, FloorFeatures, compute_floor, reference_features
+from harness.data.floor import (
+    CACHE_NAME,
+    FloorFeatures,
+    FloorTooLarge,
+    compute_floor,
+    reference_features,
+)
 from harness.data.planted import PlantedConfig, generate_planted
 from tests.data_support import edit, write_tiny_folder
 
@@ -80,6 +86,9 @@ def test_cache_is_reused_and_refreshed_when_the_data_change(tmp_path):
     c = compute_floor(folder, [8])
     assert c["cached"] == [] and c["fingerprint"] != a["fingerprint"]
     assert c["records"][0]["coef"] != a["records"][1]["coef"]
+    with pytest.raises(FloorTooLarge, match="harness.data stats"):
+        compute_floor(folder, [32], max_events=10)  # not cached and too large for the driver
+    assert compute_floor(folder, [8], max_events=10)["cached"] == [8]  # cached: no limit
 
 
 def test_stats_cli_prints_the_floor_table(planted, capsys):

@@ -39,7 +39,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,11 @@ import pyarrow.parquet as pq
 
 from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, MANIFEST, SPLITS, Manifest
 from harness.metrics_np import task_metrics
+
+
+class FloorTooLarge(ValueError):
+    """compute_floor(max_events=...) refused a log that is not cached and larger than asked."""
+
 
 FLOOR_VERSION = 1
 CACHE_NAME = ".floor.json"
@@ -311,10 +316,12 @@ def compute_floor(
     manifest: Manifest | None = None,
     l2: float = DEFAULT_L2,
     cache: bool = True,
+    max_events: int | None = None,
 ) -> dict[str, Any]:
     """The floor of a dataset folder at every window L: {"dataset", "folder", "fingerprint",
     "features" (name -> definition), "l2", "records": [per-L record, ascending L], "cached": [L
-    read from the cache]}. A record: seq_len, train/val/test metrics (ctr_auc, ctr_uauc,
+    read from the cache]}. max_events: refuse (FloorTooLarge) to fit a log with more events than
+    that when its windows are not all cached (the sweep driver's guard). A record: seq_len, train/val/test metrics (ctr_auc, ctr_uauc,
     ctr_logloss), n per split, coef per feature (standardised units), intercept, mean, sd, fit."""
     folder = Path(folder)
     manifest = manifest or Manifest.load(folder)
@@ -325,6 +332,17 @@ def compute_floor(
     records = _read_cache(path, key) if cache else {}
     cached = [w for w in windows if str(w) in records]
     todo = [w for w in windows if str(w) not in records]
+    if todo and max_events is not None:
+        from harness.data.stats import _n_rows
+
+        n = _n_rows(folder / EVENTS)
+        if n > max_events:
+            raise FloorTooLarge(
+                f"{n:,} events > {max_events:,} (about {n * 150 / 1e9:.0f} GB to fit); compute it "
+                f"where memory allows: python -m harness.data stats {folder} --floor "
+                + " ".join(map(str, todo))
+                + " (cached in the dataset folder, then read here)"
+            )
     if todo:
         feats = FloorFeatures(folder, todo, manifest)
         for w in todo:
@@ -417,10 +435,3 @@ def reference_features(
     if len(behaviors) > 1:
         names += [f"item_{b.name}_in_window" for b in behaviors]
     return names, np.log1p(np.asarray(rows, np.float64).reshape(len(imp), len(names)))
-
-
-def windows_arg(values: Sequence[int]) -> list[int]:
-    out = sorted({int(v) for v in values})
-    if not out or out[0] < 1:
-        raise ValueError("--floor needs window lengths >= 1, e.g. --floor 8 16 32")
-    return out
