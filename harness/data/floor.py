@@ -282,6 +282,7 @@ def _read_cache(path: Path, key: dict) -> dict[str, Any]:
 
 def _write_cache(path: Path, key: dict, records: dict[str, Any]) -> bool:
     """Atomic write; False (and no file) where the folder is not writable."""
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".floor.", dir=path.parent)
         with os.fdopen(fd, "w") as fh:
@@ -290,6 +291,8 @@ def _write_cache(path: Path, key: dict, records: dict[str, Any]) -> bool:
         os.replace(tmp, path)
         return True
     except OSError:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
         return False
 
 
@@ -320,9 +323,10 @@ def compute_floor(
 ) -> dict[str, Any]:
     """The floor of a dataset folder at every window L: {"dataset", "folder", "fingerprint",
     "features" (name -> definition), "l2", "records": [per-L record, ascending L], "cached": [L
-    read from the cache]}. max_events: refuse (FloorTooLarge) to fit a log with more events than
-    that when its windows are not all cached (the sweep driver's guard). A record: seq_len, train/val/test metrics (ctr_auc, ctr_uauc,
-    ctr_logloss), n per split, coef per feature (standardised units), intercept, mean, sd, fit."""
+    read from the cache]}. A record: seq_len, train/val/test metrics (ctr_auc, ctr_uauc,
+    ctr_logloss), n per split, coef per feature (standardised units), intercept, mean, sd, fit.
+    max_events: refuse (FloorTooLarge) to fit a log with more events than that when its windows
+    are not all cached (the sweep driver's guard)."""
     folder = Path(folder)
     manifest = manifest or Manifest.load(folder)
     windows = sorted({int(w) for w in windows})
