@@ -111,6 +111,16 @@ class Analysis:
     hints: dict[str, Hints] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # series shown without fits, and why
     metrics: tuple[str, ...] = METRICS
+    # sweep label -> seq_len -> count-feature floor record (analysis.floor.find_floors)
+    floors: dict[str, dict[int, dict]] = field(default_factory=dict)
+
+    def floor_table(self) -> pd.DataFrame:
+        """The model's mean beside the count-feature floor per configuration (analysis.floor)."""
+        from .floor import floor_table
+
+        return floor_table(
+            self.collection.done, self.split, self.floors, self.flags, self.include_flagged
+        )
 
     def points(self, sweep: str, model: str, axis: str) -> pd.DataFrame:
         d = self.collection.done
@@ -300,6 +310,7 @@ def analyze(
     split: str | None = None,
     hints: dict[str, Hints] | None = None,
     include_flagged: bool = False,
+    floors: dict[str, dict[int, dict]] | None = None,
 ) -> Analysis:
     """Fit every series. metrics: default the sweep's hinted metrics, else METRICS; hints: per sweep name
     (analysis.hints; command-line overrides already applied)."""
@@ -452,4 +463,5 @@ def analyze(
         hints=hints,
         notes=notes,
         metrics=all_metrics,
+        floors=floors or {},
     )

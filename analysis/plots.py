@@ -275,6 +275,21 @@ def series_figure(an: Analysis, sweep: str, model: str, axis: str, x_name: str):
                 notes.append(f"oracle {s.oracle:.4f}")
             else:
                 notes.append(f"oracle {s.oracle:.4f} (off scale)")
+        floor = an.floors.get(sweep, {}) if x_name == "seq_len" else {}
+        fx = np.array(sorted(L for L in floor if (floor[L].get(an.split) or {}).get(s.metric)))
+        if fx.size:
+            floor_y = np.array([floor[L][an.split][s.metric] for L in fx], float)
+            ax.plot(
+                fx,
+                floor_y,
+                color="C1",
+                ls=":",
+                marker="s",
+                ms=3,
+                lw=1.2,
+                label="count-feature floor",
+            )
+            _fit_ylim(ax, on_scale + [floor_y], pad=0.08)
         _log_x_axis(ax, xs, max_labels=7)
         ax.set_title(
             _fmt_metric(s.metric) + "\n" + "\n".join(_wrap(t, 52) for t in notes), fontsize=8

@@ -32,6 +32,7 @@ from harness import executors as X
 from harness.cluster import choose_executor
 from harness.runstore import (
     CONFIG,
+    SWEEP_META,
     Ledger,
     RunStore,
     RunStoreError,
@@ -109,6 +110,7 @@ class SweepOptions:
     no_wait: bool = False
     progress_every: float = 30.0
     describe: bool = True  # params / FLOPs / cost columns
+    floor: bool = True  # write the count-feature floor of the runs' datasets to .sweep/floor.json
 
 
 @dataclass
@@ -294,26 +296,51 @@ def print_table(rows: list[Row], out=None) -> None:
 RESULT_COLUMNS = ("ctr_auc", "ctr_uauc", "cvr_auc", "cvr_uauc")
 
 
+def read_floor(sweep_dir: Path, split: str = "test") -> dict[tuple[str, int], dict[str, float]]:
+    """(data.dataset, seq_len) -> the count-feature floor's metrics on `split`, from
+    <sweep folder>/.sweep/floor.json (written by write_floor); empty when there is none."""
+    import json
+
+    try:
+        doc = json.loads((sweep_dir / SWEEP_META / FLOOR_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {
+        (str(e.get("data.dataset")), int(r["seq_len"])): r.get(split) or {}
+        for e in doc.get("datasets", [])
+        for r in e.get("records", [])
+    }
+
+
 def print_results(rows: list[Row], split: str = "test", out=None) -> None:
-    """Final metrics of the finished runs, each beside the oracle's (synthetic data) and the gap."""
+    """Final metrics of the finished runs, each beside the oracle's (synthetic data) and the
+    count-feature floor's CTR AUC at the run's seq_len (when .sweep/floor.json has it)."""
     done = [(r, r.result) for r in rows if r.status == "done" and r.result]
     if not done:
         return
     out = out or sys.stdout
-    head = ["name", "model", *RESULT_COLUMNS, "wall s"]
+    floor = read_floor(done[0][0].run_dir.parent, split)
+    head = ["name", "model", *RESULT_COLUMNS, "wall s"] + (["floor ctr_auc"] if floor else [])
     table = [head]
     oracle: dict[str, float] = {}
+    below = []
     for r, res in done:
         m = (res.get("metrics") or {}).get(split, {})
         oracle = oracle or (res.get("oracle") or {}).get(split, {})
-        table.append(
-            [
-                r.run.name,
-                f"{res.get('model', '')}/{res.get('size', '')}",
-                *(f"{m[c]:.4f}" if c in m else "-" for c in RESULT_COLUMNS),
-                f"{res.get('wall_time_s', 0):.0f}",
-            ]
-        )
+        row = [
+            r.run.name,
+            f"{res.get('model', '')}/{res.get('size', '')}",
+            *(f"{m[c]:.4f}" if c in m else "-" for c in RESULT_COLUMNS),
+            f"{res.get('wall_time_s', 0):.0f}",
+        ]
+        if floor:
+            d = r.run.cfg.data
+            fl = floor.get((d.dataset, int(d.seq_len)), {}).get("ctr_auc")
+            row.append("-" if fl is None else f"{fl:.4f}")
+            if fl is not None and "ctr_auc" in m and m["ctr_auc"] < fl:
+                row[-1] += " (model below)"
+                below.append(f"{r.run.name} {m['ctr_auc'] - fl:+.4f}")
+        table.append(row)
     if oracle:
         table.append(
             [
@@ -322,11 +349,18 @@ def print_results(rows: list[Row], split: str = "test", out=None) -> None:
                 *(f"{oracle[c]:.4f}" if c in oracle else "-" for c in RESULT_COLUMNS),
                 "",
             ]
+            + ([""] if floor else [])
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     print(f"results ({split} split):", file=out)
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
+    if below:
+        print(
+            "below the count-feature floor (a logistic regression on history counts at the run's "
+            f"seq_len, docs/analysis.md): {', '.join(below)}",
+            file=out,
+        )
 
 
 def _match(r: ResolvedRun, key: str, want: str) -> bool:
@@ -533,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
         help="local: report each running run's step and ETA this often (0: never); default 30",
     )
     ap.add_argument("--no-describe", action="store_true", help="skip params/FLOPs (faster plan)")
+    ap.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="do not compute the count-feature floor of the runs' datasets (.sweep/floor.json, "
+        "harness/data/floor.py; cached in the dataset folder, seconds on laptop-sized data)",
+    )
     args = ap.parse_args(argv)
     try:
         outcome = run_sweep(
@@ -549,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             no_wait=args.no_wait,
             progress_every=args.progress_every,
             describe=not args.no_describe,
+            floor=not args.no_floor,
         )
     except SweepError as err:
         print(err.line, file=sys.stderr)
@@ -712,6 +753,8 @@ def _dispatch(
     followed = ex.follow([(_task(r), r.job) for r in rows if r.status in ("queued", "running")])
     if opts.dry_run or (not todo and not followed):
         if not opts.dry_run:
+            if opts.floor:
+                write_floor(rows, sweep_dir, out)
             print(
                 f"nothing to run: {sum(r.status == 'done' for r in rows)}/{len(rows)} runs done",
                 file=out,
@@ -726,6 +769,8 @@ def _dispatch(
     prepare(todo, sweep_dir, file)
     if ex.on_this_machine:
         prepare_synthetic(todo, out=out)
+    if opts.floor:
+        write_floor(rows, sweep_dir, out)
     tasks = [_task(r) for r in todo]
     report = Reporter(len(tasks) + len(followed), out=out)
     t0 = time.time()
@@ -802,6 +847,92 @@ def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
                 file=out,
                 flush=True,
             )
+
+
+FLOOR_FILE = "floor.json"  # <sweep folder>/.sweep/floor.json
+# the driver fits the floor itself up to this many events (~150 bytes each at the peak: ~3 GB);
+# larger logs: `python -m harness.data stats DIR --floor ...` elsewhere fills the dataset's cache
+FLOOR_MAX_EVENTS = 20_000_000
+
+
+def _dataset_folder(cfg) -> Path:
+    """Where a run's dataset lies on this machine (a synthetic world's cache folder, else the path)."""
+    d = cfg.data
+    if d.synthetic_preset is not None:
+        from harness.data import synth
+
+        return synth.cached_folder(d.synthetic_preset, d.data_seed, d.cache_dir)
+    return Path(d.dataset)
+
+
+def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> Path | None:
+    """The count-feature floor (harness/data/floor.py) of every dataset the sweep's runs read, at
+    their seq_len values, into <sweep folder>/.sweep/floor.json, merged with what is there (an
+    --only subset keeps the other windows). The analysis reads that file (no torch there).
+
+    Informational, never an error: a dataset that is not on this machine (a SLURM-only path, a
+    synthetic world not generated yet), larger than FLOOR_MAX_EVENTS and not cached, or that cannot
+    be fitted is skipped with a note. The floor itself is cached in the dataset folder (.floor.json),
+    so a rerun costs a file hash."""
+    import json
+
+    import pyarrow as pa
+
+    from harness.data.contract import MANIFEST
+    from harness.data.floor import compute_floor
+
+    out = out or sys.stdout
+    wanted: dict[Path, tuple[str, set[int]]] = {}
+    for r in rows:
+        folder = _dataset_folder(r.run.cfg)
+        wanted.setdefault(folder, (r.run.cfg.data.dataset, set()))[1].add(
+            int(r.run.cfg.data.seq_len)
+        )
+    path = sweep_dir / SWEEP_META / FLOOR_FILE
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        old = {}
+    entries = {(e.get("folder"), e.get("fingerprint")): e for e in old.get("datasets", [])}
+    for folder, (name, lens) in wanted.items():
+        if not (folder / MANIFEST).exists():
+            print(
+                f"count-feature floor of {name}: skipped ({folder} is not on this machine)",
+                file=out,
+            )
+            continue
+        t0 = time.time()
+        try:
+            f = compute_floor(folder, lens, max_events=FLOOR_MAX_EVENTS)
+        except (ValueError, OSError, pa.ArrowException) as e:
+            print(f"count-feature floor of {name}: skipped ({type(e).__name__}: {e})", file=out)
+            continue
+        f["data.dataset"] = name
+        prev = entries.pop((f["folder"], f["fingerprint"]), None)
+        if prev is not None:  # keep windows of earlier calls (another --only subset)
+            have = {r["seq_len"] for r in f["records"]}
+            f["records"] = sorted(
+                f["records"] + [r for r in prev.get("records", []) if r["seq_len"] not in have],
+                key=lambda r: r["seq_len"],
+            )
+        entries = {k: v for k, v in entries.items() if k[0] != f["folder"]}  # a stale fingerprint
+        entries[(f["folder"], f["fingerprint"])] = f
+        test = ", ".join(
+            f"L {r['seq_len']} {r['test'].get('ctr_auc', float('nan')):.4f}"
+            for r in f["records"]
+            if r["seq_len"] in lens
+        )
+        print(
+            f"count-feature floor of {name} (test CTR AUC; .sweep/{FLOOR_FILE}, "
+            f"{time.time() - t0:.1f} s): {test}",
+            file=out,
+        )
+    if not entries:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"sweep": sweep_dir.name, "datasets": list(entries.values())}
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
 
 
 def _task(r: Row) -> X.Task:

@@ -23,6 +23,7 @@ from harness.sweepfile import FIT_FORMS
 from ..analyze import METRICS, analyze
 from ..collect import CollectError, collect
 from ..fit import FitSettings
+from ..floor import find_floors
 from ..hints import HintError, find_hints, override
 from ..quality import summarise
 from .build import build_report, conclusions, write_outputs
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         coll = collect(a.runs)
         found, hint_warnings = find_hints(coll.runs["run_dir"], a.sweep_file)
+        floors, floor_warnings = find_floors(coll.runs["run_dir"])
+        hint_warnings += floor_warnings
     except (CollectError, HintError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics=metrics,
             hints=hints,
             include_flagged=a.include_flagged,
+            floors=floors,
         )
     except CollectError as err:
         print(f"error: {err}", file=sys.stderr)

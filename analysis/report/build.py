@@ -243,7 +243,8 @@ def _fmt(v: float) -> str:
 
 
 def conclusions(an: Analysis) -> list[str]:
-    """The report's first lines: one sentence per series (its headline metric on its headline x)."""
+    """The report's first lines: one sentence per series (its headline metric on its headline x),
+    then, per sweep with a count-feature floor, where the model stands against it."""
     lines = []
     seen = set()
     for s in an.series:
@@ -252,6 +253,19 @@ def conclusions(an: Analysis) -> list[str]:
             continue
         seen.add(key)
         lines.append(series_sentence(an, s))
+    return lines + floor_lines(an)
+
+
+def floor_lines(an: Analysis, table: pd.DataFrame | None = None) -> list[str]:
+    """Per (sweep, model) with a count-feature floor: the windows where the model's mean is below it."""
+    from ..floor import floor_metric, floor_sentences
+
+    table = an.floor_table() if table is None else table
+    if table.empty:
+        return []
+    lines = []
+    for sweep, g in table.groupby("sweep"):
+        lines += floor_sentences(g, floor_metric(an.headline_metric(str(sweep))), an.split)
     return lines
 
 
@@ -423,6 +437,9 @@ def build_report(
             "red dotted: the fit with the flagged runs; green dashed: Bayes oracle (synthetic data only).",
         )
         scaling.append(f)
+    floor_blocks = _floor_blocks(an)
+    if floor_blocks:
+        scaling += floor_blocks
     fits = an.fits_table()
     fits_disp = tables.fits_display(fits)
     if scaling:
@@ -658,6 +675,28 @@ def build_report(
     for t in spec.tables():
         write_csv(t.frame, tdir / f"{t.name}.csv")
     return spec
+
+
+def _floor_blocks(an: Analysis) -> list:
+    """The model beside the count-feature floor at each window, and the sentence saying where it is below."""
+    table = an.floor_table()
+    if table.empty:
+        return []
+    text = "\n".join(f"- {line}" for line in floor_lines(an, table))
+    return [
+        Text(markdown=text),
+        Table(
+            name="count_feature_floor",
+            frame=table,
+            caption=f"The model's mean ({an.split} split, runs the fits use) beside the count-feature "
+            "floor at the same window: a logistic regression fitted on train over log1p history "
+            "counts (candidate item, its side fields and behaviours among the last L events, "
+            "history length, item popularity so far; harness/data/floor.py, read from "
+            "<sweep>/.sweep/floor.json). A floor, not a ceiling: 'below floor' means the model "
+            "leaves unused a signal its own input holds. docs/analysis.md, 'Count-feature floor'.",
+            float_format="{:.4f}",
+        ),
+    ]
 
 
 def _methods(an: Analysis) -> str:

@@ -2,6 +2,7 @@
 
 synth     --preset {ci,laptop,paper} --seed N --out DIR   write a synthetic contract folder
 stats     DIR [--json] [--stored]                         sizes, history lengths, label rates, oracle
+          [--floor L ...]                                 + the count-feature floor at windows L (floor.py)
 validate  DIR                                             every contract violation; exit 1 if any
 convert   {movielens,taobao,tmall} RAW_DIR --out DIR      public logs -> contract folder
 planted   --out DIR [--window 16 --n-brands 32 --control]  click = a planted history rule (a sanity world)

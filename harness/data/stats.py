@@ -200,6 +200,20 @@ def add_stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stored", action="store_true", help="print manifest.stats without reading the data"
     )
+    p.add_argument(
+        "--floor",
+        type=int,
+        nargs="+",
+        metavar="L",
+        help="also fit the count-feature floor at these windows (e.g. --floor 8 16 32): a logistic "
+        "regression on history counts, its val/test AUC and coefficients (harness/data/floor.py); "
+        "cached in DIR/.floor.json",
+    )
+    p.add_argument(
+        "--no-floor-cache",
+        action="store_true",
+        help="recompute the floor even if DIR/.floor.json holds it (and do not write the cache)",
+    )
 
 
 def main_stats(args: argparse.Namespace) -> int:
@@ -223,5 +237,17 @@ def main_stats(args: argparse.Namespace) -> int:
                 else f"{folder}: cannot read the dataset: "
                 f"{err}; check it with: python -m harness.data validate {folder}"
             ) from None
-    print(json.dumps(stats, indent=2) if args.json else format_stats(manifest, stats))
+    floor = None
+    if args.floor:
+        from harness.data.floor import compute_floor, format_floor
+
+        if min(args.floor) < 1:
+            raise ContractError(f"--floor: windows must be >= 1, got {args.floor}")
+        floor = compute_floor(folder, args.floor, manifest=manifest, cache=not args.no_floor_cache)
+    if args.json:
+        print(json.dumps(stats if floor is None else {**stats, "floor": floor}, indent=2))
+    else:
+        print(format_stats(manifest, stats))
+        if floor is not None:
+            print(format_floor(floor))
     return 0
