@@ -122,6 +122,50 @@ def manifest_of(cfg: RunConfig):
     return Manifest.load(cfg.data.dataset)
 
 
+# ---- checkpoints ---------------------------------------------------------------------------
+
+
+class UnsafeCheckpointError(RunStoreError):
+    """A checkpoint that holds more than tensors and plain values (or cannot be read at all): it
+    is never unpickled, since unpickling can run any code the file names."""
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint of this harness, loaded weights-only (tensors, numbers, strings, lists, tuples,
+    dicts: all a checkpoint of ours holds). A run folder is data, and a file in it must never be
+    able to run code when a run is resumed: torch.load(weights_only=False) would execute whatever
+    a crafted pickle asks for. Raises UnsafeCheckpointError naming the file and the fix."""
+    import pickle
+
+    import torch
+
+    fix = (
+        f"move it aside (mv {path} {path}.refused) and rerun: the run then starts over "
+        f"from step 0 in the same folder"
+    )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        what = str(err).strip().splitlines()
+        detail = next((x.strip() for x in what if "Unsupported" in x or "GLOBAL" in x), what[0])
+        raise UnsafeCheckpointError(
+            f"refused to load checkpoint {path}: it holds objects other than tensors and plain "
+            f"values ({detail}); a checkpoint this harness wrote never does, and loading it could "
+            f"run code. Nothing was loaded; {fix}"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise UnsafeCheckpointError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}; "
+            f"{fix}"
+        ) from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("global_step"), int):
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} is not a training checkpoint of this harness (no integer "
+            f"'global_step'); {fix}"
+        )
+    return ckpt
+
+
 # ---- model ---------------------------------------------------------------------------------
 
 
@@ -419,9 +463,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     ckpt_path = store.last_ckpt if store.last_ckpt.exists() else None
     resume_step = None
     if ckpt_path is not None:
-        resume_step = int(
-            torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
-        )
+        resume_step = int(load_checkpoint(ckpt_path)["global_step"])
     loggers: list[Any] = [CsvMetrics(store / METRICS, resume_step=resume_step)]
     wandb_logger = tracking.make_logger(cfg, rid, name, store.logs, wandb_mode)
     if wandb_logger is not None:
@@ -474,14 +516,21 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
 
     # 5. train, then final evaluation with the final weights
     try:
+        # weights_only=True: Lightning's own load of the resume checkpoint must not unpickle
+        # arbitrary objects either (load_checkpoint above already refused a bad file; this keeps
+        # Lightning safe even if TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set in the environment)
         trainer.fit(
-            system, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path
+            system,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            ckpt_path=ckpt_path,
+            weights_only=True,
         )
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
-        trainer.save_checkpoint(
-            store.last_ckpt, weights_only=False
-        )  # full state: a rerun resumes from it
+        # weights_only=False here means "the full training state" (optimizer, loops, callbacks),
+        # not unsafe pickling: every value in it is a tensor or a plain type (load_checkpoint)
+        trainer.save_checkpoint(store.last_ckpt, weights_only=False)
         if next_batch:
             results = system.next_batch_results()
         else:
