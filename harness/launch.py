@@ -89,13 +89,23 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from harness.config import ConfigError
-    from harness.data.contract import ContractError
-    from harness.runstore import Busy, RunStoreError
-    from harness.system import NonFiniteLossError
+    from harness.runstore import Interrupted, raise_on_signals
+
+    raise_on_signals()  # a SIGTERM (cancel) before training starts: one line, exit 128 + signal
+    try:
+        from harness.config import ConfigError
+        from harness.data.contract import ContractError
+        from harness.runstore import Busy, RunStoreError
+        from harness.system import NonFiniteLossError
+    except Interrupted as err:
+        print(f"interrupted: {err}; nothing was started", file=sys.stderr)
+        return err.exit_code
 
     try:
         LaunchRun()(argv[0])
+    except Interrupted as err:
+        print(f"interrupted: {err}; a plain rerun of the sweep resumes it", file=sys.stderr)
+        return err.exit_code
     except Busy as err:
         print(f"error: {err}; not training it twice", file=sys.stderr)
         return EXIT_BUSY

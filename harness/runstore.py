@@ -31,8 +31,10 @@ import errno
 import json
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +60,7 @@ SWEEP_META = ".sweep"
 LEDGER = "ledger.jsonl"
 SWEEP_LOCK = "lock"
 SUBMITIT = "submitit"
+CANCEL = "cancel.json"  # in .sweep/: `cancel` asks the driver to start none of these runs
 REPLACED = "replaced"
 # files whose presence makes a directory a run folder (analysis looks for these)
 RUN_MARKERS = (RESULT, STATUS, CONFIG)
@@ -66,6 +69,9 @@ RESULT_SCHEMA = 1
 # ---- states --------------------------------------------------------------------------------
 # status.json "state" as the run writes it
 RUNNING, DONE_STATE, FAILED, QUEUED = "running", "done", "failed", "queued"
+# stopped by a signal (SIGTERM, SIGINT, cancel, the scheduler's preemption or time limit) with its
+# last checkpoint on disk: not a failure, a plain rerun resumes it
+INTERRUPTED = "interrupted"
 # the folder's state as the sweep driver and analysis read it (scheduler knowledge added by sweep.py)
 FOLDER_STATES = ("new", "running", "done", "failed", "interrupted")
 
@@ -79,6 +85,42 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, 
 class RunStoreError(RuntimeError):
     """A run or sweep folder could not be written or is owned by another process; the message
     names the path and the fix."""
+
+
+class Interrupted(BaseException):
+    """A run or a driver stopped by a signal. A BaseException, like KeyboardInterrupt, so that the
+    `except Exception` of a failure path never records it as a failure; unlike KeyboardInterrupt,
+    Lightning does not swallow it (it turns KeyboardInterrupt into sys.exit(1)). `signum` gives the
+    exit code 128 + signum; the message says what was saved and how to resume."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"stopped by {signal_name(signum)}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_name(signum: int | None) -> str:
+    try:
+        return signal.Signals(signum).name  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return f"signal {signum}"
+
+
+def raise_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Make these signals raise Interrupted in the main thread (the CLIs call it first, so that a
+    SIGTERM or Ctrl-C before training starts is one clear line and exit code 128 + signal, not a
+    traceback or a silent death). train_run refines this while it trains (StopOnSignal)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    for s in signums:
+        signal.signal(s, handler)
 
 
 class Busy(RunStoreError):
@@ -426,14 +468,14 @@ class RunStore:
         st = (self.status() or {}).get("state")
         if st == FAILED:
             return "failed"
-        if st in (RUNNING, DONE_STATE) or self.has_checkpoint():
+        if st in (RUNNING, DONE_STATE, INTERRUPTED) or self.has_checkpoint():
             return "interrupted"
         return "new"
 
     def write_status(
         self, state: str, *, error: str | None = None, new_attempt: bool = False, **extra
     ) -> dict:
-        """state: running | done | failed. `attempts` counts starts of this run (resumes included).
+        """state: running | done | failed | interrupted. `attempts` counts starts of this run (resumes included).
 
         On a full disk the atomic write (a new file) can fail where rewriting the existing small
         file in place still fits (its blocks are freed first), so a failure is recorded even then."""
@@ -479,6 +521,10 @@ class RunStore:
         if (self.path / DONE).exists() or (not self._lock.held and self.owner() is not None):
             return False
         status = self.status() or {}
+        if status.get("state") == INTERRUPTED:
+            # the run recorded that a signal stopped it after saving its checkpoint: the scheduler
+            # calling the job CANCELLED or TIMEOUT afterwards does not make it a failure
+            return False
         if status.get("state") == FAILED and status.get("error"):
             status["dispatch_error"] = error  # the run's own error says more: keep it first
         else:
@@ -622,6 +668,34 @@ class SweepStore:
 
     def owner(self) -> dict[str, Any] | None:
         return self._lock.holder()
+
+    # cancel requests: `python -m harness.sweep cancel` (another process, maybe another host that
+    # shares the folder) asks the driver to start none of these runs; the driver polls the file
+    # while it waits for its runs, and clears it when it starts (a request older than it is stale)
+    def request_cancel(self, run_ids: list[str]) -> None:
+        old = set(self.cancel_requested())
+        atomic_write_json(
+            self.meta / CANCEL,
+            {
+                "run_ids": sorted(old | set(run_ids)),
+                "time": now_iso(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            },
+        )
+
+    def cancel_requested(self) -> frozenset[str]:
+        data = read_json(self.meta / CANCEL) or {}
+        ids = data.get("run_ids")
+        return frozenset(str(x) for x in ids) if isinstance(ids, list) else frozenset()
+
+    def clear_cancel(self) -> None:
+        try:
+            (self.meta / CANCEL).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise RunStoreError(disk_message(err, self.meta / CANCEL)) from err
 
     def write_plan(self, plan: list[dict[str, Any]], sweep_file: Path | None) -> None:
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -32,12 +33,16 @@ from harness import executors as X
 from harness.cluster import choose_executor
 from harness.runstore import (
     CONFIG,
+    INTERRUPTED,
+    Interrupted,
     Ledger,
     RunStore,
     RunStoreError,
     SweepStore,
     atomic_write_text,
     describe_owner,
+    raise_on_signals,
+    signal_name,
 )
 from harness.sweepfile import (
     ResolvedRun,
@@ -146,6 +151,10 @@ def classify(run_dir: Path, entry: dict[str, Any] | None, known: dict[str, str])
         return "running", job if state == "RUNNING" or not owner.get(
             "pid"
         ) else f"pid {owner['pid']}"
+    if (store.status() or {}).get("state") == INTERRUPTED:
+        # the run saved its checkpoint on a signal (Ctrl-C, SIGTERM, cancel, preemption, time
+        # limit): whatever the scheduler calls the job now (CANCELLED, TIMEOUT), it resumes
+        return "interrupted", job
     if state == "CANCELLED":
         return "cancelled", job
     if folder == "failed" or state in (
@@ -394,7 +403,7 @@ def set_aside(run_dir: Path) -> Path:
     return SweepStore(run_dir.parent).set_aside(run_dir.name)
 
 
-FINISHED = ("done", "failed", "cancelled", "followed", "stopped", "skipped")
+FINISHED = ("done", "failed", "cancelled", "interrupted", "followed", "stopped", "skipped")
 
 
 class Reporter:
@@ -534,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-describe", action="store_true", help="skip params/FLOPs (faster plan)")
     args = ap.parse_args(argv)
+    # SIGTERM (a scheduler, `kill`) stops the driver the way Ctrl-C does: its runs are stopped at a
+    # checkpoint and recorded interrupted, one line says so, the exit code is 128 + signal
+    raise_on_signals()
     try:
         outcome = run_sweep(
             args.file,
@@ -553,6 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as err:
         print(err.line, file=sys.stderr)
         return err.code
+    except (KeyboardInterrupt, Interrupted) as err:  # outside run_sweep's own handling
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"interrupted by {signal_name(signum)}", file=sys.stderr)
+        return 128 + signum
     return outcome.code
 
 
@@ -598,14 +614,29 @@ def run_sweep(
             lock = _wait_for_driver(store, runs, sweep_dir, opts.progress_every or 60.0, out)
         except RunStoreError as e:
             raise SweepError(str(e)) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted) as e:
             raise SweepError(
-                "stopped waiting for the other driver; nothing was started", code=130, prefix=""
+                "stopped waiting for the other driver; nothing was started",
+                code=128 + getattr(e, "signum", signal.SIGINT),
+                prefix="",
             ) from None
+        try:
+            store.clear_cancel()  # a cancel request older than this driver is not for it
+        except RunStoreError as e:
+            lock.release()
+            raise SweepError(str(e)) from None
     try:
         return _dispatch(file, opts, sweep, runs, sweep_dir, out, err)
     except RunStoreError as e:
         raise SweepError(str(e)) from None
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise SweepError(
+            f"interrupted by {signal_name(signum)}; runs it had started were stopped at a "
+            f"checkpoint (state interrupted): run the same command again to resume them",
+            code=128 + signum,
+            prefix="",
+        ) from None
     finally:
         if lock is not None:
             lock.release()
@@ -648,6 +679,16 @@ def _dispatch(
         return outcome(0)
 
     if opts.command == "cancel":
+        sweep_store = SweepStore(sweep_dir)
+        driver = sweep_store.owner()
+        if driver is not None:
+            # first, so that the driver starts none of them while the live ones are stopped
+            sweep_store.request_cancel([r.run_id for r in rows if r.status != "done"])
+            print(
+                f"asked the driver ({describe_owner(driver)}) to start none of the "
+                f"{sum(r.status != 'done' for r in rows)} selected run(s) not done",
+                file=out,
+            )
         latest = Ledger(sweep_dir).latest()
         entries = {
             r.run_id: latest[r.run_id]
@@ -657,7 +698,13 @@ def _dispatch(
         cancelled = X.cancel(entries, {r.run_id: r.run_dir for r in rows})
         print(
             f"cancelled {len(cancelled)} job(s): "
-            + ", ".join(f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled),
+            + ", ".join(f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled)
+            + (
+                "; running runs save a checkpoint and stop (state interrupted): a plain rerun "
+                "resumes them"
+                if cancelled
+                else ""
+            ),
             file=out,
         )
         return outcome(0, cancelled=cancelled)
@@ -744,7 +791,18 @@ def _dispatch(
             + ", ".join(f"{h.task.name} ({h.job_id})" for h in followed),
             file=out,
         )
-    ex.wait(submitted + followed, report)
+    try:
+        ex.wait(submitted + followed, report)
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        n = report.counts.get("interrupted", 0)
+        raise SweepError(
+            f"interrupted by {signal_name(signum)}: {n} run(s) stopped at a checkpoint (state "
+            f"interrupted), the others not started; run the same command again to resume: "
+            f"python -m harness.sweep {file}" + (f" --preset {opts.preset}" if opts.preset else ""),
+            code=128 + signum,
+            prefix="",
+        ) from None
     rows = _restate(rows, runs, sweep_dir)
     n_done = sum(r.status == "done" for r in rows)
     here = report.counts.get("done", 0)

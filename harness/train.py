@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,16 +36,20 @@ from harness.config import (
 from harness.runstore import (
     CONFIG,
     DISK_ERRNOS,
+    INTERRUPTED,
     METRICS,
     PROVENANCE,
     RESULT_SCHEMA,
     STATUS,
     Busy,
+    Interrupted,
     RunStore,
     RunStoreError,
     disk_message,
     process_rank,
+    raise_on_signals,
     run_dir_for,
+    signal_name,
 )
 
 AXIS_FIELDS = ("n_layers", "d_model", "n_heads")
@@ -354,8 +359,14 @@ def train_run(
                 store.record_attempt(**attempt)
         store.write_text(CONFIG, cfg.to_yaml())
         store.write_status("running", new_attempt=True)
+        from harness.callbacks import StopOnSignal
+
+        stop = StopOnSignal(store.last_ckpt).install()
         try:
-            result = _train(cfg, store, rid)
+            result = _train(cfg, store, rid, stop)
+        except Interrupted as e:
+            _record_interrupt(store, str(e), e.signum)
+            raise
         except RunStoreError as e:
             _record_failure(store, str(e))
             raise
@@ -370,16 +381,31 @@ def train_run(
             _record_failure(store, f"{type(e).__name__}: {e}")
             raise
         except (KeyboardInterrupt, SystemExit) as e:
-            # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): rerunning resumes
-            _record_failure(
-                store, f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint"
-            )
+            # Not from StopOnSignal: submitit's requeue handler (it exits after our checkpoint) or
+            # a Ctrl-C outside the main thread's handler. Either way the checkpoint is whole.
+            what = "the scheduler (submitit requeued it)" if isinstance(e, SystemExit) else "Ctrl-C"
+            _record_interrupt(store, f"stopped by {what}", stop.signum)
             raise
+        finally:
+            stop.uninstall()
         store.finish(result)
         return result
     finally:
         if lock is not None:
             lock.release()
+
+
+def _record_interrupt(store: RunStore, what: str, signum: int | None) -> None:
+    """status.json interrupted (not failed: nothing went wrong), saying how to resume."""
+    msg = f"{what}; rerun the same command to resume it from its last checkpoint"
+    try:
+        store.write_status(INTERRUPTED, error=msg, signal=signal_name(signum) if signum else None)
+    except (RunStoreError, OSError) as err:
+        print(
+            f"warning: could not record the interrupt in {store / STATUS}: {err}", file=sys.stderr
+        )
+    if store.owned:
+        store.clean_tmp()
 
 
 def _record_failure(store: RunStore, error: str) -> None:
@@ -393,7 +419,7 @@ def _record_failure(store: RunStore, error: str) -> None:
         store.clean_tmp()
 
 
-def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
+def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, Any]:
     t_start = time.perf_counter()
     import lightning as L
     import torch
@@ -499,7 +525,9 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         logger=loggers,
-        callbacks=[resume_state, throughput, ProgressFile(store), ckpt_cb],
+        # StopOnSignal after the callbacks whose state a checkpoint holds (batch count, samples),
+        # so that a checkpoint it saves at a batch end counts that batch, as ModelCheckpoint's do
+        callbacks=[resume_state, throughput, ProgressFile(store), stop, ckpt_cb],
         plugins=plugins,
         enable_progress_bar=cfg.logging.progress_bar,
         enable_model_summary=False,
@@ -527,7 +555,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
             weights_only=True,
         )
         if trainer.interrupted:
-            raise KeyboardInterrupt("training was interrupted")
+            raise Interrupted(signal.SIGINT, "training was interrupted")
         # weights_only=False here means "the full training state" (optimizer, loops, callbacks),
         # not unsafe pickling: every value in it is a tensor or a plain type (load_checkpoint)
         trainer.save_checkpoint(store.last_ckpt, weights_only=False)
@@ -627,8 +655,13 @@ def main(argv: list[str] | None = None) -> int:
         "--describe", action="store_true", help="print params and FLOPs (no data, no training)"
     )
     args = ap.parse_args(argv)
-    from harness.data.contract import ContractError
-    from harness.system import NonFiniteLossError
+    raise_on_signals()  # SIGTERM / Ctrl-C before training starts: one line, exit 128 + signal
+    try:
+        from harness.data.contract import ContractError
+        from harness.system import NonFiniteLossError
+    except Interrupted as e:
+        print(f"interrupted: {e}; nothing was started", file=sys.stderr)
+        return e.exit_code
 
     try:
         cfg = apply_overrides(
@@ -656,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, RunStoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"interrupted: {e}; rerun the same command to resume", file=sys.stderr)
+        return e.exit_code
     summary = {
         k: result[k]
         for k in ("run_id", "name", "metrics", "oracle", "train", "throughput", "wall_time_s")
