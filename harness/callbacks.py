@@ -183,10 +183,18 @@ class CsvMetrics(Logger):
     def __init__(self, path: str | Path, resume_step: int | None = None):
         super().__init__()
         self.csv = MetricsCsv(path)
+        self.resume_step = resume_step
+        self._at_resume: set[str] = set()
         if rank_zero_only.rank == 0:
             # resuming: drop rows logged after the checkpoint; starting over (no checkpoint, e.g. a
             # run killed before its first one): drop the rows of the attempt being repeated
             self.csv.truncate_after(resume_step if resume_step is not None else -1)
+            if resume_step is not None:
+                # Rows at the checkpoint's own step were partly logged after it was saved (the
+                # next batch's train rows, which Lightning logs at this step; the final val/test
+                # of a run stopped during its evaluation or whose result.json was removed): the
+                # resumed run logs those again, and a row logged again replaces the old one
+                self._at_resume = {r["metric"] for r in self.csv.read() if r["step"] == resume_step}
 
     @property
     def name(self) -> str:
@@ -203,8 +211,15 @@ class CsvMetrics(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         metrics = {k: v for k, v in metrics.items() if k != "epoch"}
-        if metrics:
-            self.csv.append(int(step or 0), metrics)
+        if not metrics:
+            return
+        step = int(step or 0)
+        if step == self.resume_step and self._at_resume:
+            again = self._at_resume & metrics.keys()
+            if again:
+                self.csv.drop(step, again)
+                self._at_resume -= again
+        self.csv.append(step, metrics)
 
 
 class Throughput(Callback):

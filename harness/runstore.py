@@ -152,7 +152,10 @@ def disk_message(err: OSError, path: Path | str | None = None) -> str:
     where = str(path or err.filename or "?")
     code = err.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free space there (or use another --runs-dir) and rerun: the run resumes from its last checkpoint"
+        fix = (
+            "free space there (or use another --runs-dir) and rerun (a sweep: with "
+            "--retry-failed): the run resumes from its last checkpoint"
+        )
         what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
     elif code == errno.EROFS:
         what, fix = (
@@ -195,18 +198,65 @@ def atomic_write_bytes(
     tmp = tmp_path(path)
     try:
         with open(tmp, mode, **open_kw) as f:
-            write(f)
+            rec = _RecordingFile(f)
+            try:
+                write(rec)
+            except RuntimeError as err:
+                # torch.save reports a failed write (e.g. ENOSPC) as "RuntimeError: [enforce fail
+                # at inline_container.cc] unexpected pos ...": the OSError underneath is the news
+                oserr = rec.error or _os_error_in(err)
+                if oserr is None:
+                    raise
+                raise oserr from err
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         try:
             tmp.unlink()
         except OSError:
             pass
-        if err.errno in DISK_ERRNOS:
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
             raise RunStoreError(disk_message(err, path)) from err
         raise
+
+
+class _RecordingFile:
+    """A file whose failed writes are remembered, so that a writer that wraps the OSError in
+    something else (torch.save) cannot hide a full disk."""
+
+    def __init__(self, f: Any):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> Any:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The first OSError in an exception's cause/context chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -722,8 +772,10 @@ class MetricsCsv:
 
     Long form keeps appends valid whatever the metrics of a row are. On resume, rows logged after
     the checkpoint being resumed from (step > resume_step) are dropped, and a run restarted without
-    a checkpoint drops every row of the attempt it repeats (`truncate_after(-1)`), so the file of a
-    resumed run matches that of an uninterrupted one (wall times aside)."""
+    a checkpoint drops every row of the attempt it repeats (`truncate_after(-1)`); rows at the
+    resume step that the resumed run logs again replace the old ones (`drop`, by
+    callbacks.CsvMetrics), so the file of a resumed run matches that of an uninterrupted one (wall
+    times aside) and holds no (step, metric) twice."""
 
     FIELDS = ("step", "metric", "value", "time")
 
@@ -733,8 +785,17 @@ class MetricsCsv:
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        rows = [r for r in self._rows() if int(r["step"]) <= step]
+        self._rewrite([r for r in self._rows() if int(r["step"]) <= step])
 
+    def drop(self, step: int, metrics: set[str]) -> None:
+        """Remove the rows of these metrics at this step (a resumed run logs them again)."""
+        if not self.path.exists():
+            return
+        self._rewrite(
+            [r for r in self._rows() if not (int(r["step"]) == step and r["metric"] in metrics)]
+        )
+
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
         def write(f) -> None:
             w = csv.DictWriter(f, self.FIELDS, extrasaction="ignore")
             w.writeheader()
