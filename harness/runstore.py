@@ -2,9 +2,9 @@
 
     <runs>/<sweep>/<run_id>/
       config.yaml  provenance.json  status.json  progress.json  metrics.csv  result.json
-      checkpoints/  logs/{launch.log,jobs.jsonl}  .lock  .lock.owner  DONE
+      checkpoints/  logs/{launch.log,jobs.jsonl}  .lock.owner  DONE
     <runs>/<sweep>/.sweep/
-      sweep.yaml  plan.json  ledger.jsonl  lock  lock.owner  submitit/  replaced/
+      sweep.yaml  plan.json  ledger.jsonl  lock.owner  cancel.json  submitit/  replaced/
 
 This module is the only code that knows these names, the run states, what "done" means, the
 timestamp format and the locks; the trainer, the launcher, the executors, the sweep driver and
@@ -17,9 +17,10 @@ naming the path; temporary files left by a killed process are removed by the nex
 folder (`RunStore.clean_tmp`). DONE is written last, after result.json, only by `finish()`.
 
 Ownership. A run folder is owned by the one process that trains it (`RunStore.lock()`), a sweep
-folder by the one driver that dispatches it (`SweepStore.lock()`). Both are `flock` locks (the
-`filelock` package): the kernel drops them when the holder dies, however it dies (SIGKILL, OOM, a
-lost node), so a killed process never leaves a folder stuck. Who holds a lock is written beside it
+folder by the one driver that dispatches it (`SweepStore.lock()`). Both are `flock` locks on the
+folder itself (`FolderLock`: a lock file could be deleted while held and let a second owner in):
+the kernel drops them when the holder dies, however it dies (SIGKILL, OOM, a lost node), so a
+killed process never leaves a folder stuck. Who holds a lock is written beside it
 (`<lock>.owner`: pid, host, command, since) so that a second process can say whom it waits for.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import errno
+import fcntl
 import json
 import math
 import os
@@ -39,8 +41,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 # ---- names ---------------------------------------------------------------------------------
 CONFIG = "config.yaml"
@@ -276,8 +276,29 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+class OutsideRunsDir(RunStoreError):
+    """A sweep or run name that would put its folder outside the runs directory."""
+
+
+def within_runs_dir(runs_dir: str | Path, name: str, what: str = "sweep name") -> Path:
+    """runs_dir/name, refusing a name that leads anywhere else ('..', an absolute path, empty or
+    '.' parts): a folder name comes from a config or a sweep file (`--set sweep=..`), and the
+    harness writes and moves folders there, so it stays inside the runs directory whatever the
+    name says. Subfolders ('group/length') are allowed."""
+    parts = str(name).split("/")
+    if not name or str(name).startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise OutsideRunsDir(
+            f"{what} {name!r} would put run folders outside the runs directory {runs_dir} "
+            f"(it resolves to {(Path(runs_dir) / str(name)).resolve()}); use a plain name "
+            f"(letters, digits, '-', '_'; no '..', no leading '/', e.g. sweep=my-sweep), or "
+            f"choose the folder itself with --runs-dir / --run-dir"
+        )
+    return Path(runs_dir) / name
+
+
 def run_dir_for(runs_dir: str | Path, sweep: str, rid: str) -> Path:
-    return Path(runs_dir) / sweep / rid
+    """<runs_dir>/<sweep>/<rid>, confined to runs_dir (OutsideRunsDir otherwise)."""
+    return within_runs_dir(runs_dir, sweep) / rid
 
 
 # ---- locks ---------------------------------------------------------------------------------
@@ -305,37 +326,87 @@ def describe_owner(owner: dict[str, Any] | None) -> str:
 
 
 class FolderLock:
-    """An exclusive flock on `<folder>/<name>`, plus `<name>.owner` saying who holds it.
+    """An exclusive flock on the folder itself, plus `<name>.owner` saying who holds it.
 
-    Non-reentrant across objects: a second FolderLock on the same file, even in the same process,
-    sees it held (flock locks belong to an open file), which is what the tests of two owners need.
-    """
+    Why the folder and not a lock file: a lock file can be deleted while it is held (by hand, by a
+    cleanup script), and the next process then creates a new file and locks that one: two owners.
+    A folder that holds files cannot be unlinked (rmdir refuses), so deleting any file in it,
+    `<name>.owner` included, lets no second owner in. Where the file system cannot flock a
+    directory (NFS emulates flock with POSIX locks, which need a file open for writing), it falls
+    back to the lock file `<name>`, checking after each acquisition that the path still names the
+    file it locked (inode) and retrying otherwise; there, a lock file deleted while held is not
+    detected (docs/sweeps.md, "Ownership").
+
+    Non-reentrant across objects: a second FolderLock on the same folder, even in the same process,
+    sees it held (flock locks belong to an open file description), which is what the tests of two
+    owners need. The kernel drops the lock when its holder dies, however it dies."""
+
+    # errors of flock on a directory that mean "this file system cannot": use the lock file
+    NO_DIR_FLOCK = frozenset({errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP})
 
     def __init__(self, folder: Path, name: str, what: str):
         self.folder, self.what = Path(folder), what
         self.path = self.folder / name
         self.owner_path = self.folder / f"{name}.owner"
-        self._lock: filelock.FileLock | None = None
+        self.on_folder = True  # False after the file system refused a directory flock
+        self._fd: int | None = None
 
-    def _new(self) -> filelock.FileLock:
-        return filelock.FileLock(str(self.path))
+    def _try(self) -> int | None:
+        """One non-blocking attempt: the locked descriptor, or None when another holds the lock.
+        OSError: the folder (or its lock file) cannot be opened."""
+        if self.on_folder:
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in self.NO_DIR_FLOCK:
+                    raise
+                self.on_folder = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            # the file may have been deleted or replaced between our open and our lock: a lock on
+            # a file the path no longer names excludes nobody, so take the one it names now
+            try:
+                st, mine = os.stat(self.path), os.fstat(fd)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            if (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev):
+                return fd
+            os.close(fd)
+
+    @staticmethod
+    def _unlock(fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def holder(self) -> dict[str, Any] | None:
         """None when nobody holds the lock; else the holder's owner record ({} if it wrote none).
-        Probing needs no write access to a folder whose lock file exists; a folder that cannot even
-        open its lock file (read-only, never locked) is reported free."""
-        if self._lock is not None:
+        Probing needs no write access to the folder; a folder that cannot be opened (or, on the
+        lock-file fallback, whose lock file cannot be) is reported free."""
+        if self._fd is not None:
             return self.owner()
-        if not self.path.exists():
+        if not self.folder.is_dir():
             return None
-        probe = self._new()
         try:
-            probe.acquire(timeout=0)
-        except filelock.Timeout:
-            return self.owner() or {}
+            fd = self._try()
         except OSError:
             return None
-        probe.release()
+        if fd is None:
+            return self.owner() or {}
+        self._unlock(fd)
         return None
 
     def owner(self) -> dict[str, Any]:
@@ -349,29 +420,26 @@ class FolderLock:
     ) -> FolderLock:
         """Take the lock, waiting up to wait_s seconds (float('inf'): forever); `on_wait(owner)` is
         called once before waiting and then every poll. Raises Busy when still held, RunStoreError
-        when the folder cannot hold a lock file (read-only, full)."""
+        when the folder cannot be made or opened (read-only, full)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunStoreError(disk_message(err, self.folder)) from err
-        lock = self._new()
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                lock.acquire(timeout=0)
-                break
-            except filelock.Timeout:
-                owner = self.owner()
-                if time.monotonic() >= deadline:
-                    raise Busy(
-                        f"{self.what} {self.folder} is owned by {describe_owner(owner)}", owner
-                    ) from None
-                if on_wait is not None:
-                    on_wait(owner)
-                time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
+                fd = self._try()
             except OSError as err:
-                raise RunStoreError(disk_message(err, self.path)) from err
-        self._lock = lock
+                raise RunStoreError(disk_message(err, self.folder)) from err
+            if fd is not None:
+                break
+            owner = self.owner()
+            if time.monotonic() >= deadline:
+                raise Busy(f"{self.what} {self.folder} is owned by {describe_owner(owner)}", owner)
+            if on_wait is not None:
+                on_wait(owner)
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
+        self._fd = fd
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -385,22 +453,22 @@ class FolderLock:
         return self
 
     def release(self) -> None:
-        if self._lock is None:
+        if self._fd is None:
             return
         try:
             if (self.owner() or {}).get("pid") == os.getpid():
                 self.owner_path.unlink()
         except OSError:
             pass
-        self._lock.release()
-        self._lock = None
+        fd, self._fd = self._fd, None
+        self._unlock(fd)
 
     @property
     def held(self) -> bool:
-        return self._lock is not None
+        return self._fd is not None
 
     def __enter__(self) -> FolderLock:
-        return self if self._lock is not None else self.acquire()
+        return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
         self.release()

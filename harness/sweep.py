@@ -43,6 +43,7 @@ from harness.runstore import (
     describe_owner,
     raise_on_signals,
     signal_name,
+    within_runs_dir,
 )
 from harness.sweepfile import (
     ResolvedRun,
@@ -597,7 +598,10 @@ def run_sweep(
     except SweepFileError as e:
         raise SweepError(str(e)) from None
     runs = select(runs, list(opts.only))
-    sweep_dir = runs_dir / sweep_dir_name(sweep)
+    try:
+        sweep_dir = within_runs_dir(runs_dir, sweep_dir_name(sweep), f"{file}: name")
+    except RunStoreError as e:
+        raise SweepError(str(e)) from None
     store = SweepStore(sweep_dir)
     lock = None
     if opts.command == "run" and not opts.dry_run:

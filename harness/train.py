@@ -43,6 +43,7 @@ from harness.runstore import (
     STATUS,
     Busy,
     Interrupted,
+    OutsideRunsDir,
     RunStore,
     RunStoreError,
     disk_message,
@@ -677,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.run_dir or run_dir_for(args.runs_dir, cfg.sweep, run_id(cfg))
         print(f"run {run_id(cfg)} ({run_name(cfg)}) -> {run_dir}", file=sys.stderr)
         result = train_run(cfg, run_dir)
-    except (ConfigError, ContractError) as e:
+    except (ConfigError, ContractError, OutsideRunsDir) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Busy as e:
