@@ -547,9 +547,55 @@ class RunStore:
         return removed
 
     # state
-    def is_done(self) -> bool:
-        """The one definition of a finished run: DONE (written last) and result.json."""
+    def marked_done(self) -> bool:
+        """DONE and result.json are there (whether result.json is readable or not: analysis
+        lists such a run as corrupt, naming the file)."""
         return (self.path / DONE).exists() and (self.path / RESULT).exists()
+
+    def is_done(self) -> bool:
+        """The one definition of a finished run: DONE (written last) and a readable result.json.
+        A run whose result.json is damaged is not done, whatever DONE says: the driver says so
+        (`done_problem`) and a plain rerun re-evaluates it from its final checkpoint."""
+        return (self.path / DONE).exists() and self.result_problem() is None
+
+    def result_problem(self) -> str | None:
+        """None when result.json is a JSON object, else what is wrong with it (its fields are
+        analysis's to judge: analysis/collect.py names a malformed record)."""
+        path = self.path / RESULT
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return "missing"
+        except (OSError, UnicodeDecodeError) as err:
+            return f"unreadable ({err})"
+        except json.JSONDecodeError as err:
+            return f"not valid JSON ({err})"
+        if not isinstance(data, dict):
+            return f"not a JSON object (a {type(data).__name__})"
+        return None
+
+    def done_problem(self) -> str | None:
+        """One line when DONE says finished but result.json disagrees: path, problem, fix."""
+        if not (self.path / DONE).exists():
+            return None
+        problem = self.result_problem()
+        if problem is None:
+            return None
+        fix = (
+            f"a plain rerun re-evaluates it from its final checkpoint ({self.last_ckpt})"
+            if self.has_checkpoint()
+            else "a plain rerun trains it again (no checkpoint is left)"
+        )
+        return (
+            f"{self.path / RESULT}: {problem}, although {self.path / DONE} says the run finished; "
+            f"the run is not counted as done: {fix}"
+        )
+
+    def discard_stale_done(self) -> None:
+        """Remove a DONE whose result.json is damaged (the owner does, before re-evaluating), so
+        that DONE again means what it says if this attempt stops early."""
+        if (self.path / DONE).exists() and self.result_problem() is not None:
+            (self.path / DONE).unlink()
 
     def availability(self) -> tuple[str, dict[str, Any] | None]:
         """May a driver start this run now? ("done", None): finished; ("owned", owner record):

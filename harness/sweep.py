@@ -72,6 +72,7 @@ class Row:
     flops_total: float | None = None
     cost_h: float | None = None
     result: dict[str, Any] | None = None  # result.json of a done run
+    problem: str | None = None  # e.g. DONE beside a damaged result.json (path, problem, fix)
 
     @property
     def name(self) -> str:
@@ -181,8 +182,18 @@ def build_rows(
     for r in runs:
         run_dir = sweep_dir / r.run_id
         status, job = classify(run_dir, latest.get(r.run_id), known)
-        result = RunStore(run_dir).result() if status == "done" else None
-        rows.append(Row(run=r, run_dir=run_dir, status=status, job=job, result=result))
+        store = RunStore(run_dir)
+        result = store.result() if status == "done" else None
+        rows.append(
+            Row(
+                run=r,
+                run_dir=run_dir,
+                status=status,
+                job=job,
+                result=result,
+                problem=store.done_problem(),
+            )
+        )
     note = _describe(rows) if with_describe else ""
     return rows, note
 
@@ -669,6 +680,9 @@ def _dispatch(
     print_table(rows, out=out)
     if note:
         print(note, file=out)
+    for r in rows:
+        if r.problem:
+            print(f"warning: {r.name} ({r.run_id}): {r.problem}", file=err)
     if opts.dry_run:  # how small an effect this plan can detect, from earlier runs of its configs
         from harness.power import sweep_mde_lines
 

@@ -356,6 +356,7 @@ def train_run(
         store.create()
         if owner:
             store.clean_tmp()  # temporary files of a killed attempt (we own the folder now)
+            store.discard_stale_done()  # DONE beside a damaged result.json: re-evaluated below
             if attempt is not None:
                 store.record_attempt(**attempt)
         store.write_text(CONFIG, cfg.to_yaml())
