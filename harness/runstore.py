@@ -109,18 +109,23 @@ def signal_name(signum: int | None) -> str:
         return f"signal {signum}"
 
 
-def raise_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+def raise_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> dict[int, Any]:
     """Make these signals raise Interrupted in the main thread (the CLIs call it first, so that a
     SIGTERM or Ctrl-C before training starts is one clear line and exit code 128 + signal, not a
-    traceback or a silent death). train_run refines this while it trains (StopOnSignal)."""
+    traceback or a silent death). train_run refines this while it trains (StopOnSignal). Returns
+    the previous handlers, for `restore_signals` (a CLI called from Python leaves none behind)."""
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
 
     def handler(signum: int, _frame: Any) -> None:
         raise Interrupted(signum)
 
-    for s in signums:
-        signal.signal(s, handler)
+    return {s: signal.signal(s, handler) for s in signums}
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class Busy(RunStoreError):

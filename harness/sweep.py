@@ -42,6 +42,7 @@ from harness.runstore import (
     atomic_write_text,
     describe_owner,
     raise_on_signals,
+    restore_signals,
     signal_name,
     within_runs_dir,
 )
@@ -557,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # SIGTERM (a scheduler, `kill`) stops the driver the way Ctrl-C does: its runs are stopped at a
     # checkpoint and recorded interrupted, one line says so, the exit code is 128 + signal
-    raise_on_signals()
+    previous = raise_on_signals()
     try:
         outcome = run_sweep(
             args.file,
@@ -581,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         signum = getattr(err, "signum", signal.SIGINT)
         print(f"interrupted by {signal_name(signum)}", file=sys.stderr)
         return 128 + signum
+    finally:
+        restore_signals(previous)
     return outcome.code
 
 

@@ -49,6 +49,7 @@ from harness.runstore import (
     disk_message,
     process_rank,
     raise_on_signals,
+    restore_signals,
     run_dir_for,
     signal_name,
 )
@@ -380,6 +381,13 @@ def train_run(
             _record_failure(store, msg)
             raise RunStoreError(msg) from e
         except Exception as e:
+            if stop.signum is not None:
+                # after a stop signal: its consequence, not a failure (e.g. data workers that got
+                # the terminal's Ctrl-C too and died before the batch end). The last checkpoint
+                # stays.
+                msg = f"stopped by {signal_name(stop.signum)} ({type(e).__name__} while stopping)"
+                _record_interrupt(store, msg, stop.signum)
+                raise Interrupted(stop.signum, msg) from e
             _record_failure(store, f"{type(e).__name__}: {e}")
             raise
         except (KeyboardInterrupt, SystemExit) as e:
@@ -630,6 +638,18 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM / Ctrl-C before training starts: one line, exit 128 + signal (train_run refines it)
+    previous = raise_on_signals()
+    try:
+        return _main(argv)
+    except Interrupted as e:  # e.g. while the libraries are imported
+        print(f"interrupted: {e}; nothing was started", file=sys.stderr)
+        return e.exit_code
+    finally:
+        restore_signals(previous)
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m harness.train",
         description=__doc__.split("\n\n")[0],
@@ -657,13 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         "--describe", action="store_true", help="print params and FLOPs (no data, no training)"
     )
     args = ap.parse_args(argv)
-    raise_on_signals()  # SIGTERM / Ctrl-C before training starts: one line, exit 128 + signal
-    try:
-        from harness.data.contract import ContractError
-        from harness.system import NonFiniteLossError
-    except Interrupted as e:
-        print(f"interrupted: {e}; nothing was started", file=sys.stderr)
-        return e.exit_code
+    from harness.data.contract import ContractError
+    from harness.system import NonFiniteLossError
 
     try:
         cfg = apply_overrides(

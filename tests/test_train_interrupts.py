@@ -147,3 +147,21 @@ def test_the_schedulers_usr2_checkpoints_first_then_submitit_requeues(world, tmp
     assert "submitit requeued it" in store.status()["error"]
     assert load_checkpoint(store.last_ckpt)["global_step"] >= 4  # saved before the requeue
     assert store.folder_state() == "interrupted"
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_an_error_caused_by_the_stop_signal_is_an_interrupt_not_a_failure(world, tmp_path):
+    from harness.runstore import Interrupted
+    from harness.train import train_run
+
+    cfg = S.make_cfg(
+        world, steps=8, ckpt_every=2, log_every=1, **{"model.overrides.ctrl_c_then_fail_at": 4}
+    )
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted) as info:
+        train_run(cfg, tmp_path / "run")
+    assert signal.getsignal(signal.SIGINT) is before  # train_run put the handlers back
+    assert info.value.signum == signal.SIGINT and "RuntimeError while stopping" in str(info.value)
+    store = RunStore(tmp_path / "run")
+    assert store.status()["state"] == "interrupted" and store.folder_state() == "interrupted"
+    assert load_checkpoint(store.last_ckpt)["global_step"] == 2  # the last periodic one stays
