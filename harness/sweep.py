@@ -8,8 +8,8 @@
 
 Runs land in <runs-dir>/<sweep>[-<preset>]/<run_id>/ (docs/contracts.md §4). Re-running the command
 skips DONE runs and runs whose job is still queued or running (asked of the scheduler through the
-sweep's ledger), resumes interrupted runs from their last checkpoint, and leaves failed ones alone
-unless --retry-failed.
+sweep's ledger), resumes interrupted runs from their last checkpoint (Ctrl-C, SIGTERM, cancel,
+preemption: docs/operations.md), and leaves failed ones alone unless --retry-failed.
 
 From Python: `run_sweep(FILE, command=..., preset=..., ...)` does what the command line does, prints
 the same lines to the streams it is given, and returns the rows (`SweepOutcome.rows`: each run's
@@ -485,7 +485,8 @@ HELP = """commands (the first argument; default: run):
   run     FILE   print the plan, then run every run that is not done (resumes interrupted ones)
   plan    FILE   print the plan only (same as --dry-run; nothing is written)
   status  FILE   print the plan with each run's state and the results of finished runs
-  cancel  FILE   cancel the queued/running jobs of the selected runs (same as --cancel)
+  cancel  FILE   stop the selected runs: the driver starts none of them, running ones save a
+                 checkpoint and end `interrupted` (a plain rerun resumes them); same as --cancel
 
 examples:
   python -m harness.sweep sweeps/length.yaml --preset laptop --max-parallel 2
