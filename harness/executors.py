@@ -553,9 +553,11 @@ class LocalExecutor:
         if rc == 0 and task.store.is_done():
             progress(task, "done", f"{seconds:.1f} s")
             return
-        status = task.store.status() or {}
-        if rc in INTERRUPT_CODES or status.get("state") == INTERRUPTED:
-            # a signal (cancel, Ctrl-C, a stopped driver), not a failure: a plain rerun resumes it
+        if rc in INTERRUPT_CODES:
+            # a signal (cancel, Ctrl-C, a stopped driver), not a failure: a plain rerun resumes it.
+            # The exit code decides, not status.json: an earlier attempt's `interrupted` must not
+            # hide this attempt's failure
+            status = task.store.status() or {}
             said = status.get("error") if status.get("state") == INTERRUPTED else None
             progress(task, "interrupted", f"exit {rc}: {said or out.error_line()}")
             return
