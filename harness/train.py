@@ -147,8 +147,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     fix = (
-        f"move it aside (mv {path} {path}.refused) and rerun: the run then starts over "
-        f"from step 0 in the same folder"
+        f"move it aside (mv {path} {path}.refused) and rerun (a sweep: with --retry-failed): "
+        f"the run then starts over from step 0 in the same folder"
     )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
