@@ -121,7 +121,7 @@ def _read_run(run_dir: Path) -> dict:
             )
     except CollectError as err:
         status, status_error = {}, str(err)
-    if store.is_done():
+    if store.marked_done():  # a damaged result.json beside DONE is listed as corrupt, named
         try:
             result = _read_json(result_path)
             if not isinstance(result, dict):

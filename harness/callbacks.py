@@ -7,11 +7,15 @@ AtomicCheckpointIO  writes checkpoints to a temporary file and renames it (a kil
 CsvMetrics        a Lightning logger writing runstore.MetricsCsv (the local source of truth)
 ProgressFile      progress.json every few seconds: step, total steps, rate, ETA (the sweep driver shows it)
 Throughput        impressions trained and the wall time spent training (validation excluded)
+StopOnSignal      SIGTERM / SIGINT / the scheduler's USR2 stop the run at a batch end, checkpoint saved
 """
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,7 +29,14 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from harness.runstore import MetricsCsv, RunStore, RunStoreError, atomic_write_bytes
+from harness.runstore import (
+    Interrupted,
+    MetricsCsv,
+    RunStore,
+    RunStoreError,
+    atomic_write_bytes,
+    signal_name,
+)
 
 SPLIT_KEY = "_split"  # batch key set by ChainLoader (a str; the system pops it before the model)
 
@@ -172,10 +183,18 @@ class CsvMetrics(Logger):
     def __init__(self, path: str | Path, resume_step: int | None = None):
         super().__init__()
         self.csv = MetricsCsv(path)
+        self.resume_step = resume_step
+        self._at_resume: set[str] = set()
         if rank_zero_only.rank == 0:
             # resuming: drop rows logged after the checkpoint; starting over (no checkpoint, e.g. a
             # run killed before its first one): drop the rows of the attempt being repeated
             self.csv.truncate_after(resume_step if resume_step is not None else -1)
+            if resume_step is not None:
+                # Rows at the checkpoint's own step were partly logged after it was saved (the
+                # next batch's train rows, which Lightning logs at this step; the final val/test
+                # of a run stopped during its evaluation or whose result.json was removed): the
+                # resumed run logs those again, and a row logged again replaces the old one
+                self._at_resume = {r["metric"] for r in self.csv.read() if r["step"] == resume_step}
 
     @property
     def name(self) -> str:
@@ -192,8 +211,15 @@ class CsvMetrics(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         metrics = {k: v for k, v in metrics.items() if k != "epoch"}
-        if metrics:
-            self.csv.append(int(step or 0), metrics)
+        if not metrics:
+            return
+        step = int(step or 0)
+        if step == self.resume_step and self._at_resume:
+            again = self._at_resume & metrics.keys()
+            if again:
+                self.csv.drop(step, again)
+                self._at_resume -= again
+        self.csv.append(step, metrics)
 
 
 class Throughput(Callback):
@@ -291,3 +317,109 @@ class ProgressFile(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._write(trainer, "final evaluation")
+
+
+class StopOnSignal(Callback):
+    """Signals stop a run where it can resume exactly, and say so.
+
+    SIGTERM (scancel, SLURM preemption and time limit, the sweep's `cancel`, a driver stopping its
+    runs) and SIGINT (Ctrl-C) received while the training loop runs are acted on at the end of the
+    current training batch: the full state is saved to `ckpt_path` there (the same kind of
+    checkpoint as the periodic ones, so the resume is bitwise), then Interrupted is raised and
+    train_run records the run `interrupted`. Received anywhere else (data set-up, validation, the
+    final evaluation) they raise Interrupted at once: the last checkpoint on disk is whole (atomic
+    writes) and a rerun resumes from it. A second signal while the first waits for the batch end
+    stops at once.
+
+    Under submitit the scheduler's warning signal (USR2 by default, SUBMITIT_PREEMPT_SIGNAL) already
+    has submitit's handler, which checkpoints the callable, requeues the job and exits: it is
+    chained, not replaced, and runs after our checkpoint is saved.
+
+    Why our own handler: Lightning's (installed at fit start) only sets a flag and raises
+    SIGTERMException, a SystemExit with code 0, without saving anything; and it turns
+    KeyboardInterrupt into sys.exit(1). Ours is put back in on_train_start, over Lightning's.
+    Multi-process runs agree on stopping at the same batch (one reduction per batch), since saving
+    a checkpoint is a collective."""
+
+    STOP = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, ckpt_path: str | Path):
+        self.ckpt_path = Path(ckpt_path)
+        self.signum: int | None = None
+        self.saved_step: int | None = None
+        self._defer = False
+        self._previous: dict[int, Any] = {}
+        self._chain: Any = None  # submitit's handler of its preemption signal
+        self._chain_signum: int | None = None
+
+    # -- installation (main thread only: Python runs signal handlers there)
+    def install(self) -> StopOnSignal:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for s in self.STOP:
+            self._previous[s] = signal.signal(s, self._handle)
+        name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+        usr = getattr(signal, name, None)
+        if usr is not None and callable(signal.getsignal(usr)):
+            self._chain, self._chain_signum = signal.getsignal(usr), usr
+            self._previous[usr] = signal.signal(usr, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        repeat = self.signum is not None
+        self.signum = signum
+        if self._defer and not repeat:
+            return  # acted on at the end of the current training batch (on_train_batch_end)
+        self._stop(frame)
+
+    def _stop(self, frame: Any = None) -> None:
+        signum = self.signum if self.signum is not None else signal.SIGTERM
+        if signum == self._chain_signum and self._chain is not None:
+            self._chain(signum, frame)  # submitit: checkpoint the callable, requeue, sys.exit
+        where = (
+            f"checkpoint saved at step {self.saved_step} ({self.ckpt_path})"
+            if self.saved_step is not None
+            else f"the last checkpoint on disk stays ({self.ckpt_path})"
+        )
+        raise Interrupted(signum, f"stopped by {signal_name(signum)}; {where}")
+
+    # -- the training loop
+    def on_train_start(self, trainer, pl_module) -> None:
+        for s in self._previous:
+            signal.signal(s, self._handle)  # over the handler Lightning installed at fit start
+        self._defer = True
+        if self.signum is not None:  # arrived during set-up
+            self._stop()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and self.saved_step is None:
+            # where ModelCheckpoint saves too: a resume from here is exact. Stopping waits for the
+            # next hook, since Lightning logs this step's metrics after on_train_batch_end (else
+            # the resumed metrics.csv would miss this step's rows)
+            trainer.save_checkpoint(self.ckpt_path)
+            self.saved_step = int(trainer.global_step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.saved_step is not None:
+            self._stop()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._defer = False  # a signal during evaluation stops at once: nothing to save there
+        if self.signum is not None:
+            self._stop()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._defer = trainer.state.fn == "fit"  # back in the training loop
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._defer = False
+        if self.signum is not None:
+            self._stop()

@@ -444,8 +444,9 @@ class RunConfig(_Section):
     def validate(self) -> None:
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
         _require(
-            bool(self.sweep) and "/" not in self.sweep,
-            f"sweep = {self.sweep!r} must be a non-empty name without '/' (it names a folder).",
+            bool(self.sweep) and "/" not in self.sweep and self.sweep not in (".", ".."),
+            f"sweep = {self.sweep!r} must be a non-empty name without '/', and not '.' or '..' "
+            f"(it names the folder under the runs directory), e.g. sweep=my-sweep.",
         )
         g = self.resources.gpus_per_node
         _require(

@@ -37,7 +37,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from harness.config import Resources
 from harness.runstore import (
     EXIT_BUSY,
+    INTERRUPTED,
     STATUS,
+    Interrupted,
     Ledger,
     RunStore,
     RunStoreError,
@@ -58,6 +60,15 @@ __all__ = [
     "cancel",
     "submitit_parameters",
 ]
+
+# exit codes of a launcher stopped by SIGTERM or SIGINT: 128 + signal when it said so itself,
+# -signal when the signal killed it before its handlers were installed
+INTERRUPT_CODES = frozenset(
+    {128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT}
+)
+# how long a driver that was stopped waits for its runs to save their checkpoints and exit
+STOP_WAIT_S = float(os.environ.get("HARNESS_STOP_WAIT_S", "300"))
+NOT_STARTED = "not started: the sweep was cancelled (harness.sweep cancel); a plain rerun starts it"
 
 # scheduler states in which a job still owns its run (do not submit it again)
 LIVE_STATES = frozenset(
@@ -280,6 +291,7 @@ class DebugExecutor:
 
     def __init__(self, sweep_dir: Path, **_: Any):
         self.ledger = Ledger(sweep_dir)
+        self.sweep = SweepStore(sweep_dir)
 
     def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
         return [Handle(task) for task in tasks]
@@ -297,6 +309,9 @@ class DebugExecutor:
             if handle.followed:  # in-process runs only; another process's run ends on its own
                 continue
             task = handle.task
+            if task.run_id in self.sweep.cancel_requested():
+                progress(task, "cancelled", NOT_STARTED)
+                continue
             state, owner = task.store.availability()
             if state == "done":
                 progress(task, "followed", "finished meanwhile by another process")
@@ -309,6 +324,11 @@ class DebugExecutor:
             t0 = time.time()
             try:
                 LaunchRun()(str(task.run_dir))
+            except (Interrupted, KeyboardInterrupt) as err:
+                # in-process: the signal stops the run (checkpoint saved, recorded interrupted)
+                # and the sweep with it
+                progress(task, "interrupted", str(err) or "Ctrl-C")
+                raise
             except Exception as err:  # the sweep goes on; the run folder says what happened
                 note = mark_failed(
                     task.run_dir, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=5)}"
@@ -402,6 +422,7 @@ class LocalExecutor:
         self, sweep_dir: Path, max_parallel: int = 1, progress_every_s: float = 30.0, **_: Any
     ):
         self.ledger = Ledger(sweep_dir)
+        self.sweep = SweepStore(sweep_dir)
         self.max_parallel = max(1, int(max_parallel))
         self.progress_every_s = progress_every_s
 
@@ -430,8 +451,21 @@ class LocalExecutor:
         }
         last_report = time.time()
         said: dict[str, str] = {}
+        stopping: set[int] = set()  # pids of our launchers already sent SIGTERM for a cancel
         try:
             while pending or running or followed:
+                cancelled = self.sweep.cancel_requested()
+                if cancelled:
+                    # `cancel` (another process) stops the queue: what is not started never is,
+                    # and our own launchers of these runs get SIGTERM (cancel may have read the
+                    # ledger before we recorded a launcher started just now)
+                    for task in [t for t in pending if t.run_id in cancelled]:
+                        pending.remove(task)
+                        progress(task, "cancelled", NOT_STARTED)
+                    for proc, (task, _, _) in running.items():
+                        if task.run_id in cancelled and proc.pid not in stopping:
+                            stopping.add(proc.pid)
+                            proc.send_signal(signal.SIGTERM)
                 while pending and len(running) < self.max_parallel:
                     task = pending.pop(0)
                     store = task.store
@@ -481,11 +515,30 @@ class LocalExecutor:
                         if text and said.get(task.run_id) != text:  # only news
                             said[task.run_id] = text
                             progress(task, event, text)
-        except KeyboardInterrupt:
-            # Ctrl-C stops the sweep: end our own children (their checkpoints let a rerun resume).
-            for proc in running:
-                proc.send_signal(signal.SIGTERM)
+        except (KeyboardInterrupt, Interrupted):
+            # Ctrl-C or SIGTERM stops the sweep: our launchers get SIGTERM, save a checkpoint and
+            # record `interrupted`; we wait for that (a second Ctrl-C stops waiting), so that the
+            # driver's last lines say where each run stopped and a plain rerun resumes them
+            self._stop(running, progress, followed)
             raise
+
+    def _stop(
+        self,
+        running: dict[subprocess.Popen, tuple[Task, float, _Output]],
+        progress: Progress,
+        followed: list[Task],
+    ) -> None:
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)  # the launcher alone: it stops its own data workers
+        deadline = time.time() + STOP_WAIT_S
+        while running and time.time() < deadline:
+            for proc in [p for p in running if p.poll() is not None]:
+                task, t0, out = running.pop(proc)
+                out.close()
+                self._ended(task, proc.returncode, time.time() - t0, out, progress, followed)
+            time.sleep(0.1)
+        for proc, (task, _, _) in running.items():
+            progress(task, "warning", f"pid {proc.pid} did not stop within {STOP_WAIT_S:.0f} s")
 
     def _ended(
         self,
@@ -499,6 +552,14 @@ class LocalExecutor:
         log = task.store.launch_log
         if rc == 0 and task.store.is_done():
             progress(task, "done", f"{seconds:.1f} s")
+            return
+        if rc in INTERRUPT_CODES:
+            # a signal (cancel, Ctrl-C, a stopped driver), not a failure: a plain rerun resumes it.
+            # The exit code decides, not status.json: an earlier attempt's `interrupted` must not
+            # hide this attempt's failure
+            status = task.store.status() or {}
+            said = status.get("error") if status.get("state") == INTERRUPTED else None
+            progress(task, "interrupted", f"exit {rc}: {said or out.error_line()}")
             return
         if rc == EXIT_BUSY:
             # another process took the run between our look and the launcher's lock: follow it
@@ -538,11 +599,13 @@ class LocalExecutor:
 
     @classmethod
     def cancel(cls, entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
-        """SIGTERM to the launcher's process group (its checkpoint lets a rerun resume)."""
+        """SIGTERM to the launcher: it saves a checkpoint, records the run `interrupted` and
+        stops its own data workers (signalling its whole process group would kill those workers
+        under it, mid-batch)."""
         done = []
         for run_id, e in entries.items():
             if _pid_runs(e.get("pid"), run_dirs[run_id]):
-                os.killpg(e["pid"], signal.SIGTERM)
+                os.kill(e["pid"], signal.SIGTERM)
                 done.append(run_id)
         return done
 
@@ -663,6 +726,10 @@ class SlurmExecutor:
                     continue
                 if task.store.is_done():
                     progress(task, "done", f"job {jid}")
+                    del open_jobs[jid]
+                elif (task.store.status() or {}).get("state") == INTERRUPTED:
+                    # the run saved its checkpoint on the signal (scancel, preemption, time limit)
+                    progress(task, "interrupted", f"job {jid} {state}; a plain rerun resumes it")
                     del open_jobs[jid]
                 elif state != "UNKNOWN" or _result_file_written(job):
                     note = mark_failed(

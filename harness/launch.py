@@ -89,13 +89,30 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from harness.runstore import Interrupted, raise_on_signals, restore_signals
+
+    # a SIGTERM (cancel) before training starts: one line, exit 128 + signal
+    previous = raise_on_signals()
+    try:
+        return _main(argv[0])
+    except Interrupted as err:  # e.g. while the libraries are imported
+        print(f"interrupted: {err}; nothing was started", file=sys.stderr)
+        return err.exit_code
+    finally:
+        restore_signals(previous)
+
+
+def _main(run_dir: str) -> int:
     from harness.config import ConfigError
     from harness.data.contract import ContractError
-    from harness.runstore import Busy, RunStoreError
+    from harness.runstore import Busy, Interrupted, RunStoreError
     from harness.system import NonFiniteLossError
 
     try:
-        LaunchRun()(argv[0])
+        LaunchRun()(run_dir)
+    except Interrupted as err:
+        print(f"interrupted: {err}; a plain rerun of the sweep resumes it", file=sys.stderr)
+        return err.exit_code
     except Busy as err:
         print(f"error: {err}; not training it twice", file=sys.stderr)
         return EXIT_BUSY

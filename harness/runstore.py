@@ -2,9 +2,9 @@
 
     <runs>/<sweep>/<run_id>/
       config.yaml  provenance.json  status.json  progress.json  metrics.csv  result.json
-      checkpoints/  logs/{launch.log,jobs.jsonl}  .lock  .lock.owner  DONE
+      checkpoints/  logs/{launch.log,jobs.jsonl}  .lock.owner  DONE
     <runs>/<sweep>/.sweep/
-      sweep.yaml  plan.json  ledger.jsonl  lock  lock.owner  submitit/  replaced/
+      sweep.yaml  plan.json  ledger.jsonl  lock.owner  cancel.json  submitit/  replaced/
 
 This module is the only code that knows these names, the run states, what "done" means, the
 timestamp format and the locks; the trainer, the launcher, the executors, the sweep driver and
@@ -17,9 +17,10 @@ naming the path; temporary files left by a killed process are removed by the nex
 folder (`RunStore.clean_tmp`). DONE is written last, after result.json, only by `finish()`.
 
 Ownership. A run folder is owned by the one process that trains it (`RunStore.lock()`), a sweep
-folder by the one driver that dispatches it (`SweepStore.lock()`). Both are `flock` locks (the
-`filelock` package): the kernel drops them when the holder dies, however it dies (SIGKILL, OOM, a
-lost node), so a killed process never leaves a folder stuck. Who holds a lock is written beside it
+folder by the one driver that dispatches it (`SweepStore.lock()`). Both are `flock` locks on the
+folder itself (`FolderLock`: a lock file could be deleted while held and let a second owner in):
+the kernel drops them when the holder dies, however it dies (SIGKILL, OOM, a lost node), so a
+killed process never leaves a folder stuck. Who holds a lock is written beside it
 (`<lock>.owner`: pid, host, command, since) so that a second process can say whom it waits for.
 """
 
@@ -28,17 +29,18 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import errno
+import fcntl
 import json
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 # ---- names ---------------------------------------------------------------------------------
 CONFIG = "config.yaml"
@@ -58,6 +60,7 @@ SWEEP_META = ".sweep"
 LEDGER = "ledger.jsonl"
 SWEEP_LOCK = "lock"
 SUBMITIT = "submitit"
+CANCEL = "cancel.json"  # in .sweep/: `cancel` asks the driver to start none of these runs
 REPLACED = "replaced"
 # files whose presence makes a directory a run folder (analysis looks for these)
 RUN_MARKERS = (RESULT, STATUS, CONFIG)
@@ -66,6 +69,9 @@ RESULT_SCHEMA = 1
 # ---- states --------------------------------------------------------------------------------
 # status.json "state" as the run writes it
 RUNNING, DONE_STATE, FAILED, QUEUED = "running", "done", "failed", "queued"
+# stopped by a signal (SIGTERM, SIGINT, cancel, the scheduler's preemption or time limit) with its
+# last checkpoint on disk: not a failure, a plain rerun resumes it
+INTERRUPTED = "interrupted"
 # the folder's state as the sweep driver and analysis read it (scheduler knowledge added by sweep.py)
 FOLDER_STATES = ("new", "running", "done", "failed", "interrupted")
 
@@ -79,6 +85,47 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, 
 class RunStoreError(RuntimeError):
     """A run or sweep folder could not be written or is owned by another process; the message
     names the path and the fix."""
+
+
+class Interrupted(BaseException):
+    """A run or a driver stopped by a signal. A BaseException, like KeyboardInterrupt, so that the
+    `except Exception` of a failure path never records it as a failure; unlike KeyboardInterrupt,
+    Lightning does not swallow it (it turns KeyboardInterrupt into sys.exit(1)). `signum` gives the
+    exit code 128 + signum; the message says what was saved and how to resume."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"stopped by {signal_name(signum)}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_name(signum: int | None) -> str:
+    try:
+        return signal.Signals(signum).name  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return f"signal {signum}"
+
+
+def raise_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> dict[int, Any]:
+    """Make these signals raise Interrupted in the main thread (the CLIs call it first, so that a
+    SIGTERM or Ctrl-C before training starts is one clear line and exit code 128 + signal, not a
+    traceback or a silent death). train_run refines this while it trains (StopOnSignal). Returns
+    the previous handlers, for `restore_signals` (a CLI called from Python leaves none behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    return {s: signal.signal(s, handler) for s in signums}
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 class Busy(RunStoreError):
@@ -110,7 +157,10 @@ def disk_message(err: OSError, path: Path | str | None = None) -> str:
     where = str(path or err.filename or "?")
     code = err.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free space there (or use another --runs-dir) and rerun: the run resumes from its last checkpoint"
+        fix = (
+            "free space there (or use another --runs-dir) and rerun (a sweep: with "
+            "--retry-failed): the run resumes from its last checkpoint"
+        )
         what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
     elif code == errno.EROFS:
         what, fix = (
@@ -153,18 +203,65 @@ def atomic_write_bytes(
     tmp = tmp_path(path)
     try:
         with open(tmp, mode, **open_kw) as f:
-            write(f)
+            rec = _RecordingFile(f)
+            try:
+                write(rec)
+            except RuntimeError as err:
+                # torch.save reports a failed write (e.g. ENOSPC) as "RuntimeError: [enforce fail
+                # at inline_container.cc] unexpected pos ...": the OSError underneath is the news
+                oserr = rec.error or _os_error_in(err)
+                if oserr is None:
+                    raise
+                raise oserr from err
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         try:
             tmp.unlink()
         except OSError:
             pass
-        if err.errno in DISK_ERRNOS:
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
             raise RunStoreError(disk_message(err, path)) from err
         raise
+
+
+class _RecordingFile:
+    """A file whose failed writes are remembered, so that a writer that wraps the OSError in
+    something else (torch.save) cannot hide a full disk."""
+
+    def __init__(self, f: Any):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> Any:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The first OSError in an exception's cause/context chain."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -184,8 +281,29 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+class OutsideRunsDir(RunStoreError):
+    """A sweep or run name that would put its folder outside the runs directory."""
+
+
+def within_runs_dir(runs_dir: str | Path, name: str, what: str = "sweep name") -> Path:
+    """runs_dir/name, refusing a name that leads anywhere else ('..', an absolute path, empty or
+    '.' parts): a folder name comes from a config or a sweep file (`--set sweep=..`), and the
+    harness writes and moves folders there, so it stays inside the runs directory whatever the
+    name says. Subfolders ('group/length') are allowed."""
+    parts = str(name).split("/")
+    if not name or str(name).startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise OutsideRunsDir(
+            f"{what} {name!r} would put run folders outside the runs directory {runs_dir} "
+            f"(it resolves to {(Path(runs_dir) / str(name)).resolve()}); use a plain name "
+            f"(letters, digits, '-', '_'; no '..', no leading '/', e.g. sweep=my-sweep), or "
+            f"choose the folder itself with --runs-dir / --run-dir"
+        )
+    return Path(runs_dir) / name
+
+
 def run_dir_for(runs_dir: str | Path, sweep: str, rid: str) -> Path:
-    return Path(runs_dir) / sweep / rid
+    """<runs_dir>/<sweep>/<rid>, confined to runs_dir (OutsideRunsDir otherwise)."""
+    return within_runs_dir(runs_dir, sweep) / rid
 
 
 # ---- locks ---------------------------------------------------------------------------------
@@ -213,37 +331,87 @@ def describe_owner(owner: dict[str, Any] | None) -> str:
 
 
 class FolderLock:
-    """An exclusive flock on `<folder>/<name>`, plus `<name>.owner` saying who holds it.
+    """An exclusive flock on the folder itself, plus `<name>.owner` saying who holds it.
 
-    Non-reentrant across objects: a second FolderLock on the same file, even in the same process,
-    sees it held (flock locks belong to an open file), which is what the tests of two owners need.
-    """
+    Why the folder and not a lock file: a lock file can be deleted while it is held (by hand, by a
+    cleanup script), and the next process then creates a new file and locks that one: two owners.
+    A folder that holds files cannot be unlinked (rmdir refuses), so deleting any file in it,
+    `<name>.owner` included, lets no second owner in. Where the file system cannot flock a
+    directory (NFS emulates flock with POSIX locks, which need a file open for writing), it falls
+    back to the lock file `<name>`, checking after each acquisition that the path still names the
+    file it locked (inode) and retrying otherwise; there, a lock file deleted while held is not
+    detected (docs/sweeps.md, "Ownership").
+
+    Non-reentrant across objects: a second FolderLock on the same folder, even in the same process,
+    sees it held (flock locks belong to an open file description), which is what the tests of two
+    owners need. The kernel drops the lock when its holder dies, however it dies."""
+
+    # errors of flock on a directory that mean "this file system cannot": use the lock file
+    NO_DIR_FLOCK = frozenset({errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP})
 
     def __init__(self, folder: Path, name: str, what: str):
         self.folder, self.what = Path(folder), what
         self.path = self.folder / name
         self.owner_path = self.folder / f"{name}.owner"
-        self._lock: filelock.FileLock | None = None
+        self.on_folder = True  # False after the file system refused a directory flock
+        self._fd: int | None = None
 
-    def _new(self) -> filelock.FileLock:
-        return filelock.FileLock(str(self.path))
+    def _try(self) -> int | None:
+        """One non-blocking attempt: the locked descriptor, or None when another holds the lock.
+        OSError: the folder (or its lock file) cannot be opened."""
+        if self.on_folder:
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in self.NO_DIR_FLOCK:
+                    raise
+                self.on_folder = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            # the file may have been deleted or replaced between our open and our lock: a lock on
+            # a file the path no longer names excludes nobody, so take the one it names now
+            try:
+                st, mine = os.stat(self.path), os.fstat(fd)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            if (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev):
+                return fd
+            os.close(fd)
+
+    @staticmethod
+    def _unlock(fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def holder(self) -> dict[str, Any] | None:
         """None when nobody holds the lock; else the holder's owner record ({} if it wrote none).
-        Probing needs no write access to a folder whose lock file exists; a folder that cannot even
-        open its lock file (read-only, never locked) is reported free."""
-        if self._lock is not None:
+        Probing needs no write access to the folder; a folder that cannot be opened (or, on the
+        lock-file fallback, whose lock file cannot be) is reported free."""
+        if self._fd is not None:
             return self.owner()
-        if not self.path.exists():
+        if not self.folder.is_dir():
             return None
-        probe = self._new()
         try:
-            probe.acquire(timeout=0)
-        except filelock.Timeout:
-            return self.owner() or {}
+            fd = self._try()
         except OSError:
             return None
-        probe.release()
+        if fd is None:
+            return self.owner() or {}
+        self._unlock(fd)
         return None
 
     def owner(self) -> dict[str, Any]:
@@ -257,29 +425,26 @@ class FolderLock:
     ) -> FolderLock:
         """Take the lock, waiting up to wait_s seconds (float('inf'): forever); `on_wait(owner)` is
         called once before waiting and then every poll. Raises Busy when still held, RunStoreError
-        when the folder cannot hold a lock file (read-only, full)."""
+        when the folder cannot be made or opened (read-only, full)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunStoreError(disk_message(err, self.folder)) from err
-        lock = self._new()
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                lock.acquire(timeout=0)
-                break
-            except filelock.Timeout:
-                owner = self.owner()
-                if time.monotonic() >= deadline:
-                    raise Busy(
-                        f"{self.what} {self.folder} is owned by {describe_owner(owner)}", owner
-                    ) from None
-                if on_wait is not None:
-                    on_wait(owner)
-                time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
+                fd = self._try()
             except OSError as err:
-                raise RunStoreError(disk_message(err, self.path)) from err
-        self._lock = lock
+                raise RunStoreError(disk_message(err, self.folder)) from err
+            if fd is not None:
+                break
+            owner = self.owner()
+            if time.monotonic() >= deadline:
+                raise Busy(f"{self.what} {self.folder} is owned by {describe_owner(owner)}", owner)
+            if on_wait is not None:
+                on_wait(owner)
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
+        self._fd = fd
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -293,22 +458,22 @@ class FolderLock:
         return self
 
     def release(self) -> None:
-        if self._lock is None:
+        if self._fd is None:
             return
         try:
             if (self.owner() or {}).get("pid") == os.getpid():
                 self.owner_path.unlink()
         except OSError:
             pass
-        self._lock.release()
-        self._lock = None
+        fd, self._fd = self._fd, None
+        self._unlock(fd)
 
     @property
     def held(self) -> bool:
-        return self._lock is not None
+        return self._fd is not None
 
     def __enter__(self) -> FolderLock:
-        return self if self._lock is not None else self.acquire()
+        return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
@@ -387,9 +552,55 @@ class RunStore:
         return removed
 
     # state
-    def is_done(self) -> bool:
-        """The one definition of a finished run: DONE (written last) and result.json."""
+    def marked_done(self) -> bool:
+        """DONE and result.json are there (whether result.json is readable or not: analysis
+        lists such a run as corrupt, naming the file)."""
         return (self.path / DONE).exists() and (self.path / RESULT).exists()
+
+    def is_done(self) -> bool:
+        """The one definition of a finished run: DONE (written last) and a readable result.json.
+        A run whose result.json is damaged is not done, whatever DONE says: the driver says so
+        (`done_problem`) and a plain rerun re-evaluates it from its final checkpoint."""
+        return (self.path / DONE).exists() and self.result_problem() is None
+
+    def result_problem(self) -> str | None:
+        """None when result.json is a JSON object, else what is wrong with it (its fields are
+        analysis's to judge: analysis/collect.py names a malformed record)."""
+        path = self.path / RESULT
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return "missing"
+        except (OSError, UnicodeDecodeError) as err:
+            return f"unreadable ({err})"
+        except json.JSONDecodeError as err:
+            return f"not valid JSON ({err})"
+        if not isinstance(data, dict):
+            return f"not a JSON object (a {type(data).__name__})"
+        return None
+
+    def done_problem(self) -> str | None:
+        """One line when DONE says finished but result.json disagrees: path, problem, fix."""
+        if not (self.path / DONE).exists():
+            return None
+        problem = self.result_problem()
+        if problem is None:
+            return None
+        fix = (
+            f"a plain rerun re-evaluates it from its final checkpoint ({self.last_ckpt})"
+            if self.has_checkpoint()
+            else "a plain rerun trains it again (no checkpoint is left)"
+        )
+        return (
+            f"{self.path / RESULT}: {problem}, although {self.path / DONE} says the run finished; "
+            f"the run is not counted as done: {fix}"
+        )
+
+    def discard_stale_done(self) -> None:
+        """Remove a DONE whose result.json is damaged (the owner does, before re-evaluating), so
+        that DONE again means what it says if this attempt stops early."""
+        if (self.path / DONE).exists() and self.result_problem() is not None:
+            (self.path / DONE).unlink()
 
     def availability(self) -> tuple[str, dict[str, Any] | None]:
         """May a driver start this run now? ("done", None): finished; ("owned", owner record):
@@ -426,14 +637,14 @@ class RunStore:
         st = (self.status() or {}).get("state")
         if st == FAILED:
             return "failed"
-        if st in (RUNNING, DONE_STATE) or self.has_checkpoint():
+        if st in (RUNNING, DONE_STATE, INTERRUPTED) or self.has_checkpoint():
             return "interrupted"
         return "new"
 
     def write_status(
         self, state: str, *, error: str | None = None, new_attempt: bool = False, **extra
     ) -> dict:
-        """state: running | done | failed. `attempts` counts starts of this run (resumes included).
+        """state: running | done | failed | interrupted. `attempts` counts starts of this run (resumes included).
 
         On a full disk the atomic write (a new file) can fail where rewriting the existing small
         file in place still fits (its blocks are freed first), so a failure is recorded even then."""
@@ -479,6 +690,10 @@ class RunStore:
         if (self.path / DONE).exists() or (not self._lock.held and self.owner() is not None):
             return False
         status = self.status() or {}
+        if status.get("state") == INTERRUPTED:
+            # the run recorded that a signal stopped it after saving its checkpoint: the scheduler
+            # calling the job CANCELLED or TIMEOUT afterwards does not make it a failure
+            return False
         if status.get("state") == FAILED and status.get("error"):
             status["dispatch_error"] = error  # the run's own error says more: keep it first
         else:
@@ -623,6 +838,34 @@ class SweepStore:
     def owner(self) -> dict[str, Any] | None:
         return self._lock.holder()
 
+    # cancel requests: `python -m harness.sweep cancel` (another process, maybe another host that
+    # shares the folder) asks the driver to start none of these runs; the driver polls the file
+    # while it waits for its runs, and clears it when it starts (a request older than it is stale)
+    def request_cancel(self, run_ids: list[str]) -> None:
+        old = set(self.cancel_requested())
+        atomic_write_json(
+            self.meta / CANCEL,
+            {
+                "run_ids": sorted(old | set(run_ids)),
+                "time": now_iso(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            },
+        )
+
+    def cancel_requested(self) -> frozenset[str]:
+        data = read_json(self.meta / CANCEL) or {}
+        ids = data.get("run_ids")
+        return frozenset(str(x) for x in ids) if isinstance(ids, list) else frozenset()
+
+    def clear_cancel(self) -> None:
+        try:
+            (self.meta / CANCEL).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise RunStoreError(disk_message(err, self.meta / CANCEL)) from err
+
     def write_plan(self, plan: list[dict[str, Any]], sweep_file: Path | None) -> None:
         try:
             self.meta.mkdir(parents=True, exist_ok=True)
@@ -648,8 +891,10 @@ class MetricsCsv:
 
     Long form keeps appends valid whatever the metrics of a row are. On resume, rows logged after
     the checkpoint being resumed from (step > resume_step) are dropped, and a run restarted without
-    a checkpoint drops every row of the attempt it repeats (`truncate_after(-1)`), so the file of a
-    resumed run matches that of an uninterrupted one (wall times aside)."""
+    a checkpoint drops every row of the attempt it repeats (`truncate_after(-1)`); rows at the
+    resume step that the resumed run logs again replace the old ones (`drop`, by
+    callbacks.CsvMetrics), so the file of a resumed run matches that of an uninterrupted one (wall
+    times aside) and holds no (step, metric) twice."""
 
     FIELDS = ("step", "metric", "value", "time")
 
@@ -659,8 +904,17 @@ class MetricsCsv:
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        rows = [r for r in self._rows() if int(r["step"]) <= step]
+        self._rewrite([r for r in self._rows() if int(r["step"]) <= step])
 
+    def drop(self, step: int, metrics: set[str]) -> None:
+        """Remove the rows of these metrics at this step (a resumed run logs them again)."""
+        if not self.path.exists():
+            return
+        self._rewrite(
+            [r for r in self._rows() if not (int(r["step"]) == step and r["metric"] in metrics)]
+        )
+
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
         def write(f) -> None:
             w = csv.DictWriter(f, self.FIELDS, extrasaction="ignore")
             w.writeheader()

@@ -8,8 +8,8 @@
 
 Runs land in <runs-dir>/<sweep>[-<preset>]/<run_id>/ (docs/contracts.md §4). Re-running the command
 skips DONE runs and runs whose job is still queued or running (asked of the scheduler through the
-sweep's ledger), resumes interrupted runs from their last checkpoint, and leaves failed ones alone
-unless --retry-failed.
+sweep's ledger), resumes interrupted runs from their last checkpoint (Ctrl-C, SIGTERM, cancel,
+preemption: docs/operations.md), and leaves failed ones alone unless --retry-failed.
 
 From Python: `run_sweep(FILE, command=..., preset=..., ...)` does what the command line does, prints
 the same lines to the streams it is given, and returns the rows (`SweepOutcome.rows`: each run's
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -32,13 +33,19 @@ from harness import executors as X
 from harness.cluster import choose_executor
 from harness.runstore import (
     CONFIG,
+    INTERRUPTED,
     SWEEP_META,
+    Interrupted,
     Ledger,
     RunStore,
     RunStoreError,
     SweepStore,
     atomic_write_text,
     describe_owner,
+    raise_on_signals,
+    restore_signals,
+    signal_name,
+    within_runs_dir,
 )
 from harness.sweepfile import (
     ResolvedRun,
@@ -67,6 +74,7 @@ class Row:
     flops_total: float | None = None
     cost_h: float | None = None
     result: dict[str, Any] | None = None  # result.json of a done run
+    problem: str | None = None  # e.g. DONE beside a damaged result.json (path, problem, fix)
 
     @property
     def name(self) -> str:
@@ -148,6 +156,10 @@ def classify(run_dir: Path, entry: dict[str, Any] | None, known: dict[str, str])
         return "running", job if state == "RUNNING" or not owner.get(
             "pid"
         ) else f"pid {owner['pid']}"
+    if (store.status() or {}).get("state") == INTERRUPTED:
+        # the run saved its checkpoint on a signal (Ctrl-C, SIGTERM, cancel, preemption, time
+        # limit): whatever the scheduler calls the job now (CANCELLED, TIMEOUT), it resumes
+        return "interrupted", job
     if state == "CANCELLED":
         return "cancelled", job
     if folder == "failed" or state in (
@@ -173,8 +185,18 @@ def build_rows(
     for r in runs:
         run_dir = sweep_dir / r.run_id
         status, job = classify(run_dir, latest.get(r.run_id), known)
-        result = RunStore(run_dir).result() if status == "done" else None
-        rows.append(Row(run=r, run_dir=run_dir, status=status, job=job, result=result))
+        store = RunStore(run_dir)
+        result = store.result() if status == "done" else None
+        rows.append(
+            Row(
+                run=r,
+                run_dir=run_dir,
+                status=status,
+                job=job,
+                result=result,
+                problem=store.done_problem(),
+            )
+        )
     note = _describe(rows) if with_describe else ""
     return rows, note
 
@@ -428,7 +450,7 @@ def set_aside(run_dir: Path) -> Path:
     return SweepStore(run_dir.parent).set_aside(run_dir.name)
 
 
-FINISHED = ("done", "failed", "cancelled", "followed", "stopped", "skipped")
+FINISHED = ("done", "failed", "cancelled", "interrupted", "followed", "stopped", "skipped")
 
 
 class Reporter:
@@ -497,7 +519,8 @@ HELP = """commands (the first argument; default: run):
   run     FILE   print the plan, then run every run that is not done (resumes interrupted ones)
   plan    FILE   print the plan only (same as --dry-run; nothing is written)
   status  FILE   print the plan with each run's state and the results of finished runs
-  cancel  FILE   cancel the queued/running jobs of the selected runs (same as --cancel)
+  cancel  FILE   stop the selected runs: the driver starts none of them, running ones save a
+                 checkpoint and end `interrupted` (a plain rerun resumes them); same as --cancel
 
 examples:
   python -m harness.sweep sweeps/length.yaml --preset laptop --max-parallel 2
@@ -574,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         "harness/data/floor.py; cached in the dataset folder, seconds on laptop-sized data)",
     )
     args = ap.parse_args(argv)
+    # SIGTERM (a scheduler, `kill`) stops the driver the way Ctrl-C does: its runs are stopped at a
+    # checkpoint and recorded interrupted, one line says so, the exit code is 128 + signal
+    previous = raise_on_signals()
     try:
         outcome = run_sweep(
             args.file,
@@ -594,6 +620,12 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as err:
         print(err.line, file=sys.stderr)
         return err.code
+    except (KeyboardInterrupt, Interrupted) as err:  # outside run_sweep's own handling
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"interrupted by {signal_name(signum)}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        restore_signals(previous)
     return outcome.code
 
 
@@ -622,7 +654,10 @@ def run_sweep(
     except SweepFileError as e:
         raise SweepError(str(e)) from None
     runs = select(runs, list(opts.only))
-    sweep_dir = runs_dir / sweep_dir_name(sweep)
+    try:
+        sweep_dir = within_runs_dir(runs_dir, sweep_dir_name(sweep), f"{file}: name")
+    except RunStoreError as e:
+        raise SweepError(str(e)) from None
     store = SweepStore(sweep_dir)
     lock = None
     if opts.command == "run" and not opts.dry_run:
@@ -639,14 +674,29 @@ def run_sweep(
             lock = _wait_for_driver(store, runs, sweep_dir, opts.progress_every or 60.0, out)
         except RunStoreError as e:
             raise SweepError(str(e)) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted) as e:
             raise SweepError(
-                "stopped waiting for the other driver; nothing was started", code=130, prefix=""
+                "stopped waiting for the other driver; nothing was started",
+                code=128 + getattr(e, "signum", signal.SIGINT),
+                prefix="",
             ) from None
+        try:
+            store.clear_cancel()  # a cancel request older than this driver is not for it
+        except RunStoreError as e:
+            lock.release()
+            raise SweepError(str(e)) from None
     try:
         return _dispatch(file, opts, sweep, runs, sweep_dir, out, err)
     except RunStoreError as e:
         raise SweepError(str(e)) from None
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise SweepError(
+            f"interrupted by {signal_name(signum)}; runs it had started were stopped at a "
+            f"checkpoint (state interrupted): run the same command again to resume them",
+            code=128 + signum,
+            prefix="",
+        ) from None
     finally:
         if lock is not None:
             lock.release()
@@ -675,6 +725,9 @@ def _dispatch(
     print_table(rows, out=out)
     if note:
         print(note, file=out)
+    for r in rows:
+        if r.problem:
+            print(f"warning: {r.name} ({r.run_id}): {r.problem}", file=err)
     if opts.dry_run:  # how small an effect this plan can detect, from earlier runs of its configs
         from harness.power import sweep_mde_lines
 
@@ -689,6 +742,16 @@ def _dispatch(
         return outcome(0)
 
     if opts.command == "cancel":
+        sweep_store = SweepStore(sweep_dir)
+        driver = sweep_store.owner()
+        if driver is not None:
+            # first, so that the driver starts none of them while the live ones are stopped
+            sweep_store.request_cancel([r.run_id for r in rows if r.status != "done"])
+            print(
+                f"asked the driver ({describe_owner(driver)}) to start none of the "
+                f"{sum(r.status != 'done' for r in rows)} selected run(s) not done",
+                file=out,
+            )
         latest = Ledger(sweep_dir).latest()
         entries = {
             r.run_id: latest[r.run_id]
@@ -698,7 +761,13 @@ def _dispatch(
         cancelled = X.cancel(entries, {r.run_id: r.run_dir for r in rows})
         print(
             f"cancelled {len(cancelled)} job(s): "
-            + ", ".join(f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled),
+            + ", ".join(f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled)
+            + (
+                "; running runs save a checkpoint and stop (state interrupted): a plain rerun "
+                "resumes them"
+                if cancelled
+                else ""
+            ),
             file=out,
         )
         return outcome(0, cancelled=cancelled)
@@ -789,7 +858,18 @@ def _dispatch(
             + ", ".join(f"{h.task.name} ({h.job_id})" for h in followed),
             file=out,
         )
-    ex.wait(submitted + followed, report)
+    try:
+        ex.wait(submitted + followed, report)
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        n = report.counts.get("interrupted", 0)
+        raise SweepError(
+            f"interrupted by {signal_name(signum)}: {n} run(s) stopped at a checkpoint (state "
+            f"interrupted), the others not started; run the same command again to resume: "
+            f"python -m harness.sweep {file}" + (f" --preset {opts.preset}" if opts.preset else ""),
+            code=128 + signum,
+            prefix="",
+        ) from None
     rows = _restate(rows, runs, sweep_dir)
     n_done = sum(r.status == "done" for r in rows)
     here = report.counts.get("done", 0)

@@ -127,7 +127,14 @@ class RankingSystem(L.LightningModule):
                 if rows
             }
 
+        if "val" in self.results:
+            # the latest validation (plain floats: checkpoints load weights-only): a run resumed
+            # from its final checkpoint then validates again only if an uninterrupted run would
+            # have (train.py), so its metrics.csv gets no extra validation rows
+            checkpoint["eval_results"] = {"val": _plain(self.results["val"])}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.results.update(checkpoint.get("eval_results", {}))
         saved = checkpoint.get("next_batch_predictions", {})
         self._preds = defaultdict(
             list,
@@ -245,3 +252,16 @@ class RankingSystem(L.LightningModule):
             if split in self._preds:
                 out[split] = self.evaluate_split(split, self._gathered(split))
         return out
+
+
+def _plain(x: Any) -> Any:
+    """Numbers as Python floats/ints, containers as dicts/lists (what a weights-only load accepts)."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (bool, int, float, str)) or x is None:
+        return x
+    if hasattr(x, "item"):
+        return x.item()
+    return float(x)

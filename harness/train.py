@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,16 +36,22 @@ from harness.config import (
 from harness.runstore import (
     CONFIG,
     DISK_ERRNOS,
+    INTERRUPTED,
     METRICS,
     PROVENANCE,
     RESULT_SCHEMA,
     STATUS,
     Busy,
+    Interrupted,
+    OutsideRunsDir,
     RunStore,
     RunStoreError,
     disk_message,
     process_rank,
+    raise_on_signals,
+    restore_signals,
     run_dir_for,
+    signal_name,
 )
 
 AXIS_FIELDS = ("n_layers", "d_model", "n_heads")
@@ -120,6 +127,50 @@ def manifest_of(cfg: RunConfig):
     from harness.data.contract import Manifest
 
     return Manifest.load(cfg.data.dataset)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+
+class UnsafeCheckpointError(RunStoreError):
+    """A checkpoint that holds more than tensors and plain values (or cannot be read at all): it
+    is never unpickled, since unpickling can run any code the file names."""
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint of this harness, loaded weights-only (tensors, numbers, strings, lists, tuples,
+    dicts: all a checkpoint of ours holds). A run folder is data, and a file in it must never be
+    able to run code when a run is resumed: torch.load(weights_only=False) would execute whatever
+    a crafted pickle asks for. Raises UnsafeCheckpointError naming the file and the fix."""
+    import pickle
+
+    import torch
+
+    fix = (
+        f"move it aside (mv {path} {path}.refused) and rerun (a sweep: with --retry-failed): "
+        f"the run then starts over from step 0 in the same folder"
+    )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        what = str(err).strip().splitlines()
+        detail = next((x.strip() for x in what if "Unsupported" in x or "GLOBAL" in x), what[0])
+        raise UnsafeCheckpointError(
+            f"refused to load checkpoint {path}: it holds objects other than tensors and plain "
+            f"values ({detail}); a checkpoint this harness wrote never does, and loading it could "
+            f"run code. Nothing was loaded; {fix}"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise UnsafeCheckpointError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}; "
+            f"{fix}"
+        ) from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("global_step"), int):
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} is not a training checkpoint of this harness (no integer "
+            f"'global_step'); {fix}"
+        )
+    return ckpt
 
 
 # ---- model ---------------------------------------------------------------------------------
@@ -306,12 +357,19 @@ def train_run(
         store.create()
         if owner:
             store.clean_tmp()  # temporary files of a killed attempt (we own the folder now)
+            store.discard_stale_done()  # DONE beside a damaged result.json: re-evaluated below
             if attempt is not None:
                 store.record_attempt(**attempt)
         store.write_text(CONFIG, cfg.to_yaml())
         store.write_status("running", new_attempt=True)
+        from harness.callbacks import StopOnSignal
+
+        stop = StopOnSignal(store.last_ckpt).install()
         try:
-            result = _train(cfg, store, rid)
+            result = _train(cfg, store, rid, stop)
+        except Interrupted as e:
+            _record_interrupt(store, str(e), e.signum)
+            raise
         except RunStoreError as e:
             _record_failure(store, str(e))
             raise
@@ -323,19 +381,41 @@ def train_run(
             _record_failure(store, msg)
             raise RunStoreError(msg) from e
         except Exception as e:
+            if stop.signum is not None:
+                # after a stop signal: its consequence, not a failure (e.g. data workers that got
+                # the terminal's Ctrl-C too and died before the batch end). The last checkpoint
+                # stays.
+                msg = f"stopped by {signal_name(stop.signum)} ({type(e).__name__} while stopping)"
+                _record_interrupt(store, msg, stop.signum)
+                raise Interrupted(stop.signum, msg) from e
             _record_failure(store, f"{type(e).__name__}: {e}")
             raise
         except (KeyboardInterrupt, SystemExit) as e:
-            # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): rerunning resumes
-            _record_failure(
-                store, f"interrupted ({type(e).__name__}); rerun to resume from the last checkpoint"
-            )
+            # Not from StopOnSignal: submitit's requeue handler (it exits after our checkpoint) or
+            # a Ctrl-C outside the main thread's handler. Either way the checkpoint is whole.
+            what = "the scheduler (submitit requeued it)" if isinstance(e, SystemExit) else "Ctrl-C"
+            _record_interrupt(store, f"stopped by {what}", stop.signum)
             raise
+        finally:
+            stop.uninstall()
         store.finish(result)
         return result
     finally:
         if lock is not None:
             lock.release()
+
+
+def _record_interrupt(store: RunStore, what: str, signum: int | None) -> None:
+    """status.json interrupted (not failed: nothing went wrong), saying how to resume."""
+    msg = f"{what}; rerun the same command to resume it from its last checkpoint"
+    try:
+        store.write_status(INTERRUPTED, error=msg, signal=signal_name(signum) if signum else None)
+    except (RunStoreError, OSError) as err:
+        print(
+            f"warning: could not record the interrupt in {store / STATUS}: {err}", file=sys.stderr
+        )
+    if store.owned:
+        store.clean_tmp()
 
 
 def _record_failure(store: RunStore, error: str) -> None:
@@ -349,7 +429,7 @@ def _record_failure(store: RunStore, error: str) -> None:
         store.clean_tmp()
 
 
-def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
+def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, Any]:
     t_start = time.perf_counter()
     import lightning as L
     import torch
@@ -419,9 +499,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
     ckpt_path = store.last_ckpt if store.last_ckpt.exists() else None
     resume_step = None
     if ckpt_path is not None:
-        resume_step = int(
-            torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"]
-        )
+        resume_step = int(load_checkpoint(ckpt_path)["global_step"])
     loggers: list[Any] = [CsvMetrics(store / METRICS, resume_step=resume_step)]
     wandb_logger = tracking.make_logger(cfg, rid, name, store.logs, wandb_mode)
     if wandb_logger is not None:
@@ -457,7 +535,9 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         logger=loggers,
-        callbacks=[resume_state, throughput, ProgressFile(store), ckpt_cb],
+        # StopOnSignal after the callbacks whose state a checkpoint holds (batch count, samples),
+        # so that a checkpoint it saves at a batch end counts that batch, as ModelCheckpoint's do
+        callbacks=[resume_state, throughput, ProgressFile(store), stop, ckpt_cb],
         plugins=plugins,
         enable_progress_bar=cfg.logging.progress_bar,
         enable_model_summary=False,
@@ -474,14 +554,21 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
 
     # 5. train, then final evaluation with the final weights
     try:
+        # weights_only=True: Lightning's own load of the resume checkpoint must not unpickle
+        # arbitrary objects either (load_checkpoint above already refused a bad file; this keeps
+        # Lightning safe even if TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set in the environment)
         trainer.fit(
-            system, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path
+            system,
+            train_dataloaders=train_loader,
+            val_dataloaders=val_loader,
+            ckpt_path=ckpt_path,
+            weights_only=True,
         )
         if trainer.interrupted:
-            raise KeyboardInterrupt("training was interrupted")
-        trainer.save_checkpoint(
-            store.last_ckpt, weights_only=False
-        )  # full state: a rerun resumes from it
+            raise Interrupted(signal.SIGINT, "training was interrupted")
+        # weights_only=False here means "the full training state" (optimizer, loops, callbacks),
+        # not unsafe pickling: every value in it is a tensor or a plain type (load_checkpoint)
+        trainer.save_checkpoint(store.last_ckpt, weights_only=False)
         if next_batch:
             results = system.next_batch_results()
         else:
@@ -551,6 +638,18 @@ def _train(cfg: RunConfig, store: RunStore, rid: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM / Ctrl-C before training starts: one line, exit 128 + signal (train_run refines it)
+    previous = raise_on_signals()
+    try:
+        return _main(argv)
+    except Interrupted as e:  # e.g. while the libraries are imported
+        print(f"interrupted: {e}; nothing was started", file=sys.stderr)
+        return e.exit_code
+    finally:
+        restore_signals(previous)
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m harness.train",
         description=__doc__.split("\n\n")[0],
@@ -595,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.run_dir or run_dir_for(args.runs_dir, cfg.sweep, run_id(cfg))
         print(f"run {run_id(cfg)} ({run_name(cfg)}) -> {run_dir}", file=sys.stderr)
         result = train_run(cfg, run_dir)
-    except (ConfigError, ContractError) as e:
+    except (ConfigError, ContractError, OutsideRunsDir) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Busy as e:
@@ -607,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, RunStoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"interrupted: {e}; rerun the same command to resume", file=sys.stderr)
+        return e.exit_code
     summary = {
         k: result[k]
         for k in ("run_id", "name", "metrics", "oracle", "train", "throughput", "wall_time_s")

@@ -109,3 +109,17 @@ def test_availability_is_the_one_check_before_starting_a_run(tmp_path):
     (store / R.RESULT).write_text("{}")
     (store / R.DONE).write_text("x")
     assert store.availability() == ("done", None)
+
+
+def test_done_needs_a_readable_result(tmp_path):
+    store = RunStore(tmp_path / "r")
+    store.create()
+    store.finish({"run_id": "r"})
+    for damage, problem in (("{ torn", "not valid JSON"), ("[1]", "not a JSON object")):
+        (store / R.RESULT).write_text(damage)
+        assert store.marked_done() and not store.is_done()
+        assert store.folder_state() == "interrupted"  # resumable: re-evaluated by a plain rerun
+        line = store.done_problem()
+        assert line.startswith(f"{store / R.RESULT}: {problem}") and "trains it again" in line
+    store.discard_stale_done()
+    assert not (store / R.DONE).exists() and store.done_problem() is None

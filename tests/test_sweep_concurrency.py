@@ -196,3 +196,98 @@ def test_two_drivers_on_one_sweep_train_every_run_once(tmp_path):
         assert len(keys) == len(set(keys)), f"duplicate metrics rows in {run_dir}"
         assert not list(run_dir.rglob(".*.tmp*"))
         assert json.loads((run_dir / "progress.json").read_text())["step"] == 2
+
+
+def test_deleting_the_lock_files_lets_no_second_owner_in(tmp_path):
+    # the lock is on the folder itself: removing every file the lock writes changes nothing
+    run = RunStore(tmp_path / "run")
+    sweep = SweepStore(tmp_path / "sweep")
+    holders = [_hold("run", run.path, 120), _hold("sweep", sweep.path, 120)]
+    try:
+        for folder in (run.path, sweep.meta):
+            for p in folder.iterdir():
+                if p.is_file():
+                    p.unlink()
+        assert not any(p.is_file() for p in run.path.iterdir())
+        with pytest.raises(Busy, match="another process"):  # its owner record is gone, not it
+            run.lock()
+        with pytest.raises(Busy):
+            sweep.lock()
+        assert run.owner() == {} and run.folder_state() == "running"
+        # a second trainer on the run folder refuses (exit 75), a second driver waits or refuses
+        launch = subprocess.run(
+            [sys.executable, "-m", "harness.launch", str(run.path)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=REPO,
+            timeout=300,
+        )
+        assert launch.returncode != 0 and not (run.path / "status.json").exists(), launch.stderr
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+    with run.lock(), sweep.lock():  # the kernel dropped both with their holders
+        assert run.owned
+
+
+def test_lock_file_fallback_retries_when_the_file_was_replaced(tmp_path, monkeypatch):
+    """Where a directory cannot be flocked (NFS), the lock file is used; a file deleted and
+    created again between our open and our flock is detected by its inode, and the lock taken
+    on the file the path names."""
+    import harness.runstore as R
+
+    monkeypatch.setattr(R.FolderLock, "NO_DIR_FLOCK", frozenset())
+    lock = R.FolderLock(tmp_path / "f", "lock", "test folder")
+    lock.on_folder = False
+    (tmp_path / "f").mkdir()
+    real_flock, calls = R.fcntl.flock, []
+
+    def racing_flock(fd, op):
+        calls.append(op)
+        if len(calls) == 1:  # another process removes the file and makes a new one meanwhile
+            (tmp_path / "f" / "lock").unlink()
+            (tmp_path / "f" / "lock").write_text("")
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(R.fcntl, "flock", racing_flock)
+    lock.acquire()
+    try:
+        assert len(calls) == 2  # retried once
+        assert os.stat(lock.path).st_ino == os.fstat(lock._fd).st_ino
+        monkeypatch.setattr(R.fcntl, "flock", real_flock)
+        other = R.FolderLock(tmp_path / "f", "lock", "test folder")
+        other.on_folder = False
+        with pytest.raises(Busy):
+            other.acquire()
+    finally:
+        lock.release()
+
+
+def test_run_and_sweep_folders_stay_inside_the_runs_dir(tmp_path, capsys):
+    from harness.train import main as train_main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("data: {dataset: synthetic:ci}\nmodel: {name: onetrans, size: onetrans-tiny}\n")
+    runs = tmp_path / "deep" / "runs"
+    for bad in ("..", "../elsewhere", "/tmp/abs", "a/../../b"):
+        rc = train_main(["--config", str(cfg), "--runs-dir", str(runs), "--set", f"sweep={bad}"])
+        err = capsys.readouterr().err
+        # refused by the config check, and the run folder itself is confined (runstore)
+        assert rc == 2 and f"sweep = {bad!r} must be" in err and "Traceback" not in err, err
+        assert "sweep=my-sweep" in err
+    assert not (tmp_path / "deep").exists()  # nothing written anywhere
+    from harness.runstore import OutsideRunsDir, run_dir_for
+
+    for bad in ("..", "a/../..", "/abs", "", "."):
+        with pytest.raises(OutsideRunsDir, match="outside the runs directory"):
+            run_dir_for(runs, bad, "abc")
+    assert run_dir_for(runs, "group/length", "abc") == runs / "group" / "length" / "abc"
+    path = write_sweep(tmp_path, "synthetic:ci", seeds=(0,), name="../up")
+    from harness import sweep as SW
+
+    rc = SW.main([str(path), "--runs-dir", str(runs), "--executor", "debug", "--no-describe"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'name' must be" in err and "'../up'" in err, err  # the sweep file check
+    assert not (tmp_path / "deep").exists()

@@ -120,3 +120,34 @@ def test_the_driver_generates_a_synthetic_world_once_before_the_runs(tmp_path, c
     assert calls[0] == ("ci", 0, str(tmp_path / "cache")) and rc == 1
     assert out.count("generating the synthetic world synthetic:ci (seed 0) once into") == 1
     assert out.index("generating the synthetic world") < out.index("] start ")
+
+
+@pytest.mark.parametrize("damage", ["{ torn", "[1, 2]"])
+def test_a_damaged_result_beside_done_is_named_and_re_evaluated(tmp_path, capsys, damage):
+    from harness.runstore import MetricsCsv
+
+    path = write_sweep(tmp_path, "synthetic:ci", seeds=(0,))
+    runs = tmp_path / "runs"
+    outcome, _ = sweep(path, executor="debug", runs_dir=runs)
+    assert states(outcome) == ["done"]
+    (run,) = [p for p in (runs / "runs_test").iterdir() if not p.name.startswith(".")]
+    good = json.loads((run / "result.json").read_text())
+    rows = MetricsCsv(run / "metrics.csv").read()
+    (run / "result.json").write_text(damage)  # DONE stays
+
+    rc = S.main(["status", str(path), "--runs-dir", str(runs), "--no-describe"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "1 runs: 1 interrupted" in cap.out, cap.out
+    (line,) = [x for x in cap.err.splitlines() if x.startswith("warning:")]
+    assert str(run / "result.json") in line and "DONE" in line and "not counted as done" in line
+    assert "re-evaluates it from its final checkpoint" in line and "Traceback" not in cap.err
+
+    rc, out = cli(capsys, path, "--executor", "debug", "--runs-dir", runs)
+    assert rc == 0 and "1/1 runs done" in out
+    again = json.loads((run / "result.json").read_text())
+    assert again["metrics"] == good["metrics"] and again["train"] == good["train"]
+    assert (run / "DONE").exists()
+    got = MetricsCsv(run / "metrics.csv").read()
+    assert sorted((r["step"], r["metric"]) for r in got) == sorted(
+        (r["step"], r["metric"]) for r in rows
+    )  # re-evaluated: no row twice, none added

@@ -159,16 +159,20 @@ def test_killed_driver_does_not_resubmit_live_jobs_and_cancel_is_reported(slurm_
     cancel = sweep_cli(str(path), "--cancel", "--runs-dir", str(runs))
     assert cancel.returncode == 0 and "cancelled 1 job(s)" in cancel.stdout and job in cancel.stdout
     status = wait_for(
-        lambda: (lambda p: p if " cancelled " in p.stdout else None)(
+        lambda: (lambda p: p if " interrupted " in p.stdout else None)(
             sweep_cli("status", str(path), "--runs-dir", str(runs), "--no-describe")
         ),
         60,
         "the cancel to be reported",
     )
-    assert "1 runs: 1 cancelled" in status.stdout
-    # cancelled runs are not resubmitted unless asked
+    # scancel's SIGTERM: the run saved a checkpoint and recorded itself interrupted, not failed
+    assert "1 runs: 1 interrupted" in status.stdout
+    assert (
+        json.loads((run_dirs(sweep_dir)[0] / "status.json").read_text())["state"] == "interrupted"
+    )
+    # an interrupted run is resumed by a plain rerun (no --retry-failed)
     rerun = sweep_cli(str(path), "--executor", "slurm", "--runs-dir", str(runs), "--dry-run")
-    assert "to run: 0" in rerun.stdout and "--retry-failed" in rerun.stdout
+    assert "to run: 1" in rerun.stdout and "--retry-failed" not in rerun.stdout
 
 
 def test_two_task_ddp_job_on_cpu_with_gloo(slurm_cluster, tmp_path):

@@ -74,6 +74,82 @@ def test_checkpoint_on_a_full_disk_fails_cleanly_and_resumes(world, tmp_path, mo
     )  # the first attempt's rows (no checkpoint) were not kept twice
 
 
+class _FillsUp:
+    """A real file on a disk with `room` bytes left: a write past that fails with ENOSPC, as the
+    kernel's would, so torch.save's own zip writer meets the full disk (and turns it into
+    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...`)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            _enospc()
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_a_full_disk_inside_torch_save_is_named_and_loses_nothing(world, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    cfg = make_cfg(world)  # 6 steps, a checkpoint every 3
+    ckpt_opens = []
+
+    def full_at_the_second_checkpoint(path, mode="r", *a, **k):
+        f = open(path, mode, *a, **k)
+        if ".last.ckpt.tmp" in str(path):
+            ckpt_opens.append(path)
+            if len(ckpt_opens) == 2:
+                return _FillsUp(f, room=1000)
+        return f
+
+    monkeypatch.setattr(R, "open", full_at_the_second_checkpoint, raising=False)
+    with pytest.raises(RunStoreError) as info:
+        train_run(cfg, run_dir)
+    msg = str(info.value)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert msg.startswith(f"cannot write {ckpt}: no space left on device; free space there")
+    assert "--retry-failed" in msg and "resumes from its last checkpoint" in msg
+    assert "enforce fail" not in msg and "unexpected pos" not in msg
+    # torch's own writer met the full disk: its RuntimeError is kept under the OSError
+    assert isinstance(info.value.__cause__, OSError)
+    assert "unexpected pos" in str(info.value.__cause__.__cause__)
+    status = RunStore(run_dir).status()
+    assert status["state"] == "failed" and status["error"] == msg
+    assert RunStore(run_dir).folder_state() == "failed"
+    assert _tmp_files(run_dir) == []
+    from harness.train import load_checkpoint
+
+    assert load_checkpoint(ckpt)["global_step"] == 3  # the last good checkpoint is intact
+
+    monkeypatch.undo()  # space is back: the rerun resumes from step 3
+    S.register_tiny_model(monkeypatch)
+    result = train_run(cfg, run_dir)
+    assert result["train"]["steps"] == 6 and RunStore(run_dir).is_done()
+    assert RunStore(run_dir).read_json("provenance.json")["decisions"]["resumed_from_step"] == 3
+    keys = _metric_keys(run_dir)
+    assert len(keys) == len(set(keys))
+    # the failed save came after step 3's checkpoint and the rows Lightning logs at step 3 (batch
+    # 4's): the resumed run logged them again and they replaced the old ones, so the curve is the
+    # uninterrupted run's
+    ref = tmp_path / "ref"
+    train_run(cfg, ref)
+    curve = lambda d: [  # noqa: E731
+        (r["step"], r["metric"], r["value"])
+        for r in R.MetricsCsv(d / "metrics.csv").read()
+        if r["metric"].startswith("train/")
+    ]
+    assert curve(run_dir) == curve(ref)
+
+
 def test_status_is_recorded_even_when_no_new_file_fits(tmp_path, monkeypatch):
     store = RunStore(tmp_path / "run")
     store.create()

@@ -32,6 +32,9 @@ class Config:
         -1
     )  # >= 0: forward returns NaN logits once this many forwards ran in training
     sleep_s: float = 0.0  # per training forward: slows a run down so a test can kill it mid-way
+    # >= 0: at this training forward the process sends itself SIGINT and then fails, as a data
+    # worker that got the terminal's Ctrl-C too would make the next batch fail
+    ctrl_c_then_fail_at: int = -1
 
 
 SIZES = {"tiny": Config(), "wide": Config(d_model=16)}
@@ -64,6 +67,12 @@ class TinyModel(RankingModel):
             if self.cfg.sleep_s:
                 time.sleep(self.cfg.sleep_s)
             self.forwards += 1
+            if int(self.forwards) == self.cfg.ctrl_c_then_fail_at:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGINT)
+                raise RuntimeError("DataLoader worker (pid 4242) exited unexpectedly")
             if 0 <= self.cfg.nan_after_steps < int(self.forwards):
                 out = out * float("nan")
         return {"ctr": out[:, 0], "cvr": out[:, 1]}
