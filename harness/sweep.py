@@ -41,6 +41,7 @@ from harness.runstore import (
     describe_owner,
 )
 from harness.sweepfile import (
+    DatasetRecipe,
     ResolvedRun,
     Sweep,
     SweepFileError,
@@ -712,6 +713,11 @@ def _dispatch(
     err: TextIO,
     chosen: tuple[str, str] | None = None,
 ) -> SweepOutcome:
+    pending = pending_datasets(sweep, runs)
+    if pending and opts.command == "run" and not opts.dry_run:
+        # before the plan: its params/FLOPs read the dataset's manifest, and every run needs it
+        convert_datasets(sweep, pending, out)
+        pending = []
     rows, note = build_rows(runs, sweep_dir, with_describe=opts.describe)
 
     def outcome(code: int, **kw: Any) -> SweepOutcome:
@@ -726,6 +732,11 @@ def _dispatch(
     print_table(rows, out=out)
     if note:
         print(note, file=out)
+    for rec in pending:
+        print(
+            f"dataset {rec.folder}: not converted yet; `run` converts it first ({rec.command()})",
+            file=out,
+        )
     if opts.dry_run:  # how small an effect this plan can detect, from earlier runs of its configs
         from harness.power import sweep_mde_lines
 
@@ -891,6 +902,54 @@ def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
                 file=out,
                 flush=True,
             )
+
+
+def pending_datasets(sweep: Sweep, runs: list[ResolvedRun]) -> list[DatasetRecipe]:
+    """The sweep file's `datasets:` folders that selected runs read and that do not exist yet."""
+    from harness.data.contract import MANIFEST
+
+    used = dict.fromkeys(r.cfg.data.dataset for r in runs)
+    return [
+        sweep.datasets[d] for d in used if d in sweep.datasets and not (Path(d) / MANIFEST).exists()
+    ]
+
+
+def convert_datasets(sweep: Sweep, recipes: list[DatasetRecipe], out: TextIO) -> None:
+    """Convert each missing dataset from its raw logs once, saying so (the real-data presets
+    used to need a hand-typed conversion first). Any failure is one SweepError line; the converter
+    writes into a temporary sibling, so a failed conversion leaves no half folder behind."""
+    from harness.data.contract import ContractError
+    from harness.data.converters import convert
+
+    where = sweep.path or "<sweep>"
+    for rec in recipes:
+        raw = rec.raw_path()
+        if not raw.is_dir():
+            raise SweepError(
+                f"{where}: datasets.{rec.folder}: the raw folder {raw} does not exist (relative "
+                f"to {Path.cwd()}); put the {rec.convert} files there (docs/converters.md) or "
+                f"convert them yourself: {rec.command('RAW_DIR')}; nothing "
+                "was started"
+            )
+        print(
+            f"converting {rec.convert} logs {raw} once into {rec.folder} ({rec.command()}) ...",
+            file=out,
+            flush=True,
+        )
+        t0 = time.time()
+        try:
+            convert(rec.convert, raw, Path(rec.folder), **rec.opt)
+        except (ContractError, FileExistsError, OSError, ValueError, TypeError, KeyError) as err:
+            raise SweepError(
+                f"{where}: datasets.{rec.folder}: converting {raw} failed ({type(err).__name__}: "
+                f"{err}); nothing was started. Run `{rec.command()}` to see it alone"
+            ) from None
+        print(
+            f"  done in {time.time() - t0:.0f} s; every later run reuses it "
+            f"(check: python -m harness.data validate {rec.folder})",
+            file=out,
+            flush=True,
+        )
 
 
 def _task(r: Row) -> X.Task:

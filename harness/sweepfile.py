@@ -56,10 +56,13 @@ TOP_KEYS = (
     "resource_rules",
     "analysis",
     "presets",
+    "datasets",
 )
 PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "seeds", "description")
 BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
 ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
+DATASET_KEYS = ("convert", "raw", "opt")
+CONVERTER_SOURCES = ("movielens", "taobao", "tmall")  # harness.data.converters (not imported here)
 NAME_KEY = "_name"  # zip column that names rows (not a config key)
 # analysis.fit: each accepted spelling -> the fit form's one name (analysis/fit.py `form`). "powerlaw" is
 # the saturating law y = E + A·x^-α; "saturating" and "power" are its documented aliases.
@@ -117,6 +120,31 @@ class AnalysisHints:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DatasetRecipe:
+    """How the driver makes a dataset folder a run needs, on first use: `python -m harness.data
+    convert <convert> <raw> --out <folder>` (the `datasets:` block of a sweep file)."""
+
+    folder: str  # as runs write it in data.dataset (relative to the current directory)
+    convert: str  # converter source: movielens | taobao | tmall
+    # raw files, relative to the current directory; $VAR and ${VAR:-default} are expanded, so a
+    # file can honour ONETRANS_SHARED_DATA (where the licensed samples live) with a default
+    raw: str
+    opt: dict[str, Any] = field(default_factory=dict)  # converter keyword arguments
+
+    def raw_path(self) -> Path:
+        import os
+        import re
+
+        text = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m[1]) or m[2], self.raw)
+        return Path(os.path.expandvars(text))
+
+    def command(self, raw: str | None = None) -> str:
+        opts = "".join(f" --opt {k}={v}" for k, v in self.opt.items())
+        raw = self.raw_path() if raw is None else raw
+        return f"python -m harness.data convert {self.convert} {raw} --out {self.folder}{opts}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Sweep:
     name: str
     path: Path | None
@@ -134,6 +162,7 @@ class Sweep:
     analysis: AnalysisHints | None
     set: dict[str, Any]  # preset's dotted overrides for every run
     presets: tuple[str, ...]
+    datasets: dict[str, DatasetRecipe] = field(default_factory=dict)  # folder -> recipe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -382,7 +411,40 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         analysis=analysis,
         set=sets,
         presets=tuple(presets_raw),
+        datasets=_parse_datasets(data.get("datasets"), where, path),
     )
+
+
+def _parse_datasets(raw: Any, where: Any, path: Path | None) -> dict[str, DatasetRecipe]:
+    """`datasets: {data_cache/taobao: {convert: taobao, raw: ../shared/data/...}}`: folders the
+    driver converts from raw logs on first use (a run whose data.dataset is one of them)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SweepFileError(
+            f"{where}: 'datasets' must map a dataset folder to {{convert: SOURCE, raw: RAW_DIR}}"
+        )
+    out = {}
+    for folder, spec in raw.items():
+        key = f"datasets.{folder}"
+        if not isinstance(spec, Mapping) or not {"convert", "raw"} <= set(spec):
+            raise SweepFileError(
+                f"{where}: {key} must be {{convert: SOURCE, raw: RAW_DIR}}, e.g. "
+                "{convert: taobao, raw: ../shared/data/taobao-userbehavior-prefix}"
+            )
+        _check_keys(f"{key}.", spec, DATASET_KEYS, path)
+        if spec["convert"] not in CONVERTER_SOURCES:
+            raise SweepFileError(
+                f"{where}: {key}.convert {spec['convert']!r} is not a converter."
+                f"{did_you_mean(str(spec['convert']), CONVERTER_SOURCES, list_valid=True)}"
+            )
+        opt = spec.get("opt") or {}
+        if not isinstance(opt, Mapping):
+            raise SweepFileError(f"{where}: {key}.opt must map converter options to values")
+        out[str(folder)] = DatasetRecipe(
+            folder=str(folder), convert=str(spec["convert"]), raw=str(spec["raw"]), opt=dict(opt)
+        )
+    return out
 
 
 def parse_analysis(a: Any, where: Any, path: Path | None) -> AnalysisHints | None:

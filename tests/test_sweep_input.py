@@ -280,3 +280,97 @@ def test_wrong_typed_status_field_is_named_and_the_retry_rewrites_it(tmp_path, c
     store.write_status("running", new_attempt=True)
     err = capsys.readouterr().err
     assert "warning: " in err and "'state' is 3 (int)" in err and "rewritten" in err
+
+
+def test_a_retry_survives_a_wrong_typed_status_field(tmp_path, capsys):
+    """The issue's case through the driver: a failed run whose status.json says attempts "three"
+    used to fail every retry in write_status (int("three")); the retry now runs (and fails for the
+    run's own reason, its dataset), names the field, and rewrites the file."""
+    from tests.sweep_support import write_sweep
+
+    path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"), seeds=(0,))
+    runs = tmp_path / "runs"
+    S.run_sweep(path, executor="debug", runs_dir=runs, describe=False, out=io.StringIO())
+    (run,) = [p for p in (runs / "runs_test").iterdir() if not p.name.startswith(".")]
+    status = json.loads((run / "status.json").read_text())
+    status["attempts"] = "three"
+    (run / "status.json").write_text(json.dumps(status))
+    capsys.readouterr()
+    S.run_sweep(
+        path,
+        executor="debug",
+        runs_dir=runs,
+        describe=False,
+        retry_failed=True,
+        out=io.StringIO(),
+    )
+    err = capsys.readouterr().err
+    assert f"{run / 'status.json'}: 'attempts' is \"three\" (str)" in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["attempts"] == 1 and "no_such_dataset" in status["error"]
+    assert "invalid literal" not in json.dumps(status)
+
+
+# ------------------------------------------------------------------- real-data presets convert once
+
+
+def tmall_sweep(tmp_path: Path, raw: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "data_cache" / "tmall"
+    data = json.loads(json.dumps(BASE))
+    data["base"]["data"] = {
+        "dataset": str(folder),
+        "seq_len": 8,
+        "batch_size": 256,  # a Tmall request holds up to 235 impressions
+        "eval_batch_size": 4096,
+    }
+    data["base"]["train"]["max_steps"] = 2
+    data["grid"] = {"data.seq_len": [8]}
+    data["datasets"] = {str(folder): {"convert": "tmall", "raw": str(raw)}}
+    return write(tmp_path, data), folder
+
+
+def test_missing_raw_folder_is_one_line_and_nothing_is_converted(tmp_path):
+    path, folder = tmall_sweep(tmp_path, tmp_path / "no_raw")
+    out = io.StringIO()
+    S.run_sweep(path, dry_run=True, runs_dir=tmp_path / "runs", describe=False, out=out)
+    assert f"dataset {folder}: not converted yet; `run` converts it first" in out.getvalue()
+    with pytest.raises(S.SweepError) as info:
+        S.run_sweep(
+            path, executor="debug", runs_dir=tmp_path / "runs", describe=False, out=io.StringIO()
+        )
+    msg = str(info.value)
+    assert f"datasets.{folder}: the raw folder {tmp_path / 'no_raw'} does not exist" in msg
+    assert "python -m harness.data convert tmall RAW_DIR --out" in msg and "\n" not in msg
+    assert not folder.exists()
+
+
+@pytest.mark.realdata
+def test_real_data_folder_is_converted_on_first_use_then_reused(tmp_path, shared_data):
+    path, folder = tmall_sweep(tmp_path, shared_data / "tmall-2014-brand-log")
+    out = io.StringIO()
+    outcome = S.run_sweep(
+        path, executor="debug", runs_dir=tmp_path / "runs", describe=False, out=out
+    )
+    text = out.getvalue()
+    assert outcome.code == 0 and [r.status for r in outcome.rows] == ["done"], text
+    assert (
+        f"converting tmall logs {shared_data / 'tmall-2014-brand-log'} once into {folder}" in text
+    )
+    assert (folder / "manifest.yaml").exists()
+    out = io.StringIO()
+    S.run_sweep(path, executor="debug", runs_dir=tmp_path / "runs", describe=False, out=out)
+    assert "converting" not in out.getvalue() and "nothing to run: 1/1 runs done" in out.getvalue()
+
+
+def test_length_presets_declare_how_their_real_data_is_made():
+    sweep = load_sweep(REPO / "sweeps" / "length.yaml", "taobao")
+    for preset, source in (("taobao", "taobao"), ("tmall", "tmall")):
+        runs = resolve(load_sweep(REPO / "sweeps" / "length.yaml", preset), check_model=False)
+        (dataset,) = {r.cfg.data.dataset for r in runs}
+        assert sweep.datasets[dataset].convert == source
+
+
+def test_tiny_config_trains_at_the_documented_rate():
+    # docs/learning-history.md: OneTrans stalls at lr 5e-3 on the history and learns at 1e-3
+    assert load_config(TINY, check_model=False).train.lr == 1e-3
+    assert "lr 1e-3" in (REPO / "docs" / "learning-history.md").read_text()
