@@ -497,8 +497,7 @@ def _check_distinct(values: list[Any], key: str, where: Any) -> None:
         if k in seen:
             first = seen[k]
             how = (
-                f" (one a {type(first).__name__}, one a {type(v).__name__}: quotes make YAML "
-                "read a string)"
+                f" ({type(first).__name__} and {type(v).__name__}: quotes make YAML read a string)"
                 if type(first) is not type(v)
                 else ""
             )
