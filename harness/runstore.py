@@ -493,8 +493,7 @@ class RunStore:
 
         On a full disk the atomic write (a new file) can fail where rewriting the existing small
         file in place still fits (its blocks are freed first), so a failure is recorded even then."""
-        for line in self.status_problems():  # named once, then replaced by this write
-            print(f"warning: {line}", file=sys.stderr, flush=True)
+        self._warn_status_problems()
         old = self.status() or {}
         attempts = int(old.get("attempts", 0)) + (1 if new_attempt else 0)
         status = {
@@ -508,6 +507,11 @@ class RunStore:
             status["jobs"] = old["jobs"]  # scheduler job ids mirrored by the sweep dispatcher
         self._write_status(status)
         return status
+
+    def _warn_status_problems(self) -> None:
+        """Name status.json's wrong-typed fields on stderr right before a write replaces them."""
+        for line in self.status_problems():
+            print(f"warning: {line}", file=sys.stderr, flush=True)
 
     def _write_status(self, status: dict[str, Any]) -> None:
         path = self.path / STATUS
@@ -536,6 +540,7 @@ class RunStore:
         leaves a DONE run alone, and a folder another live process owns. Returns whether it wrote."""
         if (self.path / DONE).exists() or (not self._lock.held and self.owner() is not None):
             return False
+        self._warn_status_problems()
         status = self.status() or {}
         if status.get("state") == FAILED and status.get("error"):
             status["dispatch_error"] = error  # the run's own error says more: keep it first
@@ -548,6 +553,7 @@ class RunStore:
 
     def add_job(self, job_id: str) -> None:
         """Mirror a scheduler job id into status.json ("jobs" list), keeping its other keys."""
+        self._warn_status_problems()
         status = self.status() or {}
         status.setdefault("state", QUEUED)
         if status["state"] == FAILED:

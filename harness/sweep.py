@@ -673,7 +673,7 @@ def run_sweep(
             # start it a second time or miss its live job, so the user fixes the line first
             raise SweepError(f"{bad_ledger[0]}{more}; nothing was started or cancelled")
         print(f"warning: {bad_ledger[0]}{more}; that line is ignored here", file=err, flush=True)
-    if opts.warn_runs and len(runs) > opts.warn_runs:
+    if opts.warn_runs and len(runs) > opts.warn_runs and opts.command in ("run", "plan"):
         print(f"warning: {_size_warning(sweep, runs, opts.warn_runs)}", file=err, flush=True)
     lock = None
     if opts.command == "run" and not opts.dry_run:
