@@ -64,8 +64,8 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     # coerced field by field thousands of times when a big sweep is planned
     if type(value) is hint and hint in (int, str, bool):
         return value
-    if hint is float and type(value) in (int, float) and math.isfinite(value):
-        return float(value)
+    if hint is float and type(value) is float and math.isfinite(value):
+        return value
     origin, args = typing.get_origin(hint), typing.get_args(hint)
 
     def bad(expected: str) -> ConfigError:
@@ -113,6 +113,10 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
             value = float(value.strip().lower().replace("infinity", "inf"))
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range (e.g. 1 followed by 400 zeros)
+            value = math.inf
         if not math.isfinite(value):
             raise ConfigError(
                 f"{where}: {key} = {value!r} is not a finite number; give a finite one "
