@@ -6,6 +6,7 @@ A finished run (DONE + result.json) is flagged when
     than half of the improvement the run had made (first -> best rolling median), by more than 10% of
     the best value and by more than 3 per-step noise sds                          -> every metric
   - a metric is NaN, null or missing in result.json while other runs have it      -> that metric
+  - a metric of the split is +inf or -inf in result.json (any metric)               -> that metric
   - it is a seed outlier of its configuration (same sweep, model, size and axes) -> that metric:
     |y - median of the config's seeds| > 6 * sigma, where sigma is the seed noise estimated robustly
     from all within-configuration pairs of the sweep and model:
@@ -182,6 +183,21 @@ def flag_runs(done: pd.DataFrame, split: str, metrics) -> pd.DataFrame:
         if problem:
             rows.append(_flag(r, problem[0], ALL, problem[1]))
     loss_flagged = {f["run_id"] for f in rows}
+    # +-inf in any metric of the split (Infinity is valid JSON to Python): a fit's isfinite filter
+    # would drop it silently, so it is flagged, naming the run and the metric, whether or not that
+    # metric is one the analysis fits
+    for col in [c for c in done.columns if str(c).startswith(f"{split}.")]:
+        values = pd.to_numeric(done[col], errors="coerce")
+        for idx in values.index[np.isinf(values.to_numpy(float))]:
+            r = done.loc[idx]
+            rows.append(
+                _flag(
+                    r,
+                    "nonfinite_metric",
+                    str(col).split(".", 1)[1],
+                    f"{col} is {values[idx]} in result.json",
+                )
+            )
     for m in metrics:
         col = f"{split}.{m}"
         if col not in done or done[col].notna().sum() == 0:
@@ -189,6 +205,8 @@ def flag_runs(done: pd.DataFrame, split: str, metrics) -> pd.DataFrame:
         for _, r in done[done[col].isna()].iterrows():
             rows.append(_flag(r, "nan_metric", m, f"{col} is NaN, null or missing in result.json"))
         clean = done[~done["run_id"].isin(loss_flagged)]
+        # an inf is flagged above; as a seed it would also read as an infinitely far outlier
+        clean = clean[~np.isinf(pd.to_numeric(clean[col], errors="coerce").to_numpy(float))]
         for idx, z, sigma in outliers(clean, col):
             r = done.loc[idx]
             rows.append(

@@ -482,6 +482,31 @@ class FolderLock:
 # ---- the run folder ------------------------------------------------------------------------
 
 
+# status.json fields the harness reads, and the types it reads them as (others are kept as they are)
+STATUS_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "state": ((str,), "a string (running, done, failed, queued)"),
+    "attempts": ((int,), "an integer >= 0"),
+    "error": ((str, type(None)), "a string or null"),
+    "dispatch_error": ((str, type(None)), "a string or null"),
+    "updated": ((str,), "a timestamp string"),
+    "jobs": ((list,), "a list of job ids"),
+}
+
+
+def _status_field_problem(key: str, value: Any) -> str | None:
+    if key not in STATUS_TYPES:
+        return None
+    types_, expected = STATUS_TYPES[key]
+    ok = isinstance(value, types_) and not isinstance(value, bool)
+    if ok and key == "attempts":
+        ok = value >= 0
+    if ok and key == "jobs":
+        ok = all(isinstance(j, str) for j in value)
+    if ok:
+        return None
+    return f"{key!r} is {json.dumps(value)[:60]} ({type(value).__name__}), expected {expected}"
+
+
 class RunStore:
     """One run folder."""
 
@@ -623,7 +648,38 @@ class RunStore:
         return self.read_json(RESULT)
 
     def status(self) -> dict | None:
-        return self.read_json(STATUS)
+        """status.json, its wrong-typed fields left out (status_problems names them): a hand-edited
+        or foreign file must not fail every later start of the run; the next write replaces it."""
+        status = self.read_json(STATUS)
+        if status is None:
+            return None
+        return {k: v for k, v in status.items() if _status_field_problem(k, v) is None}
+
+    def status_problems(self) -> list[str]:
+        """One line per field of status.json the harness cannot use, naming it and what is done."""
+        path = self.path / STATUS
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            return [
+                f"{path}: unreadable ({type(err).__name__}); read as unknown state, rewritten "
+                "when the run next starts"
+            ]
+        if not isinstance(raw, dict):
+            return [
+                f"{path}: expected a JSON object, got {type(raw).__name__}; read as unknown "
+                "state, rewritten when the run next starts"
+            ]
+        out = []
+        for key, value in raw.items():
+            problem = _status_field_problem(key, value)
+            if problem:
+                out.append(
+                    f"{path}: {problem}; read as unknown, rewritten when the run next starts"
+                )
+        return out
 
     def progress(self) -> dict | None:
         return self.read_json(PROGRESS)
@@ -648,6 +704,7 @@ class RunStore:
 
         On a full disk the atomic write (a new file) can fail where rewriting the existing small
         file in place still fits (its blocks are freed first), so a failure is recorded even then."""
+        self._warn_status_problems()
         old = self.status() or {}
         attempts = int(old.get("attempts", 0)) + (1 if new_attempt else 0)
         status = {
@@ -661,6 +718,11 @@ class RunStore:
             status["jobs"] = old["jobs"]  # scheduler job ids mirrored by the sweep dispatcher
         self._write_status(status)
         return status
+
+    def _warn_status_problems(self) -> None:
+        """Name status.json's wrong-typed fields on stderr right before a write replaces them."""
+        for line in self.status_problems():
+            print(f"warning: {line}", file=sys.stderr, flush=True)
 
     def _write_status(self, status: dict[str, Any]) -> None:
         path = self.path / STATUS
@@ -689,6 +751,7 @@ class RunStore:
         leaves a DONE run alone, and a folder another live process owns. Returns whether it wrote."""
         if (self.path / DONE).exists() or (not self._lock.held and self.owner() is not None):
             return False
+        self._warn_status_problems()
         status = self.status() or {}
         if status.get("state") == INTERRUPTED:
             # the run recorded that a signal stopped it after saving its checkpoint: the scheduler
@@ -705,6 +768,7 @@ class RunStore:
 
     def add_job(self, job_id: str) -> None:
         """Mirror a scheduler job id into status.json ("jobs" list), keeping its other keys."""
+        self._warn_status_problems()
         status = self.status() or {}
         status.setdefault("state", QUEUED)
         if status["state"] == FAILED:
@@ -763,6 +827,31 @@ class RunStore:
 # ---- the sweep folder ----------------------------------------------------------------------
 
 
+# the fields every reader of a ledger entry relies on, with the types they expect
+LEDGER_FIELDS: dict[str, tuple[type, ...]] = {
+    "run_id": (str,),
+    "executor": (str,),
+    "job_id": (str, type(None)),
+    "pid": (int, type(None)),
+}
+
+
+def ledger_entry_problem(entry: Any) -> str | None:
+    """What is wrong with one parsed ledger line (None: nothing)."""
+    if not isinstance(entry, dict):
+        return f"expected a JSON object, got {type(entry).__name__} {json.dumps(entry)[:60]}"
+    for key, types_ in LEDGER_FIELDS.items():
+        required = type(None) not in types_
+        if key not in entry:
+            if required:
+                return f"missing {key!r}"
+            continue
+        value = entry[key]
+        if not isinstance(value, types_) or isinstance(value, bool):
+            return f"{key!r} is {json.dumps(value)[:60]} ({type(value).__name__})"
+    return None
+
+
 class Ledger:
     """Append-only record of submissions (`.sweep/ledger.jsonl`); the latest line per run id wins."""
 
@@ -792,16 +881,35 @@ class Ledger:
         except OSError as err:
             raise RunStoreError(disk_message(err, self.path)) from err
 
-    def _entries(self) -> list[dict[str, Any]]:
+    def _read(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """(well-formed entries, one line per wrong-shaped line). A torn line (not JSON: a killed
+        driver) is skipped silently as before; valid JSON of the wrong shape (a hand edit, another
+        tool) is reported, since the run it names loses its job record."""
         if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
+            return [], []
+        out, problems = [], []
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
             try:
-                out.append(json.loads(line))
+                entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a killed driver: the ones before it still count
-        return out
+            problem = ledger_entry_problem(entry)
+            if problem is None:
+                out.append(entry)
+            else:
+                problems.append(
+                    f"{self.path} line {n}: {problem}; a ledger line is "
+                    '{"run_id": "<12 hex>", "executor": "slurm|local|debug", "job_id": "..." or '
+                    'null, "pid": <int> or null, "time": "..."}: fix or delete that line'
+                )
+        return out, problems
+
+    def _entries(self) -> list[dict[str, Any]]:
+        return self._read()[0]
+
+    def problems(self) -> list[str]:
+        """One line per ledger line of the wrong shape, naming the file, the line and the fix."""
+        return self._read()[1]
 
     def latest(self) -> dict[str, dict[str, Any]]:
         return {e["run_id"]: e for e in self._entries() if "run_id" in e}

@@ -19,6 +19,7 @@ name, id, state, job and, when done, its result.json); `main` only parses the ar
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -48,6 +49,7 @@ from harness.runstore import (
     within_runs_dir,
 )
 from harness.sweepfile import (
+    DatasetRecipe,
     ResolvedRun,
     Sweep,
     SweepFileError,
@@ -59,6 +61,10 @@ from harness.sweepfile import (
 COMMANDS = ("run", "status", "plan", "cancel")
 # states a rerun submits by default; failed/cancelled need --retry-failed, done needs --rerun-done
 RUNNABLE = ("new", "interrupted")
+
+# A sweep planning more runs than this gets a warning first (a typo'd axis or one axis too many
+# multiplies the runs); --warn-runs N changes it, 0 turns it off. docs/sweeps.md.
+WARN_RUNS = 1000
 
 
 @dataclass
@@ -119,6 +125,7 @@ class SweepOptions:
     progress_every: float = 30.0
     describe: bool = True  # params / FLOPs / cost columns
     floor: bool = True  # write the count-feature floor of the runs' datasets to .sweep/floor.json
+    warn_runs: int = WARN_RUNS  # warn when a sweep plans more runs than this (0: never)
 
 
 @dataclass
@@ -208,11 +215,30 @@ def _describe(rows: list[Row]) -> str:
     except ImportError as err:
         return f"params/FLOPs not shown: harness.train.describe is not importable ({err})"
     errors = []
+    # describe() builds the model on the meta device (~10 ms); runs that differ only in what it
+    # does not read (lr, seed, steps...) share one answer, so a 10,000-point grid over lr x seq_len
+    # builds 100 models, not 10,000. The key is everything describe() and execution() read.
+    described: dict[str, Any] = {}
+    samples: dict[tuple[str, int, str], int | None] = {}
     for row in rows:
-        try:
-            d = describe(row.run.cfg)
-        except Exception as err:  # one bad run must not hide the plan of the others
-            errors.append(f"{row.run.name}: {type(err).__name__}: {err}")
+        c = row.run.cfg
+        key = json.dumps(
+            [
+                [c.data.dataset, c.data.data_seed, c.data.seq_len, c.data.n_gap_buckets],
+                c.model.to_dict(),
+                [c.train.attention, c.train.recompute, c.train.compile],
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        if key not in described:
+            try:
+                described[key] = describe(c)
+            except Exception as err:  # one bad run must not hide the plan of the others
+                described[key] = f"{type(err).__name__}: {err}"
+        d = described[key]
+        if isinstance(d, str):
+            errors.append(f"{row.run.name}: {d}")
             continue
         p, f = d.get("params"), d.get("flops")
         row.params = p.get("dense") if isinstance(p, dict) else p
@@ -236,7 +262,10 @@ def _describe(rows: list[Row]) -> str:
         elif row.flops_total is None and row.flops_example and t.max_epochs > 0:
             # epoch-bounded: epochs x the train split's impressions (manifest stats, else the
             # synthetic generator's expectation)
-            per_epoch = train_samples_estimate(row.run.cfg)
+            skey = (c.data.dataset, c.data.data_seed, c.data.cache_dir)
+            if skey not in samples:  # reads a manifest: once per dataset
+                samples[skey] = train_samples_estimate(c)
+            per_epoch = samples[skey]
             if per_epoch:
                 row.flops_total = row.flops_example * per_epoch * t.max_epochs
         if row.flops_total:
@@ -385,7 +414,7 @@ def print_results(rows: list[Row], split: str = "test", out=None) -> None:
         )
 
 
-def _match(r: ResolvedRun, key: str, want: str) -> bool:
+def _match(r: ResolvedRun, key: str, want: str, parsed: Any) -> bool:
     if key in ("label", "name", "run_id"):
         got: Any = {"label": r.plan.label, "name": r.name, "run_id": r.run_id}[key]
     elif key in r.plan.axes:
@@ -397,7 +426,6 @@ def _match(r: ResolvedRun, key: str, want: str) -> bool:
                 return False
             node = node[part]
         got = node
-    parsed = yaml.safe_load(want) if want else want
     return got == parsed or str(got) == want
 
 
@@ -409,7 +437,17 @@ def select(runs: list[ResolvedRun], only: list[str]) -> list[ResolvedRun]:
                 f"--only {item!r}: expected key=value, e.g. --only data.seq_len=1024 or --only label=dcnv2"
             )
         key, value = item.split("=", 1)
-        matched = [r for r in out if _match(r, key.strip(), value.strip())]
+        value = value.strip()
+        try:  # read as the sweep file's values are (1024 an int, [a, b] a list)
+            parsed = yaml.safe_load(value) if value else value
+        except yaml.YAMLError as err:
+            problem = str(getattr(err, "problem", "") or "not valid YAML")
+            raise SystemExit(
+                f"--only {item!r}: the value {value!r} is not valid YAML ({problem}); write a "
+                f"value as in the sweep file, e.g. --only data.seq_len=1024 or --only "
+                f"'model.overrides.causal=[true, false]'"
+            ) from None
+        matched = [r for r in out if _match(r, key.strip(), value, parsed)]
         if not matched:
             raise SystemExit(
                 f"--only {item!r} matches no run of this sweep (keys: axes like "
@@ -511,6 +549,31 @@ def _wait_for_driver(
     return store.lock(wait_s=float("inf"), on_wait=on_wait, poll_s=1.0)
 
 
+def _executor_why(chosen: tuple[str, str], requested: str | None, runs: list[ResolvedRun]) -> str:
+    """The executor line's reason; a default SLURM choice for CPU-only runs says how to stay here."""
+    name, why = chosen
+    if requested is None and name == "slurm" and runs:
+        if all(r.resources.accelerator == "cpu" for r in runs):
+            why += (
+                "; these runs ask for CPUs only: --executor local runs them on this machine instead"
+            )
+    return why
+
+
+def _size_warning(sweep: Sweep, runs: list[ResolvedRun], limit: int) -> str:
+    axes = [f"{k} {len(v)}" for k, v in sweep.grid.items()] + [
+        f"zip[{i}] {len(next(iter(g.values())))}" for i, g in enumerate(sweep.zip)
+    ]
+    shape = " x ".join(axes + [f"{len(sweep.seeds)} seed(s)"])
+    return (
+        f"{sweep.path or 'the sweep'} plans {len(runs):,} runs (more than --warn-runs {limit:,}; "
+        f"grid: {shape}"
+        + (f", plus {len(sweep.baselines)} baseline(s)" if sweep.baselines else "")
+        + "). Check the grid, select a subset with --only, or pass "
+        f"--warn-runs {len(runs)} if this is intended"
+    )
+
+
 def _gpu_runs(rows: list[Row]) -> list[Row]:
     return [r for r in rows if r.run.resources.accelerator == "gpu"]
 
@@ -596,6 +659,13 @@ def main(argv: list[str] | None = None) -> int:
         help="do not compute the count-feature floor of the runs' datasets (.sweep/floor.json, "
         "harness/data/floor.py; cached in the dataset folder, seconds on laptop-sized data)",
     )
+    ap.add_argument(
+        "--warn-runs",
+        type=int,
+        default=WARN_RUNS,
+        metavar="N",
+        help=f"warn when the sweep plans more than N runs (default {WARN_RUNS}; 0: never)",
+    )
     args = ap.parse_args(argv)
     # SIGTERM (a scheduler, `kill`) stops the driver the way Ctrl-C does: its runs are stopped at a
     # checkpoint and recorded interrupted, one line says so, the exit code is 128 + signal
@@ -616,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             progress_every=args.progress_every,
             describe=not args.no_describe,
             floor=not args.no_floor,
+            warn_runs=args.warn_runs,
         )
     except SweepError as err:
         print(err.line, file=sys.stderr)
@@ -659,6 +730,27 @@ def run_sweep(
     except RunStoreError as e:
         raise SweepError(str(e)) from None
     store = SweepStore(sweep_dir)
+    chosen = None
+    if opts.command == "run":
+        # which executor, and why, is the first line a run (or a dry run) prints: a laptop sweep on a
+        # machine where a (test) SLURM cluster answers goes to that cluster by default, and the user
+        # must see that before anything is planned or submitted
+        try:
+            chosen = choose_executor(opts.executor)
+        except RuntimeError as e:
+            raise SweepError(str(e)) from None
+        print(f"executor: {chosen[0]} ({_executor_why(chosen, opts.executor, runs)})", file=out)
+        out.flush()
+    bad_ledger = Ledger(sweep_dir).problems()
+    if bad_ledger:
+        more = f" (and {len(bad_ledger) - 1} more bad line(s))" if len(bad_ledger) > 1 else ""
+        if opts.command in ("run", "cancel") and not opts.dry_run:
+            # the run a bad line names has lost its job record: submitting or cancelling now could
+            # start it a second time or miss its live job, so the user fixes the line first
+            raise SweepError(f"{bad_ledger[0]}{more}; nothing was started or cancelled")
+        print(f"warning: {bad_ledger[0]}{more}; that line is ignored here", file=err, flush=True)
+    if opts.warn_runs and len(runs) > opts.warn_runs and opts.command in ("run", "plan"):
+        print(f"warning: {_size_warning(sweep, runs, opts.warn_runs)}", file=err, flush=True)
     lock = None
     if opts.command == "run" and not opts.dry_run:
         # one driver per sweep folder: a second one waits (or refuses), then plans from what is on disk
@@ -686,7 +778,7 @@ def run_sweep(
             lock.release()
             raise SweepError(str(e)) from None
     try:
-        return _dispatch(file, opts, sweep, runs, sweep_dir, out, err)
+        return _dispatch(file, opts, sweep, runs, sweep_dir, out, err, chosen)
     except RunStoreError as e:
         raise SweepError(str(e)) from None
     except (KeyboardInterrupt, Interrupted) as e:
@@ -710,7 +802,13 @@ def _dispatch(
     sweep_dir: Path,
     out: TextIO,
     err: TextIO,
+    chosen: tuple[str, str] | None = None,
 ) -> SweepOutcome:
+    pending = pending_datasets(sweep, runs)
+    if pending and opts.command == "run" and not opts.dry_run:
+        # before the plan: its params/FLOPs read the dataset's manifest, and every run needs it
+        convert_datasets(sweep, pending, out)
+        pending = []
     rows, note = build_rows(runs, sweep_dir, with_describe=opts.describe)
 
     def outcome(code: int, **kw: Any) -> SweepOutcome:
@@ -728,6 +826,11 @@ def _dispatch(
     for r in rows:
         if r.problem:
             print(f"warning: {r.name} ({r.run_id}): {r.problem}", file=err)
+    for rec in pending:
+        print(
+            f"dataset {rec.folder}: not converted yet; `run` converts it first ({rec.command()})",
+            file=out,
+        )
     if opts.dry_run:  # how small an effect this plan can detect, from earlier runs of its configs
         from harness.power import sweep_mde_lines
 
@@ -783,11 +886,8 @@ def _dispatch(
         s: sum(1 for r in rows if r.status == s and r not in todo)
         for s in ("done", "queued", "running", "failed", "cancelled")
     }
-    try:
-        name, why = choose_executor(opts.executor)
-    except RuntimeError as e:
-        raise SweepError(str(e)) from None
-    print(f"executor: {name} ({why})", file=out)
+    assert chosen is not None  # run_sweep chose (and printed) it before planning
+    name = chosen[0]
     ex = X.make_executor(name, sweep_dir, opts.max_parallel, progress_every_s=opts.progress_every)
     gpu = _gpu_runs(todo or rows)
     if gpu and ex.on_this_machine:
@@ -1013,6 +1113,54 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
     doc = {"sweep": sweep_dir.name, "datasets": list(entries.values())}
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     return path
+
+
+def pending_datasets(sweep: Sweep, runs: list[ResolvedRun]) -> list[DatasetRecipe]:
+    """The sweep file's `datasets:` folders that selected runs read and that do not exist yet."""
+    from harness.data.contract import MANIFEST
+
+    used = dict.fromkeys(r.cfg.data.dataset for r in runs)
+    return [
+        sweep.datasets[d] for d in used if d in sweep.datasets and not (Path(d) / MANIFEST).exists()
+    ]
+
+
+def convert_datasets(sweep: Sweep, recipes: list[DatasetRecipe], out: TextIO) -> None:
+    """Convert each missing dataset from its raw logs once, saying so (the real-data presets
+    used to need a hand-typed conversion first). Any failure is one SweepError line; the converter
+    writes into a temporary sibling, so a failed conversion leaves no half folder behind."""
+    from harness.data.contract import ContractError
+    from harness.data.converters import convert
+
+    where = sweep.path or "<sweep>"
+    for rec in recipes:
+        raw = rec.raw_path()
+        if not raw.is_dir():
+            raise SweepError(
+                f"{where}: datasets.{rec.folder}: the raw folder {raw} does not exist (relative "
+                f"to {Path.cwd()}); put the {rec.convert} files there (docs/converters.md) or "
+                f"convert them yourself: {rec.command('RAW_DIR')}; nothing "
+                "was started"
+            )
+        print(
+            f"converting {rec.convert} logs {raw} once into {rec.folder} ({rec.command()}) ...",
+            file=out,
+            flush=True,
+        )
+        t0 = time.time()
+        try:
+            convert(rec.convert, raw, Path(rec.folder), **rec.opt)
+        except (ContractError, FileExistsError, OSError, ValueError, TypeError, KeyError) as err:
+            raise SweepError(
+                f"{where}: datasets.{rec.folder}: converting {raw} failed ({type(err).__name__}: "
+                f"{err}); nothing was started. Run `{rec.command()}` to see it alone"
+            ) from None
+        print(
+            f"  done in {time.time() - t0:.0f} s; every later run reuses it "
+            f"(check: python -m harness.data validate {rec.folder})",
+            file=out,
+            flush=True,
+        )
 
 
 def _task(r: Row) -> X.Task:

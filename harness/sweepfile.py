@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import itertools
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +56,13 @@ TOP_KEYS = (
     "resource_rules",
     "analysis",
     "presets",
+    "datasets",
 )
 PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "seeds", "description")
 BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
 ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
+DATASET_KEYS = ("convert", "raw", "opt")
+CONVERTER_SOURCES = ("movielens", "taobao", "tmall")  # harness.data.converters (not imported here)
 NAME_KEY = "_name"  # zip column that names rows (not a config key)
 # analysis.fit: each accepted spelling -> the fit form's one name (analysis/fit.py `form`). "powerlaw" is
 # the saturating law y = E + A·x^-α; "saturating" and "power" are its documented aliases.
@@ -116,6 +120,31 @@ class AnalysisHints:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DatasetRecipe:
+    """How the driver makes a dataset folder a run needs, on first use: `python -m harness.data
+    convert <convert> <raw> --out <folder>` (the `datasets:` block of a sweep file)."""
+
+    folder: str  # as runs write it in data.dataset (relative to the current directory)
+    convert: str  # converter source: movielens | taobao | tmall
+    # raw files, relative to the current directory; $VAR and ${VAR:-default} are expanded, so a
+    # file can honour ONETRANS_SHARED_DATA (where the licensed samples live) with a default
+    raw: str
+    opt: dict[str, Any] = field(default_factory=dict)  # converter keyword arguments
+
+    def raw_path(self) -> Path:
+        import os
+        import re
+
+        text = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m[1]) or m[2], self.raw)
+        return Path(os.path.expandvars(text))
+
+    def command(self, raw: str | None = None) -> str:
+        opts = "".join(f" --opt {k}={v}" for k, v in self.opt.items())
+        raw = self.raw_path() if raw is None else raw
+        return f"python -m harness.data convert {self.convert} {raw} --out {self.folder}{opts}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Sweep:
     name: str
     path: Path | None
@@ -133,6 +162,7 @@ class Sweep:
     analysis: AnalysisHints | None
     set: dict[str, Any]  # preset's dotted overrides for every run
     presets: tuple[str, ...]
+    datasets: dict[str, DatasetRecipe] = field(default_factory=dict)  # folder -> recipe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +204,7 @@ def check_presets(data: Any, path: Path | None, skip: str | None = None) -> None
         if name == skip:
             continue
         try:
-            resolve(parse_sweep(data, path=path, preset=name), check_model=False)
+            resolve(parse_sweep(data, path=path, preset=name), check_model=False, cover_only=True)
         except SweepFileError as err:
             text = str(err)
             raise SweepFileError(
@@ -381,7 +411,40 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         analysis=analysis,
         set=sets,
         presets=tuple(presets_raw),
+        datasets=_parse_datasets(data.get("datasets"), where, path),
     )
+
+
+def _parse_datasets(raw: Any, where: Any, path: Path | None) -> dict[str, DatasetRecipe]:
+    """`datasets: {data_cache/taobao: {convert: taobao, raw: ../shared/data/...}}`: folders the
+    driver converts from raw logs on first use (a run whose data.dataset is one of them)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SweepFileError(
+            f"{where}: 'datasets' must map a dataset folder to {{convert: SOURCE, raw: RAW_DIR}}"
+        )
+    out = {}
+    for folder, spec in raw.items():
+        key = f"datasets.{folder}"
+        if not isinstance(spec, Mapping) or not {"convert", "raw"} <= set(spec):
+            raise SweepFileError(
+                f"{where}: {key} must be {{convert: SOURCE, raw: RAW_DIR}}, e.g. "
+                "{convert: taobao, raw: ../shared/data/taobao-userbehavior-prefix}"
+            )
+        _check_keys(f"{key}.", spec, DATASET_KEYS, path)
+        if spec["convert"] not in CONVERTER_SOURCES:
+            raise SweepFileError(
+                f"{where}: {key}.convert {spec['convert']!r} is not a converter."
+                f"{did_you_mean(str(spec['convert']), CONVERTER_SOURCES, list_valid=True)}"
+            )
+        opt = spec.get("opt") or {}
+        if not isinstance(opt, Mapping):
+            raise SweepFileError(f"{where}: {key}.opt must map converter options to values")
+        out[str(folder)] = DatasetRecipe(
+            folder=str(folder), convert=str(spec["convert"]), raw=str(spec["raw"]), opt=dict(opt)
+        )
+    return out
 
 
 def parse_analysis(a: Any, where: Any, path: Path | None) -> AnalysisHints | None:
@@ -419,10 +482,30 @@ def _parse_grid(raw: Any, where_key: str, where: Any, unique: bool = True) -> di
             raise SweepFileError(
                 f"{where}: {where_key}.{key} must be a non-empty list of values, got {values!r}"
             )
-        if unique and len({_hashable(v) for v in values}) != len(values):
-            raise SweepFileError(f"{where}: {where_key}.{key} repeats a value: {values!r}")
+        if unique:
+            _check_distinct(values, f"{where_key}.{key}", where)
         out[str(key)] = list(values)
     return out
+
+
+def _check_distinct(values: list[Any], key: str, where: Any) -> None:
+    """Grid values must be distinct as runs see them: 8 and "8" (a quoted YAML string) are one
+    point written twice; they would name the same run (and only one of them is an int)."""
+    seen: dict[Any, Any] = {}
+    for v in values:
+        k = _hashable(v) if isinstance(v, (list, dict)) else _fmt(v)
+        if k in seen:
+            first = seen[k]
+            how = (
+                f" ({type(first).__name__} and {type(v).__name__}: quotes make YAML read a string)"
+                if type(first) is not type(v)
+                else ""
+            )
+            raise SweepFileError(
+                f"{where}: {key} repeats a value: {first!r} and {v!r} are duplicates{how}; "
+                f"remove one from {values!r}"
+            )
+        seen[k] = v
 
 
 def _parse_zip(raw: Any, where_key: str, where: Any) -> dict[str, list[Any]]:
@@ -578,12 +661,15 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
                     **b.set,
                 }
                 add(b.label, sub, seed, ov, b.resource_class)
-    names = [r.name for r in runs]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    # counted once (list.count per run was quadratic: seconds at 10,000 runs)
+    dup = sorted(n for n, k in Counter(r.name for r in runs).items() if k > 1)
     if dup:
         where = sweep.path or "<sweep>"
+        # grid values are distinct (checked when parsed): names collide through labels or through
+        # a zip `_name` column
         raise SweepFileError(
-            f"{where}: two runs would get the same name {dup[:3]}; give baselines distinct labels"
+            f"{where}: two runs would get the same name {dup[:3]}; give baselines distinct labels "
+            f"(and zip `_name` rows distinct names)"
         )
     return runs
 
@@ -647,8 +733,28 @@ def resource_overrides(rc: Resources) -> dict[str, Any]:
     }
 
 
-def resolve(sweep: Sweep, check_model: bool = True) -> list[ResolvedRun]:
-    """Expand the sweep and build each run's validated RunConfig and run id."""
+# check_presets resolves every run of a preset that is not selected only up to this many runs; a
+# bigger one is checked on a covering subset (see _covering), so that a 10,000-point grid with two
+# presets is not resolved three times over before its plan prints.
+CHECK_ALL_UP_TO = 256
+
+
+def _covering(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Runs that, together, use every value of every axis and every seed of each label (baseline)
+    at least once: each bad value, preset key or baseline setting still fails one of them."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for r in runs:
+        keys = {(r.label, k, _hashable(v)) for k, v in r.axes.items()} | {(r.label, "seed", r.seed)}
+        if not keys <= seen:
+            seen |= keys
+            out.append(r)
+    return out
+
+
+def resolve(sweep: Sweep, check_model: bool = True, cover_only: bool = False) -> list[ResolvedRun]:
+    """Expand the sweep and build each run's validated RunConfig and run id. `cover_only` (a
+    check, not a plan): above CHECK_ALL_UP_TO runs, only a subset using every axis value once."""
     from harness import config as C
 
     where = str(sweep.path or "<sweep>")
@@ -656,8 +762,11 @@ def resolve(sweep: Sweep, check_model: bool = True) -> list[ResolvedRun]:
         base = C.RunConfig.from_dict(sweep.base, where=f"{where}: base", check_model=False)
     except C.ConfigError as err:
         raise SweepFileError(str(err)) from None
+    planned = expand(sweep)
+    if cover_only and len(planned) > CHECK_ALL_UP_TO:
+        planned = _covering(planned)
     out = []
-    for run in expand(sweep):
+    for run in planned:
         rc = sweep.resources[run.resource_class]
         ov = {
             **resource_overrides(rc),
@@ -673,9 +782,9 @@ def resolve(sweep: Sweep, check_model: bool = True) -> list[ResolvedRun]:
         except C.ConfigError as err:
             raise SweepFileError(str(err)) from None
         out.append(ResolvedRun(plan=run, cfg=cfg, run_id=C.run_id(cfg)))
-    ids = [r.run_id for r in out]
-    if len(set(ids)) != len(ids):
-        dup = sorted({r.name for r in out if ids.count(r.run_id) > 1})
+    ids = Counter(r.run_id for r in out)
+    if len(ids) != len(out):
+        dup = sorted({r.name for r in out if ids[r.run_id] > 1})
         raise SweepFileError(
             f"{where}: runs {dup} resolve to the same config (same run id); an axis has no "
             "effect on the run config — check its dotted key"

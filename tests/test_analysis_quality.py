@@ -125,6 +125,37 @@ def test_nan_metric_is_listed_and_counts_are_the_fitted_ones(length_clean, tmp_p
     )
 
 
+def test_infinite_metrics_are_flagged_by_run_and_metric(length_clean, tmp_path, capsys):
+    """Issue #21: `Infinity` / `-Infinity` in result.json (valid JSON to Python) used to leave the fit
+    silently (its isfinite filter); now each is a flag naming the run and the metric, in the console
+    listing and flagged.csv, and the fit's run count says it is out. A metric the analysis does not
+    fit (cvr_auc here) is flagged too."""
+    runs = _copy(length_clean, tmp_path / "inf")
+    pos = find_run(runs, "length", 256, 0)
+    neg = find_run(runs, "length", 512, 1)
+    for run, metric, text in ((pos, "ctr_auc", "Infinity"), (neg, "cvr_auc", "-Infinity")):
+        rec = (run / "result.json").read_text()
+        data = json.loads(rec)
+        data["metrics"]["test"][metric] = "__X__"
+        (run / "result.json").write_text(json.dumps(data).replace('"__X__"', text))
+    an = analyze(collect([runs]), settings=SETTINGS, metrics=("ctr_auc",))
+    got = sorted(map(tuple, an.flags[["run_id", "reason", "metrics", "detail"]].values.tolist()))
+    assert got == sorted(
+        [
+            (pos.name, "nonfinite_metric", "ctr_auc", "test.ctr_auc is inf in result.json"),
+            (neg.name, "nonfinite_metric", "cvr_auc", "test.cvr_auc is -inf in result.json"),
+        ]
+    )
+    s = _length_series(an)
+    assert s.n_runs == 17 and pos.name in s.excluded
+    out = tmp_path / "out"
+    main([str(runs), "--out", str(out), "--n-boot", "100", "--metrics", "ctr_auc", "--no-vector"])
+    printed = capsys.readouterr().out
+    assert pos.name in printed and neg.name in printed and "nonfinite_metric" in printed
+    flagged = pd.read_csv(out / "flagged.csv")
+    assert set(flagged["run_id"]) == {pos.name, neg.name}
+
+
 def test_training_loss_rules(tmp_path):
     def write(name, text):
         (tmp_path / name).write_text(text)

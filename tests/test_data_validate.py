@@ -241,3 +241,45 @@ def test_event_side_fields_disagree_with_items(folder):
     )
     v = only(validate(folder), "side_mismatch", "category", EVENTS)
     assert v.rows == 1 and v.example["row"] == 6 and "item_id" in v.example
+
+
+def test_impressions_without_prior_events_warn_with_the_share(folder, capsys):
+    """Issue #21: a dataset whose events all come after its impressions validated as `valid` and
+    trained on empty histories. Every share at or above NO_HISTORY_WARN (50%) is a warning that
+    says the share; the clean world (little cold start) gets none; the exit code stays 0."""
+    from harness.data.__main__ import main
+    from harness.data.validate import NO_HISTORY_WARN
+
+    imps = pd.read_parquet(folder / IMPRESSIONS)
+    late = int(imps["ts"].max()) + 1
+    edit(
+        folder, EVENTS, lambda d: d.assign(ts=d["ts"] + late)
+    )  # every event after every impression
+    v = only(validate(folder), "no_history", "ts", IMPRESSIONS)
+    assert not v.is_error and v.rows == len(imps)
+    assert "no impression has any prior event" in v.message and "fix:" in str(v)
+    assert main(["validate", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "warning: impressions.parquet [ts]: no_history" in out
+
+    # a large share, not all: move the events of the users of ~60% of the impressions late
+    users = imps["user_id"].drop_duplicates().sample(frac=1.0, random_state=0)
+    share, chosen = 0.0, []
+    for u in users:
+        chosen.append(u)
+        share = imps["user_id"].isin(chosen).mean()
+        if share >= 0.6:
+            break
+    edit(folder, EVENTS, lambda d: d.assign(ts=d["ts"] - late))  # back as they were
+    edit(
+        folder,
+        EVENTS,
+        lambda d: d.assign(ts=np.where(d["user_id"].isin(chosen), d["ts"] + late, d["ts"])),
+    )
+    v = only(validate(folder), "no_history")
+    empty = v.rows / len(imps)
+    assert NO_HISTORY_WARN <= empty < 1.0 and f"{empty:.0%} of the impressions" in v.message
+
+
+def test_clean_world_has_histories(clean):
+    assert not [v for v in validate(clean) if v.kind == "no_history"]

@@ -217,7 +217,9 @@ class Manifest:
         if not Path(folder).is_dir():
             raise ContractError(
                 f"{folder}: not a dataset folder. Create one with "
-                f"`python -m harness.data synth --preset ci --out {folder}` or a converter."
+                f"`python -m harness.data synth --preset ci --out {folder}`, or convert a public "
+                f"log: `python -m harness.data convert {{movielens,taobao,tmall}} RAW_DIR --out "
+                f"{folder}` (docs/converters.md)."
             )
         if not path.exists():
             raise ContractError(

@@ -369,6 +369,7 @@ def validate(folder: str | Path) -> list[Violation]:
     item_side = (
         None  # (sorted item ids, {side field: values}) to check events against items.parquet
     )
+    first_event: tuple[np.ndarray, np.ndarray] | None = None  # (sorted users, their first event ts)
     if present[ITEMS]:
         with _readable(rep, ITEMS, folder / ITEMS):
             sides = [c for c in m.side_fields if c in _schema(folder / ITEMS).names]
@@ -401,6 +402,7 @@ def validate(folder: str | Path) -> list[Violation]:
                     "so a sequence model could not learn from it",
                     fix=f"write the users' events to {EVENTS} ({DOC}); check the converter's filters",
                 )
+            first_parts: list[tuple[np.ndarray, np.ndarray]] = []  # (users, first ts) per group
             dup_keys = [c for c in ("user_id", "ts", "item_id", "behavior") if c in ok]
             carry: pa.Table | None = None  # last (user, ts) group of the previous row group
             for f in _files(folder / EVENTS):
@@ -427,6 +429,10 @@ def validate(folder: str | Path) -> list[Violation]:
                         )
                         if len(u):
                             last_key = (int(u[-1]), int(ts[-1]))
+                            # each user's first event (events are sorted by (user_id, ts); unsorted
+                            # ones are an error above): is there any history before an impression?
+                            users, first = np.unique(u, return_index=True)
+                            first_parts.append((users, ts[first]))
                         rep.rows(
                             t,
                             ts < 0,
@@ -502,6 +508,14 @@ def validate(folder: str | Path) -> list[Violation]:
                                     show=(*show, "item_id"),
                                 )
                     off += len(t)
+            if first_parts:
+                users = np.concatenate([p[0] for p in first_parts])
+                firsts = np.concatenate([p[1] for p in first_parts])
+                order = np.lexsort((firsts, users))
+                users, firsts = users[order], firsts[order]
+                keep = np.ones(len(users), bool)
+                keep[1:] = users[1:] != users[:-1]
+                first_event = (users[keep], firsts[keep])
 
     if present[IMPRESSIONS]:
         with _readable(rep, IMPRESSIONS, folder / IMPRESSIONS):
@@ -593,6 +607,8 @@ def validate(folder: str | Path) -> list[Violation]:
                         fix="give each (user_id, ts) request its own request_id",
                         show=show,
                     )
+            if first_event is not None and {"user_id", "ts"} <= ok and len(t):
+                _no_history(rep, t, col("user_id"), col("ts"), first_event, show)
             if "item_id" in ok:
                 _vocab(
                     rep,
@@ -721,6 +737,55 @@ def validate(folder: str | Path) -> list[Violation]:
                         show=show,
                     )
     return rep.result()
+
+
+# `validate` warns when at least this share of the impressions has an empty history (no event of
+# their user strictly before their ts): a sequence model then learns little or nothing from the
+# history. Real logs have some cold start (new users, the first days of a log); the converted
+# Taobao/Tmall/MovieLens samples and the synthetic worlds are far below it. docs/data-contract.md.
+NO_HISTORY_WARN = 0.5
+
+
+def _no_history(
+    rep: _Report,
+    t: pa.Table,
+    user: np.ndarray,
+    ts: np.ndarray,
+    first_event: tuple[np.ndarray, np.ndarray],
+    show: tuple[str, ...],
+) -> None:
+    """Warn when NO_HISTORY_WARN or more of the impressions have no prior event of their user."""
+    users, firsts = first_event
+    pos = np.minimum(np.searchsorted(users, user), max(users.size - 1, 0))
+    if users.size:
+        has = (users[pos] == user) & (firsts[pos] < ts)
+    else:
+        has = np.zeros(user.size, bool)
+    empty = ~has
+    share = float(empty.mean())
+    if share < NO_HISTORY_WARN:
+        return
+    what = (
+        "no impression has any prior event"
+        if share == 1.0
+        else f"{share:.0%} of the impressions have no prior event"
+    )
+    rep.rows(
+        t,
+        empty,
+        0,
+        file=IMPRESSIONS,
+        column="ts",
+        kind="no_history",
+        message=f"{what} of their user in {EVENTS} (ts strictly before the impression's): their "
+        f"behaviour sequences are empty, so a sequence model cannot learn from the history "
+        f"(warned at >= {NO_HISTORY_WARN:.0%})",
+        fix=f"check that {EVENTS} holds the impressions' users and that both files' ts are epoch "
+        f"seconds of the same clock; a log that starts with its impressions needs events from "
+        f"before them",
+        show=show,
+        severity="warning",
+    )
 
 
 def _duplicates(
