@@ -145,7 +145,11 @@ def test_ci_sweep_through_submitit_then_rerun_skips_everything(slurm_cluster, tm
 def test_killed_driver_does_not_resubmit_live_jobs_and_cancel_is_reported(slurm_cluster, tmp_path):
     if not slurm_cluster["accounting"]:
         pytest.skip("cancel states need slurmdbd (WITH_DBD=1 scripts/slurm_up.sh)")
-    path = write_sweep(tmp_path, "longrun", {"max_steps": 100000, "ckpt_every_n_steps": 50})
+    # long enough to outlast any load on the machine: cancel ends it (max_epochs is 1 by default,
+    # about 1,200 steps of this world: a busy CI machine once let it finish before the restart)
+    path = write_sweep(
+        tmp_path, "longrun", {"max_steps": 100000, "max_epochs": 1000, "ckpt_every_n_steps": 50}
+    )
     runs = tmp_path / "runs"
     first = sweep_cli(str(path), "--executor", "slurm", "--runs-dir", str(runs), "--no-wait")
     assert first.returncode == 0 and "submitted 1 job" in first.stdout
@@ -207,8 +211,12 @@ def test_two_task_ddp_job_on_cpu_with_gloo(slurm_cluster, tmp_path):
 def test_requeued_job_resumes_from_its_checkpoint_and_finishes_once(slurm_cluster, tmp_path):
     import submitit
 
-    steps = 60
-    path = write_sweep(tmp_path, "requeue", {"max_steps": steps, "ckpt_every_n_steps": 2})
+    # enough steps that the interrupt lands before the end even when this test process is starved
+    # on a loaded machine (60 steps once finished between the first checkpoint and the check)
+    steps = 1500
+    path = write_sweep(
+        tmp_path, "requeue", {"max_steps": steps, "max_epochs": 10, "ckpt_every_n_steps": 10}
+    )
     runs = tmp_path / "runs"
     first = sweep_cli(str(path), "--executor", "slurm", "--runs-dir", str(runs), "--no-wait")
     assert first.returncode == 0
