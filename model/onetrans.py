@@ -60,6 +60,8 @@ class Config:
     )
     # only the item id table is shared when False)
     tokenizer_skip: bool = False  # a bias-free linear path beside every tokenizer MLP
+    attention_sink: bool = False  # a learned zero-valued key per head and block (model/attention.py)
+    match_init: bool = False  # candidate and history tokens start matched (see OneTrans._match_init)
     type_emb_init_std: float = 0.02  # init std of the type / gap embeddings (1.0 = nn.Embedding's)
     # --- block (Table 3 "block" rows)
     mixed_params: bool = True  # ablation False: one parameter set for all tokens
@@ -387,6 +389,8 @@ class OneTransBlock(nn.Module):
         self.o = MixedLinear(d, d, n, mixed=mixed and cfg.out_proj == "mixed", with_s=has_s_queries)
         self.ffn1 = MixedLinear(d, cfg.ffn_mult * d, n, mixed=mixed, with_s=has_s_queries)
         self.ffn2 = MixedLinear(cfg.ffn_mult * d, d, n, mixed=mixed, with_s=has_s_queries)
+        # attention_sink: zero init = the sink starts as one more key scoring 0 (model/attention.py)
+        self.sink = nn.Parameter(torch.zeros(cfg.n_heads, cfg.head_dim)) if cfg.attention_sink else None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, H, dh)
         return x.unflatten(-1, (self.n_heads, self.cfg.head_dim))
@@ -454,6 +458,7 @@ class OneTransBlock(nn.Module):
                 torch.cat([valid_s, ns_valid], 1),
                 causal=self.cfg.causal,
                 backend=self.backend,
+                sink=self.sink,
             )
             a = a.transpose(1, 2).flatten(2)  # (B, ks + n, d)
             a_s, a_ns = a[:, :ks], a[:, ks:]
@@ -464,7 +469,14 @@ class OneTransBlock(nn.Module):
                 )
             a_s = (
                 attend(
-                    H(q_s), H(k_s), H(v_s), valid_tail, valid_s, causal=True, backend=self.backend
+                    H(q_s),
+                    H(k_s),
+                    H(v_s),
+                    valid_tail,
+                    valid_s,
+                    causal=True,
+                    backend=self.backend,
+                    sink=self.sink,
                 )
                 .transpose(1, 2)
                 .flatten(2)
@@ -482,6 +494,7 @@ class OneTransBlock(nn.Module):
                     causal=True,
                     backend=self.backend,
                     shared=SharedKeys(H(k_s), H(v_s), valid_s, req_index),
+                    sink=self.sink,
                 )
                 .transpose(1, 2)
                 .flatten(2)
@@ -559,9 +572,34 @@ class OneTrans(RankingModel):
             }
         )
         self.attention_decision: tuple[str, str] | None = None
+        if cfg.match_init:
+            self._match_init()
         if compile_blocks:  # torch.compile every block (static shapes per run)
             for b in self.blocks:
                 b.compile()
+
+    @torch.no_grad()
+    def _match_init(self) -> None:
+        """Start with a candidate scoring the history events that share its content highest: every
+        NS token's linear path reads the candidate's [item ; side fields] through the same map as
+        an S token reads an event's (the S skip), and every query map equals the key map, so at
+        initialisation q.k holds |W_k S e|^2 when the candidate and the event agree."""
+        s_skip, ns_skips = self.s_tok.skip, self.ns_tok.skips
+        if s_skip is None or ns_skips is None or not self.cfg.shared_side_tables:
+            raise ValueError(
+                "onetrans Config.match_init needs tokenizer_skip=True and shared_side_tables=True"
+            )
+        d, w = self.cfg.d_model, s_skip.in_features
+        if self.cfg.ns_tokenizer == "auto_split":
+            skip = ns_skips[0].weight  # (N * d, d_in_ns); the candidate's columns come first
+            for t in range(self.cfg.n_ns_tokens):
+                skip[t * d : (t + 1) * d, :w] = s_skip.weight
+        for b in self.blocks:
+            wk = b.kv.weight_s[:d] if b.kv.weight_s is not None else b.kv.weight_ns[0, :, :d].T
+            if b.q.weight_s is not None:
+                b.q.weight_s.copy_(wk)
+            if b.q.weight_ns is not None:
+                b.q.weight_ns.copy_(wk.T.expand_as(b.q.weight_ns))
 
     def kept_tokens(self, n_tokens: int) -> list[int]:
         """Tokens kept after each layer. Without the pyramid every layer keeps everything except the
