@@ -221,21 +221,6 @@ def flash_attention(
     return full.transpose(1, 2)
 
 
-def with_sink(
-    sink: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_valid: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prepend the sink key (H, dh) with a zero value to every row's own keys. Softmax attention
-    always returns a convex mix of its values, so without a sink "no event matches the candidate"
-    and "every event matches" look alike; a zero-valued sink lets the output's size say how much
-    matched (what DIN's unnormalised weights give it for free). Placed first in the row's own list,
-    it is visible to every query under the bottom-right causal mask, and it is always valid."""
-    B, H, _, dh = k.shape
-    sk = sink.to(k.dtype)[None, :, None, :].expand(B, H, 1, dh)
-    k = torch.cat([sk, k], 2)
-    v = torch.cat([v.new_zeros(B, H, 1, dh), v], 2)
-    return k, v, torch.cat([k_valid.new_ones(B, 1), k_valid], 1)
-
-
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -246,14 +231,9 @@ def attend(
     causal: bool,
     backend: str,
     shared: SharedKeys | None = None,
-    sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dispatch to one backend; returns (B, H, Tq, dh) with padded query rows set to zero.
-    shared: keys/values of each row's group, placed before its own keys k, v (see SharedKeys).
-    sink: (H, dh) one learned key per head with a zero value, visible to every query (see
-    with_sink): attention can then put its mass on "nothing here" instead of averaging the keys."""
-    if sink is not None:
-        k, v, k_valid = with_sink(sink, k, v, k_valid)
+    shared: keys/values of each row's group, placed before its own keys k, v (see SharedKeys)."""
     if shared is not None:
         k_valid = torch.cat([shared.valid[shared.index], k_valid], 1)
         # SDPA and flash need every row's whole key list: copy it per row

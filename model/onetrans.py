@@ -60,8 +60,9 @@ class Config:
     )
     # only the item id table is shared when False)
     tokenizer_skip: bool = False  # a bias-free linear path beside every tokenizer MLP
-    attention_sink: bool = False  # a learned zero-valued key per head and block (model/attention.py)
-    match_init: bool = False  # candidate and history tokens start matched (see OneTrans._match_init)
+    match_init: bool = (
+        False  # candidate and history tokens start matched (see OneTrans._match_init)
+    )
     type_emb_init_std: float = 0.02  # init std of the type / gap embeddings (1.0 = nn.Embedding's)
     # --- block (Table 3 "block" rows)
     mixed_params: bool = True  # ablation False: one parameter set for all tokens
@@ -389,8 +390,6 @@ class OneTransBlock(nn.Module):
         self.o = MixedLinear(d, d, n, mixed=mixed and cfg.out_proj == "mixed", with_s=has_s_queries)
         self.ffn1 = MixedLinear(d, cfg.ffn_mult * d, n, mixed=mixed, with_s=has_s_queries)
         self.ffn2 = MixedLinear(cfg.ffn_mult * d, d, n, mixed=mixed, with_s=has_s_queries)
-        # attention_sink: zero init = the sink starts as one more key scoring 0 (model/attention.py)
-        self.sink = nn.Parameter(torch.zeros(cfg.n_heads, cfg.head_dim)) if cfg.attention_sink else None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, H, dh)
         return x.unflatten(-1, (self.n_heads, self.cfg.head_dim))
@@ -458,7 +457,6 @@ class OneTransBlock(nn.Module):
                 torch.cat([valid_s, ns_valid], 1),
                 causal=self.cfg.causal,
                 backend=self.backend,
-                sink=self.sink,
             )
             a = a.transpose(1, 2).flatten(2)  # (B, ks + n, d)
             a_s, a_ns = a[:, :ks], a[:, ks:]
@@ -476,7 +474,6 @@ class OneTransBlock(nn.Module):
                     valid_s,
                     causal=True,
                     backend=self.backend,
-                    sink=self.sink,
                 )
                 .transpose(1, 2)
                 .flatten(2)
@@ -494,7 +491,6 @@ class OneTransBlock(nn.Module):
                     causal=True,
                     backend=self.backend,
                     shared=SharedKeys(H(k_s), H(v_s), valid_s, req_index),
-                    sink=self.sink,
                 )
                 .transpose(1, 2)
                 .flatten(2)
@@ -590,12 +586,13 @@ class OneTrans(RankingModel):
                 "onetrans Config.match_init needs tokenizer_skip=True and shared_side_tables=True"
             )
         d, w = self.cfg.d_model, s_skip.in_features
-        if self.cfg.ns_tokenizer == "auto_split":
-            skip = ns_skips[0].weight  # (N * d, d_in_ns); the candidate's columns come first
-            for t in range(self.cfg.n_ns_tokens):
-                skip[t * d : (t + 1) * d, :w] = s_skip.weight
+        # the first NS group reads [cand item ; cand side fields ; ...] in that order (auto-split: the
+        # only group; group-wise: the "item" group comes first), the S skip reads [item ; side fields]
+        skip = ns_skips[0].weight  # (tokens of the group * d, inputs of the group)
+        for t in range(self.ns_tok.tokens_per_group[0]):
+            skip[t * d : (t + 1) * d, :w] = s_skip.weight
         for b in self.blocks:
-            wk = b.kv.weight_s[:d] if b.kv.weight_s is not None else b.kv.weight_ns[0, :, :d].T
+            wk = b.kv.weight_s[:d]  # the shared key map (K rows of the K|V projection)
             if b.q.weight_s is not None:
                 b.q.weight_s.copy_(wk)
             if b.q.weight_ns is not None:
