@@ -60,6 +60,9 @@ class Config:
     )
     # only the item id table is shared when False)
     tokenizer_skip: bool = False  # a bias-free linear path beside every tokenizer MLP
+    match_init: bool = (
+        False  # candidate and history tokens start matched (see OneTrans._match_init)
+    )
     type_emb_init_std: float = 0.02  # init std of the type / gap embeddings (1.0 = nn.Embedding's)
     # --- block (Table 3 "block" rows)
     mixed_params: bool = True  # ablation False: one parameter set for all tokens
@@ -612,9 +615,35 @@ class OneTrans(RankingModel):
         ) in self.modules():  # the tokenizer's gather path and the fused RMSNorm (same function)
             if isinstance(m, (RMSNorm, SequenceTokenizer)):
                 m.fused = fused_ops
+        if cfg.match_init:
+            self._match_init()
         if compile_blocks:  # torch.compile every block (static shapes per run)
             for b in self.blocks:
                 b.compile()
+
+    @torch.no_grad()
+    def _match_init(self) -> None:
+        """Start with a candidate scoring the history events that share its content highest: every
+        NS token's linear path reads the candidate's [item ; side fields] through the same map as
+        an S token reads an event's (the S skip), and every query map equals the key map, so at
+        initialisation q.k holds |W_k S e|^2 when the candidate and the event agree."""
+        s_skip, ns_skips = self.s_tok.skip, self.ns_tok.skips
+        if s_skip is None or ns_skips is None or not self.cfg.shared_side_tables:
+            raise ValueError(
+                "onetrans Config.match_init needs tokenizer_skip=True and shared_side_tables=True"
+            )
+        d, w = self.cfg.d_model, s_skip.in_features
+        # the first NS group reads [cand item ; cand side fields ; ...] in that order (auto-split: the
+        # only group; group-wise: the "item" group comes first), the S skip reads [item ; side fields]
+        skip = ns_skips[0].weight  # (tokens of the group * d, inputs of the group)
+        for t in range(self.ns_tok.tokens_per_group[0]):
+            skip[t * d : (t + 1) * d, :w] = s_skip.weight
+        for b in self.blocks:
+            wk = b.kv.weight_s[:d]  # the shared key map (K rows of the K|V projection)
+            if b.q.weight_s is not None:
+                b.q.weight_s.copy_(wk)
+            if b.q.weight_ns is not None:
+                b.q.weight_ns.copy_(wk.T.expand_as(b.q.weight_ns))
 
     def kept_tokens(self, n_tokens: int) -> list[int]:
         """Tokens kept after each layer. Without the pyramid every layer keeps everything except the

@@ -6,6 +6,10 @@ stats     DIR [--json] [--stored]                         sizes, history lengths
 validate  DIR                                             every contract violation; exit 1 if any
 convert   {movielens,taobao,tmall} RAW_DIR --out DIR      public logs -> contract folder
 planted   --out DIR [--window 16 --n-brands 32 --control]  click = a planted history rule (a sanity world)
+          --from SRC --rule KIND[:FIELD] --out DIR  relabel any dataset folder by a planted rule
+                                                    (harness/data/rules.py: item, side, count,
+                                                    behavior, context; --window --k --behavior
+                                                    --context --positive-share --control)
 """
 
 from __future__ import annotations
@@ -41,8 +45,39 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relabel(args: argparse.Namespace) -> int:
+    from harness.data.contract import ContractError
+    from harness.data.rules import Rule, relabel
+
+    try:
+        rule = Rule.parse(
+            args.rule,
+            window=args.window,
+            k=args.k,
+            behavior=args.behavior,
+            context=args.context,
+            positive_share=args.positive_share,
+            control=args.control,
+        )
+        out = relabel(args.source, args.out, rule, seed=args.seed)
+    except (ValueError, FileExistsError, FileNotFoundError, ContractError) as e:
+        print(f"planted: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {out} ({rule.name} on {args.source}); train on it with: python -m harness.train "
+        f"--config configs/tiny.yaml --set data.dataset={out}"
+    )
+    return 0
+
+
 def _planted(args: argparse.Namespace) -> int:
     from harness.data.planted import PlantedConfig, generate_planted
+
+    if args.source is not None:
+        return _relabel(args)
+    if args.rule is not None:
+        print("planted: --rule relabels an existing dataset: add --from DIR", file=sys.stderr)
+        return 2
 
     if args.window < 1 or args.n_brands < 2:
         print("planted: --window must be >= 1 and --n-brands >= 2", file=sys.stderr)
@@ -98,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--control",
         action="store_true",
         help="hand every user's events to another user (labels kept)",
+    )
+    s.add_argument(
+        "--from", dest="source", type=Path, help="relabel this dataset folder instead (--rule)"
+    )
+    s.add_argument("--rule", help="with --from: item | side:F | count:F | behavior:F | context:F")
+    s.add_argument("--k", type=int, default=2, help="count rule: matches needed")
+    s.add_argument("--behavior", type=int, default=1, help="behavior rule: the type id read")
+    s.add_argument("--context", default="hour", help="context rule: the impressions column")
+    s.add_argument(
+        "--positive-share",
+        type=float,
+        default=0.5,
+        help="with --from: share of candidates drawn from the events the rule reads",
     )
     s.set_defaults(func=_planted)
     s = sub.add_parser(
