@@ -60,9 +60,8 @@ class Config:
     )
     # only the item id table is shared when False)
     tokenizer_skip: bool = False  # a bias-free linear path beside every tokenizer MLP
-    match_init: bool = (
-        False  # candidate and history tokens start matched (see OneTrans._match_init)
-    )
+    # candidate and history tokens start matched (OneTrans._match_init; needs the two switches above)
+    match_init: bool = False
     type_emb_init_std: float = 0.02  # init std of the type / gap embeddings (1.0 = nn.Embedding's)
     # --- block (Table 3 "block" rows)
     mixed_params: bool = True  # ablation False: one parameter set for all tokens
