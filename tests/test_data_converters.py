@@ -300,3 +300,34 @@ def test_converter_cli(tmp_path, capsys):
     )
     assert "10 events" in capsys.readouterr().out
     assert len(pd.read_parquet(tmp_path / "ml" / "impressions.parquet")) == 20
+
+
+# ---- item_pop: the candidate's events so far (every converter) --------------------------------
+def reference_item_pop(ev: pd.DataFrame, im: pd.DataFrame) -> np.ndarray:
+    """Plain per-impression count: the item's events, any user, ts strictly before the impression."""
+    return np.array(
+        [np.log1p(((ev.item_id == i) & (ev.ts < t)).sum()) for i, t in zip(im.item_id, im.ts)]
+    )
+
+
+@pytest.mark.parametrize("source", ["movielens", "taobao", "tmall"])
+def test_item_pop_is_the_as_of_count(tmp_path, source):
+    write = {"movielens": write_movielens, "taobao": write_taobao, "tmall": write_tmall}[source]
+    out = convert(source, write(tmp_path / "raw"), tmp_path / "out", neg_ratio=2, seed=1)
+    ev, im, man = load(out)
+    feats = {f["name"]: f for f in man["features"]}
+    assert feats["item_pop"]["kind"] == "numeric" and feats["item_pop"]["table"] == "impressions"
+    assert man["labels"]["item_pop"] is True
+    want = reference_item_pop(ev, im)
+    assert want.max() > 0  # the fixture has items seen before some impression
+    np.testing.assert_allclose(im.item_pop.to_numpy(), want, rtol=1e-6)
+    # the model reads it as a numeric NS feature
+    dm = OneTransDataModule(out, seq_len=8, batch_size=64, drop_last=False)
+    assert "item_pop" in dm.feature_spec.num_names
+
+    # the switch: without it the folder is the one converters wrote before the feature existed
+    off = convert(source, tmp_path / "raw", tmp_path / "off", neg_ratio=2, seed=1, item_pop=False)
+    ev2, im2, man2 = load(off)
+    assert "item_pop" not in im2.columns and "item_pop" not in {f["name"] for f in man2["features"]}
+    pd.testing.assert_frame_equal(im2, im.drop(columns="item_pop"))
+    pd.testing.assert_frame_equal(ev2, ev)

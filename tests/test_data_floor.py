@@ -76,6 +76,22 @@ def test_floor_reads_a_planted_count_and_nothing_in_its_control(planted):
     assert abs(c["test"]["ctr_auc"] - 0.5) < 0.05 and abs(c["val"]["ctr_auc"] - 0.5) < 0.05
 
 
+def test_floor_ablation_drops_a_feature(planted):
+    """floor_at(drop=...): without the feature the planted rule lives in, the floor falls (item
+    counts still carry part of the rule); the coefficients name only the kept features; an unknown
+    name is a clear error."""
+    from harness.data.floor import FloorFeatures, floor_at
+
+    rule, _ = planted
+    feats = FloorFeatures(rule, [8])
+    full = floor_at(feats, 8)
+    without = floor_at(feats, 8, drop=["brand_in_window"])
+    assert "brand_in_window" not in without["coef"] and set(without["coef"]) < set(full["coef"])
+    assert without["val"]["ctr_auc"] < full["val"]["ctr_auc"] - 0.05
+    with pytest.raises(ValueError, match=r"unknown feature\(s\) \['nope'\] to drop"):
+        floor_at(feats, 8, drop=["nope"])
+
+
 def test_cache_is_reused_and_refreshed_when_the_data_change(tmp_path):
     folder = write_tiny_folder(tmp_path / "tiny", n_events=300, n_requests=60)
     a = compute_floor(folder, [4, 8])

@@ -17,10 +17,14 @@ train split's click labels over features standardised with the train mean and sd
 val and test with the project's metrics (`harness.metrics_np.task_metrics`: AUC, UAUC, logloss).
 
 Why a floor: every feature is a count a sequence model of window L can form from what it is given
-(the candidate id, its window of L events with their items, side fields and behaviour types; item
-popularity through the item embedding it learns on train; the user's activity through the user
-embedding and the window's fill). A model that scores below it at the same L leaves signal in its
-input unused. It is not a ceiling: interactions, recency, context and anything nonlinear are
+(the candidate id, its window of L events with their items, side fields and behaviour types; the
+user's activity through the user embedding and the window's fill), except item popularity: a model
+sees one user's history, so an item's count across all users reaches it only through the `item_pop`
+impression feature the converters write (harness.data.converters.common.add_item_popularity, the
+same as-of count as here) or, for items frequent in train, through a learned item embedding. On a
+folder without `item_pop` the floor's popularity term is information the model does not have (on
+the converted Taobao and Tmall logs it is worth about 0.06 to 0.08 AUC: docs/learning-history.md,
+section 11). A model that scores below it at the same L leaves signal in its input unused. It is not a ceiling: interactions, recency, context and anything nonlinear are
 left out on purpose. The oracle (true probabilities) stays the ceiling of synthetic worlds; the
 floor is the yardstick real data has.
 
@@ -47,6 +51,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, MANIFEST, SPLITS, Manifest
+from harness.data.counts import events_before, sorted_rank
 from harness.metrics_np import task_metrics
 
 
@@ -57,7 +62,6 @@ class FloorTooLarge(ValueError):
 FLOOR_VERSION = 1
 CACHE_NAME = ".floor.json"
 DEFAULT_L2 = 1e-4
-TS_BITS = 34  # the contract's ts range: [0, 2^34)
 
 
 # ------------------------------------------------------------------------------------ features
@@ -70,15 +74,6 @@ def _col(table, name: str) -> np.ndarray:
 def _read(path: Path, name: str) -> np.ndarray:
     """One int64 column of a parquet file (one column decoded at a time keeps the peak low)."""
     return _col(pq.read_table(path, columns=[name]), name)
-
-
-def _rank(sorted_keys: np.ndarray, needles: np.ndarray) -> np.ndarray:
-    """searchsorted(sorted_keys, needles, 'left'), with the needles sorted first: sorted queries walk
-    the big array in order (cache-friendly), about 6x faster on millions of events."""
-    order = np.argsort(needles, kind="stable")
-    out = np.empty(needles.size, np.int64)
-    out[order] = np.searchsorted(sorted_keys, needles[order], side="left")
-    return out
 
 
 class FloorFeatures:
@@ -114,16 +109,8 @@ class FloorFeatures:
         starts = {w: np.maximum(first, end - w) for w in self.windows}
         ev_item = _read(ev_path, "item_id")
         # item popularity so far: the item's events (all users) with ts strictly before the impression
-        if ev_ts.size and (ev_ts.min() < 0 or ev_ts.max() >= 1 << TS_BITS):
-            raise ValueError("floor: event ts must lie in [0, 2^34) (docs/data-contract.md)")
-        if max(int(ev_item.max(initial=0)), int(item.max(initial=0))) >= 1 << (63 - TS_BITS):
-            raise ValueError("floor: item ids >= 2^29 do not pack with ts into int64")
-        item_ts = np.sort((ev_item << TS_BITS) | ev_ts)
+        item_pop = events_before(ev_item, ev_ts, item, ts)
         del ev_ts
-        item_pop = _rank(item_ts, (item << TS_BITS) | np.clip(ts, 0, (1 << TS_BITS) - 1)) - _rank(
-            item_ts, item << TS_BITS
-        )
-        del item_ts
         cols: list[tuple[str, Any]] = [("item_pop", item_pop), ("history_len", end - first)]
 
         def window(name, ev_key, cand_key, valid=None):
@@ -133,10 +120,10 @@ class FloorFeatures:
                 raise ValueError(f"floor: {name}: {top} keys x {int(n)} events overflow int64")
             # events sorted by (key, position); positions never cross users ([first, end) is one user's)
             packed = np.sort(ev_key * n + np.arange(ev_key.size, dtype=np.int64))
-            hi = _rank(packed, cand_key * n + end)
+            hi = sorted_rank(packed, cand_key * n + end)
             per_w = {}
             for w, s in starts.items():
-                c = hi - _rank(packed, cand_key * n + s)
+                c = hi - sorted_rank(packed, cand_key * n + s)
                 per_w[w] = c if valid is None else np.where(valid, c, 0)
             cols.append((name, per_w))
 
@@ -224,10 +211,18 @@ def _metrics(y, score, users) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in task_metrics("ctr", y, p, users).items()}
 
 
-def floor_at(feats: FloorFeatures, L: int, l2: float = DEFAULT_L2) -> dict[str, Any]:
-    """One window: fit on train, score every split. A record of plain JSON values."""
+def floor_at(
+    feats: FloorFeatures, L: int, l2: float = DEFAULT_L2, drop: Iterable[str] = ()
+) -> dict[str, Any]:
+    """One window: fit on train, score every split. A record of plain JSON values. `drop` leaves
+    features out (an ablation: what the floor owes to each; scripts/floor_ablation.py)."""
     t0 = time.time()
-    X = feats.matrix(L)
+    unknown = sorted(set(drop) - set(feats.names))
+    if unknown:
+        raise ValueError(f"floor: unknown feature(s) {unknown} to drop; features: {feats.names}")
+    keep = [i for i, n in enumerate(feats.names) if n not in set(drop)]
+    names = [feats.names[i] for i in keep]
+    X = feats.matrix(L)[:, keep]
     tr = feats.split == "train"
     if not tr.any() or feats.click[tr].min() == feats.click[tr].max():
         raise ValueError("floor: the train split needs impressions of both classes")
@@ -241,10 +236,10 @@ def floor_at(feats: FloorFeatures, L: int, l2: float = DEFAULT_L2) -> dict[str, 
         s = feats.split == split
         rec[split] = _metrics(feats.click[s], score[s], feats.user[s]) if s.any() else {}
         rec.setdefault("n", {})[split] = int(s.sum())
-    rec["coef"] = {n: round(float(v), 6) for n, v in zip(feats.names, w)}
+    rec["coef"] = {n: round(float(v), 6) for n, v in zip(names, w)}
     rec["intercept"] = round(b, 6)
-    rec["mean"] = {n: round(float(v), 6) for n, v in zip(feats.names, mu)}
-    rec["sd"] = {n: round(float(v), 6) for n, v in zip(feats.names, sd)}
+    rec["mean"] = {n: round(float(v), 6) for n, v in zip(names, mu)}
+    rec["sd"] = {n: round(float(v), 6) for n, v in zip(names, sd)}
     rec["fit"] = info
     rec["seconds"] = round(time.time() - t0, 3)
     return rec

@@ -49,6 +49,12 @@ def add_convert_args(p) -> None:
     p.add_argument("--val-frac", type=float, default=0.1)
     p.add_argument("--test-frac", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-item-pop",
+        dest="item_pop",
+        action="store_false",
+        help="leave out the item_pop impression feature (the item's events so far; docs/converters.md)",
+    )
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -57,6 +63,7 @@ def main_convert(args) -> int:
         "val_frac": args.val_frac,
         "test_frac": args.test_frac,
         "seed": args.seed,
+        "item_pop": args.item_pop,
         "overwrite": args.overwrite,
     }
     if args.neg_ratio is not None:

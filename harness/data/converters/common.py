@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Manifest
+from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Feature, Manifest
+from harness.data.counts import events_before
 
 
 def remap(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,3 +207,26 @@ def add_time_context(im: pd.DataFrame, utc_offset_h: int = 0, hour: bool = True)
     if hour:
         im["hour"] = (local // 3600) % 24 + 1
     im["weekday"] = ((local // 86400) + 3) % 7 + 1  # 1970-01-01 was a Thursday
+
+
+ITEM_POP = Feature(
+    name="item_pop",
+    kind="numeric",
+    group="item",
+    table="impressions",
+    description="log1p(events of the candidate item, all users and behaviours, strictly before the request)",
+)
+
+
+def add_item_popularity(im: pd.DataFrame, events: pd.DataFrame) -> Feature:
+    """The candidate's popularity so far, as an impression feature (`item_pop`): log1p of the item's
+    events, every user and behaviour, with ts strictly before the impression (an as-of count: nothing
+    of the request's own second or later). Why a column and not only the item embedding: a sequence
+    model sees one user's history, and an item embedding learns popularity only for items frequent in
+    train; a cold or rising item's count across all users is information the model cannot form from
+    its input (docs/converters.md, "item_pop"; the floor's measurement in docs/learning-history.md)."""
+    n = events_before(
+        events.item_id.to_numpy(), events.ts.to_numpy(), im.item_id.to_numpy(), im.ts.to_numpy()
+    )
+    im["item_pop"] = np.log1p(n).astype(np.float32)
+    return ITEM_POP

@@ -19,6 +19,7 @@ import pandas as pd
 
 from harness.data.contract import Behavior, Feature, Manifest, SplitRule
 from harness.data.converters.common import (
+    add_item_popularity,
     add_time_context,
     build_impressions,
     chronological_split,
@@ -86,6 +87,7 @@ def convert(
     val_frac: float = 0.1,
     test_frac: float = 0.1,
     seed: int = 0,
+    item_pop: bool = True,
     overwrite: bool = False,
 ) -> Path:
     raw = Path(raw)
@@ -178,6 +180,7 @@ def convert(
         exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items),
     )
     add_time_context(im)
+    extra = (add_item_popularity(im, events),) if item_pop else ()
     val_start, test_start = chronological_split(im, val_frac, test_frac)
 
     manifest = Manifest(
@@ -233,7 +236,8 @@ def convert(
                 table="impressions",
                 vocab_size=8,
             ),
-        ),
+        )
+        + extra,
         behaviors=(
             Behavior(name="rated", id=1),
             Behavior(name="liked", id=2),
@@ -247,6 +251,7 @@ def convert(
             "conversion_requires_click": True,
             "neg_ratio": neg_ratio,
             "seed": seed,
+            "item_pop": item_pop,
         },
         notes="Impressions are the ratings themselves (+ neg_ratio sampled unrated movies per rating). See docs/converters.md.",
     )

@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.data.contract import Behavior, Feature, Manifest, SplitRule
 from harness.data.converters.common import (
+    add_item_popularity,
     add_time_context,
     build_impressions,
     chronological_split,
@@ -71,6 +72,7 @@ def convert(
     val_frac: float = 0.1,
     test_frac: float = 0.1,
     seed: int = 0,
+    item_pop: bool = True,
     overwrite: bool = False,
 ) -> Path:
     if negatives not in ("popularity", "uniform"):
@@ -124,6 +126,7 @@ def convert(
         exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items),
     )
     add_time_context(im, utc_offset_h=BEIJING)
+    extra = (add_item_popularity(im, events),) if item_pop else ()
     val_start, test_start = chronological_split(im, val_frac, test_frac)
 
     manifest = Manifest(
@@ -161,7 +164,8 @@ def convert(
                 table="impressions",
                 vocab_size=8,
             ),
-        ),
+        )
+        + extra,
         behaviors=tuple(Behavior(name=n, id=i + 1) for i, n in enumerate(NAMES)),
         intent_order=("buy", "cart", "fav", "click"),
         split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
@@ -172,6 +176,7 @@ def convert(
             "neg_ratio": neg_ratio,
             "negatives": negatives,
             "seed": seed,
+            "item_pop": item_pop,
         },
         notes="Impressions are page views plus sampled negatives. See docs/converters.md.",
     )
