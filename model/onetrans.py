@@ -62,6 +62,10 @@ class Config:
     tokenizer_skip: bool = False  # a bias-free linear path beside every tokenizer MLP
     # candidate and history tokens start matched (OneTrans._match_init; needs the two switches above)
     match_init: bool = False
+    # per-head RMSNorm of queries and keys before the dot product (not in the paper): logits become
+    # scaled cosines, bounded by sqrt(head_dim), so a candidate/event match is a large logit from the
+    # start and a high learning rate cannot blow the logits up (docs/learning-history.md, section 11)
+    qk_norm: bool = False
     type_emb_init_std: float = 0.02  # init std of the type / gap embeddings (1.0 = nn.Embedding's)
     # --- block (Table 3 "block" rows)
     mixed_params: bool = True  # ablation False: one parameter set for all tokens
@@ -420,9 +424,19 @@ class OneTransBlock(nn.Module):
         self.o = MixedLinear(d, d, n, mixed=mixed and cfg.out_proj == "mixed", with_s=has_s_queries)
         self.ffn1 = MixedLinear(d, cfg.ffn_mult * d, n, mixed=mixed, with_s=has_s_queries)
         self.ffn2 = MixedLinear(cfg.ffn_mult * d, d, n, mixed=mixed, with_s=has_s_queries)
+        # qk_norm: one gain per head dimension for queries, one for keys, shared by every token
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, H, dh)
         return x.unflatten(-1, (self.n_heads, self.cfg.head_dim))
+
+    def _qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head queries and keys, normalised when qk_norm is on (one place for every path)."""
+        q, k = self._heads(q), self._heads(k)
+        if self.q_norm is None:
+            return q, k
+        return self.q_norm(q), self.k_norm(k)
 
     # --- the two sides, each on its own rows ----------------------------------------------------
 
@@ -435,13 +449,13 @@ class OneTransBlock(nn.Module):
         hk = h if n_kv is None else h[:, h.shape[1] - n_kv :]
         k, v = self.kv.forward_s(hk).chunk(2, -1)
         q = self.q.forward_s(h[:, h.shape[1] - n_query :]) if n_query else h[:, :0]
-        return self._heads(q), self._heads(k), self._heads(v)
+        return *self._qk(q, k), self._heads(v)
 
     def ns_qkv(self, x_ns: torch.Tensor):
         """NS side: queries, keys and values of every NS row (token-specific weights), each (B, N, H, dh)."""
         h = self.norm1(x_ns)
         k, v = self.kv.forward_ns(h).chunk(2, -1)
-        return self._heads(self.q.forward_ns(h)), self._heads(k), self._heads(v)
+        return *self._qk(self.q.forward_ns(h), k), self._heads(v)
 
     def s_finish(self, x_tail: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Kept S rows x_tail (B, rows, d) and their attention output a (B, rows, d) -> the rows leaving

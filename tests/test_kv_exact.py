@@ -53,6 +53,7 @@ def test_cached_equals_full_fp32(kind, n_cand, pyramid):
         {"gap_embedding": True},
         {"mixed_params": False},
         {"out_proj": "shared"},
+        {"qk_norm": True},
     ],
 )
 def test_cached_equals_full_ablations(overrides):
@@ -156,7 +157,7 @@ def test_request_level_training_same_loss_and_grads(kind, pyramid):
         torch.testing.assert_close(got_grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pyramid_end": "B"}])
+@pytest.mark.parametrize("overrides", [{}, {"pyramid_end": "B"}, {"qk_norm": True}])
 def test_cache_runs_the_models_own_request_level_forward(overrides):
     """With one backend (reference) the cache calls exactly the model's request-level computation
     (its block steps, attention and heads), so the two agree bit for bit."""

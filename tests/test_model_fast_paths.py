@@ -151,9 +151,11 @@ def test_rmsnorm_fused_equals_reference():
         torch.testing.assert_close(norm(x), norm.reference(x), atol=tol, rtol=tol)
 
 
-def _model_run(spec, batch, *, attention, fused, request_level=False, seed=0, dtype=None):
+def _model_run(
+    spec, batch, *, attention, fused, request_level=False, seed=0, dtype=None, qk_norm=False
+):
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(SIZES["onetrans-tiny"], request_level=request_level)
+    cfg = dataclasses.replace(SIZES["onetrans-tiny"], request_level=request_level, qk_norm=qk_norm)
     m = build(spec, cfg, attention=attention, fused_ops=fused)
     if dtype == "bf16-true":
         m.to(torch.bfloat16)
@@ -164,14 +166,22 @@ def _model_run(spec, batch, *, attention, fused, request_level=False, seed=0, dt
     return out["ctr"].detach().float(), grads
 
 
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain-qk", "qk-norm"])
 @pytest.mark.parametrize("request_level", [False, True], ids=["per-impression", "request-level"])
 @pytest.mark.parametrize("attention", ["sdpa", "sdpa_causal"])
-def test_model_fast_paths_equal_reference(attention, request_level):
+def test_model_fast_paths_equal_reference(attention, request_level, qk_norm):
     spec = tiny_spec(24)
     batch = empty_history_batch(spec, seed=_seed(), device="cpu")  # request 0: empty history
     assert not batch["seq_mask"].all()
-    ref = _model_run(spec, batch, attention="reference", fused=False)
-    got = _model_run(spec, batch, attention=attention, fused=True, request_level=request_level)
+    ref = _model_run(spec, batch, attention="reference", fused=False, qk_norm=qk_norm)
+    got = _model_run(
+        spec,
+        batch,
+        attention=attention,
+        fused=True,
+        request_level=request_level,
+        qk_norm=qk_norm,
+    )
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, **FP32)
 

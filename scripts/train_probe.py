@@ -1,0 +1,128 @@
+"""A quick learning probe: train a model on a dataset folder with the harness' data module, model
+registry, loss and optimiser (no Lightning, no checkpoints, no run folder) and print the CTR AUC on a
+train sample and on the val split every few steps. For experiment rows (docs/learning-history.md),
+not for figures a report quotes: those come from `python -m harness.train` / `harness.sweep`.
+
+    python scripts/train_probe.py DIR [--model onetrans --size onetrans-tiny] [--seq-len 64]
+        [--batch 256] [--steps 1600] [--every 400] [--lr 1e-3]
+        [--set request_level=true ...]   model Config overrides (JSON values)
+        [--tset optimizer=paper ...]     TrainConfig fields (JSON values, else strings)
+        [--out rows.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from harness.config import TrainConfig  # noqa: E402
+from harness.data.datamodule import OneTransDataModule  # noqa: E402
+from harness.optim import build_optimizer, clip_per_group  # noqa: E402
+from harness.system import task_losses  # noqa: E402
+from model.registry import build_model  # noqa: E402
+
+
+def parse_sets(items: list[str], strings_ok: bool) -> dict:
+    out = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            if not strings_ok:
+                raise SystemExit(
+                    f'--set {item}: the value must be JSON (true, 3, 0.5, "x")'
+                ) from None
+            out[key] = raw
+    return out
+
+
+def auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Exact AUC by ranks (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    r, n1 = rankdata(s), y.sum()
+    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(y) - n1)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--model", default="onetrans")
+    ap.add_argument("--size", default="onetrans-tiny")
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--every", type=int, default=400)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-batches", type=int, default=20, help="train batches in the train AUC")
+    ap.add_argument("--set", action="append", default=[], help="model override KEY=JSON")
+    ap.add_argument("--tset", action="append", default=[], help="TrainConfig field KEY=VALUE")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+
+    torch.set_num_threads(1)
+    torch.manual_seed(a.seed)
+    dm = OneTransDataModule(
+        a.folder, seq_len=a.seq_len, batch_size=a.batch, eval_batch_size=2048, seed=a.seed
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    model = build_model(a.model, dm.feature_spec, a.size, parse_sets(a.set, False), {})
+    cfg = TrainConfig(**{"lr": a.lr, **parse_sets(a.tset, True)})
+    opt, _ = build_optimizer(model, cfg)
+
+    def evaluate(split: str, max_batches: int | None) -> float:
+        model.eval()
+        ys, ss = [], []
+        with torch.no_grad():
+            for i, b in enumerate(dm.loader(split)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                ys.append(b["click"].numpy())
+                ss.append(model(b)["ctr"].float().numpy())
+        model.train()
+        return auc(np.concatenate(ys), np.concatenate(ss))
+
+    rows, step, t0 = [], 0, time.time()
+    while step < a.steps:
+        for b in dm.train_dataloader():
+            loss = task_losses(model(b), b, cfg)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            clip_per_group(opt)
+            opt.step()
+            step += 1
+            if step % a.every == 0 or step == a.steps:
+                row = {
+                    "step": step,
+                    "loss": round(float(loss.detach()), 4),
+                    "train_auc": round(evaluate("train", a.train_batches), 4),
+                    "val_auc": round(evaluate("val", None), 4),
+                    "seconds": round(time.time() - t0),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            if step >= a.steps:
+                break
+    if a.out:
+        a.out.write_text(
+            json.dumps(
+                {"args": {**vars(a), "folder": str(a.folder), "out": str(a.out)}, "rows": rows},
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
