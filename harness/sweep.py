@@ -831,6 +831,8 @@ def _dispatch(
             f"dataset {rec.folder}: not converted yet; `run` converts it first ({rec.command()})",
             file=out,
         )
+    for note in stale_datasets(sweep, runs):
+        print(f"warning: {note}", file=err)
     if opts.dry_run:  # how small an effect this plan can detect, from earlier runs of its configs
         from harness.power import sweep_mde_lines
 
@@ -1123,6 +1125,35 @@ def pending_datasets(sweep: Sweep, runs: list[ResolvedRun]) -> list[DatasetRecip
     return [
         sweep.datasets[d] for d in used if d in sweep.datasets and not (Path(d) / MANIFEST).exists()
     ]
+
+
+def stale_datasets(sweep: Sweep, runs: list[ResolvedRun]) -> list[str]:
+    """Warnings for `datasets:` folders converted by an older converter: one without the `item_pop`
+    impression feature (added in issue #20) that its recipe does not turn off. Runs are identified by
+    their config, not by the data's content, so the folder is never replaced behind the user's back:
+    the warning says how to reconvert (and that finished runs on the old folder stay as they are)."""
+    import yaml
+
+    from harness.data.contract import MANIFEST
+
+    notes = []
+    for d in dict.fromkeys(r.cfg.data.dataset for r in runs):
+        rec = sweep.datasets.get(d)
+        path = Path(d) / MANIFEST
+        if rec is None or not path.exists() or rec.opt.get("item_pop", True) is False:
+            continue
+        try:
+            labels = (yaml.safe_load(path.read_text()) or {}).get("labels") or {}
+        except (OSError, yaml.YAMLError):
+            continue  # validation reports a damaged manifest with its own message
+        if "item_pop" not in labels:
+            notes.append(
+                f"dataset {d}: converted before the converters wrote item_pop (the candidate's "
+                f"events so far, docs/converters.md); to use it, move the folder away and rerun, or "
+                f"`{rec.command()} --overwrite`, and run the sweep into a new --runs-dir (finished "
+                "runs on the old folder keep their results)"
+            )
+    return notes
 
 
 def convert_datasets(sweep: Sweep, recipes: list[DatasetRecipe], out: TextIO) -> None:

@@ -24,6 +24,7 @@ from harness.sweepfile import (
     load_sweep,
     resolve,
 )
+from tests.data_support import write_tiny_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -360,6 +361,25 @@ def test_real_data_folder_is_converted_on_first_use_then_reused(tmp_path, shared
     out = io.StringIO()
     S.run_sweep(path, executor="debug", runs_dir=tmp_path / "runs", describe=False, out=out)
     assert "converting" not in out.getvalue() and "nothing to run: 1/1 runs done" in out.getvalue()
+
+
+def test_a_folder_converted_before_item_pop_is_named_and_left_alone(tmp_path, capsys):
+    """A `datasets:` folder whose manifest predates the item_pop feature gets one warning with the
+    reconvert command; the folder is not touched (runs are keyed by config, not data content)."""
+    path, folder = tmall_sweep(tmp_path, tmp_path / "raw")
+    write_tiny_folder(folder, n_events=200, n_requests=40)
+    before = (folder / "manifest.yaml").read_text()
+    assert "item_pop" not in before
+    S.run_sweep(path, dry_run=True, runs_dir=tmp_path / "runs", describe=False, out=io.StringIO())
+    err = capsys.readouterr().err
+    assert f"dataset {folder}: converted before the converters wrote item_pop" in err
+    assert "--overwrite" in err and (folder / "manifest.yaml").read_text() == before
+    # once converted with the feature (labels.item_pop recorded), no warning
+    man = yaml.safe_load(before)
+    man.setdefault("labels", {})["item_pop"] = True
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(man))
+    S.run_sweep(path, dry_run=True, runs_dir=tmp_path / "runs", describe=False, out=io.StringIO())
+    assert "item_pop" not in capsys.readouterr().err
 
 
 def test_length_presets_declare_how_their_real_data_is_made():
