@@ -315,9 +315,9 @@ class TrainConfig(_Section):
     clip_dense: float = 90.0
     clip_sparse: float = 120.0
     # losses
-    cvr_loss: Literal["clicked", "ctcvr"] = (
-        "clicked"  # CVR BCE on clicked impressions, or CTCVR on all
-    )
+    # CVR BCE on clicked impressions (mean over clicks, the paper's), the same summed per
+    # impression ("clicked_per_impression"; harness/system.py says why), or CTCVR on all
+    cvr_loss: Literal["clicked", "clicked_per_impression", "ctcvr"] = "clicked"
     ctr_weight: float = 1.0
     cvr_weight: float = 1.0
     protocol: Literal["holdout", "next_batch"] = "holdout"

@@ -3,6 +3,14 @@
 Loss: BCE on the CTR logit over every impression, plus the CVR term:
   cvr_loss = "clicked"  BCE of conversion on the CVR logit over clicked impressions (the paper's
                         CVR = conversion | click; non-clicked impressions carry no CVR signal)
+  cvr_loss = "clicked_per_impression"
+                        the same BCE over clicked impressions, summed and divided by the batch's
+                        impressions instead of its clicks: the CVR term's gradient then scales with
+                        the click rate, as every other per-impression term does. With few clicks per
+                        batch the plain mean gives each clicked row 1/clicks of the weight, a noisy,
+                        large gradient on the shared trunk (docs/learning-history.md section 11:
+                        OneTrans stalls at lr 3e-3 with "clicked" and learns with this). The CVR
+                        metrics are the same as "clicked" (conversion | click on clicked rows).
   cvr_loss = "ctcvr"    BCE of conversion on P(click) * P(conversion | click) over every impression
                         (ESMM-style; computed in log space, no saturation)
 weighted by train.ctr_weight / train.cvr_weight.
@@ -48,15 +56,26 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+def cvr_metric_mode(cvr_loss: str) -> str:
+    """The CVR metric a loss mode is judged by: ctcvr scores P(click) * P(conversion | click) over
+    every impression, both clicked modes conversion | click on clicked impressions."""
+    return "ctcvr" if cvr_loss == "ctcvr" else "clicked"
+
+
 def task_losses(
     out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: TrainConfig
 ) -> dict[str, torch.Tensor]:
     ctr_logit, cvr_logit = out["ctr"].float(), out["cvr"].float()
     click, conv = batch["click"].float(), batch["conversion"].float()
     ctr = F.binary_cross_entropy_with_logits(ctr_logit, click)
-    if cfg.cvr_loss == "clicked":
+    if cfg.cvr_loss in ("clicked", "clicked_per_impression"):
         per = F.binary_cross_entropy_with_logits(cvr_logit, conv, reduction="none")
-        cvr = (per * click).sum() / click.sum().clamp(min=1.0)  # mean over clicked; 0 if none
+        denom = (
+            click.sum().clamp(min=1.0)
+            if cfg.cvr_loss == "clicked"
+            else click.new_tensor(float(click.numel() or 1))
+        )
+        cvr = (per * click).sum() / denom  # over clicked rows; 0 if none
     else:
         log_p = F.logsigmoid(ctr_logit) + F.logsigmoid(cvr_logit)
         cvr = -(conv * log_p + (1 - conv) * _log1mexp(log_p)).mean()
@@ -208,16 +227,18 @@ class RankingSystem(L.LightningModule):
     def evaluate_split(self, split: str, p: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.cfg.protocol == "next_batch":
             w = self.cfg.next_batch_warmup_days if split == "train" else 0
-            metrics = M.daily_macro(p, self.cfg.cvr_loss, warmup_days=w)
+            metrics = M.daily_macro(p, cvr_metric_mode(self.cfg.cvr_loss), warmup_days=w)
             oracle = (
-                M.daily_macro(p, self.cfg.cvr_loss, oracle=True, warmup_days=w)
+                M.daily_macro(p, cvr_metric_mode(self.cfg.cvr_loss), oracle=True, warmup_days=w)
                 if self.has_oracle
                 else {}
             )
         else:
-            metrics = M.split_metrics(p, self.cfg.cvr_loss) if len(p["click"]) else {}
+            metrics = (
+                M.split_metrics(p, cvr_metric_mode(self.cfg.cvr_loss)) if len(p["click"]) else {}
+            )
             oracle = (
-                M.split_metrics(p, self.cfg.cvr_loss, oracle=True)
+                M.split_metrics(p, cvr_metric_mode(self.cfg.cvr_loss), oracle=True)
                 if self.has_oracle and len(p["click"])
                 else {}
             )
