@@ -7,16 +7,24 @@
     users.parquet          optional: user_id, <user features>
     items.parquet          optional: item_id, <item features> (incl. the side fields)
 
+Each table may instead be a folder of part files, `events/part-*.parquet` (as Spark, Hive or DuckDB
+write a table), read as one table in name order: `table_source` and `read_table` below are the one
+place that resolves "file or folder of parts"; every reader goes through them.
+
 Conventions: ts is int64 seconds; categorical ids are int64 in [0, vocab_size) with 0 reserved for
 padding / missing; behaviour ids are 1..n (0 never appears in events); labels are 0/1 integers.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import yaml
 
 CONTRACT_VERSION = 1
@@ -275,3 +283,95 @@ def resolve_folder(name: str | Path, cache_dir: str | Path = "data_cache", seed:
             + ", ".join(f"synthetic:{p}" for p in sorted(PRESETS))
         )
     return ensure_synthetic(preset, seed, cache_dir, progress=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# a table = one parquet file or a folder of part files
+# ---------------------------------------------------------------------------------------------
+PARTS_FIX = (
+    "write the table as one file DIR/{single}, or as part files DIR/{parts}/part-*.parquet with "
+    "the same columns and types (docs/data-contract.md, 'Part files')"
+)
+
+
+def table_source(folder: str | Path, name: str) -> Path | None:
+    """Where table `name` (EVENTS, IMPRESSIONS, USERS, ITEMS) of a contract folder lives: the file
+    DIR/events.parquet, a folder of parts DIR/events/ (Spark, Hive, DuckDB), or DIR/events.parquet/
+    (a folder of parts under the file's name, accepted since contract version 1). None when absent.
+    Both a file and a parts folder is ambiguous (which one is the table?) and refused."""
+    folder = Path(folder)
+    single, parts = folder / name, folder / name.removesuffix(".parquet")
+    if single.exists() and parts.is_dir():
+        raise ContractError(
+            f"{folder}: both {single.name} and {parts.name}/ exist, so the table is ambiguous; "
+            f"keep one of them (move the other out of the folder)."
+        )
+    if single.exists():
+        return single
+    return parts if parts.is_dir() else None
+
+
+def _natural_key(path: Path) -> list[Any]:
+    # DuckDB names its parts data_0 .. data_10: plain string order would put data_10 before data_2
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def table_files(path: Path) -> list[Path]:
+    """The parquet files of a table in read order: [path] for a file, else the folder's *.parquet
+    parts in natural name order. Names starting with '_' or '.' (Spark's _SUCCESS, .crc checksum
+    files) are the engines' bookkeeping, not data, and are skipped as pyarrow.dataset does."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(
+        (p for p in path.glob("*.parquet") if not p.name.startswith(("_", "."))), key=_natural_key
+    )
+    if not files:
+        single = path.name if path.name.endswith(".parquet") else f"{path.name}.parquet"
+        raise ContractError(
+            f"{path}/: a folder of parts without any *.parquet file (an export that wrote nothing, "
+            f"or failed?). Fix: "
+            + PARTS_FIX.format(single=single, parts=single.removesuffix(".parquet"))
+            + ", or remove the empty folder."
+        )
+    return files
+
+
+def table_schema(path: Path) -> pa.Schema:
+    """The table's schema, after checking that every part has the same column names and types
+    (footers only, no data read): a part written by another query would otherwise fail deep in a
+    reader, or silently change a dtype."""
+    files = table_files(path)
+    first = pq.read_schema(files[0])
+    for f in files[1:]:
+        other = pq.read_schema(f)
+        if other.names == first.names and other.types == first.types:
+            continue
+        a = {n: str(t) for n, t in zip(first.names, first.types)}
+        b = {n: str(t) for n, t in zip(other.names, other.types)}
+        diff = [
+            f"'{c}' is {a.get(c, 'absent')} in {files[0].name} but {b.get(c, 'absent')} here"
+            for c in dict.fromkeys([*a, *b])
+            if a.get(c) != b.get(c)
+        ] or [f"columns in another order: {other.names} vs {first.names}"]
+        single = path.name if path.name.endswith(".parquet") else f"{path.name}.parquet"
+        raise ContractError(
+            f"{f}: this part's schema differs from the first part's ({'; '.join(diff[:3])}). Fix: "
+            + PARTS_FIX.format(single=single, parts=single.removesuffix(".parquet"))
+            + "; e.g. CAST the column in the query that writes the parts."
+        )
+    return first
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """The whole table (or some columns) from a file or a folder of parts, parts concatenated in
+    table_files order (the row order the contract's sort rules apply to)."""
+    table_schema(path)
+    files = table_files(path)
+    if len(files) == 1:
+        return pq.read_table(files[0], columns=columns)
+    return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
+
+
+def n_rows(path: Path) -> int:
+    """Rows of a table from the parquet footers (no data read)."""
+    return int(sum(pq.read_metadata(f).num_rows for f in table_files(path)))

@@ -28,7 +28,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, SPLITS, USERS, ContractError, Manifest
+from harness.data.contract import (
+    EVENTS,
+    IMPRESSIONS,
+    ITEMS,
+    SPLITS,
+    USERS,
+    ContractError,
+    Manifest,
+    read_table,
+    table_source,
+)
 from harness.data.sequences import EventStore, asof_offsets, gather_sequences
 
 Batching = Literal["requests", "fixed"]
@@ -38,12 +48,13 @@ Batching = Literal["requests", "fixed"]
 # loading and checking
 # ---------------------------------------------------------------------------------------------
 def _read(folder: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-    path = folder / name
-    if not path.exists():
+    path = table_source(folder, name)
+    if path is None:
         raise ContractError(
-            f"{path}: missing. Every dataset folder needs {name} (docs/data-contract.md)."
+            f"{folder / name}: missing. Every dataset folder needs {name}, or its part files "
+            f"{name.removesuffix('.parquet')}/part-*.parquet (docs/data-contract.md)."
         )
-    df = pd.read_parquet(path)
+    df = read_table(path).to_pandas()
     if columns:
         missing = [c for c in columns if c not in df.columns]
         if missing:
@@ -118,7 +129,8 @@ def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
     folder = Path(folder)
     spec = manifest.feature_spec(1)
     side = list(manifest.side_fields)
-    ev_where, im_where = str(folder / EVENTS), str(folder / IMPRESSIONS)
+    # messages name the table where it is: the file, or the folder of parts
+    ev_where, im_where = (str(table_source(folder, n) or folder / n) for n in (EVENTS, IMPRESSIONS))
 
     # ---- events ------------------------------------------------------------------------------
     ev = _read(folder, EVENTS, ["user_id", "ts", "behavior", "item_id", *side])

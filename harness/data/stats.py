@@ -17,7 +17,20 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, SPLITS, USERS, Manifest
+from harness.data.contract import (
+    EVENTS,
+    IMPRESSIONS,
+    ITEMS,
+    SPLITS,
+    USERS,
+    ContractError,
+    Manifest,
+    n_rows,
+    read_table,
+    table_files,
+    table_schema,
+    table_source,
+)
 from harness.metrics_np import ranking_metrics
 
 PERCENTILES = (10, 50, 90, 99)
@@ -57,8 +70,7 @@ def streamed_event_stats(
     lo_key = _pack(imp_user, np.zeros_like(imp_ts))
     prior = np.zeros(hi_key.size, np.int64)
     per_user = np.zeros(user_vocab, np.int64)
-    files = sorted(events_path.glob("*.parquet")) if events_path.is_dir() else [events_path]
-    for f in files:
+    for f in table_files(events_path):
         pf = pq.ParquetFile(f)
         for rg in range(pf.num_row_groups):
             t = pf.read_row_group(rg, columns=["user_id", "ts"])
@@ -69,11 +81,6 @@ def streamed_event_stats(
             )
             per_user += np.bincount(u, minlength=user_vocab)[:user_vocab]
     return prior, per_user
-
-
-def _n_rows(path: Path) -> int:
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    return int(sum(pq.read_metadata(f).num_rows for f in files))
 
 
 def _pct(x: np.ndarray, q: float) -> int:
@@ -91,7 +98,15 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
     cols = ["user_id", "ts", "click", "conversion", "split"]
     if manifest.has_oracle:
         cols += ["p_click", "p_conversion"]
-    imp = pq.read_table(folder / IMPRESSIONS, columns=cols).to_pandas()
+    src = {name: table_source(folder, name) for name in (EVENTS, IMPRESSIONS, USERS, ITEMS)}
+    for name in (EVENTS, IMPRESSIONS):
+        if src[name] is None:
+            raise ContractError(
+                f"{folder / name}: missing (or its parts {name.removesuffix('.parquet')}/"
+                f"part-*.parquet); `python -m harness.data validate {folder}` lists what to fix."
+            )
+        table_schema(src[name])  # parts that disagree: named here, not deep in a reader
+    imp = read_table(src[IMPRESSIONS], columns=cols).to_pandas()
     imp_user = imp["user_id"].to_numpy()
     user_vocab = (
         manifest.feature("user_id").vocab_size
@@ -100,27 +115,23 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
     )
     user_vocab = max(user_vocab, int(imp_user.max()) + 1 if imp_user.size else 1)
     prior, events_per_user = streamed_event_stats(
-        folder / EVENTS, imp_user, imp["ts"].to_numpy(), user_vocab
+        src[EVENTS], imp_user, imp["ts"].to_numpy(), user_vocab
     )
     n_users = (
-        pq.read_metadata(folder / USERS).num_rows
-        if (folder / USERS).exists()
+        n_rows(src[USERS])
+        if src[USERS] is not None
         else int(
             np.count_nonzero(
                 events_per_user | np.bincount(imp_user, minlength=user_vocab)[:user_vocab]
             )
         )
     )
-    n_items = (
-        pq.read_metadata(folder / ITEMS).num_rows
-        if (folder / ITEMS).exists()
-        else manifest.item_vocab - 1
-    )
+    n_items = n_rows(src[ITEMS]) if src[ITEMS] is not None else manifest.item_vocab - 1
     per_user = events_per_user[events_per_user > 0]
     stats: dict[str, Any] = {
         "users": int(n_users),
         "items": int(n_items),
-        "events": _n_rows(folder / EVENTS),
+        "events": n_rows(src[EVENTS]),
         "impressions": int(len(imp)),
         "requests": None,
         "events_per_user_percentiles": {},
@@ -131,9 +142,7 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
     }
     stats["prior_events_percentiles"]["mean"] = _round(float(prior.mean())) if prior.size else 0.0
     stats["events_per_user_percentiles"] = {f"p{q}": _pct(per_user, q) for q in PERCENTILES}
-    rid = (
-        pq.read_table(folder / IMPRESSIONS, columns=["request_id"]).column("request_id").to_numpy()
-    )
+    rid = read_table(src[IMPRESSIONS], columns=["request_id"]).column("request_id").to_numpy()
     stats["requests"] = int(np.unique(rid).size)
     oracle: dict[str, dict[str, float]] = {}
     for split in SPLITS:

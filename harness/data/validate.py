@@ -27,6 +27,11 @@ from harness.data.contract import (
     USERS,
     ContractError,
     Manifest,
+    n_rows,
+    read_table,
+    table_files,
+    table_schema,
+    table_source,
 )
 
 DOC = "docs/data-contract.md"
@@ -158,31 +163,47 @@ def unreadable_files(folder: str | Path) -> list[Violation]:
     the file when a reader that is not the validator (the data module, stats) fails."""
     rep = _Report()
     for fname in (EVENTS, IMPRESSIONS, USERS, ITEMS):
-        path = Path(folder) / fname
-        if not path.exists():
+        try:
+            path = table_source(folder, fname)
+        except ContractError:
+            continue  # the validator reports it; this function names damaged files only
+        if path is None:
             continue
         with _readable(rep, fname, path):
-            for f in _files(path):
+            for f in table_files(path):
                 pf = pq.ParquetFile(f)
                 for rg in range(pf.num_row_groups):
                     pf.read_row_group(rg)
     return rep.result()
 
 
-def _n_rows(path: Path) -> int:
-    return int(sum(pq.read_metadata(f).num_rows for f in _files(path)))
-
-
 def _py(v: Any) -> Any:
     return float(v) if isinstance(v, (np.floating,)) else v
 
 
-def _files(path: Path) -> list[Path]:
-    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-
-
-def _schema(path: Path) -> pa.Schema:
-    return pq.read_schema(_files(path)[0])
+def _sources(rep: _Report, folder: Path) -> dict[str, Path | None]:
+    """Each table's file or folder of parts (contract.table_source); a folder of parts that is
+    empty, ambiguous or mixes schemas is one 'parts' violation naming the part and the fix, and
+    that table's other checks are skipped (they would only repeat it)."""
+    src: dict[str, Path | None] = {}
+    for fname in (EVENTS, IMPRESSIONS, USERS, ITEMS):
+        try:
+            src[fname] = table_source(folder, fname)
+            if src[fname] is not None and src[fname].is_dir():
+                table_schema(src[fname])
+        except (pa.ArrowException, OSError):
+            pass  # a damaged part: the table's own check reports it as 'unreadable', named
+        except ContractError as e:
+            src[fname] = folder / fname
+            rep.unreadable.add(fname)
+            rep.add(
+                file=fname,
+                column="",
+                kind="parts",
+                message=str(e).split(" Fix: ")[0],
+                fix=str(e).split(" Fix: ")[-1],
+            )
+    return src
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,19 +322,23 @@ def validate(folder: str | Path) -> list[Violation]:
         )
         return rep.result()
 
-    present = {f: (folder / f).exists() for f in (EVENTS, IMPRESSIONS, USERS, ITEMS)}
+    src = _sources(rep, folder)
+    # a table reported as 'parts' is there but unusable: not missing, and not checked further
+    exists = {f: src[f] is not None for f in (EVENTS, IMPRESSIONS, USERS, ITEMS)}
+    present = {f: exists[f] and f not in rep.unreadable for f in exists}
     for f in (EVENTS, IMPRESSIONS):
-        if not present[f]:
+        if not exists[f]:
             rep.add(
                 file=f,
                 column="",
                 kind="missing_file",
                 message=f"required file {f} is absent",
-                fix=f"write {folder / f} ({DOC})",
+                fix=f"write {folder / f} or its parts {folder / f.removesuffix('.parquet')}/"
+                f"part-*.parquet ({DOC})",
             )
     for table, f in (("users", USERS), ("items", ITEMS)):
         feats = [x.name for x in m.features if x.table == table]
-        if feats and not present[f]:
+        if feats and not exists[f]:
             rep.add(
                 file=f,
                 column=",".join(feats),
@@ -328,16 +353,16 @@ def validate(folder: str | Path) -> list[Violation]:
     for table, fname, idc in (("users", USERS, "user_id"), ("items", ITEMS, "item_id")):
         if not present[fname]:
             continue
-        with _readable(rep, fname, folder / fname):
+        with _readable(rep, fname, src[fname]):
             ok = _check_columns(
                 rep,
                 fname,
-                _schema(folder / fname),
+                table_schema(src[fname]),
                 [idc, *_cat_feats(m, table)],
                 _numeric_feats(m, table),
                 [],
             )
-            t = pq.read_table(folder / fname, columns=sorted(ok))
+            t = read_table(src[fname], columns=sorted(ok))
             if idc in ok:
                 ids = t.column(idc).to_numpy()
                 hi = m.item_vocab if idc == "item_id" else (user_vocab or np.iinfo(np.int64).max)
@@ -371,9 +396,9 @@ def validate(folder: str | Path) -> list[Violation]:
     )
     first_event: tuple[np.ndarray, np.ndarray] | None = None  # (sorted users, their first event ts)
     if present[ITEMS]:
-        with _readable(rep, ITEMS, folder / ITEMS):
-            sides = [c for c in m.side_fields if c in _schema(folder / ITEMS).names]
-            it = pq.read_table(folder / ITEMS, columns=["item_id", *sides])
+        with _readable(rep, ITEMS, src[ITEMS]):
+            sides = [c for c in m.side_fields if c in table_schema(src[ITEMS]).names]
+            it = read_table(src[ITEMS], columns=["item_id", *sides])
             order = np.argsort(it.column("item_id").to_numpy(), kind="stable")
             item_side = (
                 it.column("item_id").to_numpy()[order],
@@ -381,11 +406,11 @@ def validate(folder: str | Path) -> list[Violation]:
             )
 
     if present[EVENTS]:
-        with _readable(rep, EVENTS, folder / EVENTS):
+        with _readable(rep, EVENTS, src[EVENTS]):
             ok = _check_columns(
                 rep,
                 EVENTS,
-                _schema(folder / EVENTS),
+                table_schema(src[EVENTS]),
                 ["user_id", "ts", "behavior", "item_id", *m.side_fields],
                 [],
                 [],
@@ -393,7 +418,7 @@ def validate(folder: str | Path) -> list[Violation]:
             n_beh = len(m.behaviors)
             last_key: tuple[int, int] | None = None
             off = 0
-            if _n_rows(folder / EVENTS) == 0:
+            if n_rows(src[EVENTS]) == 0:
                 rep.add(
                     file=EVENTS,
                     column="",
@@ -405,7 +430,7 @@ def validate(folder: str | Path) -> list[Violation]:
             first_parts: list[tuple[np.ndarray, np.ndarray]] = []  # (users, first ts) per group
             dup_keys = [c for c in ("user_id", "ts", "item_id", "behavior") if c in ok]
             carry: pa.Table | None = None  # last (user, ts) group of the previous row group
-            for f in _files(folder / EVENTS):
+            for f in table_files(src[EVENTS]):
                 pf = pq.ParquetFile(f)
                 for rg in range(pf.num_row_groups):
                     t = pf.read_row_group(rg, columns=sorted(ok))
@@ -518,7 +543,7 @@ def validate(folder: str | Path) -> list[Violation]:
                 first_event = (users[keep], firsts[keep])
 
     if present[IMPRESSIONS]:
-        with _readable(rep, IMPRESSIONS, folder / IMPRESSIONS):
+        with _readable(rep, IMPRESSIONS, src[IMPRESSIONS]):
             ints = [
                 "request_id",
                 "user_id",
@@ -532,9 +557,9 @@ def validate(folder: str | Path) -> list[Violation]:
                 ["p_click", "p_conversion"] if m.has_oracle else []
             )
             ok = _check_columns(
-                rep, IMPRESSIONS, _schema(folder / IMPRESSIONS), ints, floats, ["split"]
+                rep, IMPRESSIONS, table_schema(src[IMPRESSIONS]), ints, floats, ["split"]
             )
-            t = pq.read_table(folder / IMPRESSIONS, columns=sorted(ok))
+            t = read_table(src[IMPRESSIONS], columns=sorted(ok))
             show = tuple(c for c in ("request_id", "user_id", "ts") if c in ok)
 
             def col(c):
