@@ -6,6 +6,7 @@ ResumeState       checkpoints the data position and the RNG states (bitwise resu
 AtomicCheckpointIO  writes checkpoints to a temporary file and renames it (a kill never leaves a torn last.ckpt)
 CsvMetrics        a Lightning logger writing runstore.MetricsCsv (the local source of truth)
 ProgressFile      progress.json every few seconds: step, total steps, rate, ETA (the sweep driver shows it)
+EvalProgress      a line every N evaluation batches: split, batches done of total, elapsed, ETA
 Throughput        impressions trained and the wall time spent training (validation excluded)
 StopOnSignal      SIGTERM / SIGINT / the scheduler's USR2 stop the run at a batch end, checkpoint saved
 """
@@ -264,6 +265,77 @@ class Throughput(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples, self.train_time = int(state_dict["samples"]), float(state_dict["train_time"])
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"
+
+
+class EvalProgress(Callback):
+    """`eval test: 400/1200 batches (33%), 1 min 02 s, ETA 2 min 04 s` on stderr every
+    `every_n_batches` evaluation batches (rank 0), and one closing line with the pass's time when
+    any was printed: a long final evaluation (hours on a full-size log) says where it is, a short
+    one stays silent. The ETA assumes the remaining batches take the mean time of those done."""
+
+    def __init__(self, every_n_batches: int, stream: Any = None):
+        self.every = every_n_batches
+        self.stream = stream
+        self._t0 = 0.0
+        self._printed = False
+
+    def _say(self, text: str) -> None:
+        import sys
+
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+    def _start(self, trainer) -> None:
+        self._t0, self._printed = time.perf_counter(), False
+
+    def _batch(self, trainer, split: str, total_per_loader: list, batch_idx: int, idx: int) -> None:
+        if not self.every or trainer.global_rank != 0 or (batch_idx + 1) % self.every:
+            return
+        done, total = batch_idx + 1, int(total_per_loader[idx]) if total_per_loader else 0
+        took = time.perf_counter() - self._t0
+        if total and total != float("inf"):
+            eta = took / done * max(total - done, 0)
+            self._say(
+                f"eval {split}: {done}/{total} batches ({100 * done // total}%), "
+                f"{_duration(took)}, ETA {_duration(eta)}"
+            )
+        else:
+            self._say(f"eval {split}: {done} batches, {_duration(took)}")
+        self._printed = True
+
+    def _end(self, trainer, split: str) -> None:
+        if self._printed and trainer.global_rank == 0:
+            self._say(f"eval {split}: done in {_duration(time.perf_counter() - self._t0)}")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._start(trainer)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._start(trainer)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._batch(trainer, "val", trainer.num_val_batches, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._batch(trainer, "test", trainer.num_test_batches, batch_idx, dataloader_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._end(trainer, "val")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._end(trainer, "test")
 
 
 class ProgressFile(Callback):

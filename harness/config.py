@@ -21,7 +21,9 @@ change how or where a run executes or how it is labelled, never its result), lis
                                                  memory, time limit, cpus; the device count that
                                                  matters is train.devices)
 Defaults are part of the hash: adding a field with a default changes every id (deliberately: a
-new knob may change what an old config means). The model enters as written (name, size,
+new knob may change what an old config means). The exception is a section added later and off by
+default (`RUN_ID_WHEN_ON`: `eval`, whose sampling only changes what a run reports when it is on):
+it enters the hash only when on, so the ids of earlier runs stay valid. The model enters as written (name, size,
 overrides), not as the resolved model Config.
 """
 
@@ -382,6 +384,41 @@ class LoggingConfig(_Section):
     progress_bar: bool = True
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(_Section):
+    """The val/test passes of the holdout protocol (docs/training.md, "Evaluation at scale")."""
+
+    # a progress line (batches done, elapsed, ETA) every N evaluation batches; 0: none. A cadence,
+    # not part of the run id
+    progress_every_n_batches: int = 200
+    # 0: every user of the split. 0 < x < 1: that fraction of the split's users; >= 1: that many
+    # users (all when fewer). A seeded subsample: the metrics then carry a bootstrap CI over users
+    sample_users: float = 0.0
+    sample_seed: int = 0  # which users (independent of the training seed)
+    bootstrap: int = 200  # replicates of the CI (resampling the sampled users with replacement)
+    ci_level: float = 0.95
+
+    def validate(self) -> None:
+        _require(
+            self.progress_every_n_batches >= 0,
+            f"eval.progress_every_n_batches must be >= 0, got {self.progress_every_n_batches}.",
+        )
+        _require(
+            self.sample_users == 0
+            or 0 < self.sample_users < 1
+            or (self.sample_users >= 1 and self.sample_users == int(self.sample_users)),
+            f"eval.sample_users = {self.sample_users}: give 0 (every user), a fraction in (0, 1) "
+            f"or a whole number of users >= 1.",
+        )
+        _require(self.sample_seed >= 0, f"eval.sample_seed must be >= 0, got {self.sample_seed}.")
+        _require(self.bootstrap >= 10, f"eval.bootstrap must be >= 10, got {self.bootstrap}.")
+        _require(0 < self.ci_level < 1, f"eval.ci_level must be in (0, 1), got {self.ci_level}.")
+
+    @property
+    def sampled(self) -> bool:
+        return self.sample_users > 0
+
+
 ACCELERATORS = ("gpu", "cpu")
 
 
@@ -469,6 +506,7 @@ class RunConfig(_Section):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     resources: Resources = field(default_factory=Resources)
     seed: int = 0
@@ -603,9 +641,15 @@ RUN_ID_EXCLUDED: tuple[tuple[str, ...], ...] = (
     ("train", "log_every_n_steps"),
     ("train", "eval_every_n_steps"),
     ("train", "ckpt_every_n_steps"),
+    ("eval", "progress_every_n_batches"),
     ("logging",),
     ("resources",),
 )
+
+
+# Sections added after run ids were in use, left out of run_id while they are off (so every run
+# id from before they existed still names the same run): section -> "is it on?".
+RUN_ID_WHEN_ON: dict[str, Any] = {"eval": lambda cfg: cfg.eval.sampled}
 
 
 def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -616,6 +660,9 @@ def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
         for part in path[:-1]:
             node = node[part]
         node.pop(path[-1], None)
+    for section, on in RUN_ID_WHEN_ON.items():
+        if not on(cfg):
+            d.pop(section, None)
     return d
 
 

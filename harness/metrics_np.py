@@ -61,16 +61,17 @@ def auc(y, s) -> float:
     return float((ranks[y[order] == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def uauc(y, s, users) -> float:
-    """Impression-weighted mean of per-user AUC over users with both classes. NaN if none."""
+def per_user_auc(y, s, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user index of each impression, AUC per user (NaN where one class), impressions per user);
+    users are indexed 0..U-1 in sorted id order. UAUC's parts, kept for resampling users."""
     y, s = _as_arrays(y, s)
     users = np.asarray(users).ravel()
     if users.shape != y.shape:
         raise ValueError("users and labels differ in length")
-    if y.size == 0:
-        return float("nan")
     _, g = np.unique(users, return_inverse=True)
-    g = g.astype(np.int64)
+    g = g.astype(np.int64).ravel()
+    if y.size == 0:
+        return g, np.zeros(0), np.zeros(0)
     order, ranks = _tied_ranks(s, g)
     yo, go = y[order], g[order]
     n_groups = int(g.max()) + 1
@@ -79,10 +80,18 @@ def uauc(y, s, users) -> float:
     rank_pos = np.bincount(go, weights=ranks * yo, minlength=n_groups)
     n_neg = n - n_pos
     ok = (n_pos > 0) & (n_neg > 0)
+    per_user = np.full(n_groups, np.nan)
+    per_user[ok] = (rank_pos[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2) / (n_pos[ok] * n_neg[ok])
+    return g, per_user, n
+
+
+def uauc(y, s, users) -> float:
+    """Impression-weighted mean of per-user AUC over users with both classes. NaN if none."""
+    _, per_user, n = per_user_auc(y, s, users)
+    ok = ~np.isnan(per_user)
     if not ok.any():
         return float("nan")
-    per_user = (rank_pos[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2) / (n_pos[ok] * n_neg[ok])
-    return float(np.average(per_user, weights=n[ok]))
+    return float(np.average(per_user[ok], weights=n[ok]))
 
 
 def logloss(y, p, eps: float = EPS) -> float:

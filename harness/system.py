@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from harness import metrics as M
 from harness.callbacks import SPLIT_KEY
-from harness.config import TrainConfig
+from harness.config import EvalConfig, TrainConfig
 from harness.optim import build_optimizer, clip_per_group
 
 PRED_KEYS = ("click", "conversion", "user_id", "ts")
@@ -83,10 +83,19 @@ def task_losses(
 
 
 class RankingSystem(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, *, has_oracle: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        *,
+        has_oracle: bool = False,
+        eval_cfg: EvalConfig | None = None,
+    ):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        # with eval.sample_users the holdout metrics come with a bootstrap CI over users
+        self.eval_cfg = eval_cfg if eval_cfg is not None and eval_cfg.sampled else None
         self.has_oracle = has_oracle
         self._preds: dict[str, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self.results: dict[str, dict[str, Any]] = {}  # split -> {"metrics", "oracle", "step"}
@@ -242,12 +251,25 @@ class RankingSystem(L.LightningModule):
                 if self.has_oracle and len(p["click"])
                 else {}
             )
-        return {
+        out = {
             "metrics": metrics,
             "oracle": oracle,
             "step": int(self.global_step),
             "n": int(len(p["click"])),
         }
+        if self.eval_cfg is not None and self.cfg.protocol == "holdout" and len(p["click"]):
+            from harness.eval_sample import bootstrap_ci
+
+            e = self.eval_cfg
+            out["ci"] = bootstrap_ci(
+                p,
+                self.cfg.cvr_loss,
+                n_boot=e.bootstrap,
+                seed=e.sample_seed,
+                level=e.ci_level,
+                split=split,
+            )
+        return out
 
     def _finish_eval(self, split: str) -> None:
         if self.trainer.sanity_checking:

@@ -439,12 +439,14 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
     from harness.callbacks import (
         ChainLoader,
         CsvMetrics,
+        EvalProgress,
         ProgressFile,
         ResumableLoader,
         ResumeState,
         Throughput,
     )
     from harness.data.datamodule import OneTransDataModule
+    from harness.eval_sample import sample_record
     from harness.system import RankingSystem
     from model.registry import build_model
 
@@ -458,6 +460,12 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
         raise ConfigError(
             "train.protocol = next_batch is one chronological pass on one device: set "
             "train.max_epochs = 1 and train.devices = train.num_nodes = 1."
+        )
+    if t.protocol == "next_batch" and cfg.eval.sampled:
+        raise ConfigError(
+            "eval.sample_users samples the holdout val/test passes; train.protocol = next_batch "
+            "trains on every request of every split in time order, so it cannot skip users: "
+            "set eval.sample_users = 0 or train.protocol = holdout."
         )
 
     # 1. data: resolved and validated before anything is built
@@ -474,6 +482,8 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
         seed=cfg.seed,
         n_gap_buckets=cfg.data.n_gap_buckets,
         chronological=next_batch or not cfg.data.shuffle,
+        eval_sample_users=cfg.eval.sample_users,
+        eval_sample_seed=cfg.eval.sample_seed,
     )
     _setup_data(dm, folder)
 
@@ -484,7 +494,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
     )
     if decisions["compile"]["value"] == "model":
         model = torch.compile(model)
-    system = RankingSystem(model, t, has_oracle=dm.has_oracle)
+    system = RankingSystem(model, t, has_oracle=dm.has_oracle, eval_cfg=cfg.eval)
 
     # 3. loaders: the train loader is resumable; next_batch streams train -> val -> test
     if next_batch:
@@ -537,7 +547,14 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
         logger=loggers,
         # StopOnSignal after the callbacks whose state a checkpoint holds (batch count, samples),
         # so that a checkpoint it saves at a batch end counts that batch, as ModelCheckpoint's do
-        callbacks=[resume_state, throughput, ProgressFile(store), stop, ckpt_cb],
+        callbacks=[
+            resume_state,
+            throughput,
+            ProgressFile(store),
+            EvalProgress(cfg.eval.progress_every_n_batches),
+            stop,
+            ckpt_cb,
+        ],
         plugins=plugins,
         enable_progress_bar=cfg.logging.progress_bar,
         enable_model_summary=False,
@@ -597,6 +614,11 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
     sps = samples / throughput.train_time if throughput.train_time > 0 else None
     peak, peak_why = P.peak_flops(P.device_info(t.accelerator), precision)
     batches_per_epoch = max(len(train_loader), 1)
+    sampled = (
+        {"eval_sample": sample_record(cfg.eval, dm.eval_sample, results)}
+        if (cfg.eval.sampled)
+        else {}
+    )
     return {
         "schema": RESULT_SCHEMA,
         "run_id": rid,
@@ -631,6 +653,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
         "wall_time_s": time.perf_counter() - t_start,
         "protocol": t.protocol,
         "dataset": str(folder),
+        **sampled,
     }
 
 

@@ -408,8 +408,11 @@ class BatchDataset(Dataset):
         shuffle: bool,
         seed: int,
         drop_last: bool,
+        requests: np.ndarray | None = None,
     ) -> None:
         self.data, self.split, self.seq_len, self.n_gap = data, split, seq_len, n_gap_buckets
+        # the split's requests, or a subset of them (an evaluation on sampled users)
+        self.requests = data.split_requests[split] if requests is None else requests
         self.kw = dict(
             batch_size=batch_size,
             batching=batching,
@@ -421,9 +424,7 @@ class BatchDataset(Dataset):
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         if self._plan is None or self._plan[0] != epoch:  # cached: one plan per epoch per process
-            order, bounds = plan_batches(
-                self.data, self.data.split_requests[self.split], epoch=epoch, **self.kw
-            )
+            order, bounds = plan_batches(self.data, self.requests, epoch=epoch, **self.kw)
             self._plan = (epoch, order, bounds)
         return self._plan[1], self._plan[2]
 
@@ -507,6 +508,8 @@ class OneTransDataModule(L.LightningDataModule):
         drop_last: bool = True,
         rank: int | None = None,
         world_size: int | None = None,
+        eval_sample_users: float = 0.0,
+        eval_sample_seed: int = 0,
     ) -> None:
         super().__init__()
         if batching not in ("requests", "fixed"):
@@ -520,6 +523,9 @@ class OneTransDataModule(L.LightningDataModule):
         self.num_workers, self.seed, self.n_gap_buckets = num_workers, seed, n_gap_buckets
         self.batching, self.chronological, self.drop_last = batching, chronological, drop_last
         self._rank, self._world = rank, world_size
+        # val_dataloader / test_dataloader score a seeded sample of users (harness/eval_sample.py)
+        self.eval_sample_users, self.eval_sample_seed = eval_sample_users, eval_sample_seed
+        self.eval_sample: dict[str, dict[str, int]] = {}  # split -> counts, once sampled
         self.data: PreparedData | None = None
 
     @property
@@ -544,7 +550,21 @@ class OneTransDataModule(L.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def dataset(self, split: str) -> BatchDataset:
+    def sampled_requests(self, split: str) -> np.ndarray:
+        """The split's requests of the seeded user sample (every request when not sampling)."""
+        self.setup()
+        requests = self.data.split_requests[split]
+        if not self.eval_sample_users:
+            return requests
+        from harness.eval_sample import sample_requests
+
+        request_user = self.data.imp["user_id"].numpy()[self.data.req_lo]
+        kept, self.eval_sample[split] = sample_requests(
+            requests, request_user, self.eval_sample_users, self.eval_sample_seed, split
+        )
+        return kept
+
+    def dataset(self, split: str, sampled: bool = False) -> BatchDataset:
         self.setup()
         train = split == "train"
         return BatchDataset(
@@ -557,10 +577,11 @@ class OneTransDataModule(L.LightningDataModule):
             shuffle=train and not self.chronological,
             seed=self.seed,
             drop_last=train and self.drop_last,
+            requests=self.sampled_requests(split) if sampled else None,
         )
 
-    def loader(self, split: str) -> DataLoader:
-        ds = self.dataset(split)
+    def loader(self, split: str, sampled: bool = False) -> DataLoader:
+        ds = self.dataset(split, sampled)
         rank, world = self.rank_and_world()
         sampler = EpochBatchSampler(ds, rank=rank, world_size=world, even=split == "train")
         return DataLoader(
@@ -574,8 +595,9 @@ class OneTransDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
 
+    # the holdout passes; the next-batch protocol streams every split through loader() instead
     def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
+        return self.loader("val", sampled=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+        return self.loader("test", sampled=True)
