@@ -1,0 +1,230 @@
+"""Data path at scale: wall time and peak RSS of each step on a generated Taobao-shaped log.
+
+    python benchmarks/data_scale.py --rows 1000000                 # -> benchmarks/results/data_scale_1m.json
+    python benchmarks/data_scale.py --rows 20000 --out /tmp/x.json # seconds (the tests run this)
+
+The log is shaped like Taobao UserBehavior (UserBehavior.csv: user,item,category,behavior,ts, no
+header), at the public log's ratios (100,150,807 rows, 987,994 users, 4,162,024 items, 9,439
+categories, 9 days from 2017-11-25 Beijing time): rows / 100 users with log-normal activity, items
+= 4.16% of rows drawn with Zipf popularity (exponent --zipf), one category per item, the public
+behaviour mix pv 89.58% / cart 5.52% / fav 2.88% / buy 2.01%, uniform timestamps over the 9 days.
+
+Steps, each in its own subprocess whose peak RSS is the kernel's ru_maxrss of that child (os.wait4):
+  convert     python -m harness.data convert taobao RAW --out DIR   (neg_ratio 4, as the sweeps)
+  validate    python -m harness.data validate DIR
+  stats       python -m harness.data stats DIR
+  train_pass  the data module's set-up and one epoch of training batches (no model): the data side
+              of a training epoch
+  eval_pass   the data module's set-up, then every val and test batch through an untrained
+              onetrans-tiny (no grad) and the split metrics: the final evaluation of harness.train
+              without Lightning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# the public UserBehavior log (Tianchi dataset 649), for the generator's ratios
+PUBLIC_ROWS = 100_150_807
+ROWS_PER_USER = PUBLIC_ROWS / 987_994
+ITEMS_PER_ROW = 4_162_024 / PUBLIC_ROWS
+ITEMS_PER_CATEGORY = 4_162_024 / 9_439
+BEHAVIOUR_MIX = {"pv": 0.8958, "cart": 0.0552, "fav": 0.0288, "buy": 0.0201}
+START_TS = 1_511_539_200  # 2017-11-25 00:00 Beijing
+DAYS = 9
+STEPS = ("convert", "validate", "stats", "train_pass", "eval_pass")
+
+
+def generate_log(raw: Path, rows: int, *, seed: int = 0, zipf: float = 1.0) -> dict:
+    """Write raw/UserBehavior.csv with `rows` rows; returns the shape it drew."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n_users = max(2, round(rows / ROWS_PER_USER))
+    n_items = max(10, round(rows * ITEMS_PER_ROW))
+    n_cats = max(2, round(n_items / ITEMS_PER_CATEGORY))
+    # activity: log-normal rows per user (a long tail of heavy users, as in the public log)
+    activity = rng.lognormal(0.0, 1.0, n_users)
+    user = rng.choice(n_users, size=rows, p=activity / activity.sum())
+    # popularity: item of rank r drawn with probability proportional to r^-zipf
+    pop = np.arange(1, n_items + 1, dtype=np.float64) ** -zipf
+    item = rng.choice(n_items, size=rows, p=pop / pop.sum())
+    item_id = rng.permutation(n_items)[item] + 1  # ranks are not ids
+    category = rng.integers(1, n_cats + 1, n_items)[item_id - 1]
+    names, mix = list(BEHAVIOUR_MIX), np.array(list(BEHAVIOUR_MIX.values()))
+    behavior = np.asarray(names)[rng.choice(len(names), size=rows, p=mix / mix.sum())]
+    ts = START_TS + rng.integers(0, DAYS * 86_400, rows)
+    df = pd.DataFrame(
+        {"user": user + 1, "item": item_id, "category": category, "behavior": behavior, "ts": ts}
+    ).sort_values(["user", "ts"], kind="stable")  # the public file is grouped by user
+    raw.mkdir(parents=True, exist_ok=True)
+    df.to_csv(raw / "UserBehavior.csv", header=False, index=False)
+    return {"rows": rows, "users": n_users, "items": n_items, "categories": n_cats, "zipf": zipf}
+
+
+# ---- the in-process steps (run as `data_scale.py --step NAME --folder DIR`) ------------------
+def _datamodule(folder: str, seq_len: int, batch_size: int):
+    from harness.data.datamodule import OneTransDataModule
+
+    dm = OneTransDataModule(
+        folder, seq_len=seq_len, batch_size=batch_size, eval_batch_size=4 * batch_size
+    )
+    dm.setup()
+    return dm
+
+
+def train_pass(folder: str, seq_len: int, batch_size: int) -> dict:
+    t = time.perf_counter()
+    dm = _datamodule(folder, seq_len, batch_size)
+    setup_s, t = time.perf_counter() - t, time.perf_counter()
+    n = batches = 0
+    for b in dm.train_dataloader():
+        n += int(b["click"].shape[0])
+        batches += 1
+    took = time.perf_counter() - t
+    return {
+        "impressions": n,
+        "batches": batches,
+        "setup_s": round(setup_s, 2),
+        "pass_s": round(took, 2),
+        "impressions_per_s": round(n / max(took, 1e-9)),
+    }
+
+
+def eval_pass(folder: str, seq_len: int, batch_size: int) -> dict:
+    import torch
+
+    from harness.metrics import split_metrics
+    from model.registry import build_model
+
+    torch.set_num_threads(1)  # a shared machine; the figure is per core
+    t = time.perf_counter()
+    dm = _datamodule(folder, seq_len, batch_size)
+    out: dict = {"setup_s": round(time.perf_counter() - t, 2)}
+    t = time.perf_counter()
+    torch.manual_seed(0)
+    model = build_model("onetrans", dm.feature_spec, "onetrans-tiny").eval()
+    with torch.no_grad():
+        for split, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+            cols: dict[str, list] = {k: [] for k in ("ctr_logit", "cvr_logit", "click")}
+            cols |= {"conversion": [], "user_id": []}
+            for b in loader:
+                pred = model(b)
+                cols["ctr_logit"].append(pred["ctr"].float().numpy())
+                cols["cvr_logit"].append(pred["cvr"].float().numpy())
+                for k in ("click", "conversion", "user_id"):
+                    cols[k].append(b[k].numpy())
+            p = {k: np.concatenate(v) for k, v in cols.items()}
+            out[split] = {"impressions": int(len(p["click"]))}
+            out[split] |= {k: round(v, 4) for k, v in split_metrics(p).items() if "auc" in k}
+    took = time.perf_counter() - t
+    n = out["val"]["impressions"] + out["test"]["impressions"]
+    return out | {"pass_s": round(took, 2), "impressions_per_s": round(n / max(took, 1e-9))}
+
+
+# ---- the driver ------------------------------------------------------------------------------
+def run_step(cmd: list[str], log: Path) -> dict:
+    """Run one step in a child process; its wall time and peak RSS (ru_maxrss of that child)."""
+    t = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {rc}); its output: {log}")
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def bench(rows: int, work: Path, *, seed: int, seq_len: int, batch_size: int, zipf: float) -> dict:
+    raw, folder = work / "raw", work / "taobao"
+    t = time.perf_counter()
+    shape = generate_log(raw, rows, seed=seed, zipf=zipf)
+    shape["generate_s"] = round(time.perf_counter() - t, 2)
+    py, me = sys.executable, str(Path(__file__).resolve())
+    inproc = ["--folder", str(folder), "--seq-len", str(seq_len), "--batch-size", str(batch_size)]
+    cmds = {
+        "convert": [py, "-m", "harness.data", "convert", "taobao", str(raw), "--out", str(folder)],
+        "validate": [py, "-m", "harness.data", "validate", str(folder)],
+        "stats": [py, "-m", "harness.data", "stats", str(folder), "--json"],
+        "train_pass": [py, me, "--step", "train_pass", *inproc],
+        "eval_pass": [py, me, "--step", "eval_pass", *inproc],
+    }
+    steps = {}
+    for name in STEPS:
+        load_before = _load()
+        steps[name] = run_step(cmds[name], work / f"{name}.log") | {"load_1m_before": load_before}
+        if name in ("train_pass", "eval_pass"):
+            steps[name]["result"] = json.loads(
+                (work / f"{name}.log").read_text().strip().splitlines()[-1]
+            )
+    from harness.data.contract import Manifest
+
+    stats = Manifest.load(folder).stats
+    return {
+        "benchmark": "data_scale",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "log": shape,
+        "dataset": {k: stats.get(k) for k in ("users", "items", "events", "impressions")},
+        "settings": {"seq_len": seq_len, "batch_size": batch_size, "neg_ratio": 4},
+        "steps": steps,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the generated log")
+    p.add_argument("--out", type=Path, help="JSON (default benchmarks/results/data_scale_<N>.json)")
+    p.add_argument("--work", type=Path, help="where the log and dataset go (default: a temp dir)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--step", choices=["train_pass", "eval_pass"], help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.step:  # a child: one in-process step, its figures as the last line of stdout
+        fn = train_pass if a.step == "train_pass" else eval_pass
+        print(json.dumps(fn(a.folder, a.seq_len, a.batch_size)))
+        return 0
+    if a.rows < 1000:
+        p.error(f"--rows {a.rows}: give at least 1000 (fewer leave splits without requests)")
+    label = f"{a.rows // 1_000_000}m" if a.rows % 1_000_000 == 0 else str(a.rows)
+    out = a.out or REPO / "benchmarks" / "results" / f"data_scale_{label}.json"
+    with tempfile.TemporaryDirectory(prefix="data_scale_") as tmp:
+        work = a.work or Path(tmp)
+        res = bench(
+            a.rows, work, seed=a.seed, seq_len=a.seq_len, batch_size=a.batch_size, zipf=a.zipf
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    for name, s in res["steps"].items():
+        print(f"{name:11s} {s['wall_s']:8.1f} s  {s['peak_rss_mb']:8.0f} MB peak RSS")
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

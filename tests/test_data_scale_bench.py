@@ -1,0 +1,44 @@
+"""benchmarks/data_scale.py at a small N: the generated log has the UserBehavior shape and every
+step reports a wall time and a peak RSS measured in its own process."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import data_scale  # noqa: E402
+
+
+def test_generated_log_has_the_userbehavior_shape(tmp_path):
+    shape = data_scale.generate_log(tmp_path, 50_000, seed=1)
+    df = pd.read_csv(tmp_path / "UserBehavior.csv", header=None, names=["u", "i", "c", "b", "ts"])
+    assert len(df) == 50_000 and shape["users"] == round(50_000 / data_scale.ROWS_PER_USER)
+    mix = df.b.value_counts(normalize=True)
+    for name, share in data_scale.BEHAVIOUR_MIX.items():
+        assert abs(mix[name] - share) < 0.01, name
+    # Zipf popularity: the top 1% of items hold far more than 1% of the rows
+    counts = np.sort(df.i.value_counts().to_numpy())[::-1]
+    assert counts[: max(1, shape["items"] // 100)].sum() > 0.2 * len(df)
+    assert df.ts.between(data_scale.START_TS, data_scale.START_TS + 9 * 86_400).all()
+    assert df.groupby("i").c.nunique().max() == 1  # one category per item
+    assert (df.groupby("u").ts.apply(lambda s: s.is_monotonic_increasing)).all()
+
+
+def test_small_run_reports_every_step(tmp_path):
+    out = tmp_path / "ds.json"
+    assert data_scale.main(["--rows", "5000", "--out", str(out), "--work", str(tmp_path)]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["steps"]) == list(data_scale.STEPS)
+    for name, s in res["steps"].items():
+        assert s["wall_s"] > 0 and s["peak_rss_mb"] > 50, name  # a Python process, measured
+    assert res["dataset"]["events"] == 5000
+    assert res["steps"]["train_pass"]["result"]["impressions"] > 0
+    ev = res["steps"]["eval_pass"]["result"]
+    assert ev["val"]["impressions"] > 0 and ev["test"]["impressions"] > 0
+    assert 0 <= ev["test"]["ctr_auc"] <= 1
