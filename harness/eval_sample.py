@@ -102,6 +102,10 @@ def bootstrap_ci(
     """{ctr_auc, ctr_uauc, cvr_auc, cvr_uauc: [low, high]} for one split's predictions `p` (the
     arrays harness.metrics.split_metrics reads), scored as split_metrics scores them. The same
     user draws serve CTR and CVR, so their intervals are those of one resampled population."""
+    if cvr_mode not in ("clicked", "ctcvr"):  # a loss name (clicked_per_impression) is not a metric
+        raise ValueError(
+            f"cvr_mode must be 'clicked' or 'ctcvr' (system.cvr_metric_mode), got {cvr_mode!r}"
+        )
     user = np.asarray(p["user_id"]).ravel()
     ids = np.unique(user)
     rng = np.random.default_rng([seed, SPLIT_STREAM[split], 1])

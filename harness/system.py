@@ -263,7 +263,7 @@ class RankingSystem(L.LightningModule):
             e = self.eval_cfg
             out["ci"] = bootstrap_ci(
                 p,
-                self.cfg.cvr_loss,
+                cvr_metric_mode(self.cfg.cvr_loss),  # as the point metrics
                 n_boot=e.bootstrap,
                 seed=e.sample_seed,
                 level=e.ci_level,

@@ -102,6 +102,8 @@ def test_bootstrap_ci_is_seeded_covers_the_estimate_and_shrinks_with_users():
     lo, hi = bootstrap_ci(big, "clicked", **kw)["ctr_auc"]
     assert 0 < hi - lo < wide / 2  # 20x the users: about 1/sqrt(20) of the width
     assert bootstrap_ci(small, "ctcvr", **kw)["cvr_auc"] != ci["cvr_auc"]
+    with pytest.raises(ValueError, match="cvr_metric_mode"):
+        bootstrap_ci(small, "clicked_per_impression", **kw)
 
 
 @pytest.mark.usefixtures("stand_in")
