@@ -265,6 +265,7 @@ def _key(v: Any) -> str:
 def select(runs: pd.DataFrame, searches: dict[str, TuneSpec], *, fixed: Any = None) -> Selection:
     """Choose every tuned point's candidate (or pin them all to `fixed`)."""
     cands = candidates(runs, searches)
+    cands["in_search"] = cands["in_search"].astype(bool)  # an empty frame's column is object
     notes: list[str] = []
     if fixed is not None:
         for sweep, spec in searches.items():
@@ -414,3 +415,62 @@ def slope_shift(runs: pd.DataFrame, sel_by_value: dict[str, Selection], metric: 
         rows,
         columns=["sweep", "model", "selection", "metric", "per 2x FLOPs", "lo", "hi", "configs"],
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuningReport:
+    """What the report shows of the tuned sweeps: the selection the fits use, and the law under
+    each selection (tuned, and every fixed value) to show how much tuning moved it."""
+
+    selection: Selection
+    shift: pd.DataFrame
+    lines: list[str]
+
+
+def parse_fixed(text: str | None) -> Any:
+    """--tune-fixed as a number when it spells one (YAML would read 1e-3 as a string)."""
+    if text is None:
+        return None
+    try:
+        return float(text) if re.fullmatch(r"[-+0-9.eE]+", text.strip()) else yaml.safe_load(text)
+    except ValueError:
+        return text
+
+
+def tuned_points(
+    collection: Collection, fixed_text: str | None = None, settings=None
+) -> tuple[TuningReport | None, list[str]]:
+    """The tuned sweeps among the collected runs (None when there are none) and warnings."""
+    from .fit import FitSettings
+
+    settings = settings or FitSettings()
+    runs = collection.runs
+    searches, warnings = find_searches(runs["run_dir"])
+    fixed = parse_fixed(fixed_text)
+    if not searches:
+        if fixed is not None:
+            raise TuningError(
+                "--tune-fixed: none of these sweeps has a `tune:` block (docs/sweeps.md); drop "
+                "the option"
+            )
+        return None, warnings
+    sel = select(runs, searches, fixed=fixed)
+    variants = {"tuned": sel if fixed is None else select(runs, searches)}
+    for spec in searches.values():
+        for v in spec.values:
+            label = f"fixed {v}"
+            if label not in variants:
+                variants[label] = select(runs, searches, fixed=v)
+    metric = next(iter(searches.values())).metric
+    shift = slope_shift(runs, variants, metric, settings)
+    lines = sentences(sel)
+    for (sweep, model), g in shift.groupby(["sweep", "model"], sort=True):
+        parts = [
+            f"{r['selection']} {r['per 2x FLOPs']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]"
+            for r in g.to_dict("records")
+        ]
+        lines.append(
+            f"{sweep}/{model}: {g['metric'].iloc[0]} per doubling of training FLOPs (log-linear, "
+            f"95% CI) under each selection: {'; '.join(parts)}."
+        )
+    return TuningReport(selection=sel, shift=shift, lines=lines), warnings
