@@ -262,6 +262,10 @@ def _key(v: Any) -> str:
     return repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
 
 
+def _natural(text: str) -> list:
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text)]
+
+
 def select(runs: pd.DataFrame, searches: dict[str, TuneSpec], *, fixed: Any = None) -> Selection:
     """Choose every tuned point's candidate (or pin them all to `fixed`)."""
     cands = candidates(runs, searches)
@@ -327,6 +331,8 @@ def select(runs: pd.DataFrame, searches: dict[str, TuneSpec], *, fixed: Any = No
                 f"{sweep} {label}: no candidate finished with a finite {spec.by}; the point is "
                 "left out of the fits"
             )
+    # points in reading order: by sweep, then the label's numbers as numbers (len8 before len12)
+    rows.sort(key=lambda r: (r["sweep"], _natural(str(r["point"]))))
     return Selection(
         points=pd.DataFrame(rows, columns=POINT_COLUMNS),
         searches=searches,
