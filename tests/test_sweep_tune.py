@@ -207,3 +207,15 @@ def test_bad_budgets_name_file_and_field(tmp_path, budget, expect):
     with pytest.raises(SweepFileError) as info:
         resolve(load_sweep(path))
     assert str(path) in str(info.value) and expect in str(info.value)
+
+
+@pytest.mark.parametrize("preset", ["ci-matched", "matched"])
+def test_baselines_matched_presets_spend_one_budget_per_model(preset):
+    from harness.train import describe
+
+    sweep = load_sweep(REPO / "sweeps" / "baselines.yaml", preset)
+    assert sweep.budget is not None
+    for r in resolve(sweep):
+        per_step = describe(r.cfg)["flops"]["train_per_example"] * samples_per_step(r.cfg)
+        spent = r.cfg.train.max_steps * per_step
+        assert sweep.budget - per_step < spent <= sweep.budget, r.name
