@@ -927,6 +927,8 @@ def _covering(runs: list[PlannedRun]) -> list[PlannedRun]:
     out = []
     for r in runs:
         keys = {(r.label, k, _hashable(v)) for k, v in r.axes.items()} | {(r.label, "seed", r.seed)}
+        if r.tune:  # every candidate of a search is checked too (a bad value fails one run)
+            keys.add((r.label, "tune", _hashable(r.tune["value"])))
         if not keys <= seen:
             seen |= keys
             out.append(r)
