@@ -380,16 +380,17 @@ def sentences(sel: Selection) -> list[str]:
     return out + list(sel.notes)
 
 
-def slope_shift(runs: pd.DataFrame, sel_by_value: dict[str, Selection], metric: str, settings):
-    """The log-linear law of `metric` on training FLOPs per selection (tuned, and each fixed
-    value), per tuned sweep and model: how much tuning moved the law. Rows: sweep, model,
-    selection, slope per doubling and its CI."""
+def slope_shift(runs: pd.DataFrame, sel_by_value: dict[str, Selection], settings):
+    """The log-linear law on training FLOPs of each tuned sweep's `by` metric (its test value when
+    the runs have one) per selection (tuned, and each fixed value), per sweep and model: how much
+    tuning moved the law. Rows: sweep, model, selection, slope per doubling and its CI."""
     from .fit import fit
 
     rows = []
     done = runs[runs["status"] == "done"]
     for label, sel in sel_by_value.items():
-        for sweep in sel.searches:
+        for sweep, spec in sel.searches.items():
+            metric = spec.metric
             d = done[(done["sweep"] == sweep) & done["run_id"].isin(sel.keep)]
             for model, g in d.groupby("model"):
                 x = pd.to_numeric(g["train_flops"], errors="coerce").to_numpy(float)
@@ -467,8 +468,7 @@ def tuned_points(
             label = f"fixed {v}"
             if label not in variants:
                 variants[label] = select(runs, searches, fixed=v)
-    metric = next(iter(searches.values())).metric
-    shift = slope_shift(runs, variants, metric, settings)
+    shift = slope_shift(runs, variants, settings)
     lines = sentences(sel)
     for (sweep, model), g in shift.groupby(["sweep", "model"], sort=True):
         parts = [
