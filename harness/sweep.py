@@ -291,7 +291,65 @@ def _axes(r: ResolvedRun) -> str:
     parts = [f"{k.split('.')[-1]}={v}" for k, v in r.plan.axes.items()]
     if r.plan.label != "base":
         parts.insert(0, r.plan.label)
+    if r.plan.tune:  # a candidate of a tuned point: marked so the plan reads as a search
+        parts.append(f"{r.plan.tune['key'].split('.')[-1]}={r.plan.tune['value']}?")
     return " ".join(parts) or "-"
+
+
+def tune_lines(sweep: Sweep, rows: list[Row]) -> list[str]:
+    """What a tuned sweep's plan adds: the search, candidates per point and their total cost."""
+    t = sweep.tune
+    if t is None:
+        return []
+    points = {(r.run.plan.label, r.run.plan.tune["point"]) for r in rows if r.run.plan.tune}
+    cost = [r.cost_h for r in rows if r.cost_h is not None]
+    values = ", ".join(map(str, t.values))
+    return [
+        f"tune: {t.key} over [{values}] at every point, chosen by the best mean {t.by} over seeds "
+        f"(analysis/tuning.py; never the test split): {len(points)} point(s) x {len(t.values)} "
+        f"candidates x {len(sweep.seeds)} seed(s) = {len(rows)} runs"
+        + (
+            f"; est. {sum(cost):.3g} device-hours in all, {len(t.values)}x the untuned sweep"
+            if cost
+            else ""
+        )
+    ]
+
+
+def budget_lines(sweep: Sweep, rows: list[Row]) -> list[str]:
+    """Matched compute: the budget, and the steps each model gets from it (one line per model)."""
+    if sweep.budget is None:
+        return []
+    from harness.sweepfile import samples_per_step
+
+    lines = [
+        f"budget: {_human(sweep.budget)} training FLOPs per run; train.max_steps = "
+        "floor(budget / (training FLOPs per example x samples per step)) per model:"
+    ]
+    seen = set()
+    for r in rows:
+        c = r.run.cfg
+        key = (
+            r.run.plan.label,
+            c.model.name,
+            c.model.size,
+            repr(sorted(c.model.overrides.items())),
+        )
+        key += (c.data.seq_len, samples_per_step(c))
+        if key in seen:
+            continue
+        seen.add(key)
+        spent = (
+            r.flops_example * c.train.max_steps * samples_per_step(c) if r.flops_example else None
+        )
+        lines.append(
+            f"  {c.model.name}/{c.model.size}"
+            + (f" {dict(c.model.overrides)}" if c.model.overrides else "")
+            + f" len{c.data.seq_len}: {_human(r.flops_example)} FLOPs/example x "
+            f"{samples_per_step(c)} per step -> {c.train.max_steps} steps"
+            + (f" ({_human(spent)} FLOPs)" if spent else "")
+        )
+    return lines
 
 
 def print_table(rows: list[Row], out=None) -> None:
@@ -470,6 +528,8 @@ def prepare(rows: list[Row], sweep_dir: Path, sweep_path: Path | str | None) -> 
             "axes": r.run.plan.axes,
             "seed": r.run.plan.seed,
             "resource_class": r.run.plan.resource_class,
+            # a tuned sweep's candidate ({key, value, by, point}): analysis/tuning.py reads it here
+            **({"tune": r.run.plan.tune} if r.run.plan.tune else {}),
         }
         for r in rows
     ]
@@ -823,6 +883,8 @@ def _dispatch(
     print_table(rows, out=out)
     if note:
         print(note, file=out)
+    for line in tune_lines(sweep, rows) + budget_lines(sweep, rows):
+        print(line, file=out)
     for r in rows:
         if r.problem:
             print(f"warning: {r.name} ({r.run_id}): {r.problem}", file=err)

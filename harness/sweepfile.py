@@ -18,8 +18,13 @@ A sweep file is YAML with these top-level keys (only `name` and `base` are requi
       default: {devices: 1, accelerator: gpu, cpus_per_task: 8, mem_gb: 64, time_min: 240, partition: ...}
     resource_rules: [{when: {model.size: onetrans-l}, class: large}]
     analysis: {x: data.seq_len, metrics: [test.ctr_uauc], fit: powerlaw}   # hints for analysis.report
+    tune: {train.lr: [3e-4, 1e-3, 3e-3], by: val.ctr_auc}   # an inner search per grid point: every
+            # candidate is an ordinary run; analysis/tuning.py keeps the best by the val metric
+    budget: {train_flops: 1.0e+15}    # matched compute: each run's train.max_steps is derived from
+            # its model's training FLOPs per step (harness.train.describe) so that it spends this
     presets:                          # shrink for CI / a laptop WITHOUT changing the grid's shape
-      ci: {set: {...}, grid: {data.seq_len: [8, ...]}, zip: [...], baselines: {label: {size: tiny}}, resources: {...}}
+      ci: {set: {...}, grid: {data.seq_len: [8, ...]}, zip: [...], baselines: {label: {size: tiny}}, resources: {...},
+           tune: {...}, budget: {...}}     # a preset's tune/budget replaces the file's
 
 Expansion is pure (no torch, no files written) and deterministic: the same file and preset give the
 same runs in the same order. Run ids come from `harness.config.run_id` of the resolved RunConfig.
@@ -57,8 +62,24 @@ TOP_KEYS = (
     "analysis",
     "presets",
     "datasets",
+    "tune",
+    "budget",
 )
-PRESET_KEYS = ("set", "grid", "zip", "baselines", "resources", "seeds", "description")
+PRESET_KEYS = (
+    "set",
+    "grid",
+    "zip",
+    "baselines",
+    "resources",
+    "seeds",
+    "description",
+    "tune",
+    "budget",
+)
+# `tune.by`: the metric that chooses a grid point's candidate; val split only (choosing on test
+# would leak the split the law is reported on)
+TUNE_BY_METRICS = ("ctr_auc", "ctr_uauc", "ctr_logloss", "cvr_auc", "cvr_uauc", "cvr_logloss")
+BUDGET_KEYS = ("train_flops",)
 BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
 ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
 DATASET_KEYS = ("convert", "raw", "opt")
@@ -145,6 +166,23 @@ class DatasetRecipe:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TuneSpec:
+    """The `tune:` block: one run-config key searched at every grid point (docs/sweeps.md).
+
+    Each value is a candidate run of its own; the analysis keeps, per point, the candidate with the
+    best mean `by` metric over seeds (analysis/tuning.py). The search is a label of the plan only,
+    not of the run config, so a candidate's run id is that of the same run planned without it."""
+
+    key: str  # dotted run-config key, e.g. train.lr
+    values: tuple[Any, ...]  # candidates, in the file's order (the order breaks ties)
+    by: str  # val.<metric>
+
+    @property
+    def metric(self) -> str:
+        return self.by.split(".", 1)[1]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Sweep:
     name: str
     path: Path | None
@@ -163,6 +201,8 @@ class Sweep:
     set: dict[str, Any]  # preset's dotted overrides for every run
     presets: tuple[str, ...]
     datasets: dict[str, DatasetRecipe] = field(default_factory=dict)  # folder -> recipe
+    tune: TuneSpec | None = None
+    budget: float | None = None  # training FLOPs per run (matched compute); None: steps as set
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,6 +216,9 @@ class PlannedRun:
     seed: int
     overrides: dict[str, Any]  # dotted keys applied on the base config, in order
     resource_class: str
+    # a tuned sweep's candidate: {"key", "value", "by", "point"} (point: the run's name without the
+    # candidate and the seed; the candidates of one point share it). None for an untuned sweep.
+    tune: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -386,6 +429,31 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         )
 
     analysis = parse_analysis(data.get("analysis"), where, path)
+    tune = parse_tune(data.get("tune"), "tune", where)
+    budget = parse_budget(data.get("budget"), "budget", where, path)
+    if preset is not None:
+        p = presets_raw[preset] or {}
+        if "tune" in p:
+            ptune = parse_tune(p["tune"], f"presets.{preset}.tune", where)
+            # like a grid axis, a preset may change the candidates' values, not the search's shape
+            if (
+                tune is not None
+                and ptune is not None
+                and (ptune.key != tune.key or len(ptune.values) != len(tune.values))
+            ):
+                raise SweepFileError(
+                    f"{where}: presets.{preset}.tune searches {ptune.key} over "
+                    f"{len(ptune.values)} values but the file's tune searches {tune.key} over "
+                    f"{len(tune.values)}; a preset may change the values, not the key or their count"
+                )
+            tune = ptune
+        if "budget" in p:
+            budget = parse_budget(p["budget"], f"presets.{preset}.budget", where, path)
+    if tune is not None and tune.key in all_axes:
+        raise SweepFileError(
+            f"{where}: tune.{tune.key} is also a grid/zip axis; a key is either swept (an axis of "
+            "the law) or searched per point (tune), not both"
+        )
 
     include_base = data.get("include_base", True)
     if not isinstance(include_base, bool):
@@ -412,7 +480,95 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         set=sets,
         presets=tuple(presets_raw),
         datasets=_parse_datasets(data.get("datasets"), where, path),
+        tune=tune,
+        budget=budget,
     )
+
+
+def _config_key_problem(key: str) -> str | None:
+    """Why a dotted key names no run-config field (None when it does). Keys under model.overrides
+    are the model's own and are checked when the runs resolve against the model."""
+    from harness.config import RunConfig
+
+    if key.startswith("model.overrides.") and len(key.split(".")) > 2:
+        return None
+    node: Any = RunConfig().to_dict()
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            options = [".".join([*parts[:i], k]) for k in node] if isinstance(node, dict) else []
+            return f"not a run-config key.{did_you_mean(key, options)}"
+        node = node[part]
+    if isinstance(node, dict):
+        return "names a config section, not a field"
+    return None
+
+
+def parse_tune(raw: Any, where_key: str, where: Any) -> TuneSpec | None:
+    """`tune: {train.lr: [3e-4, 1e-3, 3e-3], by: val.ctr_auc}` (None when absent)."""
+    if raw is None:
+        return None
+    example = "e.g. tune: {train.lr: [3.0e-4, 1.0e-3, 3.0e-3], by: val.ctr_auc}"
+    if not isinstance(raw, Mapping):
+        raise SweepFileError(f"{where}: '{where_key}' must be a mapping, {example}")
+    searched = [k for k in raw if k != "by"]
+    if "by" not in raw:
+        raise SweepFileError(
+            f"{where}: {where_key}.by is missing: name the val metric that chooses each point's "
+            f"candidate, {example}"
+        )
+    by = str(raw["by"])
+    split, _, metric = by.partition(".")
+    if split != "val" or metric not in TUNE_BY_METRICS:
+        why = (
+            "the test split never chooses anything (the law is reported on it)"
+            if split == "test"
+            else f"it must be val.<metric> with a metric among {', '.join(TUNE_BY_METRICS)}"
+        )
+        hint = did_you_mean(metric, TUNE_BY_METRICS) if split in ("val", "test") else ""
+        raise SweepFileError(
+            f"{where}: {where_key}.by = {by!r} is not a val metric: {why}.{hint} "
+            f"Write e.g. by: val.{metric if metric in TUNE_BY_METRICS else 'ctr_auc'}"
+        )
+    if len(searched) != 1:
+        raise SweepFileError(
+            f"{where}: '{where_key}' must search exactly one run-config key besides 'by', got "
+            f"{searched or 'none'}; {example}"
+        )
+    key = str(searched[0])
+    problem = _config_key_problem(key)
+    if problem:
+        raise SweepFileError(f"{where}: {where_key}.{key}: {problem}")
+    values = raw[key]
+    if not isinstance(values, list) or not values:
+        raise SweepFileError(
+            f"{where}: {where_key}.{key} must be a non-empty list of candidate values, got "
+            f"{values!r}; {example}"
+        )
+    _check_distinct(values, f"{where_key}.{key}", where)
+    return TuneSpec(key=key, values=tuple(values), by=by)
+
+
+def parse_budget(raw: Any, where_key: str, where: Any, path: Path | None) -> float | None:
+    """`budget: {train_flops: 1.0e+15}`: the training FLOPs every run spends (None when absent)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or "train_flops" not in raw:
+        raise SweepFileError(
+            f"{where}: '{where_key}' must be {{train_flops: FLOPS}}, e.g. budget: {{train_flops: 1.0e+12}}"
+        )
+    _check_keys(f"{where_key}.", raw, BUDGET_KEYS, path)
+    value = raw["train_flops"]
+    try:  # YAML reads 1e12 (no dot, no sign) as a string; accept it as the number it spells
+        flops = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        flops = float("nan")
+    if not math.isfinite(flops) or flops <= 0:
+        raise SweepFileError(
+            f"{where}: {where_key}.train_flops = {value!r} must be a positive number of training "
+            "FLOPs per run, e.g. 1.0e+12"
+        )
+    return flops
 
 
 def _parse_datasets(raw: Any, where: Any, path: Path | None) -> dict[str, DatasetRecipe]:
@@ -611,8 +767,13 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
 
     runs: list[PlannedRun] = []
 
-    def add(
-        label: str, axes: dict[str, Any], seed: int, overrides: dict[str, Any], cls: str | None
+    def add_one(
+        label: str,
+        axes: dict[str, Any],
+        seed: int,
+        overrides: dict[str, Any],
+        cls: str | None,
+        candidate: Any,
     ) -> None:
         if NAME_KEY in axes:
             shown = [_fmt(axes[NAME_KEY])]
@@ -621,7 +782,19 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
             shown = [part for part in shown if part]  # an empty per-row override dict names nothing
         if label == "base" and not shown:  # no axes: name the base run by its model size
             shown = [_fmt(_lookup(sweep.base, {**sweep.set, **overrides}, "model.size") or "base")]
-        parts = ([] if label == "base" else [label]) + shown + [f"s{seed}"]
+        parts = ([] if label == "base" else [label]) + shown
+        tune = None
+        if sweep.tune is not None:
+            # the candidate is the last setting: it overrides a preset's `set` of the same key
+            overrides = {**overrides, sweep.tune.key: candidate}
+            tune = {
+                "key": sweep.tune.key,
+                "value": candidate,
+                "by": sweep.tune.by,
+                "point": "-".join(parts),
+            }
+            parts = parts + [f"{_short(sweep.tune.key)}{_fmt(candidate)}"]
+        parts = parts + [f"s{seed}"]
         full = {**sweep.set, **overrides, "seed": seed}
         # a per-row override dict sets the row up; it is not an axis the analysis groups by
         axes = {k: v for k, v in axes.items() if not isinstance(v, Mapping)}
@@ -634,13 +807,15 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
                 seed=seed,
                 overrides=full,
                 resource_class=cls or _resource_class(sweep, full),
+                tune=tune,
             )
         )
 
+    # a tuned sweep's candidates of one point come together, each over the seeds
     if sweep.include_base:
         for point in points:
-            for seed in sweep.seeds:
-                add("base", point, seed, settable(point), None)
+            for candidate_seed in _candidate_seeds(sweep):
+                add_one("base", point, candidate_seed[1], settable(point), None, candidate_seed[0])
     for b in sweep.baselines:
         followed = []
         seen = set()
@@ -651,7 +826,7 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
                 seen.add(key)
                 followed.append(sub)
         for sub in followed:
-            for seed in sweep.seeds:
+            for candidate, seed in _candidate_seeds(sweep):
                 # a baseline starts from the base config but never inherits the base model's overrides
                 ov = {
                     **settable(sub),
@@ -660,7 +835,7 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
                     "model.overrides": {},
                     **b.set,
                 }
-                add(b.label, sub, seed, ov, b.resource_class)
+                add_one(b.label, sub, seed, ov, b.resource_class, candidate)
     # counted once (list.count per run was quadratic: seconds at 10,000 runs)
     dup = sorted(n for n, k in Counter(r.name for r in runs).items() if k > 1)
     if dup:
@@ -672,6 +847,12 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
             f"(and zip `_name` rows distinct names)"
         )
     return runs
+
+
+def _candidate_seeds(sweep: Sweep) -> list[tuple[Any, int]]:
+    """(candidate, seed) pairs of one point: the seeds alone (candidate None) when untuned."""
+    candidates = sweep.tune.values if sweep.tune else (None,)
+    return [(c, seed) for c in candidates for seed in sweep.seeds]
 
 
 def _resource_class(sweep: Sweep, overrides: dict[str, Any]) -> str:
@@ -746,6 +927,8 @@ def _covering(runs: list[PlannedRun]) -> list[PlannedRun]:
     out = []
     for r in runs:
         keys = {(r.label, k, _hashable(v)) for k, v in r.axes.items()} | {(r.label, "seed", r.seed)}
+        if r.tune:  # every candidate of a search is checked too (a bad value fails one run)
+            keys.add((r.label, "tune", _hashable(r.tune["value"])))
         if not keys <= seen:
             seen |= keys
             out.append(r)
@@ -763,6 +946,7 @@ def resolve(sweep: Sweep, check_model: bool = True, cover_only: bool = False) ->
     except C.ConfigError as err:
         raise SweepFileError(str(err)) from None
     planned = expand(sweep)
+    flops_per_example: dict[str, float] = {}  # one model build per distinct model (describe_key)
     if cover_only and len(planned) > CHECK_ALL_UP_TO:
         planned = _covering(planned)
     out = []
@@ -781,6 +965,8 @@ def resolve(sweep: Sweep, check_model: bool = True, cover_only: bool = False) ->
             )
         except C.ConfigError as err:
             raise SweepFileError(str(err)) from None
+        if sweep.budget is not None and not cover_only:
+            cfg = _budget_steps(cfg, sweep.budget, flops_per_example, f"{where}: run {run.name}")
         out.append(ResolvedRun(plan=run, cfg=cfg, run_id=C.run_id(cfg)))
     ids = Counter(r.run_id for r in out)
     if len(ids) != len(out):
@@ -790,3 +976,57 @@ def resolve(sweep: Sweep, check_model: bool = True, cover_only: bool = False) ->
             "effect on the run config — check its dotted key"
         )
     return out
+
+
+# ------------------------------------------------------------------------------- matched compute
+
+
+def describe_key(cfg: Any) -> str:
+    """Everything harness.train.describe reads of a run config: runs that share it share its
+    answer (a 10,000-point grid over lr x seq_len builds 100 models, not 10,000)."""
+    import json
+
+    c = cfg
+    return json.dumps(
+        [
+            [c.data.dataset, c.data.data_seed, c.data.seq_len, c.data.n_gap_buckets],
+            c.model.to_dict(),
+            [c.train.attention, c.train.recompute, c.train.compile],
+        ],
+        sort_keys=True,
+        default=str,
+    )
+
+
+def samples_per_step(cfg: Any) -> int:
+    """Impressions one optimizer step trains on: the per-device batch x devices x nodes (as the
+    plan's cost column counts them)."""
+    return int(cfg.data.batch_size * cfg.train.devices * cfg.train.num_nodes)
+
+
+def _budget_steps(cfg: Any, budget: float, cache: dict[str, float], where: str) -> Any:
+    """The run with train.max_steps = the steps its model can take within `budget` training FLOPs:
+    floor(budget / (training FLOPs per example x samples per step)), the per-example count being
+    the model's own analytic accounting (model/flops.py through harness.train.describe)."""
+    from harness import config as C
+
+    key = describe_key(cfg)
+    if key not in cache:
+        from harness.train import describe  # imports the model (torch): only for a budget
+
+        try:
+            cache[key] = float(describe(cfg)["flops"]["train_per_example"])
+        except Exception as err:  # a model that cannot be described cannot be budgeted
+            raise SweepFileError(
+                f"{where}: budget: cannot count the model's training FLOPs ({type(err).__name__}: "
+                f"{err})"
+            ) from None
+    per_step = cache[key] * samples_per_step(cfg)
+    steps = int(budget // per_step)
+    if steps < 1:
+        raise SweepFileError(
+            f"{where}: budget.train_flops = {budget:.3g} buys no step of this model (one step of "
+            f"{samples_per_step(cfg)} samples costs {per_step:.3g} training FLOPs); raise the "
+            "budget or shrink the model or the batch"
+        )
+    return C.apply_overrides(cfg, {"train.max_steps": steps}, where=where, check_model=False)

@@ -26,6 +26,7 @@ from ..fit import FitSettings
 from ..floor import find_floors
 from ..hints import HintError, find_hints, override
 from ..quality import summarise
+from ..tuning import TuningError, tuned_points
 from .build import build_report, conclusions, write_outputs
 from .html import write_html
 from .markdown import write_markdown
@@ -79,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fit flagged runs too (default: leave them out; both estimates are shown either way)",
     )
+    p.add_argument(
+        "--tune-fixed",
+        default=None,
+        metavar="VALUE",
+        help="tuned sweeps (a `tune:` block): fit the law over every point's candidate at this one "
+        "value (e.g. 0.001) instead of each point's best by its val metric, to see how much tuning "
+        "moved the law",
+    )
     p.add_argument("--title", default="OneTrans scaling report")
     p.add_argument(
         "--no-vector", action="store_true", help="skip the SVG twin of every figure (faster)"
@@ -96,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         found, hint_warnings = find_hints(coll.runs["run_dir"], a.sweep_file)
         floors, floor_warnings = find_floors(coll.runs["run_dir"])
         hint_warnings += floor_warnings
-    except (CollectError, HintError) as err:
+        tuning, tune_warnings = tuned_points(
+            coll, a.tune_fixed, FitSettings(n_boot=a.n_boot, seed=a.seed)
+        )
+        hint_warnings += tune_warnings
+    except (CollectError, HintError, TuningError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if tuning is not None:  # the fits see each tuned point's chosen candidate only
+        coll = tuning.selection.apply(coll)
     sweeps = {str(s) for s in coll.runs["sweep"].dropna().unique()} | set(found)
     hints = {
         name: override(found.get(name), x=a.x, metrics=metrics, fit=a.fit, split=a.split)
@@ -140,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in problems.itertuples():
             print(f"  {r.status:<10} {r.run_dir}: {r.error}")
     write_outputs(an, out)
-    spec = build_report(an, out, title=a.title, vector=not a.no_vector)
+    spec = build_report(an, out, title=a.title, vector=not a.no_vector, tuning=tuning)
+    if tuning is not None:
+        for line in tuning.lines:
+            print("- " + line.replace("**", ""))
     html_path, md_path = (
         write_html(spec, out / "report.html"),
         write_markdown(spec, out / "report.md"),

@@ -270,7 +270,12 @@ def floor_lines(an: Analysis, table: pd.DataFrame | None = None) -> list[str]:
 
 
 def build_report(
-    an: Analysis, out: Path, *, title: str = "OneTrans scaling report", vector: bool = True
+    an: Analysis,
+    out: Path,
+    *,
+    title: str = "OneTrans scaling report",
+    vector: bool = True,
+    tuning=None,
 ) -> ReportSpec:
     """Write figures/tables under out and return the report description (vector: also SVG figures)."""
     from .. import figure3
@@ -375,6 +380,8 @@ def build_report(
     for w in an.collection.warnings:
         blocks.append(Text(markdown=f"- Warning: {w}"))
     sections = [Section(title="Conclusions", blocks=blocks)]
+    if tuning is not None:
+        sections.append(tuning_section(tuning))
 
     # 2. what was left out, before any figure
     left = []
@@ -675,6 +682,37 @@ def build_report(
     for t in spec.tables():
         write_csv(t.frame, tdir / f"{t.name}.csv")
     return spec
+
+
+def tuning_section(tuning) -> Section:
+    """Tuned points (analysis/tuning.py): the chosen value per point, the spread over candidates,
+    the edge flags, and the law under each selection (how much tuning moved it)."""
+    sel = tuning.selection
+    blocks: list = [Text(markdown="\n".join(f"- {line}" for line in tuning.lines))]
+    blocks.append(
+        Table(
+            name="tuned_points",
+            frame=sel.points,
+            caption="Per tuned point: the chosen value (best mean val metric over seeds; exact ties "
+            "to the value listed first; --tune-fixed pins it), its score, the spread (best minus "
+            "worst candidate), 'edge' when the winner is the smallest (low) or largest (high) "
+            "value searched, candidates with no finished seed, finished seeds and mean score per "
+            "candidate. docs/analysis.md, 'Tuned points'.",
+            float_format="{:.4f}",
+        )
+    )
+    if len(tuning.shift):
+        blocks.append(
+            Table(
+                name="tuning_shift",
+                frame=tuning.shift,
+                caption="The log-linear law on training FLOPs (gain per doubling, 95% cluster-"
+                "bootstrap CI) over each point's chosen candidate ('tuned') and over every point's "
+                "candidate at one fixed value: how much tuning moved the law.",
+                float_format="{:.4f}",
+            )
+        )
+    return Section(title="Tuned points", blocks=blocks)
 
 
 def _floor_blocks(an: Analysis) -> list:
