@@ -10,6 +10,8 @@ parsed by harness.sweepfile.parse_analysis (the one validator of the format). Co
     metrics:  split.metric names (test.ctr_uauc); the first is the series' headline metric
     fit:      loglinear | powerlaw (also spelled saturating or power) | none; harness.sweepfile.FIT_FORMS
               maps each spelling to the form's one name
+    trick:    switch keys crossed with a size or length axis (model.overrides.match_init, ...); the
+              report's "Tricks across scale" section tests each one's gain across scale (analysis/tricks.py)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Hints:
     split: str | None = None
     fit: str | None = None  # loglinear | powerlaw | none
     baseline: str | None = None
+    trick: tuple[str, ...] = ()  # switch keys of a trick sweep (analysis/tricks.py)
     source: str = ""  # where they came from (file path or 'command line')
     ignored: tuple[str, ...] = field(
         default_factory=tuple
@@ -50,6 +53,7 @@ class Hints:
             f"x={self.x}" if self.x else "",
             f"metrics={','.join(self.metrics)}" if self.metrics else "",
             f"fit={self.fit}" if self.fit else "",
+            f"trick={','.join(self.trick)}" if self.trick else "",
         ]
         return " ".join(p for p in parts if p) + (f" (from {self.source})" if self.source else "")
 
@@ -80,6 +84,7 @@ def from_mapping(a, source: str) -> Hints | None:
         split=split,
         fit=parsed.fit,
         baseline=parsed.baseline,
+        trick=parsed.trick,
         source=source,
         ignored=tuple(ignored),
     )
@@ -143,6 +148,7 @@ def override(
         split=split or h.split,
         fit=FIT_FORMS[fit] if fit else h.fit,
         baseline=h.baseline,
+        trick=h.trick,
         source=src,
         ignored=h.ignored,
     )

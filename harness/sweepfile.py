@@ -18,6 +18,8 @@ A sweep file is YAML with these top-level keys (only `name` and `base` are requi
       default: {devices: 1, accelerator: gpu, cpus_per_task: 8, mem_gb: 64, time_min: 240, partition: ...}
     resource_rules: [{when: {model.size: onetrans-l}, class: large}]
     analysis: {x: data.seq_len, metrics: [test.ctr_uauc], fit: powerlaw}   # hints for analysis.report
+              # trick: [model.overrides.match_init]: switches crossed with a size or length axis whose
+              # gain per doubling of FLOPs the report tests (analysis/tricks.py; check_tricks below)
     tune: {train.lr: [3e-4, 1e-3, 3e-3], by: val.ctr_auc}   # an inner search per grid point: every
             # candidate is an ordinary run; analysis/tuning.py keeps the best by the val metric
     budget: {train_flops: 1.0e+15}    # matched compute: each run's train.max_steps is derived from
@@ -81,7 +83,7 @@ PRESET_KEYS = (
 TUNE_BY_METRICS = ("ctr_auc", "ctr_uauc", "ctr_logloss", "cvr_auc", "cvr_uauc", "cvr_logloss")
 BUDGET_KEYS = ("train_flops",)
 BASELINE_KEYS = ("label", "model", "size", "set", "follow", "resource_class")
-ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline")
+ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline", "trick")
 DATASET_KEYS = ("convert", "raw", "opt")
 CONVERTER_SOURCES = ("movielens", "taobao", "tmall")  # harness.data.converters (not imported here)
 NAME_KEY = "_name"  # zip column that names rows (not a config key)
@@ -138,6 +140,7 @@ class AnalysisHints:
     metrics: tuple[str, ...] = ("test.ctr_uauc",)
     fit: str = "none"  # a canonical form: FIT_FORMS' values
     baseline: str | None = None  # label of the reference run for deltas (paper: DCNv2+DIN)
+    trick: tuple[str, ...] = ()  # switch keys crossed with a size/length axis (analysis/tricks.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -454,6 +457,7 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
             f"{where}: tune.{tune.key} is also a grid/zip axis; a key is either swept (an axis of "
             "the law) or searched per point (tune), not both"
         )
+    check_tricks(analysis, grid, zips, where)
 
     include_base = data.get("include_base", True)
     if not isinstance(include_base, bool):
@@ -623,8 +627,65 @@ def parse_analysis(a: Any, where: Any, path: Path | None) -> AnalysisHints | Non
     metrics = a.get("metrics", ["test.ctr_uauc"])
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     return AnalysisHints(
-        x=str(a["x"]), metrics=tuple(metrics), fit=FIT_FORMS[fit], baseline=a.get("baseline")
+        x=str(a["x"]),
+        metrics=tuple(metrics),
+        fit=FIT_FORMS[fit],
+        baseline=a.get("baseline"),
+        trick=_parse_trick(a.get("trick"), where),
     )
+
+
+def _parse_trick(raw: Any, where: Any) -> tuple[str, ...]:
+    """analysis.trick: one dotted run-config key or a list of them (the switches of a trick sweep)."""
+    if raw is None:
+        return ()
+    keys = [raw] if isinstance(raw, str) else raw
+    if (
+        not isinstance(keys, list)
+        or not keys
+        or not all(isinstance(k, str) and "." in k for k in keys)
+    ):
+        raise SweepFileError(
+            f"{where}: analysis.trick must be a dotted run-config key or a list of them, e.g. "
+            f"trick: [model.overrides.match_init, model.overrides.mixed_params]; got {raw!r}"
+        )
+    if len(set(keys)) != len(keys):
+        raise SweepFileError(f"{where}: analysis.trick repeats a key: {keys!r}")
+    return tuple(keys)
+
+
+def check_tricks(
+    hints: AnalysisHints | None, grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]], where
+) -> None:
+    """A trick sweep must cross each switch with a size or length axis: every analysis.trick key is a
+    grid or zip axis taking >= 2 values, and some axis outside the switches' own zip rows varies too."""
+    if hints is None or not hints.trick:
+        return
+    columns = {**grid, **{k: v for g in zips for k, v in g.items()}}
+    for key in hints.trick:
+        if key not in columns:
+            raise SweepFileError(
+                f"{where}: analysis.trick {key!r} is not a grid or zip axis of this sweep; a trick "
+                f"is measured by crossing it with a size or length axis, e.g. grid: {{{key}: "
+                "[false, true], model.overrides.n_layers: [1, 2, 3]}."
+                f"{did_you_mean(key, columns, list_valid=True)}"
+            )
+        if len({_fmt(v) for v in columns[key]}) < 2:
+            raise SweepFileError(
+                f"{where}: analysis.trick {key!r} takes one value only ({columns[key]!r}); give it "
+                "the values to compare, e.g. [false, true]"
+            )
+    # the axes that are not the switches (nor in the zip groups that carry them) are the scale
+    trick_groups = [g for g in zips if any(k in g for k in hints.trick)]
+    scale = [k for k, v in grid.items() if k not in hints.trick and len(v) > 1] + [
+        k for g in zips if g not in trick_groups for k, v in g.items() if len(v) > 1
+    ]
+    if not scale:
+        raise SweepFileError(
+            f"{where}: analysis.trick needs a size or length axis beside the switches (a grid "
+            "axis, or a separate zip group, with >= 2 values, e.g. model.overrides.n_layers: "
+            "[1, 2, 3]); without one there is no trend across scale to measure"
+        )
 
 
 def _parse_grid(raw: Any, where_key: str, where: Any, unique: bool = True) -> dict[str, list[Any]]:
@@ -763,6 +824,7 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
         for combo in itertools.product(*axis_lists)
     ]
     # a zip group's `_name` column labels its rows (ablation variants): it names runs, sets nothing
+    named_group = next((set(g) for g in sweep.zip if NAME_KEY in g), set())
     settable = lambda axes: {k: v for k, v in axes.items() if k != NAME_KEY}  # noqa: E731
 
     runs: list[PlannedRun] = []
@@ -775,11 +837,14 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
         cls: str | None,
         candidate: Any,
     ) -> None:
-        if NAME_KEY in axes:
-            shown = [_fmt(axes[NAME_KEY])]
-        else:
-            shown = [f"{_short(k)}{_fmt(v)}" for k, v in axes.items()]
-            shown = [part for part in shown if part]  # an empty per-row override dict names nothing
+        # a zip group's `_name` names that group's rows; the other axes (a size axis crossed with
+        # named variants, as in a trick sweep) still name themselves
+        shown = []
+        for k, v in axes.items():
+            if NAME_KEY in axes and k in named_group and k != NAME_KEY:
+                continue
+            shown.append(_fmt(v) if k == NAME_KEY else f"{_short(k)}{_fmt(v)}")
+        shown = [part for part in shown if part]  # an empty per-row override dict names nothing
         if label == "base" and not shown:  # no axes: name the base run by its model size
             shown = [_fmt(_lookup(sweep.base, {**sweep.set, **overrides}, "model.size") or "base")]
         parts = ([] if label == "base" else [label]) + shown

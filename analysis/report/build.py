@@ -15,6 +15,7 @@ import pandas as pd
 from .. import plots, quality, tables
 from ..analyze import Analysis, x_label
 from .spec import Figure, ReportSpec, Section, Table, Text
+from .tricks_section import trick_sections
 
 FLOP_CONVENTION = (
     "training FLOPs = result.json flops.train_total, else flops.train_per_example × "
@@ -382,6 +383,8 @@ def build_report(
     sections = [Section(title="Conclusions", blocks=blocks)]
     if tuning is not None:
         sections.append(tuning_section(tuning))
+    # sweeps that name switches (analysis.trick): their gain across scale (analysis/tricks.py)
+    sections.extend(trick_sections(an, figure))
 
     # 2. what was left out, before any figure
     left = []
