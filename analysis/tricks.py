@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from harness.config import RUN_ID_EXCLUDED
-from harness.power import ALPHA, POWER, line_noise, mde_per_doubling, seed_noise
+from harness.power import ALPHA, line_noise, mde_per_doubling, seed_noise
 
 LEVEL = 1.0 - ALPHA  # 95% intervals everywhere in this module
 VERDICTS = ("grows", "holds", "fades", "undetermined")
@@ -95,13 +95,6 @@ class TrickTrend:
         return f"{short} {_val(self.on)} − {_val(self.off)}" + (
             f" [{self.context}]" if self.context else ""
         )
-
-    def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "scales"}
-        out["on"], out["off"] = _val(self.on), _val(self.off)
-        out["notes"] = list(self.notes)
-        out["scales"] = [s.__dict__ for s in self.scales]
-        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -542,7 +535,6 @@ def verdict_sentence(t: TrickTrend) -> str:
 
 
 __all__ = [
-    "POWER",
     "VERDICTS",
     "ScaleGain",
     "TrickAnalysis",

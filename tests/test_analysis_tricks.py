@@ -248,3 +248,41 @@ def test_the_report_has_a_tricks_section(tmp_path):
         vector=False,
     )
     assert "Tricks across scale" not in [s.title for s in spec2.sections]
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_ci_preset_end_to_end(tmp_path):
+    """sweeps/tricks.yaml --preset ci trains its 30 tiny runs in-process, and the report built from
+    the sweep folder (hints read from its .sweep/sweep.yaml) has a verdict sentence for every switch.
+    Minutes on a loaded 2-core machine (each 4-step run costs ~5-30 s of set-up and evaluation)."""
+    import io
+    from pathlib import Path
+
+    from analysis.report.__main__ import main as report
+    from harness import sweep as S
+
+    path = Path(__file__).resolve().parents[1] / "sweeps" / "tricks.yaml"
+    runs = tmp_path / "runs"
+    outcome = S.run_sweep(
+        path, out=io.StringIO(), describe=False, preset="ci", executor="debug", runs_dir=runs
+    )
+    assert outcome.code == 0 and len(outcome.rows) == 30
+    out = tmp_path / "report"
+    assert (
+        report([str(runs / "tricks-ci"), "--out", str(out), "--n-boot", "100", "--no-vector"]) == 0
+    )
+    md = (out / "report.md").read_text()
+    assert "## Tricks across scale" in md
+    section = md.split("## Tricks across scale")[1].split("\n## ")[0]
+    for switch in ("shared_side_tables", "tokenizer_skip", "match_init", "mixed_params"):
+        for metric in ("test.ctr_uauc", "test.ctr_auc", "test.ctr_logloss"):
+            assert f"{switch} on − off" in section and metric in section
+    # 3 scales x 2 seeds per switch: every trend has its interval, so a verdict (whatever it is)
+    assert section.count("**trend undetermined**") == 0
+    assert (
+        section.count("**holds**") + section.count("**grows**") + section.count("**fades**") == 12
+    )
+    assert (out / "tables" / "tricks_trends_tricks-ci.csv").exists()
