@@ -95,15 +95,17 @@ def trick_sections(an: Analysis, figure: Callable) -> list[Section]:
 
 
 def gain_figure(trends: list[TrickTrend]):
-    """One panel per metric: the gain per scale (points with CIs) and the fitted line per switch."""
+    """One panel per metric: the gain per scale (points with CIs) and the fitted line per switch; one
+    legend below the panels (switch and verdict; the context is in the tables)."""
     import matplotlib.pyplot as plt
 
     metrics = list(dict.fromkeys(t.metric for t in trends))
     fig, axes = plt.subplots(
-        1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False, sharex=True
+        1, len(metrics), figsize=(4.0 * len(metrics), 3.6), squeeze=False, sharex=True
     )
+    handles: dict[str, object] = {}
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for t in (t for t in trends if t.metric == metric):
+        for i, t in enumerate(t for t in trends if t.metric == metric):
             x = np.array([s.flops for s in t.scales])
             y = np.array([s.gain for s in t.scales])
             lo = np.array([s.lo for s in t.scales])
@@ -111,18 +113,32 @@ def gain_figure(trends: list[TrickTrend]):
             err = np.vstack(
                 [np.where(np.isfinite(lo), y - lo, 0), np.where(np.isfinite(hi), hi - y, 0)]
             )
+            # switches side by side at one scale (a small multiplicative shift keeps bars apart)
             pts = ax.errorbar(
-                x, y, yerr=err, fmt="o", ms=4, capsize=2, label=f"{t.label()}: {t.verdict}"
+                x * 1.04**i, y, yerr=err, fmt="o", ms=4, capsize=2, color=f"C{i % 10}"
             )
             if np.isfinite(t.slope) and len(x) > 1 and np.all(x > 0):
                 grid = np.geomspace(x.min(), x.max(), 20)
-                ax.plot(grid, t.intercept + t.slope * np.log2(grid), color=pts[0].get_color(), lw=1)
+                ax.plot(grid, t.intercept + t.slope * np.log2(grid), color=f"C{i % 10}", lw=1)
+            # the short label unless a factorial design gives one switch several contexts
+            short = t.label().split(" [")[0]
+            same = [u for u in trends if u.metric == metric and u.label().split(" [")[0] == short]
+            label = short if len(same) == 1 else t.label()
+            handles.setdefault(label, pts)
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs")
-        ax.set_ylabel(f"gain in {metric} (on − off)")
-        ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
+        ax.set_ylabel("gain (on − off, + = better)")
+        ax.set_title(metric, fontsize=9)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=min(len(handles), 4),
+        fontsize=7,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
