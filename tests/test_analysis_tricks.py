@@ -88,6 +88,33 @@ def test_zero_crossing_of_a_fading_gain(tmp_path):
         assert "beyond the largest scale" in t.sentence  # the truth crosses one doubling past it
 
 
+@pytest.mark.parametrize(
+    "at_smallest,per_doubling,verdict,where",
+    [
+        (0.010, -0.004, "fades", "already inside the sweep"),  # zero at 2.5 doublings: inside
+        (-0.002, -0.003, "grows", None),  # a harm that grows is "grows" too (magnitude)
+        (-0.012, 0.002, "fades", "beyond the largest scale"),  # a harm that fades, zero at 6
+    ],
+)
+def test_verdict_follows_the_sign_of_the_gain(
+    tmp_path, monkeypatch, at_smallest, per_doubling, verdict, where
+):
+    key = "model.overrides.mixed_params"
+    monkeypatch.setitem(
+        TRICK_TRUTH,
+        key,
+        {**TRICK_TRUTH[key], "at_smallest": at_smallest, "per_doubling": per_doubling},
+    )
+    root = make_trick_runs(tmp_path, noise_sd=1e-6)
+    t = by_key(trends_of(root, ["test.ctr_uauc"], [key]), key)
+    assert t.verdict == verdict and t.slope == pytest.approx(per_doubling, abs=1e-5)
+    if where:
+        assert where in t.sentence
+        assert abs(np.log2(t.zero_flops / trick_zero_flops(key))) < 0.02
+    else:
+        assert t.zero_flops is None
+
+
 def test_mde_is_the_power_formula_on_the_seed_noise(planted, tmp_path):
     """MDE = (t_0.975 + t_0.80) · sigma_d / sqrt(Sxx): sigma_d the seed sd of the paired differences
     (truth: sqrt(2) · noise sd), Sxx over the 15 pairs at log2 FLOPs 0..4 (3 seeds each: 30)."""
