@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, MANIFEST, SPLITS, Manifest
+from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, MANIFEST, SPLITS, Manifest, n_rows
 from harness.data.counts import events_before, sorted_rank
 from harness.metrics_np import task_metrics
 
@@ -332,9 +332,7 @@ def compute_floor(
     cached = [w for w in windows if str(w) in records]
     todo = [w for w in windows if str(w) not in records]
     if todo and max_events is not None:
-        from harness.data.stats import _n_rows
-
-        n = _n_rows(folder / EVENTS)
+        n = n_rows(folder / EVENTS)
         if n > max_events:
             raise FloorTooLarge(
                 f"{n:,} events > {max_events:,} (about {n * 150 / 1e9:.0f} GB to fit); compute it "
