@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.suggest import did_you_mean
+from model.suggest import did_you_mean
 
 SCHEMA = 1
 

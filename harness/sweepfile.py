@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from harness.config import ConfigError, Resources
-from harness.suggest import did_you_mean
+from model.suggest import did_you_mean
 
 TOP_KEYS = (
     "name",

@@ -17,10 +17,9 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from harness.suggest import did_you_mean
-
 from .base import RankingModel
 from .features import FeatureSpec
+from .suggest import did_you_mean
 
 # model name -> module implementing it
 MODELS: dict[str, str] = {

@@ -2,7 +2,9 @@
 
     raise ValueError(f"unknown key {key!r}.{did_you_mean(key, valid)}")   # ... Did you mean 'lr'?
 
-Standard library only: model/ and analysis/ import it without torch or the rest of the harness.
+Standard library only, and it lives in model/ because the model registry needs it and model/ imports
+nothing of the harness (docs/contracts.md, Layers); harness/ and analysis/ import it from here
+without pulling in torch (model/__init__.py imports nothing).
 """
 
 from __future__ import annotations
