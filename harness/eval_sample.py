@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.metrics_np import per_user_auc
+from harness.metrics import per_user_auc
 
 SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}  # one seeded stream per split
 CI_METHOD = "percentile bootstrap over users"

@@ -1,20 +1,27 @@
-"""Exact ranking metrics: AUC, UAUC and logloss, per task and split (numpy only, no torch).
+"""Exact ranking metrics: AUC, UAUC and logloss, per task and split (numpy only, no torch). The one
+metrics module of the repository: the training run's evaluation (harness/system.py), the synthetic
+world's oracle (harness/data/stats.py) and the count-feature floor (harness/data/floor.py) all score
+with it, so a model's score and its ceiling are computed by the same code. Torch callers convert at
+the boundary (`tensor.cpu().numpy()`).
 
     auc(labels, scores)                          rank-based ROC-AUC, ties get average ranks
     uauc(labels, scores, users)                  impression-weighted per-user AUC
+    per_user_auc(labels, scores, users)          UAUC's parts (per-user AUC and weights)
     logloss(labels, logits=... | probs=...)      mean binary cross-entropy
     task_metrics(...)                            the three above under one prefix ("ctr_auc", ...)
     split_metrics(preds, cvr_mode=...)           every key of result.json's "metrics"/"oracle"
     daily_macro(preds, ...)                      the paper's next-batch figures: per day, then mean
 
-All of them are exact (no thresholds or bins) and vectorised: one lexsort plus bincounts, whatever
-the number of users. AUC is undefined for a single-class set: it is NaN; UAUC leaves such users
-out (the usual convention; spec §3). Scores are compared as given: pass logits, not float32
-sigmoids, so that saturation does not create false ties.
+Definitions:
+  AUC      exact Mann-Whitney statistic; tied scores count 1/2 (average ranks), no binning. NaN when
+           only one class is present.
+  UAUC     mean over users of the per-user AUC, weighted by the user's impression count; users whose
+           impressions are all one class have no AUC and are left out (weights renormalised; spec §3).
+  logloss  mean binary cross-entropy: exact from logits, or of probabilities clipped to [eps, 1-eps].
 
-AUC and UAUC themselves live in harness/metrics_np.py (shared with the synthetic world's oracle:
-one implementation in the repository); this module adds non-finite checks, logloss from logits,
-the CVR modes and the per-day macro average. It stays importable without torch.
+All of them are exact and vectorised: one lexsort plus bincounts, whatever the number of users.
+Scores are compared as given: pass logits, not float32 sigmoids, so that saturation does not create
+false ties. Non-finite scores are an error, not a silent NaN metric.
 """
 
 from __future__ import annotations
@@ -25,8 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from harness import metrics_np as _np  # the one implementation of exact AUC / UAUC in the repo
-
+EPS = 1e-7  # probability clip of logloss(probs=...)
 DAY_SECONDS = 86_400
 
 
@@ -39,19 +45,87 @@ def _as_1d(name: str, x) -> np.ndarray:
     return a
 
 
+def _labels_and(name: str, labels, values) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (0/1, float64) and finite scores or probabilities of the same length."""
+    y = np.asarray(labels).astype(np.float64).ravel()
+    s = _as_1d(name, values)
+    if y.shape != s.shape:
+        raise ValueError(f"labels and {name} differ in length: {y.shape[0]} vs {s.shape[0]}")
+    if y.size and not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0/1")
+    return y, s
+
+
+def _tied_ranks(s: np.ndarray, group: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks of s within each group, ties averaged; returns (order, ranks in that order)."""
+    order = np.lexsort((s,) if group is None else (s, group))
+    ss = s[order]
+    gs = np.zeros_like(ss) if group is None else group[order]
+    n = ss.size
+    # a new tie run starts where the (group, score) pair changes
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (ss[1:] != ss[:-1]) | (gs[1:] != gs[:-1])
+    run_id = np.cumsum(new_run) - 1
+    run_start = np.flatnonzero(new_run)
+    run_end = np.append(run_start[1:], n)  # exclusive
+    # position within the group: global position minus the group's first position
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = gs[1:] != gs[:-1]
+    group_start = np.flatnonzero(new_group)
+    group_of = np.cumsum(new_group) - 1
+    base = group_start[group_of]
+    avg_rank = (run_start + run_end - 1) / 2.0 + 1.0  # average of 1-based global positions
+    ranks = avg_rank[run_id] - base
+    return order, ranks
+
+
 def auc(labels, scores) -> float:
-    """Exact ROC-AUC (NaN when only one class is present); see harness.metrics_np.auc."""
-    return _np.auc(labels, _as_1d("scores", scores))
+    """Exact ROC-AUC (ties averaged). NaN when only one class is present."""
+    y, s = _labels_and("scores", labels, scores)
+    n_pos = y.sum()
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order, ranks = _tied_ranks(s)
+    return float((ranks[y[order] == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def per_user_auc(labels, scores, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user index of each impression, AUC per user (NaN where one class), impressions per user);
+    users are indexed 0..U-1 in sorted id order. UAUC's parts, kept for resampling users."""
+    y, s = _labels_and("scores", labels, scores)
+    users = np.asarray(users).ravel()
+    if users.shape != y.shape:
+        raise ValueError("users and labels differ in length")
+    _, g = np.unique(users, return_inverse=True)
+    g = g.astype(np.int64).ravel()
+    if y.size == 0:
+        return g, np.zeros(0), np.zeros(0)
+    order, ranks = _tied_ranks(s, g)
+    yo, go = y[order], g[order]
+    n_groups = int(g.max()) + 1
+    n = np.bincount(go, minlength=n_groups).astype(np.float64)
+    n_pos = np.bincount(go, weights=yo, minlength=n_groups)
+    rank_pos = np.bincount(go, weights=ranks * yo, minlength=n_groups)
+    n_neg = n - n_pos
+    ok = (n_pos > 0) & (n_neg > 0)
+    per_user = np.full(n_groups, np.nan)
+    per_user[ok] = (rank_pos[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2) / (n_pos[ok] * n_neg[ok])
+    return g, per_user, n
 
 
 def uauc(labels, scores, users) -> float:
-    """Impression-weighted per-user AUC over users with both classes; see harness.metrics_np.uauc."""
-    return _np.uauc(labels, _as_1d("scores", scores), users)
+    """Impression-weighted mean of per-user AUC over users with both classes. NaN if none."""
+    _, per_user, n = per_user_auc(labels, scores, users)
+    ok = ~np.isnan(per_user)
+    if not ok.any():
+        return float("nan")
+    return float(np.average(per_user[ok], weights=n[ok]))
 
 
-def logloss(labels, *, logits=None, probs=None, eps: float = _np.EPS) -> float:
+def logloss(labels, *, logits=None, probs=None, eps: float = EPS) -> float:
     """Mean binary cross-entropy, from logits (exact, stable) or probabilities (clipped to
-    [eps, 1-eps] as harness.metrics_np does for the oracle)."""
+    [eps, 1-eps]: the oracle's true probabilities can be 0 or 1)."""
     y = np.asarray(labels, np.float64).reshape(-1)
     if y.size == 0:
         return math.nan
@@ -61,7 +135,9 @@ def logloss(labels, *, logits=None, probs=None, eps: float = _np.EPS) -> float:
         z = _as_1d("logits", logits)
         # -[y log s(z) + (1-y) log(1-s(z))] = softplus(z) - y z
         return float(np.mean(np.logaddexp(0.0, z) - y * z))
-    return _np.logloss(y, _as_1d("probs", probs), eps=eps)
+    y, p = _labels_and("probs", y, probs)
+    p = np.clip(p, eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
 def task_metrics(prefix: str, labels, users, *, logits=None, probs=None) -> dict[str, float]:
@@ -116,6 +192,11 @@ def split_metrics(
         ll = float(-np.mean(conv * log_p + (1 - conv) * log_q)) if conv.size else math.nan
         out |= {"cvr_auc": auc(conv, log_p), "cvr_uauc": uauc(conv, log_p, user), "cvr_logloss": ll}
     return out
+
+
+def probs_task_metrics(prefix: str, labels, probs, users) -> dict[str, float]:
+    """task_metrics scored by probabilities, positional (the count-feature floor's fitted P(click))."""
+    return task_metrics(prefix, labels, users, probs=probs)
 
 
 def daily_macro(

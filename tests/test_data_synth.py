@@ -17,7 +17,7 @@ from harness.data.contract import EVENTS, IMPRESSIONS, Manifest
 from harness.data.oracle import history_match_counts, load_for_predictors, no_history_table
 from harness.data.stats import compute_stats, prior_counts
 from harness.data.validate import errors, validate
-from harness.metrics_np import auc
+from harness.metrics import auc
 
 TINY = synth.SynthConfig(
     n_users=40,

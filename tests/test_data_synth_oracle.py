@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.metrics_np import auc, logloss, ranking_metrics, uauc
+from harness.metrics import auc, logloss, split_metrics, uauc
 
 
 def slow_auc(y, s) -> float:
@@ -59,14 +59,15 @@ def test_logloss_matches_direct_formula_and_clips():
     p = rng.random(100)
     y = (rng.random(100) < p).astype(int)
     ref = -np.mean([math.log(pi) if yi else math.log(1 - pi) for yi, pi in zip(y, p)])
-    assert logloss(y, p) == pytest.approx(ref, rel=1e-12)
-    assert np.isfinite(logloss([1, 0], [0.0, 1.0]))  # clipped, not inf
+    assert logloss(y, probs=p) == pytest.approx(ref, rel=1e-12)
+    assert np.isfinite(logloss([1, 0], probs=[0.0, 1.0]))  # clipped, not inf
 
 
-def test_ranking_metrics_cvr_uses_clicked_rows_only():
+def test_oracle_metrics_cvr_uses_clicked_rows_only():
     click = np.array([1, 1, 0, 0, 1, 1])
     conv = np.array([1, 0, 0, 0, 0, 1])
     p_conv = np.array([0.9, 0.1, 0.99, 0.0, 0.2, 0.8])  # unclicked rows would spoil the AUC
-    m = ranking_metrics(click, conv, np.full(6, 0.5), p_conv, np.zeros(6))
+    p = {"click": click, "conversion": conv, "user_id": np.zeros(6)}
+    m = split_metrics(p | {"p_click": np.full(6, 0.5), "p_conversion": p_conv}, oracle=True)
     assert m["cvr_auc"] == 1.0 and m["ctr_auc"] == 0.5
     assert set(m) == {f"{t}_{k}" for t in ("ctr", "cvr") for k in ("auc", "uauc", "logloss")}

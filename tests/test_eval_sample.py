@@ -8,8 +8,7 @@ import pytest
 
 from harness.config import ConfigError, RunConfig, apply_overrides, load_config, run_id
 from harness.eval_sample import _task_replicates, bootstrap_ci, n_sampled, sample_requests
-from harness.metrics import split_metrics
-from harness.metrics_np import auc, uauc
+from harness.metrics import auc, split_metrics, uauc
 from harness.train import train_run
 from tests import train_support as S
 from tests.conftest import REPO

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, MANIFEST, SPLITS, Manifest, n_rows
 from harness.data.counts import events_before, sorted_rank
-from harness.metrics_np import task_metrics
+from harness.metrics import probs_task_metrics as task_metrics
 
 
 class FloorTooLarge(ValueError):

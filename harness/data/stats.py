@@ -31,7 +31,7 @@ from harness.data.contract import (
     table_schema,
     table_source,
 )
-from harness.metrics_np import ranking_metrics
+from harness.metrics import split_metrics
 
 PERCENTILES = (10, 50, 90, 99)
 
@@ -158,12 +158,13 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
             "cvr_given_click": _round(conv[click == 1].mean()) if n_click else None,
         }
         if manifest.has_oracle and len(part):
-            m = ranking_metrics(
-                click,
-                conv,
-                part["p_click"].to_numpy(),
-                part["p_conversion"].to_numpy(),
-                part["user_id"].to_numpy(),
+            # the oracle's keys as a run's result.json has them: CTR on every impression, CVR on
+            # the clicked ones, scored by the true probabilities
+            columns = ("p_click", "p_conversion", "user_id")
+            m = split_metrics(
+                {"click": click, "conversion": conv} | {k: part[k].to_numpy() for k in columns},
+                "clicked",
+                oracle=True,
             )
             oracle[split] = {k: _round(v) for k, v in m.items()}
     if oracle:
