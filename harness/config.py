@@ -247,7 +247,14 @@ class DataConfig(_Section):
 
 # Execution switches (how a run computes, never what) have one home, the train section; the model
 # receives them from harness/train.py `execution`. Their old spellings as model options are refused.
-MOVED_TO_TRAIN = {"attention": "attention", "recompute": "recompute", "compile_blocks": "compile"}
+MOVED_TO_TRAIN = {
+    "attention": "attention",
+    "recompute": "recompute",
+    "compile_blocks": "compile",
+    "attn_impl": "attention",  # the baselines' own switch until issue #23: one vocabulary now
+}
+# how an old value reads in the new key's vocabulary, where the spelling changed
+RENAMED_VALUES = {"attn_impl": "'plain' is now 'reference', 'sdpa' stays 'sdpa'"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,7 +275,8 @@ class ModelConfig(_Section):
             _require(
                 key not in MOVED_TO_TRAIN,
                 f"model.overrides.{key} is no longer a model option: execution switches live in the run "
-                f"config; write train.{MOVED_TO_TRAIN.get(key)} instead (docs/training.md).",
+                f"config; write train.{MOVED_TO_TRAIN.get(key)} instead (docs/training.md)."
+                + (f" Values: {RENAMED_VALUES[key]}." if key in RENAMED_VALUES else ""),
             )
 
     def resolve(self) -> Any:

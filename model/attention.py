@@ -57,6 +57,10 @@ BACKENDS = ("reference", "sdpa", "flash", "sdpa_causal")
 # fp32 for any head_dim <= 256 (PAD_BIAS / 16 = 1875 >> 104), and it is exact in bf16 / fp16
 PAD_BIAS = 30000.0
 REQUESTS = ("auto", *BACKENDS)
+# Backends that take an explicit mask (attend(..., allowed=...)): the baselines' masks (cross-causal
+# global tokens, merged-token groups that see themselves) are not "padding + bottom-right causal",
+# which is all flash and sdpa_causal can express.
+EXPLICIT_MASK_BACKENDS = ("reference", "sdpa")
 
 
 def flash_unsupported_reasons(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
@@ -125,6 +129,26 @@ def choose_backend(
     if not flash_no:
         return "flash", f"auto: flash-attn usable on {device.type} with {dtype}"
     return "sdpa", "auto: " + "; ".join(flash_no)
+
+
+def choose_explicit_mask_backend(requested: str) -> tuple[str, str]:
+    """(backend, reason) for a model whose attention masks are explicit (the baselines). "auto" is
+    the reference backend: plain matmuls that FlopCounterMode counts on every device; ask for "sdpa"
+    (torch's fused kernel) on a GPU. flash / sdpa_causal cannot take such masks: an error, not a
+    silent fallback."""
+    if requested not in REQUESTS:
+        raise ValueError(f"attention backend {requested!r} unknown; choose one of {REQUESTS}")
+    if requested == "auto":
+        return (
+            "reference",
+            "auto: explicit masks run on the reference backend (pass sdpa for the fused kernel)",
+        )
+    if requested not in EXPLICIT_MASK_BACKENDS:
+        raise ValueError(
+            f"attention {requested!r} cannot take this model's explicit attention masks; "
+            f"choose one of {('auto', *EXPLICIT_MASK_BACKENDS)}"
+        )
+    return requested, "requested"
 
 
 def attention_mask(q_valid: torch.Tensor, k_valid: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -349,17 +373,34 @@ def attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    q_valid: torch.Tensor,
-    k_valid: torch.Tensor,
+    q_valid: torch.Tensor | None = None,
+    k_valid: torch.Tensor | None = None,
     *,
-    causal: bool,
+    causal: bool = False,
     backend: str,
     shared: SharedKeys | None = None,
     pad_free: bool = False,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dispatch to one backend; returns (B, H, Tq, dh) with padded query rows set to zero.
     shared: keys/values of each row's group, placed before its own keys k, v (see SharedKeys).
-    pad_free: the caller guarantees k_valid is all True (only "sdpa_causal" uses it: no pad columns)."""
+    pad_free: the caller guarantees k_valid is all True (only "sdpa_causal" uses it: no pad columns).
+    allowed: an explicit bool mask broadcastable to (B, H, Tq, Tk), True where a query may look,
+    instead of q_valid / k_valid / causal (the baselines; EXPLICIT_MASK_BACKENDS only). Every row
+    must allow at least one key (the caller guarantees it; nothing is zeroed)."""
+    if allowed is not None:
+        if q_valid is not None or k_valid is not None or causal or shared is not None:
+            raise ValueError("attend: allowed= replaces q_valid, k_valid, causal and shared")
+        if backend == "reference":
+            return reference_attention(q, k, v, allowed)
+        if backend == "sdpa":
+            return sdpa_attention(q, k, v, allowed)
+        raise ValueError(
+            f"attention backend {backend!r} cannot take an explicit mask; "
+            f"choose one of {EXPLICIT_MASK_BACKENDS}"
+        )
+    if q_valid is None or k_valid is None:
+        raise ValueError("attend: pass q_valid and k_valid (or an explicit allowed= mask)")
     if shared is not None:
         k_valid = torch.cat([shared.valid[shared.index], k_valid], 1)
         # SDPA and flash need every row's whole key list: copy it per row

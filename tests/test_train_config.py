@@ -74,6 +74,19 @@ def test_yaml_round_trip_is_lossless(tmp_path):
             },
             "write train.compile instead",
         ),
+        # the baselines' own attention switch before issue #23: one key, one vocabulary now
+        (
+            {
+                "model": {
+                    "name": "rankmixer_transformer",
+                    "size": "tiny",
+                    "overrides": {"attn_impl": "plain"},
+                }
+            },
+            "model.overrides.attn_impl is no longer a model option: execution switches live in the "
+            "run config; write train.attention instead (docs/training.md). Values: 'plain' is now "
+            "'reference', 'sdpa' stays 'sdpa'.",
+        ),
     ],
 )
 def test_bad_configs_name_file_key_and_closest_valid_name(tmp_path, d, needle):
@@ -142,6 +155,25 @@ def test_overrides_dotted_and_strings():
         apply_overrides(cfg, ["train.lr"])
     with pytest.raises(ConfigError, match="write train.recompute instead"):
         apply_overrides(cfg, ["model.overrides.recompute=true"])
+    with pytest.raises(
+        ConfigError, match="write train.attention instead.*'plain' is now 'reference'"
+    ):
+        apply_overrides(cfg, ["model.overrides.attn_impl=sdpa"])
+
+
+def test_train_attention_reaches_the_attention_baselines():
+    """train.attention is the baselines' one attention setting: execution() hands it to build()."""
+    from harness.train import execution
+
+    base = {"model.name": "rankmixer_longer", "model.size": "tiny"}
+    kw, _ = execution(apply_overrides(_cfg(), {**base, "train.attention": "sdpa"}))
+    assert kw == {"attention": "sdpa"}
+    kw, _ = execution(apply_overrides(_cfg(), base))
+    assert kw == {}  # auto: the model decides (reference for the baselines)
+    with pytest.raises(ConfigError, match="no attention switch"):
+        execution(
+            apply_overrides(_cfg(), {**base, "model.name": "dcnv2_din", "train.attention": "sdpa"})
+        )
 
 
 def test_old_switch_spelling_is_a_clean_cli_error(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """Pieces shared by the Table 2 baselines (paper §4): feature embedding of the batch, DIN target
-attention with Dice, plain attention / Transformer layers, the RankMixer backbone and task towers.
+attention with Dice, Transformer layers (over model/attention.py's `attend`), the RankMixer backbone and task towers.
 
 Every module here also knows its own analytic forward FLOPs (2 per multiply-accumulate, matmuls
 only, per impression, biases and element-wise work ignored), which is exactly what
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import EXPLICIT_MASK_BACKENDS, attend
 from ..features import FeatureSpec
 
 GROUPS = ("user", "item", "context")  # semantic-group order of the RankMixer input vector
@@ -223,39 +224,23 @@ class DINAttention(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Attention and Transformer layers (plain matmuls: what FlopCounterMode sees on every backend)
+# Transformer layers (attention itself is model/attention.py's `attend`, explicit-mask form)
 # ----------------------------------------------------------------------------------------------
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, impl: str = "plain"
-) -> torch.Tensor:
-    """Softmax attention. q (B, H, Lq, dh), k/v (B, H, Lk, dh), allowed broadcastable to
-    (B, H, Lq, Lk), True where a query may look; every row must allow at least one key (callers
-    guarantee it: a fully masked row would be NaN under SDPA).
-
-    impl="plain": explicit matmuls (the reference; FlopCounterMode counts it on every backend).
-    impl="sdpa": torch's fused scaled_dot_product_attention (flash / memory-efficient kernels on
-    GPU, no Lq x Lk score tensor kept), tested equal to "plain"."""
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-    if impl != "plain":
-        raise ValueError(f"attention impl must be 'plain' or 'sdpa', got {impl!r}")
-    s = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    s = s.masked_fill(~allowed, torch.finfo(s.dtype).min)
-    return torch.matmul(torch.softmax(s, -1), v)
-
-
 class TransformerLayer(nn.Module):
-    """Pre-LN Transformer layer; cross-attention when given separate key/value tokens."""
+    """Pre-LN Transformer layer; cross-attention when given separate key/value tokens. `backend`
+    is the attention backend the model decided (choose_explicit_mask_backend: reference or sdpa)."""
 
-    def __init__(self, d: int, n_heads: int, ffn_mult: int = 4, attn_impl: str = "plain") -> None:
+    def __init__(self, d: int, n_heads: int, ffn_mult: int = 4, backend: str = "reference") -> None:
         super().__init__()
         if d % n_heads:
             raise ValueError(f"TransformerLayer: width {d} is not divisible by n_heads={n_heads}")
-        if attn_impl not in ("plain", "sdpa"):
-            raise ValueError(f"attn_impl must be 'plain' or 'sdpa', got {attn_impl!r}")
-        self.d, self.h, self.ffn_mult, self.attn_impl = d, n_heads, ffn_mult, attn_impl
+        if backend not in EXPLICIT_MASK_BACKENDS:
+            raise ValueError(
+                f"TransformerLayer backend must be one of {EXPLICIT_MASK_BACKENDS}, got {backend!r}"
+            )
+        self.d, self.h, self.ffn_mult, self.backend = d, n_heads, ffn_mult, backend
         self.ln_q, self.ln_kv, self.ln_ffn = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.wq, self.wkv, self.wo = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
         self.ffn = nn.Sequential(nn.Linear(d, ffn_mult * d), nn.GELU(), nn.Linear(ffn_mult * d, d))
@@ -268,7 +253,7 @@ class TransformerLayer(nn.Module):
         q = self.wq(self.ln_q(x))
         k, v = self.wkv(self.ln_kv(x if kv is None else kv)).chunk(2, -1)
         split = lambda t: t.reshape(N, t.shape[1], self.h, d // self.h).transpose(1, 2)  # noqa: E731
-        o = attention(split(q), split(k), split(v), allowed.unsqueeze(1), self.attn_impl)
+        o = attend(split(q), split(k), split(v), backend=self.backend, allowed=allowed.unsqueeze(1))
         o = o.transpose(1, 2).reshape(N, Lq, d)
         x = x + self.wo(o)
         return x + self.ffn(self.ln_ffn(x))

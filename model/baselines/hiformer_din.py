@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import attend, choose_explicit_mask_backend
 from ..base import RankingModel
 from ..features import TASKS, FeatureSpec
 from .common import (
     DINAttention,
     FeatureEmbedding,
     TaskTowers,
-    attention,
     field_tokens,
     mm_flops,
     n_field_tokens,
@@ -70,7 +70,16 @@ def _tok(T: int, a: int, b: int) -> nn.Parameter:
 
 
 class HiFormerLayer(nn.Module):
-    def __init__(self, T: int, d: int, n_heads: int, rank: int, ffn_mult: int, n_out: int) -> None:
+    def __init__(
+        self,
+        T: int,
+        d: int,
+        n_heads: int,
+        rank: int,
+        ffn_mult: int,
+        n_out: int,
+        backend: str = "reference",
+    ) -> None:
         """n_out: how many of the last tokens this layer computes outputs for (T, or the task tokens)."""
         super().__init__()
         if d % n_heads:
@@ -83,6 +92,7 @@ class HiFormerLayer(nn.Module):
             n_out,
             ffn_mult * d,
         )
+        self.backend = backend  # the model's attention decision (reference or sdpa)
         self.ln, self.ln_ffn = nn.LayerNorm(d), nn.LayerNorm(d)
         self.q_down, self.k_down = (
             nn.Linear(T * d, rank, bias=False),
@@ -103,7 +113,7 @@ class HiFormerLayer(nn.Module):
         split = lambda t: t.reshape(B, t.shape[1], h, d // h).transpose(1, 2)  # noqa: E731
         allowed = torch.ones(1, 1, 1, T, dtype=torch.bool, device=x.device)
         o = (
-            attention(split(q), split(k), split(v), allowed)
+            attend(split(q), split(k), split(v), backend=self.backend, allowed=allowed)
             .transpose(1, 2)
             .reshape(B, self.n_out, d)
         )
@@ -124,9 +134,11 @@ class HiFormerLayer(nn.Module):
 
 
 class HiFormerDIN(RankingModel):
-    def __init__(self, spec: FeatureSpec, cfg: Config) -> None:
+    def __init__(self, spec: FeatureSpec, cfg: Config, attention: str = "auto") -> None:
         super().__init__()
         self.spec, self.cfg = spec, cfg
+        # (backend, reason), recorded in the run's provenance.json like OneTrans's decision
+        self.attention_decision = choose_explicit_mask_backend(attention)
         self.emb = FeatureEmbedding(spec, cfg.emb_dim)
         self.din = DINAttention(
             self.emb.item_dim, self.emb.ctx_dim, cfg.din_hidden, cfg.din_normalize
@@ -145,6 +157,7 @@ class HiFormerDIN(RankingModel):
                 cfg.qk_rank,
                 cfg.ffn_mult,
                 len(TASKS) if (cfg.prune_last and i == cfg.n_layers - 1) else T,
+                self.attention_decision[0],
             )
             for i in range(cfg.n_layers)
         )
@@ -180,5 +193,10 @@ class HiFormerDIN(RankingModel):
         return train_flops(f + self.towers.flops())
 
 
-def build(spec: FeatureSpec, config: Config) -> HiFormerDIN:
-    return HiFormerDIN(spec, config)
+# the execution switch (harness: train.attention): the attention backend, "auto" = "reference"
+# (model/attention.py choose_explicit_mask_backend); the same function under each backend
+EXECUTION = ("attention",)
+
+
+def build(spec: FeatureSpec, config: Config, *, attention: str = "auto") -> HiFormerDIN:
+    return HiFormerDIN(spec, config, attention)

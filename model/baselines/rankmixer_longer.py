@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import choose_explicit_mask_backend
 from ..base import RankingModel
 from ..features import FeatureSpec
 from .common import FeatureEmbedding, RankMixer, TaskTowers, TransformerLayer, mm_flops, train_flops
@@ -39,7 +40,6 @@ class Config:
     seq_layers: int = 2  # 1 cross-causal + (seq_layers - 1) self-causal
     n_queries: int = 64  # k most recent merged tokens kept as queries
     n_cls: int = 2  # learnable global tokens
-    attn_impl: str = "plain"  # "plain" matmuls (reference, FLOP-countable) | "sdpa" (fused)
     n_tokens: int = 16
     d_model: int = 768
     n_layers: int = 2
@@ -81,8 +81,11 @@ SIZES: dict[str, Config] = {
 
 
 class RankMixerLonger(RankingModel):
-    def __init__(self, spec: FeatureSpec, cfg: Config) -> None:
+    def __init__(self, spec: FeatureSpec, cfg: Config, attention: str = "auto") -> None:
         super().__init__()
+        # (backend, reason), recorded in the run's provenance.json like OneTrans's decision
+        self.attention_decision = choose_explicit_mask_backend(attention)
+        backend = self.attention_decision[0]
         if cfg.seq_layers < 1 or cfg.merge_k < 1 or cfg.n_queries < 1:
             raise ValueError(
                 "rankmixer_longer: seq_layers, merge_k and n_queries must be >= 1, got "
@@ -96,17 +99,14 @@ class RankMixerLonger(RankingModel):
         self.m = 2 + cfg.n_cls
         self.event_proj = nn.Linear(di + self.emb.ctx_dim, cfg.d_inner)
         self.inner = (
-            TransformerLayer(cfg.d_inner, cfg.inner_heads, attn_impl=cfg.attn_impl)
-            if K > 1
-            else None
+            TransformerLayer(cfg.d_inner, cfg.inner_heads, backend=backend) if K > 1 else None
         )
         self.merge = nn.Linear(K * cfg.d_inner, ds)
         self.target_proj = nn.Linear(di, ds)
         self.user_proj = nn.Linear(self.emb.ns_dim, ds)
         self.cls = nn.Parameter(torch.randn(cfg.n_cls, ds) * 0.02)
         self.layers = nn.ModuleList(
-            TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl)
-            for _ in range(cfg.seq_layers)
+            TransformerLayer(ds, cfg.seq_heads, backend=backend) for _ in range(cfg.seq_layers)
         )
         self.out_ln = nn.LayerNorm(ds)
         self.mixer = RankMixer(
@@ -197,5 +197,10 @@ class RankMixerLonger(RankingModel):
         return train_flops(f + self.mixer.flops() + self.towers.flops())
 
 
-def build(spec: FeatureSpec, config: Config) -> RankMixerLonger:
-    return RankMixerLonger(spec, config)
+# the execution switch (harness: train.attention): the attention backend, "auto" = "reference"
+# (model/attention.py choose_explicit_mask_backend); the same function under each backend
+EXECUTION = ("attention",)
+
+
+def build(spec: FeatureSpec, config: Config, *, attention: str = "auto") -> RankMixerLonger:
+    return RankMixerLonger(spec, config, attention)

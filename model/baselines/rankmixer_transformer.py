@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..attention import choose_explicit_mask_backend
 from ..base import RankingModel
 from ..features import FeatureSpec
 from .common import FeatureEmbedding, RankMixer, TaskTowers, TransformerLayer, mm_flops, train_flops
@@ -25,7 +26,6 @@ class Config:
     d_seq: int = 128
     seq_layers: int = 2
     seq_heads: int = 4
-    attn_impl: str = "plain"  # "plain" matmuls (reference, FLOP-countable) | "sdpa" (fused)
     n_tokens: int = 16
     d_model: int = 768
     n_layers: int = 2
@@ -61,15 +61,17 @@ SIZES: dict[str, Config] = {
 
 
 class RankMixerTransformer(RankingModel):
-    def __init__(self, spec: FeatureSpec, cfg: Config) -> None:
+    def __init__(self, spec: FeatureSpec, cfg: Config, attention: str = "auto") -> None:
         super().__init__()
         self.spec, self.cfg = spec, cfg
+        # (backend, reason), recorded in the run's provenance.json like OneTrans's decision
+        self.attention_decision = choose_explicit_mask_backend(attention)
         self.emb = FeatureEmbedding(spec, cfg.emb_dim)
         di, ds = self.emb.item_dim, cfg.d_seq
         self.event_proj = nn.Linear(di + self.emb.ctx_dim, ds)
         self.target_proj = nn.Linear(di, ds)
         self.encoder = nn.ModuleList(
-            TransformerLayer(ds, cfg.seq_heads, attn_impl=cfg.attn_impl)
+            TransformerLayer(ds, cfg.seq_heads, backend=self.attention_decision[0])
             for _ in range(cfg.seq_layers)
         )
         self.out_ln = nn.LayerNorm(ds)
@@ -114,5 +116,10 @@ class RankMixerTransformer(RankingModel):
         return train_flops(f + self.mixer.flops() + self.towers.flops())
 
 
-def build(spec: FeatureSpec, config: Config) -> RankMixerTransformer:
-    return RankMixerTransformer(spec, config)
+# the execution switch (harness: train.attention): the attention backend, "auto" = "reference"
+# (model/attention.py choose_explicit_mask_backend); the same function under each backend
+EXECUTION = ("attention",)
+
+
+def build(spec: FeatureSpec, config: Config, *, attention: str = "auto") -> RankMixerTransformer:
+    return RankMixerTransformer(spec, config, attention)
