@@ -4,6 +4,7 @@ counter), gradients, request-level sharing and a planted signal each one must le
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.baselines import BASELINES, TABLE2
-from model.baselines.common import paper_layout_spec
+from model.baselines.common import MixerConfig, RankMixer, build_rankmixer, paper_layout_spec
 from model.features import FeatureSpec, random_batch, tiny_spec
 from model.registry import build_model, model_module, resolve_config
 
@@ -247,3 +248,67 @@ def test_attention_auto_is_reference_and_mask_free_backends_are_refused(name: st
     for backend in ("flash", "sdpa_causal"):
         with pytest.raises(ValueError, match="cannot take this model's explicit attention masks"):
             build_model(name, spec, "tiny", {}, {"attention": backend})
+
+
+# Fingerprints of the four RankMixer baselines recorded BEFORE their mixer config and construction
+# moved into common.MixerConfig / build_rankmixer (issue #23; recorded on the parent commit): sha256 of the
+# state_dict's "key:shape" lines (16 hex), the sum of |parameter| over the state_dict, the eval
+# CTR logits of a seeded batch. Same seed, same keys, same parameters, same outputs after it.
+RANKMIXER_FINGERPRINTS = {
+    "rankmixer_din": (
+        "0d6d2f66170120f4",
+        4175.87719,
+        [-0.007588, -0.093196, 0.088568, 0.023232, -0.088528, 0.095899],
+    ),
+    "rankmixer_stackdin": (
+        "8e3033d3aecfb604",
+        4384.490567,
+        [-0.199146, -0.208595, -0.238144, -0.238569, -0.222082, -0.213429],
+    ),
+    "rankmixer_longer": (
+        "bf28de0656df278d",
+        5226.218394,
+        [-0.261128, -0.306552, -0.355631, -0.309613, -0.211357, -0.250873],
+    ),
+    "rankmixer_transformer": (
+        "37e5009ef8cccfe8",
+        4601.213378,
+        [0.142005, -0.168168, -0.019765, 0.030185, 0.139661, -0.215964],
+    ),
+}
+
+
+def rankmixer_fingerprint(name: str) -> tuple[str, float, list[float]]:
+    spec = tiny_spec(seq_len=11)
+    model = build(name, spec, seed=0).eval()
+    sd = model.state_dict()
+    lines = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in sd.items())
+    batch = random_batch(
+        spec, n_requests=3, per_request=2, generator=torch.Generator().manual_seed(5)
+    )
+    with torch.no_grad():
+        ctr = model(batch)["ctr"].tolist()
+    total = sum(v.double().abs().sum().item() for v in sd.values())
+    return hashlib.sha256(lines.encode()).hexdigest()[:16], total, ctr
+
+
+@pytest.mark.parametrize("name", sorted(RANKMIXER_FINGERPRINTS))
+def test_rankmixer_builder_keeps_parameters_and_outputs(name: str) -> None:
+    keys, total, ctr = rankmixer_fingerprint(name)
+    want_keys, want_total, want_ctr = RANKMIXER_FINGERPRINTS[name]
+    assert keys == want_keys  # same state_dict keys and shapes, in the same order
+    assert total == pytest.approx(want_total, abs=1e-5)  # recorded to 6 decimals
+    assert ctr == pytest.approx(want_ctr, abs=1e-6)
+
+
+def test_build_rankmixer_is_the_explicit_construction() -> None:
+    cfg = MixerConfig(n_tokens=4, d_model=16, n_layers=2, ffn_mult=2, n_experts=3)
+    torch.manual_seed(3)
+    built = build_rankmixer(37, cfg)
+    torch.manual_seed(3)
+    explicit = RankMixer(
+        37, n_tokens=4, d_model=16, n_layers=2, ffn_mult=2, n_experts=3, active_budget=0.5
+    )
+    assert list(built.state_dict()) == list(explicit.state_dict())
+    for k, v in explicit.state_dict().items():
+        assert torch.equal(built.state_dict()[k], v), k

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -428,6 +429,34 @@ class RankMixer(nn.Module):
 
     def flops(self) -> float:
         return self.T * mm_flops(1, self.chunk, self.d) + sum(b.ffn.flops() for b in self.blocks)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixerConfig:
+    """The RankMixer backbone's settings, shared by the four RankMixer baselines: each one's Config
+    inherits these fields (so `model.overrides` keep their flat names: d_model, n_tokens, ...) and
+    builds its backbone with `build_rankmixer`."""
+
+    n_tokens: int = 16  # T (RankMixer 100M: D=768, T=16, L=2)
+    d_model: int = 768
+    n_layers: int = 2
+    ffn_mult: int = 4
+    n_experts: int = 0  # > 0: Sparse-MoE per-token FFN (ReLU routing, DTSI)
+    active_budget: float = 0.5  # target share of active experts (MoE only)
+
+
+def build_rankmixer(in_dim: int, cfg: MixerConfig) -> RankMixer:
+    """The one RankMixer construction of the baselines: the input vector's width and the mixer
+    fields of the model's Config."""
+    return RankMixer(
+        in_dim,
+        n_tokens=cfg.n_tokens,
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        ffn_mult=cfg.ffn_mult,
+        n_experts=cfg.n_experts,
+        active_budget=cfg.active_budget,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

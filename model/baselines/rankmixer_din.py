@@ -13,20 +13,21 @@ import torch
 
 from ..base import RankingModel
 from ..features import FeatureSpec
-from .common import DINAttention, FeatureEmbedding, RankMixer, TaskTowers, train_flops
+from .common import (
+    DINAttention,
+    FeatureEmbedding,
+    MixerConfig,
+    TaskTowers,
+    build_rankmixer,
+    train_flops,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(MixerConfig):  # + n_tokens, d_model, n_layers, ffn_mult, n_experts, active_budget
     emb_dim: int = 64
     din_hidden: int = 36
     din_normalize: str = "softmax"  # "softmax" | "none"
-    n_tokens: int = 16  # T (RankMixer 100M: D=768, T=16, L=2)
-    d_model: int = 768
-    n_layers: int = 2
-    ffn_mult: int = 4
-    n_experts: int = 0  # > 0: Sparse-MoE per-token FFN (ReLU routing, DTSI)
-    active_budget: float = 0.5  # target share of active experts (MoE only)
     tower_hidden: int = 256
 
 
@@ -47,15 +48,7 @@ class RankMixerDIN(RankingModel):
         self.din = DINAttention(
             self.emb.item_dim, self.emb.ctx_dim, cfg.din_hidden, cfg.din_normalize
         )
-        self.mixer = RankMixer(
-            2 * self.emb.item_dim + self.emb.ns_dim,
-            n_tokens=cfg.n_tokens,
-            d_model=cfg.d_model,
-            n_layers=cfg.n_layers,
-            ffn_mult=cfg.ffn_mult,
-            n_experts=cfg.n_experts,
-            active_budget=cfg.active_budget,
-        )
+        self.mixer = build_rankmixer(2 * self.emb.item_dim + self.emb.ns_dim, cfg)
         self.towers = TaskTowers(cfg.d_model, cfg.tower_hidden)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -26,11 +26,19 @@ from torch import nn
 from ..attention import choose_explicit_mask_backend
 from ..base import RankingModel
 from ..features import FeatureSpec
-from .common import FeatureEmbedding, RankMixer, TaskTowers, TransformerLayer, mm_flops, train_flops
+from .common import (
+    FeatureEmbedding,
+    MixerConfig,
+    TaskTowers,
+    TransformerLayer,
+    build_rankmixer,
+    mm_flops,
+    train_flops,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(MixerConfig):  # + n_tokens, d_model, n_layers, ffn_mult, n_experts, active_budget
     emb_dim: int = 64
     d_inner: int = 32  # event-token width inside a merge group
     merge_k: int = 8  # K events per merged token (1 = no merge)
@@ -40,12 +48,6 @@ class Config:
     seq_layers: int = 2  # 1 cross-causal + (seq_layers - 1) self-causal
     n_queries: int = 64  # k most recent merged tokens kept as queries
     n_cls: int = 2  # learnable global tokens
-    n_tokens: int = 16
-    d_model: int = 768
-    n_layers: int = 2
-    ffn_mult: int = 4
-    n_experts: int = 0
-    active_budget: float = 0.5
     tower_hidden: int = 256
 
 
@@ -109,15 +111,7 @@ class RankMixerLonger(RankingModel):
             TransformerLayer(ds, cfg.seq_heads, backend=backend) for _ in range(cfg.seq_layers)
         )
         self.out_ln = nn.LayerNorm(ds)
-        self.mixer = RankMixer(
-            di + (self.m + 1) * ds + self.emb.ns_dim,
-            n_tokens=cfg.n_tokens,
-            d_model=cfg.d_model,
-            n_layers=cfg.n_layers,
-            ffn_mult=cfg.ffn_mult,
-            n_experts=cfg.n_experts,
-            active_budget=cfg.active_budget,
-        )
+        self.mixer = build_rankmixer(di + (self.m + 1) * ds + self.emb.ns_dim, cfg)
         self.towers = TaskTowers(cfg.d_model, cfg.tower_hidden)
 
     def merged_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,21 +14,23 @@ from torch import nn
 
 from ..base import RankingModel
 from ..features import FeatureSpec
-from .common import DINAttention, FeatureEmbedding, RankMixer, TaskTowers, mm_flops, train_flops
+from .common import (
+    DINAttention,
+    FeatureEmbedding,
+    MixerConfig,
+    TaskTowers,
+    build_rankmixer,
+    mm_flops,
+    train_flops,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(MixerConfig):  # + n_tokens, d_model, n_layers, ffn_mult, n_experts, active_budget
     emb_dim: int = 64
     din_hidden: int = 36
     din_normalize: str = "softmax"
     n_din_layers: int = 3
-    n_tokens: int = 16
-    d_model: int = 768
-    n_layers: int = 2
-    ffn_mult: int = 4
-    n_experts: int = 0
-    active_budget: float = 0.5
     tower_hidden: int = 256
 
 
@@ -60,15 +62,7 @@ class RankMixerStackDIN(RankingModel):
         # query refinement between consecutive DIN layers
         self.refine = nn.ModuleList(nn.Linear(di, di) for _ in range(cfg.n_din_layers - 1))
         self.refine_ln = nn.ModuleList(nn.LayerNorm(di) for _ in range(cfg.n_din_layers - 1))
-        self.mixer = RankMixer(
-            di * (1 + cfg.n_din_layers) + self.emb.ns_dim,
-            n_tokens=cfg.n_tokens,
-            d_model=cfg.d_model,
-            n_layers=cfg.n_layers,
-            ffn_mult=cfg.ffn_mult,
-            n_experts=cfg.n_experts,
-            active_budget=cfg.active_budget,
-        )
+        self.mixer = build_rankmixer(di * (1 + cfg.n_din_layers) + self.emb.ns_dim, cfg)
         self.towers = TaskTowers(cfg.d_model, cfg.tower_hidden)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

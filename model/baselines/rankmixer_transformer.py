@@ -17,21 +17,23 @@ from torch import nn
 from ..attention import choose_explicit_mask_backend
 from ..base import RankingModel
 from ..features import FeatureSpec
-from .common import FeatureEmbedding, RankMixer, TaskTowers, TransformerLayer, mm_flops, train_flops
+from .common import (
+    FeatureEmbedding,
+    MixerConfig,
+    TaskTowers,
+    TransformerLayer,
+    build_rankmixer,
+    mm_flops,
+    train_flops,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
+class Config(MixerConfig):  # + n_tokens, d_model, n_layers, ffn_mult, n_experts, active_budget
     emb_dim: int = 64
     d_seq: int = 128
     seq_layers: int = 2
     seq_heads: int = 4
-    n_tokens: int = 16
-    d_model: int = 768
-    n_layers: int = 2
-    ffn_mult: int = 4
-    n_experts: int = 0
-    active_budget: float = 0.5
     tower_hidden: int = 256
 
 
@@ -75,15 +77,7 @@ class RankMixerTransformer(RankingModel):
             for _ in range(cfg.seq_layers)
         )
         self.out_ln = nn.LayerNorm(ds)
-        self.mixer = RankMixer(
-            di + 2 * ds + self.emb.ns_dim,
-            n_tokens=cfg.n_tokens,
-            d_model=cfg.d_model,
-            n_layers=cfg.n_layers,
-            ffn_mult=cfg.ffn_mult,
-            n_experts=cfg.n_experts,
-            active_budget=cfg.active_budget,
-        )
+        self.mixer = build_rankmixer(di + 2 * ds + self.emb.ns_dim, cfg)
         self.towers = TaskTowers(cfg.d_model, cfg.tower_hidden)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
