@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from harness.executors import EXECUTORS  # the one registry of executor names
+
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterProbe:
@@ -50,14 +52,11 @@ def probe_slurm(timeout_s: float = 15.0) -> ClusterProbe:
     )
 
 
-EXECUTORS = ("slurm", "local", "debug")
-
-
 def choose_executor(requested: str | None) -> tuple[str, str]:
     """(executor name, why): the requested one, else slurm when a cluster answers, else local."""
     if requested is not None:
         if requested not in EXECUTORS:
-            raise ValueError(f"unknown executor {requested!r}; choose one of {EXECUTORS}")
+            raise ValueError(f"unknown executor {requested!r}; choose one of {tuple(EXECUTORS)}")
         if requested == "slurm":
             probe = probe_slurm()
             if not probe.available:

@@ -281,9 +281,23 @@ def _duration(s: float) -> str:
     )
 
 
-class DebugExecutor:
+class _QueueThenWait:
+    """submit/follow of the executors that run on the driver's machine (debug, local): `submit`
+    only queues (their `wait` starts the runs), and a run another live process already owns (a
+    killed driver's launcher, a hand-started run) is followed until that process lets go of it."""
+
+    def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
+        return [Handle(task) for task in tasks]
+
+    def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
+        return [
+            Handle(task, followed=True) for task, _ in running if task.store.owner() is not None
+        ]
+
+
+class DebugExecutor(_QueueThenWait):
     """In the driver's process, one run after another (breakpoints work). `submit` only queues:
-    `wait` runs them."""
+    `wait` runs them; followed runs are counted by the driver, not polled (see wait)."""
 
     name = "debug"
     on_this_machine = True
@@ -292,15 +306,6 @@ class DebugExecutor:
     def __init__(self, sweep_dir: Path, **_: Any):
         self.ledger = Ledger(sweep_dir)
         self.sweep = SweepStore(sweep_dir)
-
-    def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
-        return [Handle(task) for task in tasks]
-
-    def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
-        # counted by the driver like the local executor's, but not polled: see wait()
-        return [
-            Handle(task, followed=True) for task, _ in running if task.store.owner() is not None
-        ]
 
     def wait(self, handles: list[Handle], progress: Progress) -> None:
         from harness.launch import LaunchRun
@@ -404,7 +409,7 @@ class _Output:
         return [x for x in self.lines if x.strip()][-n:]
 
 
-class LocalExecutor:
+class LocalExecutor(_QueueThenWait):
     """Local processes (`python -m harness.launch RUN_DIR`), at most `max_parallel` at a time.
 
     Each process gets an equal share of the machine's cores as torch threads, so N parallel runs do
@@ -419,21 +424,16 @@ class LocalExecutor:
     detached = False
 
     def __init__(
-        self, sweep_dir: Path, max_parallel: int = 1, progress_every_s: float = 30.0, **_: Any
+        self,
+        sweep_dir: Path,
+        max_parallel: int | None = 1,
+        progress_every_s: float = 30.0,
+        **_: Any,
     ):
         self.ledger = Ledger(sweep_dir)
         self.sweep = SweepStore(sweep_dir)
-        self.max_parallel = max(1, int(max_parallel))
+        self.max_parallel = max(1, int(max_parallel or 1))  # None: the default, one at a time
         self.progress_every_s = progress_every_s
-
-    def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
-        return [Handle(task) for task in tasks]
-
-    def follow(self, running: list[tuple[Task, str]]) -> list[Handle]:
-        # a killed driver's launcher, a hand-started run: followed until its process lets go
-        return [
-            Handle(task, followed=True) for task, _ in running if task.store.owner() is not None
-        ]
 
     def wait(self, handles: list[Handle], progress: Progress) -> None:
         pending = [h.task for h in handles if not h.followed]
@@ -788,10 +788,12 @@ def _add_job_to_status(run_dir: Path, job_id: str) -> None:
     RunStore(run_dir).add_job(job_id)
 
 
+# The one registry of executor names: the CLI's --executor choices (harness/sweep.py),
+# cluster.choose_executor's check and make_executor all read it. The order is the one --help shows.
 EXECUTORS: dict[str, type[Executor]] = {
-    "debug": DebugExecutor,
-    "local": LocalExecutor,
     "slurm": SlurmExecutor,
+    "local": LocalExecutor,
+    "debug": DebugExecutor,
 }
 
 
@@ -814,12 +816,7 @@ def cancel(entries: dict[str, Entry], run_dirs: dict[str, Path]) -> list[str]:
 def make_executor(
     name: str, sweep_dir: Path, max_parallel: int | None, progress_every_s: float = 30.0
 ) -> Executor:
-    if name == "debug":
-        return DebugExecutor(sweep_dir)
-    if name == "local":
-        return LocalExecutor(
-            sweep_dir, max_parallel=max_parallel or 1, progress_every_s=progress_every_s
-        )
-    if name == "slurm":
-        return SlurmExecutor(sweep_dir, max_parallel=max_parallel)
-    raise ValueError(f"unknown executor {name!r}; choose slurm, local or debug")
+    """The named executor for a sweep folder; each takes the options it uses and ignores the rest."""
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    return EXECUTORS[name](sweep_dir, max_parallel=max_parallel, progress_every_s=progress_every_s)

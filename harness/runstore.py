@@ -309,18 +309,6 @@ def run_dir_for(runs_dir: str | Path, sweep: str, rid: str) -> Path:
 # ---- locks ---------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def describe_owner(owner: dict[str, Any] | None) -> str:
     if not owner:
         return "another process (it wrote no owner record)"

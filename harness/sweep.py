@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from harness import executors as X
+from harness import executors
 from harness.cluster import choose_executor
 from harness.runstore import (
     CONFIG,
@@ -155,8 +155,8 @@ def classify(run_dir: Path, entry: dict[str, Any] | None, known: dict[str, str])
     folder = store.folder_state()
     if folder == "done":
         return "done", job
-    state = X.job_state(entry, run_dir, known)
-    if state in X.LIVE_STATES:
+    state = executors.job_state(entry, run_dir, known)
+    if state in executors.LIVE_STATES:
         return ("queued" if state == "PENDING" else "running"), job
     if folder == "running":  # a live process owns the folder (lock held)
         owner = store.owner() or {}
@@ -187,7 +187,7 @@ def build_rows(
     runs: list[ResolvedRun], sweep_dir: Path, with_describe: bool = True
 ) -> tuple[list[Row], str]:
     latest = Ledger(sweep_dir).latest()
-    known = X.known_states(list(latest.values()))
+    known = executors.known_states(list(latest.values()))
     rows = []
     for r in runs:
         run_dir = sweep_dir / r.run_id
@@ -559,7 +559,7 @@ class Reporter:
         self.total, self.finished, self.out, self.t0 = total, 0, out or sys.stdout, time.time()
         self.counts: dict[str, int] = {}
 
-    def __call__(self, task: X.Task, event: str, detail: str) -> None:
+    def __call__(self, task: executors.Task, event: str, detail: str) -> None:
         if event in FINISHED:
             self.finished += 1
             self.counts[event] = self.counts.get(event, 0) + 1
@@ -594,7 +594,7 @@ def _wait_for_driver(
             for r in rows:
                 counts[r.status] = counts.get(r.status, 0) + 1
             running = [
-                f"{r.run.name} ({X.progress_text(RunStore(r.run_dir)) or 'starting'})"
+                f"{r.run.name} ({executors.progress_text(RunStore(r.run_dir)) or 'starting'})"
                 for r in rows
                 if r.status == "running"
             ]
@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default=None, help="named preset of the file (ci, laptop)")
     ap.add_argument(
         "--executor",
-        choices=("slurm", "local", "debug"),
+        choices=tuple(executors.EXECUTORS),
         default=None,
         help="default: slurm when a cluster answers sinfo, else local (refused when the runs ask "
         "for GPUs: pass --executor local to run them here anyway)",
@@ -925,7 +925,7 @@ def _dispatch(
             for r in rows
             if r.status in ("queued", "running") and r.run_id in latest
         }
-        cancelled = X.cancel(entries, {r.run_id: r.run_dir for r in rows})
+        cancelled = executors.cancel(entries, {r.run_id: r.run_dir for r in rows})
         print(
             f"cancelled {len(cancelled)} job(s): "
             + ", ".join(f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled)
@@ -952,7 +952,9 @@ def _dispatch(
     }
     assert chosen is not None  # run_sweep chose (and printed) it before planning
     name = chosen[0]
-    ex = X.make_executor(name, sweep_dir, opts.max_parallel, progress_every_s=opts.progress_every)
+    ex = executors.make_executor(
+        name, sweep_dir, opts.max_parallel, progress_every_s=opts.progress_every
+    )
     gpu = _gpu_runs(todo or rows)
     if gpu and ex.on_this_machine:
         rc_names = sorted({r.run.plan.resource_class for r in gpu})
@@ -1256,8 +1258,8 @@ def convert_datasets(sweep: Sweep, recipes: list[DatasetRecipe], out: TextIO) ->
         )
 
 
-def _task(r: Row) -> X.Task:
-    return X.Task(
+def _task(r: Row) -> executors.Task:
+    return executors.Task(
         run_id=r.run.run_id,
         name=r.run.name,
         run_dir=r.run_dir,

@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from harness import config
 from harness.config import ConfigError, Resources
 from model.suggest import did_you_mean
 
@@ -1003,12 +1004,10 @@ def _covering(runs: list[PlannedRun]) -> list[PlannedRun]:
 def resolve(sweep: Sweep, check_model: bool = True, cover_only: bool = False) -> list[ResolvedRun]:
     """Expand the sweep and build each run's validated RunConfig and run id. `cover_only` (a
     check, not a plan): above CHECK_ALL_UP_TO runs, only a subset using every axis value once."""
-    from harness import config as C
-
     where = str(sweep.path or "<sweep>")
     try:
-        base = C.RunConfig.from_dict(sweep.base, where=f"{where}: base", check_model=False)
-    except C.ConfigError as err:
+        base = config.RunConfig.from_dict(sweep.base, where=f"{where}: base", check_model=False)
+    except ConfigError as err:
         raise SweepFileError(str(err)) from None
     planned = expand(sweep)
     flops_per_example: dict[str, float] = {}  # one model build per distinct model (describe_key)
@@ -1025,14 +1024,14 @@ def resolve(sweep: Sweep, check_model: bool = True, cover_only: bool = False) ->
             "name": run.name,
         }
         try:
-            cfg = C.apply_overrides(
+            cfg = config.apply_overrides(
                 base, ov, where=f"{where}: run {run.name}", check_model=check_model
             )
-        except C.ConfigError as err:
+        except ConfigError as err:
             raise SweepFileError(str(err)) from None
         if sweep.budget is not None and not cover_only:
             cfg = _budget_steps(cfg, sweep.budget, flops_per_example, f"{where}: run {run.name}")
-        out.append(ResolvedRun(plan=run, cfg=cfg, run_id=C.run_id(cfg)))
+        out.append(ResolvedRun(plan=run, cfg=cfg, run_id=config.run_id(cfg)))
     ids = Counter(r.run_id for r in out)
     if len(ids) != len(out):
         dup = sorted({r.name for r in out if ids[r.run_id] > 1})

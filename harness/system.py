@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness import metrics as M
 from harness.callbacks import SPLIT_KEY
 from harness.config import EvalConfig, TrainConfig
+from harness.metrics import daily_macro, split_metrics
 from harness.optim import build_optimizer, clip_per_group
 
 PRED_KEYS = ("click", "conversion", "user_id", "ts")
@@ -236,18 +236,18 @@ class RankingSystem(L.LightningModule):
     def evaluate_split(self, split: str, p: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.cfg.protocol == "next_batch":
             w = self.cfg.next_batch_warmup_days if split == "train" else 0
-            metrics = M.daily_macro(p, cvr_metric_mode(self.cfg.cvr_loss), warmup_days=w)
+            metrics = daily_macro(p, cvr_metric_mode(self.cfg.cvr_loss), warmup_days=w)
             oracle = (
-                M.daily_macro(p, cvr_metric_mode(self.cfg.cvr_loss), oracle=True, warmup_days=w)
+                daily_macro(p, cvr_metric_mode(self.cfg.cvr_loss), oracle=True, warmup_days=w)
                 if self.has_oracle
                 else {}
             )
         else:
             metrics = (
-                M.split_metrics(p, cvr_metric_mode(self.cfg.cvr_loss)) if len(p["click"]) else {}
+                split_metrics(p, cvr_metric_mode(self.cfg.cvr_loss)) if len(p["click"]) else {}
             )
             oracle = (
-                M.split_metrics(p, cvr_metric_mode(self.cfg.cvr_loss), oracle=True)
+                split_metrics(p, cvr_metric_mode(self.cfg.cvr_loss), oracle=True)
                 if self.has_oracle and len(p["click"])
                 else {}
             )

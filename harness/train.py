@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import provenance as P
+from harness import provenance
 from harness.config import (
     ConfigError,
     RunConfig,
@@ -452,8 +452,8 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
 
     quiet_libraries()
     t, name = cfg.train, run_name(cfg)
-    threads, threads_why = P.decide_threads(cfg.data.num_workers)
-    precision, precision_why = P.decide_precision(cfg)
+    threads, threads_why = provenance.decide_threads(cfg.data.num_workers)
+    precision, precision_why = provenance.decide_precision(cfg)
     wandb_mode, wandb_why = tracking.decide_mode(cfg)
     execution_kw, decisions = execution(cfg)
     if t.protocol == "next_batch" and (t.max_epochs != 1 or t.devices * t.num_nodes != 1):
@@ -525,7 +525,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
         "resumed_from_step": resume_step,
         "dataset_warnings": data_warnings,
     }
-    store.write_json(PROVENANCE, P.collect(cfg, decisions))
+    store.write_json(PROVENANCE, provenance.collect(cfg, decisions))
 
     resume_state, throughput = ResumeState(train_loader), Throughput()
     ckpt_cb = ModelCheckpoint(
@@ -608,11 +608,11 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
         if att
         else {"value": None, "reason": f"model {cfg.model.name!r} reports no attention decision"}
     )
-    store.write_json(PROVENANCE, P.collect(cfg, decisions))
+    store.write_json(PROVENANCE, provenance.collect(cfg, decisions))
     desc_flops = core.flops_per_example()
     samples = throughput.samples
     sps = samples / throughput.train_time if throughput.train_time > 0 else None
-    peak, peak_why = P.peak_flops(P.device_info(t.accelerator), precision)
+    peak, peak_why = provenance.peak_flops(provenance.device_info(t.accelerator), precision)
     batches_per_epoch = max(len(train_loader), 1)
     sampled = (
         {"eval_sample": sample_record(cfg.eval, dm.eval_sample, results)}

@@ -220,6 +220,31 @@ def test_every_executor_has_the_one_interface(tmp_path):
     assert X.cancel({"a": {"executor": "debug", "pid": 1}}, {"a": tmp_path}) == []
 
 
+def test_one_registry_names_the_executors(tmp_path, monkeypatch, capsys):
+    """harness/executors.py EXECUTORS is read by the CLI's --executor choices, choose_executor and
+    make_executor: a name added there is accepted by all three, an unknown one refused by all."""
+    from harness import sweep
+
+    class Extra(X.DebugExecutor):
+        name = "extra"
+
+    monkeypatch.setitem(X.EXECUTORS, "extra", Extra)
+    assert cluster.choose_executor("extra") == ("extra", "requested with --executor")
+    assert isinstance(X.make_executor("extra", tmp_path, None), Extra)
+    with pytest.raises(SystemExit):  # argparse refuses before anything runs
+        sweep.main([str(tmp_path / "none.yaml"), "--executor", "nope"])
+    assert "choose from 'slurm', 'local', 'debug', 'extra'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="choose one of"):
+        cluster.choose_executor("nope")
+    with pytest.raises(ValueError, match="choose one of slurm, local, debug, extra"):
+        X.make_executor("nope", tmp_path, None)
+
+
+def test_local_and_debug_share_submit_and_follow():
+    for name in ("submit", "follow"):
+        assert getattr(X.LocalExecutor, name) is getattr(X.DebugExecutor, name)
+
+
 def test_cluster_detection_asks_sinfo(monkeypatch, tmp_path):
     # an `sinfo` that exists but fails (installed client, no controller) must not count as a cluster
     fake = tmp_path / "sinfo"
