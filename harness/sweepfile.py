@@ -1072,7 +1072,7 @@ def _budget_steps(cfg: Any, budget: float, cache: dict[str, float], where: str) 
     """The run with train.max_steps = the steps its model can take within `budget` training FLOPs:
     floor(budget / (training FLOPs per example x samples per step)), the per-example count being
     the model's own analytic accounting (model/flops.py through harness.train.describe)."""
-    from harness import config as C
+    from harness import config
 
     key = describe_key(cfg)
     if key not in cache:
@@ -1093,4 +1093,4 @@ def _budget_steps(cfg: Any, budget: float, cache: dict[str, float], where: str) 
             f"{samples_per_step(cfg)} samples costs {per_step:.3g} training FLOPs); raise the "
             "budget or shrink the model or the batch"
         )
-    return C.apply_overrides(cfg, {"train.max_steps": steps}, where=where, check_model=False)
+    return config.apply_overrides(cfg, {"train.max_steps": steps}, where=where, check_model=False)

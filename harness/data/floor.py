@@ -14,7 +14,7 @@ history (the user's events strictly before the impression's ts, the as-of join o
 
 A logistic regression (L2 penalty `l2` on the weights, not the intercept) is fitted by L-BFGS on the
 train split's click labels over features standardised with the train mean and sd, and scored on
-val and test with the project's metrics (`harness.metrics_np.task_metrics`: AUC, UAUC, logloss).
+val and test with the project's metrics (`harness.metrics`: AUC, UAUC, logloss).
 
 Why a floor: every feature is a count a sequence model of window L can form from what it is given
 (the candidate id, its window of L events with their items, side fields and behaviour types; the
