@@ -185,6 +185,14 @@ def _read_run(run_dir: Path) -> dict:
         row["error"] = f"{row.get('error')}; {status_error}"
     if row["status"] != "done" and not row.get("sweep"):
         row["sweep"] = run_dir.parent.name  # runs land in <runs>/<sweep>/<run_id>/
+    parent = run_dir.parent
+    if (parent / ".sweep").is_dir() and row.get("sweep") and row["sweep"] != parent.name:
+        # A finished run copied into another sweep's folder (docs/sweeps.md: a tuned sweep reuses
+        # the untuned sweep's runs of the same id). Its id says it is the same computation and the
+        # driver counts it as done there, so the analysis must group it with that sweep too, not
+        # under the label of the sweep that first trained it.
+        row["copied_from_sweep"] = row["sweep"]
+        row["sweep"] = parent.name
     row["run_dir"] = str(run_dir)
     return row
 

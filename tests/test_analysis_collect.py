@@ -95,3 +95,21 @@ def test_bad_input_names_file_and_fix(tmp_path, length_runs):
     status.write_text("{")
     c = collect([bad])
     assert len(c.done) == n_runs - 2 and any(str(status) in w for w in c.warnings)
+
+
+def test_a_run_copied_into_another_sweep_folder_joins_that_sweep(length_runs, tmp_path):
+    """docs/sweeps.md: a tuned sweep reuses the untuned sweep's finished runs by copying their folders
+    (same run ids). The driver counts them as done in the new folder; the analysis must group them
+    with the folder's sweep, not under the label of the sweep that first trained them."""
+    import shutil
+
+    src = collect([length_runs]).done.iloc[0]
+    target = tmp_path / "length_tuned-laptop"
+    (target / ".sweep").mkdir(parents=True)
+    shutil.copytree(src["run_dir"], target / src["run_id"])
+    row = collect([target]).done.iloc[0]
+    assert row["sweep"] == "length_tuned-laptop" and row["copied_from_sweep"] == src["sweep"]
+    # a runs folder that is not a sweep folder (no .sweep/) keeps the recorded label
+    plain = tmp_path / "elsewhere"
+    shutil.copytree(src["run_dir"], plain / src["run_id"])
+    assert collect([plain]).done.iloc[0]["sweep"] == src["sweep"]
