@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from harness.config import TrainConfig  # noqa: E402
 from harness.data.datamodule import OneTransDataModule  # noqa: E402
+from harness.metrics import auc  # noqa: E402
 from harness.optim import build_optimizer, clip_per_group  # noqa: E402
 from harness.system import task_losses  # noqa: E402
 from model.registry import build_model  # noqa: E402
@@ -43,14 +44,6 @@ def parse_sets(items: list[str], strings_ok: bool) -> dict:
                 ) from None
             out[key] = raw
     return out
-
-
-def auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Exact AUC by ranks (ties share their mean rank)."""
-    from scipy.stats import rankdata
-
-    r, n1 = rankdata(s), y.sum()
-    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(y) - n1)))
 
 
 def main() -> int:

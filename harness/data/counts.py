@@ -23,12 +23,14 @@ def sorted_rank(sorted_keys: np.ndarray, needles: np.ndarray) -> np.ndarray:
     return out
 
 
-def check_packable(what: str, key: np.ndarray, ts: np.ndarray) -> None:
-    """A clear error when keys or timestamps fall outside what packs into one int64."""
+def check_packable(what: str, ts: np.ndarray, *keys: np.ndarray) -> None:
+    """A clear error when keys or timestamps fall outside what packs into one int64 (each array
+    checked in place: no concatenated copy of event-sized arrays)."""
     if ts.size and (ts.min() < 0 or ts.max() >= 1 << TS_BITS):
         raise ValueError(f"{what}: event ts must lie in [0, 2^34) (docs/data-contract.md)")
-    if key.size and (key.min() < 0 or key.max() >= MAX_KEY):
-        raise ValueError(f"{what}: ids must lie in [0, 2^29) to pack with ts into int64")
+    for key in keys:
+        if key.size and (key.min() < 0 or key.max() >= MAX_KEY):
+            raise ValueError(f"{what}: ids must lie in [0, 2^29) to pack with ts into int64")
 
 
 def events_before(
@@ -38,7 +40,7 @@ def events_before(
     before: an event at the query's own second is not counted, so a request never sees itself)."""
     ev_key, ev_ts = np.asarray(ev_key, np.int64), np.asarray(ev_ts, np.int64)
     key, ts = np.asarray(key, np.int64), np.asarray(ts, np.int64)
-    check_packable("events_before", np.concatenate([ev_key, key]), ev_ts)
+    check_packable("events_before", ev_ts, ev_key, key)
     packed = np.sort((ev_key << TS_BITS) | ev_ts)
     upto = sorted_rank(packed, (key << TS_BITS) | np.clip(ts, 0, (1 << TS_BITS) - 1))
     return upto - sorted_rank(packed, key << TS_BITS)
