@@ -263,49 +263,14 @@ def check_presets(data: Any, path: Path | None, skip: str | None = None) -> None
 
 
 def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = None) -> Sweep:
+    """The validated Sweep of a sweep file's data with `preset` applied. Each step below checks one
+    part of the file; the order of the steps is the order in which a file's errors are reported."""
     where = path or "<sweep>"
-    if not isinstance(data, Mapping):
-        raise SweepFileError(
-            f"{where}: the top level must be a mapping with at least 'name' and 'base'"
-        )
-    _check_keys("", data, TOP_KEYS, path)
-    for req in ("name", "base"):
-        if req not in data:
-            raise SweepFileError(f"{where}: missing required key {req!r}")
-    name = str(data["name"])
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise SweepFileError(
-            f"{where}: 'name' must be letters, digits, '-' or '_' (it names a folder), got {name!r}"
-        )
-
-    base = data["base"]
-    if isinstance(base, str):
-        base_path = (path.parent if path else Path.cwd()) / base
-        if not base_path.is_file():
-            raise SweepFileError(f"{where}: 'base' points at {base_path}, which does not exist")
-        base = yaml.safe_load(base_path.read_text()) or {}
-    if not isinstance(base, Mapping):
-        raise SweepFileError(
-            f"{where}: 'base' must be a mapping (a run config) or a path to a run-config YAML"
-        )
-
-    presets_raw = data.get("presets") or {}
-    if not isinstance(presets_raw, Mapping):
-        raise SweepFileError(f"{where}: 'presets' must map a preset name to its changes")
-    if preset is not None and preset not in presets_raw:
-        hint = (
-            did_you_mean(preset, presets_raw, list_valid=True)
-            if presets_raw
-            else " This file has no presets."
-        )
-        raise SweepFileError(f"{where}: no preset {preset!r} in 'presets'.{hint}")
-
-    if isinstance(data.get("grid"), Mapping) and not data["grid"]:
-        raise SweepFileError(
-            f"{where}: 'grid' is empty ({{}}): it would plan the base config alone. Give it an "
-            "axis (e.g. grid: {data.seq_len: [768, 1024]}), or remove 'grid' to run the base "
-            "config once per seed on purpose"
-        )
+    _check_top_level(data, where, path)
+    name = _parse_name(data["name"], where)
+    base = _read_base(data["base"], where, path)
+    presets_raw = _parse_presets_block(data, preset, where)
+    _refuse_empty_grid(data.get("grid"), where)
     grid = _parse_grid(data.get("grid") or {}, "grid", where)
     zips = [_parse_zip(g, f"zip[{i}]", where) for i, g in enumerate(data.get("zip") or [])]
     baselines = [
@@ -313,120 +278,19 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
     ]
     resources = _parse_resources(data.get("resources") or {"default": {}}, where, path)
     sets: dict[str, Any] = {}
-
     if preset is not None:
-        p = presets_raw[preset] or {}
-        if not isinstance(p, Mapping):
-            raise SweepFileError(f"{where}: presets.{preset} must be a mapping")
-        _check_keys(f"presets.{preset}.", p, PRESET_KEYS, path)
+        p = _preset_body(presets_raw, preset, where, path)
         sets = dict(p.get("set") or {})
-        # Presets may change values, never the shape: same axes, same number of points.
-        for key, values in _parse_grid(
-            p.get("grid") or {}, f"presets.{preset}.grid", where
-        ).items():
-            if key not in grid:
-                raise SweepFileError(
-                    f"{where}: presets.{preset}.grid.{key} is not a grid axis."
-                    f"{did_you_mean(key, grid, list_valid=True)}"
-                )
-            if len(values) != len(grid[key]):
-                raise SweepFileError(
-                    f"{where}: presets.{preset}.grid.{key} has {len(values)} values but the grid has "
-                    f"{len(grid[key])}; a preset may change values, not the grid's shape"
-                )
-            grid[key] = values
-        pz = p.get("zip") or []
-        if pz and len(pz) != len(zips):
-            raise SweepFileError(
-                f"{where}: presets.{preset}.zip has {len(pz)} groups, the sweep has {len(zips)}"
-            )
-        for i, group in enumerate(pz):
-            group = _parse_grid(group, f"presets.{preset}.zip[{i}]", where, unique=False)
-            for key, values in group.items():
-                if key not in zips[i]:
-                    raise SweepFileError(
-                        f"{where}: presets.{preset}.zip[{i}].{key} is not in zip[{i}]."
-                        f"{did_you_mean(key, zips[i], list_valid=True)}"
-                    )
-                if len(values) != len(zips[i][key]):
-                    raise SweepFileError(
-                        f"{where}: presets.{preset}.zip[{i}].{key} has {len(values)} values, zip[{i}] "
-                        f"has {len(zips[i][key])}; a preset may not change the grid's shape"
-                    )
-                zips[i][key] = values
-            _parse_zip(zips[i], f"zip[{i}] after presets.{preset}", where)  # rows still distinct
-        labels = {b.label: b for b in baselines}
-        for label, change in (p.get("baselines") or {}).items():
-            if label not in labels:
-                raise SweepFileError(
-                    f"{where}: presets.{preset}.baselines.{label}: no baseline with that label."
-                    f"{did_you_mean(label, labels, list_valid=True)}"
-                )
-            if not isinstance(change, Mapping):
-                raise SweepFileError(
-                    f"{where}: presets.{preset}.baselines.{label} must be a mapping like {{size: tiny}}"
-                )
-            _check_keys(f"presets.{preset}.baselines.{label}.", change, ("size", "set"), path)
-            old = labels[label]
-            labels[label] = dataclasses.replace(
-                old,
-                size=str(change.get("size", old.size)),
-                set={**old.set, **(change.get("set") or {})},
-            )
-        baselines = [labels[b.label] for b in baselines]
-        for cls, change in (p.get("resources") or {}).items():
-            if cls not in resources:
-                raise SweepFileError(
-                    f"{where}: presets.{preset}.resources.{cls}: no such resource class."
-                    f"{did_you_mean(cls, resources, list_valid=True)}"
-                )
-            _check_keys(f"presets.{preset}.resources.{cls}.", change, RESOURCE_KEYS, path)
-            resources[cls] = _resource(
-                f"presets.{preset}.resources.{cls}", {**resources[cls].to_dict(), **change}, where
-            )
+        at = f"presets.{preset}"
+        grid = _apply_preset_grid(grid, p.get("grid") or {}, at, where)
+        zips = _apply_preset_zips(zips, p.get("zip") or [], at, where)
+        baselines = _apply_preset_baselines(baselines, p.get("baselines") or {}, at, where, path)
+        resources = _apply_preset_resources(resources, p.get("resources") or {}, at, where, path)
 
-    rules = list(data.get("resource_rules") or [])
-    for i, rule in enumerate(rules):
-        if not isinstance(rule, Mapping) or set(rule) != {"when", "class"}:
-            raise SweepFileError(
-                f"{where}: resource_rules[{i}] must be {{when: {{dotted.key: value}}, class: <name>}}"
-            )
-        if rule["class"] not in resources:
-            raise SweepFileError(
-                f"{where}: resource_rules[{i}].class {rule['class']!r} is not a resource class."
-                f"{did_you_mean(rule['class'], resources, list_valid=True)}"
-            )
-    for b in baselines:
-        if b.resource_class is not None and b.resource_class not in resources:
-            raise SweepFileError(
-                f"{where}: baselines.{b.label}.resource_class {b.resource_class!r} is not defined."
-                f"{did_you_mean(b.resource_class, resources, list_valid=True)}"
-            )
-        axes = list(grid) + [k for g in zips for k in g]
-        for k in b.follow:
-            if k not in axes:
-                raise SweepFileError(
-                    f"{where}: baselines.{b.label}.follow: {k!r} is not a grid or zip axis."
-                    f"{did_you_mean(k, axes, list_valid=True)}"
-                )
-    all_axes = list(grid) + [k for g in zips for k in g]
-    if len(set(all_axes)) != len(all_axes):
-        raise SweepFileError(f"{where}: an axis appears twice across 'grid' and 'zip': {all_axes}")
-
-    seeds = data.get("seeds", [0])
-    if preset is not None and "seeds" in (presets_raw[preset] or {}):
-        seeds = presets_raw[preset][
-            "seeds"
-        ]  # a preset may change the seeds (e.g. 2 to measure seed noise)
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) for s in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
-        raise SweepFileError(
-            f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}"
-        )
+    rules = _parse_resource_rules(data.get("resource_rules") or [], resources, where)
+    _check_baseline_refs(baselines, resources, grid, zips, where)
+    all_axes = _axes_used_once(grid, zips, where)
+    seeds = _parse_seeds(_preset_or_file(data, presets_raw, preset, "seeds", [0]), where)
     if "default" not in resources:
         raise SweepFileError(
             f"{where}: 'resources' must define a 'default' class (used when no rule matches)"
@@ -436,37 +300,17 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
     tune = parse_tune(data.get("tune"), "tune", where)
     budget = parse_budget(data.get("budget"), "budget", where, path)
     if preset is not None:
-        p = presets_raw[preset] or {}
-        if "tune" in p:
-            ptune = parse_tune(p["tune"], f"presets.{preset}.tune", where)
-            # like a grid axis, a preset may change the candidates' values, not the search's shape
-            if (
-                tune is not None
-                and ptune is not None
-                and (ptune.key != tune.key or len(ptune.values) != len(tune.values))
-            ):
-                raise SweepFileError(
-                    f"{where}: presets.{preset}.tune searches {ptune.key} over "
-                    f"{len(ptune.values)} values but the file's tune searches {tune.key} over "
-                    f"{len(tune.values)}; a preset may change the values, not the key or their count"
-                )
-            tune = ptune
-        if "budget" in p:
-            budget = parse_budget(p["budget"], f"presets.{preset}.budget", where, path)
+        tune = _preset_tune(tune, presets_raw[preset] or {}, preset, where)
+        if "budget" in (presets_raw[preset] or {}):
+            at = f"presets.{preset}.budget"
+            budget = parse_budget(presets_raw[preset]["budget"], at, where, path)
     if tune is not None and tune.key in all_axes:
         raise SweepFileError(
             f"{where}: tune.{tune.key} is also a grid/zip axis; a key is either swept (an axis of "
             "the law) or searched per point (tune), not both"
         )
     check_tricks(analysis, grid, zips, where)
-
-    include_base = data.get("include_base", True)
-    if not isinstance(include_base, bool):
-        raise SweepFileError(f"{where}: 'include_base' must be true or false")
-    if not include_base and not baselines:
-        raise SweepFileError(
-            f"{where}: include_base is false and there are no baselines: the sweep would be empty"
-        )
+    include_base = _parse_include_base(data.get("include_base", True), baselines, where)
     return Sweep(
         name=name,
         path=path,
@@ -488,6 +332,269 @@ def parse_sweep(data: Any, *, path: Path | None = None, preset: str | None = Non
         tune=tune,
         budget=budget,
     )
+
+
+# ---- the steps of parse_sweep (each checks one part of the file; errors name the file and key)
+
+
+def _check_top_level(data: Any, where: Any, path: Path | None) -> None:
+    """A mapping of known top-level keys with the required `name` and `base`."""
+    if not isinstance(data, Mapping):
+        raise SweepFileError(
+            f"{where}: the top level must be a mapping with at least 'name' and 'base'"
+        )
+    _check_keys("", data, TOP_KEYS, path)
+    for req in ("name", "base"):
+        if req not in data:
+            raise SweepFileError(f"{where}: missing required key {req!r}")
+
+
+def _parse_name(raw: Any, where: Any) -> str:
+    """The sweep name, which names its folder under the runs directory."""
+    name = str(raw)
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise SweepFileError(
+            f"{where}: 'name' must be letters, digits, '-' or '_' (it names a folder), got {name!r}"
+        )
+    return name
+
+
+def _read_base(base: Any, where: Any, path: Path | None) -> Mapping:
+    """`base`: a run config inline, or a path to one relative to the sweep file."""
+    if isinstance(base, str):
+        base_path = (path.parent if path else Path.cwd()) / base
+        if not base_path.is_file():
+            raise SweepFileError(f"{where}: 'base' points at {base_path}, which does not exist")
+        base = yaml.safe_load(base_path.read_text()) or {}
+    if not isinstance(base, Mapping):
+        raise SweepFileError(
+            f"{where}: 'base' must be a mapping (a run config) or a path to a run-config YAML"
+        )
+    return base
+
+
+def _parse_presets_block(data: Mapping, preset: str | None, where: Any) -> Mapping:
+    """The `presets` mapping; the selected preset must be one of them."""
+    presets_raw = data.get("presets") or {}
+    if not isinstance(presets_raw, Mapping):
+        raise SweepFileError(f"{where}: 'presets' must map a preset name to its changes")
+    if preset is not None and preset not in presets_raw:
+        hint = (
+            did_you_mean(preset, presets_raw, list_valid=True)
+            if presets_raw
+            else " This file has no presets."
+        )
+        raise SweepFileError(f"{where}: no preset {preset!r} in 'presets'.{hint}")
+    return presets_raw
+
+
+def _refuse_empty_grid(raw: Any, where: Any) -> None:
+    """`grid: {}` is a mistake more often than a plan of the base config alone."""
+    if isinstance(raw, Mapping) and not raw:
+        raise SweepFileError(
+            f"{where}: 'grid' is empty ({{}}): it would plan the base config alone. Give it an "
+            "axis (e.g. grid: {data.seq_len: [768, 1024]}), or remove 'grid' to run the base "
+            "config once per seed on purpose"
+        )
+
+
+def _preset_body(presets_raw: Mapping, preset: str, where: Any, path: Path | None) -> Mapping:
+    """The selected preset's mapping of known keys ({} when the file leaves it empty)."""
+    p = presets_raw[preset] or {}
+    if not isinstance(p, Mapping):
+        raise SweepFileError(f"{where}: presets.{preset} must be a mapping")
+    _check_keys(f"presets.{preset}.", p, PRESET_KEYS, path)
+    return p
+
+
+def _apply_preset_grid(
+    grid: dict[str, list[Any]], raw: Any, at: str, where: Any
+) -> dict[str, list[Any]]:
+    """A preset may change a grid axis' values, never the shape: same axes, same number of points."""
+    for key, values in _parse_grid(raw, f"{at}.grid", where).items():
+        if key not in grid:
+            raise SweepFileError(
+                f"{where}: {at}.grid.{key} is not a grid axis."
+                f"{did_you_mean(key, grid, list_valid=True)}"
+            )
+        if len(values) != len(grid[key]):
+            raise SweepFileError(
+                f"{where}: {at}.grid.{key} has {len(values)} values but the grid has "
+                f"{len(grid[key])}; a preset may change values, not the grid's shape"
+            )
+        grid[key] = values
+    return grid
+
+
+def _apply_preset_zips(
+    zips: list[dict[str, list[Any]]], pz: list[Any], at: str, where: Any
+) -> list[dict[str, list[Any]]]:
+    """A preset may change a zip column's values (same columns, same rows); rows stay distinct."""
+    if pz and len(pz) != len(zips):
+        raise SweepFileError(f"{where}: {at}.zip has {len(pz)} groups, the sweep has {len(zips)}")
+    for i, group in enumerate(pz):
+        group = _parse_grid(group, f"{at}.zip[{i}]", where, unique=False)
+        for key, values in group.items():
+            if key not in zips[i]:
+                raise SweepFileError(
+                    f"{where}: {at}.zip[{i}].{key} is not in zip[{i}]."
+                    f"{did_you_mean(key, zips[i], list_valid=True)}"
+                )
+            if len(values) != len(zips[i][key]):
+                raise SweepFileError(
+                    f"{where}: {at}.zip[{i}].{key} has {len(values)} values, zip[{i}] "
+                    f"has {len(zips[i][key])}; a preset may not change the grid's shape"
+                )
+            zips[i][key] = values
+        _parse_zip(zips[i], f"zip[{i}] after {at}", where)  # rows still distinct
+    return zips
+
+
+def _apply_preset_baselines(
+    baselines: list[Baseline], raw: Mapping, at: str, where: Any, path: Path | None
+) -> list[Baseline]:
+    """A preset may change a baseline's size and add to its `set` (by label)."""
+    labels = {b.label: b for b in baselines}
+    for label, change in raw.items():
+        if label not in labels:
+            raise SweepFileError(
+                f"{where}: {at}.baselines.{label}: no baseline with that label."
+                f"{did_you_mean(label, labels, list_valid=True)}"
+            )
+        if not isinstance(change, Mapping):
+            raise SweepFileError(
+                f"{where}: {at}.baselines.{label} must be a mapping like {{size: tiny}}"
+            )
+        _check_keys(f"{at}.baselines.{label}.", change, ("size", "set"), path)
+        old = labels[label]
+        labels[label] = dataclasses.replace(
+            old,
+            size=str(change.get("size", old.size)),
+            set={**old.set, **(change.get("set") or {})},
+        )
+    return [labels[b.label] for b in baselines]
+
+
+def _apply_preset_resources(
+    resources: dict[str, Resources], raw: Mapping, at: str, where: Any, path: Path | None
+) -> dict[str, Resources]:
+    """A preset may change fields of the file's resource classes (not add classes)."""
+    for cls, change in raw.items():
+        if cls not in resources:
+            raise SweepFileError(
+                f"{where}: {at}.resources.{cls}: no such resource class."
+                f"{did_you_mean(cls, resources, list_valid=True)}"
+            )
+        _check_keys(f"{at}.resources.{cls}.", change, RESOURCE_KEYS, path)
+        resources[cls] = _resource(
+            f"{at}.resources.{cls}", {**resources[cls].to_dict(), **change}, where
+        )
+    return resources
+
+
+def _parse_resource_rules(
+    rules: Any, resources: dict[str, Resources], where: Any
+) -> list[dict[str, Any]]:
+    """`resource_rules`: [{when: {dotted.key: value}, class: <a defined class>}, ...]."""
+    rules = list(rules)
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, Mapping) or set(rule) != {"when", "class"}:
+            raise SweepFileError(
+                f"{where}: resource_rules[{i}] must be {{when: {{dotted.key: value}}, class: <name>}}"
+            )
+        if rule["class"] not in resources:
+            raise SweepFileError(
+                f"{where}: resource_rules[{i}].class {rule['class']!r} is not a resource class."
+                f"{did_you_mean(rule['class'], resources, list_valid=True)}"
+            )
+    return rules
+
+
+def _check_baseline_refs(
+    baselines: list[Baseline],
+    resources: dict[str, Resources],
+    grid: dict[str, list[Any]],
+    zips: list[dict[str, list[Any]]],
+    where: Any,
+) -> None:
+    """A baseline's resource_class is defined and the axes it follows exist."""
+    axes = list(grid) + [k for g in zips for k in g]
+    for b in baselines:
+        if b.resource_class is not None and b.resource_class not in resources:
+            raise SweepFileError(
+                f"{where}: baselines.{b.label}.resource_class {b.resource_class!r} is not defined."
+                f"{did_you_mean(b.resource_class, resources, list_valid=True)}"
+            )
+        for k in b.follow:
+            if k not in axes:
+                raise SweepFileError(
+                    f"{where}: baselines.{b.label}.follow: {k!r} is not a grid or zip axis."
+                    f"{did_you_mean(k, axes, list_valid=True)}"
+                )
+
+
+def _axes_used_once(
+    grid: dict[str, list[Any]], zips: list[dict[str, list[Any]]], where: Any
+) -> list[str]:
+    """Every axis key, in file order (grid, then zip columns); none may appear twice."""
+    all_axes = list(grid) + [k for g in zips for k in g]
+    if len(set(all_axes)) != len(all_axes):
+        raise SweepFileError(f"{where}: an axis appears twice across 'grid' and 'zip': {all_axes}")
+    return all_axes
+
+
+def _preset_or_file(
+    data: Mapping, presets_raw: Mapping, preset: str | None, key: str, default: Any
+) -> Any:
+    """The preset's value of a top-level key when it sets one, else the file's (else default)."""
+    if preset is not None and key in (presets_raw[preset] or {}):
+        return presets_raw[preset][key]
+    return data.get(key, default)
+
+
+def _parse_seeds(seeds: Any, where: Any) -> list[int]:
+    """A non-empty list of distinct integer seeds (a preset may change them, e.g. 2 to measure
+    seed noise)."""
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise SweepFileError(
+            f"{where}: 'seeds' must be a non-empty list of distinct integers, got {seeds!r}"
+        )
+    return seeds
+
+
+def _preset_tune(tune: TuneSpec | None, p: Mapping, preset: str, where: Any) -> TuneSpec | None:
+    """The preset's `tune` replaces the file's: like a grid axis, a preset may change the
+    candidates' values, not the search's key or their count."""
+    if "tune" not in p:
+        return tune
+    ptune = parse_tune(p["tune"], f"presets.{preset}.tune", where)
+    if (
+        tune is not None
+        and ptune is not None
+        and (ptune.key != tune.key or len(ptune.values) != len(tune.values))
+    ):
+        raise SweepFileError(
+            f"{where}: presets.{preset}.tune searches {ptune.key} over "
+            f"{len(ptune.values)} values but the file's tune searches {tune.key} over "
+            f"{len(tune.values)}; a preset may change the values, not the key or their count"
+        )
+    return ptune
+
+
+def _parse_include_base(include_base: Any, baselines: list[Baseline], where: Any) -> bool:
+    """Whether the base model runs over the grid; false needs baselines (else nothing runs)."""
+    if not isinstance(include_base, bool):
+        raise SweepFileError(f"{where}: 'include_base' must be true or false")
+    if not include_base and not baselines:
+        raise SweepFileError(
+            f"{where}: include_base is false and there are no baselines: the sweep would be empty"
+        )
+    return include_base
 
 
 def _config_key_problem(key: str) -> str | None:
