@@ -29,6 +29,7 @@ overrides), not as the resolved model Config.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -252,6 +253,7 @@ MOVED_TO_TRAIN = {
     "recompute": "recompute",
     "compile_blocks": "compile",
     "attn_impl": "attention",  # the baselines' own switch until issue #23: one vocabulary now
+    "request_level": "request_level",  # a OneTrans Config field until issue #23
 }
 # how an old value reads in the new key's vocabulary, where the spelling changed
 RENAMED_VALUES = {"attn_impl": "'plain' is now 'reference', 'sdpa' stays 'sdpa'"}
@@ -342,6 +344,9 @@ class TrainConfig(_Section):
     )
     compile: bool = False  # torch.compile each block (OneTrans), else the whole model
     recompute: bool = False  # activation recomputation (when the model supports it)
+    # OneTrans: the S side once per request, shared by the request's impressions (exact; needs
+    # model.overrides.causal true). The baselines have no such switch (harness/train.py says why)
+    request_level: bool = False
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = 1  # per node; must equal resources.devices on GPUs
@@ -577,8 +582,13 @@ def check_model_config(model: ModelConfig, where: str = "<config>") -> Any:
         raise ConfigError(f"{where}: model: {e}") from None
 
 
-def load_config(path: str | Path, check_model: bool = True) -> RunConfig:
-    """Read a YAML run config; every key is validated (errors name the file and the key)."""
+def load_config(path: str | Path, check_model: bool = True, *, stored: bool = False) -> RunConfig:
+    """Read a YAML run config; every key is validated (errors name the file and the key).
+
+    stored=True: the file is a run folder's own config.yaml, written by the harness, maybe by an
+    earlier version: settings that have since moved are read from their old place
+    (`upgrade_stored`), so that the run is still found and resumed. A config a person writes
+    (stored=False) gets an error naming the new key instead."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file.")
@@ -586,7 +596,22 @@ def load_config(path: str | Path, check_model: bool = True) -> RunConfig:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if stored and isinstance(d, Mapping):
+        d = upgrade_stored(d)
     return RunConfig.from_dict(d or {}, where=str(path), check_model=check_model)
+
+
+def upgrade_stored(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored run config (config.yaml, result.json's "config") with every moved setting in its
+    current home: model.overrides.request_level -> train.request_level (issue #23). The run id
+    is unchanged by construction (run_id hashes the moved settings in their old form)."""
+    d = copy.deepcopy(dict(d))
+    model, train = d.get("model"), d.get("train")
+    overrides = model.get("overrides") if isinstance(model, dict) else None
+    if isinstance(overrides, dict) and "request_level" in overrides:
+        d["train"] = train = dict(train) if isinstance(train, dict) else {}
+        train.setdefault("request_level", overrides.pop("request_level"))
+    return d
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -661,7 +686,8 @@ RUN_ID_WHEN_ON: dict[str, Any] = {"eval": lambda cfg: cfg.eval.sampled}
 
 
 def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The part of the config that defines what a run computes (what run_id hashes)."""
+    """The part of the config that defines what a run computes (what run_id hashes), in the
+    canonical form: a setting that moved after run ids were in use hashes where it used to live."""
     d = cfg.to_dict()
     for path in RUN_ID_EXCLUDED:
         node = d
@@ -671,7 +697,18 @@ def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
     for section, on in RUN_ID_WHEN_ON.items():
         if not on(cfg):
             d.pop(section, None)
+    _hash_moved_settings_as_before(d, cfg)
     return d
+
+
+def _hash_moved_settings_as_before(d: dict[str, Any], cfg: RunConfig) -> None:
+    """Settings that moved home (issue #23) still enter the id, in their old place and form, so
+    that every run id from before the move names the same run (docs/training.md, "Run identity").
+
+    train.request_level was model.overrides.request_level: on, it hashes as that override; off,
+    as its absence (the field did not exist in a config that left it off)."""
+    if d["train"].pop("request_level"):
+        d["model"]["overrides"]["request_level"] = True
 
 
 def run_id(cfg: RunConfig) -> str:

@@ -64,7 +64,7 @@ class LaunchRun(submitit.helpers.Checkpointable):
         from harness.train import train_run
 
         path = Path(run_dir)
-        cfg = load_config(path / CONFIG)
+        cfg = load_config(path / CONFIG, stored=True)  # written by the driver, maybe an older one
         _set_threads()
         return train_run(cfg, path, attempt=attempt_record("start"), lock_wait_s=LOCK_WAIT_S)
 

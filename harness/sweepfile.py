@@ -8,8 +8,9 @@ A sweep file is YAML with these top-level keys (only `name` and `base` are requi
     axis: seq_len                     # label stored in each run (result.json "axis")
     grid:   {data.seq_len: [768, ...]}          # cartesian product, by dotted key
     zip:    [{model.n_layers: [...], model.d_model: [...]}]   # each group: equal-length lists, zipped
-            # a `model.overrides` column gives each row its own model overrides ({} for none), e.g.
-            # switches that only the OneTrans rows of a model comparison accept
+            # a `model.overrides` column gives each row its own model overrides ({} for none); a
+            # `set` column its own dotted settings, e.g. [{}, {train.request_level: true}] for a
+            # switch that only the OneTrans rows of a model comparison accept
     baselines:                        # extra runs alongside the grid (one model each)
       - {label: rankmixer, model: rankmixer_transformer, size: mini, set: {...}, follow: [data.seq_len]}
     include_base: true                # run the base model over the grid (false: only baselines)
@@ -88,6 +89,9 @@ ANALYSIS_KEYS = ("x", "metrics", "fit", "baseline", "trick")
 DATASET_KEYS = ("convert", "raw", "opt")
 CONVERTER_SOURCES = ("movielens", "taobao", "tmall")  # harness.data.converters (not imported here)
 NAME_KEY = "_name"  # zip column that names rows (not a config key)
+# zip column of per-row settings: each row a mapping of dotted run-config keys ({} for none), e.g.
+# train.request_level on for the OneTrans rows of a model comparison only (the baselines refuse it)
+SET_KEY = "set"
 # analysis.fit: each accepted spelling -> the fit form's one name (analysis/fit.py `form`). "powerlaw" is
 # the saturating law y = E + A·x^-α; "saturating" and "power" are its documented aliases.
 FIT_FORMS = {
@@ -836,6 +840,8 @@ def _check_distinct(values: list[Any], key: str, where: Any) -> None:
 def _parse_zip(raw: Any, where_key: str, where: Any) -> dict[str, list[Any]]:
     # a column may repeat values (ablation rows); the zipped rows must be distinct
     group = _parse_grid(raw, where_key, where, unique=False)
+    if SET_KEY in group:
+        _check_set_column(group[SET_KEY], f"{where_key}.{SET_KEY}", where)
     lengths = {len(v) for v in group.values()}
     if len(lengths) > 1:
         raise SweepFileError(
@@ -848,6 +854,20 @@ def _parse_zip(raw: Any, where_key: str, where: Any) -> dict[str, list[Any]]:
             f"{where}: {where_key}: two zipped rows are identical; remove the duplicate"
         )
     return group
+
+
+def _check_set_column(rows: list[Any], where_key: str, where: Any) -> None:
+    """A zip `set` column: one mapping of dotted run-config keys per row ({} for none)."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise SweepFileError(
+                f"{where}: {where_key}[{i}] = {row!r}: each row of a `set` column is a mapping of "
+                "dotted run-config keys ({} for none), e.g. {train.request_level: true}"
+            )
+        for key in row:
+            problem = _config_key_problem(str(key))
+            if problem:
+                raise SweepFileError(f"{where}: {where_key}[{i}].{key}: {problem}")
 
 
 def _parse_baseline(raw: Any, i: int, where: Any, path: Path | None) -> Baseline:
@@ -909,9 +929,10 @@ def _short(key: str) -> str:
 
 
 def _fmt(v: Any) -> str:
-    # a per-row `model.overrides` column: {} adds nothing, {k: v} adds "k-v"
+    # a per-row `model.overrides` or `set` column: {} adds nothing, {k: v} adds "k-v" (the last
+    # part of a dotted key: {train.request_level: true} adds "request_level-on")
     if isinstance(v, Mapping):
-        return "-".join(f"{k}-{_fmt(x)}" for k, x in sorted(v.items()))
+        return "-".join(f"{str(k).split('.')[-1]}-{_fmt(x)}" for k, x in sorted(v.items()))
     if isinstance(v, bool):
         return "on" if v else "off"
     if isinstance(v, float):
@@ -933,7 +954,16 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
     ]
     # a zip group's `_name` column labels its rows (ablation variants): it names runs, sets nothing
     named_group = next((set(g) for g in sweep.zip if NAME_KEY in g), set())
-    settable = lambda axes: {k: v for k, v in axes.items() if k != NAME_KEY}  # noqa: E731
+
+    def settable(axes: dict[str, Any]) -> dict[str, Any]:
+        """The run-config settings of a point: `_name` sets nothing, a `set` row its own keys."""
+        out: dict[str, Any] = {}
+        for k, v in axes.items():
+            if k == SET_KEY:
+                out.update(v)
+            elif k != NAME_KEY:
+                out[k] = v
+        return out
 
     runs: list[PlannedRun] = []
 
@@ -951,7 +981,7 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
         for k, v in axes.items():
             if NAME_KEY in axes and k in named_group and k != NAME_KEY:
                 continue
-            shown.append(_fmt(v) if k == NAME_KEY else f"{_short(k)}{_fmt(v)}")
+            shown.append(_fmt(v) if k in (NAME_KEY, SET_KEY) else f"{_short(k)}{_fmt(v)}")
         shown = [part for part in shown if part]  # an empty per-row override dict names nothing
         if label == "base" and not shown:  # no axes: name the base run by its model size
             shown = [_fmt(_lookup(sweep.base, {**sweep.set, **overrides}, "model.size") or "base")]
@@ -1162,7 +1192,7 @@ def describe_key(cfg: Any) -> str:
         [
             [c.data.dataset, c.data.data_seed, c.data.seq_len, c.data.n_gap_buckets],
             c.model.to_dict(),
-            [c.train.attention, c.train.recompute, c.train.compile],
+            [c.train.attention, c.train.recompute, c.train.compile, c.train.request_level],
         ],
         sort_keys=True,
         default=str,

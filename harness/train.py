@@ -177,12 +177,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def execution(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The run's execution switches (train.attention, train.recompute, train.compile: their one home)
-    as keywords for the model's build(), and the decisions with reasons. The one place they are
-    applied; a switch the model lacks is an error, not a silent no-op."""
+    """The run's execution switches (train.attention, train.recompute, train.compile,
+    train.request_level: their one home) as keywords for the model's build(), and the decisions
+    with reasons. The one place they are applied; a switch the model lacks is an error, not a
+    silent no-op."""
     from model.registry import execution_switches
 
-    check_model_config(cfg.model)
+    model_cfg = check_model_config(cfg.model)
     switches = execution_switches(cfg.model.name)
     kw: dict[str, Any] = {}
     decisions: dict[str, Any] = {}
@@ -204,6 +205,13 @@ def execution(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "value": t.recompute,
         "reason": "requested" if t.recompute else "default off",
     }
+    if t.request_level:
+        _check_request_level(cfg, switches, model_cfg)
+        kw["request_level"] = True
+    decisions["request_level"] = {
+        "value": t.request_level,
+        "reason": "requested" if t.request_level else "default off",
+    }
     if t.compile:
         if "compile_blocks" in switches:
             kw["compile_blocks"] = True
@@ -222,6 +230,26 @@ def execution(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "reason": "default off (compile costs ~15 s cold on CPU)",
         }
     return kw, decisions
+
+
+def _check_request_level(cfg: RunConfig, switches: tuple[str, ...], model_cfg: Any) -> None:
+    """train.request_level needs a model whose history side can be shared by a request's
+    impressions: OneTrans with causal attention. The baselines have no such side: what depends on
+    the request alone (event embeddings; LONGER's token merge) already runs once per request, and
+    the rest reads the candidate (DIN's target attention, BST's and LONGER's target tokens)."""
+    if "request_level" not in switches:
+        raise ConfigError(
+            f"train.request_level = true but model {cfg.model.name!r} has no request-level "
+            "switch: its request-only part already runs once per request and the rest reads the "
+            "candidate; set train.request_level = false for this model (in a sweep file, per row: "
+            "a zip `set` column, docs/sweeps.md)."
+        )
+    if getattr(model_cfg, "causal", True) is False:
+        raise ConfigError(
+            "train.request_level = true needs model.overrides.causal = true: with full attention "
+            "the S tokens read the NS tokens, so one request's impressions cannot share them; "
+            "set one of the two to false."
+        )
 
 
 def describe(cfg: RunConfig) -> dict[str, Any]:
@@ -343,7 +371,7 @@ def train_run(
     rid = run_id(cfg)
     cfg_path = store / CONFIG
     if cfg_path.exists():
-        old = load_config(cfg_path, check_model=False)
+        old = load_config(cfg_path, check_model=False, stored=True)
         if run_id(old) != rid:
             raise ConfigError(
                 f"{store.path} holds run {run_id(old)} ({cfg_path}); this config is run {rid}. "

@@ -78,9 +78,9 @@ class Config:
     prune_first_layer: bool = True  # False: layer 1 keeps all tokens, pruning starts at layer 2
     pyramid_multiple: int = 32  # intermediate lengths rounded to this multiple
     norm_eps: float = 1e-6
-    # --- execution (never changes the function, only speed/memory); the attention backend,
-    # recomputation and compilation are build() keywords, not fields (EXECUTION, below the sizes)
-    request_level: bool = False  # S side once per request, shared by its impressions (exact)
+    # execution (never changes the function, only speed/memory): the attention backend,
+    # recomputation, compilation and the request-level S side are build() keywords, not fields
+    # (EXECUTION, below the sizes; the harness sets them from train.*)
 
     def __post_init__(self) -> None:
         def check(cond: bool, field: str, msg: str) -> None:
@@ -116,11 +116,6 @@ class Config:
         }
         for f, options in choices.items():
             check(getattr(self, f) in options, f, f"{getattr(self, f)!r} is not one of {options}")
-        check(
-            self.causal or not self.request_level,
-            "request_level",
-            "needs causal=True (with full attention S-tokens read NS-tokens, so S cannot be shared)",
-        )
 
     @property
     def head_dim(self) -> int:
@@ -579,8 +574,11 @@ class OneTransBlock(nn.Module):
 
 
 class OneTrans(RankingModel):
-    """attention, recompute and compile_blocks are the execution switches (see EXECUTION): how the
-    model runs, never what it computes."""
+    """attention, recompute, compile_blocks, request_level and fused_ops are the execution switches
+    (see EXECUTION): how the model runs, never what it computes.
+
+    request_level=True runs the S side once per request, shared by the request's impressions
+    (exact: the same logits and gradients as the per-impression forward); it needs cfg.causal."""
 
     def __init__(
         self,
@@ -590,6 +588,7 @@ class OneTrans(RankingModel):
         attention: str = "auto",
         recompute: bool = False,
         compile_blocks: bool = False,
+        request_level: bool = False,
         fused_ops: bool = True,
     ) -> None:
         super().__init__()
@@ -597,6 +596,12 @@ class OneTrans(RankingModel):
             raise ValueError(
                 f"onetrans attention: {attention!r} is not one of {ATTENTION_REQUESTS}"
             )
+        if request_level and not cfg.causal:
+            raise ValueError(
+                "onetrans request_level=True needs Config.causal=True (with full attention "
+                "S-tokens read NS-tokens, so the S side cannot be shared by a request's impressions)"
+            )
+        self.request_level = request_level  # S side once per request (forward)
         self.spec, self.cfg = spec, cfg
         self.attention = attention  # requested backend; the one used is attention_decision
         self.recompute = recompute  # torch.utils.checkpoint around every block (training)
@@ -740,7 +745,7 @@ class OneTrans(RankingModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x_s, valid_s, x_ns = self.tokenize(batch)
         idx = batch["req_index"]
-        if self.cfg.request_level:
+        if self.request_level:
             h = self.encode(x_s, valid_s, x_ns, idx)
         else:
             # The S side per impression (the paper's un-optimised behaviour); the tokenizer above
@@ -880,11 +885,11 @@ def paper_feature_spec(seq_len: int) -> FeatureSpec:
 
 # The execution switches build() takes beside the Config. They change how the model runs (speed,
 # memory), never what it computes, so they are not hyper-parameters: a run sets them in its run
-# config (train.attention, train.recompute, train.compile; harness/train.py applies them), a script
-# passes them to build() / model.registry.build_model(..., execution={...}).
+# config (train.attention, train.recompute, train.compile, train.request_level; harness/train.py
+# applies them), a script passes them to build() / model.registry.build_model(..., execution={...}).
 # fused_ops (issue #25): the S tokenizer's gather path and the fused RMSNorm (True, default) or their
 # plain reference forms (False); the same function either way (tests/test_model_fast_paths.py).
-EXECUTION = ("attention", "recompute", "compile_blocks", "fused_ops")
+EXECUTION = ("attention", "recompute", "compile_blocks", "request_level", "fused_ops")
 
 
 def build(
@@ -894,6 +899,7 @@ def build(
     attention: str = "auto",
     recompute: bool = False,
     compile_blocks: bool = False,
+    request_level: bool = False,
     fused_ops: bool = True,
 ) -> OneTrans:
     return OneTrans(
@@ -902,5 +908,6 @@ def build(
         attention=attention,
         recompute=recompute,
         compile_blocks=compile_blocks,
+        request_level=request_level,
         fused_ops=fused_ops,
     )

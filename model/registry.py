@@ -5,7 +5,8 @@
     build(spec: FeatureSpec, config: Config, **execution) -> RankingModel
 
 and optionally EXECUTION, the names of the execution switches build() takes as keywords (how the
-model runs, never what it computes: "attention", "recompute", "compile_blocks"; none by default).
+model runs, never what it computes: "attention", "recompute", "compile_blocks", "request_level";
+none by default).
 
 so the harness can build any model from (name, size, overrides) without knowing its internals.
 """

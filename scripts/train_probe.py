@@ -5,9 +5,14 @@ not for figures a report quotes: those come from `python -m harness.train` / `ha
 
     python scripts/train_probe.py DIR [--model onetrans --size onetrans-tiny] [--seq-len 64]
         [--batch 256] [--steps 1600] [--every 400] [--lr 1e-3]
-        [--set request_level=true ...]   model Config overrides (JSON values)
-        [--tset optimizer=paper ...]     TrainConfig fields (JSON values, else strings)
+        [--set match_init=true ...]      model Config overrides (JSON values)
+        [--tset request_level=true ...]  TrainConfig fields (JSON values, else strings), the
+                                         execution switches (request_level, attention, recompute,
+                                         compile) included: the run config's train.* keys
         [--out rows.json]
+
+An execution switch given with --set (`--set request_level=true`, the spelling from before
+request_level moved to train.request_level) is read as the --tset of the same name, with a note.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from harness.config import TrainConfig  # noqa: E402
+from harness.config import MOVED_TO_TRAIN, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from harness.data.datamodule import OneTransDataModule  # noqa: E402
 from harness.metrics import auc  # noqa: E402
 from harness.optim import build_optimizer, clip_per_group  # noqa: E402
 from harness.system import task_losses  # noqa: E402
+from harness.train import execution  # noqa: E402
 from model.registry import build_model  # noqa: E402
 
 
@@ -46,6 +52,24 @@ def parse_sets(items: list[str], strings_ok: bool) -> dict:
     return out
 
 
+def split_moved(sets: dict) -> tuple[dict, dict]:
+    """(model overrides, TrainConfig fields): --set keys that are execution switches now living in
+    train.* (request_level) move to the TrainConfig, with a note of the new spelling."""
+    overrides, moved = {}, {}
+    for key, value in sets.items():
+        if key in MOVED_TO_TRAIN:
+            new = MOVED_TO_TRAIN[key]
+            print(
+                f"note: --set {key}=... is the run config's train.{new} now; read as --tset "
+                f"{new}=... (write that)",
+                file=sys.stderr,
+            )
+            moved[new] = value
+        else:
+            overrides[key] = value
+    return overrides, moved
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
@@ -59,7 +83,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-batches", type=int, default=20, help="train batches in the train AUC")
     ap.add_argument("--set", action="append", default=[], help="model override KEY=JSON")
-    ap.add_argument("--tset", action="append", default=[], help="TrainConfig field KEY=VALUE")
+    ap.add_argument(
+        "--tset",
+        action="append",
+        default=[],
+        help="TrainConfig field KEY=VALUE (train.KEY of a run config), e.g. request_level=true",
+    )
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
 
@@ -70,8 +99,13 @@ def main() -> int:
     )
     dm.prepare_data()
     dm.setup("fit")
-    model = build_model(a.model, dm.feature_spec, a.size, parse_sets(a.set, False), {})
-    cfg = TrainConfig(**{"lr": a.lr, **parse_sets(a.tset, True)})
+    overrides, moved = split_moved(parse_sets(a.set, False))
+    cfg = TrainConfig(**{"lr": a.lr, **moved, **parse_sets(a.tset, True)})
+    # the execution switches (train.request_level, ...) reach the model as in a run: through
+    # harness.train.execution, which refuses one the model lacks
+    run = RunConfig(model=ModelConfig(name=a.model, size=a.size, overrides=overrides), train=cfg)
+    kw, _ = execution(run)
+    model = build_model(a.model, dm.feature_spec, a.size, overrides, kw)
     opt, _ = build_optimizer(model, cfg)
 
     def evaluate(split: str, max_batches: int | None) -> float:

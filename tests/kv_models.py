@@ -21,9 +21,11 @@ def make_model(
     seed: int,
     attention: str = "reference",
     recompute: bool = False,
+    request_level: bool = False,
     **overrides,
 ) -> torch.nn.Module:
-    """overrides: Config fields of onetrans-tiny; attention / recompute: its execution switches."""
+    """overrides: Config fields of onetrans-tiny; attention / recompute / request_level: its
+    execution switches."""
     torch.manual_seed(seed)
     if kind == "toy":
         L = spec.seq_len
@@ -32,7 +34,11 @@ def make_model(
 
     cfg = {"n_layers": 3, "pyramid": pyramid, **overrides}
     model = build_model(
-        "onetrans", spec, "onetrans-tiny", cfg, {"attention": attention, "recompute": recompute}
+        "onetrans",
+        spec,
+        "onetrans-tiny",
+        cfg,
+        {"attention": attention, "recompute": recompute, "request_level": request_level},
     ).eval()
     with torch.no_grad():  # non-trivial RMSNorm gains, so a wrong norm placement cannot hide
         for name, p in model.named_parameters():

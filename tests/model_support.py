@@ -4,8 +4,6 @@ reference runs that the CPU tests and the GPU parity tests share. Imported as
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from model.attention import attend
@@ -55,8 +53,8 @@ def bf16_model_step(
     """onetrans-tiny (weights seeded by `seed`) under bf16 autocast with one attention backend: forward
     and backward of sum(ctr), checking that backend ran; -> (ctr logits, every gradient, flattened)."""
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(SIZES["onetrans-tiny"], request_level=request_level)
-    m = build(spec, cfg, attention=backend).to(device).train()
+    m = build(spec, SIZES["onetrans-tiny"], attention=backend, request_level=request_level)
+    m = m.to(device).train()
     with torch.autocast(device, dtype=torch.bfloat16):
         out = m(batch)
     assert m.attention_decision[0] == backend

@@ -155,8 +155,8 @@ def _model_run(
     spec, batch, *, attention, fused, request_level=False, seed=0, dtype=None, qk_norm=False
 ):
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(SIZES["onetrans-tiny"], request_level=request_level, qk_norm=qk_norm)
-    m = build(spec, cfg, attention=attention, fused_ops=fused)
+    cfg = dataclasses.replace(SIZES["onetrans-tiny"], qk_norm=qk_norm)
+    m = build(spec, cfg, attention=attention, fused_ops=fused, request_level=request_level)
     if dtype == "bf16-true":
         m.to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(seq_len=16, seed=0, execution=None, **overrides):
-    """overrides: Config fields; execution: build()'s execution switches (attention, recompute, compile_blocks)."""
+    """overrides: Config fields; execution: build()'s execution switches (attention, recompute,
+    compile_blocks, request_level)."""
     torch.manual_seed(seed)
     return build(
         tiny_spec(seq_len), dataclasses.replace(TINY, **overrides), **(execution or {})
@@ -331,7 +332,10 @@ def test_request_level_s_side_equals_per_impression(variant, execution):
     res = []
     for request_level in (False, True):
         m = _model(
-            seq_len=24, seed=17, execution=execution, request_level=request_level, **variant
+            seq_len=24,
+            seed=17,
+            execution={**execution, "request_level": request_level},
+            **variant,
         ).train()
         out = m(b)
         (out["ctr"] * torch.linspace(-1, 1, 12) + out["cvr"]).sum().backward()
@@ -345,8 +349,8 @@ def test_request_level_s_side_equals_per_impression(variant, execution):
 
 
 def test_request_level_refuses_full_attention():
-    with pytest.raises(ValueError, match="request_level"):
-        dataclasses.replace(TINY, request_level=True, causal=False)
+    with pytest.raises(ValueError, match="request_level=True needs Config.causal=True"):
+        _model(execution={"request_level": True}, causal=False)
 
 
 @pytest.mark.gpu

@@ -50,7 +50,7 @@ def _train(folder: Path, run_dir: Path, model: str, size: str, **extra) -> dict:
 @pytest.mark.parametrize(
     "model,size,extra",
     [
-        ("onetrans", "onetrans-tiny", {"model.overrides.request_level": True}),
+        ("onetrans", "onetrans-tiny", {"train.request_level": True}),
         ("dcnv2_din", "tiny", {}),
     ],
 )
@@ -68,7 +68,7 @@ def test_planted_history_control_with_mismatched_histories_stays_at_chance(world
         tmp_path / "run",
         "onetrans",
         "onetrans-tiny",
-        **{"model.overrides.request_level": True},
+        **{"train.request_level": True},
     )
     auc = result["metrics"]["val"]["ctr_auc"]
     assert 0.4 <= auc <= 0.6, (

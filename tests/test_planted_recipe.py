@@ -18,7 +18,7 @@ from harness.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {
-    "model.overrides.request_level": True,
+    "train.request_level": True,
     "model.overrides.match_init": True,
     "model.overrides.qk_norm": True,
     "train.cvr_loss": "clicked_per_impression",

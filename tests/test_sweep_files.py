@@ -508,16 +508,17 @@ if __name__ == "__main__":
             )
 
 
-def test_zip_column_gives_rows_their_own_model_overrides():
-    """baselines.yaml compare: only the OneTrans rows run request-level; the baselines (which reject the
-    field) get none, the column is not an analysis axis, and an empty dict adds nothing to a run name."""
+def test_zip_set_column_gives_rows_their_own_settings():
+    """baselines.yaml compare: only the OneTrans rows run request-level (train.request_level, through
+    the zip `set` column); the baselines (which refuse the switch) get none, the column is not an
+    analysis axis, and an empty dict adds nothing to a run name."""
     runs = resolve(load_sweep(SWEEPS / "baselines.yaml", "compare"), check_model=True)
     for r in runs:
-        assert "model.overrides" not in r.plan.axes
+        assert "model.overrides" not in r.plan.axes and "set" not in r.plan.axes
+        assert r.cfg.model.overrides == {}
         if r.cfg.model.name == "onetrans":
-            assert r.cfg.model.overrides == {"request_level": True} and "request_level-on" in r.name
+            assert r.cfg.train.request_level and "request_level-on" in r.name
         else:
-            assert (
-                r.cfg.model.overrides == {} and r.name == f"{r.cfg.model.name}-tiny-s{r.plan.seed}"
-            )
+            assert not r.cfg.train.request_level
+            assert r.name == f"{r.cfg.model.name}-tiny-s{r.plan.seed}"
     assert {r.plan.seed for r in runs} == {0, 1, 2} and {r.cfg.data.seq_len for r in runs} == {64}

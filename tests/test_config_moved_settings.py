@@ -1,0 +1,177 @@
+"""Settings with one home (issue #23): train.request_level reaches the models that have it, old
+spellings are clear errors naming the new key, and run ids from before the move are unchanged
+(existing run folders are still found and resumed).
+
+The GOLDEN_* ids were computed by the harness before the move (main at 51b4422) from the same
+settings in their old places; they pin that the canonical form hashes a moved setting as before.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from harness.config import ConfigError, RunConfig, apply_overrides, load_config, run_id
+from harness.sweepfile import SweepFileError, parse_sweep, resolve
+from harness.train import execution
+from model.features import tiny_spec
+from model.registry import MODELS, build_model
+
+ONETRANS = {"model": {"name": "onetrans", "size": "onetrans-tiny"}}
+# onetrans-tiny with model.overrides {request_level: true, match_init: true}, hashed before the move
+GOLDEN_REQUEST_LEVEL = "bb376fbfe1b5"
+# onetrans-tiny with every default (train.request_level off hashes as its absence)
+GOLDEN_ONETRANS_TINY = "91e7c683044c"
+
+
+def _cfg(**dotted) -> RunConfig:
+    return apply_overrides(RunConfig.from_dict(ONETRANS), dotted)
+
+
+def _old_form(cfg: RunConfig) -> dict:
+    """cfg's dict as the harness wrote config.yaml before the move."""
+    d = cfg.to_dict()
+    if d["train"].pop("request_level"):
+        d["model"]["overrides"]["request_level"] = True
+    return d
+
+
+# ---- the new key -------------------------------------------------------------------------------
+
+
+def test_train_request_level_reaches_onetrans():
+    cfg = _cfg(**{"train.request_level": True})
+    kw, decisions = execution(cfg)
+    assert kw == {"request_level": True}
+    assert decisions["request_level"] == {"value": True, "reason": "requested"}
+    model = build_model("onetrans", tiny_spec(8), "onetrans-tiny", {}, kw)
+    assert model.request_level is True
+    kw, decisions = execution(_cfg())
+    assert kw == {} and decisions["request_level"]["value"] is False
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"onetrans"}))
+def test_a_baseline_asked_for_request_level_is_a_clear_error(name):
+    """No baseline has an S side to share: the error says why and how to turn it off per row."""
+    cfg = apply_overrides(
+        RunConfig.from_dict({"model": {"name": name, "size": "tiny"}}),
+        {"train.request_level": True},
+    )
+    with pytest.raises(
+        ConfigError, match=f"model '{name}' has no request-level switch.*zip `set` column"
+    ):
+        execution(cfg)
+
+
+def test_request_level_with_full_attention_names_both_keys():
+    cfg = _cfg(**{"train.request_level": True, "model.overrides.causal": False})
+    with pytest.raises(ConfigError, match="needs model.overrides.causal = true"):
+        execution(cfg)
+
+
+# ---- the old spellings ------------------------------------------------------------------------
+
+
+def test_old_request_level_spelling_names_the_file_and_the_new_key(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "model: {name: onetrans, size: onetrans-tiny, overrides: {request_level: true}}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg and "model.overrides.request_level" in msg
+    assert "write train.request_level instead" in msg
+    with pytest.raises(ConfigError, match="write train.request_level instead"):
+        apply_overrides(_cfg(), ["model.overrides.request_level=true"])
+
+
+def test_old_request_level_spelling_is_a_clean_cli_error(tmp_path, capsys):
+    from harness.train import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {name: onetrans, size: onetrans-tiny}\n")
+    assert main(["--config", str(path), "--set", "model.overrides.request_level=true"]) == 2
+    err = capsys.readouterr().err
+    assert "write train.request_level instead" in err and "Traceback" not in err
+
+
+def test_old_request_level_spelling_in_a_sweep_file_names_file_and_run(tmp_path):
+    data = {
+        "name": "s",
+        "base": ONETRANS,
+        "grid": {"data.seq_len": [4, 8]},
+        "resources": {"default": {"accelerator": "cpu"}},
+        "presets": {"ci": {"set": {"model.overrides.request_level": True}}},
+    }
+    path = tmp_path / "s.yaml"
+    with pytest.raises(SweepFileError) as e:
+        resolve(parse_sweep(data, path=path, preset="ci"), check_model=False)
+    assert str(path) in str(e.value) and "write train.request_level instead" in str(e.value)
+
+
+def test_a_zip_set_column_gives_rows_their_own_settings(tmp_path):
+    """The per-row `set` column: dotted settings for some rows only, named like a model.overrides
+    row ({} adds nothing), not an analysis axis; a key that is no run-config key is refused."""
+    data = {
+        "name": "s",
+        "base": ONETRANS,
+        "zip": [
+            {
+                "model.name": ["dcnv2_din", "onetrans"],
+                "model.size": ["tiny", "onetrans-tiny"],
+                "set": [{}, {"train.request_level": True}],
+            }
+        ],
+        "resources": {"default": {"accelerator": "cpu"}},
+    }
+    runs = resolve(parse_sweep(data, path=tmp_path / "s.yaml"), check_model=True)
+    assert [r.name for r in runs] == [
+        "dcnv2_din-tiny-s0",
+        "onetrans-onetrans-tiny-request_level-on-s0",
+    ]
+    assert [r.cfg.train.request_level for r in runs] == [False, True]
+    assert all("set" not in r.plan.axes for r in runs)
+    data["zip"][0]["set"] = [{}, {"train.request_levle": True}]
+    with pytest.raises(
+        SweepFileError, match=r"zip\[0\]\.set\[1\]\.train\.request_levle: not a run-config key"
+    ):
+        parse_sweep(data, path=tmp_path / "s.yaml")
+    data["zip"][0]["set"] = [{}, "train.request_level=true"]
+    with pytest.raises(SweepFileError, match="each row of a `set` column is a mapping"):
+        parse_sweep(data, path=tmp_path / "s.yaml")
+
+
+# ---- run identity: ids from before the move stay, old run folders are found and resumed ---------
+
+
+def test_request_level_hashes_as_before_the_move():
+    on = _cfg(**{"train.request_level": True, "model.overrides.match_init": True})
+    assert run_id(on) == GOLDEN_REQUEST_LEVEL
+    assert run_id(_cfg()) == GOLDEN_ONETRANS_TINY
+    assert run_id(on) != run_id(apply_overrides(on, {"train.request_level": False}))
+
+
+def test_a_stored_config_of_before_the_move_loads_with_its_id(tmp_path):
+    """A run folder's config.yaml written before the move (request_level under model.overrides)
+    reads as train.request_level, with the folder's id; a person's config with it is an error."""
+    new = _cfg(**{"train.request_level": True, "model.overrides.match_init": True})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_old_form(new), sort_keys=False))
+    stored = load_config(path, stored=True)
+    assert stored == new and run_id(stored) == GOLDEN_REQUEST_LEVEL
+    with pytest.raises(ConfigError, match="write train.request_level instead"):
+        load_config(path)
+
+
+def test_train_run_reads_an_old_run_folder_with_its_id(tmp_path):
+    """train_run compares a folder's config.yaml with the run it is asked to train: an old folder's
+    file is read (not refused) and its id is the folder's own."""
+    from harness.train import train_run
+
+    folder = tmp_path / GOLDEN_REQUEST_LEVEL
+    folder.mkdir()
+    old = _cfg(**{"train.request_level": True, "model.overrides.match_init": True})
+    (folder / "config.yaml").write_text(yaml.safe_dump(_old_form(old), sort_keys=False))
+    with pytest.raises(ConfigError, match=f"holds run {GOLDEN_REQUEST_LEVEL} "):
+        train_run(_cfg(), folder)
