@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from harness.config import MOVED_TO_TRAIN, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from harness.config import MOVED_TO_TRAIN, ConfigError, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from harness.data.datamodule import OneTransDataModule  # noqa: E402
 from harness.metrics import auc  # noqa: E402
 from harness.optim import build_optimizer, clip_per_group  # noqa: E402
@@ -103,8 +103,13 @@ def main() -> int:
     cfg = TrainConfig(**{"lr": a.lr, **moved, **parse_sets(a.tset, True)})
     # the execution switches (train.request_level, ...) reach the model as in a run: through
     # harness.train.execution, which refuses one the model lacks
-    run = RunConfig(model=ModelConfig(name=a.model, size=a.size, overrides=overrides), train=cfg)
-    kw, _ = execution(run)
+    try:
+        run = RunConfig(
+            model=ModelConfig(name=a.model, size=a.size, overrides=overrides), train=cfg
+        )
+        kw, _ = execution(run)
+    except ConfigError as e:  # a user's mistake: the message, not a traceback
+        raise SystemExit(f"error: {e}") from None
     model = build_model(a.model, dm.feature_spec, a.size, overrides, kw)
     opt, _ = build_optimizer(model, cfg)
 
