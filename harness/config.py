@@ -18,13 +18,21 @@ change how or where a run executes or how it is labelled, never its result), lis
   - train.log_every_n_steps, train.eval_every_n_steps, train.ckpt_every_n_steps   (cadences)
   - logging.*                                   (W&B mode/project/group/tags, progress bar)
   - resources.*                                 (the scheduler request: partition, account, qos,
-                                                 memory, time limit, cpus; the device count that
-                                                 matters is train.devices)
+                                                 memory, time limit, cpus), except devices, nodes
+                                                 and accelerator (below)
 Defaults are part of the hash: adding a field with a default changes every id (deliberately: a
 new knob may change what an old config means). The exception is a section added later and off by
 default (`RUN_ID_WHEN_ON`: `eval`, whose sampling only changes what a run reports when it is on):
 it enters the hash only when on, so the ids of earlier runs stay valid. The model enters as written (name, size,
 overrides), not as the resolved model Config.
+
+Settings that moved home after run ids were in use (issue #23) hash in their old place and form, so
+every earlier id still names the same run (`_hash_moved_settings_as_before`): resources.devices,
+.nodes and .accelerator as train.devices, .num_nodes and .accelerator (they decide the global batch
+and the numerics); train.request_level, when on, as model.overrides.request_level. Execution
+switches (train.attention, .precision, .compile, .recompute, .request_level, .deterministic) are
+part of the id: they can change a run's numbers in the last bits (bf16, kernel order, the summation
+order of the shared S side), and a run is only resumed from a checkpoint it wrote itself.
 """
 
 from __future__ import annotations
@@ -153,6 +161,9 @@ def _hints(cls: type) -> dict[str, Any]:
 class _Section:
     """Shared behaviour of every config section: type-checked fields, dict in/out."""
 
+    # old key of this section -> the dotted key that is its one home now (an error names it)
+    MOVED: dict[str, str] = {}
+
     def __post_init__(self) -> None:
         hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -187,6 +198,11 @@ class _Section:
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
+            if key in cls.MOVED:
+                raise ConfigError(
+                    f"{where}: '{prefix}{key}' is no longer a key here: write {cls.MOVED[key]} "
+                    f"instead (one home per setting, docs/training.md)."
+                )
             if key not in names:
                 raise ConfigError(
                     f"{where}: unknown key '{prefix}{key}'.{did_you_mean(key, names)} "
@@ -309,8 +325,17 @@ def _same_kind(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
+# train.* keys that duplicated the scheduler request until issue #23; `resources` is their one home
+MOVED_TO_RESOURCES = {
+    "devices": "resources.devices",
+    "num_nodes": "resources.nodes",
+    "accelerator": "resources.accelerator",
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(_Section):
+    MOVED = MOVED_TO_RESOURCES
     max_epochs: int = 1  # passes over the training split
     max_steps: int = -1  # optimizer steps; -1: no step limit (max_epochs decides)
     optimizer: Literal["adamw", "paper"] = "adamw"
@@ -348,9 +373,8 @@ class TrainConfig(_Section):
     # model.overrides.causal true). The baselines have no such switch (harness/train.py says why)
     request_level: bool = False
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU)
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = 1  # per node; must equal resources.devices on GPUs
-    num_nodes: int = 1
+    # (the Trainer's accelerator, devices and nodes are the run's resources.accelerator, .devices and
+    # .nodes: one value each, which SLURM and Lightning both read)
     # cadences (not part of the run id)
     log_every_n_steps: int = 10
     eval_every_n_steps: int = 0  # holdout: validate every N steps; 0: at the end of each epoch
@@ -379,7 +403,7 @@ class TrainConfig(_Section):
             _require(
                 getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}."
             )
-        for name in ("devices", "num_nodes", "log_every_n_steps", "ckpt_every_n_steps"):
+        for name in ("log_every_n_steps", "ckpt_every_n_steps"):
             _require(
                 getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}."
             )
@@ -432,7 +456,9 @@ class EvalConfig(_Section):
         return self.sample_users > 0
 
 
-ACCELERATORS = ("gpu", "cpu")
+# auto: Lightning picks (a GPU when one is visible) and the scheduler is asked for none: a lone
+# run's default. A sweep file's resource class says gpu or cpu (harness/sweepfile.py).
+ACCELERATORS = ("gpu", "cpu", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -441,14 +467,16 @@ class Resources(_Section):
     are Resources, each run's config carries its class as its `resources` section, and
     harness.executors.submitit_parameters turns it into the SLURM request. Not part of the run id.
 
-    `devices` is THE one value: SLURM tasks per node = Trainer(devices) = GPUs per node (when
-    accelerator is gpu), so ranks are srun-launched one per device and Lightning never spawns.
-    These defaults describe a lone run on this machine's CPU; a sweep file's classes default to a
-    GPU job instead (harness.sweepfile.CLASS_DEFAULTS).
+    `devices`, `nodes` and `accelerator` have this one home: SLURM tasks per node = Trainer(devices)
+    = GPUs per node (when accelerator is gpu), so ranks are srun-launched one per device and
+    Lightning never spawns; Trainer(num_nodes) = nodes, Trainer(accelerator) = accelerator. These
+    three enter the run id (config.py docstring); the rest of the section does not.
+    These defaults describe a lone run on this machine (accelerator auto: the Trainer picks); a
+    sweep file's classes default to a GPU job instead (harness.sweepfile.CLASS_DEFAULTS).
     """
 
-    devices: int = 1
-    accelerator: str = "cpu"  # gpu | cpu (checked in validate: the sweep file's message)
+    devices: int = 1  # per node
+    accelerator: str = "auto"  # gpu | cpu | auto (checked in validate: the sweep file's message)
     nodes: int = 1
     cpus_per_task: int = 2
     mem_gb: float = 8
@@ -535,12 +563,6 @@ class RunConfig(_Section):
             f"sweep = {self.sweep!r} must be a non-empty name without '/', and not '.' or '..' "
             f"(it names the folder under the runs directory), e.g. sweep=my-sweep.",
         )
-        g = self.resources.gpus_per_node
-        _require(
-            g == 0 or g == self.train.devices,
-            f"resources: {g} GPUs per node (devices, accelerator gpu) must equal train.devices "
-            f"({self.train.devices}): one process per GPU, as SLURM launches them.",
-        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -603,14 +625,24 @@ def load_config(path: str | Path, check_model: bool = True, *, stored: bool = Fa
 
 def upgrade_stored(d: Mapping[str, Any]) -> dict[str, Any]:
     """A stored run config (config.yaml, result.json's "config") with every moved setting in its
-    current home: model.overrides.request_level -> train.request_level (issue #23). The run id
-    is unchanged by construction (run_id hashes the moved settings in their old form)."""
+    current home (issue #23): model.overrides.request_level -> train.request_level, and
+    train.devices / .num_nodes / .accelerator -> resources.devices / .nodes / .accelerator. The
+    train values win over the old resources section: they are what the Trainer ran with and what
+    the id hashed, so the run id is unchanged (run_id hashes moved settings in their old form)."""
     d = copy.deepcopy(dict(d))
-    model, train = d.get("model"), d.get("train")
+    model = d.get("model")
+    train = d["train"] = dict(d["train"]) if isinstance(d.get("train"), dict) else {}
     overrides = model.get("overrides") if isinstance(model, dict) else None
     if isinstance(overrides, dict) and "request_level" in overrides:
-        d["train"] = train = dict(train) if isinstance(train, dict) else {}
         train.setdefault("request_level", overrides.pop("request_level"))
+    moved = {k: train.pop(k) for k in MOVED_TO_RESOURCES if k in train}
+    if moved:
+        res = dict(d["resources"]) if isinstance(d.get("resources"), Mapping) else {}
+        if "gpus_per_node" in res:  # an even older spelling, read first so that train's win
+            res = _legacy_gpus_per_node(res, "stored config: resources")
+        for old, value in moved.items():
+            res[MOVED_TO_RESOURCES[old].split(".", 1)[1]] = value
+        d["resources"] = res
     return d
 
 
@@ -706,9 +738,13 @@ def _hash_moved_settings_as_before(d: dict[str, Any], cfg: RunConfig) -> None:
     that every run id from before the move names the same run (docs/training.md, "Run identity").
 
     train.request_level was model.overrides.request_level: on, it hashes as that override; off,
-    as its absence (the field did not exist in a config that left it off)."""
+    as its absence (the field did not exist in a config that left it off). resources.devices,
+    .nodes and .accelerator were copied into train.devices, .num_nodes and .accelerator (by the
+    sweep file parser; a lone run had train.accelerator auto), which the id hashed."""
     if d["train"].pop("request_level"):
         d["model"]["overrides"]["request_level"] = True
+    r = cfg.resources
+    d["train"] |= {"devices": r.devices, "num_nodes": r.nodes, "accelerator": r.accelerator}
 
 
 def run_id(cfg: RunConfig) -> str:

@@ -95,8 +95,7 @@ class Task:
     name: str
     run_dir: Path
     resource_class: str
-    resources: Resources
-    devices: int  # the run config's train.devices (asserted equal to resources.devices)
+    resources: Resources  # the run config's resources: devices, nodes, accelerator have one home
 
     @property
     def store(self) -> RunStore:
@@ -632,19 +631,6 @@ def submitit_parameters(rc: Resources, name: str, max_parallel: int | None) -> d
     return params
 
 
-def check_devices(task: Task) -> None:
-    """The one-value rule: SLURM tasks per node == Trainer devices (== GPUs per node on GPUs)."""
-    rc = task.resources
-    ok = rc.tasks_per_node == task.devices and (
-        rc.accelerator != "gpu" or rc.gpus_per_node == task.devices
-    )
-    if not ok:
-        raise AssertionError(
-            f"run {task.name}: tasks_per_node={rc.tasks_per_node}, gpus_per_node={rc.gpus_per_node}, "
-            f"train.devices={task.devices} must all be equal (one srun task per device)"
-        )
-
-
 class SlurmExecutor:
     """SLURM through submitit: one job array per resource class, Checkpointable jobs (requeue)."""
 
@@ -668,7 +654,6 @@ class SlurmExecutor:
 
         by_class: dict[str, list[Task]] = defaultdict(list)
         for task in tasks:
-            check_devices(task)
             state, owner = task.store.availability()
             if state == "done":
                 progress(task, "followed", "finished meanwhile by another process; not submitted")

@@ -125,7 +125,7 @@ def peak_flops(device: dict[str, Any], precision: str) -> tuple[float | None, st
 
 
 def decide_precision(cfg: RunConfig) -> tuple[str, str]:
-    p, acc = cfg.train.precision, cfg.train.accelerator
+    p, acc = cfg.train.precision, cfg.resources.accelerator
     cuda = torch.cuda.is_available() and acc in ("auto", "gpu")
     if p == "auto":
         if cuda and torch.cuda.is_bf16_supported():
@@ -171,7 +171,7 @@ def collect(cfg: RunConfig, decisions: dict[str, Any]) -> dict[str, Any]:
     return {
         "git": git_state(),
         "packages": packages(),
-        "device": device_info(cfg.train.accelerator),
+        "device": device_info(cfg.resources.accelerator),
         "command": sys.argv,
         "decisions": decisions,
     }

@@ -256,8 +256,8 @@ def _describe(rows: list[Row]) -> str:
                 row.flops_example
                 * t.max_steps
                 * row.run.cfg.data.batch_size
-                * t.devices
-                * t.num_nodes
+                * rc.devices
+                * rc.nodes
             )
         elif row.flops_total is None and row.flops_example and t.max_epochs > 0:
             # epoch-bounded: epochs x the train split's impressions (manifest stats, else the
@@ -1265,7 +1265,6 @@ def _task(r: Row) -> executors.Task:
         run_dir=r.run_dir,
         resource_class=r.run.plan.resource_class,
         resources=r.run.resources,
-        devices=r.run.cfg.train.devices,
     )
 
 

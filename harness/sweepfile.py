@@ -125,6 +125,7 @@ CLASS_DEFAULTS: dict[str, Any] = {
     "time_min": 240,
 }
 RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
+CLASS_ACCELERATORS = ("gpu", "cpu")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -890,11 +891,18 @@ def _parse_baseline(raw: Any, i: int, where: Any, path: Path | None) -> Baseline
 
 def _resource(where_key: str, raw: Mapping, where: Any) -> Resources:
     try:
-        return Resources.from_dict(
+        rc = Resources.from_dict(
             {**CLASS_DEFAULTS, **raw}, where=str(where), prefix=f"{where_key}."
         )
     except ConfigError as err:
         raise SweepFileError(str(err)) from None
+    if rc.accelerator not in CLASS_ACCELERATORS:
+        # a class is a scheduler request: it asks for GPUs or not ("auto" is a lone run's default)
+        raise SweepFileError(
+            f"{where}: {where_key}: accelerator must be one of {CLASS_ACCELERATORS}, got "
+            f"{rc.accelerator!r}"
+        )
+    return rc
 
 
 def _parse_resources(raw: Any, where: Any, path: Path | None) -> dict[str, Resources]:
@@ -1107,14 +1115,9 @@ def sweep_dir_name(sweep: Sweep) -> str:
 
 
 def resource_overrides(rc: Resources) -> dict[str, Any]:
-    """The run-config keys that one resource class decides: the class itself (the run's
-    `resources`) and the Trainer's devices, nodes and accelerator, derived from it."""
-    return {
-        "train.devices": rc.devices,
-        "train.num_nodes": rc.nodes,
-        "train.accelerator": rc.accelerator,
-        "resources": rc.to_dict(),
-    }
+    """The run-config keys that one resource class decides: the run's `resources` section, the one
+    home of the Trainer's devices, nodes and accelerator too."""
+    return {"resources": rc.to_dict()}
 
 
 # check_presets resolves every run of a preset that is not selected only up to this many runs; a
@@ -1202,7 +1205,7 @@ def describe_key(cfg: Any) -> str:
 def samples_per_step(cfg: Any) -> int:
     """Impressions one optimizer step trains on: the per-device batch x devices x nodes (as the
     plan's cost column counts them)."""
-    return int(cfg.data.batch_size * cfg.train.devices * cfg.train.num_nodes)
+    return int(cfg.data.batch_size * cfg.resources.devices * cfg.resources.nodes)
 
 
 def _budget_steps(cfg: Any, budget: float, cache: dict[str, float], where: str) -> Any:

@@ -484,10 +484,11 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
     precision, precision_why = provenance.decide_precision(cfg)
     wandb_mode, wandb_why = tracking.decide_mode(cfg)
     execution_kw, decisions = execution(cfg)
-    if t.protocol == "next_batch" and (t.max_epochs != 1 or t.devices * t.num_nodes != 1):
+    res = cfg.resources  # the one home of accelerator, devices and nodes
+    if t.protocol == "next_batch" and (t.max_epochs != 1 or res.devices * res.nodes != 1):
         raise ConfigError(
             "train.protocol = next_batch is one chronological pass on one device: set "
-            "train.max_epochs = 1 and train.devices = train.num_nodes = 1."
+            "train.max_epochs = 1 and resources.devices = resources.nodes = 1."
         )
     if t.protocol == "next_batch" and cfg.eval.sampled:
         raise ConfigError(
@@ -566,9 +567,9 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
     plugins = trainer_plugins()
     eval_every = t.eval_every_n_steps
     trainer = L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
+        accelerator=res.accelerator,
+        devices=res.devices,
+        num_nodes=res.nodes,
         precision=precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
@@ -640,7 +641,7 @@ def _train(cfg: RunConfig, store: RunStore, rid: str, stop: Any) -> dict[str, An
     desc_flops = core.flops_per_example()
     samples = throughput.samples
     sps = samples / throughput.train_time if throughput.train_time > 0 else None
-    peak, peak_why = provenance.peak_flops(provenance.device_info(t.accelerator), precision)
+    peak, peak_why = provenance.peak_flops(provenance.device_info(res.accelerator), precision)
     batches_per_epoch = max(len(train_loader), 1)
     sampled = (
         {"eval_sample": sample_record(cfg.eval, dm.eval_sample, results)}

@@ -175,3 +175,106 @@ def test_train_run_reads_an_old_run_folder_with_its_id(tmp_path):
     (folder / "config.yaml").write_text(yaml.safe_dump(_old_form(old), sort_keys=False))
     with pytest.raises(ConfigError, match=f"holds run {GOLDEN_REQUEST_LEVEL} "):
         train_run(_cfg(), folder)
+
+
+# ---- devices, nodes and accelerator: resources only -------------------------------------------
+
+# onetrans-tiny hashed before the move, with train.{devices, num_nodes, accelerator} as the sweep
+# file parser copied them from the class (2 x 2 CPU; 4 GPUs) and as a lone run set it (gpu)
+GOLDEN_RESOURCES = {
+    "b8eff77568fc": {"resources.devices": 2, "resources.nodes": 2, "resources.accelerator": "cpu"},
+    "d0db54ba9c54": {"resources.devices": 4, "resources.accelerator": "gpu"},
+    "89be894a5d87": {"resources.accelerator": "gpu"},
+}
+
+
+@pytest.mark.parametrize("rid", sorted(GOLDEN_RESOURCES))
+def test_devices_nodes_accelerator_hash_as_before_the_move(rid):
+    assert run_id(_cfg(**GOLDEN_RESOURCES[rid])) == rid
+
+
+def test_resources_are_part_of_the_id_only_through_devices_nodes_accelerator():
+    base = run_id(_cfg())
+    assert run_id(_cfg(**{"resources.mem_gb": 99, "resources.partition": "p"})) == base
+    for change in (
+        {"resources.devices": 2},
+        {"resources.nodes": 2},
+        {"resources.accelerator": "cpu"},
+    ):
+        assert run_id(_cfg(**change)) != base, change
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("devices", "resources.devices"),
+        ("num_nodes", "resources.nodes"),
+        ("accelerator", "resources.accelerator"),
+    ],
+)
+def test_old_device_spellings_name_the_new_key(tmp_path, old, new):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model: {{name: onetrans, size: onetrans-tiny}}\ntrain: {{{old}: 1}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+    assert f"'train.{old}' is no longer a key here: write {new} instead" in str(e.value)
+    with pytest.raises(ConfigError, match=f"write {new} instead"):
+        apply_overrides(_cfg(), [f"train.{old}=1"])
+
+
+def test_old_device_spelling_is_a_clean_cli_error(tmp_path, capsys):
+    from harness.train import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {name: onetrans, size: onetrans-tiny}\n")
+    assert main(["--config", str(path), "--set", "train.devices=2"]) == 2
+    err = capsys.readouterr().err
+    assert "write resources.devices instead" in err and "Traceback" not in err
+
+
+def test_a_sweep_file_sets_devices_through_its_resource_class_only(tmp_path):
+    data = {
+        "name": "s",
+        "base": ONETRANS,
+        "grid": {"data.seq_len": [4, 8]},
+        "resources": {"default": {"accelerator": "cpu", "devices": 2, "nodes": 3}},
+        "presets": {"ci": {"set": {"train.num_nodes": 2}}},
+    }
+    path = tmp_path / "s.yaml"
+    runs = resolve(parse_sweep(data, path=path), check_model=False)
+    assert {(r.cfg.resources.devices, r.cfg.resources.nodes) for r in runs} == {(2, 3)}
+    with pytest.raises(SweepFileError) as e:
+        resolve(parse_sweep(data, path=path, preset="ci"), check_model=False)
+    assert str(path) in str(e.value) and "write resources.nodes instead" in str(e.value)
+    # a class is a scheduler request: gpu or cpu; auto is a lone run's default only
+    data["resources"]["default"]["accelerator"] = "auto"
+    with pytest.raises(
+        SweepFileError, match=r"resources.default: accelerator must be one of \('gpu', 'cpu'\)"
+    ):
+        parse_sweep(data, path=path)
+
+
+def test_a_stored_config_with_train_devices_loads_with_its_id(tmp_path):
+    """config.yaml of a sweep run written before the move (train.devices/num_nodes/accelerator
+    beside the resources section) and of a lone run (train.accelerator auto, resources cpu)."""
+    for settings, rid in (
+        (GOLDEN_RESOURCES["d0db54ba9c54"], "d0db54ba9c54"),
+        ({}, GOLDEN_ONETRANS_TINY),
+    ):
+        new = _cfg(**settings)
+        d = new.to_dict()
+        res = d["resources"]
+        d["train"] |= {
+            "devices": res["devices"],
+            "num_nodes": res["nodes"],
+            "accelerator": res["accelerator"],
+        }
+        if res["accelerator"] == "auto":  # the old lone-run default of the resources section
+            res["accelerator"] = "cpu"
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(d, sort_keys=False))
+        stored = load_config(path, stored=True)
+        assert stored == new and run_id(stored) == rid
+        with pytest.raises(ConfigError, match="is no longer a key here"):
+            load_config(path)

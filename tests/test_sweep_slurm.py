@@ -197,7 +197,7 @@ def test_two_task_ddp_job_on_cpu_with_gloo(slurm_cluster, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run,) = run_dirs(tmp_path / "runs" / "ddp")
     result = json.loads((run / "result.json").read_text())
-    assert result["config"]["train"]["devices"] == 2 and result["train"]["steps"] == 4
+    assert result["config"]["resources"]["devices"] == 2 and result["train"]["steps"] == 4
     job = ledger_job(tmp_path / "runs" / "ddp")
     logs = tmp_path / "runs" / "ddp" / ".sweep" / "submitit" / job.split("_")[0]
     text = "".join(p.read_text(errors="replace") for p in logs.glob("*_log.*"))

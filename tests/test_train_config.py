@@ -51,7 +51,6 @@ def test_yaml_round_trip_is_lossless(tmp_path):
             {"model": {"name": S.MODEL, "size": "tiny", "overrides": {"d_model": "big"}}},
             "give a value of that type",
         ),
-        ({"resources": {"gpus_per_node": 2}}, "must equal train.devices"),
         # execution switches live in train.* only (docs/training.md): the old model-option spellings name the new key
         (
             {
