@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.config import RUN_ID_EXCLUDED
+from harness.config import RUN_ID_EXCLUDED, ConfigError, upgrade_stored
 from harness.power import ALPHA, line_noise, mde_per_doubling, seed_noise
 
 LEVEL = 1.0 - ALPHA  # 95% intervals everywhere in this module
@@ -189,13 +189,20 @@ def _ignored(key: str) -> bool:
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run config a finished run recorded (result.json 'config', docs/contracts.md §5), flat."""
+    """The run config a finished run recorded (result.json 'config', docs/contracts.md §5), flat,
+    with every moved setting in its current home (harness.config.upgrade_stored), so that a run
+    finished before a setting moved pairs with one finished after."""
     try:
         rec = json.loads((Path(run_dir) / "result.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     cfg = rec.get("config") if isinstance(rec, dict) else None
-    return flatten(cfg) if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict):
+        return None
+    try:
+        return flatten(upgrade_stored(cfg))
+    except ConfigError:  # a damaged resources section: pair the config as it was written
+        return flatten(cfg)
 
 
 # ----------------------------------------------------------------------------------- statistics

@@ -278,3 +278,19 @@ def test_a_stored_config_with_train_devices_loads_with_its_id(tmp_path):
         assert stored == new and run_id(stored) == rid
         with pytest.raises(ConfigError, match="is no longer a key here"):
             load_config(path)
+
+
+def test_the_trick_analysis_pairs_runs_finished_before_and_after_the_move(tmp_path):
+    """analysis.tricks pairs runs by their recorded configs: a result.json of before the move
+    reads as the same config as one of after."""
+    import json
+
+    from analysis.tricks import read_config
+
+    new = _cfg(**{"train.request_level": True, "resources.accelerator": "cpu"})
+    old = _old_form(new)
+    old["train"] |= {"devices": 1, "num_nodes": 1, "accelerator": "cpu"}
+    for name, cfg in (("old", old), ("new", new.to_dict())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps({"config": cfg}))
+    assert read_config(tmp_path / "old") == read_config(tmp_path / "new")
