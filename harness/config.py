@@ -465,7 +465,7 @@ ACCELERATORS = ("gpu", "cpu", "auto")
 class Resources(_Section):
     """What one run asks the scheduler for: the one resources type. A sweep file's resource classes
     are Resources, each run's config carries its class as its `resources` section, and
-    harness.executors.submitit_parameters turns it into the SLURM request. Not part of the run id.
+    harness.executors.submitit_parameters turns it into the SLURM request.
 
     `devices`, `nodes` and `accelerator` have this one home: SLURM tasks per node = Trainer(devices)
     = GPUs per node (when accelerator is gpu), so ranks are srun-launched one per device and

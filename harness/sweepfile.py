@@ -116,8 +116,9 @@ def _check_keys(where: str, data: Mapping, allowed: tuple[str, ...], path: Path 
             )
 
 
-# A sweep file's resource class is a harness.config.Resources; unlike a lone run config (this
-# machine's CPU), a class the file leaves unsaid asks for a GPU job.
+# A sweep file's resource class is a harness.config.Resources; unlike a lone run config
+# (accelerator auto: whatever this machine has, no GPU asked of a scheduler), a class the file
+# leaves unsaid asks for a GPU job.
 CLASS_DEFAULTS: dict[str, Any] = {
     "accelerator": "gpu",
     "cpus_per_task": 8,
