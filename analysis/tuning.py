@@ -36,7 +36,7 @@ import pandas as pd
 import yaml
 
 from harness.config import RUN_ID_EXCLUDED
-from harness.runstore import CONFIG, RESULT, SWEEP_META
+from harness.runstore import CONFIG, RESULT, SweepStore
 from harness.sweepfile import SweepFileError, TuneSpec, _fmt, _short, lookup, parse_tune
 
 from .collect import Collection
@@ -98,7 +98,7 @@ def find_searches(run_dirs) -> tuple[dict[str, TuneSpec], list[str]]:
     searches: dict[str, TuneSpec] = {}
     warnings: list[str] = []
     for parent in sorted({Path(d).parent for d in run_dirs}):
-        f = parent / SWEEP_META / "sweep.yaml"
+        f = SweepStore(parent).sweep_file
         if not f.exists():
             continue
         try:

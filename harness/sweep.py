@@ -34,6 +34,7 @@ from harness import executors
 from harness.cluster import choose_executor
 from harness.runstore import (
     CONFIG,
+    FLOOR,
     INTERRUPTED,
     SWEEP_META,
     Interrupted,
@@ -411,7 +412,7 @@ def read_floor(sweep_dir: Path, split: str = "test") -> dict[tuple[str, int], di
     import json
 
     try:
-        doc = json.loads((sweep_dir / SWEEP_META / FLOOR_FILE).read_text())
+        doc = json.loads(SweepStore(sweep_dir).floor.read_text())
     except (OSError, ValueError):
         return {}
     return {
@@ -1095,7 +1096,6 @@ def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
             )
 
 
-FLOOR_FILE = "floor.json"  # <sweep folder>/.sweep/floor.json
 # the driver fits the floor itself up to this many events (~150 bytes each at the peak: ~3 GB);
 # larger logs: `python -m harness.data stats DIR --floor ...` elsewhere fills the dataset's cache
 FLOOR_MAX_EVENTS = 20_000_000
@@ -1134,7 +1134,7 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
         wanted.setdefault(folder, (r.run.cfg.data.dataset, set()))[1].add(
             int(r.run.cfg.data.seq_len)
         )
-    path = sweep_dir / SWEEP_META / FLOOR_FILE
+    path = SweepStore(sweep_dir).floor
     try:
         old = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
@@ -1169,7 +1169,7 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
             if r["seq_len"] in lens
         )
         print(
-            f"count-feature floor of {name} (test CTR AUC; .sweep/{FLOOR_FILE}, "
+            f"count-feature floor of {name} (test CTR AUC; {SWEEP_META}/{FLOOR}, "
             f"{time.time() - t0:.1f} s): {test}",
             file=out,
         )

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.runstore import PROVENANCE, RunStore
+
 from .. import plots, quality, tables
 from ..analyze import Analysis, x_label
 from .spec import Figure, ReportSpec, Section, Table, Text
@@ -147,16 +149,14 @@ def _provenance(an: Analysis) -> dict[str, str]:
         sha, dirty = "unknown", False
     run_shas = set()
     for d in an.collection.done["run_dir"]:
-        p = Path(d) / "provenance.json"
-        if p.exists():
-            try:
-                prov = json.loads(p.read_text())
-                git = prov.get("git", {})
-                run_shas.add(
-                    str(git.get("sha") if isinstance(git, dict) else prov.get("git_sha", git))
-                )
-            except (json.JSONDecodeError, AttributeError):
-                run_shas.add("unreadable provenance.json")
+        store = RunStore(d)
+        if (store / PROVENANCE).exists():
+            prov = store.read_json(PROVENANCE)  # None: not a JSON object
+            if prov is None:
+                run_shas.add(f"unreadable {PROVENANCE}")
+                continue
+            git = prov.get("git", {})
+            run_shas.add(str(git.get("sha") if isinstance(git, dict) else prov.get("git_sha", git)))
     versions = {}
     for pkg in ("numpy", "pandas", "scipy", "matplotlib"):
         try:
@@ -165,7 +165,7 @@ def _provenance(an: Analysis) -> dict[str, str]:
             versions[pkg] = "?"
     return {
         "analysis code": f"{sha}{' (dirty)' if dirty else ''}",
-        "runs' git shas": ", ".join(sorted(run_shas)) or "no provenance.json in the run folders",
+        "runs' git shas": ", ".join(sorted(run_shas)) or f"no {PROVENANCE} in the run folders",
         "inputs": ", ".join(an.collection.roots),
         "bootstrap": f"{an.settings.n_boot} replicates, seed {an.settings.seed}, {an.settings.level:.0%} percentile",
         "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
