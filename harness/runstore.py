@@ -1066,7 +1066,7 @@ class MetricsCsv:
             for r in self._rows()
         ]
 
-    def records(self) -> list[tuple[float, str, str]] | None:
+    def records(self) -> list[tuple[int | float, str, str]] | None:
         """Every logged (step, metric, value as written), in file order, for readers of finished
         runs (analysis: curves and the training-loss checks). Reads the long form this class
         writes and the wide form of older runs (one column per metric, Lightning's CSVLogger).
