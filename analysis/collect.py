@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.runstore import CONFIG, RESULT, RUN_MARKERS, STATUS, RunStore
+from harness.runstore import (
+    CONFIG,
+    RESULT,
+    RUN_MARKERS,
+    STATUS,
+    MetricsCsv,
+    RunStore,
+    SweepStore,
+)
 
 SPLITS = ("test", "val")
 
@@ -186,7 +194,7 @@ def _read_run(run_dir: Path) -> dict:
     if row["status"] != "done" and not row.get("sweep"):
         row["sweep"] = run_dir.parent.name  # runs land in <runs>/<sweep>/<run_id>/
     parent = run_dir.parent
-    if (parent / ".sweep").is_dir() and row.get("sweep") and row["sweep"] != parent.name:
+    if SweepStore(parent).is_sweep_folder() and row.get("sweep") and row["sweep"] != parent.name:
         # A finished run copied into another sweep's folder (docs/sweeps.md: a tuned sweep reuses
         # the untuned sweep's runs of the same id). Its id says it is the same computation and the
         # driver counts it as done there, so the analysis must group it with that sweep too, not
@@ -271,18 +279,30 @@ def x_value(runs: pd.DataFrame, axis: str) -> pd.Series:
 
 
 def read_metrics_csv(path: Path) -> pd.DataFrame | None:
-    """metrics.csv as a wide frame (step + one column per metric). The harness writes long form
-    (`step,metric,value,time`, harness/runstore.py); wide form (Lightning CSVLogger) is accepted too.
-    None when the file has no step column (unreadable for curves; the report just omits it)."""
+    """metrics.csv as a wide frame (step + one column per metric, the last value logged at each
+    step). The run store reads the file (harness/runstore.py MetricsCsv.records: the harness's long
+    form `step,metric,value,time`, or the wide form of Lightning's CSVLogger); a value that is not
+    a number becomes NaN. None when the file cannot be read or has no step column (the report
+    just omits the run's curves)."""
+    records = MetricsCsv(path).records()
+    if records is None:
+        return None
+    long = pd.DataFrame(
+        [(step, metric, metric_value(v)) for step, metric, v in records],
+        columns=["step", "metric", "value"],
+    )
+    if long.empty:
+        return pd.DataFrame(columns=["step"])
+    wide = long.pivot_table(
+        index="step", columns="metric", values="value", aggfunc="last"
+    ).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def metric_value(text: str) -> float:
+    """A logged value as written in metrics.csv; NaN when it is not a number (a damaged cell)."""
     try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return None
-    if "step" not in df:
-        return None
-    if {"metric", "value"} <= set(df.columns):
-        df = df.pivot_table(
-            index="step", columns="metric", values="value", aggfunc="last"
-        ).reset_index()
-        df.columns.name = None
-    return df
+        return float(text)
+    except ValueError:
+        return float("nan")

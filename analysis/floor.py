@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FLOOR_FILE = Path(".sweep") / "floor.json"
+from harness.runstore import SweepStore
+
 FLOOR_METRICS = ("ctr_auc", "ctr_uauc", "ctr_logloss")
 
 
@@ -29,7 +30,7 @@ def find_floors(run_dirs) -> tuple[dict[str, dict[int, dict]], list[str]]:
     floors: dict[str, dict[int, dict]] = {}
     warnings: list[str] = []
     for parent in sorted({Path(d).parent for d in run_dirs}):
-        f = parent / FLOOR_FILE
+        f = SweepStore(parent).floor
         if not f.exists():
             continue
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.runstore import SweepStore
 from harness.sweepfile import FIT_FORMS, SweepFileError, parse_analysis
 
 X_ALIASES = {
@@ -114,7 +115,7 @@ def find_hints(run_dirs, sweep_files=()) -> tuple[dict[str, Hints], list[str]]:
         if h is not None:
             hints[name] = h
     for parent in sorted({Path(d).parent for d in run_dirs}):
-        f = parent / ".sweep" / "sweep.yaml"
+        f = SweepStore(parent).sweep_file
         if not f.exists():
             continue
         try:

@@ -18,6 +18,8 @@ import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness.runstore import RunStore  # noqa: E402
+
 from .analyze import Analysis, SeriesFit, x_label  # noqa: E402
 from .collect import read_metrics_csv  # noqa: E402,F401  (re-exported: older imports)
 
@@ -590,7 +592,7 @@ def training_curves(
     flagged = flagged or set()
     frames = []
     for _, r in runs.head(max_runs).iterrows():
-        path = Path(r["run_dir"]) / "metrics.csv"
+        path = RunStore(r["run_dir"]).metrics
         if path.exists():
             df = read_metrics_csv(path)
             if df is not None:

@@ -27,6 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.runstore import MetricsCsv, RunStore
+
+from .collect import metric_value
+
 OUTLIER_K = 6.0  # threshold in robust seed-sd units
 DIVERGE_FRACTION = 0.5  # share of the achieved improvement the tail may lose
 DIVERGE_REL = 0.10  # ... and by more than this fraction of the best value
@@ -56,35 +60,19 @@ def loss_column(columns) -> str | None:
 
 
 def read_train_loss(path: Path) -> tuple[str, np.ndarray, np.ndarray] | None:
-    """(column, steps, values) of the training loss in a metrics.csv, long or wide form. Cells are read
-    as text so that a logged 'nan' (a problem) is told apart from an empty cell (not logged then)."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+    """(column, steps, values) of the training loss in a metrics.csv, long or wide form, read by
+    the run store with each value as written, so that a logged 'nan' (a problem) is told apart
+    from an empty cell (not logged then; the store leaves those out)."""
+    records = MetricsCsv(path).records()
+    if records is None:
         return None
-    if "step" not in df:
-        return None
-    long = {"metric", "value"} <= set(df.columns)
-    col = loss_column(df["metric"].unique() if long else df.columns)
+    col = loss_column(dict.fromkeys(metric for _, metric, _ in records))
     if col is None:
         return None
-    d = (
-        df[df["metric"] == col][["step", "value"]]
-        if long
-        else df[["step", col]].rename(columns={col: "value"})
-    )
-    d = d[d["value"].str.strip() != ""]
-    steps = pd.to_numeric(d["step"], errors="coerce").to_numpy(float)
-    values = np.array([_as_float(v) for v in d["value"]])
+    steps = np.array([step for step, metric, _ in records if metric == col], dtype=float)
+    values = np.array([metric_value(v) for _, metric, v in records if metric == col], dtype=float)
     order = np.argsort(steps, kind="stable")
     return col, steps[order], values[order]
-
-
-def _as_float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return float("nan")
 
 
 def training_loss_problem(path: Path) -> tuple[str, str] | None:
@@ -176,7 +164,7 @@ def flag_runs(done: pd.DataFrame, split: str, metrics) -> pd.DataFrame:
     rows = []
     unchecked = 0
     for _, r in done.iterrows():
-        path = Path(str(r.get("run_dir"))) / "metrics.csv"
+        path = RunStore(str(r.get("run_dir"))).metrics
         problem = training_loss_problem(path) if path.exists() else None
         if not path.exists():
             unchecked += 1

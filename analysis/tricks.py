@@ -30,7 +30,6 @@ Torch-free (analysis/ never imports torch).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from scipy import stats
 
 from harness.config import RUN_ID_EXCLUDED, ConfigError, upgrade_stored
 from harness.power import ALPHA, line_noise, mde_per_doubling, seed_noise
+from harness.runstore import RunStore
 
 LEVEL = 1.0 - ALPHA  # 95% intervals everywhere in this module
 VERDICTS = ("grows", "holds", "fades", "undetermined")
@@ -192,11 +192,8 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     """The run config a finished run recorded (result.json 'config', docs/contracts.md §5), flat,
     with every moved setting in its current home (harness.config.upgrade_stored), so that a run
     finished before a setting moved pairs with one finished after."""
-    try:
-        rec = json.loads((Path(run_dir) / "result.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    cfg = rec.get("config") if isinstance(rec, dict) else None
+    rec = RunStore(run_dir).result()  # None when absent or unreadable
+    cfg = rec.get("config") if rec is not None else None
     if not isinstance(cfg, dict):
         return None
     try:

@@ -36,8 +36,8 @@ import pandas as pd
 import yaml
 
 from harness.config import RUN_ID_EXCLUDED
-from harness.runstore import CONFIG, RESULT, SWEEP_META
-from harness.sweepfile import SweepFileError, TuneSpec, _fmt, _short, parse_tune
+from harness.runstore import CONFIG, RESULT, SweepStore
+from harness.sweepfile import SweepFileError, TuneSpec, _fmt, _short, lookup, parse_tune
 
 from .collect import Collection
 
@@ -98,7 +98,7 @@ def find_searches(run_dirs) -> tuple[dict[str, TuneSpec], list[str]]:
     searches: dict[str, TuneSpec] = {}
     warnings: list[str] = []
     for parent in sorted({Path(d).parent for d in run_dirs}):
-        f = parent / SWEEP_META / "sweep.yaml"
+        f = SweepStore(parent).sweep_file
         if not f.exists():
             continue
         try:
@@ -137,16 +137,8 @@ def _config_of(run_dir: Path) -> dict | None:
         return None
 
 
+# a key absent from a config (None is a value a config can hold, so it cannot mean absent)
 _MISSING = object()
-
-
-def lookup(config: dict, key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
 
 
 def point_of(config: dict, key: str) -> str:
@@ -191,7 +183,7 @@ def candidates(runs: pd.DataFrame, searches: dict[str, TuneSpec]) -> pd.DataFram
         if spec is None:
             continue
         cfg = _config_of(Path(r["run_dir"])) or {}
-        got = lookup(cfg, spec.key)
+        got = lookup(cfg, spec.key, _MISSING)
         value = next((v for v in spec.values if got is not _MISSING and same_value(v, got)), None)
         score = r.get(spec.by)
         rows.append(

@@ -4,7 +4,7 @@
       config.yaml  provenance.json  status.json  progress.json  metrics.csv  result.json
       checkpoints/  logs/{launch.log,jobs.jsonl}  .lock.owner  DONE
     <runs>/<sweep>/.sweep/
-      sweep.yaml  plan.json  ledger.jsonl  lock.owner  cancel.json  submitit/  replaced/
+      sweep.yaml  plan.json  floor.json  ledger.jsonl  lock.owner  cancel.json  submitit/  replaced/
 
 This module is the only code that knows these names, the run states, what "done" means, the
 timestamp format and the locks; the trainer, the launcher, the executors, the sweep driver and
@@ -62,6 +62,9 @@ SWEEP_LOCK = "lock"
 SUBMITIT = "submitit"
 CANCEL = "cancel.json"  # in .sweep/: `cancel` asks the driver to start none of these runs
 REPLACED = "replaced"
+SWEEP_FILE = "sweep.yaml"  # in .sweep/: the copy of the sweep file the driver ran (analysis hints)
+PLAN = "plan.json"  # in .sweep/: the planned runs
+FLOOR = "floor.json"  # in .sweep/: the count-feature floor of the runs' datasets (harness.sweep)
 # files whose presence makes a directory a run folder (analysis looks for these)
 RUN_MARKERS = (RESULT, STATUS, CONFIG)
 RESULT_SCHEMA = 1
@@ -922,6 +925,18 @@ class SweepStore:
     def submitit(self) -> Path:
         return self.meta / SUBMITIT
 
+    @property
+    def sweep_file(self) -> Path:
+        return self.meta / SWEEP_FILE
+
+    @property
+    def floor(self) -> Path:
+        return self.meta / FLOOR
+
+    def is_sweep_folder(self) -> bool:
+        """Whether a driver has used this folder (it holds .sweep/), not just a folder of runs."""
+        return self.meta.is_dir()
+
     def lock(
         self,
         wait_s: float = 0.0,
@@ -968,10 +983,8 @@ class SweepStore:
         except OSError as err:
             raise RunStoreError(disk_message(err, self.meta)) from err
         if sweep_file is not None:
-            atomic_write_text(self.meta / "sweep.yaml", Path(sweep_file).read_text())
-        atomic_write_text(
-            self.meta / "plan.json", json.dumps(_clean(plan), indent=2, default=str) + "\n"
-        )
+            atomic_write_text(self.sweep_file, Path(sweep_file).read_text())
+        atomic_write_text(self.meta / PLAN, json.dumps(_clean(plan), indent=2, default=str) + "\n")
 
     def set_aside(self, run_id: str) -> Path:
         """Move a run folder to .sweep/replaced/<run_id>-<time> (never delete results)."""
@@ -1052,3 +1065,51 @@ class MetricsCsv:
             {"step": int(r["step"]), "metric": r["metric"], "value": float(r["value"])}
             for r in self._rows()
         ]
+
+    def records(self) -> list[tuple[int | float, str, str]] | None:
+        """Every logged (step, metric, value as written), in file order, for readers of finished
+        runs (analysis: curves and the training-loss checks). Reads the long form this class
+        writes and the wide form of older runs (one column per metric, Lightning's CSVLogger).
+        The value stays text so that a reader tells a logged 'nan' (a problem) from an empty cell
+        (not logged at that step: left out here). A row whose step is not a number (a line torn
+        by a kill) is skipped. None when the file is absent, unreadable or has no step column."""
+        try:
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return None
+        if not rows or "step" not in rows[0]:
+            return None
+        header = rows[0]
+        at = header.index("step")
+        long = "metric" in header and "value" in header
+        # wide form: every column but the step and the bookkeeping ones is a metric
+        columns = (
+            [(header.index("metric"), header.index("value"))]
+            if long
+            else [(None, i) for i, c in enumerate(header) if c not in ("step", "epoch", "time")]
+        )
+        out = []
+        for row in rows[1:]:
+            step = _number(row[at]) if at < len(row) else None
+            if step is None:
+                continue
+            for name_at, value_at in columns:
+                if value_at >= len(row) or (name_at is not None and name_at >= len(row)):
+                    continue
+                value = row[value_at]
+                if value.strip() != "":
+                    out.append(
+                        (step, row[name_at] if name_at is not None else header[value_at], value)
+                    )
+        return out
+
+
+def _number(text: str) -> int | float | None:
+    """A step as written: an int when it is one (the harness's steps), else a float; None if neither."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None

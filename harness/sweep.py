@@ -11,9 +11,11 @@ skips DONE runs and runs whose job is still queued or running (asked of the sche
 sweep's ledger), resumes interrupted runs from their last checkpoint (Ctrl-C, SIGTERM, cancel,
 preemption: docs/operations.md), and leaves failed ones alone unless --retry-failed.
 
-From Python: `run_sweep(FILE, command=..., preset=..., ...)` does what the command line does, prints
-the same lines to the streams it is given, and returns the rows (`SweepOutcome.rows`: each run's
-name, id, state, job and, when done, its result.json); `main` only parses the arguments and calls it.
+From Python: `run_sweep(FILE, command=..., preset=..., ...)` does what the command line does and
+returns the rows (`SweepOutcome.rows`: each run's name, id, state, job and, when done, its
+result.json). The dispatch code prints nothing: it emits `SweepEvent`s (a line and its kind: plan,
+progress, result, warning) to a callback; `main` parses the arguments and prints the events
+(`print_events`), and `run_sweep` prints them to the streams it is given unless `on_event` is passed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,6 +37,7 @@ from harness import executors
 from harness.cluster import choose_executor
 from harness.runstore import (
     CONFIG,
+    FLOOR,
     INTERRUPTED,
     SWEEP_META,
     Interrupted,
@@ -140,6 +144,45 @@ class SweepOutcome:
     code: int
     executor: str | None = None  # the executor a `run` chose (with --dry-run too)
     cancelled: list[str] = field(default_factory=list)  # run ids whose jobs `cancel` stopped
+
+
+# --------------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class SweepEvent:
+    """One thing the driver tells its user: a line of text and its kind. The dispatch code emits
+    these and prints nothing; the command line prints them (`print_events`: warnings on stderr
+    after "warning: ", the rest on stdout), and a caller from Python may keep, filter or show them
+    as it likes. A run's progress line also carries its id and state (start, done, failed, ...)."""
+
+    kind: str  # one of EVENT_KINDS
+    text: str
+    run_id: str | None = None
+    state: str | None = None
+
+
+# plan: the table and what it implies; progress: what happens while it runs; result: what it
+# ended with; warning: what the user should look at (stderr)
+EVENT_KINDS = ("plan", "progress", "result", "warning")
+Emit = Callable[[SweepEvent], None]
+
+
+def print_events(out: TextIO, err: TextIO) -> Emit:
+    """The command line's view: one line per event, flushed at once (a tail -f of a log follows)."""
+
+    def show(event: SweepEvent) -> None:
+        if event.kind == "warning":
+            print(f"warning: {event.text}", file=err, flush=True)
+        else:
+            print(event.text, file=out, flush=True)
+
+    return show
+
+
+def _say(emit: Emit, kind: str) -> Callable[[str], None]:
+    """A line callback for the helpers that only say one kind of thing (conversion, floor)."""
+    return lambda text: emit(SweepEvent(kind, text))
 
 
 # ------------------------------------------------------------------------------------ run state
@@ -352,8 +395,8 @@ def budget_lines(sweep: Sweep, rows: list[Row]) -> list[str]:
     return lines
 
 
-def print_table(rows: list[Row], out=None) -> None:
-    out = out or sys.stdout
+def table_lines(rows: list[Row]) -> list[str]:
+    """The plan's table, one line per run, then the count per state and the estimated cost."""
     head = (
         "#",
         "run_id",
@@ -382,22 +425,21 @@ def print_table(rows: list[Row], out=None) -> None:
         for r in rows
     ]
     widths = [min(40, max(len(row[i]) for row in table)) for i in range(len(head))]
-    for row in table:
-        print("  ".join(c[:w].ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+    lines = ["  ".join(c[:w].ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     total_h = sum(r.cost_h for r in rows if r.cost_h is not None)
-    print(
+    lines.append(
         f"{len(rows)} runs: "
         + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         + (
             f"; est. {total_h:.3g} device-hours at the resource classes' assumed TFLOP/s"
             if total_h
             else ""
-        ),
-        file=out,
+        )
     )
+    return lines
 
 
 # -------------------------------------------------------------------------------------- filters
@@ -411,7 +453,7 @@ def read_floor(sweep_dir: Path, split: str = "test") -> dict[tuple[str, int], di
     import json
 
     try:
-        doc = json.loads((sweep_dir / SWEEP_META / FLOOR_FILE).read_text())
+        doc = json.loads(SweepStore(sweep_dir).floor.read_text())
     except (OSError, ValueError):
         return {}
     return {
@@ -421,13 +463,13 @@ def read_floor(sweep_dir: Path, split: str = "test") -> dict[tuple[str, int], di
     }
 
 
-def print_results(rows: list[Row], split: str = "test", out=None) -> None:
+def results_lines(rows: list[Row], split: str = "test") -> list[str]:
     """Final metrics of the finished runs, each beside the oracle's (synthetic data) and the
-    count-feature floor's CTR AUC at the run's seq_len (when .sweep/floor.json has it)."""
+    count-feature floor's CTR AUC at the run's seq_len (when .sweep/floor.json has it); none
+    when no run is done."""
     done = [(r, r.result) for r in rows if r.status == "done" and r.result]
     if not done:
-        return
-    out = out or sys.stdout
+        return []
     floor = read_floor(done[0][0].run_dir.parent, split)
     head = ["name", "model", *RESULT_COLUMNS, "wall s"] + (["floor ctr_auc"] if floor else [])
     table = [head]
@@ -461,15 +503,14 @@ def print_results(rows: list[Row], split: str = "test", out=None) -> None:
             + ([""] if floor else [])
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    print(f"results ({split} split):", file=out)
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
+    lines = [f"results ({split} split):"]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
     if below:
-        print(
+        lines.append(
             "below the count-feature floor (a logistic regression on history counts at the run's "
-            f"seq_len, docs/analysis.md): {', '.join(below)}",
-            file=out,
+            f"seq_len, docs/analysis.md): {', '.join(below)}"
         )
+    return lines
 
 
 def _match(r: ResolvedRun, key: str, want: str, parsed: Any) -> bool:
@@ -555,8 +596,8 @@ class Reporter:
     """One line per event of a run: start, progress (step and ETA), done, failed, following (another
     process owns the run), followed (it finished it), skipped, warning."""
 
-    def __init__(self, total: int, out=None):
-        self.total, self.finished, self.out, self.t0 = total, 0, out or sys.stdout, time.time()
+    def __init__(self, total: int, emit: Emit):
+        self.total, self.finished, self.emit, self.t0 = total, 0, emit, time.time()
         self.counts: dict[str, int] = {}
 
     def __call__(self, task: executors.Task, event: str, detail: str) -> None:
@@ -564,15 +605,18 @@ class Reporter:
             self.finished += 1
             self.counts[event] = self.counts.get(event, 0) + 1
         stamp = time.strftime("%H:%M:%S")
-        print(
-            f"{stamp} [{self.finished}/{self.total}] {event:<10} {task.name} ({task.run_id}) {detail}",
-            file=self.out,
-            flush=True,
+        self.emit(
+            SweepEvent(
+                "progress",
+                f"{stamp} [{self.finished}/{self.total}] {event:<10} {task.name} ({task.run_id}) {detail}",
+                run_id=task.run_id,
+                state=event,
+            )
         )
 
 
 def _wait_for_driver(
-    store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path, every_s: float, out: TextIO
+    store: SweepStore, runs: list[ResolvedRun], sweep_dir: Path, every_s: float, emit: Emit
 ) -> Any:
     """Wait for the other driver of this sweep folder, saying whom and how far it is."""
     state = {"last": 0.0, "said": False}
@@ -580,12 +624,13 @@ def _wait_for_driver(
     def on_wait(owner: dict[str, Any]) -> None:
         if not state["said"]:
             state["said"] = True
-            print(
-                f"another driver owns {sweep_dir}: {describe_owner(owner)}.\n"
-                f"waiting for it to finish (Ctrl-C stops waiting, nothing is lost; --no-wait refuses instead); "
-                f"this driver then runs whatever is still not done",
-                file=out,
-                flush=True,
+            emit(
+                SweepEvent(
+                    "progress",
+                    f"another driver owns {sweep_dir}: {describe_owner(owner)}.\n"
+                    f"waiting for it to finish (Ctrl-C stops waiting, nothing is lost; --no-wait "
+                    f"refuses instead); this driver then runs whatever is still not done",
+                )
             )
         if time.time() - state["last"] >= every_s:
             state["last"] = time.time()
@@ -598,12 +643,13 @@ def _wait_for_driver(
                 for r in rows
                 if r.status == "running"
             ]
-            print(
-                f"{time.strftime('%H:%M:%S')} waiting: "
-                + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                + (f"; running: {'; '.join(running)}" if running else ""),
-                file=out,
-                flush=True,
+            emit(
+                SweepEvent(
+                    "progress",
+                    f"{time.strftime('%H:%M:%S')} waiting: "
+                    + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+                    + (f"; running: {'; '.join(running)}" if running else ""),
+                )
             )
 
     return store.lock(wait_s=float("inf"), on_wait=on_wait, poll_s=1.0)
@@ -733,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = run_sweep(
             args.file,
+            on_event=print_events(sys.stdout, sys.stderr),  # the one place that prints events
             command="cancel" if args.cancel else command,
             preset=args.preset,
             executor=args.executor,
@@ -761,13 +808,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_sweep(
-    file: str | Path, *, out: TextIO | None = None, err: TextIO | None = None, **options: Any
+    file: str | Path,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    on_event: Emit | None = None,
+    **options: Any,
 ) -> SweepOutcome:
     """Plan, run, show or cancel the runs of a sweep file, as `python -m harness.sweep` does.
 
     `options` are SweepOptions fields (command, preset, executor, runs_dir, only, dry_run, ...).
-    Prints the plan, the events of the runs and the results to `out` (warnings to `err`; default
-    stdout and stderr) as it goes, and returns every selected run with its state after the command.
+    Emits the plan, the events of the runs and the results as SweepEvents to `on_event` as it
+    goes (default: printed, `print_events(out, err)`, stdout and stderr unless given), and
+    returns every selected run with its state after the command.
     Raises SweepError (message and exit code) for a bad sweep file, an unwritable runs directory,
     another driver with no_wait, GPU runs without a cluster; SystemExit for a bad `only`."""
     opts = SweepOptions(**options)
@@ -775,7 +828,7 @@ def run_sweep(
         raise ValueError(f"command {opts.command!r}: choose one of {COMMANDS}")
     if opts.command == "plan":
         opts = replace(opts, dry_run=True)
-    out, err = out or sys.stdout, err or sys.stderr
+    emit = on_event or print_events(out or sys.stdout, err or sys.stderr)
     runs_dir = Path(
         opts.runs_dir if opts.runs_dir is not None else os.environ.get("HARNESS_RUNS_DIR", "runs")
     )
@@ -799,8 +852,11 @@ def run_sweep(
             chosen = choose_executor(opts.executor)
         except RuntimeError as e:
             raise SweepError(str(e)) from None
-        print(f"executor: {chosen[0]} ({_executor_why(chosen, opts.executor, runs)})", file=out)
-        out.flush()
+        emit(
+            SweepEvent(
+                "plan", f"executor: {chosen[0]} ({_executor_why(chosen, opts.executor, runs)})"
+            )
+        )
     bad_ledger = Ledger(sweep_dir).problems()
     if bad_ledger:
         more = f" (and {len(bad_ledger) - 1} more bad line(s))" if len(bad_ledger) > 1 else ""
@@ -808,9 +864,9 @@ def run_sweep(
             # the run a bad line names has lost its job record: submitting or cancelling now could
             # start it a second time or miss its live job, so the user fixes the line first
             raise SweepError(f"{bad_ledger[0]}{more}; nothing was started or cancelled")
-        print(f"warning: {bad_ledger[0]}{more}; that line is ignored here", file=err, flush=True)
+        emit(SweepEvent("warning", f"{bad_ledger[0]}{more}; that line is ignored here"))
     if opts.warn_runs and len(runs) > opts.warn_runs and opts.command in ("run", "plan"):
-        print(f"warning: {_size_warning(sweep, runs, opts.warn_runs)}", file=err, flush=True)
+        emit(SweepEvent("warning", _size_warning(sweep, runs, opts.warn_runs)))
     lock = None
     if opts.command == "run" and not opts.dry_run:
         # one driver per sweep folder: a second one waits (or refuses), then plans from what is on disk
@@ -823,7 +879,7 @@ def run_sweep(
                     + (f" --preset {opts.preset}" if opts.preset else ""),
                     code=3,
                 )
-            lock = _wait_for_driver(store, runs, sweep_dir, opts.progress_every or 60.0, out)
+            lock = _wait_for_driver(store, runs, sweep_dir, opts.progress_every or 60.0, emit)
         except RunStoreError as e:
             raise SweepError(str(e)) from None
         except (KeyboardInterrupt, Interrupted) as e:
@@ -838,7 +894,7 @@ def run_sweep(
             lock.release()
             raise SweepError(str(e)) from None
     try:
-        return _dispatch(file, opts, sweep, runs, sweep_dir, out, err, chosen)
+        return _dispatch(file, opts, sweep, runs, sweep_dir, emit, chosen)
     except RunStoreError as e:
         raise SweepError(str(e)) from None
     except (KeyboardInterrupt, Interrupted) as e:
@@ -860,73 +916,97 @@ def _dispatch(
     sweep: Sweep,
     runs: list[ResolvedRun],
     sweep_dir: Path,
-    out: TextIO,
-    err: TextIO,
+    emit: Emit,
     chosen: tuple[str, str] | None = None,
 ) -> SweepOutcome:
+    """The plan first, then what the command asks: show it (plan, status), cancel, or run."""
+    rows = _plan(opts, sweep, runs, sweep_dir, emit)
+    if opts.command in ("status", "plan"):
+        _show(opts, rows, sweep_dir, emit)
+        return SweepOutcome(sweep=sweep, sweep_dir=sweep_dir, rows=rows, code=0)
+    if opts.command == "cancel":
+        cancelled = _cancel(rows, sweep_dir, emit)
+        return SweepOutcome(
+            sweep=sweep, sweep_dir=sweep_dir, rows=rows, code=0, cancelled=cancelled
+        )
+    assert chosen is not None  # run_sweep chose (and emitted) it before planning
+    rows, code = _run(file, opts, runs, rows, sweep_dir, chosen[0], emit)
+    return SweepOutcome(sweep=sweep, sweep_dir=sweep_dir, rows=rows, code=code, executor=chosen[0])
+
+
+def _plan(
+    opts: SweepOptions, sweep: Sweep, runs: list[ResolvedRun], sweep_dir: Path, emit: Emit
+) -> list[Row]:
+    """Convert the datasets a run needs and lacks, then the plan: its table, what it costs, and
+    what the user should know before anything starts."""
     pending = pending_datasets(sweep, runs)
     if pending and opts.command == "run" and not opts.dry_run:
         # before the plan: its params/FLOPs read the dataset's manifest, and every run needs it
-        convert_datasets(sweep, pending, out)
+        convert_datasets(sweep, pending, _say(emit, "progress"))
         pending = []
     rows, note = build_rows(runs, sweep_dir, with_describe=opts.describe)
-
-    def outcome(code: int, **kw: Any) -> SweepOutcome:
-        return SweepOutcome(sweep=sweep, sweep_dir=sweep_dir, rows=rows, code=code, **kw)
-
-    print(
+    plan = _say(emit, "plan")
+    plan(
         f"sweep {sweep.name}"
         + (f" (preset {sweep.preset})" if sweep.preset else "")
-        + f": {len(runs)} runs in {sweep_dir}",
-        file=out,
+        + f": {len(runs)} runs in {sweep_dir}"
     )
-    print_table(rows, out=out)
+    for line in table_lines(rows):
+        plan(line)
     if note:
-        print(note, file=out)
+        plan(note)
     for line in tune_lines(sweep, rows) + budget_lines(sweep, rows):
-        print(line, file=out)
+        plan(line)
     for r in rows:
         if r.problem:
-            print(f"warning: {r.name} ({r.run_id}): {r.problem}", file=err)
+            emit(SweepEvent("warning", f"{r.name} ({r.run_id}): {r.problem}"))
     for rec in pending:
-        print(
-            f"dataset {rec.folder}: not converted yet; `run` converts it first ({rec.command()})",
-            file=out,
-        )
-    for note in stale_datasets(sweep, runs):
-        print(f"warning: {note}", file=err)
+        plan(f"dataset {rec.folder}: not converted yet; `run` converts it first ({rec.command()})")
+    for stale in stale_datasets(sweep, runs):
+        emit(SweepEvent("warning", stale))
     if opts.dry_run:  # how small an effect this plan can detect, from earlier runs of its configs
         from harness.power import sweep_mde_lines
 
         for line in sweep_mde_lines(sweep, rows):
-            print(line, file=out)
-    if opts.command in ("status", "plan"):
-        owner = SweepStore(sweep_dir).owner()
-        if owner is not None:
-            print(f"driver: {describe_owner(owner)} owns this sweep folder", file=out)
-        if opts.command == "status":
-            print_results(rows, out=out)
-        return outcome(0)
+            plan(line)
+    return rows
 
-    if opts.command == "cancel":
-        sweep_store = SweepStore(sweep_dir)
-        driver = sweep_store.owner()
-        if driver is not None:
-            # first, so that the driver starts none of them while the live ones are stopped
-            sweep_store.request_cancel([r.run_id for r in rows if r.status != "done"])
-            print(
+
+def _show(opts: SweepOptions, rows: list[Row], sweep_dir: Path, emit: Emit) -> None:
+    """`plan` and `status`: who drives the sweep now, and (status) the finished runs' results."""
+    owner = SweepStore(sweep_dir).owner()
+    if owner is not None:
+        emit(SweepEvent("plan", f"driver: {describe_owner(owner)} owns this sweep folder"))
+    if opts.command == "status":
+        for line in results_lines(rows):
+            emit(SweepEvent("result", line))
+
+
+def _cancel(rows: list[Row], sweep_dir: Path, emit: Emit) -> list[str]:
+    """`cancel`: ask the driver to start none of the selected runs, stop their live jobs; the
+    run ids whose jobs were cancelled."""
+    sweep_store = SweepStore(sweep_dir)
+    driver = sweep_store.owner()
+    if driver is not None:
+        # first, so that the driver starts none of them while the live ones are stopped
+        sweep_store.request_cancel([r.run_id for r in rows if r.status != "done"])
+        emit(
+            SweepEvent(
+                "result",
                 f"asked the driver ({describe_owner(driver)}) to start none of the "
                 f"{sum(r.status != 'done' for r in rows)} selected run(s) not done",
-                file=out,
             )
-        latest = Ledger(sweep_dir).latest()
-        entries = {
-            r.run_id: latest[r.run_id]
-            for r in rows
-            if r.status in ("queued", "running") and r.run_id in latest
-        }
-        cancelled = executors.cancel(entries, {r.run_id: r.run_dir for r in rows})
-        print(
+        )
+    latest = Ledger(sweep_dir).latest()
+    entries = {
+        r.run_id: latest[r.run_id]
+        for r in rows
+        if r.status in ("queued", "running") and r.run_id in latest
+    }
+    cancelled = executors.cancel(entries, {r.run_id: r.run_dir for r in rows})
+    emit(
+        SweepEvent(
+            "result",
             f"cancelled {len(cancelled)} job(s): "
             + ", ".join(f"{r.name} ({r.job})" for r in rows if r.run_id in cancelled)
             + (
@@ -935,53 +1015,28 @@ def _dispatch(
                 if cancelled
                 else ""
             ),
-            file=out,
         )
-        return outcome(0, cancelled=cancelled)
+    )
+    return cancelled
 
-    todo = [
-        r
-        for r in rows
-        if r.status in RUNNABLE
-        or (opts.retry_failed and r.status in ("failed", "cancelled"))
-        or (opts.rerun_done and r.status == "done")
-    ]
-    skipped = {
-        s: sum(1 for r in rows if r.status == s and r not in todo)
-        for s in ("done", "queued", "running", "failed", "cancelled")
-    }
-    assert chosen is not None  # run_sweep chose (and printed) it before planning
-    name = chosen[0]
+
+def _run(
+    file: str | Path,
+    opts: SweepOptions,
+    runs: list[ResolvedRun],
+    rows: list[Row],
+    sweep_dir: Path,
+    name: str,
+    emit: Emit,
+) -> tuple[list[Row], int]:
+    """`run`: start what is not done with the executor `name`, follow what runs elsewhere, wait,
+    and give the rows after it with the exit code (1 when some run is not done)."""
+    todo = _todo(rows, opts)
     ex = executors.make_executor(
         name, sweep_dir, opts.max_parallel, progress_every_s=opts.progress_every
     )
-    gpu = _gpu_runs(todo or rows)
-    if gpu and ex.on_this_machine:
-        rc_names = sorted({r.run.plan.resource_class for r in gpu})
-        msg = (
-            f"{len(gpu)} run(s) ask for GPUs (resources {', '.join(rc_names)}: accelerator gpu) but the "
-            f"executor is {name}, on this machine"
-        )
-        if opts.executor is None:
-            msg += (
-                ". Use a CPU-sized preset (e.g. --preset laptop), submit from a machine with a SLURM cluster, "
-                "or pass --executor local to run them here anyway."
-            )
-            if not opts.dry_run:
-                raise SweepError(msg)
-            print(f"warning: {msg}", file=err)
-        else:
-            print(f"warning: {msg} (--executor {name} as requested)", file=err)
-    print(
-        f"to run: {len(todo)}; skipped: "
-        + (", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none")
-        + (
-            ""
-            if not skipped["failed"] and not skipped["cancelled"]
-            else "  (--retry-failed to rerun failed/cancelled)"
-        ),
-        file=out,
-    )
+    _check_gpu(_gpu_runs(todo or rows), ex, name, opts, emit)
+    emit(SweepEvent("plan", _to_run_line(rows, todo)))
     # runs started elsewhere that this executor waits for instead of starting them again: SLURM jobs
     # of an earlier driver still queued/running; local runs another process still trains (a killed
     # driver's launcher, a hand-started run)
@@ -989,43 +1044,116 @@ def _dispatch(
     if opts.dry_run or (not todo and not followed):
         if not opts.dry_run:
             if opts.floor:
-                write_floor(rows, sweep_dir, out)
-            print(
-                f"nothing to run: {sum(r.status == 'done' for r in rows)}/{len(rows)} runs done",
-                file=out,
+                write_floor(rows, sweep_dir, _say(emit, "progress"))
+            emit(
+                SweepEvent(
+                    "result",
+                    f"nothing to run: {sum(r.status == 'done' for r in rows)}/{len(rows)} runs done",
+                )
             )
-        return outcome(
-            0 if all(r.status == "done" for r in rows) or opts.dry_run else 1, executor=name
-        )
+        return rows, 0 if all(r.status == "done" for r in rows) or opts.dry_run else 1
 
+    progress = _say(emit, "progress")
     for r in todo:
         if r.status == "done":
-            print(f"  moved finished run {r.name} aside to {set_aside(r.run_dir)}", file=out)
+            progress(f"  moved finished run {r.name} aside to {set_aside(r.run_dir)}")
     prepare(todo, sweep_dir, file)
     if ex.on_this_machine:
-        prepare_synthetic(todo, out=out)
+        prepare_synthetic(todo, progress)
     if opts.floor:
-        write_floor(rows, sweep_dir, out)
+        write_floor(rows, sweep_dir, progress)
     tasks = [_task(r) for r in todo]
-    report = Reporter(len(tasks) + len(followed), out=out)
+    report = Reporter(len(tasks) + len(followed), emit)
     t0 = time.time()
     submitted = ex.submit(tasks, report)
     if opts.no_wait and ex.detached:
-        print(
+        progress(
             f"submitted {len(submitted)} job(s); follow with: python -m harness.sweep status {file}"
-            + (f" --preset {opts.preset}" if opts.preset else ""),
-            file=out,
+            + (f" --preset {opts.preset}" if opts.preset else "")
         )
-        rows = _restate(rows, runs, sweep_dir)
-        return outcome(0, executor=name)
+        return _restate(rows, runs, sweep_dir), 0
     if followed and ex.detached:
-        print(
+        progress(
             f"following {len(followed)} job(s) submitted earlier: "
-            + ", ".join(f"{h.task.name} ({h.job_id})" for h in followed),
-            file=out,
+            + ", ".join(f"{h.task.name} ({h.job_id})" for h in followed)
         )
+    _wait(ex, submitted + followed, report, file, opts)
+    rows = _restate(rows, runs, sweep_dir)
+    n_done = sum(r.status == "done" for r in rows)
+    here = report.counts.get("done", 0)
+    others = report.counts.get("followed", 0)
+    emit(
+        SweepEvent(
+            "result",
+            f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done "
+            f"({here} trained by this driver"
+            + (f", {others} finished by another process" if others else "")
+            + f", {n_done - here - others} done before)",
+        )
+    )
+    for line in results_lines(rows):
+        emit(SweepEvent("result", line))
+    return rows, 0 if n_done == len(rows) else 1
+
+
+def _todo(rows: list[Row], opts: SweepOptions) -> list[Row]:
+    """The runs to start: new and interrupted ones, failed/cancelled with --retry-failed, done
+    ones with --rerun-done."""
+    return [
+        r
+        for r in rows
+        if r.status in RUNNABLE
+        or (opts.retry_failed and r.status in ("failed", "cancelled"))
+        or (opts.rerun_done and r.status == "done")
+    ]
+
+
+def _to_run_line(rows: list[Row], todo: list[Row]) -> str:
+    skipped = {
+        s: sum(1 for r in rows if r.status == s and r not in todo)
+        for s in ("done", "queued", "running", "failed", "cancelled")
+    }
+    return (
+        f"to run: {len(todo)}; skipped: "
+        + (", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none")
+        + (
+            ""
+            if not skipped["failed"] and not skipped["cancelled"]
+            else "  (--retry-failed to rerun failed/cancelled)"
+        )
+    )
+
+
+def _check_gpu(
+    gpu: list[Row], ex: executors.Executor, name: str, opts: SweepOptions, emit: Emit
+) -> None:
+    """GPU runs on an executor of this machine: refused when the executor was the default choice
+    (a dry run warns), a warning when the user asked for it."""
+    if not gpu or not ex.on_this_machine:
+        return
+    rc_names = sorted({r.run.plan.resource_class for r in gpu})
+    msg = (
+        f"{len(gpu)} run(s) ask for GPUs (resources {', '.join(rc_names)}: accelerator gpu) but the "
+        f"executor is {name}, on this machine"
+    )
+    if opts.executor is None:
+        msg += (
+            ". Use a CPU-sized preset (e.g. --preset laptop), submit from a machine with a SLURM cluster, "
+            "or pass --executor local to run them here anyway."
+        )
+        if not opts.dry_run:
+            raise SweepError(msg)
+        emit(SweepEvent("warning", msg))
+    else:
+        emit(SweepEvent("warning", f"{msg} (--executor {name} as requested)"))
+
+
+def _wait(
+    ex: executors.Executor, handles: list, report: Reporter, file: str | Path, opts: SweepOptions
+) -> None:
+    """Wait for the runs; a signal stops them at a checkpoint and says how to resume."""
     try:
-        ex.wait(submitted + followed, report)
+        ex.wait(handles, report)
     except (KeyboardInterrupt, Interrupted) as e:
         signum = getattr(e, "signum", signal.SIGINT)
         n = report.counts.get("interrupted", 0)
@@ -1036,19 +1164,6 @@ def _dispatch(
             code=128 + signum,
             prefix="",
         ) from None
-    rows = _restate(rows, runs, sweep_dir)
-    n_done = sum(r.status == "done" for r in rows)
-    here = report.counts.get("done", 0)
-    others = report.counts.get("followed", 0)
-    print(
-        f"finished in {time.time() - t0:.1f} s: {n_done}/{len(rows)} runs done "
-        f"({here} trained by this driver"
-        + (f", {others} finished by another process" if others else "")
-        + f", {n_done - here - others} done before)",
-        file=out,
-    )
-    print_results(rows, out=out)
-    return outcome(0 if n_done == len(rows) else 1, executor=name)
 
 
 def _restate(old: list[Row], runs: list[ResolvedRun], sweep_dir: Path) -> list[Row]:
@@ -1065,10 +1180,10 @@ def _restate(old: list[Row], runs: list[ResolvedRun], sweep_dir: Path) -> list[R
     return rows
 
 
-def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
+def prepare_synthetic(rows: list[Row], say: Callable[[str], None] = lambda _line: None) -> None:
     """Generate each synthetic world the runs need once, here, before they start (local runs in
-    parallel would otherwise each generate it, silently, inside their launchers)."""
-    out = out or sys.stdout
+    parallel would otherwise each generate it, silently, inside their launchers); `say` gets
+    one line before and after each."""
     from harness.data import synth
     from harness.data.contract import MANIFEST
 
@@ -1081,21 +1196,14 @@ def prepare_synthetic(rows: list[Row], out: TextIO | None = None) -> None:
         seen.add((preset, d.data_seed, d.cache_dir))
         folder = synth.cached_folder(preset, d.data_seed, d.cache_dir)
         if not (folder / MANIFEST).exists():
-            print(
-                f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ...",
-                file=out,
-                flush=True,
+            say(
+                f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ..."
             )
             t0 = time.time()
             synth.ensure_synthetic(preset, d.data_seed, d.cache_dir, progress=False)
-            print(
-                f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it",
-                file=out,
-                flush=True,
-            )
+            say(f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it")
 
 
-FLOOR_FILE = "floor.json"  # <sweep folder>/.sweep/floor.json
 # the driver fits the floor itself up to this many events (~150 bytes each at the peak: ~3 GB);
 # larger logs: `python -m harness.data stats DIR --floor ...` elsewhere fills the dataset's cache
 FLOOR_MAX_EVENTS = 20_000_000
@@ -1111,7 +1219,9 @@ def _dataset_folder(cfg) -> Path:
     return Path(d.dataset)
 
 
-def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> Path | None:
+def write_floor(
+    rows: list[Row], sweep_dir: Path, say: Callable[[str], None] = lambda _line: None
+) -> Path | None:
     """The count-feature floor (harness/data/floor.py) of every dataset the sweep's runs read, at
     their seq_len values, into <sweep folder>/.sweep/floor.json, merged with what is there (an
     --only subset keeps the other windows). The analysis reads that file (no torch there).
@@ -1119,7 +1229,7 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
     Informational, never an error: a dataset that is not on this machine (a SLURM-only path, a
     synthetic world not generated yet), larger than FLOOR_MAX_EVENTS and not cached, or that cannot
     be fitted is skipped with a note. The floor itself is cached in the dataset folder (.floor.json),
-    so a rerun costs a file hash."""
+    so a rerun costs a file hash. `say` gets one line per dataset (its floor, or why skipped)."""
     import json
 
     import pyarrow as pa
@@ -1127,14 +1237,13 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
     from harness.data.contract import MANIFEST
     from harness.data.floor import compute_floor
 
-    out = out or sys.stdout
     wanted: dict[Path, tuple[str, set[int]]] = {}
     for r in rows:
         folder = _dataset_folder(r.run.cfg)
         wanted.setdefault(folder, (r.run.cfg.data.dataset, set()))[1].add(
             int(r.run.cfg.data.seq_len)
         )
-    path = sweep_dir / SWEEP_META / FLOOR_FILE
+    path = SweepStore(sweep_dir).floor
     try:
         old = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
@@ -1142,16 +1251,13 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
     entries = {(e.get("folder"), e.get("fingerprint")): e for e in old.get("datasets", [])}
     for folder, (name, lens) in wanted.items():
         if not (folder / MANIFEST).exists():
-            print(
-                f"count-feature floor of {name}: skipped ({folder} is not on this machine)",
-                file=out,
-            )
+            say(f"count-feature floor of {name}: skipped ({folder} is not on this machine)")
             continue
         t0 = time.time()
         try:
             f = compute_floor(folder, lens, max_events=FLOOR_MAX_EVENTS)
         except (ValueError, OSError, pa.ArrowException) as e:
-            print(f"count-feature floor of {name}: skipped ({type(e).__name__}: {e})", file=out)
+            say(f"count-feature floor of {name}: skipped ({type(e).__name__}: {e})")
             continue
         f["data.dataset"] = name
         prev = entries.pop((f["folder"], f["fingerprint"]), None)
@@ -1168,10 +1274,9 @@ def write_floor(rows: list[Row], sweep_dir: Path, out: TextIO | None = None) -> 
             for r in f["records"]
             if r["seq_len"] in lens
         )
-        print(
-            f"count-feature floor of {name} (test CTR AUC; .sweep/{FLOOR_FILE}, "
-            f"{time.time() - t0:.1f} s): {test}",
-            file=out,
+        say(
+            f"count-feature floor of {name} (test CTR AUC; {SWEEP_META}/{FLOOR}, "
+            f"{time.time() - t0:.1f} s): {test}"
         )
     if not entries:
         return None
@@ -1220,7 +1325,9 @@ def stale_datasets(sweep: Sweep, runs: list[ResolvedRun]) -> list[str]:
     return notes
 
 
-def convert_datasets(sweep: Sweep, recipes: list[DatasetRecipe], out: TextIO) -> None:
+def convert_datasets(
+    sweep: Sweep, recipes: list[DatasetRecipe], say: Callable[[str], None]
+) -> None:
     """Convert each missing dataset from its raw logs once, saying so (the real-data presets
     used to need a hand-typed conversion first). Any failure is one SweepError line; the converter
     writes into a temporary sibling, so a failed conversion leaves no half folder behind."""
@@ -1237,11 +1344,7 @@ def convert_datasets(sweep: Sweep, recipes: list[DatasetRecipe], out: TextIO) ->
                 f"convert them yourself: {rec.command('RAW_DIR')}; nothing "
                 "was started"
             )
-        print(
-            f"converting {rec.convert} logs {raw} once into {rec.folder} ({rec.command()}) ...",
-            file=out,
-            flush=True,
-        )
+        say(f"converting {rec.convert} logs {raw} once into {rec.folder} ({rec.command()}) ...")
         t0 = time.time()
         try:
             convert(rec.convert, raw, Path(rec.folder), **rec.opt)
@@ -1250,11 +1353,9 @@ def convert_datasets(sweep: Sweep, recipes: list[DatasetRecipe], out: TextIO) ->
                 f"{where}: datasets.{rec.folder}: converting {raw} failed ({type(err).__name__}: "
                 f"{err}); nothing was started. Run `{rec.command()}` to see it alone"
             ) from None
-        print(
+        say(
             f"  done in {time.time() - t0:.0f} s; every later run reuses it "
-            f"(check: python -m harness.data validate {rec.folder})",
-            file=out,
-            flush=True,
+            f"(check: python -m harness.data validate {rec.folder})"
         )
 
 

@@ -1074,15 +1074,21 @@ def _resource_class(sweep: Sweep, overrides: dict[str, Any]) -> str:
     return "default"
 
 
-def _lookup(base: Mapping, overrides: Mapping, dotted: str) -> Any:
-    if dotted in overrides:
-        return overrides[dotted]
-    node: Any = base
+def lookup(config: Mapping, dotted: str, default: Any = None) -> Any:
+    """config["a"]["b"] for "a.b"; `default` when a part is missing or a node on the way is not a
+    mapping. The one reader of a dotted key in a nested config: the sweep planner here and
+    analysis.tuning (which reads run configs without torch, so it lives in this torch-free module)."""
+    node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return None
+            return default
         node = node[part]
     return node
+
+
+def _lookup(base: Mapping, overrides: Mapping, dotted: str) -> Any:
+    """A flat override ("a.b": value) wins over the nested base config."""
+    return overrides[dotted] if dotted in overrides else lookup(base, dotted)
 
 
 def n_points(sweep: Sweep) -> int:

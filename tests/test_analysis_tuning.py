@@ -142,3 +142,17 @@ def test_untuned_sweeps_are_left_alone(tmp_path):
         tuned_points(coll, "0.001", SETTINGS)
     sel = select(coll.runs, {})
     assert len(sel.apply(coll).runs) == len(coll.runs)
+
+
+def test_one_dotted_lookup_serves_the_planner_and_the_analysis():
+    """harness.sweepfile.lookup is the one dotted-key reader (analysis.tuning imports it): a missing
+    part or a non-mapping on the way gives the default, a stored None stays None."""
+    from harness.sweepfile import _lookup, lookup
+
+    cfg = {"train": {"lr": 0.001, "none": None}, "seed": 3}
+    assert lookup(cfg, "train.lr") == 0.001 and lookup(cfg, "seed") == 3
+    assert lookup(cfg, "train.none", "absent") is None
+    assert lookup(cfg, "train.wd") is None and lookup(cfg, "seed.x", "absent") == "absent"
+    # the planner's form: a flat override wins over the nested base
+    assert _lookup(cfg, {"train.lr": 0.01}, "train.lr") == 0.01
+    assert _lookup(cfg, {}, "train.lr") == 0.001

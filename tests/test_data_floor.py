@@ -4,7 +4,6 @@ planted world (near 1) and its control (near 0.5), the cache, the stats CLI and 
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -149,29 +148,27 @@ def _row(run_dir: Path, dataset: str, seq_len: int, auc: float | None):
 
 
 def test_sweep_writes_floor_json_and_results_say_below(planted, tmp_path):
-    from harness.sweep import print_results, read_floor, write_floor
+    from harness.sweep import read_floor, results_lines, write_floor
 
     rule, _ = planted
     sweep_dir = tmp_path / "runs" / "length-x"
-    out = io.StringIO()
-    write_floor([_row(sweep_dir / "a", str(rule), 8, None)], sweep_dir, out)
+    said: list[str] = []
+    write_floor([_row(sweep_dir / "a", str(rule), 8, None)], sweep_dir, said.append)
     write_floor(  # an --only subset later: the first window stays in the file
         [_row(sweep_dir / "b", str(rule), 2, None), _row(sweep_dir / "c", "/nowhere", 2, None)],
         sweep_dir,
-        out,
+        said.append,
     )
-    assert "/nowhere is not on this machine" in out.getvalue()
+    assert any("/nowhere is not on this machine" in line for line in said)
     doc = json.loads((sweep_dir / ".sweep" / "floor.json").read_text())
     assert [r["seq_len"] for r in doc["datasets"][0]["records"]] == [2, 8]
     floor = read_floor(sweep_dir)
     f8 = floor[(str(rule), 8)]["ctr_auc"]
-    out = io.StringIO()
     rows = [
         _row(sweep_dir / "a", str(rule), 8, f8 - 0.1),
         _row(sweep_dir / "b", str(rule), 2, 0.99),
     ]
-    print_results(rows, out=out)
-    text = out.getvalue()
+    text = "\n".join(results_lines(rows))
     assert "floor ctr_auc" in text and "(model below)" in text
     assert "below the count-feature floor" in text and f"len8 {-0.1:+.4f}" in text
     assert "len2 " not in text.split("below the count-feature floor")[1]

@@ -86,6 +86,51 @@ def test_metrics_restart_without_checkpoint_and_torn_lines(tmp_path):
     assert m.read() == [] and m.path.read_text() == "step,metric,value,time\n"
 
 
+def test_metrics_records_read_both_forms_keep_text_and_skip_torn_rows(tmp_path):
+    """MetricsCsv.records is how analysis reads metrics.csv: the harness's long form and the
+    wide form of older runs, values as written ('nan' kept, empty cells left out), torn rows
+    skipped, None for a file that is absent or has no step column."""
+    m = MetricsCsv(tmp_path / "long.csv")
+    m.append(0, {"train/loss": 0.9, "val/auc": 0.6})
+    m.append(10, {"train/loss": float("nan")})
+    with open(m.path, "a") as f:
+        f.write("2")  # torn: a step and nothing else
+    assert m.records() == [
+        (0, "train/loss", "0.9"),
+        (0, "val/auc", "0.6"),
+        (10, "train/loss", "nan"),
+    ]
+    wide = tmp_path / "wide.csv"
+    wide.write_text("step,epoch,train/loss,val/auc\n0,0,0.9,\n10,0,0.5,0.7\nx,0,1.0,1.0\n")
+    assert MetricsCsv(wide).records() == [
+        (0, "train/loss", "0.9"),
+        (10, "train/loss", "0.5"),
+        (10, "val/auc", "0.7"),
+    ]
+    (tmp_path / "bad.csv").write_text("nothing,here\n1,2\n")
+    assert MetricsCsv(tmp_path / "bad.csv").records() is None
+    assert MetricsCsv(tmp_path / "absent.csv").records() is None
+
+
+def test_analysis_names_no_run_file_literally():
+    """analysis/ reaches run and sweep folders through the run store: no string in its code is
+    one of the store's file names (docstrings and messages may mention them inside sentences)."""
+    import ast
+
+    names = {
+        v
+        for k, v in vars(R).items()
+        if k.isupper() and isinstance(v, str) and ("." in v or v in ("DONE", "checkpoints"))
+    }
+    assert {"metrics.csv", "result.json", ".sweep", "floor.json", "sweep.yaml"} <= names
+    found = []
+    for path in sorted((REPO / "analysis").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value!r}")
+    assert not found, found
+
+
 def test_sweep_store_ledger_and_set_aside(tmp_path):
     sweep = SweepStore(tmp_path / "s")
     sweep.ledger.record("a", "local", pid=os.getpid())

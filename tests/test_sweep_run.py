@@ -151,3 +151,40 @@ def test_a_damaged_result_beside_done_is_named_and_re_evaluated(tmp_path, capsys
     assert sorted((r["step"], r["metric"]) for r in got) == sorted(
         (r["step"], r["metric"]) for r in rows
     )  # re-evaluated: no row twice, none added
+
+
+def test_dispatch_emits_events_and_only_the_cli_prints(tmp_path, capsys):
+    """The dispatch code prints nothing: every line is a SweepEvent to the callback, progress lines
+    carry the run and its state, and the CLI prints exactly the events' lines (dry run: same
+    plan, so the same lines)."""
+    path = write_sweep(tmp_path, str(tmp_path / "no_such_dataset"))
+    runs = tmp_path / "runs"
+    events: list[S.SweepEvent] = []
+    outcome = S.run_sweep(
+        path, executor="debug", runs_dir=runs, describe=False, on_event=events.append
+    )
+    assert capsys.readouterr() == ("", "")  # nothing printed
+    assert outcome.code == 1 and {e.kind for e in events} <= set(S.EVENT_KINDS)
+    assert events[0].kind == "plan" and events[0].text.startswith("executor: debug")
+    failed = [e for e in events if e.kind == "progress" and e.state == "failed"]
+    assert sorted(e.run_id for e in failed) == sorted(r.run_id for r in outcome.rows)
+    assert events[-1].kind == "result" and events[-1].text.startswith("finished in")
+
+    dry: list[S.SweepEvent] = []
+    S.run_sweep(
+        path,
+        executor="debug",
+        runs_dir=runs,
+        describe=False,
+        dry_run=True,
+        retry_failed=True,
+        on_event=dry.append,
+    )
+    rc = S.main(
+        [str(path), "--executor", "debug", "--runs-dir", str(runs), "--no-describe"]
+        + ["--dry-run", "--retry-failed"]
+    )
+    printed = capsys.readouterr()
+    assert rc == 0 and printed.out == "".join(f"{e.text}\n" for e in dry if e.kind != "warning")
+    assert printed.err == "".join(f"warning: {e.text}\n" for e in dry if e.kind == "warning")
+    assert "to run: 2; skipped: none" in printed.out

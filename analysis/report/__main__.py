@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     sweeps = {str(s) for s in coll.runs["sweep"].dropna().unique()} | set(found)
     hints = {
         name: override(found.get(name), x=a.x, metrics=metrics, fit=a.fit, split=a.split)
-        for name in sweeps
+        # sorted: a set's order changes from one process to the next (string hashing), and the
+        # hints' order reaches fits.json and the choice of the comparison's reference model
+        for name in sorted(sweeps)
     }
     for w in hint_warnings:
         print(f"warning: {w}", file=sys.stderr)

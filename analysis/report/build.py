@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from harness.runstore import PROVENANCE, RunStore
 
 from .. import plots, quality, tables
 from ..analyze import Analysis, x_label
@@ -146,16 +149,14 @@ def _provenance(an: Analysis) -> dict[str, str]:
         sha, dirty = "unknown", False
     run_shas = set()
     for d in an.collection.done["run_dir"]:
-        p = Path(d) / "provenance.json"
-        if p.exists():
-            try:
-                prov = json.loads(p.read_text())
-                git = prov.get("git", {})
-                run_shas.add(
-                    str(git.get("sha") if isinstance(git, dict) else prov.get("git_sha", git))
-                )
-            except (json.JSONDecodeError, AttributeError):
-                run_shas.add("unreadable provenance.json")
+        store = RunStore(d)
+        if (store / PROVENANCE).exists():
+            prov = store.read_json(PROVENANCE)  # None: not a JSON object
+            if prov is None:
+                run_shas.add(f"unreadable {PROVENANCE}")
+                continue
+            git = prov.get("git", {})
+            run_shas.add(str(git.get("sha") if isinstance(git, dict) else prov.get("git_sha", git)))
     versions = {}
     for pkg in ("numpy", "pandas", "scipy", "matplotlib"):
         try:
@@ -164,7 +165,7 @@ def _provenance(an: Analysis) -> dict[str, str]:
             versions[pkg] = "?"
     return {
         "analysis code": f"{sha}{' (dirty)' if dirty else ''}",
-        "runs' git shas": ", ".join(sorted(run_shas)) or "no provenance.json in the run folders",
+        "runs' git shas": ", ".join(sorted(run_shas)) or f"no {PROVENANCE} in the run folders",
         "inputs": ", ".join(an.collection.roots),
         "bootstrap": f"{an.settings.n_boot} replicates, seed {an.settings.seed}, {an.settings.level:.0%} percentile",
         "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
@@ -270,6 +271,105 @@ def floor_lines(an: Analysis, table: pd.DataFrame | None = None) -> list[str]:
     return lines
 
 
+SCALING_CAPTION = (
+    "{sweep}: {model} vs {x}. Grey: seeds; black: mean ± seed sd; red ×: flagged runs; "
+    "lines: fits with 95% bootstrap bands of the mean curve (dashed grey: failed fit, not a law); "
+    "red dotted: the fit with the flagged runs; green dashed: Bayes oracle (synthetic data only)."
+)
+FIT_CAPTIONS = {
+    "loglinear": "Log-linear fits on each series' x: estimate [95% CI], MDE (95%/80%) and, "
+    "where flagged runs exist, the estimate with them.",
+    "powerlaw": "Saturating fits (logloss, >= 5 x-values): floor E and exponent α [95% CI]; "
+    "'chosen' = lower leave-one-config-out CV RMSE than the log-linear fit; "
+    "'status' says when a fit failed (parameter at a bound, floor below Bayes).",
+}
+HOLDOUT_COLUMNS = [
+    "sweep",
+    "model",
+    "axis",
+    "metric",
+    "form",
+    "x",
+    "n_seeds",
+    "observed",
+    "predicted",
+    "lo",
+    "hi",
+    "inside",
+    "abs_rel_error",
+]
+
+
+@dataclass
+class _Report:
+    """What several sections share, computed once: the analysis, the figure saver, the headline
+    metric, the flagged runs and the finished runs the paper tables use."""
+
+    an: Analysis
+    fig_dir: Path
+    vector: bool
+    primary: str
+    flagged: pd.DataFrame  # quality.summarise(an.flags): one row per flagged run
+    bad: set  # run ids left out of the paper tables (flagged for more than a NaN metric)
+    tdone: pd.DataFrame  # the finished runs of the paper tables (flagged ones out, unless included)
+    reference: str  # the model comparison's reference model
+    t2: pd.DataFrame  # Table 2 (models vs the reference)
+    cmp_metric: str  # the metric of the model comparison's sentence
+    fits: pd.DataFrame  # an.fits_table()
+    fits_disp: pd.DataFrame  # its display form
+
+    @classmethod
+    def of(cls, an: Analysis, out: Path, vector: bool) -> _Report:
+        primary = an.headline_metric()
+        # flagged runs stay out of the paper tables too (NaN metrics are skipped by the means anyway)
+        bad = (
+            set(an.flags.loc[an.flags["reason"] != "nan_metric", "run_id"])
+            if len(an.flags)
+            else set()
+        )
+        done = an.collection.done
+        tdone = done if an.include_flagged else done[~done["run_id"].isin(bad)]
+        # the model comparison's reference and headline metric: the sweep file's analysis hints,
+        # else the paper's
+        ref_hint = next((h for h in an.hints.values() if h is not None and h.baseline), None)
+        reference = ref_hint.baseline if ref_hint else "dcnv2_din"
+        t2 = tables.table2(tdone, an.split, reference=reference)
+        cmp_metric = next(
+            (m for m in ((ref_hint.metrics or ()) if ref_hint else ()) if f"{m} abs" in t2),
+            primary,
+        )
+        fits = an.fits_table()
+        return cls(
+            an=an,
+            fig_dir=out / "figures",
+            vector=vector,
+            primary=primary,
+            flagged=quality.summarise(an.flags),
+            bad=bad,
+            tdone=tdone,
+            reference=reference,
+            t2=t2,
+            cmp_metric=cmp_metric,
+            fits=fits,
+            fits_disp=tables.fits_display(fits),
+        )
+
+    def figure(self, fig, name: str, caption: str) -> Figure | None:
+        """Save a figure (PNG, and SVG when vector) and return its block; None when there is no figure."""
+        if fig is None:
+            return None
+        paths = plots.save_figure(fig, self.fig_dir, name, vector=self.vector)
+        return Figure(name=name, png=paths["png"], vector=paths.get("svg"), caption=caption)
+
+
+@dataclass
+class _Figure3:
+    """Figure 3's decisions: their two sentences (the conclusions' summary) and the blocks of its section."""
+
+    summary: Text | None
+    blocks: list
+
+
 def build_report(
     an: Analysis,
     out: Path,
@@ -278,41 +378,111 @@ def build_report(
     vector: bool = True,
     tuning=None,
 ) -> ReportSpec:
-    """Write figures/tables under out and return the report description (vector: also SVG figures)."""
+    """Write figures/tables under out and return the report description (vector: also SVG figures).
+
+    The outline of the report: conclusions first, then what was left out, then the figures and
+    tables that back the conclusions, then methods and provenance."""
+    r = _Report.of(an, out, vector)
+    fig3 = _figure3(r)
+    prov = _provenance(an)
+    sections = [
+        _conclusions_section(r, fig3.summary),
+        *([tuning_section(tuning)] if tuning is not None else []),
+        # sweeps that name switches (analysis.trick): their gain across scale (analysis/tricks.py)
+        *trick_sections(an, r.figure),
+        _left_out_section(r),
+        Section(
+            title="Figure 3: which axis buys the most per FLOP",
+            blocks=fig3.blocks or [Text(markdown="No scaling series.")],
+        ),
+        _scaling_section(r),
+        _flops_section(r),
+        _diagnostics_section(r),
+        _oracle_section(r),
+        _paper_tables_section(r),
+        _curves_section(r),
+        _configs_section(r),
+        Section(title="Methods", blocks=[Text(markdown=_methods(an))]),
+        Section(
+            title="Provenance",
+            blocks=[Text(markdown="\n".join(f"- **{k}**: {v}" for k, v in prov.items()))],
+        ),
+    ]
+    # a figure step returns None when it has nothing to draw: such blocks are dropped here
+    sections = [
+        Section(title=s.title, blocks=[b for b in s.blocks if b is not None]) for s in sections
+    ]
+    spec = ReportSpec(title=title, sections=sections, provenance=prov)
+    _write_tables(spec, out / "tables")
+    return spec
+
+
+def _figure3(r: _Report) -> _Figure3:
+    """Figure 3a (length, depth and width on one FLOPs axis) and 3b (OneTrans vs scaled baselines)."""
     from .. import figure3
 
-    fig_dir = out / "figures"
-    figs: list[Figure] = []
+    an, primary = r.an, r.primary
+    if not an.series:
+        return _Figure3(summary=None, blocks=[])
+    ranked, sent_a, diffs_a = figure3.decision_3a(an, primary)
+    ours, base, sent_b, diffs_b = figure3.decision_3b(an, primary)
+    blocks: list = []
+    if len(ranked) >= 2:
+        blocks.append(
+            r.figure(
+                plots.figure_3a(an, ranked),
+                "figure3a",
+                "Figure 3a: length, depth and width on one training-FLOPs axis (points: config means "
+                "± seed sd; lines and bands: log-linear fits with 95% bootstrap "
+                "bands). Right: gain per doubling of FLOPs with its 95% CI; grey ticks at ± MDE.",
+            )
+        )
+    blocks.append(Text(markdown=sent_a))
+    blocks.append(
+        Table(
+            name="figure3a_slopes",
+            frame=figure3.slope_table(ranked),
+            caption=f"Gain of {primary} per doubling of training FLOPs per series.",
+        )
+    )
+    if len(diffs_a):
+        blocks.append(
+            Table(
+                name="figure3a_differences",
+                frame=diffs_a,
+                caption="Leader minus each other axis "
+                "(95% CI from the two series' bootstrap replicates); resolved = the CI excludes 0.",
+            )
+        )
+    if ours and base:
+        blocks.append(
+            r.figure(
+                plots.figure_3b(an, ours, base, diffs_b),
+                "figure3b",
+                "Figure 3b: OneTrans series and scaled baselines on training FLOPs; right: slope "
+                "difference (OneTrans − baseline) per doubling of FLOPs with its 95% CI.",
+            )
+        )
+        blocks.append(
+            Table(
+                name="figure3b_differences",
+                frame=diffs_b,
+                caption="Slope differences on FLOPs.",
+            )
+        )
+    blocks.append(Text(markdown=sent_b))
+    summary = Text(markdown=f"- Figure 3a: {sent_a}\n- Figure 3b: {sent_b}")
+    return _Figure3(summary=summary, blocks=[b for b in blocks if b is not None])
 
-    def figure(fig, name, caption):
-        if fig is None:
-            return None
-        paths = plots.save_figure(fig, fig_dir, name, vector=vector)
-        f = Figure(name=name, png=paths["png"], vector=paths.get("svg"), caption=caption)
-        figs.append(f)
-        return f
 
+def _conclusions_section(r: _Report, figure3_summary: Text | None) -> Section:
+    """What the runs say, first: the inputs in one line, one sentence per series and the model
+    comparison, Figure 3's two decisions, then the analysis' notes and the collection's warnings."""
+    an = r.an
     runs, done = an.collection.runs, an.collection.done
-    primary = an.headline_metric()
     n_failed = int((runs["status"] != "done").sum())
-    flagged = quality.summarise(an.flags)
-
-    # flagged runs stay out of the paper tables too (NaN metrics are skipped by the means anyway)
-    bad = (
-        set(an.flags.loc[an.flags["reason"] != "nan_metric", "run_id"]) if len(an.flags) else set()
-    )
-    tdone = done if an.include_flagged else done[~done["run_id"].isin(bad)]
-    # the model comparison's reference and headline metric: the sweep file's analysis hints, else the paper's
-    ref_hint = next((h for h in an.hints.values() if h is not None and h.baseline), None)
-    reference = ref_hint.baseline if ref_hint else "dcnv2_din"
-    t2 = tables.table2(tdone, an.split, reference=reference)
-    cmp_metric = next(
-        (m for m in ((ref_hint.metrics or ()) if ref_hint else ()) if f"{m} abs" in t2), primary
-    )
-
-    # 1. conclusions first
-    lines = [
-        f"**{len(done)} finished runs** ({len(flagged)} flagged, "
+    head = (
+        f"**{len(done)} finished runs** ({len(r.flagged)} flagged, "
         + (
             "included in the fits, --include-flagged"
             if an.include_flagged
@@ -322,77 +492,27 @@ def build_report(
         f"{an.split} split. Effects are gains per doubling with 95% cluster-bootstrap CIs; "
         "MDE = the smallest gain per doubling the sweep detects at 95% confidence with 80% power "
         "(from the measured seed noise and the grid)."
-    ]
-    compared = tables.table2_sentence(t2, cmp_metric, reference) if len(t2) else ""
+    )
+    compared = tables.table2_sentence(r.t2, r.cmp_metric, r.reference) if len(r.t2) else ""
     body = [f"- {c}" for c in conclusions(an)] + ([f"- {compared}"] if compared else [])
     body = body or ["- No series with a numeric swept axis among the finished runs."]
-    blocks = [Text(markdown="\n".join([lines[0], ""] + body))]
-    fig3 = []
-    if an.series:
-        ranked, sent_a, diffs_a = figure3.decision_3a(an, primary)
-        ours, base, sent_b, diffs_b = figure3.decision_3b(an, primary)
-        blocks.append(Text(markdown=f"- Figure 3a: {sent_a}\n- Figure 3b: {sent_b}"))
-        if len(ranked) >= 2:
-            fig3.append(
-                figure(
-                    plots.figure_3a(an, ranked),
-                    "figure3a",
-                    "Figure 3a: length, depth and width on one training-FLOPs axis (points: config means "
-                    "± seed sd; lines and bands: log-linear fits with 95% bootstrap "
-                    "bands). Right: gain per doubling of FLOPs with its 95% CI; grey ticks at ± MDE.",
-                )
-            )
-        fig3.append(Text(markdown=sent_a))
-        fig3.append(
-            Table(
-                name="figure3a_slopes",
-                frame=figure3.slope_table(ranked),
-                caption=f"Gain of {primary} per doubling of training FLOPs per series.",
-            )
-        )
-        if len(diffs_a):
-            fig3.append(
-                Table(
-                    name="figure3a_differences",
-                    frame=diffs_a,
-                    caption="Leader minus each other axis "
-                    "(95% CI from the two series' bootstrap replicates); resolved = the CI excludes 0.",
-                )
-            )
-        if ours and base:
-            fig3.append(
-                figure(
-                    plots.figure_3b(an, ours, base, diffs_b),
-                    "figure3b",
-                    "Figure 3b: OneTrans series and scaled baselines on training FLOPs; right: slope "
-                    "difference (OneTrans − baseline) per doubling of FLOPs with its 95% CI.",
-                )
-            )
-            fig3.append(
-                Table(
-                    name="figure3b_differences",
-                    frame=diffs_b,
-                    caption="Slope differences on FLOPs.",
-                )
-            )
-        fig3.append(Text(markdown=sent_b))
-    for note in an.notes:
-        blocks.append(Text(markdown=f"- Note: {note}"))
-    for w in an.collection.warnings:
-        blocks.append(Text(markdown=f"- Warning: {w}"))
-    sections = [Section(title="Conclusions", blocks=blocks)]
-    if tuning is not None:
-        sections.append(tuning_section(tuning))
-    # sweeps that name switches (analysis.trick): their gain across scale (analysis/tricks.py)
-    sections.extend(trick_sections(an, figure))
+    blocks: list = [Text(markdown="\n".join([head, ""] + body))]
+    if figure3_summary is not None:
+        blocks.append(figure3_summary)
+    blocks += [Text(markdown=f"- Note: {note}") for note in an.notes]
+    blocks += [Text(markdown=f"- Warning: {w}") for w in an.collection.warnings]
+    return Section(title="Conclusions", blocks=blocks)
 
-    # 2. what was left out, before any figure
-    left = []
-    if len(flagged):
+
+def _left_out_section(r: _Report) -> Section:
+    """What was left out, before any figure: the flagged runs and the unfinished or unreadable ones."""
+    an = r.an
+    left: list = []
+    if len(r.flagged):
         left.append(
             Table(
                 name="flagged",
-                frame=flagged.drop(columns=["run_dir"]),
+                frame=r.flagged.drop(columns=["run_dir"]),
                 caption="Flagged runs: "
                 + (
                     "included in the fits (--include-flagged); every affected fit "
@@ -417,7 +537,7 @@ def build_report(
                 )
             )
         )
-    problems = tables.problems_table(runs)
+    problems = tables.problems_table(an.collection.runs)
     left.append(
         Table(
             name="problems",
@@ -428,91 +548,72 @@ def build_report(
         if len(problems)
         else Text(markdown="Every run folder has DONE and a readable result.json.")
     )
-    sections.append(Section(title="Flagged and left-out runs", blocks=left))
-    sections.append(
-        Section(
-            title="Figure 3: which axis buys the most per FLOP",
-            blocks=[b for b in fig3 if b is not None] or [Text(markdown="No scaling series.")],
-        )
-    )
+    return Section(title="Flagged and left-out runs", blocks=left)
 
+
+def _scaling_section(r: _Report) -> Section:
+    """One figure per (sweep, model, axis) on its own x, the count-feature floor, the fit tables."""
+    an = r.an
     keys = list(dict.fromkeys((s.sweep, s.model, s.axis, s.x_name) for s in an.series if s.primary))
-    scaling = []
-    for sweep, model, axis, x_name in keys:
-        f = figure(
+    scaling: list = [
+        r.figure(
             plots.series_figure(an, sweep, model, axis, x_name),
             f"scaling_{sweep}_{model}_{axis}",
-            f"{sweep}: {model} vs {x_label(x_name)}. Grey: seeds; black: mean ± seed sd; red ×: flagged runs; "
-            "lines: fits with 95% bootstrap bands of the mean curve (dashed grey: failed fit, not a law); "
-            "red dotted: the fit with the flagged runs; green dashed: Bayes oracle (synthetic data only).",
+            SCALING_CAPTION.format(sweep=sweep, model=model, x=x_label(x_name)),
         )
-        scaling.append(f)
-    floor_blocks = _floor_blocks(an)
-    if floor_blocks:
-        scaling += floor_blocks
-    fits = an.fits_table()
-    fits_disp = tables.fits_display(fits)
+        for sweep, model, axis, x_name in keys
+    ]
+    scaling += _floor_blocks(an)
+    fits_disp = r.fits_disp
     if scaling:
         native = fits_disp[fits_disp["x"] != "train_flops"] if len(fits_disp) else fits_disp
-        for form, cap in (
-            (
-                "loglinear",
-                "Log-linear fits on each series' x: estimate [95% CI], MDE (95%/80%) and, "
-                "where flagged runs exist, the estimate with them.",
-            ),
-            (
-                "powerlaw",
-                "Saturating fits (logloss, >= 5 x-values): floor E and exponent α [95% CI]; "
-                "'chosen' = lower leave-one-config-out CV RMSE than the log-linear fit; "
-                "'status' says when a fit failed (parameter at a bound, floor below Bayes).",
-            ),
-        ):
+        for form, cap in FIT_CAPTIONS.items():
             part = native[native["form"] == form] if len(native) else native
             if len(part):
                 scaling.append(
                     Table(name=f"fits_{form}", frame=part.loc[:, (part != "").any()], caption=cap)
                 )
-    sections.append(
-        Section(
-            title="Scaling along each axis",
-            blocks=scaling
-            or [
-                Text(
-                    markdown="No sweep with ≥ 2 numeric values of its axis among the finished runs."
-                )
-            ],
-        )
+    return Section(
+        title="Scaling along each axis",
+        blocks=scaling
+        or [Text(markdown="No sweep with ≥ 2 numeric values of its axis among the finished runs.")],
     )
 
-    flops_blocks = []
+
+def _flops_section(r: _Report) -> Section:
+    """Every series on training FLOPs: the fits, the trade-off figure, the slope differences."""
+    an = r.an
+    blocks: list = []
     if an.series:
-        flops_blocks.append(
+        blocks.append(
             Table(
                 name="fits_flops",
-                frame=fits_disp[fits_disp["x"] == "train_flops"],
+                frame=r.fits_disp[r.fits_disp["x"] == "train_flops"],
                 caption="Log-linear fits on training FLOPs.",
             )
         )
-        flops_blocks.append(
-            figure(
-                plots.tradeoff(an, primary),
+        blocks.append(
+            r.figure(
+                plots.tradeoff(an, r.primary),
                 "tradeoff",
                 "Linear FLOPs axis, marker area ~ dense params.",
             )
         )
-        flops_blocks.append(Text(markdown=_slope_differences(an, primary)))
-    sections.append(
-        Section(
-            title="All series on training FLOPs",
-            blocks=flops_blocks or [Text(markdown="No scaling series.")],
-        )
+        blocks.append(Text(markdown=_slope_differences(an, r.primary)))
+    return Section(
+        title="All series on training FLOPs",
+        blocks=blocks or [Text(markdown="No scaling series.")],
     )
 
-    diag = []
+
+def _diagnostics_section(r: _Report) -> Section:
+    """Residuals, the leave-largest-out extrapolation checks and the bootstrap distributions."""
+    an, primary = r.an, r.primary
+    diag: list = []
     for metric in dict.fromkeys(("ctr_logloss", primary)):
         if any(s.metric == metric and s.fits for s in an.series):
             diag.append(
-                figure(
+                r.figure(
                     plots.residuals(an, metric),
                     f"residuals_{metric}",
                     f"Residuals of config means ({metric}); grey band: ± pooled seed sd. Curvature in "
@@ -523,30 +624,14 @@ def build_report(
     hold = hold[hold["x_name"] != "train_flops"]
     if len(hold):
         diag.append(
-            figure(
+            r.figure(
                 plots.holdout_parity(hold),
                 "holdout_parity",
                 "Leave-largest-out: fit without the largest x, predict it (95% prediction interval "
                 "= bootstrap curve spread + seed noise of the held-out mean).",
             )
         )
-        h = hold[
-            [
-                "sweep",
-                "model",
-                "axis",
-                "metric",
-                "form",
-                "x",
-                "n_seeds",
-                "observed",
-                "predicted",
-                "lo",
-                "hi",
-                "inside",
-                "abs_rel_error",
-            ]
-        ]
+        h = hold[HOLDOUT_COLUMNS]
         diag.append(
             Table(
                 name="holdout",
@@ -556,53 +641,58 @@ def build_report(
                 float_format="{:.5g}",
             )
         )
-    uauc = [
+    on_flops = [
         s
         for s in an.series
         if s.metric == primary and s.x_name == "train_flops" and "loglinear" in s.fits
     ]
-    if uauc:
+    if on_flops:
         diag.append(
-            figure(
-                plots.bootstrap_hist(uauc),
+            r.figure(
+                plots.bootstrap_hist(on_flops),
                 "bootstrap_slopes",
                 f"Bootstrap distributions of the {primary} gain per doubling of training FLOPs.",
             )
         )
-    sections.append(
-        Section(title="Fit diagnostics", blocks=diag or [Text(markdown="No fits to diagnose.")])
-    )
+    return Section(title="Fit diagnostics", blocks=diag or [Text(markdown="No fits to diagnose.")])
 
+
+def _oracle_section(r: _Report) -> Section:
+    """Each saturating fit's floor E beside the Bayes logloss (synthetic data only)."""
+    fits = r.fits
     floor = fits[(fits["form"] == "powerlaw")] if len(fits) and "form" in fits else pd.DataFrame()
-    if len(floor) and "oracle" in floor and floor["oracle"].notna().any():
-        fl = floor[
-            ["sweep", "model", "axis", "metric", "E", "E_lo", "E_hi", "oracle", "status"]
-        ].copy()
-        fl["E − oracle"] = fl["E"] - fl["oracle"]
-        fl["oracle inside E's CI"] = (fl["E_lo"] <= fl["oracle"]) & (fl["oracle"] <= fl["E_hi"])
-        fl["E below oracle (impossible floor)"] = fl["E_hi"] < fl["oracle"]
-        oracle_blocks = [
-            Table(
-                name="floor_vs_oracle",
-                frame=fl,
-                caption="Fitted floor E vs the Bayes logloss "
-                "(result.json 'oracle', from the true probabilities). A floor whose CI lies below the "
-                "oracle marks the fit failed; well above it means a capacity or data limit.",
-                float_format="{:.5f}",
-            )
-        ]
-    else:
-        oracle_blocks = [
-            Text(
-                markdown="No saturating fit with an oracle value (real data has no Bayes ceiling, "
-                "or fewer than 5 x-values)."
-            )
-        ]
-    sections.append(Section(title="Bayes ceiling vs fitted floor", blocks=oracle_blocks))
+    if not (len(floor) and "oracle" in floor and floor["oracle"].notna().any()):
+        return Section(
+            title="Bayes ceiling vs fitted floor",
+            blocks=[
+                Text(
+                    markdown="No saturating fit with an oracle value (real data has no Bayes ceiling, "
+                    "or fewer than 5 x-values)."
+                )
+            ],
+        )
+    fl = floor[["sweep", "model", "axis", "metric", "E", "E_lo", "E_hi", "oracle", "status"]].copy()
+    fl["E − oracle"] = fl["E"] - fl["oracle"]
+    fl["oracle inside E's CI"] = (fl["E_lo"] <= fl["oracle"]) & (fl["oracle"] <= fl["E_hi"])
+    fl["E below oracle (impossible floor)"] = fl["E_hi"] < fl["oracle"]
+    table = Table(
+        name="floor_vs_oracle",
+        frame=fl,
+        caption="Fitted floor E vs the Bayes logloss "
+        "(result.json 'oracle', from the true probabilities). A floor whose CI lies below the "
+        "oracle marks the fit failed; well above it means a capacity or data limit.",
+        float_format="{:.5f}",
+    )
+    return Section(title="Bayes ceiling vs fitted floor", blocks=[table])
 
-    t3, t5 = tables.table3(tdone, an.split), tables.table5(tdone)
-    left_out = len(set(done["run_id"]) & bad) if not an.include_flagged else 0
-    paper_blocks = [
+
+def _paper_tables_section(r: _Report) -> Section:
+    """Tables 2, 3 and 5 in the paper's layout, ours beside the paper's values, and the ablation bars."""
+    an = r.an
+    t3, t5 = tables.table3(r.tdone, an.split), tables.table5(r.tdone)
+    done = an.collection.done
+    left_out = len(set(done["run_id"]) & r.bad) if not an.include_flagged else 0
+    blocks: list = [
         Text(
             markdown=DELTA_CONVENTION + " Paper values: ../shared/paper/onetrans-spec.md §2 "
             "(analysis/paper_numbers.py)."
@@ -612,8 +702,8 @@ def build_report(
     for name, t, cap in (
         (
             "table2",
-            t2,
-            f"Table 2 layout: models vs {reference}; 'pts lo/hi' = the 95% Welch CI "
+            r.t2,
+            f"Table 2 layout: models vs {r.reference}; 'pts lo/hi' = the 95% Welch CI "
             "of the difference in points over seeds.",
         ),
         ("table3", t3, "Table 3 layout: ablations vs OneTrans-S (reference)."),
@@ -624,67 +714,63 @@ def build_report(
             "not recorded in result.json: n/a).",
         ),
     ):
-        paper_blocks.append(
+        blocks.append(
             Table(name=name, frame=_drop_sd(t), caption=cap)
             if len(t)
             else Text(markdown=f"{cap} No runs of this kind in the input.")
         )
     if len(t3):
-        paper_blocks.append(
-            figure(
+        blocks.append(
+            r.figure(
                 plots.ablation_bars(t3[t3["variant"] != "reference"]),
                 "ablation_bars",
                 "Ablations: relative Δ vs reference (± seed sd of the difference); black: paper.",
             )
         )
-    sections.append(Section(title="Paper tables (ours beside the paper's)", blocks=paper_blocks))
+    return Section(title="Paper tables (ours beside the paper's)", blocks=blocks)
 
-    curves = []
+
+def _curves_section(r: _Report) -> Section:
+    """One figure of training curves per sweep, flagged runs in red."""
+    an = r.an
     bad_ids = set(an.flags["run_id"]) if len(an.flags) else set()
-    for sweep, g in done.groupby("sweep"):
-        curves.append(
-            figure(
-                plots.training_curves(g, str(sweep), flagged=bad_ids),
-                f"curves_{sweep}",
-                f"Training curves, sweep {sweep} (training loss first, then validation metrics; "
-                "flagged runs in red).",
-            )
+    curves = [
+        r.figure(
+            plots.training_curves(g, str(sweep), flagged=bad_ids),
+            f"curves_{sweep}",
+            f"Training curves, sweep {sweep} (training loss first, then validation metrics; "
+            "flagged runs in red).",
         )
+        for sweep, g in an.collection.done.groupby("sweep")
+    ]
     curves = [c for c in curves if c is not None]
-    sections.append(
-        Section(title="Training curves", blocks=curves or [Text(markdown="No metrics.csv found.")])
+    return Section(
+        title="Training curves", blocks=curves or [Text(markdown="No metrics.csv found.")]
     )
 
-    sections.append(
-        Section(
-            title="Per-configuration results",
-            blocks=[
-                Table(
-                    name="configs",
-                    frame=tables.config_table(done, an.split, an.flags, an.include_flagged),
-                    caption="Mean ± seed sd per configuration over the runs used by the fits (one seed: 'n/a', seed noise "
-                    "not measured); params in millions; TFLOPs = training FLOPs / 1e12.",
-                )
-            ],
-        )
+
+def _configs_section(r: _Report) -> Section:
+    an = r.an
+    return Section(
+        title="Per-configuration results",
+        blocks=[
+            Table(
+                name="configs",
+                frame=tables.config_table(
+                    an.collection.done, an.split, an.flags, an.include_flagged
+                ),
+                caption="Mean ± seed sd per configuration over the runs used by the fits (one seed: 'n/a', seed noise "
+                "not measured); params in millions; TFLOPs = training FLOPs / 1e12.",
+            )
+        ],
     )
-    sections.append(Section(title="Methods", blocks=[Text(markdown=_methods(an))]))
-    prov = _provenance(an)
-    sections.append(
-        Section(
-            title="Provenance",
-            blocks=[Text(markdown="\n".join(f"- **{k}**: {v}" for k, v in prov.items()))],
-        )
-    )
-    sections = [
-        Section(title=s.title, blocks=[b for b in s.blocks if b is not None]) for s in sections
-    ]
-    tdir = out / "tables"
+
+
+def _write_tables(spec: ReportSpec, tdir: Path) -> None:
+    """Every table of the report as tables/<name>.csv."""
     tdir.mkdir(parents=True, exist_ok=True)
-    spec = ReportSpec(title=title, sections=sections, provenance=prov)
     for t in spec.tables():
         write_csv(t.frame, tdir / f"{t.name}.csv")
-    return spec
 
 
 def tuning_section(tuning) -> Section:
