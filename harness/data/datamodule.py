@@ -40,6 +40,7 @@ from harness.data.contract import (
     table_source,
 )
 from harness.data.sequences import EventStore, asof_offsets, gather_sequences
+from harness.eval_sample import sample_requests
 
 Batching = Literal["requests", "fixed"]
 
@@ -556,8 +557,6 @@ class OneTransDataModule(L.LightningDataModule):
         requests = self.data.split_requests[split]
         if not self.eval_sample_users:
             return requests
-        from harness.eval_sample import sample_requests
-
         request_user = self.data.imp["user_id"].numpy()[self.data.req_lo]
         kept, self.eval_sample[split] = sample_requests(
             requests, request_user, self.eval_sample_users, self.eval_sample_seed, split

@@ -34,9 +34,10 @@ from harness.data.contract import (
     Feature,
     Manifest,
     SplitRule,
+    new_dataset_folder,
 )
 from harness.data.stats import compute_stats
-from harness.data.synth import DAY, T0, new_dataset_folder
+from harness.data.synth import DAY, T0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,14 +27,12 @@ as row groups (bounded memory); impressions are sorted globally at the end.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -52,7 +50,9 @@ from harness.data.contract import (
     Feature,
     Manifest,
     SplitRule,
+    new_dataset_folder,
 )
+from harness.data.stats import compute_stats
 
 GENERATOR_VERSION = 1
 T0 = 1_600_000_000  # first second of the synthetic timeline (2020-09-13)
@@ -522,16 +522,6 @@ def _table(cols: dict[str, np.ndarray], names) -> pa.Table:
     return pa.table({k: cols[k] for k in names})
 
 
-def new_dataset_folder(out: str | Path) -> Path:
-    """Create `out` for a generator to write a dataset into; refuse one that already holds a dataset
-    (nothing there is overwritten)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if any((out / f).exists() for f in (EVENTS, IMPRESSIONS, "manifest.yaml")):
-        raise FileExistsError(f"{out}: already holds a dataset; choose an empty --out folder.")
-    return out
-
-
 def generate(
     cfg: SynthConfig,
     out: str | Path,
@@ -607,8 +597,6 @@ def generate(
         out / ITEMS,
     )
 
-    from harness.data.stats import compute_stats
-
     manifest = replace(manifest, stats=compute_stats(out, manifest))
     manifest.save(out)
     return out
@@ -666,22 +654,3 @@ def ensure_synthetic(preset: str, seed: int, cache_dir: str | Path, progress: bo
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def add_synth_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="ci")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def main_synth(args: argparse.Namespace) -> int:
-    t = time.perf_counter()
-    out = generate_preset(args.preset, args.seed, args.out, progress=not args.no_progress)
-    m = Manifest.load(out)
-    s = m.stats
-    print(
-        f"wrote {out} in {time.perf_counter() - t:.1f}s: {s['users']} users, {s['items']} items, "
-        f"{s['events']} events, {s['impressions']} impressions"
-    )
-    return 0

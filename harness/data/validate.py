@@ -9,7 +9,6 @@ checked in bounded memory. Nothing is ever written.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -855,44 +854,3 @@ def _duplicates(
 
 def errors(problems: list[Violation]) -> list[Violation]:
     return [p for p in problems if p.is_error]
-
-
-def add_validate_args(p: argparse.ArgumentParser) -> None:
-    add_folder_args(p)
-
-
-def add_folder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "folder",
-        help="dataset folder, or a dataset name as in run configs: synthetic:ci, "
-        "synthetic:laptop (the cached built-in world, generated on first use)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default="data_cache",
-        help="where synthetic:<preset> worlds are cached (data.cache_dir; default ./data_cache)",
-    )
-    p.add_argument(
-        "--data-seed",
-        type=int,
-        default=0,
-        help="seed of a synthetic:<preset> world (data.data_seed)",
-    )
-
-
-def main_validate(args: argparse.Namespace) -> int:
-    from harness.data.contract import resolve_folder
-
-    folder = resolve_folder(args.folder, args.cache_dir, args.data_seed)
-    found = validate(folder)
-    bad, warn = errors(found), [v for v in found if not v.is_error]
-    if not bad:
-        print(
-            f"{folder}: valid (contract v{Manifest.load(folder).contract_version})"
-            + (f", {len(warn)} warning(s)" if warn else "")
-        )
-    else:
-        print(f"{folder}: {len(bad)} violation(s)" + (f", {len(warn)} warning(s)" if warn else ""))
-    for v in bad + warn:
-        print(f"- {v}")
-    return 1 if bad else 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
+import yaml
+
 SOURCES = {
     "movielens": "movielens",
     "movielens-1m": "movielens",
@@ -73,8 +75,6 @@ def main_convert(args) -> int:
             raise SystemExit("--negatives applies to taobao and tmall only")
         opts["negatives"] = args.negatives
     out = convert(args.source, args.raw, args.out, **opts)
-    import yaml
-
     stats = yaml.safe_load((out / "manifest.yaml").read_text())["stats"]
     print(
         f"wrote {out}: {stats['events']:,} events, {stats['users']:,} users, {stats['items']:,} items, "
