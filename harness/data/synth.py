@@ -47,11 +47,11 @@ from harness.data.contract import (
     ITEMS,
     USERS,
     Behavior,
-    Feature,
     Manifest,
     SplitRule,
     new_dataset_folder,
 )
+from harness.data.features import categorical, hour_feature, numeric, user_id_feature
 from harness.data.stats import compute_stats
 
 GENERATOR_VERSION = 1
@@ -191,9 +191,7 @@ def split_times(cfg: SynthConfig) -> tuple[int, int]:
 def _manifest(cfg: SynthConfig, name: str, seed: int) -> Manifest:
     val_ts, test_ts = split_times(cfg)
 
-    def cat(n, g, t, v, d):
-        return Feature(name=n, kind="categorical", group=g, table=t, vocab_size=v, description=d)
-
+    cat = categorical
     features = (
         cat("category", "item", "items", cfg.n_categories + 1, "item category (topic group)"),
         *(
@@ -203,9 +201,9 @@ def _manifest(cfg: SynthConfig, name: str, seed: int) -> Manifest:
         ),
         cat("brand", "item", "items", cfg.n_cells + 1, "brand: the item's (topic, style) cell"),
         cat("price_bucket", "item", "items", N_PRICE_BUCKETS + 1, "decile of log price"),
-        cat("user_id", "user", "users", cfg.n_users + 1, "user id"),
+        user_id_feature(cfg.n_users, table="users", description="user id"),
         cat("age_bucket", "user", "users", N_AGE + 1, "age bucket; shifts price tolerance"),
-        cat("hour", "context", "impressions", N_HOURS + 1, "hour of day + 1"),
+        hour_feature("hour of day + 1"),  # N_HOURS hours: ids 1..24
         cat("device", "context", "impressions", N_DEVICES + 1, "device; scales price sensitivity"),
         cat(
             "surface",
@@ -214,16 +212,8 @@ def _manifest(cfg: SynthConfig, name: str, seed: int) -> Manifest:
             N_SURFACES + 1,
             "surface; with hour selects the mode",
         ),
-        Feature(
-            name="price", kind="numeric", group="item", table="items", description="item price"
-        ),
-        Feature(
-            name="user_activity",
-            kind="numeric",
-            group="user",
-            table="users",
-            description="log1p(number of events of the user)",
-        ),
+        numeric("price", "item", "items", "item price"),
+        numeric("user_activity", "user", "users", "log1p(number of events of the user)"),
     )
     return Manifest(
         name=name,
