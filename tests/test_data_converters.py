@@ -287,7 +287,7 @@ def test_real_copies_match_readmes(shared_data, tmp_path):
 def test_converter_cli(tmp_path, capsys):
     import argparse
 
-    from harness.data.converters import add_convert_args, main_convert
+    from harness.data.converters.__main__ import add_convert_args, main_convert
 
     p = argparse.ArgumentParser()
     add_convert_args(p)
