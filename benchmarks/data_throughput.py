@@ -43,7 +43,8 @@ def make_folder(
     seed: int = 0,
 ) -> Path:
     """A random contract folder: every request comes after all of its user's events."""
-    from harness.data.contract import Behavior, Feature, Manifest, SplitRule
+    from harness.data.contract import Behavior, Manifest, SplitRule
+    from harness.data.features import categorical, hour_feature, numeric, user_id_feature
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,23 +108,13 @@ def make_folder(
         item_vocab=n_items + 1,
         side_fields=("category", "brand"),
         features=(
-            Feature(
-                name="user_id",
-                kind="categorical",
-                group="user",
-                table="impressions",
-                vocab_size=n_users + 1,
-            ),
-            Feature(name="age", kind="categorical", group="user", table="users", vocab_size=8),
-            Feature(name="activity", kind="numeric", group="user", table="users"),
-            Feature(
-                name="category", kind="categorical", group="item", table="items", vocab_size=200
-            ),
-            Feature(name="brand", kind="categorical", group="item", table="items", vocab_size=1000),
-            Feature(name="price", kind="numeric", group="item", table="items"),
-            Feature(
-                name="hour", kind="categorical", group="context", table="impressions", vocab_size=25
-            ),
+            user_id_feature(n_users),
+            categorical("age", "user", "users", 8),
+            numeric("activity", "user", "users"),
+            categorical("category", "item", "items", 200),
+            categorical("brand", "item", "items", 1000),
+            numeric("price", "item", "items"),
+            hour_feature(),
         ),
         behaviors=(
             Behavior(name="click", id=1),

@@ -1184,8 +1184,7 @@ def prepare_synthetic(rows: list[Row], say: Callable[[str], None] = lambda _line
     """Generate each synthetic world the runs need once, here, before they start (local runs in
     parallel would otherwise each generate it, silently, inside their launchers); `say` gets
     one line before and after each."""
-    from harness.data import synth
-    from harness.data.contract import MANIFEST
+    from harness.data.resolve import dataset_folder, ensure_dataset, is_ready
 
     seen = set()
     for r in rows:
@@ -1194,13 +1193,13 @@ def prepare_synthetic(rows: list[Row], say: Callable[[str], None] = lambda _line
         if preset is None or (preset, d.data_seed, d.cache_dir) in seen:
             continue
         seen.add((preset, d.data_seed, d.cache_dir))
-        folder = synth.cached_folder(preset, d.data_seed, d.cache_dir)
-        if not (folder / MANIFEST).exists():
+        folder = dataset_folder(d.dataset, d.data_seed, d.cache_dir)
+        if not is_ready(d.dataset, d.data_seed, d.cache_dir):
             say(
                 f"generating the synthetic world {d.dataset} (seed {d.data_seed}) once into {folder} ..."
             )
             t0 = time.time()
-            synth.ensure_synthetic(preset, d.data_seed, d.cache_dir, progress=False)
+            ensure_dataset(d.dataset, d.data_seed, d.cache_dir, progress=False)
             say(f"  done in {time.time() - t0:.0f} s; every run of this and later sweeps reuses it")
 
 
@@ -1211,12 +1210,9 @@ FLOOR_MAX_EVENTS = 20_000_000
 
 def _dataset_folder(cfg) -> Path:
     """Where a run's dataset lies on this machine (a synthetic world's cache folder, else the path)."""
-    d = cfg.data
-    if d.synthetic_preset is not None:
-        from harness.data import synth
+    from harness.data.resolve import dataset_folder
 
-        return synth.cached_folder(d.synthetic_preset, d.data_seed, d.cache_dir)
-    return Path(d.dataset)
+    return dataset_folder(cfg.data.dataset, cfg.data.data_seed, cfg.data.cache_dir)
 
 
 def write_floor(

@@ -62,12 +62,10 @@ AXIS_FIELDS = ("n_layers", "d_model", "n_heads")
 
 def resolve_dataset(cfg: RunConfig, progress: bool = False) -> Path:
     """The dataset folder: generated (once, cached) for "synthetic:<preset>", else the given path."""
-    preset = cfg.data.synthetic_preset
-    if preset is not None:
-        from harness.data.synth import ensure_synthetic
+    from harness.data.resolve import ensure_dataset
 
-        return ensure_synthetic(preset, cfg.data.data_seed, cfg.data.cache_dir, progress=progress)
-    return Path(cfg.data.dataset)
+    d = cfg.data
+    return ensure_dataset(d.dataset, d.data_seed, d.cache_dir, progress=progress)
 
 
 def validate_dataset(folder: Path, announce: bool = True) -> list[str]:
@@ -119,14 +117,9 @@ def _setup_data(dm: Any, folder: Path) -> None:
 
 def manifest_of(cfg: RunConfig):
     """The dataset's manifest without generating or reading data."""
-    preset = cfg.data.synthetic_preset
-    if preset is not None:
-        from harness.data.synth import manifest_for
+    from harness.data.resolve import planning_manifest
 
-        return manifest_for(preset, cfg.data.data_seed)
-    from harness.data.contract import Manifest
-
-    return Manifest.load(cfg.data.dataset)
+    return planning_manifest(cfg.data.dataset, cfg.data.data_seed)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
@@ -277,27 +270,10 @@ def train_samples_estimate(cfg: RunConfig) -> int | None:
     """Training impressions in one epoch of the run, for planning (no data is read or generated):
     the dataset's manifest statistics when its folder exists (a cached synthetic world included),
     else, for "synthetic:<preset>", the generator's expectation; None when unknown."""
-    from harness.data import synth
-    from harness.data.contract import MANIFEST, ContractError, Manifest
+    from harness.data.resolve import train_impressions_estimate
 
-    preset = cfg.data.synthetic_preset
-    folder = (
-        synth.cached_folder(preset, cfg.data.data_seed, cfg.data.cache_dir)
-        if preset
-        else Path(cfg.data.dataset)
-    )
-    if (folder / MANIFEST).exists():
-        try:
-            n = (
-                ((Manifest.load(folder).stats or {}).get("splits") or {})
-                .get("train", {})
-                .get("impressions")
-            )
-        except ContractError:
-            n = None
-        if n:
-            return int(n)
-    return synth.expected_train_impressions(preset) if preset in synth.PRESETS else None
+    d = cfg.data
+    return train_impressions_estimate(d.dataset, d.data_seed, d.cache_dir)
 
 
 def axes(cfg: RunConfig) -> dict[str, Any]:

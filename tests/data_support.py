@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.data import synth
-from harness.data.contract import Behavior, Feature, Manifest, SplitRule
+from harness.data.contract import Behavior, Manifest, SplitRule
+from harness.data.features import categorical, hour_feature, numeric, user_id_feature
 
 # a synthetic world small enough to generate in a second (test_data_validate.py, test_data_broken.py)
 SMALL_WORLD = synth.SynthConfig(
@@ -114,27 +115,13 @@ def write_tiny_folder(
         item_vocab=n_items + 1,
         side_fields=("category", "brand"),
         features=(
-            Feature(
-                name="user_id",
-                kind="categorical",
-                group="user",
-                table="impressions",
-                vocab_size=n_users + 1,
-            ),
-            Feature(
-                name="age_bucket", kind="categorical", group="user", table="users", vocab_size=7
-            ),
-            Feature(name="activity", kind="numeric", group="user", table="users"),
-            Feature(
-                name="category", kind="categorical", group="item", table="items", vocab_size=n_cat
-            ),
-            Feature(
-                name="brand", kind="categorical", group="item", table="items", vocab_size=n_brand
-            ),
-            Feature(name="price", kind="numeric", group="item", table="items"),
-            Feature(
-                name="hour", kind="categorical", group="context", table="impressions", vocab_size=25
-            ),
+            user_id_feature(n_users),
+            categorical("age_bucket", "user", "users", 7),
+            numeric("activity", "user", "users"),
+            categorical("category", "item", "items", n_cat),
+            categorical("brand", "item", "items", n_brand),
+            numeric("price", "item", "items"),
+            hour_feature(),
         ),
         behaviors=(
             Behavior(name="click", id=1),

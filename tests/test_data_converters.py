@@ -287,7 +287,7 @@ def test_real_copies_match_readmes(shared_data, tmp_path):
 def test_converter_cli(tmp_path, capsys):
     import argparse
 
-    from harness.data.converters import add_convert_args, main_convert
+    from harness.data.converters.__main__ import add_convert_args, main_convert
 
     p = argparse.ArgumentParser()
     add_convert_args(p)
@@ -331,3 +331,28 @@ def test_item_pop_is_the_as_of_count(tmp_path, source):
     assert "item_pop" not in im2.columns and "item_pop" not in {f["name"] for f in man2["features"]}
     pd.testing.assert_frame_equal(im2, im.drop(columns="item_pop"))
     pd.testing.assert_frame_equal(ev2, ev)
+
+
+# ---- the shared tail: one declaration of the common features ---------------------------------
+@pytest.mark.parametrize("source", ["movielens", "taobao", "tmall"])
+def test_every_converter_declares_the_shared_features_one_way(tmp_path, source):
+    """converters/common.finish_conversion: user_id first, the source's own features, the time
+    context (hour unless the log has days only, then weekday) and item_pop last, each exactly as
+    harness/data/features.py declares it; the columns stay inside the declared vocabularies."""
+    from harness.data.contract import Manifest
+    from harness.data.features import ITEM_POP, time_context_features, user_id_feature
+
+    write = {"movielens": write_movielens, "taobao": write_taobao, "tmall": write_tmall}[source]
+    out = convert(source, write(tmp_path / "raw"), tmp_path / "out", neg_ratio=1)
+    m = Manifest.load(out)
+    ev, im, _ = load(out)
+    context = time_context_features(
+        hour=source != "tmall",
+        hour_description="hour of day, Beijing time" if source == "taobao" else "",
+    )
+    assert m.features[0] == user_id_feature(int(ev.user_id.max()))
+    assert m.features[-1 - len(context) : -1] == context
+    assert m.features[-1] == ITEM_POP
+    for f in context:
+        col = im[f.name].to_numpy()
+        assert col.min() >= 1 and col.max() < f.vocab_size

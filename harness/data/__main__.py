@@ -15,16 +15,146 @@ planted   --out DIR [--window 16 --n-brands 32 --control]  click = a planted his
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
+import pyarrow as pa
 import yaml
 
-from harness.data.contract import ContractError
+from harness.data.contract import ContractError, Manifest
+from harness.data.planted import PlantedConfig, generate_planted
+from harness.data.resolve import ensure_dataset
+from harness.data.rules import Rule, relabel
+from harness.data.stats import compute_stats, format_stats
+from harness.data.synth import PRESETS, generate_preset
+from harness.data.validate import errors, unreadable_files, validate
 
 
+# ---- synth -----------------------------------------------------------------------------------
+def add_synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="ci")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main_synth(args: argparse.Namespace) -> int:
+    t = time.perf_counter()
+    out = generate_preset(args.preset, args.seed, args.out, progress=not args.no_progress)
+    m = Manifest.load(out)
+    s = m.stats
+    print(
+        f"wrote {out} in {time.perf_counter() - t:.1f}s: {s['users']} users, {s['items']} items, "
+        f"{s['events']} events, {s['impressions']} impressions"
+    )
+    return 0
+
+
+# ---- a dataset named on the command line -----------------------------------------------------
+def add_folder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "folder",
+        help="dataset folder, or a dataset name as in run configs: synthetic:ci, "
+        "synthetic:laptop (the cached built-in world, generated on first use)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default="data_cache",
+        help="where synthetic:<preset> worlds are cached (data.cache_dir; default ./data_cache)",
+    )
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="seed of a synthetic:<preset> world (data.data_seed)",
+    )
+
+
+def folder_of(args: argparse.Namespace) -> Path:
+    """The folder of the dataset the command names (a synthetic world generated on first use)."""
+    return ensure_dataset(args.folder, args.data_seed, args.cache_dir, progress=True)
+
+
+# ---- stats -----------------------------------------------------------------------------------
+def add_stats_args(p: argparse.ArgumentParser) -> None:
+    add_folder_args(p)
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.add_argument(
+        "--stored", action="store_true", help="print manifest.stats without reading the data"
+    )
+    p.add_argument(
+        "--floor",
+        type=int,
+        nargs="+",
+        metavar="L",
+        help="also fit the count-feature floor at these windows (e.g. --floor 8 16 32): a logistic "
+        "regression on history counts, its val/test AUC and coefficients (harness/data/floor.py); "
+        "cached in DIR/.floor.json",
+    )
+    p.add_argument(
+        "--no-floor-cache",
+        action="store_true",
+        help="recompute the floor even if DIR/.floor.json holds it (and do not write the cache)",
+    )
+
+
+def main_stats(args: argparse.Namespace) -> int:
+    folder = folder_of(args)
+    manifest = Manifest.load(folder)
+    if args.stored and manifest.stats:
+        stats = manifest.stats
+    else:
+        try:
+            stats = compute_stats(folder, manifest)
+        except (pa.ArrowException, OSError) as err:
+            bad = unreadable_files(folder)
+            raise ContractError(
+                "\n".join(str(v) for v in bad)
+                if bad
+                else f"{folder}: cannot read the dataset: "
+                f"{err}; check it with: python -m harness.data validate {folder}"
+            ) from None
+    floor = None
+    if args.floor:
+        # imported here: the floor pulls scipy (and torch for its as-of offsets), which the other
+        # commands never need
+        from harness.data.floor import compute_floor, format_floor
+
+        if min(args.floor) < 1:
+            raise ContractError(f"--floor: windows must be >= 1, got {args.floor}")
+        floor = compute_floor(folder, args.floor, manifest=manifest, cache=not args.no_floor_cache)
+    if args.json:
+        print(json.dumps(stats if floor is None else {**stats, "floor": floor}, indent=2))
+    else:
+        print(format_stats(manifest, stats))
+        if floor is not None:
+            print(format_floor(floor))
+    return 0
+
+
+# ---- validate --------------------------------------------------------------------------------
+def main_validate(args: argparse.Namespace) -> int:
+    folder = folder_of(args)
+    found = validate(folder)
+    bad, warn = errors(found), [v for v in found if not v.is_error]
+    if not bad:
+        print(
+            f"{folder}: valid (contract v{Manifest.load(folder).contract_version})"
+            + (f", {len(warn)} warning(s)" if warn else "")
+        )
+    else:
+        print(f"{folder}: {len(bad)} violation(s)" + (f", {len(warn)} warning(s)" if warn else ""))
+    for v in bad + warn:
+        print(f"- {v}")
+    return 1 if bad else 0
+
+
+# ---- convert ---------------------------------------------------------------------------------
 def _convert(args: argparse.Namespace) -> int:
-    # imported lazily: the converters are a separate module (and may pull optional parsers)
+    # imported here: the converters pull pandas and the raw-format parsers, which no other command
+    # needs (and an install without them still has synth/stats/validate)
     try:
         from harness.data.converters import convert
     except ImportError as e:
@@ -45,10 +175,8 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- planted ---------------------------------------------------------------------------------
 def _relabel(args: argparse.Namespace) -> int:
-    from harness.data.contract import ContractError
-    from harness.data.rules import Rule, relabel
-
     try:
         rule = Rule.parse(
             args.rule,
@@ -71,8 +199,6 @@ def _relabel(args: argparse.Namespace) -> int:
 
 
 def _planted(args: argparse.Namespace) -> int:
-    from harness.data.planted import PlantedConfig, generate_planted
-
     if args.source is not None:
         return _relabel(args)
     if args.rule is not None:
@@ -98,11 +224,8 @@ def _planted(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- the parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from harness.data.stats import add_stats_args, main_stats
-    from harness.data.synth import add_synth_args, main_synth
-    from harness.data.validate import add_validate_args, main_validate
-
     p = argparse.ArgumentParser(
         prog="python -m harness.data",
         description=__doc__,
@@ -118,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "validate", help="check a folder against the data contract (docs/data-contract.md)"
     )
-    add_validate_args(s)
+    add_folder_args(s)
     s.set_defaults(func=main_validate)
     s = sub.add_parser(
         "planted", help="a world whose click is a known history rule (harness/data/planted.py)"

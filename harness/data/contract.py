@@ -243,6 +243,8 @@ class Manifest:
     def feature_spec(self, seq_len: int, n_gap_buckets: int = 32):
         """The model.features.FeatureSpec for this dataset: side fields feed seq_side/cand_side,
         the remaining categoricals (item_id excluded: it is cand_item) feed ns_cat, numerics ns_num."""
+        # imported here: model.features imports torch, which the schema's other readers (the
+        # validator, converters, analysis) never need
         from model.features import FeatureSpec
 
         cats = [
@@ -267,22 +269,14 @@ class Manifest:
         )
 
 
-def resolve_folder(name: str | Path, cache_dir: str | Path = "data_cache", seed: int = 0) -> Path:
-    """A dataset name as run configs write it (`data.dataset`): a folder path, or "synthetic:<preset>"
-    for the built-in world, generated once into cache_dir (default ./data_cache, as in run configs)
-    and reused: data_cache/synth-<preset>-s<seed>-v<generator version>-<hash>/."""
-    name = str(name)
-    if not name.startswith("synthetic:"):
-        return Path(name)
-    from harness.data.synth import PRESETS, ensure_synthetic
-
-    preset = name.split(":", 1)[1]
-    if preset not in PRESETS:
-        raise ContractError(
-            f"{name}: no synthetic preset {preset!r}; choose one of "
-            + ", ".join(f"synthetic:{p}" for p in sorted(PRESETS))
-        )
-    return ensure_synthetic(preset, seed, cache_dir, progress=True)
+def new_dataset_folder(out: str | Path) -> Path:
+    """Create `out` for a generator to write a dataset into; refuse one that already holds a dataset
+    (nothing there is overwritten)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if any((out / f).exists() for f in (EVENTS, IMPRESSIONS, MANIFEST)):
+        raise FileExistsError(f"{out}: already holds a dataset; choose an empty --out folder.")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

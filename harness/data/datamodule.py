@@ -40,6 +40,8 @@ from harness.data.contract import (
     table_source,
 )
 from harness.data.sequences import EventStore, asof_offsets, gather_sequences
+from harness.eval_sample import sample_requests
+from model.features import FeatureSpec
 
 Batching = Literal["requests", "fixed"]
 
@@ -125,69 +127,129 @@ class PreparedData:
 
 
 def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
-    """Read, check and join a contract folder (see the module docstring)."""
+    """Read, check and join a contract folder (see the module docstring): the events, the
+    impressions grouped into requests, the non-sequential features joined to the impressions, and
+    each request's as-of slice of the events."""
     folder = Path(folder)
     spec = manifest.feature_spec(1)
-    side = list(manifest.side_fields)
-    # messages name the table where it is: the file, or the folder of parts
+    # messages name the table where it is: the file, or the folder of parts (both looked up
+    # first: a table that is both is refused before anything is read)
     ev_where, im_where = (str(table_source(folder, n) or folder / n) for n in (EVENTS, IMPRESSIONS))
+    ev_user, ev_ts, events = _read_events(folder, manifest, spec, ev_where)
+    req = _read_requests(folder, manifest, im_where)
+    join = _FeatureJoin(folder, req)
+    cand_side = join.categoricals(manifest, manifest.side_fields, spec.side_vocab)
+    ns_cat = join.categoricals(manifest, spec.cat_names, spec.cat_vocab)
+    ns_num, mean, std = _standardised_numerics(join, manifest, spec.num_names, req.split)
+    imp = {
+        "cand_item": _i32(req.item),
+        "cand_side": _i32(cand_side),
+        "ns_cat": _i32(ns_cat),
+        "ns_num": torch.from_numpy(ns_num),
+        **req.labels,
+        "user_id": torch.from_numpy(req.user.copy()),
+        "request_id": torch.from_numpy(req.rid.copy()),
+        "ts": torch.from_numpy(req.ts.copy()),
+        **_oracle(req, manifest),
+    }
+    lo = req.req_lo
+    start, end = asof_offsets(ev_user, ev_ts, req.user[lo], req.ts[lo])
+    req_split = req.split[lo]
+    return PreparedData(
+        events=events,
+        imp=imp,
+        imp_req=req.imp_req,
+        req_lo=lo,
+        req_hi=req.req_hi,
+        req_start=torch.from_numpy(start),
+        req_end=torch.from_numpy(end),
+        req_ts=torch.from_numpy(req.ts[lo]),
+        split_requests={s: np.flatnonzero(req_split == s) for s in SPLITS},
+        num_mean=mean,
+        num_std=std,
+    )
 
-    # ---- events ------------------------------------------------------------------------------
+
+def _read_events(
+    folder: Path, manifest: Manifest, spec: FeatureSpec, where: str
+) -> tuple[np.ndarray, np.ndarray, EventStore]:
+    """events.parquet checked (sorted by (user_id, ts), ids inside their vocabularies) into the
+    compact EventStore; returns (user ids, ts, store), the first two for the as-of offsets."""
+    side = list(manifest.side_fields)
     ev = _read(folder, EVENTS, ["user_id", "ts", "behavior", "item_id", *side])
-    ev_user, ev_ts = _int_column(ev, "user_id", ev_where), _int_column(ev, "ts", ev_where)
+    ev_user, ev_ts = _int_column(ev, "user_id", where), _int_column(ev, "ts", where)
     if len(ev) > 1:
         du, dt = np.diff(ev_user), np.diff(ev_ts)
         bad = np.flatnonzero((du < 0) | ((du == 0) & (dt < 0)))
         if len(bad):
             raise ContractError(
-                f"{ev_where}: not sorted by (user_id, ts): row {bad[0] + 1} "
+                f"{where}: not sorted by (user_id, ts): row {bad[0] + 1} "
                 f"(user {ev_user[bad[0] + 1]}, ts {ev_ts[bad[0] + 1]}) comes after "
                 f"(user {ev_user[bad[0]]}, ts {ev_ts[bad[0]]}). Sort with "
                 f"df.sort_values(['user_id', 'ts'], kind='stable')."
             )
-    ev_item = _int_column(ev, "item_id", ev_where)
+    ev_item = _int_column(ev, "item_id", where)
     _check_range(
         ev_item,
         0,
         manifest.item_vocab,
-        ev_where,
+        where,
         "item_id",
         "Raise manifest item_vocab or remap ids.",
     )
-    ev_beh = _int_column(ev, "behavior", ev_where)
+    ev_beh = _int_column(ev, "behavior", where)
     _check_range(
         ev_beh,
         1,
         spec.n_behaviors + 1,
-        ev_where,
+        where,
         "behavior",
         "Behaviour ids are 1..n as declared in manifest 'behaviors'.",
     )
     ev_side = np.zeros((len(ev), len(side)), np.int64)
     for k, (name, vocab) in enumerate(zip(side, spec.side_vocab)):
-        ev_side[:, k] = _int_column(ev, name, ev_where)
+        ev_side[:, k] = _int_column(ev, name, where)
         _check_range(
             ev_side[:, k],
             0,
             vocab,
-            ev_where,
+            where,
             name,
             f"Raise vocab_size of '{name}' in the manifest.",
         )
-    events = EventStore.from_numpy(ev_item, ev_side, ev_beh, ev_ts)
-    del ev, ev_side
+    return ev_user, ev_ts, EventStore.from_numpy(ev_item, ev_side, ev_beh, ev_ts)
 
-    # ---- impressions and requests ------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class _Requests:
+    """The impressions in file order, checked, with their requests (contiguous runs of rows)."""
+
+    im: pd.DataFrame
+    where: str  # how messages name impressions.parquet
+    rid: np.ndarray
+    user: np.ndarray
+    ts: np.ndarray
+    item: np.ndarray
+    split: np.ndarray  # str per impression
+    labels: dict[str, torch.Tensor]  # click, conversion as float32
+    req_lo: np.ndarray  # first impression of each request
+    req_hi: np.ndarray  # one past its last
+    imp_req: np.ndarray  # request row of each impression
+
+
+def _read_requests(folder: Path, manifest: Manifest, where: str) -> _Requests:
+    """impressions.parquet checked: item ids in range, each request one contiguous run with a
+    single user, ts and split, split names from SPLITS, 0/1 labels."""
     im = _read(
         folder,
         IMPRESSIONS,
         ["request_id", "user_id", "ts", "item_id", "click", "conversion", "split"],
     )
     n = len(im)
-    rid, user = _int_column(im, "request_id", im_where), _int_column(im, "user_id", im_where)
-    ts, item = _int_column(im, "ts", im_where), _int_column(im, "item_id", im_where)
+    rid, user = _int_column(im, "request_id", where), _int_column(im, "user_id", where)
+    ts, item = _int_column(im, "ts", where), _int_column(im, "item_id", where)
     _check_range(
-        item, 0, manifest.item_vocab, im_where, "item_id", "Raise manifest item_vocab or remap ids."
+        item, 0, manifest.item_vocab, where, "item_id", "Raise manifest item_vocab or remap ids."
     )
     new = np.ones(n, bool)
     new[1:] = rid[1:] != rid[:-1]
@@ -195,7 +257,7 @@ def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
     req_hi = np.append(req_lo[1:], n)
     if len(np.unique(rid)) != len(req_lo):
         raise ContractError(
-            f"{im_where}: the impressions of a request are not contiguous; sort the file "
+            f"{where}: the impressions of a request are not contiguous; sort the file "
             f"by (ts, request_id) so each request is one run of rows."
         )
     imp_req = np.cumsum(new) - 1
@@ -204,58 +266,70 @@ def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
         bad = np.flatnonzero(vals != vals[req_lo][imp_req])
         if len(bad):
             raise ContractError(
-                f"{im_where}: request {rid[bad[0]]} (row {bad[0]}) mixes several '{col}' "
+                f"{where}: request {rid[bad[0]]} (row {bad[0]}) mixes several '{col}' "
                 f"values; every impression of a request shares user_id, ts and split."
             )
     unknown = sorted(set(np.unique(split)) - set(SPLITS))
     if unknown:
-        raise ContractError(
-            f"{im_where}: column 'split' has value(s) {unknown}; use {list(SPLITS)}."
-        )
+        raise ContractError(f"{where}: column 'split' has value(s) {unknown}; use {list(SPLITS)}.")
     labels = {}
     for col in ("click", "conversion"):
         v = im[col].to_numpy()
         if not np.isin(v, (0, 1)).all():
             i = int(np.flatnonzero(~np.isin(v, (0, 1)))[0])
-            raise ContractError(f"{im_where}: column '{col}' must be 0/1, row {i} = {v[i]}.")
+            raise ContractError(f"{where}: column '{col}' must be 0/1, row {i} = {v[i]}.")
         labels[col] = torch.from_numpy(v.astype(np.float32))  # astype copies
+    return _Requests(
+        im=im,
+        where=where,
+        rid=rid,
+        user=user,
+        ts=ts,
+        item=item,
+        split=split,
+        labels=labels,
+        req_lo=req_lo,
+        req_hi=req_hi,
+        imp_req=imp_req,
+    )
 
-    # ---- non-sequential features: impressions columns or joins on user_id / item_id -----------
-    tables: dict[str, tuple[pd.DataFrame, np.ndarray, str]] = {}
 
-    def column(table: str, name: str) -> tuple[np.ndarray, str]:
+class _FeatureJoin:
+    """The non-sequential features, one value per impression: columns of the impressions table,
+    or users.parquet / items.parquet columns joined on user_id / item_id (each table read and
+    joined once)."""
+
+    def __init__(self, folder: Path, req: _Requests) -> None:
+        self.folder, self.req = folder, req
+        self.tables: dict[str, tuple[pd.DataFrame, np.ndarray, str]] = {}
+
+    def column(self, table: str, name: str) -> tuple[np.ndarray, str]:
+        """(values per impression, where they come from) of feature `name` of `table`."""
+        req = self.req
         if table == "impressions":
-            if name not in im.columns:
+            if name not in req.im.columns:
                 raise ContractError(
-                    f"{im_where}: missing column '{name}' declared in the manifest (table: impressions)."
+                    f"{req.where}: missing column '{name}' declared in the manifest (table: impressions)."
                 )
-            return im[name].to_numpy(), im_where
+            return req.im[name].to_numpy(), req.where
         fname, key, keys = (
-            (USERS, "user_id", user) if table == "users" else (ITEMS, "item_id", item)
+            (USERS, "user_id", req.user) if table == "users" else (ITEMS, "item_id", req.item)
         )
-        if table not in tables:
-            df = _read(folder, fname, [key])
-            tables[table] = (
-                df,
-                _lookup(
-                    keys,
-                    _int_column(df, key, str(folder / fname)),
-                    im_where,
-                    key,
-                    str(folder / fname),
-                ),
-                str(folder / fname),
-            )
-        df, rows, where = tables[table]
+        if table not in self.tables:
+            path = str(self.folder / fname)
+            df = _read(self.folder, fname, [key])
+            rows = _lookup(keys, _int_column(df, key, path), req.where, key, path)
+            self.tables[table] = (df, rows, path)
+        df, rows, where = self.tables[table]
         if name not in df.columns:
             raise ContractError(
                 f"{where}: missing column '{name}' declared in the manifest (table: {table})."
             )
         return df[name].to_numpy()[rows], where
 
-    def categorical(name: str, vocab: int) -> np.ndarray:
-        f = manifest.feature(name)
-        vals, where = column(f.table, name)
+    def categorical(self, manifest: Manifest, name: str, vocab: int) -> np.ndarray:
+        """A categorical feature as int64 ids checked against its vocabulary."""
+        vals, where = self.column(manifest.feature(name).table, name)
         if not np.issubdtype(vals.dtype, np.integer):
             raise ContractError(
                 f"{where}: categorical column '{name}' has dtype {vals.dtype}; store int64 ids in [0, {vocab})."
@@ -270,20 +344,21 @@ def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
         )
         return vals.astype(np.int64)
 
-    cand_side = (
-        np.stack([categorical(s, v) for s, v in zip(side, spec.side_vocab)], 1)
-        if side
-        else np.zeros((n, 0), np.int64)
-    )
-    ns_cat = (
-        np.stack([categorical(c, v) for c, v in zip(spec.cat_names, spec.cat_vocab)], 1)
-        if spec.n_cat
-        else np.zeros((n, 0), np.int64)
-    )
-    is_train = split == "train"
+    def categoricals(self, manifest: Manifest, names, vocabs) -> np.ndarray:
+        """Several categorical features stacked as columns, (impressions, len(names))."""
+        if not names:
+            return np.zeros((len(self.req.im), 0), np.int64)
+        return np.stack([self.categorical(manifest, c, v) for c, v in zip(names, vocabs)], 1)
+
+
+def _standardised_numerics(
+    join: _FeatureJoin, manifest: Manifest, names, split: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The numeric features (finite, else an error) standardised by the train split's mean and
+    std (all impressions when there is no train split); returns (float32 values, mean, std)."""
     nums = []
-    for name in spec.num_names:
-        vals, where = column(manifest.feature(name).table, name)
+    for name in names:
+        vals, where = join.column(manifest.feature(name).table, name)
         vals = vals.astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(vals))
         if len(bad):
@@ -292,52 +367,33 @@ def prepare(folder: str | Path, manifest: Manifest) -> PreparedData:
                 f"(first at joined impression row {bad[0]}). Impute or drop them."
             )
         nums.append(vals)
-    ns_num = np.stack(nums, 1) if nums else np.zeros((n, 0))
+    ns_num = np.stack(nums, 1) if nums else np.zeros((len(split), 0))
+    is_train = split == "train"
     ref = ns_num[is_train] if is_train.any() else ns_num
     mean = ref.mean(0) if len(ref) else np.zeros(ns_num.shape[1])
     std = ref.std(0) if len(ref) else np.ones(ns_num.shape[1])
     std = np.where(std > 0, std, 1.0)  # a constant column standardises to 0, not NaN
-    ns_num = ((ns_num - mean) / std).astype(np.float32)
+    return ((ns_num - mean) / std).astype(np.float32), mean, std
 
-    def i32(a: np.ndarray) -> torch.Tensor:  # compact storage; batches are cast to int64
-        return torch.from_numpy(
-            np.ascontiguousarray(
-                a.astype(np.int32 if a.size == 0 or a.max() < 2**31 - 1 else np.int64)
+
+def _oracle(req: _Requests, manifest: Manifest) -> dict[str, torch.Tensor]:
+    """p_click / p_conversion per impression when the manifest says the dataset has them."""
+    if not manifest.has_oracle:
+        return {}
+    out = {}
+    for col in ("p_click", "p_conversion"):
+        if col not in req.im.columns:
+            raise ContractError(
+                f"{req.where}: manifest has_oracle is true but column '{col}' is missing."
             )
-        )
+        out[col] = torch.from_numpy(req.im[col].to_numpy(dtype=np.float32).copy())
+    return out
 
-    imp = {
-        "cand_item": i32(item),
-        "cand_side": i32(cand_side),
-        "ns_cat": i32(ns_cat),
-        "ns_num": torch.from_numpy(ns_num),
-        **labels,
-        "user_id": torch.from_numpy(user.copy()),
-        "request_id": torch.from_numpy(rid.copy()),
-        "ts": torch.from_numpy(ts.copy()),
-    }
-    if manifest.has_oracle:
-        for col in ("p_click", "p_conversion"):
-            if col not in im.columns:
-                raise ContractError(
-                    f"{im_where}: manifest has_oracle is true but column '{col}' is missing."
-                )
-            imp[col] = torch.from_numpy(im[col].to_numpy(dtype=np.float32).copy())
 
-    start, end = asof_offsets(ev_user, ev_ts, user[req_lo], ts[req_lo])
-    req_split = split[req_lo]
-    return PreparedData(
-        events=events,
-        imp=imp,
-        imp_req=imp_req,
-        req_lo=req_lo,
-        req_hi=req_hi,
-        req_start=torch.from_numpy(start),
-        req_end=torch.from_numpy(end),
-        req_ts=torch.from_numpy(ts[req_lo]),
-        split_requests={s: np.flatnonzero(req_split == s) for s in SPLITS},
-        num_mean=mean,
-        num_std=std,
+def _i32(a: np.ndarray) -> torch.Tensor:
+    """Compact storage of ids (int32 unless a value needs int64); batches are cast to int64."""
+    return torch.from_numpy(
+        np.ascontiguousarray(a.astype(np.int32 if a.size == 0 or a.max() < 2**31 - 1 else np.int64))
     )
 
 
@@ -556,8 +612,6 @@ class OneTransDataModule(L.LightningDataModule):
         requests = self.data.split_requests[split]
         if not self.eval_sample_users:
             return requests
-        from harness.eval_sample import sample_requests
-
         request_user = self.data.imp["user_id"].numpy()[self.data.req_lo]
         kept, self.eval_sample[split] = sample_requests(
             requests, request_user, self.eval_sample_users, self.eval_sample_seed, split

@@ -85,6 +85,8 @@ class FloorFeatures:
     def __init__(
         self, folder: str | Path, windows: Iterable[int], manifest: Manifest | None = None
     ):
+        # imported here: sequences.py imports torch, which the rest of the floor (numpy, pyarrow,
+        # scipy) never needs
         from harness.data.sequences import asof_offsets
 
         folder = Path(folder)
@@ -188,7 +190,7 @@ def fit_logistic(
 ) -> tuple[np.ndarray, float, dict]:
     """L2-regularised logistic regression by L-BFGS: minimises mean logloss + l2/2 |w|^2 (the
     intercept is not penalised). X should be standardised. Returns (w, b, optimiser info)."""
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize  # here: scipy is heavy and only the fit needs it
 
     y = y.astype(np.float64)
     n, f = X.shape
@@ -399,7 +401,7 @@ def reference_features(
     folder: str | Path, L: int, manifest: Manifest | None = None
 ) -> tuple[list[str], np.ndarray]:
     """Slow, obviously correct features (a Python loop per impression), for tests only."""
-    import pandas as pd
+    import pandas as pd  # here: only this test reference reads whole tables as frames
 
     folder = Path(folder)
     m = manifest or Manifest.load(folder)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Manifest
 from harness.data.stats import prior_counts
-from harness.data.synth import HOUR_BLOCKS, N_HOURS, SynthConfig, build_world
+from harness.data.synth import GENERATOR_VERSION, HOUR_BLOCKS, N_HOURS, SynthConfig, build_world
 
 
 def synth_config(manifest: Manifest) -> SynthConfig:
@@ -45,8 +45,6 @@ def context_mode(folder: str | Path, hour: np.ndarray, surface: np.ndarray) -> n
     cfg = synth_config(m)
     seed = int(m.source.rsplit("seed=", 1)[1])
     # the mode table is the world's first draws; rebuilding the (cheap) world recovers it exactly
-    from harness.data.synth import GENERATOR_VERSION
-
     world_ss = np.random.SeedSequence([seed, GENERATOR_VERSION]).spawn(
         1 + -(-cfg.n_users // cfg.user_chunk)
     )[0]

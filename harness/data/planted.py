@@ -31,12 +31,13 @@ from harness.data.contract import (
     ITEMS,
     USERS,
     Behavior,
-    Feature,
     Manifest,
     SplitRule,
+    new_dataset_folder,
 )
+from harness.data.features import categorical, hour_feature, numeric, user_id_feature
 from harness.data.stats import compute_stats
-from harness.data.synth import DAY, T0, new_dataset_folder
+from harness.data.synth import DAY, T0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,9 +174,7 @@ def generate_planted(
         out / ITEMS,
     )
 
-    def cat(n, g, t, v, d):
-        return Feature(name=n, kind="categorical", group=g, table=t, vocab_size=v, description=d)
-
+    cat = categorical
     manifest = Manifest(
         name=f"planted-w{cfg.window}-b{cfg.n_brands}-s{seed}"
         + ("-mismatched" if cfg.mismatch_users else ""),
@@ -186,9 +185,9 @@ def generate_planted(
             cat("category", "item", "items", int(item_cat.max()) + 1, "brand group"),
             cat("brand", "item", "items", cfg.n_brands + 1, "the rule's field"),
             cat("price_bucket", "item", "items", 11, "random"),
-            cat("user_id", "user", "users", cfg.n_users + 1, "user id"),
-            cat("hour", "context", "impressions", 25, "noise"),
-            Feature(name="price", kind="numeric", group="item", table="items", description="noise"),
+            user_id_feature(cfg.n_users, table="users", description="user id"),
+            hour_feature("noise"),
+            numeric("price", "item", "items", "noise"),
         ),
         behaviors=(Behavior(name="click", id=1),),
         intent_order=("click",),

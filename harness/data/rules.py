@@ -40,9 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Manifest
+from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Manifest, new_dataset_folder
 from harness.data.stats import compute_stats
-from harness.data.synth import new_dataset_folder
 
 KINDS = ("item", "side", "count", "behavior", "context")
 

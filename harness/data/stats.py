@@ -9,8 +9,6 @@ impressions carry p_click / p_conversion, the oracle AUC / UAUC / logloss per sp
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -200,64 +198,3 @@ def format_stats(manifest: Manifest, stats: dict[str, Any]) -> str:
         for split, o in stats["oracle"].items():
             lines.append(f"  {split:6s} " + " ".join(f"{o[k]:12.4f}" for k in keys))
     return "\n".join(lines)
-
-
-def add_stats_args(p: argparse.ArgumentParser) -> None:
-    from harness.data.validate import add_folder_args
-
-    add_folder_args(p)
-    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
-    p.add_argument(
-        "--stored", action="store_true", help="print manifest.stats without reading the data"
-    )
-    p.add_argument(
-        "--floor",
-        type=int,
-        nargs="+",
-        metavar="L",
-        help="also fit the count-feature floor at these windows (e.g. --floor 8 16 32): a logistic "
-        "regression on history counts, its val/test AUC and coefficients (harness/data/floor.py); "
-        "cached in DIR/.floor.json",
-    )
-    p.add_argument(
-        "--no-floor-cache",
-        action="store_true",
-        help="recompute the floor even if DIR/.floor.json holds it (and do not write the cache)",
-    )
-
-
-def main_stats(args: argparse.Namespace) -> int:
-    import pyarrow as pa
-
-    from harness.data.contract import ContractError, resolve_folder
-    from harness.data.validate import unreadable_files
-
-    folder = resolve_folder(args.folder, args.cache_dir, args.data_seed)
-    manifest = Manifest.load(folder)
-    if args.stored and manifest.stats:
-        stats = manifest.stats
-    else:
-        try:
-            stats = compute_stats(folder, manifest)
-        except (pa.ArrowException, OSError) as err:
-            bad = unreadable_files(folder)
-            raise ContractError(
-                "\n".join(str(v) for v in bad)
-                if bad
-                else f"{folder}: cannot read the dataset: "
-                f"{err}; check it with: python -m harness.data validate {folder}"
-            ) from None
-    floor = None
-    if args.floor:
-        from harness.data.floor import compute_floor, format_floor
-
-        if min(args.floor) < 1:
-            raise ContractError(f"--floor: windows must be >= 1, got {args.floor}")
-        floor = compute_floor(folder, args.floor, manifest=manifest, cache=not args.no_floor_cache)
-    if args.json:
-        print(json.dumps(stats if floor is None else {**stats, "floor": floor}, indent=2))
-    else:
-        print(format_stats(manifest, stats))
-        if floor is not None:
-            print(format_floor(floor))
-    return 0

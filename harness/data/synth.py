@@ -27,14 +27,12 @@ as row groups (bounded memory); impressions are sorted globally at the end.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -49,10 +47,12 @@ from harness.data.contract import (
     ITEMS,
     USERS,
     Behavior,
-    Feature,
     Manifest,
     SplitRule,
+    new_dataset_folder,
 )
+from harness.data.features import categorical, hour_feature, numeric, user_id_feature
+from harness.data.stats import compute_stats
 
 GENERATOR_VERSION = 1
 T0 = 1_600_000_000  # first second of the synthetic timeline (2020-09-13)
@@ -191,9 +191,7 @@ def split_times(cfg: SynthConfig) -> tuple[int, int]:
 def _manifest(cfg: SynthConfig, name: str, seed: int) -> Manifest:
     val_ts, test_ts = split_times(cfg)
 
-    def cat(n, g, t, v, d):
-        return Feature(name=n, kind="categorical", group=g, table=t, vocab_size=v, description=d)
-
+    cat = categorical
     features = (
         cat("category", "item", "items", cfg.n_categories + 1, "item category (topic group)"),
         *(
@@ -203,9 +201,9 @@ def _manifest(cfg: SynthConfig, name: str, seed: int) -> Manifest:
         ),
         cat("brand", "item", "items", cfg.n_cells + 1, "brand: the item's (topic, style) cell"),
         cat("price_bucket", "item", "items", N_PRICE_BUCKETS + 1, "decile of log price"),
-        cat("user_id", "user", "users", cfg.n_users + 1, "user id"),
+        user_id_feature(cfg.n_users, table="users", description="user id"),
         cat("age_bucket", "user", "users", N_AGE + 1, "age bucket; shifts price tolerance"),
-        cat("hour", "context", "impressions", N_HOURS + 1, "hour of day + 1"),
+        hour_feature("hour of day + 1"),  # N_HOURS hours: ids 1..24
         cat("device", "context", "impressions", N_DEVICES + 1, "device; scales price sensitivity"),
         cat(
             "surface",
@@ -214,16 +212,8 @@ def _manifest(cfg: SynthConfig, name: str, seed: int) -> Manifest:
             N_SURFACES + 1,
             "surface; with hour selects the mode",
         ),
-        Feature(
-            name="price", kind="numeric", group="item", table="items", description="item price"
-        ),
-        Feature(
-            name="user_activity",
-            kind="numeric",
-            group="user",
-            table="users",
-            description="log1p(number of events of the user)",
-        ),
+        numeric("price", "item", "items", "item price"),
+        numeric("user_activity", "user", "users", "log1p(number of events of the user)"),
     )
     return Manifest(
         name=name,
@@ -522,16 +512,6 @@ def _table(cols: dict[str, np.ndarray], names) -> pa.Table:
     return pa.table({k: cols[k] for k in names})
 
 
-def new_dataset_folder(out: str | Path) -> Path:
-    """Create `out` for a generator to write a dataset into; refuse one that already holds a dataset
-    (nothing there is overwritten)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if any((out / f).exists() for f in (EVENTS, IMPRESSIONS, "manifest.yaml")):
-        raise FileExistsError(f"{out}: already holds a dataset; choose an empty --out folder.")
-    return out
-
-
 def generate(
     cfg: SynthConfig,
     out: str | Path,
@@ -607,8 +587,6 @@ def generate(
         out / ITEMS,
     )
 
-    from harness.data.stats import compute_stats
-
     manifest = replace(manifest, stats=compute_stats(out, manifest))
     manifest.save(out)
     return out
@@ -666,22 +644,3 @@ def ensure_synthetic(preset: str, seed: int, cache_dir: str | Path, progress: bo
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def add_synth_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="ci")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def main_synth(args: argparse.Namespace) -> int:
-    t = time.perf_counter()
-    out = generate_preset(args.preset, args.seed, args.out, progress=not args.no_progress)
-    m = Manifest.load(out)
-    s = m.stats
-    print(
-        f"wrote {out} in {time.perf_counter() - t:.1f}s: {s['users']} users, {s['items']} items, "
-        f"{s['events']} events, {s['impressions']} impressions"
-    )
-    return 0

@@ -9,7 +9,6 @@ checked in bounded memory. Nothing is ever written.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,10 +305,50 @@ def _cat_feats(m: Manifest, table: str) -> list[str]:
     return [f.name for f in m.features if f.table == table and f.kind == "categorical"]
 
 
+@dataclass(kw_only=True)
+class _Dataset:
+    """What the checks share: the manifest, where each table lies, and what one check learns for a
+    later one (the ids of users.parquet / items.parquet, the items' side fields, each user's first
+    event)."""
+
+    folder: Path
+    manifest: Manifest
+    src: dict[str, Path | None]
+    exists: dict[str, bool]  # the table is there (a file or a folder of parts)
+    present: dict[str, bool]  # ... and usable: not already reported as broken 'parts'
+    vocab: dict[str, int | None]  # categorical feature -> vocab_size
+    users_ids: np.ndarray | None = None  # sorted unique user ids of users.parquet
+    items_ids: np.ndarray | None = None  # sorted unique item ids of items.parquet
+    item_side: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # (sorted item ids, sides)
+    first_event: tuple[np.ndarray, np.ndarray] | None = None  # (sorted users, first event ts)
+
+    @property
+    def user_vocab(self) -> int:
+        """The upper bound of user ids: user_id's vocab_size when declared, else none."""
+        return self.vocab.get("user_id") or np.iinfo(np.int64).max
+
+
 def validate(folder: str | Path) -> list[Violation]:
-    """Every contract violation of the dataset folder (empty list: valid)."""
+    """Every contract violation of the dataset folder (empty list: valid). The checks run in this
+    order, each a named step below; the report keeps the order in which they find things."""
     folder = Path(folder)
     rep = _Report()
+    ds = _open(rep, folder)
+    if ds is None:
+        return rep.result()
+    _check_files(rep, ds)
+    _check_lookup_table(rep, ds, "users", USERS, "user_id")
+    _check_lookup_table(rep, ds, "items", ITEMS, "item_id")
+    _read_item_sides(rep, ds)
+    _check_events(rep, ds)
+    _check_impressions(rep, ds)
+    return rep.result()
+
+
+# ---- the manifest and the files --------------------------------------------------------------
+def _open(rep: _Report, folder: Path) -> _Dataset | None:
+    """The manifest and each table's source; None (with a 'manifest' violation) when the manifest
+    cannot be read: nothing else can be checked without it."""
     try:
         m = Manifest.load(folder)
     except ContractError as e:
@@ -320,25 +359,35 @@ def validate(folder: str | Path) -> list[Violation]:
             message=str(e),
             fix=f"see {DOC} for the manifest fields",
         )
-        return rep.result()
-
+        return None
     src = _sources(rep, folder)
     # a table reported as 'parts' is there but unusable: not missing, and not checked further
     exists = {f: src[f] is not None for f in (EVENTS, IMPRESSIONS, USERS, ITEMS)}
-    present = {f: exists[f] and f not in rep.unreadable for f in exists}
+    return _Dataset(
+        folder=folder,
+        manifest=m,
+        src=src,
+        exists=exists,
+        present={f: exists[f] and f not in rep.unreadable for f in exists},
+        vocab={f.name: f.vocab_size for f in m.features if f.kind == "categorical"},
+    )
+
+
+def _check_files(rep: _Report, ds: _Dataset) -> None:
+    """The two required tables, and users/items wherever the manifest declares features in them."""
     for f in (EVENTS, IMPRESSIONS):
-        if not exists[f]:
+        if not ds.exists[f]:
             rep.add(
                 file=f,
                 column="",
                 kind="missing_file",
                 message=f"required file {f} is absent",
-                fix=f"write {folder / f} or its parts {folder / f.removesuffix('.parquet')}/"
+                fix=f"write {ds.folder / f} or its parts {ds.folder / f.removesuffix('.parquet')}/"
                 f"part-*.parquet ({DOC})",
             )
     for table, f in (("users", USERS), ("items", ITEMS)):
-        feats = [x.name for x in m.features if x.table == table]
-        if feats and not exists[f]:
+        feats = [x.name for x in ds.manifest.features if x.table == table]
+        if feats and not ds.exists[f]:
             rep.add(
                 file=f,
                 column=",".join(feats),
@@ -346,422 +395,484 @@ def validate(folder: str | Path) -> list[Violation]:
                 message=f"manifest declares features {feats} in table '{table}' but {f} is absent",
                 fix=f"write {f} with {table[:-1]}_id and those columns, or move the features' table",
             )
-    voc = {f.name: f.vocab_size for f in m.features if f.kind == "categorical"}
-    user_vocab = voc.get("user_id")
 
-    users_ids = items_ids = None
-    for table, fname, idc in (("users", USERS, "user_id"), ("items", ITEMS, "item_id")):
-        if not present[fname]:
-            continue
-        with _readable(rep, fname, src[fname]):
-            ok = _check_columns(
-                rep,
-                fname,
-                table_schema(src[fname]),
-                [idc, *_cat_feats(m, table)],
-                _numeric_feats(m, table),
-                [],
+
+# ---- users.parquet / items.parquet -----------------------------------------------------------
+def _check_lookup_table(rep: _Report, ds: _Dataset, table: str, fname: str, idc: str) -> None:
+    """users.parquet or items.parquet: columns, 1-based unique ids, feature vocabularies, finite
+    numerics. Keeps the table's ids for the impressions' unknown_user / unknown_item checks."""
+    if not ds.present[fname]:
+        return
+    m = ds.manifest
+    with _readable(rep, fname, ds.src[fname]):
+        ok = _check_columns(
+            rep,
+            fname,
+            table_schema(ds.src[fname]),
+            [idc, *_cat_feats(m, table)],
+            _numeric_feats(m, table),
+            [],
+        )
+        t = read_table(ds.src[fname], columns=sorted(ok))
+        if idc in ok:
+            ids = t.column(idc).to_numpy()
+            hi = m.item_vocab if idc == "item_id" else ds.user_vocab
+            _vocab(rep, t, 0, fname, idc, 1, hi, "ids are 1-based; 0 is padding")
+            _, first, counts = np.unique(ids, return_index=True, return_counts=True)
+            dup = np.zeros(ids.size, bool)
+            dup[np.setdiff1d(np.arange(ids.size), first)] = True
+            rep.rows(
+                t,
+                dup,
+                0,
+                file=fname,
+                column=idc,
+                kind="duplicate_id",
+                message=f"{idc} appears more than once",
+                fix=f"keep one row per {idc}",
             )
-            t = read_table(src[fname], columns=sorted(ok))
-            if idc in ok:
-                ids = t.column(idc).to_numpy()
-                hi = m.item_vocab if idc == "item_id" else (user_vocab or np.iinfo(np.int64).max)
-                _vocab(rep, t, 0, fname, idc, 1, hi, "ids are 1-based; 0 is padding")
-                _, first, counts = np.unique(ids, return_index=True, return_counts=True)
-                dup = np.zeros(ids.size, bool)
-                dup[np.setdiff1d(np.arange(ids.size), first)] = True
-                rep.rows(
-                    t,
-                    dup,
-                    0,
-                    file=fname,
-                    column=idc,
-                    kind="duplicate_id",
-                    message=f"{idc} appears more than once",
-                    fix=f"keep one row per {idc}",
-                )
-                if table == "users":
-                    users_ids = np.unique(ids)
-                else:
-                    items_ids = np.unique(ids)
-            for c in _cat_feats(m, table):
-                if c in ok and c != idc:
-                    _vocab(rep, t, 0, fname, c, 0, voc[c], "categorical feature", (idc,))
-            for c in _numeric_feats(m, table):
-                if c in ok:
-                    _finite(rep, t, 0, fname, c, (idc,))
+            if table == "users":
+                ds.users_ids = np.unique(ids)
+            else:
+                ds.items_ids = np.unique(ids)
+        for c in _cat_feats(m, table):
+            if c in ok and c != idc:
+                _vocab(rep, t, 0, fname, c, 0, ds.vocab[c], "categorical feature", (idc,))
+        for c in _numeric_feats(m, table):
+            if c in ok:
+                _finite(rep, t, 0, fname, c, (idc,))
 
-    item_side = (
-        None  # (sorted item ids, {side field: values}) to check events against items.parquet
+
+def _read_item_sides(rep: _Report, ds: _Dataset) -> None:
+    """The items' side fields, sorted by item id, to check the events' copies against."""
+    if not ds.present[ITEMS]:
+        return
+    with _readable(rep, ITEMS, ds.src[ITEMS]):
+        sides = [c for c in ds.manifest.side_fields if c in table_schema(ds.src[ITEMS]).names]
+        it = read_table(ds.src[ITEMS], columns=["item_id", *sides])
+        order = np.argsort(it.column("item_id").to_numpy(), kind="stable")
+        ds.item_side = (
+            it.column("item_id").to_numpy()[order],
+            {c: it.column(c).to_numpy()[order] for c in sides},
+        )
+
+
+# ---- events.parquet, one row group at a time -------------------------------------------------
+@dataclass(kw_only=True)
+class _EventScan:
+    """What the event checks carry from one row group to the next."""
+
+    ok: set[str]  # the columns present with a usable dtype
+    show: tuple[str, ...]  # the columns an example row shows
+    off: int = 0  # rows of the earlier row groups
+    last_key: tuple[int, int] | None = None  # (user_id, ts) of the previous row
+    carry: pa.Table | None = None  # last (user, ts) group of the previous row group
+    first_parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def _check_events(rep: _Report, ds: _Dataset) -> None:
+    """events.parquet in bounded memory: columns, not empty, then each row group's order, ids
+    and side fields; finally each user's first event (for the impressions' no_history check)."""
+    if not ds.present[EVENTS]:
+        return
+    m = ds.manifest
+    with _readable(rep, EVENTS, ds.src[EVENTS]):
+        ok = _check_columns(
+            rep,
+            EVENTS,
+            table_schema(ds.src[EVENTS]),
+            ["user_id", "ts", "behavior", "item_id", *m.side_fields],
+            [],
+            [],
+        )
+        if n_rows(ds.src[EVENTS]) == 0:
+            rep.add(
+                file=EVENTS,
+                column="",
+                kind="empty",
+                message="the behaviour log has no rows: every impression would have an empty history, "
+                "so a sequence model could not learn from it",
+                fix=f"write the users' events to {EVENTS} ({DOC}); check the converter's filters",
+            )
+        scan = _EventScan(ok=ok, show=tuple(c for c in ("user_id", "ts") if c in ok))
+        for f in table_files(ds.src[EVENTS]):
+            pf = pq.ParquetFile(f)
+            for rg in range(pf.num_row_groups):
+                t = pf.read_row_group(rg, columns=sorted(ok))
+                _check_event_order(rep, t, scan)
+                dup_keys = [c for c in ("user_id", "ts", "item_id", "behavior") if c in ok]
+                if len(dup_keys) == 4 and len(t):
+                    scan.carry = _duplicates(rep, t, scan.carry, scan.off, dup_keys, scan.show)
+                _check_event_ids(rep, ds, t, scan)
+                _check_event_sides(rep, ds, t, scan)
+                scan.off += len(t)
+        ds.first_event = _first_events(scan.first_parts)
+
+
+def _check_event_order(rep: _Report, t: pa.Table, scan: _EventScan) -> None:
+    """Sorted by (user_id, ts) across row groups, no negative ts; notes each user's first event."""
+    if not {"user_id", "ts"} <= scan.ok:
+        return
+    u, ts = t.column("user_id").to_numpy(), t.column("ts").to_numpy()
+    bad = np.zeros(len(u), bool)
+    bad[1:] = (u[1:] < u[:-1]) | ((u[1:] == u[:-1]) & (ts[1:] < ts[:-1]))
+    if scan.last_key is not None and len(u):
+        bad[0] = (u[0], ts[0]) < scan.last_key
+    rep.rows(
+        t,
+        bad,
+        scan.off,
+        file=EVENTS,
+        column="ts",
+        kind="unsorted",
+        message="events are not sorted by (user_id, ts)",
+        fix="sort: df.sort_values(['user_id', 'ts'], kind='stable') before writing",
+        show=scan.show,
     )
-    first_event: tuple[np.ndarray, np.ndarray] | None = None  # (sorted users, their first event ts)
-    if present[ITEMS]:
-        with _readable(rep, ITEMS, src[ITEMS]):
-            sides = [c for c in m.side_fields if c in table_schema(src[ITEMS]).names]
-            it = read_table(src[ITEMS], columns=["item_id", *sides])
-            order = np.argsort(it.column("item_id").to_numpy(), kind="stable")
-            item_side = (
-                it.column("item_id").to_numpy()[order],
-                {c: it.column(c).to_numpy()[order] for c in sides},
+    if len(u):
+        scan.last_key = (int(u[-1]), int(ts[-1]))
+        # each user's first event (events are sorted by (user_id, ts); unsorted ones are an
+        # error above): is there any history before an impression?
+        users, first = np.unique(u, return_index=True)
+        scan.first_parts.append((users, ts[first]))
+    rep.rows(
+        t,
+        ts < 0,
+        scan.off,
+        file=EVENTS,
+        column="ts",
+        kind="timestamp",
+        message="negative timestamps",
+        fix="store ts as int64 epoch seconds",
+        show=scan.show,
+    )
+
+
+def _check_event_ids(rep: _Report, ds: _Dataset, t: pa.Table, scan: _EventScan) -> None:
+    """User ids, behaviour ids, item ids and side fields inside their vocabularies."""
+    m, ok, off, show = ds.manifest, scan.ok, scan.off, scan.show
+    if "user_id" in ok:
+        _vocab(rep, t, off, EVENTS, "user_id", 1, ds.user_vocab, "user ids are 1-based", show)
+    if "behavior" in ok:
+        n_beh = len(m.behaviors)
+        b = t.column("behavior").to_numpy()
+        rep.rows(
+            t,
+            (b < 1) | (b > n_beh),
+            off,
+            file=EVENTS,
+            column="behavior",
+            kind="behavior",
+            message=f"unknown behaviour ids (manifest declares 1..{n_beh}: {list(m.behavior_names())})",
+            fix="map behaviours to the ids declared in manifest.behaviors (0 is never an event)",
+            show=show,
+        )
+    if "item_id" in ok:
+        _vocab(rep, t, off, EVENTS, "item_id", 1, m.item_vocab, "item ids are 1-based", show)
+    for s in m.side_fields:
+        if s in ok:
+            _vocab(rep, t, off, EVENTS, s, 0, ds.vocab[s], "side field", show)
+
+
+def _check_event_sides(rep: _Report, ds: _Dataset, t: pa.Table, scan: _EventScan) -> None:
+    """Each event's side fields equal its item's in items.parquet (when that table exists)."""
+    if ds.item_side is None or "item_id" not in scan.ok:
+        return
+    ids, sides = ds.item_side
+    item = t.column("item_id").to_numpy()
+    pos = np.minimum(np.searchsorted(ids, item), max(ids.size - 1, 0))
+    known = ids.size > 0
+    found = (ids[pos] == item) if known else np.zeros(item.size, bool)
+    for s, vals in sides.items():
+        if s in scan.ok:
+            bad = found & (t.column(s).to_numpy() != vals[pos])
+            rep.rows(
+                t,
+                bad,
+                scan.off,
+                file=EVENTS,
+                column=s,
+                kind="side_mismatch",
+                message=f"'{s}' of the event differs from the item's '{s}' in {ITEMS}",
+                fix=f"write each event's side fields from {ITEMS} (join on item_id) so "
+                f"sequence and candidate see the same values",
+                show=(*scan.show, "item_id"),
             )
 
-    if present[EVENTS]:
-        with _readable(rep, EVENTS, src[EVENTS]):
-            ok = _check_columns(
-                rep,
-                EVENTS,
-                table_schema(src[EVENTS]),
-                ["user_id", "ts", "behavior", "item_id", *m.side_fields],
-                [],
-                [],
-            )
-            n_beh = len(m.behaviors)
-            last_key: tuple[int, int] | None = None
-            off = 0
-            if n_rows(src[EVENTS]) == 0:
+
+def _first_events(
+    first_parts: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sorted users, each one's first event ts) from the row groups' parts; None without any."""
+    if not first_parts:
+        return None
+    users = np.concatenate([p[0] for p in first_parts])
+    firsts = np.concatenate([p[1] for p in first_parts])
+    order = np.lexsort((firsts, users))
+    users, firsts = users[order], firsts[order]
+    keep = np.ones(len(users), bool)
+    keep[1:] = users[1:] != users[:-1]
+    return users[keep], firsts[keep]
+
+
+# ---- impressions.parquet ---------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class _Impressions:
+    """The impressions table as the checks read it."""
+
+    t: pa.Table
+    ok: set[str]  # the columns present with a usable dtype
+    show: tuple[str, ...]  # the columns an example row shows
+
+    def col(self, c: str) -> np.ndarray:
+        return self.t.column(c).to_numpy(zero_copy_only=False)
+
+
+def _check_impressions(rep: _Report, ds: _Dataset) -> None:
+    """impressions.parquet: columns, rows in every split, order and requests, histories, ids,
+    labels and the chronological split."""
+    if not ds.present[IMPRESSIONS]:
+        return
+    m = ds.manifest
+    with _readable(rep, IMPRESSIONS, ds.src[IMPRESSIONS]):
+        ints = [
+            "request_id",
+            "user_id",
+            "ts",
+            "item_id",
+            "click",
+            "conversion",
+            *(c for c in _cat_feats(m, "impressions") if c not in ("user_id", "item_id")),
+        ]
+        floats = _numeric_feats(m, "impressions") + (
+            ["p_click", "p_conversion"] if m.has_oracle else []
+        )
+        ok = _check_columns(
+            rep, IMPRESSIONS, table_schema(ds.src[IMPRESSIONS]), ints, floats, ["split"]
+        )
+        t = read_table(ds.src[IMPRESSIONS], columns=sorted(ok))
+        im = _Impressions(
+            t=t, ok=ok, show=tuple(c for c in ("request_id", "user_id", "ts") if c in ok)
+        )
+        _check_impression_rows(rep, m, im)
+        _check_impression_order(rep, im)
+        if ds.first_event is not None and {"user_id", "ts"} <= ok and len(t):
+            _no_history(rep, t, im.col("user_id"), im.col("ts"), ds.first_event, im.show)
+        _check_impression_ids(rep, ds, im)
+        _check_labels(rep, m, im)
+        _check_split(rep, m, im)
+
+
+def _check_impression_rows(rep: _Report, m: Manifest, im: _Impressions) -> None:
+    """Some impressions, and some in each of train, val and test."""
+    if len(im.t) == 0:
+        rep.add(
+            file=IMPRESSIONS,
+            column="",
+            kind="empty",
+            message="no impressions: nothing to train or evaluate on",
+            fix=f"write the shown candidates with their labels to {IMPRESSIONS} ({DOC})",
+        )
+    elif "split" in im.ok:
+        sp = np.asarray(im.col("split")).astype(str)
+        for split in SPLITS:
+            if not np.any(sp == split):
                 rep.add(
-                    file=EVENTS,
-                    column="",
-                    kind="empty",
-                    message="the behaviour log has no rows: every impression would have an empty history, "
-                    "so a sequence model could not learn from it",
-                    fix=f"write the users' events to {EVENTS} ({DOC}); check the converter's filters",
-                )
-            first_parts: list[tuple[np.ndarray, np.ndarray]] = []  # (users, first ts) per group
-            dup_keys = [c for c in ("user_id", "ts", "item_id", "behavior") if c in ok]
-            carry: pa.Table | None = None  # last (user, ts) group of the previous row group
-            for f in table_files(src[EVENTS]):
-                pf = pq.ParquetFile(f)
-                for rg in range(pf.num_row_groups):
-                    t = pf.read_row_group(rg, columns=sorted(ok))
-                    show = tuple(c for c in ("user_id", "ts") if c in ok)
-                    if {"user_id", "ts"} <= ok:
-                        u, ts = t.column("user_id").to_numpy(), t.column("ts").to_numpy()
-                        bad = np.zeros(len(u), bool)
-                        bad[1:] = (u[1:] < u[:-1]) | ((u[1:] == u[:-1]) & (ts[1:] < ts[:-1]))
-                        if last_key is not None and len(u):
-                            bad[0] = (u[0], ts[0]) < last_key
-                        rep.rows(
-                            t,
-                            bad,
-                            off,
-                            file=EVENTS,
-                            column="ts",
-                            kind="unsorted",
-                            message="events are not sorted by (user_id, ts)",
-                            fix="sort: df.sort_values(['user_id', 'ts'], kind='stable') before writing",
-                            show=show,
-                        )
-                        if len(u):
-                            last_key = (int(u[-1]), int(ts[-1]))
-                            # each user's first event (events are sorted by (user_id, ts); unsorted
-                            # ones are an error above): is there any history before an impression?
-                            users, first = np.unique(u, return_index=True)
-                            first_parts.append((users, ts[first]))
-                        rep.rows(
-                            t,
-                            ts < 0,
-                            off,
-                            file=EVENTS,
-                            column="ts",
-                            kind="timestamp",
-                            message="negative timestamps",
-                            fix="store ts as int64 epoch seconds",
-                            show=show,
-                        )
-                    if len(dup_keys) == 4 and len(t):
-                        carry = _duplicates(rep, t, carry, off, dup_keys, show)
-                    if "user_id" in ok:
-                        _vocab(
-                            rep,
-                            t,
-                            off,
-                            EVENTS,
-                            "user_id",
-                            1,
-                            user_vocab or np.iinfo(np.int64).max,
-                            "user ids are 1-based",
-                            show,
-                        )
-                    if "behavior" in ok:
-                        b = t.column("behavior").to_numpy()
-                        rep.rows(
-                            t,
-                            (b < 1) | (b > n_beh),
-                            off,
-                            file=EVENTS,
-                            column="behavior",
-                            kind="behavior",
-                            message=f"unknown behaviour ids (manifest declares 1..{n_beh}: {list(m.behavior_names())})",
-                            fix="map behaviours to the ids declared in manifest.behaviors (0 is never an event)",
-                            show=show,
-                        )
-                    if "item_id" in ok:
-                        _vocab(
-                            rep,
-                            t,
-                            off,
-                            EVENTS,
-                            "item_id",
-                            1,
-                            m.item_vocab,
-                            "item ids are 1-based",
-                            show,
-                        )
-                    for s in m.side_fields:
-                        if s in ok:
-                            _vocab(rep, t, off, EVENTS, s, 0, voc[s], "side field", show)
-                    if item_side is not None and "item_id" in ok:
-                        ids, sides = item_side
-                        item = t.column("item_id").to_numpy()
-                        pos = np.minimum(np.searchsorted(ids, item), max(ids.size - 1, 0))
-                        known = ids.size > 0
-                        found = (ids[pos] == item) if known else np.zeros(item.size, bool)
-                        for s, vals in sides.items():
-                            if s in ok:
-                                bad = found & (t.column(s).to_numpy() != vals[pos])
-                                rep.rows(
-                                    t,
-                                    bad,
-                                    off,
-                                    file=EVENTS,
-                                    column=s,
-                                    kind="side_mismatch",
-                                    message=f"'{s}' of the event differs from the item's '{s}' in {ITEMS}",
-                                    fix=f"write each event's side fields from {ITEMS} (join on item_id) so "
-                                    f"sequence and candidate see the same values",
-                                    show=(*show, "item_id"),
-                                )
-                    off += len(t)
-            if first_parts:
-                users = np.concatenate([p[0] for p in first_parts])
-                firsts = np.concatenate([p[1] for p in first_parts])
-                order = np.lexsort((firsts, users))
-                users, firsts = users[order], firsts[order]
-                keep = np.ones(len(users), bool)
-                keep[1:] = users[1:] != users[:-1]
-                first_event = (users[keep], firsts[keep])
-
-    if present[IMPRESSIONS]:
-        with _readable(rep, IMPRESSIONS, src[IMPRESSIONS]):
-            ints = [
-                "request_id",
-                "user_id",
-                "ts",
-                "item_id",
-                "click",
-                "conversion",
-                *(c for c in _cat_feats(m, "impressions") if c not in ("user_id", "item_id")),
-            ]
-            floats = _numeric_feats(m, "impressions") + (
-                ["p_click", "p_conversion"] if m.has_oracle else []
-            )
-            ok = _check_columns(
-                rep, IMPRESSIONS, table_schema(src[IMPRESSIONS]), ints, floats, ["split"]
-            )
-            t = read_table(src[IMPRESSIONS], columns=sorted(ok))
-            show = tuple(c for c in ("request_id", "user_id", "ts") if c in ok)
-
-            def col(c):
-                return t.column(c).to_numpy(zero_copy_only=False)
-
-            if len(t) == 0:
-                rep.add(
-                    file=IMPRESSIONS,
-                    column="",
-                    kind="empty",
-                    message="no impressions: nothing to train or evaluate on",
-                    fix=f"write the shown candidates with their labels to {IMPRESSIONS} ({DOC})",
-                )
-            elif "split" in ok:
-                sp = np.asarray(col("split")).astype(str)
-                for split in SPLITS:
-                    if not np.any(sp == split):
-                        rep.add(
-                            file=IMPRESSIONS,
-                            column="split",
-                            kind="empty_split",
-                            message=f"split '{split}' has no impressions: the run needs train to learn, val "
-                            f"to select and test to report",
-                            fix=f"check manifest.split (val from ts {m.split.val_start_ts}, test from ts "
-                            f"{m.split.test_start_ts}) against the impressions' time range",
-                        )
-            if "ts" in ok:
-                rep.rows(
-                    t,
-                    col("ts") < 0,
-                    0,
-                    file=IMPRESSIONS,
-                    column="ts",
-                    kind="timestamp",
-                    message="negative timestamps",
-                    fix="store ts as int64 epoch seconds",
-                    show=show,
-                )
-            if {"ts", "request_id"} <= ok:
-                ts, rid = col("ts"), col("request_id")
-                bad = np.zeros(len(ts), bool)
-                bad[1:] = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (rid[1:] < rid[:-1]))
-                rep.rows(
-                    t,
-                    bad,
-                    0,
-                    file=IMPRESSIONS,
-                    column="ts",
-                    kind="unsorted",
-                    message="impressions are not sorted by (ts, request_id)",
-                    fix="sort: df.sort_values(['ts', 'request_id'], kind='stable') before writing",
-                    show=show,
-                )
-                if "user_id" in ok:
-                    # a request is one (user, time): its impressions share one behaviour sequence
-                    order = np.argsort(rid, kind="stable")
-                    r, u2, t2 = rid[order], col("user_id")[order], ts[order]
-                    mix = np.zeros(len(r), bool)
-                    mix[1:] = (r[1:] == r[:-1]) & ((u2[1:] != u2[:-1]) | (t2[1:] != t2[:-1]))
-                    rows = np.zeros(len(r), bool)
-                    rows[order[mix]] = True
-                    rep.rows(
-                        t,
-                        rows,
-                        0,
-                        file=IMPRESSIONS,
-                        column="request_id",
-                        kind="request",
-                        message="a request_id spans several users or timestamps",
-                        fix="give each (user_id, ts) request its own request_id",
-                        show=show,
-                    )
-            if first_event is not None and {"user_id", "ts"} <= ok and len(t):
-                _no_history(rep, t, col("user_id"), col("ts"), first_event, show)
-            if "item_id" in ok:
-                _vocab(
-                    rep,
-                    t,
-                    0,
-                    IMPRESSIONS,
-                    "item_id",
-                    1,
-                    m.item_vocab,
-                    "item ids are 1-based",
-                    show + ("item_id",),
-                )
-                if items_ids is not None:
-                    rep.rows(
-                        t,
-                        ~np.isin(col("item_id"), items_ids),
-                        0,
-                        file=IMPRESSIONS,
-                        column="item_id",
-                        kind="unknown_item",
-                        message=f"candidate items without a row in {ITEMS}",
-                        fix=f"add those items to {ITEMS} (their item features are joined from it)",
-                        show=show,
-                    )
-            if "user_id" in ok:
-                _vocab(
-                    rep,
-                    t,
-                    0,
-                    IMPRESSIONS,
-                    "user_id",
-                    1,
-                    user_vocab or np.iinfo(np.int64).max,
-                    "user ids are 1-based",
-                    show,
-                )
-                if users_ids is not None:
-                    rep.rows(
-                        t,
-                        ~np.isin(col("user_id"), users_ids),
-                        0,
-                        file=IMPRESSIONS,
-                        column="user_id",
-                        kind="unknown_user",
-                        message=f"impressions whose user has no row in {USERS}",
-                        fix=f"add those users to {USERS}: when {USERS} exists it must hold every user of "
-                        f"the impressions (a user without events is allowed: an empty history)",
-                        show=show,
-                    )
-            for c in _cat_feats(m, "impressions"):
-                if c in ok and c not in ("user_id", "item_id"):
-                    _vocab(rep, t, 0, IMPRESSIONS, c, 0, voc[c], "categorical feature", show)
-            for c in _numeric_feats(m, "impressions"):
-                if c in ok:
-                    _finite(rep, t, 0, IMPRESSIONS, c, show)
-            for c in ("click", "conversion"):
-                if c in ok:
-                    rep.rows(
-                        t,
-                        ~np.isin(col(c), (0, 1)),
-                        0,
-                        file=IMPRESSIONS,
-                        column=c,
-                        kind="label",
-                        message="labels must be 0 or 1",
-                        fix=f"binarise '{c}' (e.g. (x > 0).astype('int64'))",
-                        show=show,
-                    )
-            if {"click", "conversion"} <= ok and m.labels.get("conversion_requires_click", True):
-                rep.rows(
-                    t,
-                    (col("conversion") == 1) & (col("click") != 1),
-                    0,
-                    file=IMPRESSIONS,
-                    column="conversion",
-                    kind="conversion_without_click",
-                    message="conversion = 1 on an impression with click = 0",
-                    fix="set conversion = click & conversion, or set labels.conversion_requires_click: false "
-                    f"in {MANIFEST} if your funnel allows it",
-                    show=(*show, "click"),
-                )
-            for c in ("p_click", "p_conversion"):
-                if c in ok:
-                    p = col(c).astype(np.float64)
-                    rep.rows(
-                        t,
-                        ~(np.isfinite(p) & (p >= 0) & (p <= 1)),
-                        0,
-                        file=IMPRESSIONS,
-                        column=c,
-                        kind="probability",
-                        message="true probabilities must be finite and in [0, 1]",
-                        fix=f"store probabilities, not logits, in '{c}'",
-                        show=show,
-                    )
-            if "split" in ok:
-                sp = np.asarray(col("split")).astype(str)
-                rep.rows(
-                    t,
-                    ~np.isin(sp, SPLITS),
-                    0,
                     file=IMPRESSIONS,
                     column="split",
-                    kind="split",
-                    message=f"split values must be one of {list(SPLITS)}",
-                    fix="relabel the split column",
-                    show=show,
+                    kind="empty_split",
+                    message=f"split '{split}' has no impressions: the run needs train to learn, val "
+                    f"to select and test to report",
+                    fix=f"check manifest.split (val from ts {m.split.val_start_ts}, test from ts "
+                    f"{m.split.test_start_ts}) against the impressions' time range",
                 )
-                if "ts" in ok:
-                    ts = col("ts")
-                    want = np.where(
-                        ts >= m.split.test_start_ts,
-                        "test",
-                        np.where(ts >= m.split.val_start_ts, "val", "train"),
-                    )
-                    rep.rows(
-                        t,
-                        np.isin(sp, SPLITS) & (sp != want),
-                        0,
-                        file=IMPRESSIONS,
-                        column="split",
-                        kind="leakage",
-                        message=f"split is not chronological: it disagrees with manifest.split "
-                        f"(val from ts {m.split.val_start_ts}, test from ts {m.split.test_start_ts})",
-                        fix="derive split from ts: train < split.val_start_ts <= val < split.test_start_ts <= test",
-                        show=show,
-                    )
-    return rep.result()
+
+
+def _check_impression_order(rep: _Report, im: _Impressions) -> None:
+    """No negative ts; sorted by (ts, request_id); one (user, ts) per request."""
+    t, ok, show = im.t, im.ok, im.show
+    if "ts" in ok:
+        rep.rows(
+            t,
+            im.col("ts") < 0,
+            0,
+            file=IMPRESSIONS,
+            column="ts",
+            kind="timestamp",
+            message="negative timestamps",
+            fix="store ts as int64 epoch seconds",
+            show=show,
+        )
+    if not {"ts", "request_id"} <= ok:
+        return
+    ts, rid = im.col("ts"), im.col("request_id")
+    bad = np.zeros(len(ts), bool)
+    bad[1:] = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (rid[1:] < rid[:-1]))
+    rep.rows(
+        t,
+        bad,
+        0,
+        file=IMPRESSIONS,
+        column="ts",
+        kind="unsorted",
+        message="impressions are not sorted by (ts, request_id)",
+        fix="sort: df.sort_values(['ts', 'request_id'], kind='stable') before writing",
+        show=show,
+    )
+    if "user_id" in ok:
+        # a request is one (user, time): its impressions share one behaviour sequence
+        order = np.argsort(rid, kind="stable")
+        r, u2, t2 = rid[order], im.col("user_id")[order], ts[order]
+        mix = np.zeros(len(r), bool)
+        mix[1:] = (r[1:] == r[:-1]) & ((u2[1:] != u2[:-1]) | (t2[1:] != t2[:-1]))
+        rows = np.zeros(len(r), bool)
+        rows[order[mix]] = True
+        rep.rows(
+            t,
+            rows,
+            0,
+            file=IMPRESSIONS,
+            column="request_id",
+            kind="request",
+            message="a request_id spans several users or timestamps",
+            fix="give each (user_id, ts) request its own request_id",
+            show=show,
+        )
+
+
+def _check_impression_ids(rep: _Report, ds: _Dataset, im: _Impressions) -> None:
+    """Item and user ids in their vocabularies and known to items/users.parquet when those exist;
+    the impressions' own features in range and finite."""
+    m, t, ok, show = ds.manifest, im.t, im.ok, im.show
+    if "item_id" in ok:
+        _vocab(
+            rep,
+            t,
+            0,
+            IMPRESSIONS,
+            "item_id",
+            1,
+            m.item_vocab,
+            "item ids are 1-based",
+            show + ("item_id",),
+        )
+        if ds.items_ids is not None:
+            rep.rows(
+                t,
+                ~np.isin(im.col("item_id"), ds.items_ids),
+                0,
+                file=IMPRESSIONS,
+                column="item_id",
+                kind="unknown_item",
+                message=f"candidate items without a row in {ITEMS}",
+                fix=f"add those items to {ITEMS} (their item features are joined from it)",
+                show=show,
+            )
+    if "user_id" in ok:
+        _vocab(rep, t, 0, IMPRESSIONS, "user_id", 1, ds.user_vocab, "user ids are 1-based", show)
+        if ds.users_ids is not None:
+            rep.rows(
+                t,
+                ~np.isin(im.col("user_id"), ds.users_ids),
+                0,
+                file=IMPRESSIONS,
+                column="user_id",
+                kind="unknown_user",
+                message=f"impressions whose user has no row in {USERS}",
+                fix=f"add those users to {USERS}: when {USERS} exists it must hold every user of "
+                f"the impressions (a user without events is allowed: an empty history)",
+                show=show,
+            )
+    for c in _cat_feats(m, "impressions"):
+        if c in ok and c not in ("user_id", "item_id"):
+            _vocab(rep, t, 0, IMPRESSIONS, c, 0, ds.vocab[c], "categorical feature", show)
+    for c in _numeric_feats(m, "impressions"):
+        if c in ok:
+            _finite(rep, t, 0, IMPRESSIONS, c, show)
+
+
+def _check_labels(rep: _Report, m: Manifest, im: _Impressions) -> None:
+    """0/1 labels, conversion only after a click (unless the manifest allows it), and the oracle's
+    probabilities in [0, 1]."""
+    t, ok, show = im.t, im.ok, im.show
+    for c in ("click", "conversion"):
+        if c in ok:
+            rep.rows(
+                t,
+                ~np.isin(im.col(c), (0, 1)),
+                0,
+                file=IMPRESSIONS,
+                column=c,
+                kind="label",
+                message="labels must be 0 or 1",
+                fix=f"binarise '{c}' (e.g. (x > 0).astype('int64'))",
+                show=show,
+            )
+    if {"click", "conversion"} <= ok and m.labels.get("conversion_requires_click", True):
+        rep.rows(
+            t,
+            (im.col("conversion") == 1) & (im.col("click") != 1),
+            0,
+            file=IMPRESSIONS,
+            column="conversion",
+            kind="conversion_without_click",
+            message="conversion = 1 on an impression with click = 0",
+            fix="set conversion = click & conversion, or set labels.conversion_requires_click: false "
+            f"in {MANIFEST} if your funnel allows it",
+            show=(*show, "click"),
+        )
+    for c in ("p_click", "p_conversion"):
+        if c in ok:
+            p = im.col(c).astype(np.float64)
+            rep.rows(
+                t,
+                ~(np.isfinite(p) & (p >= 0) & (p <= 1)),
+                0,
+                file=IMPRESSIONS,
+                column=c,
+                kind="probability",
+                message="true probabilities must be finite and in [0, 1]",
+                fix=f"store probabilities, not logits, in '{c}'",
+                show=show,
+            )
+
+
+def _check_split(rep: _Report, m: Manifest, im: _Impressions) -> None:
+    """Split values from SPLITS, and chronological: derived from ts by manifest.split."""
+    if "split" not in im.ok:
+        return
+    t, show = im.t, im.show
+    sp = np.asarray(im.col("split")).astype(str)
+    rep.rows(
+        t,
+        ~np.isin(sp, SPLITS),
+        0,
+        file=IMPRESSIONS,
+        column="split",
+        kind="split",
+        message=f"split values must be one of {list(SPLITS)}",
+        fix="relabel the split column",
+        show=show,
+    )
+    if "ts" in im.ok:
+        ts = im.col("ts")
+        want = np.where(
+            ts >= m.split.test_start_ts,
+            "test",
+            np.where(ts >= m.split.val_start_ts, "val", "train"),
+        )
+        rep.rows(
+            t,
+            np.isin(sp, SPLITS) & (sp != want),
+            0,
+            file=IMPRESSIONS,
+            column="split",
+            kind="leakage",
+            message=f"split is not chronological: it disagrees with manifest.split "
+            f"(val from ts {m.split.val_start_ts}, test from ts {m.split.test_start_ts})",
+            fix="derive split from ts: train < split.val_start_ts <= val < split.test_start_ts <= test",
+            show=show,
+        )
 
 
 # `validate` warns when at least this share of the impressions has an empty history (no event of
@@ -855,44 +966,3 @@ def _duplicates(
 
 def errors(problems: list[Violation]) -> list[Violation]:
     return [p for p in problems if p.is_error]
-
-
-def add_validate_args(p: argparse.ArgumentParser) -> None:
-    add_folder_args(p)
-
-
-def add_folder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "folder",
-        help="dataset folder, or a dataset name as in run configs: synthetic:ci, "
-        "synthetic:laptop (the cached built-in world, generated on first use)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default="data_cache",
-        help="where synthetic:<preset> worlds are cached (data.cache_dir; default ./data_cache)",
-    )
-    p.add_argument(
-        "--data-seed",
-        type=int,
-        default=0,
-        help="seed of a synthetic:<preset> world (data.data_seed)",
-    )
-
-
-def main_validate(args: argparse.Namespace) -> int:
-    from harness.data.contract import resolve_folder
-
-    folder = resolve_folder(args.folder, args.cache_dir, args.data_seed)
-    found = validate(folder)
-    bad, warn = errors(found), [v for v in found if not v.is_error]
-    if not bad:
-        print(
-            f"{folder}: valid (contract v{Manifest.load(folder).contract_version})"
-            + (f", {len(warn)} warning(s)" if warn else "")
-        )
-    else:
-        print(f"{folder}: {len(bad)} violation(s)" + (f", {len(warn)} warning(s)" if warn else ""))
-    for v in bad + warn:
-        print(f"- {v}")
-    return 1 if bad else 0

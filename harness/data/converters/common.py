@@ -1,19 +1,34 @@
 """Shared steps of the converters: id remapping, requests, sampled negatives, the chronological
-split, statistics and an atomic write of the contract folder (docs/converters.md)."""
+split, statistics and an atomic write of the contract folder (docs/converters.md).
+
+Every converter reads its raw log into events and positive impressions, says what it knows of the
+log in a `LogDescription`, and hands both to `finish_conversion`, the one tail they share: sampled
+negatives and requests, the time context, item_pop, the split, the manifest and the write."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS, Feature, Manifest
+from harness.data.contract import (
+    EVENTS,
+    IMPRESSIONS,
+    ITEMS,
+    USERS,
+    Behavior,
+    Feature,
+    Manifest,
+    SplitRule,
+)
 from harness.data.counts import events_before
+from harness.data.features import ITEM_POP, time_context_features, user_id_feature
 
 
 def remap(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -209,15 +224,6 @@ def add_time_context(im: pd.DataFrame, utc_offset_h: int = 0, hour: bool = True)
     im["weekday"] = ((local // 86400) + 3) % 7 + 1  # 1970-01-01 was a Thursday
 
 
-ITEM_POP = Feature(
-    name="item_pop",
-    kind="numeric",
-    group="item",
-    table="impressions",
-    description="log1p(events of the candidate item, all users and behaviours, strictly before the request)",
-)
-
-
 def add_item_popularity(im: pd.DataFrame, events: pd.DataFrame) -> Feature:
     """The candidate's popularity so far, as an impression feature (`item_pop`): log1p of the item's
     events, every user and behaviour, with ts strictly before the impression (an as-of count: nothing
@@ -230,3 +236,85 @@ def add_item_popularity(im: pd.DataFrame, events: pd.DataFrame) -> Feature:
     )
     im["item_pop"] = np.log1p(n).astype(np.float32)
     return ITEM_POP
+
+
+# ---------------------------------------------------------------------------------------------
+# the tail every converter shares
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class TimeContext:
+    """The context features taken from the request time (add_time_context)."""
+
+    utc_offset_h: int = 0  # the source's clock, for the local hour of day and weekday
+    hour: bool = True  # False for a log with day resolution only (no hour of day)
+    hour_description: str = ""
+
+    def features(self) -> tuple[Feature, ...]:
+        return time_context_features(hour=self.hour, hour_description=self.hour_description)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogDescription:
+    """What a converter says of its log. The manifest's other fields come from the tail: the
+    item vocabulary, the split, and the features user_id (first), then these `features`, then the
+    time context and item_pop (last)."""
+
+    name: str
+    source: str
+    side_fields: tuple[str, ...]
+    features: tuple[Feature, ...]  # the source's own features (users, items, side fields)
+    behaviors: tuple[Behavior, ...]
+    intent_order: tuple[str, ...]
+    labels: dict[str, Any]
+    notes: str
+
+
+def finish_conversion(
+    out: Path,
+    log: LogDescription,
+    *,
+    events: pd.DataFrame,
+    positives: pd.DataFrame,
+    n_users: int,
+    n_items: int,
+    neg_ratio: int,
+    weights: np.ndarray | None,
+    seed: int,
+    context: TimeContext,
+    item_pop: bool,
+    val_frac: float,
+    test_frac: float,
+    users: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    overwrite: bool = False,
+    extra_stats: dict | None = None,
+) -> Path:
+    """From the events (sorted by (user_id, ts)) and the positive impressions to a written contract
+    folder: `neg_ratio` sampled negatives per positive never among the user's items, requests, the
+    time context, item_pop (when asked), the chronological split and the manifest."""
+    im = build_impressions(
+        positives,
+        n_items=n_items,
+        neg_ratio=neg_ratio,
+        weights=weights,
+        seed=seed,
+        exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items),
+    )
+    add_time_context(im, utc_offset_h=context.utc_offset_h, hour=context.hour)
+    pop = (add_item_popularity(im, events),) if item_pop else ()
+    val_start, test_start = chronological_split(im, val_frac, test_frac)
+    manifest = Manifest(
+        name=log.name,
+        source=log.source,
+        item_vocab=n_items + 1,
+        side_fields=log.side_fields,
+        features=(user_id_feature(n_users), *log.features, *context.features(), *pop),
+        behaviors=log.behaviors,
+        intent_order=log.intent_order,
+        split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
+        labels=log.labels,
+        notes=log.notes,
+    )
+    return write_folder(
+        out, manifest, events, im, users, items, overwrite=overwrite, extra_stats=extra_stats
+    )

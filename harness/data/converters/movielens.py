@@ -17,18 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.data.contract import Behavior, Feature, Manifest, SplitRule
+from harness.data.contract import Behavior
 from harness.data.converters.common import (
-    add_item_popularity,
-    add_time_context,
-    build_impressions,
-    chronological_split,
-    interacted_keys,
+    LogDescription,
+    TimeContext,
+    finish_conversion,
     lookup,
     need_file,
     remap,
-    write_folder,
 )
+from harness.data.features import categorical, numeric
 
 AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
 GENRES = (
@@ -171,80 +169,25 @@ def convert(
             "conversion": (events.behavior == 3).astype(np.int64),
         }
     )
-    im = build_impressions(
-        pos,
-        n_items=n_items,
-        neg_ratio=neg_ratio,
-        weights=None,
-        seed=seed,
-        exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items),
-    )
-    add_time_context(im)
-    extra = (add_item_popularity(im, events),) if item_pop else ()
-    val_start, test_start = chronological_split(im, val_frac, test_frac)
-
-    manifest = Manifest(
+    log = LogDescription(
         name="movielens-1m",
         source=f"MovieLens-1M ({raw})",
-        item_vocab=n_items + 1,
         side_fields=("genre", "decade"),
         features=(
-            Feature(
-                name="user_id",
-                kind="categorical",
-                group="user",
-                table="impressions",
-                vocab_size=len(user_uniq) + 1,
-            ),
-            Feature(name="gender", kind="categorical", group="user", table="users", vocab_size=3),
-            Feature(
-                name="age",
-                kind="categorical",
-                group="user",
-                table="users",
-                vocab_size=len(AGE_CODES) + 1,
-            ),
-            Feature(
-                name="occupation", kind="categorical", group="user", table="users", vocab_size=22
-            ),
-            Feature(
-                name="zip",
-                kind="categorical",
-                group="user",
-                table="users",
-                vocab_size=len(zip_uniq) + 1,
-            ),
-            Feature(
-                name="genre",
-                kind="categorical",
-                group="item",
-                table="items",
-                vocab_size=len(GENRES) + 1,
-                description="first listed genre",
-            ),
-            Feature(name="decade", kind="categorical", group="item", table="items", vocab_size=12),
-            Feature(
-                name="year", kind="numeric", group="item", table="items", description="release year"
-            ),
-            Feature(
-                name="hour", kind="categorical", group="context", table="impressions", vocab_size=25
-            ),
-            Feature(
-                name="weekday",
-                kind="categorical",
-                group="context",
-                table="impressions",
-                vocab_size=8,
-            ),
-        )
-        + extra,
+            categorical("gender", "user", "users", 3),
+            categorical("age", "user", "users", len(AGE_CODES) + 1),
+            categorical("occupation", "user", "users", 22),
+            categorical("zip", "user", "users", len(zip_uniq) + 1),
+            categorical("genre", "item", "items", len(GENRES) + 1, "first listed genre"),
+            categorical("decade", "item", "items", 12),
+            numeric("year", "item", "items", "release year"),
+        ),
         behaviors=(
             Behavior(name="rated", id=1),
             Behavior(name="liked", id=2),
             Behavior(name="loved", id=3),
         ),
         intent_order=("loved", "liked", "rated"),
-        split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
         labels={
             "click": "rating >= 4",
             "conversion": "rating == 5 (stand-in; implies click)",
@@ -255,12 +198,21 @@ def convert(
         },
         notes="Impressions are the ratings themselves (+ neg_ratio sampled unrated movies per rating). See docs/converters.md.",
     )
-    return write_folder(
+    return finish_conversion(
         out,
-        manifest,
-        events,
-        im,
-        users,
-        items[["item_id", "genre", "decade", "year"]],
+        log,
+        events=events,
+        positives=pos,
+        n_users=len(user_uniq),
+        n_items=n_items,
+        neg_ratio=neg_ratio,
+        weights=None,
+        seed=seed,
+        context=TimeContext(),
+        item_pop=item_pop,
+        val_frac=val_frac,
+        test_frac=test_frac,
+        users=users,
+        items=items[["item_id", "genre", "decade", "year"]],
         overwrite=overwrite,
     )

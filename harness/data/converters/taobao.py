@@ -15,17 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.data.contract import Behavior, Feature, Manifest, SplitRule
+from harness.data.contract import Behavior
 from harness.data.converters.common import (
-    add_item_popularity,
-    add_time_context,
-    build_impressions,
-    chronological_split,
-    interacted_keys,
+    LogDescription,
+    TimeContext,
+    finish_conversion,
     need_file,
     remap,
-    write_folder,
 )
+from harness.data.features import categorical
 
 BEHAVIORS = {"pv": 1, "fav": 2, "cart": 3, "buy": 4}
 NAMES = ("click", "fav", "cart", "buy")  # pv is the publisher's "click"
@@ -117,58 +115,13 @@ def convert(
         if negatives == "popularity"
         else None
     )
-    im = build_impressions(
-        pos.reset_index(drop=True),
-        n_items=n_items,
-        neg_ratio=neg_ratio,
-        weights=weights,
-        seed=seed,
-        exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items),
-    )
-    add_time_context(im, utc_offset_h=BEIJING)
-    extra = (add_item_popularity(im, events),) if item_pop else ()
-    val_start, test_start = chronological_split(im, val_frac, test_frac)
-
-    manifest = Manifest(
+    log = LogDescription(
         name="taobao-userbehavior",
         source=f"Taobao UserBehavior ({raw})",
-        item_vocab=n_items + 1,
         side_fields=("category",),
-        features=(
-            Feature(
-                name="user_id",
-                kind="categorical",
-                group="user",
-                table="impressions",
-                vocab_size=len(user_uniq) + 1,
-            ),
-            Feature(
-                name="category",
-                kind="categorical",
-                group="item",
-                table="items",
-                vocab_size=len(cat_uniq) + 1,
-            ),
-            Feature(
-                name="hour",
-                kind="categorical",
-                group="context",
-                table="impressions",
-                vocab_size=25,
-                description="hour of day, Beijing time",
-            ),
-            Feature(
-                name="weekday",
-                kind="categorical",
-                group="context",
-                table="impressions",
-                vocab_size=8,
-            ),
-        )
-        + extra,
+        features=(categorical("category", "item", "items", len(cat_uniq) + 1),),
         behaviors=tuple(Behavior(name=n, id=i + 1) for i, n in enumerate(NAMES)),
         intent_order=("buy", "cart", "fav", "click"),
-        split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
         labels={
             "click": "page view (pv) of the item = 1; sampled negatives = 0",
             "conversion": "the user buys the viewed item at or after the view",
@@ -180,13 +133,21 @@ def convert(
         },
         notes="Impressions are page views plus sampled negatives. See docs/converters.md.",
     )
-    return write_folder(
+    return finish_conversion(
         out,
-        manifest,
-        events,
-        im,
-        None,
-        items,
+        log,
+        events=events,
+        positives=pos.reset_index(drop=True),
+        n_users=len(user_uniq),
+        n_items=n_items,
+        neg_ratio=neg_ratio,
+        weights=weights,
+        seed=seed,
+        context=TimeContext(utc_offset_h=BEIJING, hour_description="hour of day, Beijing time"),
+        item_pop=item_pop,
+        val_frac=val_frac,
+        test_frac=test_frac,
+        items=items,
         overwrite=overwrite,
         extra_stats={"source_rows": info},
     )

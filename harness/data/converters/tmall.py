@@ -16,16 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.data.contract import Behavior, Feature, Manifest, SplitRule
+from harness.data.contract import Behavior
 from harness.data.converters.common import (
-    add_item_popularity,
-    add_time_context,
-    build_impressions,
-    chronological_split,
-    interacted_keys,
+    LogDescription,
+    TimeContext,
+    finish_conversion,
     need_file,
     remap,
-    write_folder,
 )
 
 TYPE_TO_BEHAVIOR = {0: 1, 2: 2, 3: 3, 1: 4}  # source type -> behaviour id, in rising intent
@@ -109,43 +106,13 @@ def convert(
         if negatives == "popularity"
         else None
     )
-    im = build_impressions(
-        pos,
-        n_items=n_items,
-        neg_ratio=neg_ratio,
-        weights=weights,
-        seed=seed,
-        exclude_keys=interacted_keys(events.user_id.to_numpy(), events.item_id.to_numpy(), n_items),
-    )
-    add_time_context(im, hour=False)  # day resolution: no hour of day
-    extra = (add_item_popularity(im, events),) if item_pop else ()
-    val_start, test_start = chronological_split(im, val_frac, test_frac)
-
-    manifest = Manifest(
+    log = LogDescription(
         name="tmall-2014",
         source=f"Tmall 2014 brand log ({raw})",
-        item_vocab=n_items + 1,
         side_fields=(),
-        features=(
-            Feature(
-                name="user_id",
-                kind="categorical",
-                group="user",
-                table="impressions",
-                vocab_size=len(user_uniq) + 1,
-            ),
-            Feature(
-                name="weekday",
-                kind="categorical",
-                group="context",
-                table="impressions",
-                vocab_size=8,
-            ),
-        )
-        + extra,
+        features=(),
         behaviors=tuple(Behavior(name=n, id=i + 1) for i, n in enumerate(NAMES)),
         intent_order=("buy", "cart", "collect", "click"),
-        split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
         labels={
             "click": "a click on the brand that day = 1; sampled negatives = 0",
             "conversion": "the user buys the brand on that day or later",
@@ -157,4 +124,19 @@ def convert(
         },
         notes="Items are brands; ts is the day (00:00 UTC, year 2014). See docs/converters.md.",
     )
-    return write_folder(out, manifest, events, im, None, None, overwrite=overwrite)
+    return finish_conversion(
+        out,
+        log,
+        events=events,
+        positives=pos,
+        n_users=len(user_uniq),
+        n_items=n_items,
+        neg_ratio=neg_ratio,
+        weights=weights,
+        seed=seed,
+        context=TimeContext(hour=False),  # day resolution: no hour of day
+        item_pop=item_pop,
+        val_frac=val_frac,
+        test_frac=test_frac,
+        overwrite=overwrite,
+    )
