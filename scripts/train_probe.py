@@ -81,13 +81,25 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=400)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-batches", type=int, default=20, help="train batches in the train AUC")
+    ap.add_argument(
+        "--train-batches",
+        type=int,
+        default=20,
+        help="train batches in the train AUC (0: the whole train split)",
+    )
     ap.add_argument("--set", action="append", default=[], help="model override KEY=JSON")
     ap.add_argument(
         "--tset",
         action="append",
         default=[],
         help="TrainConfig field KEY=VALUE (train.KEY of a run config), e.g. request_level=true",
+    )
+    ap.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        help="keep parameters whose name starts with this at their initial values (a diagnostic: "
+        "e.g. item_emb, to ask whether memorising item ids is what the model learns)",
     )
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -111,19 +123,41 @@ def main() -> int:
     except ConfigError as e:  # a user's mistake: the message, not a traceback
         raise SystemExit(f"error: {e}") from None
     model = build_model(a.model, dm.feature_spec, a.size, overrides, kw)
+    frozen = [n for n, p in model.named_parameters() if any(n.startswith(f) for f in a.freeze)]
+    if a.freeze and not frozen:
+        ap.error(f"--freeze {a.freeze}: no parameter name starts with it")
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
     opt, _ = build_optimizer(model, cfg)
 
-    def evaluate(split: str, max_batches: int | None) -> float:
+    def evaluate(split: str, max_batches: int | None) -> dict[str, float]:
+        """CTR AUC over the split (or its first max_batches), and the same AUC split by whether the
+        candidate item is among the impression's seq_len history events: `in` ranks the positives
+        whose candidate is in the window against every negative (how well the model reads an exact
+        match), `out` is the AUC over the impressions whose candidate is not in the window (what
+        the model gets from everything else)."""
         model.eval()
-        ys, ss = [], []
+        ys, ss, hit = [], [], []
         with torch.no_grad():
             for i, b in enumerate(dm.loader(split)):
                 if max_batches is not None and i >= max_batches:
                     break
                 ys.append(b["click"].numpy())
                 ss.append(model(b)["ctr"].float().numpy())
+                r = b["req_index"]
+                match = (b["seq_item"][r] == b["cand_item"][:, None]) & b["seq_mask"][r]
+                hit.append(match.any(1).numpy())
         model.train()
-        return auc(np.concatenate(ys), np.concatenate(ss))
+        y, s, h = np.concatenate(ys), np.concatenate(ss), np.concatenate(hit)
+        out = {"auc": auc(y, s)}
+        pos_in, neg = (y == 1) & h, y == 0
+        if pos_in.any() and neg.any():
+            keep = pos_in | neg
+            out["auc_in"] = auc(y[keep], s[keep])
+        if (~h & (y == 1)).any() and (~h & neg).any():
+            out["auc_out"] = auc(y[~h], s[~h])
+        out["share_in"] = float(h[y == 1].mean()) if (y == 1).any() else 0.0
+        return {k: round(float(v), 4) for k, v in out.items()}
 
     rows, step, t0 = [], 0, time.time()
     while step < a.steps:
@@ -135,11 +169,15 @@ def main() -> int:
             opt.step()
             step += 1
             if step % a.every == 0 or step == a.steps:
+                tr = evaluate("train", a.train_batches if a.train_batches > 0 else None)
+                va = evaluate("val", None)
                 row = {
                     "step": step,
                     "loss": round(float(loss.detach()), 4),
-                    "train_auc": round(evaluate("train", a.train_batches), 4),
-                    "val_auc": round(evaluate("val", None), 4),
+                    "train_auc": tr["auc"],
+                    "val_auc": va["auc"],
+                    **{f"train_{k}": v for k, v in tr.items() if k != "auc"},
+                    **{f"val_{k}": v for k, v in va.items() if k != "auc"},
                     "seconds": round(time.time() - t0),
                 }
                 rows.append(row)

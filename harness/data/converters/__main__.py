@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from harness.data.converters import convert
+from harness.data.converters.common import NEGATIVES
 
 
 def add_convert_args(p) -> None:
@@ -25,7 +26,10 @@ def add_convert_args(p) -> None:
         help="sampled negatives per positive (default: 0 movielens, 4 others)",
     )
     p.add_argument(
-        "--negatives", choices=["popularity", "uniform"], help="taobao/tmall negative sampling"
+        "--negatives",
+        choices=list(NEGATIVES),
+        help="taobao/tmall negative sampling (popularity: whole-log counts; "
+        "popularity_asof: counts before the request)",
     )
     p.add_argument("--val-frac", type=float, default=0.1)
     p.add_argument("--test-frac", type=float, default=0.1)

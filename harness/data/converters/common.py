@@ -43,23 +43,83 @@ def lookup(raw: np.ndarray, uniq: np.ndarray) -> np.ndarray:
     return np.where(uniq[pos] == raw, pos + 1, 0).astype(np.int64)
 
 
+NEGATIVES = ("popularity", "popularity_asof", "uniform")
+
+
+@dataclass(frozen=True)
+class AsOfPopularity:
+    """Negatives drawn with probability proportional to (the item's events strictly before the
+    request + 1): the popularity a sampler running at request time would know.
+
+    `negatives="popularity"` weights by the whole log's counts, future included, so early in the log
+    the sampled negatives are items that only become popular later: the candidate's popularity so
+    far (`item_pop`) then tells negatives apart weakly early on and strongly late, and a model
+    fitted on the early (train) part meets a different relation in val/test
+    (docs/learning-history.md, section 12)."""
+
+    items: np.ndarray  # item of each popularity event, sorted by ts
+    ts: np.ndarray  # their times, ascending
+
+    @classmethod
+    def of(cls, items: np.ndarray, ts: np.ndarray) -> AsOfPopularity:
+        order = np.argsort(ts, kind="stable")
+        return cls(np.asarray(items, np.int64)[order], np.asarray(ts, np.int64)[order])
+
+    def draw(self, rng: np.random.Generator, ts: np.ndarray, n_items: int) -> np.ndarray:
+        """One item per request time: with probability before / (before + n_items) a uniformly
+        chosen earlier event's item (so item i comes with probability count_i / (before +
+        n_items)), else a uniform item (the +1 of every item): P(i) = (count_i + 1) / (before +
+        n_items), exactly, vectorised."""
+        before = np.searchsorted(self.ts, ts, side="left")
+        from_events = rng.random(len(ts)) * (before + n_items) < before
+        pick = (rng.random(len(ts)) * before).astype(np.int64)
+        event_item = (
+            self.items[np.minimum(pick, max(len(self.items) - 1, 0))] if len(self.items) else 0
+        )
+        uniform = rng.integers(1, n_items + 1, len(ts))
+        return np.where(from_events, event_item, uniform)
+
+
+def popularity_weights(
+    events: pd.DataFrame, n_items: int, negatives: str
+) -> np.ndarray | AsOfPopularity | None:
+    """The negative sampler's weights from the log's click events (behavior 1): whole-log counts
+    + 1 ("popularity"), counts so far + 1 ("popularity_asof") or None ("uniform")."""
+    clicks = events.behavior.to_numpy() == 1
+    if negatives == "popularity":
+        items = events.item_id.to_numpy()[clicks]
+        return np.bincount(items, minlength=n_items + 1)[1:].astype(float) + 1.0
+    if negatives == "popularity_asof":
+        return AsOfPopularity.of(events.item_id.to_numpy()[clicks], events.ts.to_numpy()[clicks])
+    return None
+
+
 def sample_negatives(
     rng: np.random.Generator,
     users: np.ndarray,
     n_items: int,
     exclude_keys: np.ndarray,
-    weights: np.ndarray | None = None,
+    weights: np.ndarray | AsOfPopularity | None = None,
     max_rounds: int = 200,
+    ts: np.ndarray | None = None,
 ) -> np.ndarray:
     """One negative item (1..n_items) per entry of `users`, never an item in the user's
-    `exclude_keys` (sorted unique user * (n_items + 1) + item). Rejection sampling, vectorised per round."""
-    p = None if weights is None else weights / weights.sum()
+    `exclude_keys` (sorted unique user * (n_items + 1) + item). Rejection sampling, vectorised per
+    round. `weights`: None (uniform), static per-item weights, or AsOfPopularity (needs `ts`, the
+    request time of each entry)."""
+    asof = isinstance(weights, AsOfPopularity)
+    if asof and ts is None:
+        raise ValueError("sample_negatives: as-of popularity needs the request times (ts)")
+    p = None if weights is None or asof else weights / weights.sum()
     out = np.zeros(len(users), np.int64)
     todo = np.arange(len(users))
     for _ in range(max_rounds):
         if len(todo) == 0:
             return out
-        cand = rng.choice(np.arange(1, n_items + 1), size=len(todo), p=p)
+        if asof:
+            cand = weights.draw(rng, ts[todo], n_items)
+        else:
+            cand = rng.choice(np.arange(1, n_items + 1), size=len(todo), p=p)
         keys = users[todo] * (n_items + 1) + cand
         pos = np.searchsorted(exclude_keys, keys).clip(0, max(len(exclude_keys) - 1, 0))
         hit = (exclude_keys[pos] == keys) if len(exclude_keys) else np.zeros(len(keys), bool)
@@ -77,7 +137,7 @@ def build_impressions(
     n_items: int,
     neg_ratio: int,
     exclude_keys: np.ndarray,
-    weights: np.ndarray | None,
+    weights: np.ndarray | AsOfPopularity | None,
     seed: int,
 ) -> pd.DataFrame:
     """Positive candidates (user_id, ts, item_id, click, conversion) plus `neg_ratio` sampled
@@ -87,11 +147,12 @@ def build_impressions(
     parts = [pos]
     if neg_ratio > 0:
         u = np.repeat(pos.user_id.to_numpy(), neg_ratio)
+        t = np.repeat(pos.ts.to_numpy(), neg_ratio)
         neg = pd.DataFrame(
             {
                 "user_id": u,
-                "ts": np.repeat(pos.ts.to_numpy(), neg_ratio),
-                "item_id": sample_negatives(rng, u, n_items, exclude_keys, weights),
+                "ts": t,
+                "item_id": sample_negatives(rng, u, n_items, exclude_keys, weights, ts=t),
                 "click": 0,
                 "conversion": 0,
             }

@@ -17,10 +17,12 @@ import pandas as pd
 
 from harness.data.contract import Behavior
 from harness.data.converters.common import (
+    NEGATIVES,
     LogDescription,
     TimeContext,
     finish_conversion,
     need_file,
+    popularity_weights,
     remap,
 )
 from harness.data.features import categorical
@@ -73,8 +75,8 @@ def convert(
     item_pop: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    if negatives not in ("popularity", "uniform"):
-        raise ValueError(f"negatives must be 'popularity' or 'uniform', got {negatives!r}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
     df, info = read_log(need_file(Path(raw), "UserBehavior.csv"))
     df["user_id"], user_uniq = remap(df.user.to_numpy())
     df["item_id"], item_uniq = remap(df.item.to_numpy())
@@ -109,12 +111,7 @@ def convert(
     pos = pd.DataFrame(
         {"user_id": pv.user_id, "ts": pv.ts, "item_id": pv.item_id, "click": 1, "conversion": conv}
     )
-    weights = (
-        np.bincount(events.item_id[events.behavior == 1], minlength=n_items + 1)[1:].astype(float)
-        + 1.0
-        if negatives == "popularity"
-        else None
-    )
+    weights = popularity_weights(events, n_items, negatives)
     log = LogDescription(
         name="taobao-userbehavior",
         source=f"Taobao UserBehavior ({raw})",

@@ -18,10 +18,12 @@ import pandas as pd
 
 from harness.data.contract import Behavior
 from harness.data.converters.common import (
+    NEGATIVES,
     LogDescription,
     TimeContext,
     finish_conversion,
     need_file,
+    popularity_weights,
     remap,
 )
 
@@ -69,8 +71,8 @@ def convert(
     item_pop: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    if negatives not in ("popularity", "uniform"):
-        raise ValueError(f"negatives must be 'popularity' or 'uniform', got {negatives!r}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
     df = read_log(need_file(Path(raw), "t_alibaba_data.csv"))
     df["uid"], user_uniq = remap(df.user_id.to_numpy())
     df["item_id"], item_uniq = remap(df.brand_id.to_numpy())
@@ -100,12 +102,7 @@ def convert(
             "conversion": conv,
         }
     ).reset_index(drop=True)
-    weights = (
-        np.bincount(events.item_id[events.behavior == 1], minlength=n_items + 1)[1:].astype(float)
-        + 1.0
-        if negatives == "popularity"
-        else None
-    )
+    weights = popularity_weights(events, n_items, negatives)
     log = LogDescription(
         name="tmall-2014",
         source=f"Tmall 2014 brand log ({raw})",
