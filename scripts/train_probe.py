@@ -32,8 +32,8 @@ from harness.config import MOVED_TO_TRAIN, ConfigError, ModelConfig, RunConfig, 
 from harness.data.datamodule import OneTransDataModule  # noqa: E402
 from harness.metrics import auc  # noqa: E402
 from harness.optim import build_optimizer, clip_per_group  # noqa: E402
+from harness.resolved import execution  # noqa: E402
 from harness.system import task_losses  # noqa: E402
-from harness.train import execution  # noqa: E402
 from model.registry import build_model  # noqa: E402
 
 
