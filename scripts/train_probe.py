@@ -114,7 +114,7 @@ def main() -> int:
     overrides, moved = split_moved(parse_sets(a.set, False))
     cfg = TrainConfig(**{"lr": a.lr, **moved, **parse_sets(a.tset, True)})
     # the execution switches (train.request_level, ...) reach the model as in a run: through
-    # harness.train.execution, which refuses one the model lacks
+    # harness.resolved.execution, which refuses one the model lacks
     try:
         run = RunConfig(
             model=ModelConfig(name=a.model, size=a.size, overrides=overrides), train=cfg
