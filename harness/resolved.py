@@ -20,6 +20,7 @@ trainer at run time (harness/provenance.py, harness/tracking.py), not here.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -45,14 +46,14 @@ class DatasetPlan:
     def folder(self) -> Path:
         """The folder on this machine (a synthetic world's: where it is or will be generated).
         Raises ContractError for an unknown synthetic preset."""
-        from harness.data.resolve import dataset_folder
+        from harness.data.resolve import dataset_folder  # the generator (numpy): on use only
 
         return dataset_folder(self.name, self.data_seed, self.cache_dir)
 
     def ensure(self, progress: bool = False) -> Path:
         """The folder, a synthetic world generated into the cache first when absent (the one
         step of a run that may write data; planning never calls it)."""
-        from harness.data.resolve import ensure_dataset
+        from harness.data.resolve import ensure_dataset  # the generator (numpy): on use only
 
         return ensure_dataset(self.name, self.data_seed, self.cache_dir, progress=progress)
 
@@ -60,7 +61,7 @@ class DatasetPlan:
     def manifest(self) -> Any:
         """The manifest (harness.data.contract.Manifest) without generating or reading data: a
         synthetic world's computed from its preset, a folder's loaded."""
-        from harness.data.resolve import planning_manifest
+        from harness.data.resolve import planning_manifest  # the generator (numpy): on use only
 
         return planning_manifest(self.name, self.data_seed)
 
@@ -69,7 +70,9 @@ class DatasetPlan:
         """Training impressions in one epoch, for planning: the manifest's statistics when the
         folder exists (a cached synthetic world included), else a synthetic world's expectation;
         None when unknown."""
-        from harness.data.resolve import train_impressions_estimate
+        from harness.data.resolve import (
+            train_impressions_estimate,  # the generator (numpy): on use only
+        )
 
         return train_impressions_estimate(self.name, self.data_seed, self.cache_dir)
 
@@ -106,7 +109,7 @@ class ResolvedConfig:
         """Parameters and analytic FLOPs per example of the run's model, built on the meta device
         (no data, no memory). Imports torch and the model: asked for by describe and the plan's
         cost column only."""
-        import torch
+        import torch  # a description builds the model: the only step here that needs torch
 
         from model.registry import build_model
 
@@ -161,8 +164,6 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
 def describe_key(cfg: RunConfig) -> str:
     """Everything `ResolvedConfig.description` reads of a run config: runs that share it share its
     answer (a 10,000-point grid over lr x seq_len builds 100 models, not 10,000)."""
-    import json
-
     c = cfg
     return json.dumps(
         [
@@ -202,7 +203,7 @@ def _execution(cfg: RunConfig, model_cfg: Any) -> tuple[dict[str, Any], dict[str
     train.request_level: their one home) as keywords for the model's build(), and the decisions
     with reasons. The one place they are applied; a switch the model lacks is an error, not a
     silent no-op."""
-    from model.registry import execution_switches
+    from model.registry import execution_switches  # model.registry imports torch (model.base)
 
     switches = execution_switches(cfg.model.name)
     kw: dict[str, Any] = {}

@@ -92,7 +92,7 @@ def train_run(
                     **(attempt or {}), **({"config_changed": changed} if changed else {})
                 )
         store.write_status("running", new_attempt=True)
-        from harness.callbacks import StopOnSignal
+        from harness.callbacks import StopOnSignal  # Lightning: only when a run trains
 
         stop = StopOnSignal(store.last_ckpt).install()
         try:
@@ -288,6 +288,7 @@ def _main(argv: list[str] | None) -> int:
         "--describe", action="store_true", help="print params and FLOPs (no data, no training)"
     )
     args = ap.parse_args(argv)
+    # the data stack and Lightning: not before the arguments parse (--help stays instant)
     from harness.data.contract import ContractError
     from harness.system import NonFiniteLossError
 

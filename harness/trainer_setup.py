@@ -11,23 +11,32 @@
 
 What is decided from the config alone (model, execution switches, dataset folder, axes) comes
 resolved (harness/resolved.py); these steps add what needs this machine, the data and a
-Trainer. torch and Lightning are imported inside the steps that use them: `python -m
-harness.train --describe` and the sweep planner import harness.train without building a Trainer.
+Trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import pickle
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from harness import provenance, tracking
 from harness.config import ConfigError, RunConfig, run_name
 from harness.resolved import ResolvedConfig
 from harness.runstore import METRICS, RESULT_SCHEMA, Interrupted, RunStore, RunStoreError
+from model.registry import build_model
+
+# Lightning, the data stack (pyarrow, pandas, the data module, the validator) and W&B are imported
+# inside the steps that use them ("# on use"): `python -m harness.train --describe` imports this
+# module and needs none of them.
 
 # ---- environment and protocol ---------------------------------------------------------------
 
@@ -89,7 +98,7 @@ class PreparedData:
 def prepare_data(plan: ResolvedConfig) -> PreparedData:
     """The dataset resolved (a synthetic world generated once, cached) and validated before
     anything is built: a missing or contract-breaking dataset fails here."""
-    from harness.data.datamodule import OneTransDataModule
+    from harness.data.datamodule import OneTransDataModule  # on use
 
     cfg = plan.cfg
     d = cfg.data
@@ -116,8 +125,8 @@ def prepare_data(plan: ResolvedConfig) -> PreparedData:
 def validate_dataset(folder: Path, announce: bool = True) -> list[str]:
     """Raise ContractError listing every violation (file, column, example row, fix); return the
     warnings (printed to stderr when `announce`)."""
-    from harness.data.contract import ContractError, Manifest
-    from harness.data.validate import errors, validate
+    from harness.data.contract import ContractError, Manifest  # on use
+    from harness.data.validate import errors, validate  # on use
 
     if not folder.is_dir():
         raise ContractError(
@@ -141,10 +150,10 @@ def validate_dataset(folder: Path, announce: bool = True) -> list[str]:
 
 def _setup_data(dm: Any, folder: Path) -> None:
     """dm.setup("fit"), with a damaged file named (the validator reads only the contract's columns)."""
-    import pyarrow as pa
+    import pyarrow as pa  # on use
 
-    from harness.data.contract import ContractError
-    from harness.data.validate import unreadable_files
+    from harness.data.contract import ContractError  # on use
+    from harness.data.validate import unreadable_files  # on use
 
     try:
         dm.setup("fit")
@@ -166,11 +175,9 @@ def _setup_data(dm: Any, folder: Path) -> None:
 def build_system(plan: ResolvedConfig, data: PreparedData) -> tuple[Any, Any]:
     """The model (seeded, then compiled whole when the model has no per-block switch) and the
     RankingSystem around it. The feature spec is the data module's: the one the data matches."""
-    import lightning as L
-    import torch
+    import lightning as L  # on use
 
-    from harness.system import RankingSystem
-    from model.registry import build_model
+    from harness.system import RankingSystem  # on use (a LightningModule)
 
     cfg, m = plan.cfg, plan.cfg.model
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -184,7 +191,7 @@ def build_system(plan: ResolvedConfig, data: PreparedData) -> tuple[Any, Any]:
 def make_loaders(data: PreparedData) -> tuple[Any, Any]:
     """The train loader, resumable (ResumeState skips the batches already trained); next_batch
     streams train -> val -> test through it and has no val loader."""
-    from harness.callbacks import ChainLoader, ResumableLoader
+    from harness.callbacks import ChainLoader, ResumableLoader  # on use
 
     dm = data.dm
     if data.next_batch:
@@ -206,10 +213,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     dicts: all a checkpoint of ours holds). A run folder is data, and a file in it must never be
     able to run code when a run is resumed: torch.load(weights_only=False) would execute whatever
     a crafted pickle asks for. Raises UnsafeCheckpointError naming the file and the fix."""
-    import pickle
-
-    import torch
-
     fix = (
         f"move it aside (mv {path} {path}.refused) and rerun (a sweep: with --retry-failed): "
         f"the run then starts over from step 0 in the same folder"
@@ -250,11 +253,11 @@ def resume_point(store: RunStore) -> tuple[Path | None, int | None]:
 def trainer_plugins() -> list[Any]:
     """Atomic checkpoint writes; under SLURM (srun sets SLURM_NTASKS) a SLURMEnvironment with
     auto_requeue off: submitit owns requeueing (USR2 + Checkpointable), Lightning must not too."""
-    from harness.callbacks import AtomicCheckpointIO
+    from harness.callbacks import AtomicCheckpointIO  # on use
 
     plugins: list[Any] = [AtomicCheckpointIO()]
     if "SLURM_NTASKS" in os.environ:
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
+        from lightning.pytorch.plugins.environments import SLURMEnvironment  # on use
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return plugins
@@ -264,9 +267,6 @@ def quiet_libraries() -> None:
     """Keep run logs about the run: Lightning's info lines (GPU/TPU available, the litlogger tip,
     `fit stopped: max_steps reached`; the device and every decision are in provenance.json) and two
     warnings that do not apply here."""
-    import logging
-    import warnings
-
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Resume is exact without Lightning's stateful-loader protocol: ResumeState (harness/callbacks.py)
@@ -292,7 +292,7 @@ def make_loggers(
 ) -> tuple[list[Any], Any | None]:
     """metrics.csv (the source of truth; continued, not restarted, on resume) and, when W&B is
     on, its logger: (loggers, the W&B logger or None)."""
-    from harness.callbacks import CsvMetrics
+    from harness.callbacks import CsvMetrics  # on use
 
     cfg = plan.cfg
     loggers: list[Any] = [CsvMetrics(store / METRICS, resume_step=resume_step)]
@@ -318,10 +318,10 @@ def make_trainer(
     next_batch: bool,
 ) -> TrainerSetup:
     """The Lightning Trainer with this harness's callbacks and plugins."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    import lightning as L  # on use
+    from lightning.pytorch.callbacks import ModelCheckpoint  # on use
 
-    from harness.callbacks import EvalProgress, ProgressFile, ResumeState, Throughput
+    from harness.callbacks import EvalProgress, ProgressFile, ResumeState, Throughput  # on use
 
     cfg, t, res = plan.cfg, plan.cfg.train, plan.cfg.resources
     throughput = Throughput()
@@ -407,7 +407,7 @@ def fit_and_evaluate(
         return {s: system.results[s] for s in ("val", "test")}
     finally:
         if wandb_logger is not None and trainer.global_rank == 0:
-            import wandb
+            import wandb  # on use
 
             if wandb.run is not None:
                 wandb.finish()
@@ -438,7 +438,7 @@ def result_record(
 ) -> dict[str, Any]:
     """result.json's content (docs/contracts.md): metrics, the model's own params and FLOPs,
     throughput and MFU, the axes and config as resolved."""
-    from harness.eval_sample import sample_record
+    from harness.eval_sample import sample_record  # on use
 
     cfg, t = plan.cfg, plan.cfg.train
     core, trainer, throughput = unwrap(model), setup.trainer, setup.throughput
