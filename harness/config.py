@@ -263,7 +263,7 @@ class DataConfig(_Section):
 
 
 # Execution switches (how a run computes, never what) have one home, the train section; the model
-# receives them from harness/train.py `execution`. Their old spellings as model options are refused.
+# receives them from harness/resolved.py (`resolve`). Their old spellings as model options are refused.
 MOVED_TO_TRAIN = {
     "attention": "attention",
     "recompute": "recompute",
@@ -360,7 +360,7 @@ class TrainConfig(_Section):
     protocol: Literal["holdout", "next_batch"] = "holdout"
     next_batch_warmup_days: int = 0  # next_batch: days left out of the macro average (cold model)
     # execution (decisions and reasons recorded in provenance.json); the one home of these switches:
-    # harness/train.py `execution` hands attention / recompute / compile to the model's build()
+    # harness/resolved.py (`resolve`) hands attention / recompute / compile to the model's build()
     precision: Literal["auto", "32-true", "bf16-mixed"] = (
         "auto"  # auto: bf16-mixed on a bf16 GPU, else 32-true
     )

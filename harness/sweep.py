@@ -21,7 +21,6 @@ progress, result, warning) to a callback; `main` parses the arguments and prints
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -35,6 +34,7 @@ import yaml
 
 from harness import executors
 from harness.cluster import choose_executor
+from harness.resolved import describe_key, samples_per_step
 from harness.runstore import (
     CONFIG,
     FLOOR,
@@ -252,68 +252,46 @@ def build_rows(
 
 
 def _describe(rows: list[Row]) -> str:
-    """Params / FLOPs / estimated cost from harness.train.describe (analytic, per run config)."""
-    try:
-        from harness.train import describe, train_samples_estimate
-    except ImportError as err:
-        return f"params/FLOPs not shown: harness.train.describe is not importable ({err})"
+    """Params / FLOPs / estimated cost, read from each run's resolved config (harness/resolved.py:
+    the model's analytic accounting, and the samples the run will train on)."""
     errors = []
-    # describe() builds the model on the meta device (~10 ms); runs that differ only in what it
-    # does not read (lr, seed, steps...) share one answer, so a 10,000-point grid over lr x seq_len
-    # builds 100 models, not 10,000. The key is everything describe() and execution() read.
+    # the description builds the model on the meta device (~10 ms); runs that differ only in what
+    # it does not read (lr, seed, steps...) share one answer, so a 10,000-point grid over
+    # lr x seq_len builds 100 models, not 10,000 (describe_key: everything it reads).
     described: dict[str, Any] = {}
-    samples: dict[tuple[str, int, str], int | None] = {}
+    # the train split's size is read from a manifest (or the generator's expectation): once per
+    # dataset, whichever run of it asks first
+    impressions: dict[tuple[str, int, str], int | None] = {}
     for row in rows:
         c = row.run.cfg
-        key = json.dumps(
-            [
-                [c.data.dataset, c.data.data_seed, c.data.seq_len, c.data.n_gap_buckets],
-                c.model.to_dict(),
-                [c.train.attention, c.train.recompute, c.train.compile],
-            ],
-            sort_keys=True,
-            default=str,
-        )
+        key = describe_key(c)
         if key not in described:
             try:
-                described[key] = describe(c)
+                described[key] = row.run.resolved().description
             except Exception as err:  # one bad run must not hide the plan of the others
                 described[key] = f"{type(err).__name__}: {err}"
         d = described[key]
         if isinstance(d, str):
             errors.append(f"{row.run.name}: {d}")
             continue
-        p, f = d.get("params"), d.get("flops")
-        row.params = p.get("dense") if isinstance(p, dict) else p
-        if isinstance(f, dict):
-            row.flops_example = (
-                f.get("train_per_example") or f.get("train") or f.get("forward_per_example")
-            )
-            row.flops_total = f.get("train_total")
-        elif isinstance(f, (int, float)):
-            row.flops_example = f
-        rc, t = row.run.resources, row.run.cfg.train
-        if row.flops_total is None and row.flops_example and t.max_steps > 0:
-            # samples the run will see: steps x per-device batch x devices
-            row.flops_total = (
-                row.flops_example
-                * t.max_steps
-                * row.run.cfg.data.batch_size
-                * rc.devices
-                * rc.nodes
-            )
-        elif row.flops_total is None and row.flops_example and t.max_epochs > 0:
-            # epoch-bounded: epochs x the train split's impressions (manifest stats, else the
-            # synthetic generator's expectation)
+        row.params = d["params"].get("dense")
+        row.flops_example = d["flops"]["train_per_example"] or d["flops"]["forward_per_example"]
+        if not row.flops_example:
+            continue
+        t = c.train
+        if t.max_steps > 0:  # samples the run will see: steps x per-device batch x devices
+            samples = t.max_steps * samples_per_step(c)
+        elif t.max_epochs > 0:  # epochs x the train split's impressions
             skey = (c.data.dataset, c.data.data_seed, c.data.cache_dir)
-            if skey not in samples:  # reads a manifest: once per dataset
-                samples[skey] = train_samples_estimate(c)
-            per_epoch = samples[skey]
-            if per_epoch:
-                row.flops_total = row.flops_example * per_epoch * t.max_epochs
-        if row.flops_total:
+            if skey not in impressions:
+                impressions[skey] = row.run.resolved().dataset.train_impressions
+            samples = (impressions[skey] or 0) * t.max_epochs
+        else:
+            samples = 0
+        if samples:
+            row.flops_total = row.flops_example * samples
             row.cost_h = (
-                row.flops_total / (rc.assumed_tflops * 1e12) / 3600.0
+                row.flops_total / (row.run.resources.assumed_tflops * 1e12) / 3600.0
             )  # device-hours at the assumed rate
     return ("describe failed for: " + "; ".join(errors[:3])) if errors else ""
 
@@ -363,7 +341,6 @@ def budget_lines(sweep: Sweep, rows: list[Row]) -> list[str]:
     """Matched compute: the budget, and the steps each model gets from it (one line per model)."""
     if sweep.budget is None:
         return []
-    from harness.sweepfile import samples_per_step
 
     lines = [
         f"budget: {_human(sweep.budget)} training FLOPs per run; train.max_steps = "

@@ -24,7 +24,7 @@ A sweep file is YAML with these top-level keys (only `name` and `base` are requi
     tune: {train.lr: [3e-4, 1e-3, 3e-3], by: val.ctr_auc}   # an inner search per grid point: every
             # candidate is an ordinary run; analysis/tuning.py keeps the best by the val metric
     budget: {train_flops: 1.0e+15}    # matched compute: each run's train.max_steps is derived from
-            # its model's training FLOPs per step (harness.train.describe) so that it spends this
+            # its model's training FLOPs per step (harness.resolved) so that it spends this
     presets:                          # shrink for CI / a laptop WITHOUT changing the grid's shape
       ci: {set: {...}, grid: {data.seq_len: [8, ...]}, zip: [...], baselines: {label: {size: tiny}}, resources: {...},
            tune: {...}, budget: {...}}     # a preset's tune/budget replaces the file's
@@ -49,6 +49,8 @@ import yaml
 
 from harness import config
 from harness.config import ConfigError, Resources
+from harness.resolved import ResolvedConfig, describe_key, samples_per_step
+from harness.resolved import resolve as resolve_run
 from model.suggest import did_you_mean
 
 TOP_KEYS = (
@@ -1115,6 +1117,10 @@ class ResolvedRun:
         """The run's resource class, as its config carries it."""
         return self.cfg.resources
 
+    def resolved(self) -> ResolvedConfig:
+        """The run config resolved once (harness/resolved.py): model, execution, dataset, axes."""
+        return resolve_run(self.cfg)
+
 
 def sweep_dir_name(sweep: Sweep) -> str:
     """Folder of the sweep under the runs dir; a preset gets its own so CI runs never mix with real ones."""
@@ -1192,41 +1198,16 @@ def resolve(sweep: Sweep, check_model: bool = True, cover_only: bool = False) ->
 # ------------------------------------------------------------------------------- matched compute
 
 
-def describe_key(cfg: Any) -> str:
-    """Everything harness.train.describe reads of a run config: runs that share it share its
-    answer (a 10,000-point grid over lr x seq_len builds 100 models, not 10,000)."""
-    import json
-
-    c = cfg
-    return json.dumps(
-        [
-            [c.data.dataset, c.data.data_seed, c.data.seq_len, c.data.n_gap_buckets],
-            c.model.to_dict(),
-            [c.train.attention, c.train.recompute, c.train.compile, c.train.request_level],
-        ],
-        sort_keys=True,
-        default=str,
-    )
-
-
-def samples_per_step(cfg: Any) -> int:
-    """Impressions one optimizer step trains on: the per-device batch x devices x nodes (as the
-    plan's cost column counts them)."""
-    return int(cfg.data.batch_size * cfg.resources.devices * cfg.resources.nodes)
-
-
 def _budget_steps(cfg: Any, budget: float, cache: dict[str, float], where: str) -> Any:
     """The run with train.max_steps = the steps its model can take within `budget` training FLOPs:
     floor(budget / (training FLOPs per example x samples per step)), the per-example count being
-    the model's own analytic accounting (model/flops.py through harness.train.describe)."""
+    the model's own analytic accounting (model/flops.py through harness.resolved)."""
     from harness import config
 
     key = describe_key(cfg)
     if key not in cache:
-        from harness.train import describe  # imports the model (torch): only for a budget
-
-        try:
-            cache[key] = float(describe(cfg)["flops"]["train_per_example"])
+        try:  # builds the model on the meta device (imports torch): only for a budget
+            cache[key] = float(resolve_run(cfg).description["flops"]["train_per_example"])
         except Exception as err:  # a model that cannot be described cannot be budgeted
             raise SweepFileError(
                 f"{where}: budget: cannot count the model's training FLOPs ({type(err).__name__}: "

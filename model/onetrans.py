@@ -885,8 +885,8 @@ def paper_feature_spec(seq_len: int) -> FeatureSpec:
 
 # The execution switches build() takes beside the Config. They change how the model runs (speed,
 # memory), never what it computes, so they are not hyper-parameters: a run sets them in its run
-# config (train.attention, train.recompute, train.compile, train.request_level; harness/train.py
-# applies them), a script passes them to build() / model.registry.build_model(..., execution={...}).
+# config (train.attention, train.recompute, train.compile, train.request_level; harness/resolved.py
+# decides them), a script passes them to build() / model.registry.build_model(..., execution={...}).
 # fused_ops (issue #25): the S tokenizer's gather path and the fused RMSNorm (True, default) or their
 # plain reference forms (False); the same function either way (tests/test_model_fast_paths.py).
 EXECUTION = ("attention", "recompute", "compile_blocks", "request_level", "fused_ops")

@@ -32,8 +32,8 @@ from harness.config import MOVED_TO_TRAIN, ConfigError, ModelConfig, RunConfig, 
 from harness.data.datamodule import OneTransDataModule  # noqa: E402
 from harness.metrics import auc  # noqa: E402
 from harness.optim import build_optimizer, clip_per_group  # noqa: E402
+from harness.resolved import execution  # noqa: E402
 from harness.system import task_losses  # noqa: E402
-from harness.train import execution  # noqa: E402
 from model.registry import build_model  # noqa: E402
 
 
@@ -114,7 +114,7 @@ def main() -> int:
     overrides, moved = split_moved(parse_sets(a.set, False))
     cfg = TrainConfig(**{"lr": a.lr, **moved, **parse_sets(a.tset, True)})
     # the execution switches (train.request_level, ...) reach the model as in a run: through
-    # harness.train.execution, which refuses one the model lacks
+    # harness.resolved.execution, which refuses one the model lacks
     try:
         run = RunConfig(
             model=ModelConfig(name=a.model, size=a.size, overrides=overrides), train=cfg

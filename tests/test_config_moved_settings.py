@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from harness.config import ConfigError, RunConfig, apply_overrides, load_config, run_id
+from harness.resolved import execution
 from harness.sweepfile import SweepFileError, parse_sweep, resolve
-from harness.train import execution
 from model.features import tiny_spec
 from model.registry import MODELS, build_model
 

@@ -13,7 +13,7 @@ import pytest
 from harness.data.__main__ import main
 from harness.data.contract import EVENTS, IMPRESSIONS, ContractError
 from harness.data.validate import errors, validate
-from harness.train import validate_dataset
+from harness.trainer_setup import validate_dataset
 from tests.data_support import edit
 
 # fixtures `clean` (a small synthetic world) and `folder` (a fresh copy to damage): tests/conftest.py

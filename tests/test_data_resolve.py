@@ -69,8 +69,8 @@ def test_train_impressions_estimate_reads_stats_else_the_generators_expectation(
 
 
 def test_the_trainer_resolves_through_the_one_resolver(tmp_path, monkeypatch):
-    from harness import train
     from harness.config import RunConfig
+    from harness.resolved import resolve as resolve_run
 
     cfg = RunConfig.from_dict({"data": {"dataset": "synthetic:ci", "cache_dir": str(tmp_path)}})
     seen = []
@@ -80,7 +80,8 @@ def test_the_trainer_resolves_through_the_one_resolver(tmp_path, monkeypatch):
             resolve, name, lambda *a, _real=real, _n=name, **k: seen.append(_n) or _real(*a, **k)
         )
     monkeypatch.setattr(synth, "ensure_synthetic", lambda *a, **k: tmp_path / "world")
-    assert train.resolve_dataset(cfg) == tmp_path / "world"
-    assert train.manifest_of(cfg) == synth.manifest_for("ci", 0)
-    assert train.train_samples_estimate(cfg) == synth.expected_train_impressions("ci")
+    dataset = resolve_run(cfg).dataset  # what the trainer, describe and the plan read
+    assert dataset.ensure() == tmp_path / "world"
+    assert dataset.manifest == synth.manifest_for("ci", 0)
+    assert dataset.train_impressions == synth.expected_train_impressions("ci")
     assert seen == ["ensure_dataset", "planning_manifest", "train_impressions_estimate"]

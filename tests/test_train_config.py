@@ -162,7 +162,7 @@ def test_overrides_dotted_and_strings():
 
 def test_train_attention_reaches_the_attention_baselines():
     """train.attention is the baselines' one attention setting: execution() hands it to build()."""
-    from harness.train import execution
+    from harness.resolved import execution
 
     base = {"model.name": "rankmixer_longer", "model.size": "tiny"}
     kw, _ = execution(apply_overrides(_cfg(), {**base, "train.attention": "sdpa"}))

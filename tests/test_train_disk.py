@@ -126,7 +126,7 @@ def test_a_full_disk_inside_torch_save_is_named_and_loses_nothing(world, tmp_pat
     assert status["state"] == "failed" and status["error"] == msg
     assert RunStore(run_dir).folder_state() == "failed"
     assert _tmp_files(run_dir) == []
-    from harness.train import load_checkpoint
+    from harness.trainer_setup import load_checkpoint
 
     assert load_checkpoint(ckpt)["global_step"] == 3  # the last good checkpoint is intact
 

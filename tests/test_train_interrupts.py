@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.runstore import MetricsCsv, RunStore
-from harness.train import load_checkpoint
+from harness.trainer_setup import load_checkpoint
 from tests import train_support as S
 
 REPO = Path(__file__).resolve().parents[1]

@@ -124,6 +124,43 @@ def test_folder_of_another_run_is_refused(world, tmp_path):
     assert load_config(tmp_path / "config.yaml").seed == 9  # nothing overwritten
 
 
+def _attempt_fails_after_the_config_step(cfg, run_dir):
+    """An attempt that stops right after train_run's config.yaml step: its dataset is absent."""
+    with pytest.raises(ContractError, match="not a dataset folder"):
+        train_run(cfg, run_dir)
+
+
+def test_config_yaml_is_written_once_and_left_untouched_when_unchanged(world, tmp_path):
+    cfg = make_cfg(world, **{"data.dataset": str(tmp_path / "nope")})
+    run_dir = tmp_path / "run"
+    _attempt_fails_after_the_config_step(cfg, run_dir)  # absent: written
+    path = run_dir / "config.yaml"
+    assert load_config(path) == cfg
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # a stamp no rewrite could keep
+    _attempt_fails_after_the_config_step(cfg, run_dir)  # the same content: not rewritten
+    assert path.stat().st_mtime_ns == 1_000_000_000
+    assert not (run_dir / "logs" / "jobs.jsonl").exists()  # nothing changed, nothing recorded
+
+
+def test_config_yaml_takes_an_attempts_settings_outside_the_id_and_records_them(
+    world, tmp_path, capsys
+):
+    cfg = make_cfg(world, **{"data.dataset": str(tmp_path / "nope")})
+    run_dir = tmp_path / "run"
+    _attempt_fails_after_the_config_step(cfg, run_dir)
+    again = apply_overrides(cfg, {"train.log_every_n_steps": 5, "logging.progress_bar": True})
+    assert run_id(again) == run_id(cfg)  # settings outside the id: the same run
+    _attempt_fails_after_the_config_step(again, run_dir)
+    # config.yaml is what harness.launch trains the folder with: this attempt's settings
+    assert load_config(run_dir / "config.yaml") == again
+    [line] = RunStore(run_dir).attempts()
+    assert line["config_changed"] == {
+        "logging.progress_bar": {"was": False, "now": True},
+        "train.log_every_n_steps": {"was": 2, "now": 5},
+    }
+    assert "train.log_every_n_steps" in capsys.readouterr().err
+
+
 def test_describe_matches_the_built_model(world):
     cfg = make_cfg(world)
     from harness.data.contract import Manifest
@@ -280,7 +317,7 @@ def test_slurm_environment_hands_requeue_to_submitit(monkeypatch):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from harness.provenance import decide_threads
-    from harness.train import trainer_plugins
+    from harness.trainer_setup import trainer_plugins
 
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     assert not any(isinstance(p, SLURMEnvironment) for p in trainer_plugins())

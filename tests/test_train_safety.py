@@ -14,7 +14,8 @@ import torch
 
 from harness.config import run_id
 from harness.runstore import RunStore
-from harness.train import UnsafeCheckpointError, load_checkpoint, train_run
+from harness.train import train_run
+from harness.trainer_setup import UnsafeCheckpointError, load_checkpoint
 from tests import train_support as S
 
 REPO = Path(__file__).resolve().parents[1]
