@@ -3,13 +3,18 @@ example row and the fix (docs/data-contract.md is the contract it checks).
 
 `validate(folder) -> list[Violation]` never stops at the first problem: each check runs over whole
 columns (vectorised) and reports how many rows break it and the first one. Events are read one
-row group at a time (the sort check carries the last key across row groups), so a large log is
-checked in bounded memory. Nothing is ever written.
+row group at a time and impressions one batch of rows at a time (keyed.table_batches); a check that
+crosses a boundary carries what it needs (the previous row's sort key, the open request, the
+splits seen, the count of rows without history), so a long log is checked in bounded memory: what
+is held grows with the users and items (their ids, each user's first event), not with the rows.
+The report lists the checks in the order they run, whatever the files' row-group layout. Nothing
+is written to the dataset (a request check over request ids in no particular order spills to a
+temporary folder; keyed.KeyPartitions).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ from harness.data.contract import (
     table_schema,
     table_source,
 )
+from harness.data.keyed import KeyPartitions, table_batches
 
 DOC = "docs/data-contract.md"
 
@@ -68,10 +74,17 @@ class _Report:
     def __init__(self) -> None:
         self.items: list[Violation] = []
         self._agg: dict[tuple[str, str, str], Violation] = {}
+        self._order: dict[tuple[str, str, str], int] = {}  # each check's place (note)
         self.unreadable: set[str] = set()
 
     def add(self, **kw: Any) -> None:
         self.items.append(Violation(**kw))
+
+    def note(self, key: tuple[str, str, str]) -> None:
+        """Give a row-level check its place in the report at its first call, found or not: the
+        report then lists checks in the order they run, whatever row group finds them first (a
+        file's row-group layout does not reorder the report)."""
+        self._order.setdefault(key, len(self._order))
 
     def rows(
         self,
@@ -88,27 +101,16 @@ class _Report:
         severity: str = "error",
     ) -> None:
         """Aggregate a row-level check (possibly over several row groups) into one violation."""
+        self.note((file, column, kind))
         n = int(np.count_nonzero(mask))
         if n == 0:
             return
-        key = (file, column, kind)
-        if key in self._agg:
-            old = self._agg[key]
-            self._agg[key] = Violation(
-                file=file,
-                column=column,
-                kind=kind,
-                message=message,
-                fix=fix,
-                rows=old.rows + n,
-                example=old.example,
-                severity=severity,
-            )
-            return
-        i = int(np.flatnonzero(mask)[0])
-        cols = [c for c in dict.fromkeys((*show, column)) if c in table.column_names]
-        example = {"row": offset + i, **{c: _py(table.column(c)[i].as_py()) for c in cols}}
-        self._agg[key] = Violation(
+        example: dict[str, Any] = {}
+        if (file, column, kind) not in self._agg:
+            i = int(np.flatnonzero(mask)[0])
+            cols = [c for c in dict.fromkeys((*show, column)) if c in table.column_names]
+            example = {"row": offset + i, **{c: _py(table.column(c)[i].as_py()) for c in cols}}
+        self.found(
             file=file,
             column=column,
             kind=kind,
@@ -119,8 +121,24 @@ class _Report:
             severity=severity,
         )
 
+    def found(self, **kw: Any) -> None:
+        """Add kw['rows'] offending rows to the check's violation; the first example is kept (a
+        later batch's rows come after the earlier ones')."""
+        v = Violation(**kw)
+        key = (v.file, v.column, v.kind)
+        self.note(key)
+        if key in self._agg:
+            old = self._agg[key]
+            v = Violation(**(kw | {"rows": old.rows + v.rows, "example": old.example}))
+        self._agg[key] = v
+
+    def held(self, key: tuple[str, str, str]) -> Violation | None:
+        """The violation aggregated so far for a check (for a check decided at the end)."""
+        return self._agg.get(key)
+
     def result(self) -> list[Violation]:
-        return self.items + list(self._agg.values())
+        agg = sorted(self._agg.items(), key=lambda kv: self._order[kv[0]])
+        return self.items + [v for _, v in agg]
 
 
 class _readable:
@@ -615,26 +633,125 @@ def _first_events(
     return users[keep], firsts[keep]
 
 
-# ---- impressions.parquet ---------------------------------------------------------------------
+# ---- impressions.parquet, one batch at a time ------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class _Impressions:
-    """The impressions table as the checks read it."""
+    """One batch of the impressions table as the checks read it."""
 
     t: pa.Table
     ok: set[str]  # the columns present with a usable dtype
     show: tuple[str, ...]  # the columns an example row shows
+    off: int  # rows of the earlier batches: the row number of the batch's first row
 
     def col(self, c: str) -> np.ndarray:
         return self.t.column(c).to_numpy(zero_copy_only=False)
 
 
+REQUEST = (IMPRESSIONS, "request_id", "request")
+REQUEST_MESSAGE = "a request_id spans several users or timestamps"
+REQUEST_FIX = "give each (user_id, ts) request its own request_id"
+
+
+class _RequestCheck:
+    """'a request_id spans several users or timestamps': every row whose (user_id, ts) differs from
+    the previous row of its request_id, in row order, counted and exemplified as a whole-table
+    check would.
+
+    When the request ids never decrease in row order (the converters number requests in time
+    order), each request's rows are contiguous and the previous row of its request is the previous
+    row: one pass, carrying the last row across batches. Ids in another order (hashed ids, an id
+    reused at a later ts) need every row of a request together: `finish` then reads the three
+    columns again into KeyPartitions grouped by request_id (on disk past PARTITION_ROWS rows), so
+    memory is one partition, never the table."""
+
+    def __init__(self) -> None:
+        self.last: tuple[int, int, int] | None = None  # (request_id, user_id, ts) of the last row
+        self.ids_ascend = True
+        self.run = _Report()  # the one-pass result, used while ids_ascend holds
+
+    def add(self, im: _Impressions) -> None:
+        if not self.ids_ascend:
+            return
+        rid, u, ts = im.col("request_id"), im.col("user_id"), im.col("ts")
+        if np.any(rid[1:] < rid[:-1]) or (self.last is not None and rid[0] < self.last[0]):
+            self.ids_ascend = False
+            return
+        mix = np.zeros(len(rid), bool)
+        mix[1:] = (rid[1:] == rid[:-1]) & ((u[1:] != u[:-1]) | (ts[1:] != ts[:-1]))
+        if self.last is not None:
+            mix[0] = rid[0] == self.last[0] and (u[0] != self.last[1] or ts[0] != self.last[2])
+        self.run.rows(
+            im.t,
+            mix,
+            im.off,
+            file=IMPRESSIONS,
+            column="request_id",
+            kind="request",
+            message=REQUEST_MESSAGE,
+            fix=REQUEST_FIX,
+            show=im.show,
+        )
+        self.last = (int(rid[-1]), int(u[-1]), int(ts[-1]))
+
+    def finish(self, rep: _Report, src: Path) -> None:
+        if self.ids_ascend:
+            if (v := self.run.held(REQUEST)) is not None:
+                rep.found(**{f.name: getattr(v, f.name) for f in fields(v)})
+            return
+        count, first = 0, None
+        with KeyPartitions(n_rows(src), ("request_id", "row", "user_id", "ts")) as parts:
+            off = 0
+            for t in table_batches(src, ["request_id", "user_id", "ts"]):
+                col = [t.column(c).to_numpy() for c in ("request_id", "user_id", "ts")]
+                parts.add(col[0], np.arange(off, off + len(t)), col[1], col[2])
+                off += len(t)
+            for p in parts.partitions():
+                # stable: a request's rows stay in row order, as in the whole table
+                order = np.argsort(p["request_id"], kind="stable")
+                r, row, u, ts = (p[c][order] for c in ("request_id", "row", "user_id", "ts"))
+                mix = np.zeros(len(r), bool)
+                mix[1:] = (r[1:] == r[:-1]) & ((u[1:] != u[:-1]) | (ts[1:] != ts[:-1]))
+                count += int(np.count_nonzero(mix))
+                if mix.any():
+                    i = int(np.flatnonzero(mix)[np.argmin(row[mix])])
+                    if first is None or row[i] < first["row"]:
+                        first = {"row": row[i], "request_id": r[i], "user_id": u[i], "ts": ts[i]}
+        if count:
+            rep.found(
+                file=IMPRESSIONS,
+                column="request_id",
+                kind="request",
+                message=REQUEST_MESSAGE,
+                fix=REQUEST_FIX,
+                rows=count,
+                example={k: int(v) for k, v in first.items()},
+            )
+
+
+@dataclass(kw_only=True)
+class _ImpressionScan:
+    """What the impression checks carry from one batch to the next; nothing here grows with the
+    table's length (the previous row's sort key, the splits seen, the count of rows without
+    history and its first example, the request check's last row)."""
+
+    ok: set[str]
+    show: tuple[str, ...]
+    off: int = 0  # rows of the earlier batches
+    last_key: tuple[int, int] | None = None  # (ts, request_id) of the previous row
+    splits: set[str] = field(default_factory=set)
+    no_history: _Report = field(default_factory=_Report)  # held until the share is known
+    no_history_rows: int = 0
+    request: _RequestCheck | None = None
+
+
 def _check_impressions(rep: _Report, ds: _Dataset) -> None:
-    """impressions.parquet: columns, rows in every split, order and requests, histories, ids,
-    labels and the chronological split."""
+    """impressions.parquet in bounded memory, one batch of rows at a time: columns, rows in every
+    split, order and requests, histories, ids, labels and the chronological split. A check that
+    crosses a batch boundary carries what it needs in _ImpressionScan."""
     if not ds.present[IMPRESSIONS]:
         return
-    m = ds.manifest
-    with _readable(rep, IMPRESSIONS, ds.src[IMPRESSIONS]):
+    m, src = ds.manifest, ds.src[IMPRESSIONS]
+    with _readable(rep, IMPRESSIONS, src):
         ints = [
             "request_id",
             "user_id",
@@ -647,55 +764,62 @@ def _check_impressions(rep: _Report, ds: _Dataset) -> None:
         floats = _numeric_feats(m, "impressions") + (
             ["p_click", "p_conversion"] if m.has_oracle else []
         )
-        ok = _check_columns(
-            rep, IMPRESSIONS, table_schema(ds.src[IMPRESSIONS]), ints, floats, ["split"]
+        ok = _check_columns(rep, IMPRESSIONS, table_schema(src), ints, floats, ["split"])
+        total = n_rows(src)
+        if total == 0:
+            rep.add(
+                file=IMPRESSIONS,
+                column="",
+                kind="empty",
+                message="no impressions: nothing to train or evaluate on",
+                fix=f"write the shown candidates with their labels to {IMPRESSIONS} ({DOC})",
+            )
+        scan = _ImpressionScan(
+            ok=ok,
+            show=tuple(c for c in ("request_id", "user_id", "ts") if c in ok),
+            request=_RequestCheck() if {"request_id", "user_id", "ts"} <= ok else None,
         )
-        t = read_table(ds.src[IMPRESSIONS], columns=sorted(ok))
-        im = _Impressions(
-            t=t, ok=ok, show=tuple(c for c in ("request_id", "user_id", "ts") if c in ok)
-        )
-        _check_impression_rows(rep, m, im)
-        _check_impression_order(rep, im)
-        if ds.first_event is not None and {"user_id", "ts"} <= ok and len(t):
-            _no_history(rep, t, im.col("user_id"), im.col("ts"), ds.first_event, im.show)
-        _check_impression_ids(rep, ds, im)
-        _check_labels(rep, m, im)
-        _check_split(rep, m, im)
+        history = ds.first_event is not None and {"user_id", "ts"} <= ok
+        for t in table_batches(src, sorted(ok)):
+            im = _Impressions(t=t, ok=ok, show=scan.show, off=scan.off)
+            _check_impression_order(rep, im, scan)
+            if history:
+                _no_history_rows(rep, im, ds.first_event, scan)
+            _check_impression_ids(rep, ds, im)
+            _check_labels(rep, m, im)
+            _check_split(rep, m, im, scan)
+            scan.off += len(t)
+        if scan.request is not None:
+            scan.request.finish(rep, src)
+        if history and total:
+            _no_history(rep, scan, total)
+        if total and "split" in ok:
+            _check_empty_splits(rep, m, scan.splits)
 
 
-def _check_impression_rows(rep: _Report, m: Manifest, im: _Impressions) -> None:
-    """Some impressions, and some in each of train, val and test."""
-    if len(im.t) == 0:
-        rep.add(
-            file=IMPRESSIONS,
-            column="",
-            kind="empty",
-            message="no impressions: nothing to train or evaluate on",
-            fix=f"write the shown candidates with their labels to {IMPRESSIONS} ({DOC})",
-        )
-    elif "split" in im.ok:
-        sp = np.asarray(im.col("split")).astype(str)
-        for split in SPLITS:
-            if not np.any(sp == split):
-                rep.add(
-                    file=IMPRESSIONS,
-                    column="split",
-                    kind="empty_split",
-                    message=f"split '{split}' has no impressions: the run needs train to learn, val "
-                    f"to select and test to report",
-                    fix=f"check manifest.split (val from ts {m.split.val_start_ts}, test from ts "
-                    f"{m.split.test_start_ts}) against the impressions' time range",
-                )
+def _check_empty_splits(rep: _Report, m: Manifest, seen: set[str]) -> None:
+    """Some impressions in each of train, val and test."""
+    for split in SPLITS:
+        if split not in seen:
+            rep.add(
+                file=IMPRESSIONS,
+                column="split",
+                kind="empty_split",
+                message=f"split '{split}' has no impressions: the run needs train to learn, val "
+                f"to select and test to report",
+                fix=f"check manifest.split (val from ts {m.split.val_start_ts}, test from ts "
+                f"{m.split.test_start_ts}) against the impressions' time range",
+            )
 
 
-def _check_impression_order(rep: _Report, im: _Impressions) -> None:
-    """No negative ts; sorted by (ts, request_id); one (user, ts) per request."""
+def _check_impression_order(rep: _Report, im: _Impressions, scan: _ImpressionScan) -> None:
+    """No negative ts; sorted by (ts, request_id) across batches; one (user, ts) per request."""
     t, ok, show = im.t, im.ok, im.show
     if "ts" in ok:
         rep.rows(
             t,
             im.col("ts") < 0,
-            0,
+            im.off,
             file=IMPRESSIONS,
             column="ts",
             kind="timestamp",
@@ -708,10 +832,13 @@ def _check_impression_order(rep: _Report, im: _Impressions) -> None:
     ts, rid = im.col("ts"), im.col("request_id")
     bad = np.zeros(len(ts), bool)
     bad[1:] = (ts[1:] < ts[:-1]) | ((ts[1:] == ts[:-1]) & (rid[1:] < rid[:-1]))
+    if scan.last_key is not None:
+        bad[0] = (int(ts[0]), int(rid[0])) < scan.last_key
+    scan.last_key = (int(ts[-1]), int(rid[-1]))
     rep.rows(
         t,
         bad,
-        0,
+        im.off,
         file=IMPRESSIONS,
         column="ts",
         kind="unsorted",
@@ -719,25 +846,11 @@ def _check_impression_order(rep: _Report, im: _Impressions) -> None:
         fix="sort: df.sort_values(['ts', 'request_id'], kind='stable') before writing",
         show=show,
     )
-    if "user_id" in ok:
-        # a request is one (user, time): its impressions share one behaviour sequence
-        order = np.argsort(rid, kind="stable")
-        r, u2, t2 = rid[order], im.col("user_id")[order], ts[order]
-        mix = np.zeros(len(r), bool)
-        mix[1:] = (r[1:] == r[:-1]) & ((u2[1:] != u2[:-1]) | (t2[1:] != t2[:-1]))
-        rows = np.zeros(len(r), bool)
-        rows[order[mix]] = True
-        rep.rows(
-            t,
-            rows,
-            0,
-            file=IMPRESSIONS,
-            column="request_id",
-            kind="request",
-            message="a request_id spans several users or timestamps",
-            fix="give each (user_id, ts) request its own request_id",
-            show=show,
-        )
+    if scan.request is not None:
+        # a request is one (user, time): its impressions share one behaviour sequence. Found at
+        # the end (_RequestCheck.finish); its place in the report is here.
+        rep.note(REQUEST)
+        scan.request.add(im)
 
 
 def _check_impression_ids(rep: _Report, ds: _Dataset, im: _Impressions) -> None:
@@ -748,7 +861,7 @@ def _check_impression_ids(rep: _Report, ds: _Dataset, im: _Impressions) -> None:
         _vocab(
             rep,
             t,
-            0,
+            im.off,
             IMPRESSIONS,
             "item_id",
             1,
@@ -760,7 +873,7 @@ def _check_impression_ids(rep: _Report, ds: _Dataset, im: _Impressions) -> None:
             rep.rows(
                 t,
                 ~np.isin(im.col("item_id"), ds.items_ids),
-                0,
+                im.off,
                 file=IMPRESSIONS,
                 column="item_id",
                 kind="unknown_item",
@@ -769,12 +882,14 @@ def _check_impression_ids(rep: _Report, ds: _Dataset, im: _Impressions) -> None:
                 show=show,
             )
     if "user_id" in ok:
-        _vocab(rep, t, 0, IMPRESSIONS, "user_id", 1, ds.user_vocab, "user ids are 1-based", show)
+        _vocab(
+            rep, t, im.off, IMPRESSIONS, "user_id", 1, ds.user_vocab, "user ids are 1-based", show
+        )
         if ds.users_ids is not None:
             rep.rows(
                 t,
                 ~np.isin(im.col("user_id"), ds.users_ids),
-                0,
+                im.off,
                 file=IMPRESSIONS,
                 column="user_id",
                 kind="unknown_user",
@@ -785,10 +900,10 @@ def _check_impression_ids(rep: _Report, ds: _Dataset, im: _Impressions) -> None:
             )
     for c in _cat_feats(m, "impressions"):
         if c in ok and c not in ("user_id", "item_id"):
-            _vocab(rep, t, 0, IMPRESSIONS, c, 0, ds.vocab[c], "categorical feature", show)
+            _vocab(rep, t, im.off, IMPRESSIONS, c, 0, ds.vocab[c], "categorical feature", show)
     for c in _numeric_feats(m, "impressions"):
         if c in ok:
-            _finite(rep, t, 0, IMPRESSIONS, c, show)
+            _finite(rep, t, im.off, IMPRESSIONS, c, show)
 
 
 def _check_labels(rep: _Report, m: Manifest, im: _Impressions) -> None:
@@ -800,7 +915,7 @@ def _check_labels(rep: _Report, m: Manifest, im: _Impressions) -> None:
             rep.rows(
                 t,
                 ~np.isin(im.col(c), (0, 1)),
-                0,
+                im.off,
                 file=IMPRESSIONS,
                 column=c,
                 kind="label",
@@ -812,7 +927,7 @@ def _check_labels(rep: _Report, m: Manifest, im: _Impressions) -> None:
         rep.rows(
             t,
             (im.col("conversion") == 1) & (im.col("click") != 1),
-            0,
+            im.off,
             file=IMPRESSIONS,
             column="conversion",
             kind="conversion_without_click",
@@ -827,7 +942,7 @@ def _check_labels(rep: _Report, m: Manifest, im: _Impressions) -> None:
             rep.rows(
                 t,
                 ~(np.isfinite(p) & (p >= 0) & (p <= 1)),
-                0,
+                im.off,
                 file=IMPRESSIONS,
                 column=c,
                 kind="probability",
@@ -837,16 +952,18 @@ def _check_labels(rep: _Report, m: Manifest, im: _Impressions) -> None:
             )
 
 
-def _check_split(rep: _Report, m: Manifest, im: _Impressions) -> None:
-    """Split values from SPLITS, and chronological: derived from ts by manifest.split."""
+def _check_split(rep: _Report, m: Manifest, im: _Impressions, scan: _ImpressionScan) -> None:
+    """Split values from SPLITS, and chronological: derived from ts by manifest.split. Notes the
+    splits seen (for the empty_split check at the end)."""
     if "split" not in im.ok:
         return
     t, show = im.t, im.show
     sp = np.asarray(im.col("split")).astype(str)
+    scan.splits.update(np.unique(sp).tolist())
     rep.rows(
         t,
         ~np.isin(sp, SPLITS),
-        0,
+        im.off,
         file=IMPRESSIONS,
         column="split",
         kind="split",
@@ -864,7 +981,7 @@ def _check_split(rep: _Report, m: Manifest, im: _Impressions) -> None:
         rep.rows(
             t,
             np.isin(sp, SPLITS) & (sp != want),
-            0,
+            im.off,
             file=IMPRESSIONS,
             column="split",
             kind="leakage",
@@ -882,15 +999,19 @@ def _check_split(rep: _Report, m: Manifest, im: _Impressions) -> None:
 NO_HISTORY_WARN = 0.5
 
 
-def _no_history(
+NO_HISTORY = (IMPRESSIONS, "ts", "no_history")
+
+
+def _no_history_rows(
     rep: _Report,
-    t: pa.Table,
-    user: np.ndarray,
-    ts: np.ndarray,
+    im: _Impressions,
     first_event: tuple[np.ndarray, np.ndarray],
-    show: tuple[str, ...],
+    scan: _ImpressionScan,
 ) -> None:
-    """Warn when NO_HISTORY_WARN or more of the impressions have no prior event of their user."""
+    """Count the batch's impressions without a prior event of their user (and keep the first
+    one); whether to warn is decided on the whole table's share, at the end (_no_history)."""
+    rep.note(NO_HISTORY)
+    user, ts = im.col("user_id"), im.col("ts")
     users, firsts = first_event
     pos = np.minimum(np.searchsorted(users, user), max(users.size - 1, 0))
     if users.size:
@@ -898,18 +1019,33 @@ def _no_history(
     else:
         has = np.zeros(user.size, bool)
     empty = ~has
-    share = float(empty.mean())
-    if share < NO_HISTORY_WARN:
+    scan.no_history_rows += int(np.count_nonzero(empty))
+    scan.no_history.rows(
+        im.t,
+        empty,
+        im.off,
+        file=IMPRESSIONS,
+        column="ts",
+        kind="no_history",
+        message="",
+        fix="",
+        show=im.show,
+        severity="warning",
+    )
+
+
+def _no_history(rep: _Report, scan: _ImpressionScan, total: int) -> None:
+    """Warn when NO_HISTORY_WARN or more of the impressions have no prior event of their user."""
+    share = scan.no_history_rows / total
+    held = scan.no_history.held(NO_HISTORY)
+    if share < NO_HISTORY_WARN or held is None:
         return
     what = (
         "no impression has any prior event"
         if share == 1.0
         else f"{share:.0%} of the impressions have no prior event"
     )
-    rep.rows(
-        t,
-        empty,
-        0,
+    rep.found(
         file=IMPRESSIONS,
         column="ts",
         kind="no_history",
@@ -919,7 +1055,8 @@ def _no_history(
         fix=f"check that {EVENTS} holds the impressions' users and that both files' ts are epoch "
         f"seconds of the same clock; a log that starts with its impressions needs events from "
         f"before them",
-        show=show,
+        rows=held.rows,
+        example=held.example,
         severity="warning",
     )
 
