@@ -29,12 +29,14 @@ PARTITION_ROWS = 1 << 22
 
 
 def table_batches(
-    path: Path, columns: list[str], batch_rows: int = BATCH_ROWS
+    path: Path, columns: list[str], batch_rows: int | None = None
 ) -> Iterator[pa.Table]:
     """The table's rows in table_files order (the order read_table concatenates them in), at most
-    batch_rows at a time, only `columns`."""
+    batch_rows (default BATCH_ROWS, read at the call) at a time, only `columns`. A batch may span
+    row groups (pyarrow reads across them), never two part files."""
     for f in table_files(path):
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
+        size = batch_rows or BATCH_ROWS
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=size, columns=columns):
             if batch.num_rows:
                 yield pa.Table.from_batches([batch])
 
@@ -51,15 +53,15 @@ class KeyPartitions:
 
     `add(columns)` appends a batch; `partitions()` then yields each partition as a dict of arrays,
     its rows in the order they were added. One partition (in memory) up to `rows_per_partition`
-    expected rows, else ceil(n_rows / rows_per_partition) temporary files, removed by `close()`
+    expected rows (default PARTITION_ROWS), else ceil(n_rows / rows_per_partition) temporary files, removed by `close()`
     (or on leaving a `with` block)."""
 
     def __init__(
-        self, n_rows: int, names: tuple[str, ...], rows_per_partition: int = PARTITION_ROWS
+        self, n_rows: int, names: tuple[str, ...], rows_per_partition: int | None = None
     ) -> None:
         self.names = names
         self.dtype = np.dtype([(n, np.int64) for n in names])
-        self.k = max(1, -(-n_rows // rows_per_partition))
+        self.k = max(1, -(-n_rows // (rows_per_partition or PARTITION_ROWS)))
         self._mem: list[np.ndarray] = []
         self._dir: tempfile.TemporaryDirectory | None = None
         self._files: list = []
