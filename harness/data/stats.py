@@ -9,10 +9,13 @@ impressions carry p_click / p_conversion, the oracle AUC / UAUC / logloss per sp
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.data.contract import (
@@ -24,14 +27,18 @@ from harness.data.contract import (
     ContractError,
     Manifest,
     n_rows,
-    read_table,
     table_files,
     table_schema,
     table_source,
 )
+from harness.data.keyed import KeyPartitions, table_batches
 from harness.metrics import split_metrics
 
 PERCENTILES = (10, 50, 90, 99)
+
+# impressions per batch: each batch re-reads the events' (user_id, ts), so batches are large (4M
+# rows: about 40 bytes a row of the batch's columns and its prior keys, 160 MB)
+BATCH_ROWS = 1 << 22
 
 
 TS_BITS = 34  # ts in [0, 2^34) seconds (until year 2514) packs with the user id into int64
@@ -58,29 +65,6 @@ def prior_counts(
     ).astype(np.int64)
 
 
-def streamed_event_stats(
-    events_path: Path, imp_user: np.ndarray, imp_ts: np.ndarray, user_vocab: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(prior count per impression, events per user id) reading events one row group at a time.
-    Every row group of a (user, ts)-sorted file is a sorted slice, so a global rank is the sum of
-    the ranks within each row group; memory stays at one row group plus the impressions."""
-    hi_key = _pack(imp_user, imp_ts)
-    lo_key = _pack(imp_user, np.zeros_like(imp_ts))
-    prior = np.zeros(hi_key.size, np.int64)
-    per_user = np.zeros(user_vocab, np.int64)
-    for f in table_files(events_path):
-        pf = pq.ParquetFile(f)
-        for rg in range(pf.num_row_groups):
-            t = pf.read_row_group(rg, columns=["user_id", "ts"])
-            u = t.column("user_id").to_numpy()
-            key = _pack(u, t.column("ts").to_numpy())
-            prior += np.searchsorted(key, hi_key, side="left") - np.searchsorted(
-                key, lo_key, side="left"
-            )
-            per_user += np.bincount(u, minlength=user_vocab)[:user_vocab]
-    return prior, per_user
-
-
 def _pct(x: np.ndarray, q: float) -> int:
     """Percentile of a possibly empty array (0 when empty: an empty log has no history lengths)."""
     return int(np.percentile(x, q)) if x.size else 0
@@ -90,10 +74,155 @@ def _round(x: float) -> float:
     return float(round(x, 6)) if np.isfinite(x) else float("nan")
 
 
+def streamed_prior_counts(
+    events_path: Path, imp_user: np.ndarray, imp_ts: np.ndarray
+) -> np.ndarray:
+    """Prior count per impression of one batch, reading events one row group at a time. Every row
+    group of a (user, ts)-sorted file is a sorted slice, so a global rank is the sum of the ranks
+    within each row group; memory stays at one row group plus the batch. The batch is ranked in
+    key order once, so each row group ranks only the impressions of its own users (a contiguous
+    slice): the work is about one rank per impression and row-group edge, not per row group."""
+    hi_key = _pack(imp_user, imp_ts)
+    order = np.argsort(hi_key, kind="stable")
+    hi, lo = hi_key[order], _pack(imp_user[order], np.zeros_like(imp_ts))
+    prior = np.zeros(hi.size, np.int64)
+    for f in table_files(events_path):
+        pf = pq.ParquetFile(f)
+        for rg in range(pf.num_row_groups):
+            t = pf.read_row_group(rg, columns=["user_id", "ts"])
+            key = _pack(t.column("user_id").to_numpy(), t.column("ts").to_numpy())
+            if not key.size:
+                continue
+            # impressions of users outside the row group's rank 0 against it (both ranks equal)
+            first_user, last_user = int(key.min()) >> TS_BITS, int(key.max()) >> TS_BITS
+            a, b = np.searchsorted(hi, [first_user << TS_BITS, (last_user + 1) << TS_BITS])
+            prior[a:b] += np.searchsorted(key, hi[a:b], side="left") - np.searchsorted(
+                key, lo[a:b], side="left"
+            )
+    out = np.empty_like(prior)
+    out[order] = prior
+    return out
+
+
+def events_per_user(events_path: Path) -> np.ndarray:
+    """Events per user id (index = user id), one row group at a time."""
+    per_user = np.zeros(0, np.int64)
+    for f in table_files(events_path):
+        pf = pq.ParquetFile(f)
+        for rg in range(pf.num_row_groups):
+            u = pf.read_row_group(rg, columns=["user_id"]).column("user_id").to_numpy()
+            per_user = _add_counts(per_user, u)
+    return per_user
+
+
+def _add_counts(acc: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """acc + the bincount of a batch's (non-negative int) values, grown to the larger of the two."""
+    c = np.bincount(values)
+    if c.size > acc.size:
+        c[: acc.size] += acc
+        return c
+    acc[: c.size] += c
+    return acc
+
+
+def _fit(counts: np.ndarray, size: int) -> np.ndarray:
+    """counts cut or zero-padded to `size` ids."""
+    out = np.zeros(size, np.int64)
+    out[: min(size, counts.size)] = counts[:size]
+    return out
+
+
+def histogram_percentile(hist: np.ndarray, q: float) -> int:
+    """int(np.percentile(x, q)) of the values x whose counts are hist (hist[v] = how many x == v),
+    with numpy's default ('linear') method step for step: the two order statistics around the
+    virtual index (n - 1) * q / 100 and numpy's lerp between them; 0 when empty (as _pct). Lets a
+    percentile of one count per impression be taken without holding one value per impression."""
+    n = int(hist.sum())
+    if n == 0:
+        return 0
+    cum = np.cumsum(hist)
+    virtual = (n - 1) * (np.float64(q) / 100)
+    lo = int(np.floor(virtual))
+    hi = min(lo + 1, n - 1)
+    a, b = np.searchsorted(cum, [lo, hi], side="right").astype(np.int64)
+    t = virtual - lo
+    diff = b - a
+    return int(b - diff * (1 - t) if t >= 0.5 else a + diff * t)
+
+
+@dataclass
+class _SplitTally:
+    """One split's label statistics, summed batch by batch; the oracle's columns when scored."""
+
+    impressions: int = 0
+    ts_min: int | None = None
+    ts_max: int | None = None
+    clicks: int = 0
+    conversions: int = 0
+    conversions_of_clicks: int = 0
+    oracle: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def add(self, click: np.ndarray, conv: np.ndarray, ts: np.ndarray) -> None:
+        self.impressions += len(click)
+        lo, hi = int(ts.min()), int(ts.max())
+        self.ts_min = lo if self.ts_min is None else min(self.ts_min, lo)
+        self.ts_max = hi if self.ts_max is None else max(self.ts_max, hi)
+        self.clicks += int(click.sum())
+        self.conversions += int(conv.sum())
+        self.conversions_of_clicks += int(conv[click == 1].sum())
+
+    def stats(self) -> dict[str, Any]:
+        n, c = self.impressions, self.clicks
+        return {
+            "impressions": n,
+            "ts_min": self.ts_min,
+            "ts_max": self.ts_max,
+            # integer sums over a count: the float the whole column's mean gives
+            "click_rate": _round(c / n) if n else None,
+            "conversion_rate": _round(self.conversions / n) if n else None,
+            "cvr_given_click": _round(self.conversions_of_clicks / c) if c else None,
+        }
+
+
+class _DistinctIds:
+    """How many distinct values an id column has, batch by batch: in one pass while the ids never
+    decrease (the converters number requests in time order: count the changes), else from
+    KeyPartitions (a second read, grouped by id, on disk past PARTITION_ROWS rows)."""
+
+    def __init__(self) -> None:
+        self.count, self.last, self.ascend = 0, None, True
+
+    def add(self, ids: np.ndarray) -> None:
+        if not self.ascend or not ids.size:
+            return
+        if np.any(ids[1:] < ids[:-1]) or (self.last is not None and ids[0] < self.last):
+            self.ascend = False
+            return
+        self.count += int(np.count_nonzero(ids[1:] != ids[:-1])) + int(
+            self.last is None or ids[0] != self.last
+        )
+        self.last = int(ids[-1])
+
+    def result(self, src: Path, column: str) -> int:
+        if self.ascend:
+            return self.count
+        count = 0
+        with KeyPartitions(n_rows(src), (column,)) as parts:
+            for t in table_batches(src, [column]):
+                parts.add(t.column(column).to_numpy())
+            for p in parts.partitions():
+                count += int(np.unique(p[column]).size)
+        return count
+
+
 def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[str, Any]:
+    """The statistics of a contract folder in bounded memory: impressions and events are read a
+    batch (a row group) at a time; what is held grows with the users (per-user counts) and the
+    longest history (the prior-count histogram), not with the rows. The oracle scores (only when
+    the impressions carry p_click) hold their five columns per split: exact AUC sorts them all."""
     folder = Path(folder)
     manifest = manifest or Manifest.load(folder)
-    cols = ["user_id", "ts", "click", "conversion", "split"]
+    cols = ["request_id", "user_id", "ts", "click", "conversion", "split"]
     if manifest.has_oracle:
         cols += ["p_click", "p_conversion"]
     src = {name: table_source(folder, name) for name in (EVENTS, IMPRESSIONS, USERS, ITEMS)}
@@ -104,66 +233,73 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
                 f"part-*.parquet); `python -m harness.data validate {folder}` lists what to fix."
             )
         table_schema(src[name])  # parts that disagree: named here, not deep in a reader
-    imp = read_table(src[IMPRESSIONS], columns=cols).to_pandas()
-    imp_user = imp["user_id"].to_numpy()
+    prior_hist = np.zeros(0, np.int64)  # impressions per prior count
+    imp_per_user = np.zeros(0, np.int64)
+    prior_sum, n_imp = 0, 0
+    requests = _DistinctIds()
+    tally = {split: _SplitTally() for split in SPLITS}
+    # a batch re-reads the events' (user_id, ts) once: batches as large as memory allows
+    for t in table_batches(src[IMPRESSIONS], cols, BATCH_ROWS):
+        user, ts = t.column("user_id").to_numpy(), t.column("ts").to_numpy()
+        prior = streamed_prior_counts(src[EVENTS], user, ts)
+        prior_hist = _add_counts(prior_hist, prior)
+        prior_sum, n_imp = prior_sum + int(prior.sum()), n_imp + len(prior)
+        imp_per_user = _add_counts(imp_per_user, user)
+        requests.add(t.column("request_id").to_numpy())
+        split = t.column("split")
+        if pa.types.is_dictionary(split.type):
+            split = split.cast(pa.string())
+        for name, s in tally.items():
+            m = pc.fill_null(pc.equal(split, name), False).to_numpy(zero_copy_only=False)
+            if not m.any():
+                continue
+            click, conv = t.column("click").to_numpy()[m], t.column("conversion").to_numpy()[m]
+            s.add(click, conv, ts[m])
+            if manifest.has_oracle:
+                s.oracle.append(
+                    {"click": click, "conversion": conv, "user_id": user[m]}
+                    | {k: t.column(k).to_numpy()[m] for k in ("p_click", "p_conversion")}
+                )
     user_vocab = (
         manifest.feature("user_id").vocab_size
         if "user_id" in {f.name for f in manifest.features}
-        else int(imp_user.max()) + 1
+        else imp_per_user.size
     )
-    user_vocab = max(user_vocab, int(imp_user.max()) + 1 if imp_user.size else 1)
-    prior, events_per_user = streamed_event_stats(
-        src[EVENTS], imp_user, imp["ts"].to_numpy(), user_vocab
-    )
+    user_vocab = max(user_vocab, imp_per_user.size if n_imp else 1)
+    # ids past the vocabulary are not counted (an invalid dataset: validate names them)
+    per_user_all = _fit(events_per_user(src[EVENTS]), user_vocab)
     n_users = (
         n_rows(src[USERS])
         if src[USERS] is not None
-        else int(
-            np.count_nonzero(
-                events_per_user | np.bincount(imp_user, minlength=user_vocab)[:user_vocab]
-            )
-        )
+        else int(np.count_nonzero(per_user_all | _fit(imp_per_user, user_vocab)))
     )
     n_items = n_rows(src[ITEMS]) if src[ITEMS] is not None else manifest.item_vocab - 1
-    per_user = events_per_user[events_per_user > 0]
+    per_user = per_user_all[per_user_all > 0]
     stats: dict[str, Any] = {
         "users": int(n_users),
         "items": int(n_items),
         "events": n_rows(src[EVENTS]),
-        "impressions": int(len(imp)),
-        "requests": None,
+        "impressions": n_imp,
+        "requests": requests.result(src[IMPRESSIONS], "request_id"),
         "events_per_user_percentiles": {},
-        "prior_events_percentiles": {f"p{q}": _pct(prior, q) for q in PERCENTILES},
-        "prior_events_max": int(prior.max()) if prior.size else 0,
-        "impressions_with_prior_ge_2048": int((prior >= 2048).sum()),
+        "prior_events_percentiles": {
+            f"p{q}": histogram_percentile(prior_hist, q) for q in PERCENTILES
+        },
+        "prior_events_max": int(np.flatnonzero(prior_hist)[-1]) if n_imp else 0,
+        "impressions_with_prior_ge_2048": int(prior_hist[2048:].sum()),
         "splits": {},
     }
-    stats["prior_events_percentiles"]["mean"] = _round(float(prior.mean())) if prior.size else 0.0
+    # an integer sum over a count: the float np.mean of the whole column gives
+    stats["prior_events_percentiles"]["mean"] = _round(prior_sum / n_imp) if n_imp else 0.0
     stats["events_per_user_percentiles"] = {f"p{q}": _pct(per_user, q) for q in PERCENTILES}
-    rid = read_table(src[IMPRESSIONS], columns=["request_id"]).column("request_id").to_numpy()
-    stats["requests"] = int(np.unique(rid).size)
     oracle: dict[str, dict[str, float]] = {}
-    for split in SPLITS:
-        part = imp[imp["split"] == split]
-        click, conv = part["click"].to_numpy(), part["conversion"].to_numpy()
-        n_click = int(click.sum())
-        stats["splits"][split] = {
-            "impressions": int(len(part)),
-            "ts_min": int(part["ts"].min()) if len(part) else None,
-            "ts_max": int(part["ts"].max()) if len(part) else None,
-            "click_rate": _round(click.mean()) if len(part) else None,
-            "conversion_rate": _round(conv.mean()) if len(part) else None,
-            "cvr_given_click": _round(conv[click == 1].mean()) if n_click else None,
-        }
-        if manifest.has_oracle and len(part):
+    for split, s in tally.items():
+        stats["splits"][split] = s.stats()
+        if manifest.has_oracle and s.impressions:
             # the oracle's keys as a run's result.json has them: CTR on every impression, CVR on
             # the clicked ones, scored by the true probabilities
-            columns = ("p_click", "p_conversion", "user_id")
-            m = split_metrics(
-                {"click": click, "conversion": conv} | {k: part[k].to_numpy() for k in columns},
-                "clicked",
-                oracle=True,
-            )
+            cols_ = {k: np.concatenate([b[k] for b in s.oracle]) for k in s.oracle[0]}
+            m = split_metrics(cols_, "clicked", oracle=True)
             oracle[split] = {k: _round(v) for k, v in m.items()}
     if oracle:
         stats["oracle"] = oracle
