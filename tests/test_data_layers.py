@@ -15,7 +15,7 @@ DATA = ROOT / "harness" / "data"
 
 # the layers, lowest first; a module may import its own layer or a lower one (docs/contracts.md)
 LAYERS = {
-    "schema": ("contract", "features", "counts", "sequences"),
+    "schema": ("contract", "features", "counts", "sequences", "keyed"),
     "statistics": ("stats", "floor"),
     "validation": ("validate",),
     "generation": ("synth", "planted", "rules", "oracle", "converters"),

@@ -100,6 +100,7 @@ def streamed_prior_counts(
             prior[a:b] += np.searchsorted(key, hi[a:b], side="left") - np.searchsorted(
                 key, lo[a:b], side="left"
             )
+            del t, key  # free this row group before the next is read: one held, not two
     out = np.empty_like(prior)
     out[order] = prior
     return out
@@ -261,6 +262,7 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
                     {"click": click, "conversion": conv, "user_id": user[m]}
                     | {k: t.column(k).to_numpy()[m] for k in ("p_click", "p_conversion")}
                 )
+        del t, user, ts, prior, split  # free this batch before the next is read
     user_vocab = (
         manifest.feature("user_id").vocab_size
         if "user_id" in {f.name for f in manifest.features}

@@ -524,6 +524,7 @@ def _check_events(rep: _Report, ds: _Dataset) -> None:
                 _check_event_ids(rep, ds, t, scan)
                 _check_event_sides(rep, ds, t, scan)
                 scan.off += len(t)
+                del t  # free this row group before the next is read: one held, not two
         ds.first_event = _first_events(scan.first_parts)
 
 
@@ -789,6 +790,7 @@ def _check_impressions(rep: _Report, ds: _Dataset) -> None:
             _check_labels(rep, m, im)
             _check_split(rep, m, im, scan)
             scan.off += len(t)
+            del t, im  # free this batch before the next is read: one held, not two
         if scan.request is not None:
             scan.request.finish(rep, src)
         if history and total:
