@@ -31,14 +31,33 @@ PARTITION_ROWS = 1 << 22
 def table_batches(
     path: Path, columns: list[str], batch_rows: int | None = None
 ) -> Iterator[pa.Table]:
-    """The table's rows in table_files order (the order read_table concatenates them in), at most
-    batch_rows (default BATCH_ROWS, read at the call) at a time, only `columns`. A batch may span
-    row groups (pyarrow reads across them), never two part files."""
+    """The table's rows in table_files order (the order read_table concatenates them in), about
+    batch_rows (default BATCH_ROWS, read at the call) at a time, only `columns`: consecutive row
+    groups read together up to batch_rows, a larger row group read in slices of batch_rows.
+
+    Whole row groups rather than ParquetFile.iter_batches over the file: measured on a 13M-row
+    impressions file (13 row groups of 1M rows), iter_batches' pre-buffering held more the longer
+    the file (peak RSS 281 MB above the interpreter at 4.5M rows, 405 MB at 13M), reading row
+    groups did not (171 MB, 176 MB)."""
+    size = batch_rows or BATCH_ROWS
     for f in table_files(path):
-        size = batch_rows or BATCH_ROWS
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=size, columns=columns):
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch])
+        pf = pq.ParquetFile(f)
+        group: list[int] = []
+        rows = 0
+        for rg in range(pf.num_row_groups):
+            n = pf.metadata.row_group(rg).num_rows
+            if group and rows + n > size:
+                yield pf.read_row_groups(group, columns=columns)
+                group, rows = [], 0
+            if n > size:
+                sliced = pq.ParquetFile(f, pre_buffer=False)
+                for b in sliced.iter_batches(batch_size=size, row_groups=[rg], columns=columns):
+                    yield pa.Table.from_batches([b])
+            elif n:
+                group.append(rg)
+                rows += n
+        if group:
+            yield pf.read_row_groups(group, columns=columns)
 
 
 def _mix(key: np.ndarray, k: int) -> np.ndarray:
