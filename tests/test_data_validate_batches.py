@@ -167,17 +167,22 @@ def test_clean_world_is_valid_in_tiny_batches(clean, monkeypatch):
     assert validate(clean) == []
 
 
-def test_table_batches_keep_row_order_across_parts_and_row_groups(tmp_path):
+@pytest.mark.parametrize("row_group_size", [3, 6, 20])
+def test_table_batches_keep_row_order_across_parts_and_row_groups(tmp_path, row_group_size):
+    """Row groups smaller than a batch are read together, larger ones in slices: every batch
+    holds at most batch_rows rows, and the rows come in order across row groups and parts."""
     parts = tmp_path / "t"
     parts.mkdir()
     for j, start in enumerate(range(0, 50, 20)):
         pq.write_table(
             pa.table({"a": np.arange(start, min(start + 20, 50))}),
             parts / f"part-{j}.parquet",
-            row_group_size=6,
+            row_group_size=row_group_size,
         )
     got = [b.column("a").to_numpy() for b in table_batches(parts, ["a"], batch_rows=8)]
     assert max(len(b) for b in got) <= 8
+    if row_group_size == 3:
+        assert max(len(b) for b in got) == 6  # two row groups of 3 in one batch
     assert np.array_equal(np.concatenate(got), np.arange(50))
 
 
