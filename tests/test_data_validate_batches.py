@@ -182,7 +182,7 @@ def test_table_batches_keep_row_order_across_parts_and_row_groups(tmp_path, row_
     got = [b.column("a").to_numpy() for b in table_batches(parts, ["a"], batch_rows=8)]
     assert max(len(b) for b in got) <= 8
     if row_group_size == 3:
-        assert max(len(b) for b in got) == 6  # two row groups of 3 in one batch
+        assert max(len(b) for b in got) > 3  # row groups of 3 read together
     assert np.array_equal(np.concatenate(got), np.arange(50))
 
 
