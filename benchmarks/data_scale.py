@@ -155,10 +155,15 @@ def _load() -> float:
 
 def bench(rows: int, work: Path, *, seed: int, seq_len: int, batch_size: int, zipf: float) -> dict:
     raw, folder = work / "raw", work / "taobao"
-    t = time.perf_counter()
-    shape = generate_log(raw, rows, seed=seed, zipf=zipf)
-    shape["generate_s"] = round(time.perf_counter() - t, 2)
     py, me = sys.executable, str(Path(__file__).resolve())
+    # the log is generated in a child too: Linux carries a process's peak RSS across exec into the
+    # child it forks (vfork), so steps started by a parent that had held the generated log would
+    # report at least that parent's peak, not their own
+    gen = [py, me, "--step", "generate", "--raw", str(raw), "--rows", str(rows)]
+    gen += ["--seed", str(seed), "--zipf", str(zipf)]
+    generated = run_step(gen, work / "generate.log")
+    shape = json.loads((work / "generate.log").read_text().strip().splitlines()[-1])
+    shape["generate_s"] = generated["wall_s"]
     inproc = ["--folder", str(folder), "--seq-len", str(seq_len), "--batch-size", str(batch_size)]
     cmds = {
         "convert": [py, "-m", "harness.data", "convert", "taobao", str(raw), "--out", str(folder)],
@@ -202,9 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--step", choices=["train_pass", "eval_pass"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--step", choices=["generate", "train_pass", "eval_pass"], help=argparse.SUPPRESS
+    )
     p.add_argument("--folder", help=argparse.SUPPRESS)
+    p.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.step == "generate":  # a child: the raw log, its shape as the last line of stdout
+        print(json.dumps(generate_log(a.raw, a.rows, seed=a.seed, zipf=a.zipf)))
+        return 0
     if a.step:  # a child: one in-process step, its figures as the last line of stdout
         fn = train_pass if a.step == "train_pass" else eval_pass
         print(json.dumps(fn(a.folder, a.seq_len, a.batch_size)))
