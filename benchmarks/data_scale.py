@@ -155,6 +155,7 @@ def _load() -> float:
 
 def bench(rows: int, work: Path, *, seed: int, seq_len: int, batch_size: int, zipf: float) -> dict:
     raw, folder = work / "raw", work / "taobao"
+    work.mkdir(parents=True, exist_ok=True)  # --work may name a new folder: the step logs go there
     py, me = sys.executable, str(Path(__file__).resolve())
     # the log is generated in a child too: Linux carries a process's peak RSS across exec into the
     # child it forks (vfork), so steps started by a parent that had held the generated log would
