@@ -94,7 +94,7 @@ def streamed_prior_counts(
             key = _pack(t.column("user_id").to_numpy(), t.column("ts").to_numpy())
             if not key.size:
                 continue
-            # impressions of users outside the row group's rank 0 against it (both ranks equal)
+            # an impression whose user is outside the row group ranks 0 in it (both ranks equal)
             first_user, last_user = int(key.min()) >> TS_BITS, int(key.max()) >> TS_BITS
             a, b = np.searchsorted(hi, [first_user << TS_BITS, (last_user + 1) << TS_BITS])
             prior[a:b] += np.searchsorted(key, hi[a:b], side="left") - np.searchsorted(
