@@ -205,3 +205,28 @@ def test_key_partitions_hold_each_key_together_in_row_order(rows_per_partition):
             assert owner.setdefault(int(kv), i) == i  # a key in one partition only
     if folder is not None:
         assert len({owner[k] for k in owner}) > 1 and not Path(folder).exists()
+
+
+def test_users_and_items_checked_in_batches_give_the_whole_table_report(folder, monkeypatch):
+    """users.parquet / items.parquet by batch: a duplicate id whose first row is in an earlier
+    batch, an id outside the vocabulary, a bad categorical and a NaN numeric: counted and
+    exemplified as in one batch (the duplicate by its definition: every row whose id appeared on an
+    earlier row)."""
+    users = pd.read_parquet(folder / "users.parquet")
+    items = pd.read_parquet(folder / "items.parquet")
+    users = pd.concat([users, users.iloc[[2, 2]]])  # user 3 twice more, at the end
+    num = [c for c in users.columns if users[c].dtype.kind == "f"][0]
+    users[num] = np.where(np.arange(len(users)) == 5, np.nan, users[num])
+    items = items.assign(item_id=np.where(np.arange(len(items)) == 4, 0, items["item_id"]))
+    cat = [c for c in items.columns if c != "item_id" and items[c].dtype.kind == "i"][0]
+    items[cat] = np.where(np.arange(len(items)) == 8, -1, items[cat])
+    for name, df in (("users.parquet", users), ("items.parquet", items)):
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), folder / name)
+    found = validate(folder)
+    dup = [v for v in found if v.kind == "duplicate_id"]
+    assert len(dup) == 1 and dup[0].rows == 2
+    assert dup[0].example == {"row": len(users) - 2, "user_id": 3}
+    whole = [str(v) for v in found]
+    assert {"duplicate_id", "non_finite", "vocab"} <= {v.kind for v in found}
+    monkeypatch.setattr(keyed, "BATCH_ROWS", 3)
+    assert _report(folder) == whole

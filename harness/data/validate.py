@@ -418,7 +418,8 @@ def _check_files(rep: _Report, ds: _Dataset) -> None:
 # ---- users.parquet / items.parquet -----------------------------------------------------------
 def _check_lookup_table(rep: _Report, ds: _Dataset, table: str, fname: str, idc: str) -> None:
     """users.parquet or items.parquet: columns, 1-based unique ids, feature vocabularies, finite
-    numerics. Keeps the table's ids for the impressions' unknown_user / unknown_item checks."""
+    numerics, a batch of rows at a time; only the ids are held (bounded by the users or items),
+    for the duplicate check and the impressions' unknown_user / unknown_item checks."""
     if not ds.present[fname]:
         return
     m = ds.manifest
@@ -431,34 +432,48 @@ def _check_lookup_table(rep: _Report, ds: _Dataset, table: str, fname: str, idc:
             _numeric_feats(m, table),
             [],
         )
-        t = read_table(ds.src[fname], columns=sorted(ok))
+        id_parts: list[np.ndarray] = []
+        off = 0
+        for t in table_batches(ds.src[fname], sorted(ok)):
+            if idc in ok:
+                hi = m.item_vocab if idc == "item_id" else ds.user_vocab
+                _vocab(rep, t, off, fname, idc, 1, hi, "ids are 1-based; 0 is padding")
+                rep.note((fname, idc, "duplicate_id"))  # found over every batch's ids, below
+                id_parts.append(t.column(idc).to_numpy())
+            for c in _cat_feats(m, table):
+                if c in ok and c != idc:
+                    _vocab(rep, t, off, fname, c, 0, ds.vocab[c], "categorical feature", (idc,))
+            for c in _numeric_feats(m, table):
+                if c in ok:
+                    _finite(rep, t, off, fname, c, (idc,))
+            off += len(t)
+            del t  # free this batch before the next is read
         if idc in ok:
-            ids = t.column(idc).to_numpy()
-            hi = m.item_vocab if idc == "item_id" else ds.user_vocab
-            _vocab(rep, t, 0, fname, idc, 1, hi, "ids are 1-based; 0 is padding")
-            _, first, counts = np.unique(ids, return_index=True, return_counts=True)
-            dup = np.zeros(ids.size, bool)
-            dup[np.setdiff1d(np.arange(ids.size), first)] = True
-            rep.rows(
-                t,
-                dup,
-                0,
-                file=fname,
-                column=idc,
-                kind="duplicate_id",
-                message=f"{idc} appears more than once",
-                fix=f"keep one row per {idc}",
-            )
+            ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+            _duplicate_ids(rep, fname, idc, ids)
             if table == "users":
                 ds.users_ids = np.unique(ids)
             else:
                 ds.items_ids = np.unique(ids)
-        for c in _cat_feats(m, table):
-            if c in ok and c != idc:
-                _vocab(rep, t, 0, fname, c, 0, ds.vocab[c], "categorical feature", (idc,))
-        for c in _numeric_feats(m, table):
-            if c in ok:
-                _finite(rep, t, 0, fname, c, (idc,))
+
+
+def _duplicate_ids(rep: _Report, fname: str, idc: str, ids: np.ndarray) -> None:
+    """Every row whose id appeared on an earlier row; the first such row is the example."""
+    _, first = np.unique(ids, return_index=True)
+    dup = np.ones(ids.size, bool)
+    dup[first] = False
+    n = int(np.count_nonzero(dup))
+    if n:
+        i = int(np.flatnonzero(dup)[0])
+        rep.found(
+            file=fname,
+            column=idc,
+            kind="duplicate_id",
+            message=f"{idc} appears more than once",
+            fix=f"keep one row per {idc}",
+            rows=n,
+            example={"row": i, idc: int(ids[i])},
+        )
 
 
 def _read_item_sides(rep: _Report, ds: _Dataset) -> None:
