@@ -262,8 +262,12 @@ def _describe(rows: list[Row]) -> str:
     # the train split's size is read from a manifest (or the generator's expectation): once per
     # dataset, whichever run of it asks first
     impressions: dict[tuple[str, int, str], int | None] = {}
+    absent: set[str] = set()  # real-data folders not there yet (a `datasets:` entry converts them)
     for row in rows:
         c = row.run.cfg
+        if not c.data.dataset.startswith("synthetic:") and not Path(c.data.dataset).is_dir():
+            absent.add(c.data.dataset)  # the model's size needs the manifest's vocabularies
+            continue
         key = describe_key(c)
         if key not in described:
             try:
@@ -293,7 +297,13 @@ def _describe(rows: list[Row]) -> str:
             row.cost_h = (
                 row.flops_total / (row.run.resources.assumed_tflops * 1e12) / 3600.0
             )  # device-hours at the assumed rate
-    return ("describe failed for: " + "; ".join(errors[:3])) if errors else ""
+    notes = [
+        f"params/FLOPs of the runs on {d}: shown once the folder exists (they need its manifest)"
+        for d in sorted(absent)
+    ]
+    if errors:
+        notes.append("describe failed for: " + "; ".join(errors[:3]))
+    return "\n".join(notes)
 
 
 # ------------------------------------------------------------------------------------- printing

@@ -330,6 +330,17 @@ def tmall_sweep(tmp_path: Path, raw: Path) -> tuple[Path, Path]:
     return write(tmp_path, data), folder
 
 
+def test_plan_of_a_dataset_not_yet_converted_says_when_flops_appear(tmp_path):
+    """The plan's cost column needs the folder's manifest (vocabularies size the model): before the
+    `datasets:` entry converts it, the plan says so in one line instead of a describe error."""
+    path, folder = tmall_sweep(tmp_path, tmp_path / "no_raw")
+    out = io.StringIO()
+    S.run_sweep(path, dry_run=True, runs_dir=tmp_path / "runs", describe=True, out=out)
+    text = out.getvalue()
+    assert f"params/FLOPs of the runs on {folder}: shown once the folder exists" in text
+    assert "describe failed" not in text
+
+
 def test_missing_raw_folder_is_one_line_and_nothing_is_converted(tmp_path):
     path, folder = tmall_sweep(tmp_path, tmp_path / "no_raw")
     out = io.StringIO()
