@@ -299,6 +299,7 @@ class ModelConfig(_Section):
 
     def resolve(self) -> Any:
         """The model's Config (size + overrides), validated by model.registry.resolve_config."""
+        # the models pull torch: on use only, planning stays torch-free
         from model import registry
 
         base = registry.resolve_config(self.name, self.size)

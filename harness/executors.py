@@ -307,6 +307,7 @@ class DebugExecutor(_QueueThenWait):
         self.sweep = SweepStore(sweep_dir)
 
     def wait(self, handles: list[Handle], progress: Progress) -> None:
+        # submitit: on use only (the local and debug executors need none of it)
         from harness.launch import LaunchRun
 
         for handle in handles:
@@ -650,6 +651,7 @@ class SlurmExecutor:
     def submit(self, tasks: list[Task], progress: Progress) -> list[Handle]:
         import submitit
 
+        # submitit: on use only (the local and debug executors need none of it)
         from harness.launch import LaunchRun
 
         by_class: dict[str, list[Task]] = defaultdict(list)

@@ -24,7 +24,18 @@ from typing import Any
 
 import submitit
 
-from harness.runstore import EXIT_BUSY
+from harness.config import ConfigError, load_config
+from harness.runstore import (
+    CONFIG,
+    EXIT_BUSY,
+    Busy,
+    Interrupted,
+    RunStore,
+    RunStoreError,
+    process_rank,
+    raise_on_signals,
+    restore_signals,
+)
 
 # How long a launcher waits for its run folder when another process still owns it (e.g. the
 # previous attempt of a requeued job still exiting) before it gives up with exit code EXIT_BUSY.
@@ -59,9 +70,7 @@ class LaunchRun(submitit.helpers.Checkpointable):
     """`LaunchRun()(run_dir)` trains the run whose resolved config is <run_dir>/config.yaml."""
 
     def __call__(self, run_dir: str) -> dict[str, Any]:
-        from harness.config import load_config
-        from harness.runstore import CONFIG
-        from harness.train import train_run
+        from harness.train import train_run  # torch and the models: in the job, not in the driver
 
         path = Path(run_dir)
         cfg = load_config(path / CONFIG, stored=True)  # written by the driver, maybe an older one
@@ -71,7 +80,6 @@ class LaunchRun(submitit.helpers.Checkpointable):
     def checkpoint(self, run_dir: str) -> submitit.helpers.DelayedSubmission:
         # Called by submitit in the job on timeout/preemption (rank 0). The state to resume from is
         # the run's own checkpoints/last.ckpt, written by train_run at its checkpoint cadence.
-        from harness.runstore import RunStore, RunStoreError, process_rank
 
         if process_rank() == 0:
             try:
@@ -89,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from harness.runstore import Interrupted, raise_on_signals, restore_signals
-
     # a SIGTERM (cancel) before training starts: one line, exit 128 + signal
     previous = raise_on_signals()
     try:
@@ -103,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(run_dir: str) -> int:
-    from harness.config import ConfigError
+    # pandas, Lightning and torch: on use only (a launcher's usage error needs none of them)
     from harness.data.contract import ContractError
-    from harness.runstore import Busy, Interrupted, RunStoreError
     from harness.system import NonFiniteLossError
 
     try:

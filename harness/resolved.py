@@ -111,6 +111,7 @@ class ResolvedConfig:
         cost column only."""
         import torch  # a description builds the model: the only step here that needs torch
 
+        # the models pull torch: on use only, planning stays torch-free
         from model.registry import build_model
 
         kw = self.execution_kwargs()

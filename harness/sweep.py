@@ -1171,6 +1171,7 @@ def prepare_synthetic(rows: list[Row], say: Callable[[str], None] = lambda _line
     """Generate each synthetic world the runs need once, here, before they start (local runs in
     parallel would otherwise each generate it, silently, inside their launchers); `say` gets
     one line before and after each."""
+    # harness.data pulls numpy, pandas and pyarrow: on use only, the driver and planner stay light
     from harness.data.resolve import dataset_folder, ensure_dataset, is_ready
 
     seen = set()
@@ -1197,6 +1198,7 @@ FLOOR_MAX_EVENTS = 20_000_000
 
 def _dataset_folder(cfg) -> Path:
     """Where a run's dataset lies on this machine (a synthetic world's cache folder, else the path)."""
+    # harness.data pulls numpy, pandas and pyarrow: on use only, the driver and planner stay light
     from harness.data.resolve import dataset_folder
 
     return dataset_folder(cfg.data.dataset, cfg.data.data_seed, cfg.data.cache_dir)
@@ -1217,6 +1219,7 @@ def write_floor(
 
     import pyarrow as pa
 
+    # harness.data pulls numpy, pandas and pyarrow: on use only, the driver and planner stay light
     from harness.data.contract import MANIFEST
     from harness.data.floor import compute_floor
 
@@ -1271,6 +1274,7 @@ def write_floor(
 
 def pending_datasets(sweep: Sweep, runs: list[ResolvedRun]) -> list[DatasetRecipe]:
     """The sweep file's `datasets:` folders that selected runs read and that do not exist yet."""
+    # harness.data pulls numpy, pandas and pyarrow: on use only, the driver and planner stay light
     from harness.data.contract import MANIFEST
 
     used = dict.fromkeys(r.cfg.data.dataset for r in runs)
@@ -1286,6 +1290,7 @@ def stale_datasets(sweep: Sweep, runs: list[ResolvedRun]) -> list[str]:
     the warning says how to reconvert (and that finished runs on the old folder stay as they are)."""
     import yaml
 
+    # harness.data pulls numpy, pandas and pyarrow: on use only, the driver and planner stay light
     from harness.data.contract import MANIFEST
 
     notes = []
@@ -1314,6 +1319,7 @@ def convert_datasets(
     """Convert each missing dataset from its raw logs once, saying so (the real-data presets
     used to need a hand-typed conversion first). Any failure is one SweepError line; the converter
     writes into a temporary sibling, so a failed conversion leaves no half folder behind."""
+    # harness.data pulls numpy, pandas and pyarrow: on use only, the driver and planner stay light
     from harness.data.contract import ContractError
     from harness.data.converters import convert
 

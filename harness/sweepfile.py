@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 from harness import config
-from harness.config import ConfigError, Resources
+from harness.config import ConfigError, Resources, RunConfig
 from harness.resolved import ResolvedConfig, describe_key, samples_per_step
 from harness.resolved import resolve as resolve_run
 from model.suggest import did_you_mean
@@ -608,8 +608,6 @@ def _parse_include_base(include_base: Any, baselines: list[Baseline], where: Any
 def _config_key_problem(key: str) -> str | None:
     """Why a dotted key names no run-config field (None when it does). Keys under model.overrides
     are the model's own and are checked when the runs resolve against the model."""
-    from harness.config import RunConfig
-
     if key.startswith("model.overrides.") and len(key.split(".")) > 2:
         return None
     node: Any = RunConfig().to_dict()
@@ -1202,8 +1200,6 @@ def _budget_steps(cfg: Any, budget: float, cache: dict[str, float], where: str) 
     """The run with train.max_steps = the steps its model can take within `budget` training FLOPs:
     floor(budget / (training FLOPs per example x samples per step)), the per-example count being
     the model's own analytic accounting (model/flops.py through harness.resolved)."""
-    from harness import config
-
     key = describe_key(cfg)
     if key not in cache:
         try:  # builds the model on the meta device (imports torch): only for a budget

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from harness.callbacks import SPLIT_KEY
 from harness.config import EvalConfig, TrainConfig
+from harness.eval_sample import bootstrap_ci
 from harness.metrics import daily_macro, split_metrics
 from harness.optim import build_optimizer, clip_per_group
 
@@ -258,8 +259,6 @@ class RankingSystem(L.LightningModule):
             "n": int(len(p["click"])),
         }
         if self.eval_cfg is not None and self.cfg.protocol == "holdout" and len(p["click"]):
-            from harness.eval_sample import bootstrap_ci
-
             e = self.eval_cfg
             out["ci"] = bootstrap_ci(
                 p,
