@@ -265,7 +265,7 @@ def _describe(rows: list[Row]) -> str:
     absent: set[str] = set()  # real-data folders not there yet (a `datasets:` entry converts them)
     for row in rows:
         c = row.run.cfg
-        if not c.data.dataset.startswith("synthetic:") and not Path(c.data.dataset).is_dir():
+        if c.data.synthetic_preset is None and not Path(c.data.dataset).is_dir():
             absent.add(c.data.dataset)  # the model's size needs the manifest's vocabularies
             continue
         key = describe_key(c)
