@@ -232,6 +232,7 @@ def _train(cfg: RunConfig, store: RunStore, stop: Any) -> dict[str, Any]:
             "value": None,
             "reason": "decided by the model at its first forward (see end of run)",
         },
+        "train_order": setup.train_order_decision(cfg, loaders[0], data.next_batch),
         "resumed_from_step": resume_step,
         "dataset_warnings": data.warnings,
     }

@@ -101,16 +101,36 @@ def main() -> int:
         help="keep parameters whose name starts with this at their initial values (a diagnostic: "
         "e.g. item_emb, to ask whether memorising item ids is what the model learns)",
     )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (a harness run takes the cores)"
+    )
+    ap.add_argument(
+        "--seed-like-harness",
+        action="store_true",
+        help="seed as harness.train does (Lightning's seed_everything after the data module is "
+        "set up) instead of torch.manual_seed before it",
+    )
+    ap.add_argument(
+        "--reshuffle",
+        action="store_true",
+        help="a new train order every epoch (the sampler's set_epoch, as Lightning calls it); "
+        "without it every epoch repeats epoch 0's order",
+    )
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
 
-    torch.set_num_threads(1)
-    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    if not a.seed_like_harness:
+        torch.manual_seed(a.seed)
     dm = OneTransDataModule(
         a.folder, seq_len=a.seq_len, batch_size=a.batch, eval_batch_size=2048, seed=a.seed
     )
     dm.prepare_data()
     dm.setup("fit")
+    if a.seed_like_harness:
+        import lightning as L  # only for this switch
+
+        L.seed_everything(a.seed, workers=True, verbose=False)
     overrides, moved = split_moved(parse_sets(a.set, False))
     cfg = TrainConfig(**{"lr": a.lr, **moved, **parse_sets(a.tset, True)})
     # the execution switches (train.request_level, ...) reach the model as in a run: through
@@ -159,9 +179,13 @@ def main() -> int:
         out["share_in"] = float(h[y == 1].mean()) if (y == 1).any() else 0.0
         return {k: round(float(v), 4) for k, v in out.items()}
 
-    rows, step, t0 = [], 0, time.time()
+    rows, step, epoch, t0 = [], 0, 0, time.time()
     while step < a.steps:
-        for b in dm.train_dataloader():
+        loader = dm.train_dataloader()
+        if a.reshuffle:
+            loader.sampler.set_epoch(epoch)
+        epoch += 1
+        for b in loader:
             loss = task_losses(model(b), b, cfg)["loss"]
             opt.zero_grad()
             loss.backward()
