@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -500,12 +503,16 @@ def convert_taobao(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     con = connect(work, settings)
     try:
+        progress = Progress()
         info = read_raw(con, csv, behaviors)
+        progress("read the CSV")
         n_users, n_items, n_cats = build_tables(con, behaviors)
+        progress("events, items and positives tables")
         log: LogDescription = describe(n_cats)
         sample_negatives(
             con, work, neg_ratio=neg_ratio, negatives=negatives, n_items=n_items, seed=seed
         )
+        progress("negatives")
         # the split: impression k in ts order is positive k // (1 + r) in ts order (each positive
         # comes with r negatives of its time)
         n_pos = con.execute("SELECT count(*) FROM pos").fetchone()[0]
@@ -516,6 +523,7 @@ def convert_taobao(
 
         val_start, test_start = split_times(ts_at, n_pos * (1 + neg_ratio), val_frac, test_frac)
         write_events(con, tmp / EVENTS.removesuffix(".parquet"))
+        progress("events/ written")
         st = write_impressions(
             con,
             tmp / IMPRESSIONS.removesuffix(".parquet"),
@@ -525,6 +533,7 @@ def convert_taobao(
             val_start=val_start,
             test_start=test_start,
         )
+        progress("impressions/ written")
         items = con.execute("SELECT item_id, category FROM item_cat ORDER BY item_id").df()
         items.to_parquet(tmp / ITEMS, index=False)
         pop = (ITEM_POP,) if item_pop else ()
@@ -541,6 +550,24 @@ def convert_taobao(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+class Progress:
+    """One line per finished phase on stderr (a long conversion says where it is): the phase's
+    wall time and the process's peak RSS so far."""
+
+    def __init__(self):
+        self.t = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        print(
+            f"convert (duckdb): {phase}: {now - self.t:.1f} s, peak RSS {peak:.2f} GB so far",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.t = now
 
 
 def events_stats(con, manifest, n_users: int, n_items: int, st: ImpressionState, n_im: int):
