@@ -2,6 +2,8 @@
 
     python benchmarks/data_scale.py --rows 1000000                 # -> benchmarks/results/data_scale_1m.json
     python benchmarks/data_scale.py --rows 20000 --out /tmp/x.json # seconds (the tests run this)
+    python benchmarks/data_scale.py --rows 10000000 --engine duckdb --steps convert,validate,stats
+                                    # the streaming converter -> data_scale_10m_duckdb.json
 
 The log is shaped like Taobao UserBehavior (UserBehavior.csv: user,item,category,behavior,ts, no
 header), at the public log's ratios (100,150,807 rows, 987,994 users, 4,162,024 items, 9,439
@@ -10,7 +12,8 @@ categories, 9 days from 2017-11-25 Beijing time): rows / 100 users with log-norm
 behaviour mix pv 89.58% / cart 5.52% / fav 2.88% / buy 2.01%, uniform timestamps over the 9 days.
 
 Steps, each in its own subprocess whose peak RSS is the kernel's ru_maxrss of that child (os.wait4):
-  convert     python -m harness.data convert taobao RAW --out DIR   (neg_ratio 4, as the sweeps)
+  convert     python -m harness.data convert taobao RAW --out DIR   (neg_ratio 4, as the sweeps;
+              --engine duckdb adds --opt engine=duckdb: the bounded-memory streaming converter)
   validate    python -m harness.data validate DIR
   stats       python -m harness.data stats DIR
   train_pass  the data module's set-up and one epoch of training batches (no model): the data side
@@ -149,11 +152,30 @@ def run_step(cmd: list[str], log: Path) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
+def convert_opts(engine: str, memory_limit: str | None) -> list[str]:
+    """The converter options of the convert step: the engine, and DuckDB's memory limit if given."""
+    if engine == "pandas":
+        return []
+    opts = ["--opt", f"engine={engine}"]
+    return opts + (["--opt", f"memory_limit={memory_limit}"] if memory_limit else [])
+
+
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def bench(rows: int, work: Path, *, seed: int, seq_len: int, batch_size: int, zipf: float) -> dict:
+def bench(
+    rows: int,
+    work: Path,
+    *,
+    seed: int,
+    seq_len: int,
+    batch_size: int,
+    zipf: float,
+    engine: str = "pandas",
+    memory_limit: str | None = None,
+    run: tuple[str, ...] = STEPS,
+) -> dict:
     raw, folder = work / "raw", work / "taobao"
     work.mkdir(parents=True, exist_ok=True)  # --work may name a new folder: the step logs go there
     py, me = sys.executable, str(Path(__file__).resolve())
@@ -167,14 +189,15 @@ def bench(rows: int, work: Path, *, seed: int, seq_len: int, batch_size: int, zi
     shape["generate_s"] = generated["wall_s"]
     inproc = ["--folder", str(folder), "--seq-len", str(seq_len), "--batch-size", str(batch_size)]
     cmds = {
-        "convert": [py, "-m", "harness.data", "convert", "taobao", str(raw), "--out", str(folder)],
+        "convert": [py, "-m", "harness.data", "convert", "taobao", str(raw), "--out", str(folder)]
+        + convert_opts(engine, memory_limit),
         "validate": [py, "-m", "harness.data", "validate", str(folder)],
         "stats": [py, "-m", "harness.data", "stats", str(folder), "--json"],
         "train_pass": [py, me, "--step", "train_pass", *inproc],
         "eval_pass": [py, me, "--step", "eval_pass", *inproc],
     }
     steps = {}
-    for name in STEPS:
+    for name in run:
         load_before = _load()
         steps[name] = run_step(cmds[name], work / f"{name}.log") | {"load_1m_before": load_before}
         if name in ("train_pass", "eval_pass"):
@@ -194,7 +217,14 @@ def bench(rows: int, work: Path, *, seed: int, seq_len: int, batch_size: int, zi
         },
         "log": shape,
         "dataset": {k: stats.get(k) for k in ("users", "items", "events", "impressions")},
-        "settings": {"seq_len": seq_len, "batch_size": batch_size, "neg_ratio": 4},
+        "settings": {
+            "seq_len": seq_len,
+            "batch_size": batch_size,
+            "neg_ratio": 4,
+            "engine": engine,
+            "memory_limit": memory_limit if engine == "duckdb" else None,
+            "convert_opts": convert_opts(engine, memory_limit),
+        },
         "steps": steps,
     }
 
@@ -209,6 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
+        "--engine",
+        choices=["pandas", "duckdb"],
+        default="pandas",
+        help="the taobao converter's engine (docs/converters.md, 'Large logs')",
+    )
+    p.add_argument(
+        "--memory-limit", help="engine duckdb: its memory_limit (default the converter's)"
+    )
+    p.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"comma-separated steps to run, in this order (default all: {','.join(STEPS)})",
+    )
+    p.add_argument(
         "--step", choices=["generate", "train_pass", "eval_pass"], help=argparse.SUPPRESS
     )
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -221,14 +265,26 @@ def main(argv: list[str] | None = None) -> int:
         fn = train_pass if a.step == "train_pass" else eval_pass
         print(json.dumps(fn(a.folder, a.seq_len, a.batch_size)))
         return 0
+    steps = tuple(x for x in a.steps.split(",") if x)
+    if not steps or set(steps) - set(STEPS) or steps[0] != "convert":
+        p.error(f"--steps {a.steps!r}: convert first, then any of {','.join(STEPS[1:])}")
     if a.rows < 1000:
         p.error(f"--rows {a.rows}: give at least 1000 (fewer leave splits without requests)")
     label = f"{a.rows // 1_000_000}m" if a.rows % 1_000_000 == 0 else str(a.rows)
+    label += "" if a.engine == "pandas" else f"_{a.engine}"
     out = a.out or REPO / "benchmarks" / "results" / f"data_scale_{label}.json"
     with tempfile.TemporaryDirectory(prefix="data_scale_") as tmp:
         work = a.work or Path(tmp)
         res = bench(
-            a.rows, work, seed=a.seed, seq_len=a.seq_len, batch_size=a.batch_size, zipf=a.zipf
+            a.rows,
+            work,
+            seed=a.seed,
+            seq_len=a.seq_len,
+            batch_size=a.batch_size,
+            zipf=a.zipf,
+            engine=a.engine,
+            memory_limit=a.memory_limit,
+            run=tuple(s for s in STEPS if s in steps),
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO
 
@@ -42,3 +43,17 @@ def test_small_run_reports_every_step(tmp_path):
     ev = res["steps"]["eval_pass"]["result"]
     assert ev["val"]["impressions"] > 0 and ev["test"]["impressions"] > 0
     assert 0 <= ev["test"]["ctr_auc"] <= 1
+
+
+def test_streaming_engine_and_chosen_steps(tmp_path):
+    pytest.importorskip("duckdb")
+    out = tmp_path / "ds.json"
+    args = ["--rows", "5000", "--out", str(out), "--work", str(tmp_path), "--engine", "duckdb"]
+    assert data_scale.main([*args, "--memory-limit", "1GB", "--steps", "convert,validate"]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["steps"]) == ["convert", "validate"]
+    assert res["settings"]["engine"] == "duckdb" and res["settings"]["memory_limit"] == "1GB"
+    assert (tmp_path / "taobao" / "impressions").is_dir()  # part files
+    assert res["dataset"]["events"] == 5000
+    with pytest.raises(SystemExit):
+        data_scale.main([*args, "--steps", "validate"])  # nothing to validate without convert

@@ -172,21 +172,28 @@ def interacted_keys(user: np.ndarray, item: np.ndarray, n_items: int) -> np.ndar
     return np.unique(user.astype(np.int64) * (n_items + 1) + item)
 
 
+def split_times(ts_at, n: int, val_frac: float, test_frac: float) -> tuple[int, int]:
+    """(val_start, test_start): the request times at the (1 - val - test) and (1 - test) quantiles
+    of `n` impression times, `ts_at(k)` being the k-th smallest (0-based). A function rather than an
+    array so that the streaming engine can answer it from disk (converters/stream.py)."""
+    if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
+        raise ValueError(f"val_frac + test_frac must be in [0, 1), got {val_frac} + {test_frac}")
+    val_start = (
+        int(ts_at(min(int(n * (1 - val_frac - test_frac)), n - 1)))
+        if val_frac
+        else int(ts_at(n - 1)) + 1
+    )
+    test_start = (
+        int(ts_at(min(int(n * (1 - test_frac)), n - 1))) if test_frac else int(ts_at(n - 1)) + 1
+    )
+    return val_start, max(test_start, val_start)
+
+
 def chronological_split(im: pd.DataFrame, val_frac: float, test_frac: float) -> tuple[int, int]:
     """Split times at the (1 - val - test) and (1 - test) quantiles of request time; impressions with
     ts >= val_start are val, ts >= test_start are test (whole requests: they share ts)."""
-    if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
-        raise ValueError(f"val_frac + test_frac must be in [0, 1), got {val_frac} + {test_frac}")
     ts = np.sort(im.ts.to_numpy())
-    val_start = (
-        int(ts[min(int(len(ts) * (1 - val_frac - test_frac)), len(ts) - 1)])
-        if val_frac
-        else int(ts[-1]) + 1
-    )
-    test_start = (
-        int(ts[min(int(len(ts) * (1 - test_frac)), len(ts) - 1)]) if test_frac else int(ts[-1]) + 1
-    )
-    test_start = max(test_start, val_start)
+    val_start, test_start = split_times(ts.__getitem__, len(ts), val_frac, test_frac)
     im["split"] = np.where(
         im.ts >= test_start, "test", np.where(im.ts >= val_start, "val", "train")
     )
@@ -194,28 +201,70 @@ def chronological_split(im: pd.DataFrame, val_frac: float, test_frac: float) -> 
 
 
 def dataset_stats(events: pd.DataFrame, im: pd.DataFrame, manifest: Manifest) -> dict:
-    per_user = events.groupby("user_id").size().to_numpy()
+    split = {}
+    for s in ("train", "val", "test"):
+        m = (im.split == s).to_numpy()
+        split[s] = SplitCounts(
+            int(m.sum()),
+            int(im.request_id[m].nunique()),
+            int(im.click[m].sum()),
+            int(im.conversion[m].sum()),
+        )
+    return format_stats(
+        manifest,
+        events=len(events),
+        users=events.user_id.nunique(),
+        items=events.item_id.nunique(),
+        impressions=len(im),
+        requests=im.request_id.nunique(),
+        behaviors=events.behavior.value_counts().sort_index().to_dict(),
+        per_user=events.groupby("user_id").size().to_numpy(),
+        splits=split,
+    )
+
+
+@dataclass
+class SplitCounts:
+    """What the manifest's stats say of one split, as counts (summed over batches when streaming)."""
+
+    impressions: int = 0
+    requests: int = 0
+    clicks: int = 0
+    conversions: int = 0
+
+
+def format_stats(
+    manifest: Manifest,
+    *,
+    events: int,
+    users: int,
+    items: int,
+    impressions: int,
+    requests: int,
+    behaviors: dict[int, int],
+    per_user: np.ndarray,
+    splits: dict[str, SplitCounts],
+) -> dict:
+    """The manifest's `stats` from counts: one formatter for both engines, so that they agree.
+    Rates are float(sum) / n, which is what pandas' mean of a 0/1 int column computes."""
     names = dict(zip(range(1, len(manifest.behaviors) + 1), manifest.behavior_names()))
-    beh = events.behavior.value_counts()
     split = {
         s: {
-            "impressions": int((im.split == s).sum()),
-            "requests": int(im.request_id[im.split == s].nunique()),
-            "click_rate": float(im.click[im.split == s].mean()) if (im.split == s).any() else None,
-            "conversion_rate": float(im.conversion[im.split == s].mean())
-            if (im.split == s).any()
-            else None,
+            "impressions": c.impressions,
+            "requests": c.requests,
+            "click_rate": float(c.clicks) / c.impressions if c.impressions else None,
+            "conversion_rate": float(c.conversions) / c.impressions if c.impressions else None,
         }
-        for s in ("train", "val", "test")
+        for s, c in splits.items()
     }
     q = np.percentile(per_user, [50, 90, 99]) if len(per_user) else [0, 0, 0]
     return {
-        "events": int(len(events)),
-        "users": int(events.user_id.nunique()),
-        "items": int(events.item_id.nunique()),
-        "impressions": int(len(im)),
-        "requests": int(im.request_id.nunique()),
-        "behaviors": {names[int(k)]: int(v) for k, v in beh.sort_index().items()},
+        "events": int(events),
+        "users": int(users),
+        "items": int(items),
+        "impressions": int(impressions),
+        "requests": int(requests),
+        "behaviors": {names[int(k)]: int(v) for k, v in sorted(behaviors.items())},
         "events_per_user": {
             "min": int(per_user.min()) if len(per_user) else 0,
             "p50": float(q[0]),
@@ -364,7 +413,23 @@ def finish_conversion(
     add_time_context(im, utc_offset_h=context.utc_offset_h, hour=context.hour)
     pop = (add_item_popularity(im, events),) if item_pop else ()
     val_start, test_start = chronological_split(im, val_frac, test_frac)
-    manifest = Manifest(
+    manifest = build_manifest(log, n_users, n_items, context, pop, val_start, test_start)
+    return write_folder(
+        out, manifest, events, im, users, items, overwrite=overwrite, extra_stats=extra_stats
+    )
+
+
+def build_manifest(
+    log: LogDescription,
+    n_users: int,
+    n_items: int,
+    context: TimeContext,
+    pop: tuple[Feature, ...],
+    val_start: int,
+    test_start: int,
+) -> Manifest:
+    """The manifest (stats aside) of a converted log, for both engines."""
+    return Manifest(
         name=log.name,
         source=log.source,
         item_vocab=n_items + 1,
@@ -375,7 +440,4 @@ def finish_conversion(
         split=SplitRule(val_start_ts=val_start, test_start_ts=test_start),
         labels=log.labels,
         notes=log.notes,
-    )
-    return write_folder(
-        out, manifest, events, im, users, items, overwrite=overwrite, extra_stats=extra_stats
     )

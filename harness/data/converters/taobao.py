@@ -6,6 +6,11 @@ from items the user never touched. conversion = the user buys that item at or af
 (click-then-buy). All four behaviours feed the sequence. Rows with a missing field (the copy's
 truncated last line) are dropped together with every row of their user, whose history is then
 incomplete. See docs/converters.md.
+
+Two engines give the same contract: `engine="pandas"` (the default) holds the log in memory;
+`engine="duckdb"` (converters/stream.py) streams it in bounded memory for logs larger than memory,
+writing events/ and impressions/ as part files (same rows; negatives from the same distributions,
+other draws).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from harness.data.features import categorical
 BEHAVIORS = {"pv": 1, "fav": 2, "cart": 3, "buy": 4}
 NAMES = ("click", "fav", "cart", "buy")  # pv is the publisher's "click"
 BEIJING = 8  # UTC offset of the source, for the hour-of-day context
+CONTEXT = TimeContext(utc_offset_h=BEIJING, hour_description="hour of day, Beijing time")
+ENGINES = ("pandas", "duckdb")
 
 
 def read_log(path: Path) -> tuple[pd.DataFrame, dict]:
@@ -74,10 +81,49 @@ def convert(
     seed: int = 0,
     item_pop: bool = True,
     overwrite: bool = False,
+    engine: str = "pandas",
+    memory_limit: str = "4GB",
+    threads: int | None = None,
+    temp_dir: str | None = None,
 ) -> Path:
+    """`engine`: "pandas" (in memory, the default) or "duckdb" (bounded memory: about
+    `memory_limit` for DuckDB, which spills to `temp_dir` (default: beside `out`), plus a few
+    chunks of 1M rows in Python; `threads`: DuckDB's, default every core)."""
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
-    df, info = read_log(need_file(Path(raw), "UserBehavior.csv"))
+    if engine not in ENGINES:
+        raise ValueError(
+            f"taobao: --opt engine={engine!r} is not an engine; use --opt engine=pandas (in "
+            f"memory, the default) or --opt engine=duckdb (bounded memory, for large logs)."
+        )
+    csv = need_file(Path(raw), "UserBehavior.csv")
+
+    def describe(n_categories: int) -> LogDescription:
+        return description(raw, n_categories, neg_ratio, negatives, seed, item_pop)
+
+    if engine == "duckdb":
+        from harness.data.converters import stream  # pyarrow and DuckDB only when asked for
+
+        settings = stream.StreamSettings(
+            memory_limit, threads, Path(temp_dir) if temp_dir else None
+        )
+        settings.check("taobao")
+        return stream.convert_taobao(
+            csv,
+            out,
+            describe=describe,
+            behaviors=BEHAVIORS,
+            context=CONTEXT,
+            neg_ratio=neg_ratio,
+            negatives=negatives,
+            val_frac=val_frac,
+            test_frac=test_frac,
+            seed=seed,
+            item_pop=item_pop,
+            overwrite=overwrite,
+            settings=settings,
+        )
+    df, info = read_log(csv)
     df["user_id"], user_uniq = remap(df.user.to_numpy())
     df["item_id"], item_uniq = remap(df.item.to_numpy())
     df["category_id"], cat_uniq = remap(df.category.to_numpy())
@@ -112,11 +158,36 @@ def convert(
         {"user_id": pv.user_id, "ts": pv.ts, "item_id": pv.item_id, "click": 1, "conversion": conv}
     )
     weights = popularity_weights(events, n_items, negatives)
-    log = LogDescription(
+    log = describe(len(cat_uniq))
+    return finish_conversion(
+        out,
+        log,
+        events=events,
+        positives=pos.reset_index(drop=True),
+        n_users=len(user_uniq),
+        n_items=n_items,
+        neg_ratio=neg_ratio,
+        weights=weights,
+        seed=seed,
+        context=CONTEXT,
+        item_pop=item_pop,
+        val_frac=val_frac,
+        test_frac=test_frac,
+        items=items,
+        overwrite=overwrite,
+        extra_stats={"source_rows": info},
+    )
+
+
+def description(
+    raw: Path, n_categories: int, neg_ratio: int, negatives: str, seed: int, item_pop: bool
+) -> LogDescription:
+    """What the converter says of the log (both engines)."""
+    return LogDescription(
         name="taobao-userbehavior",
         source=f"Taobao UserBehavior ({raw})",
         side_fields=("category",),
-        features=(categorical("category", "item", "items", len(cat_uniq) + 1),),
+        features=(categorical("category", "item", "items", n_categories + 1),),
         behaviors=tuple(Behavior(name=n, id=i + 1) for i, n in enumerate(NAMES)),
         intent_order=("buy", "cart", "fav", "click"),
         labels={
@@ -129,22 +200,4 @@ def convert(
             "item_pop": item_pop,
         },
         notes="Impressions are page views plus sampled negatives. See docs/converters.md.",
-    )
-    return finish_conversion(
-        out,
-        log,
-        events=events,
-        positives=pos.reset_index(drop=True),
-        n_users=len(user_uniq),
-        n_items=n_items,
-        neg_ratio=neg_ratio,
-        weights=weights,
-        seed=seed,
-        context=TimeContext(utc_offset_h=BEIJING, hour_description="hour of day, Beijing time"),
-        item_pop=item_pop,
-        val_frac=val_frac,
-        test_frac=test_frac,
-        items=items,
-        overwrite=overwrite,
-        extra_stats={"source_rows": info},
     )
