@@ -23,7 +23,8 @@ change how or where a run executes or how it is labelled, never its result), lis
 Defaults are part of the hash: adding a field with a default changes every id (deliberately: a
 new knob may change what an old config means). The exception is a section added later and off by
 default (`RUN_ID_WHEN_ON`: `eval`, whose sampling only changes what a run reports when it is on):
-it enters the hash only when on, so the ids of earlier runs stay valid. The model enters as written (name, size,
+it enters the hash only when on, so the ids of earlier runs stay valid; likewise a field added
+later whose default reproduces the old behaviour (`RUN_ID_WHEN_SET`: train.emb_lr_scale at 1.0). The model enters as written (name, size,
 overrides), not as the resolved model Config.
 
 Settings that moved home after run ids were in use (issue #23) hash in their old place and form, so
@@ -342,6 +343,9 @@ class TrainConfig(_Section):
     optimizer: Literal["adamw", "paper"] = "adamw"
     lr: float = 1e-3  # AdamW learning rate (all parameters)
     weight_decay: float = 0.0  # AdamW; 0 keeps embedding rows of rare ids from decaying
+    # AdamW: the embedding tables' rate is lr x this (1.0: one rate for all, as before); the
+    # paper's pair gives the tables their own optimiser and rate (sparse_lr) for the same reason
+    emb_lr_scale: float = 1.0
     warmup_steps: int = 0  # linear LR warm-up (AdamW only); the paper states none
     # the paper's pair (spec §1.6, Monolith semantics): Adagrad on embeddings, RMSPropV2 on the rest
     sparse_lr: float = 0.1  # Adagrad lr ("beta1 = 0.1")
@@ -387,7 +391,7 @@ class TrainConfig(_Section):
             self.max_steps == -1 or self.max_steps >= 1,
             f"train.max_steps must be -1 (no limit) or >= 1, got {self.max_steps}.",
         )
-        for name in ("lr", "sparse_lr", "dense_lr", "dense_eps", "sparse_init_acc"):
+        for name in ("lr", "emb_lr_scale", "sparse_lr", "dense_lr", "dense_eps", "sparse_init_acc"):
             _require(
                 getattr(self, name) > 0,
                 f"train.{name} must be > 0, got {getattr(self, name)}; give a positive value "
@@ -717,6 +721,10 @@ RUN_ID_EXCLUDED: tuple[tuple[str, ...], ...] = (
 # id from before they existed still names the same run): section -> "is it on?".
 RUN_ID_WHEN_ON: dict[str, Any] = {"eval": lambda cfg: cfg.eval.sampled}
 
+# Fields added after run ids were in use, left out of run_id while at the value that reproduces the
+# old behaviour (so every earlier id still names the same run): (section, field) -> that value.
+RUN_ID_WHEN_SET: dict[tuple[str, str], Any] = {("train", "emb_lr_scale"): 1.0}
+
 
 def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
     """The part of the config that defines what a run computes (what run_id hashes), in the
@@ -730,6 +738,9 @@ def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
     for section, on in RUN_ID_WHEN_ON.items():
         if not on(cfg):
             d.pop(section, None)
+    for (section, name), old_behaviour in RUN_ID_WHEN_SET.items():
+        if d[section].get(name) == old_behaviour:
+            d[section].pop(name)
     _hash_moved_settings_as_before(d, cfg)
     return d
 

@@ -9,8 +9,8 @@
       w   <- w - lr * g / (sqrt(v) + eps)                    lr = 0.005, beta = 0.99999
   no weight decay, no LR schedule. (torch.optim.RMSprop scales g^2 by (1 - alpha): with
   alpha = 0.99999 its first steps are ~316x larger, so it is not a drop-in; hence our own rule.)
-"adamw": torch AdamW over the same two groups (weight decay on dense weights only), optional linear
-  warm-up.
+"adamw": torch AdamW over the same two groups (weight decay on dense weights only; the embedding
+  group at lr x emb_lr_scale, 1.0 by default), optional linear warm-up.
 Both: global-norm gradient clipping per group (dense 90, sparse 120 by default), applied by
 clip_per_group() before each optimizer step.
 """
@@ -114,7 +114,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
             "weight_decay": cfg.weight_decay,
             "clip": cfg.clip_dense,
         },
-        {"name": "sparse", "params": sparse, "weight_decay": 0.0, "clip": cfg.clip_sparse},
+        {
+            "name": "sparse",
+            "params": sparse,
+            "weight_decay": 0.0,
+            "clip": cfg.clip_sparse,
+            "lr": cfg.lr * cfg.emb_lr_scale,
+        },
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
     if cfg.warmup_steps == 0:

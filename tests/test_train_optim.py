@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from harness.config import TrainConfig
+from harness.config import ConfigError, TrainConfig, semantic_dict
 from harness.optim import PaperOptimizer, build_optimizer, clip_per_group, split_parameters
 
 
@@ -106,6 +107,34 @@ def test_adamw_groups_no_decay_on_embeddings_and_warmup():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01])
+
+
+def test_adamw_embedding_rate_scale_and_its_warmup():
+    m = Tiny()
+    opt, sched = build_optimizer(m, TrainConfig(lr=0.01, emb_lr_scale=0.25, warmup_steps=2))
+    groups = {g["name"]: g for g in opt.param_groups}
+    seen = []
+    for _ in range(3):
+        seen.append((groups["dense"]["lr"], groups["sparse"]["lr"]))
+        opt.step()
+        sched.step()
+    # the warm-up scales each group's own rate
+    assert [x for pair in seen for x in pair] == pytest.approx(
+        [0.005, 0.00125, 0.01, 0.0025, 0.01, 0.0025]
+    )
+    opt, _ = build_optimizer(m, TrainConfig(lr=0.01))
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == {"dense": 0.01, "sparse": 0.01}
+
+
+def test_emb_lr_scale_enters_the_run_id_only_when_set():
+    from harness.config import RunConfig, run_id
+
+    base = RunConfig()
+    assert "emb_lr_scale" not in json.dumps(semantic_dict(base))
+    assert run_id(RunConfig(train=TrainConfig(emb_lr_scale=1.0))) == run_id(base)
+    assert run_id(RunConfig(train=TrainConfig(emb_lr_scale=0.3))) != run_id(base)
+    with pytest.raises(ConfigError, match="emb_lr_scale"):
+        TrainConfig(emb_lr_scale=0.0)
 
 
 def test_clip_per_group_uses_each_groups_own_global_norm():
