@@ -62,6 +62,10 @@ class Config:
     tokenizer_skip: bool = False  # a bias-free linear path beside every tokenizer MLP
     # candidate and history tokens start matched (OneTrans._match_init; needs the two switches above)
     match_init: bool = False
+    # keep them matched while training: the NS linear path reads the candidate's [item ; side
+    # fields] through the S skip itself (one shared map) instead of a copy that drifts away from it
+    # at a high learning rate (docs/learning-history.md section 14; needs match_init)
+    match_tie: bool = False
     # per-head RMSNorm of queries and keys before the dot product (not in the paper): logits become
     # scaled cosines, bounded by sqrt(head_dim), so a candidate/event match is a large logit from the
     # start and a high learning rate cannot blow the logits up (docs/learning-history.md, section 11)
@@ -311,9 +315,14 @@ class NonSequenceTokenizer(nn.Module):
         cfg: Config,
         item_emb: nn.Embedding,
         side_emb: FieldEmbedding | None = None,
+        tied_skip: nn.Linear | None = None,
     ) -> None:
         super().__init__()
         self.cfg, self.spec = cfg, spec
+        # match_tie: the S tokenizer's skip, read by the first group for its leading
+        # [item ; side fields] columns (a shared module, so one set of weights)
+        self.tied_skip = tied_skip
+        self.n_tied = tied_skip.in_features if tied_skip is not None else 0
         self.item_emb = item_emb
         # shared_side_tables: the S tokenizer's table, so a candidate's brand is the same vector as
         # the same brand in the history (as for the item id, which is always shared)
@@ -350,7 +359,8 @@ class NonSequenceTokenizer(nn.Module):
                 nn.Sequential(nn.Linear(len(idx), h_g), nn.GELU(), nn.Linear(h_g, n_g * d))
             )
             if self.skips is not None:
-                self.skips.append(nn.Linear(len(idx), n_g * d, bias=False))
+                tied = self.n_tied if len(self.skips) == 0 else 0
+                self.skips.append(nn.Linear(len(idx) - tied, n_g * d, bias=False))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """-> (B, N, d)."""
@@ -364,7 +374,13 @@ class NonSequenceTokenizer(nn.Module):
 
         def group(i: int, x: torch.Tensor) -> torch.Tensor:
             y = self.mlps[i](x)
-            return (y + self.skips[i](x) if self.skips is not None else y).view(B, -1, d)
+            if self.skips is None:
+                return y.view(B, -1, d)
+            if i == 0 and self.tied_skip is not None:
+                t = self.n_tied  # one token's worth of the shared map, the same for every token
+                shared = self.tied_skip(x[:, :t]).repeat(1, self.tokens_per_group[0])
+                return (y + shared + self.skips[0](x[:, t:])).view(B, -1, d)
+            return (y + self.skips[i](x)).view(B, -1, d)
 
         if len(self.mlps) == 1:  # auto-split reads every column in order: no gather needed
             return group(0, v)
@@ -379,6 +395,8 @@ class NonSequenceTokenizer(nn.Module):
             if self.skips is None
             else [linear_flops(1, s.in_features, s.out_features) for s in self.skips]
         )
+        if self.tied_skip is not None:  # computed once, copied to the group's tokens
+            skips.append(linear_flops(1, self.n_tied, self.tied_skip.out_features))
         return sum(
             linear_flops(1, m[0].in_features, m[0].out_features)
             + linear_flops(1, m[2].in_features, m[2].out_features)
@@ -607,8 +625,17 @@ class OneTrans(RankingModel):
         self.recompute = recompute  # torch.utils.checkpoint around every block (training)
         self.item_emb = nn.Embedding(spec.item_vocab, cfg.emb_dim)
         self.s_tok = SequenceTokenizer(spec, cfg, self.item_emb)
+        if cfg.match_tie and not (cfg.match_init and self.s_tok.skip is not None):
+            raise ValueError(
+                "onetrans Config.match_tie needs match_init=True (and with it tokenizer_skip=True "
+                "and shared_side_tables=True)"
+            )
         self.ns_tok = NonSequenceTokenizer(
-            spec, cfg, self.item_emb, self.s_tok.side_emb if cfg.shared_side_tables else None
+            spec,
+            cfg,
+            self.item_emb,
+            self.s_tok.side_emb if cfg.shared_side_tables else None,
+            self.s_tok.skip if cfg.match_tie else None,
         )
         n = cfg.n_ns_tokens
         self.n_s_tokens = self.s_tok.n_tokens(spec.seq_len)
@@ -654,8 +681,9 @@ class OneTrans(RankingModel):
         # the first NS group reads [cand item ; cand side fields ; ...] in that order (auto-split: the
         # only group; group-wise: the "item" group comes first), the S skip reads [item ; side fields]
         skip = ns_skips[0].weight  # (tokens of the group * d, inputs of the group)
-        for t in range(self.ns_tok.tokens_per_group[0]):
-            skip[t * d : (t + 1) * d, :w] = s_skip.weight
+        if self.ns_tok.tied_skip is None:  # match_tie: the first group reads s_skip itself
+            for t in range(self.ns_tok.tokens_per_group[0]):
+                skip[t * d : (t + 1) * d, :w] = s_skip.weight
         for b in self.blocks:
             wk = b.kv.weight_s[:d]  # the shared key map (K rows of the K|V projection)
             if b.q.weight_s is not None:
