@@ -22,10 +22,10 @@ change how or where a run executes or how it is labelled, never its result), lis
                                                  and accelerator (below)
 Defaults are part of the hash: adding a field with a default changes every id (deliberately: a
 new knob may change what an old config means). The exception is a section added later and off by
-default (`RUN_ID_WHEN_ON`: `eval`, whose sampling only changes what a run reports when it is on):
-it enters the hash only when on, so the ids of earlier runs stay valid; likewise a field added
-later whose default reproduces the old behaviour (`RUN_ID_WHEN_SET`: train.emb_lr_scale at 1.0). The model enters as written (name, size,
-overrides), not as the resolved model Config.
+default (`RUN_ID_WHEN_ON`: `eval`, whose sampling only changes what a run reports when it is on;
+train.emb_lr_scale, whose 1.0 is the one rate of before): it enters the hash only when on, so the
+ids of earlier runs stay valid. The model enters as written (name, size, overrides), not as the
+resolved model Config.
 
 Settings that moved home after run ids were in use (issue #23) hash in their old place and form, so
 every earlier id still names the same run (`_hash_moved_settings_as_before`): resources.devices,
@@ -717,13 +717,18 @@ RUN_ID_EXCLUDED: tuple[tuple[str, ...], ...] = (
 )
 
 
-# Sections added after run ids were in use, left out of run_id while they are off (so every run
-# id from before they existed still names the same run): section -> "is it on?".
-RUN_ID_WHEN_ON: dict[str, Any] = {"eval": lambda cfg: cfg.eval.sampled}
+# Sections and fields added after run ids were in use, left out of run_id while they are off (so
+# every run id from before they existed still names the same run): path -> "is it on?".
+RUN_ID_WHEN_ON: dict[tuple[str, ...], Any] = {
+    ("eval",): lambda cfg: cfg.eval.sampled,
+    ("train", "emb_lr_scale"): lambda cfg: cfg.train.emb_lr_scale != 1.0,
+}
 
-# Fields added after run ids were in use, left out of run_id while at the value that reproduces the
-# old behaviour (so every earlier id still names the same run): (section, field) -> that value.
-RUN_ID_WHEN_SET: dict[tuple[str, str], Any] = {("train", "emb_lr_scale"): 1.0}
+
+def _drop(d: dict[str, Any], path: tuple[str, ...]) -> None:
+    for part in path[:-1]:
+        d = d[part]
+    d.pop(path[-1], None)
 
 
 def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -731,16 +736,10 @@ def semantic_dict(cfg: RunConfig) -> dict[str, Any]:
     canonical form: a setting that moved after run ids were in use hashes where it used to live."""
     d = cfg.to_dict()
     for path in RUN_ID_EXCLUDED:
-        node = d
-        for part in path[:-1]:
-            node = node[part]
-        node.pop(path[-1], None)
-    for section, on in RUN_ID_WHEN_ON.items():
+        _drop(d, path)
+    for path, on in RUN_ID_WHEN_ON.items():
         if not on(cfg):
-            d.pop(section, None)
-    for (section, name), old_behaviour in RUN_ID_WHEN_SET.items():
-        if d[section].get(name) == old_behaviour:
-            d[section].pop(name)
+            _drop(d, path)
     _hash_moved_settings_as_before(d, cfg)
     return d
 

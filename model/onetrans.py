@@ -680,8 +680,8 @@ class OneTrans(RankingModel):
         d, w = self.cfg.d_model, s_skip.in_features
         # the first NS group reads [cand item ; cand side fields ; ...] in that order (auto-split: the
         # only group; group-wise: the "item" group comes first), the S skip reads [item ; side fields]
-        skip = ns_skips[0].weight  # (tokens of the group * d, inputs of the group)
         if self.ns_tok.tied_skip is None:  # match_tie: the first group reads s_skip itself
+            skip = ns_skips[0].weight  # (tokens of the group * d, inputs of the group)
             for t in range(self.ns_tok.tokens_per_group[0]):
                 skip[t * d : (t + 1) * d, :w] = s_skip.weight
         for b in self.blocks:

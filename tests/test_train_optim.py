@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import ConfigError, TrainConfig, semantic_dict
+from harness.config import ConfigError, RunConfig, TrainConfig, run_id, semantic_dict
 from harness.optim import PaperOptimizer, build_optimizer, clip_per_group, split_parameters
 
 
@@ -127,8 +127,6 @@ def test_adamw_embedding_rate_scale_and_its_warmup():
 
 
 def test_emb_lr_scale_enters_the_run_id_only_when_set():
-    from harness.config import RunConfig, run_id
-
     base = RunConfig()
     assert "emb_lr_scale" not in json.dumps(semantic_dict(base))
     assert run_id(RunConfig(train=TrainConfig(emb_lr_scale=1.0))) == run_id(base)
