@@ -80,6 +80,7 @@ class StreamSettings:
 def connect(db: Path, settings: StreamSettings):
     """A DuckDB database in `db` (a file: the log's tables live on disk, not in memory)."""
     try:
+        # optional dependency (the 'scale' extra): only the streaming engine needs it
         import duckdb
     except ImportError as e:
         raise ImportError(
