@@ -1,0 +1,127 @@
+"""A learning probe: train a model on a dataset folder with the harness' own data module, model
+registry, task loss, optimiser and gradient clipping, in a plain torch loop (no Lightning, no
+checkpoints, no run folder), and score CTR AUC on a split.
+
+What it is for: the many small trainings of experiment rows (scripts/train_probe.py) and of the
+planted-rule tests (tests/test_planted_history.py), where a Lightning run's start-up, run folder and
+checkpoints would cost more than the training itself. What it is not: a source of figures a report
+quotes; those come from `python -m harness.train` / `harness.sweep`. A probe step is a run's
+training step (harness/system.py): the same model, task loss plus the model's auxiliary loss,
+optimiser groups, per-group clipping and warm-up schedule; it differs in seeding and in having no
+validation, checkpoints or logging between steps.
+
+The batches of a split can be collated once (`collate`) and replayed for several trainings, so a
+test that compares two models at two rates on one world pays for the data once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.config import ModelConfig, RunConfig, TrainConfig
+from harness.data.datamodule import OneTransDataModule
+from harness.metrics import auc
+from harness.optim import build_optimizer, clip_per_group
+from harness.resolved import execution
+from harness.system import task_losses
+from model.registry import build_model
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ProbeModel:
+    """Which model to train and how: the run config's model.* and train.* fields."""
+
+    name: str = "onetrans"
+    size: str = "onetrans-tiny"
+    overrides: dict | None = None  # model.overrides
+    train: dict | None = None  # TrainConfig fields (lr, request_level, cvr_loss, ...)
+
+    def configs(self) -> tuple[RunConfig, TrainConfig]:
+        cfg = TrainConfig(**(self.train or {}))
+        run = RunConfig(
+            model=ModelConfig(name=self.name, size=self.size, overrides=dict(self.overrides or {})),
+            train=cfg,
+        )
+        return run, cfg
+
+
+def collate(dm: OneTransDataModule, split: str, max_batches: int | None = None) -> list[Batch]:
+    """The split's batches as the data module yields them (epoch 0's order for train)."""
+    out = []
+    for i, b in enumerate(dm.loader(split)):
+        if max_batches is not None and i >= max_batches:
+            break
+        out.append(b)
+    return out
+
+
+def build(
+    dm: OneTransDataModule, spec: ProbeModel, seed: int = 0
+) -> tuple[torch.nn.Module, TrainConfig]:
+    """The model a run of `spec` would build (execution switches through harness.resolved, which
+    refuses one the model lacks), seeded."""
+    run, cfg = spec.configs()
+    kw, _ = execution(run)
+    torch.manual_seed(seed)
+    model = build_model(spec.name, dm.feature_spec, spec.size, dict(spec.overrides or {}), kw)
+    return model, cfg
+
+
+def fit(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    batches: Sequence[Batch] | Iterable[Batch],
+    steps: int,
+    on_step=None,
+) -> torch.nn.Module:
+    """`steps` optimiser steps over `batches`, cycled in order (a list: epoch after epoch of the
+    same order; an iterable is read once). `on_step(step, loss)` is called after every step."""
+    opt, schedule = build_optimizer(model, cfg)
+    model.train()
+    step = 0
+    while step < steps:
+        seen = False
+        for b in batches:
+            seen = True
+            loss = task_losses(model(b), b, cfg)["loss"]
+            aux = model.aux_loss() if hasattr(model, "aux_loss") else None
+            if aux is not None:  # as harness/system.py: e.g. RankMixer's routing penalty
+                loss = loss + aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_per_group(opt)
+            opt.step()
+            if schedule is not None:
+                schedule.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, loss)
+            if step >= steps:
+                break
+        if not seen:
+            raise ValueError("fit: no training batches (is the train split empty?)")
+    return model
+
+
+@torch.no_grad()
+def scores(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
+    """(clicks, CTR logits) over `batches`, in eval mode."""
+    was = model.training
+    model.eval()
+    ys, ss = [], []
+    for b in batches:
+        ys.append(b["click"].numpy())
+        ss.append(model(b)["ctr"].float().numpy())
+    model.train(was)
+    return np.concatenate(ys), np.concatenate(ss)
+
+
+def ctr_auc(model: torch.nn.Module, batches: Iterable[Batch]) -> float:
+    y, s = scores(model, batches)
+    return float(auc(y, s))
