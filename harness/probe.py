@@ -16,7 +16,7 @@ test that compares two models at two rates on one world pays for the data once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,24 +51,21 @@ class ProbeModel:
         return run, cfg
 
 
-def collate(dm: OneTransDataModule, split: str, max_batches: int | None = None) -> list[Batch]:
+def collate(dm: OneTransDataModule, split: str) -> list[Batch]:
     """The split's batches as the data module yields them (epoch 0's order for train)."""
-    out = []
-    for i, b in enumerate(dm.loader(split)):
-        if max_batches is not None and i >= max_batches:
-            break
-        out.append(b)
-    return out
+    return list(dm.loader(split))
 
 
 def build(
-    dm: OneTransDataModule, spec: ProbeModel, seed: int = 0
+    dm: OneTransDataModule, spec: ProbeModel, seed: int | None = 0
 ) -> tuple[torch.nn.Module, TrainConfig]:
     """The model a run of `spec` would build (execution switches through harness.resolved, which
-    refuses one the model lacks), seeded."""
+    refuses one the model lacks with a ConfigError), seeded with `seed` (None: the caller has
+    seeded torch already)."""
     run, cfg = spec.configs()
     kw, _ = execution(run)
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     model = build_model(spec.name, dm.feature_spec, spec.size, dict(spec.overrides or {}), kw)
     return model, cfg
 
@@ -76,12 +73,13 @@ def build(
 def fit(
     model: torch.nn.Module,
     cfg: TrainConfig,
-    batches: Sequence[Batch] | Iterable[Batch],
+    batches: Iterable[Batch],
     steps: int,
     on_step=None,
 ) -> torch.nn.Module:
-    """`steps` optimiser steps over `batches`, cycled in order (a list: epoch after epoch of the
-    same order; an iterable is read once). `on_step(step, loss)` is called after every step."""
+    """`steps` optimiser steps over `batches`, iterated again for every pass until the steps are
+    done (a list repeats its order; a DataLoader yields its next epoch; a one-shot iterator is
+    refused once used up). `on_step(step, loss)` is called after every step."""
     opt, schedule = build_optimizer(model, cfg)
     model.train()
     step = 0
@@ -105,7 +103,10 @@ def fit(
             if step >= steps:
                 break
         if not seen:
-            raise ValueError("fit: no training batches (is the train split empty?)")
+            raise ValueError(
+                f"fit: no training batches after {step} of {steps} steps (an empty train split, "
+                f"or a one-shot iterator already used up: pass a list or a DataLoader)"
+            )
     return model
 
 

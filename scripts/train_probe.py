@@ -28,13 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from harness.config import MOVED_TO_TRAIN, ConfigError, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from harness.config import MOVED_TO_TRAIN, ConfigError  # noqa: E402
 from harness.data.datamodule import OneTransDataModule  # noqa: E402
 from harness.metrics import auc  # noqa: E402
-from harness.optim import build_optimizer, clip_per_group  # noqa: E402
-from harness.resolved import execution  # noqa: E402
-from harness.system import task_losses  # noqa: E402
-from model.registry import build_model  # noqa: E402
+from harness.probe import ProbeModel, build, fit  # noqa: E402
 
 
 def parse_sets(items: list[str], strings_ok: bool) -> dict:
@@ -68,6 +65,21 @@ def split_moved(sets: dict) -> tuple[dict, dict]:
         else:
             overrides[key] = value
     return overrides, moved
+
+
+class Epochs:
+    """The train loader, one epoch per pass; with `reshuffle` each pass is the sampler's next epoch
+    (set_epoch, as Lightning calls it), without it every pass repeats epoch 0's order."""
+
+    def __init__(self, dm: OneTransDataModule, reshuffle: bool) -> None:
+        self.dm, self.reshuffle, self.epoch = dm, reshuffle, 0
+
+    def __iter__(self):
+        loader = self.dm.train_dataloader()
+        if self.reshuffle:
+            loader.sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        return iter(loader)
 
 
 def main() -> int:
@@ -132,23 +144,19 @@ def main() -> int:
 
         L.seed_everything(a.seed, workers=True, verbose=False)
     overrides, moved = split_moved(parse_sets(a.set, False))
-    cfg = TrainConfig(**{"lr": a.lr, **moved, **parse_sets(a.tset, True)})
-    # the execution switches (train.request_level, ...) reach the model as in a run: through
-    # harness.resolved.execution, which refuses one the model lacks
+    spec = ProbeModel(a.model, a.size, overrides, {"lr": a.lr, **moved, **parse_sets(a.tset, True)})
+    # the execution switches (train.request_level, ...) reach the model as in a run (harness.probe
+    # builds it through harness.resolved.execution, which refuses one the model lacks); torch is
+    # seeded above, as the experiment rows were
     try:
-        run = RunConfig(
-            model=ModelConfig(name=a.model, size=a.size, overrides=overrides), train=cfg
-        )
-        kw, _ = execution(run)
+        model, cfg = build(dm, spec, seed=None)
     except ConfigError as e:  # a user's mistake: the message, not a traceback
         raise SystemExit(f"error: {e}") from None
-    model = build_model(a.model, dm.feature_spec, a.size, overrides, kw)
     frozen = [n for n, p in model.named_parameters() if any(n.startswith(f) for f in a.freeze)]
     if a.freeze and not frozen:
         ap.error(f"--freeze {a.freeze}: no parameter name starts with it")
     for n, p in model.named_parameters():
         p.requires_grad_(n not in frozen)
-    opt, _ = build_optimizer(model, cfg)
 
     def evaluate(split: str, max_batches: int | None) -> dict[str, float]:
         """CTR AUC over the split (or its first max_batches), and the same AUC split by whether the
@@ -179,35 +187,26 @@ def main() -> int:
         out["share_in"] = float(h[y == 1].mean()) if (y == 1).any() else 0.0
         return {k: round(float(v), 4) for k, v in out.items()}
 
-    rows, step, epoch, t0 = [], 0, 0, time.time()
-    while step < a.steps:
-        loader = dm.train_dataloader()
-        if a.reshuffle:
-            loader.sampler.set_epoch(epoch)
-        epoch += 1
-        for b in loader:
-            loss = task_losses(model(b), b, cfg)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            clip_per_group(opt)
-            opt.step()
-            step += 1
-            if step % a.every == 0 or step == a.steps:
-                tr = evaluate("train", a.train_batches if a.train_batches > 0 else None)
-                va = evaluate("val", None)
-                row = {
-                    "step": step,
-                    "loss": round(float(loss.detach()), 4),
-                    "train_auc": tr["auc"],
-                    "val_auc": va["auc"],
-                    **{f"train_{k}": v for k, v in tr.items() if k != "auc"},
-                    **{f"val_{k}": v for k, v in va.items() if k != "auc"},
-                    "seconds": round(time.time() - t0),
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-            if step >= a.steps:
-                break
+    rows, t0 = [], time.time()
+
+    def report(step: int, loss: torch.Tensor) -> None:
+        if step % a.every and step != a.steps:
+            return
+        tr = evaluate("train", a.train_batches if a.train_batches > 0 else None)
+        va = evaluate("val", None)
+        row = {
+            "step": step,
+            "loss": round(float(loss.detach()), 4),
+            "train_auc": tr["auc"],
+            "val_auc": va["auc"],
+            **{f"train_{k}": v for k, v in tr.items() if k != "auc"},
+            **{f"val_{k}": v for k, v in va.items() if k != "auc"},
+            "seconds": round(time.time() - t0),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    fit(model, cfg, Epochs(dm, a.reshuffle), a.steps, on_step=report)
     if a.out:
         a.out.write_text(
             json.dumps(

@@ -69,3 +69,8 @@ def test_fit_adds_the_auxiliary_loss():
 def test_fit_refuses_an_empty_train_split():
     with pytest.raises(ValueError, match="no training batches"):
         fit(_Tiny(aux=0.0), TrainConfig(), [], steps=1)
+
+
+def test_fit_refuses_a_used_up_iterator_instead_of_spinning():
+    with pytest.raises(ValueError, match="after 1 of 2 steps"):
+        fit(_Tiny(aux=0.0), TrainConfig(), iter([_batch()]), steps=2)
