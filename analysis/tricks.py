@@ -18,8 +18,8 @@ each pair of its values (on, off):
   the differences around the line (n − 2 dof), which holds the seed noise and any lack of fit. With
   seeds at >= 3 scales a lack-of-fit F test says whether a line describes the gains at all.
 - verdict: **holds** (scale-invariant) when the trend's CI contains 0; otherwise **grows** when the
-  trend has the sign of the gain at the smallest scale (the gain, or the harm, gets larger) and
-  **fades** when it has the opposite sign, with the extrapolated training FLOPs at which the fitted
+  trend has the sign of the gain over the sweep (the mean of the per-scale gains: the gain, or the
+  harm, gets larger) and **fades** when it has the opposite sign, with the extrapolated training FLOPs at which the fitted
   gain reaches 0 (beyond the sweep, or already inside it).
 - MDE: the smallest trend per doubling the sweep detects (two-sided alpha 0.05, 80% power) from the
   seed-level variance of the paired differences (pooled within scales; harness.power), so a "holds"
@@ -480,9 +480,11 @@ def _verdict(t: TrickTrend) -> tuple[str, float | None, str]:
         )
     if t.slope_lo <= 0.0 <= t.slope_hi:
         return "holds", None, ""
-    u_min = np.log2(t.scales[0].flops)
-    at_small = t.intercept + t.slope * u_min
-    ref = np.sign(at_small) if at_small != 0 else np.sign(t.slope)
+    # The gain's sign over the sweep is the mean of the measured per-scale gains, not the line's
+    # value at the smallest scale: gains that rise convexly (+0.001, +0.005, +0.023, measured on the
+    # laptop tricks sweep) put the line's start below 0 and would read as a harm that fades.
+    mean_gain = float(np.mean([s.gain for s in t.scales]))
+    ref = np.sign(mean_gain) if mean_gain != 0 else np.sign(t.slope)
     if np.sign(t.slope) == ref:
         return "grows", None, ""
     return "fades", float(2.0 ** (-t.intercept / t.slope)), ""
@@ -518,7 +520,7 @@ def verdict_sentence(t: TrickTrend) -> str:
             "would go undetected)"
         )
     elif t.verdict == "grows":
-        word = "**grows** with compute (the trend has the sign of the gain at the smallest scale)"
+        word = "**grows** with compute (the trend has the sign of the mean gain over the scales)"
     else:
         where = np.log2(t.zero_flops) - np.log2(s1.flops) if t.zero_flops else float("nan")
         word = (

@@ -115,6 +115,23 @@ def test_verdict_follows_the_sign_of_the_gain(
         assert t.zero_flops is None
 
 
+def test_a_convexly_growing_gain_grows(tmp_path, monkeypatch):
+    """Gains that are positive at every scale and rise faster than a line (+0.001 ... +0.025, as
+    match_init's did on the laptop tricks sweep) put the fitted line's start below 0; the verdict
+    reads the sign of the gain from the measured per-scale gains, so this is "grows", not a harm that
+    fades and has already turned."""
+    key = "model.overrides.match_init"
+    truth = {**TRICK_TRUTH[key], "at_smallest": 0.001, "per_doubling": 0.0, "curve": 0.0015}
+    monkeypatch.setitem(TRICK_TRUTH, key, truth)
+    root = make_trick_runs(tmp_path, noise_sd=1e-6)
+    t = by_key(trends_of(root, ["test.ctr_uauc"], [key]), key)
+    assert all(s.gain > 0 for s in t.scales)
+    u0 = np.log2(t.scales[0].flops)
+    assert t.intercept + t.slope * u0 < 0  # the line alone would say the sign has turned
+    assert t.verdict == "grows" and t.zero_flops is None, t.sentence
+    assert "**grows**" in t.sentence
+
+
 def test_mde_is_the_power_formula_on_the_seed_noise(planted, tmp_path):
     """MDE = (t_0.975 + t_0.80) · sigma_d / sqrt(Sxx): sigma_d the seed sd of the paired differences
     (truth: sqrt(2) · noise sd), Sxx over the 15 pairs at log2 FLOPs 0..4 (3 seeds each: 30)."""

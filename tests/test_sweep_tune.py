@@ -69,6 +69,14 @@ def test_length_tuned_candidates_reuse_the_length_sweeps_runs():
     assert {r.run_id for r in plain} <= {r.run_id for r in tuned}
 
 
+def test_depth_laptop_tuned_candidates_reuse_the_depth_laptop_runs():
+    """A preset may add a search to a file that has none: depth.yaml laptop-tuned is the laptop depth
+    sweep with the rate searched, so its 1e-3 candidates are the untuned sweep's runs."""
+    tuned = resolve(load_sweep(REPO / "sweeps" / "depth.yaml", "laptop-tuned"), check_model=False)
+    plain = resolve(load_sweep(REPO / "sweeps" / "depth.yaml", "laptop"), check_model=False)
+    assert len(tuned) == 3 * len(plain) and {r.run_id for r in plain} <= {r.run_id for r in tuned}
+
+
 def test_a_preset_changes_the_candidates_and_the_metric(tmp_path):
     sweep = load_sweep(write(tmp_path, TUNED), "ci")
     assert sweep.tune.values == (1.0e-4, 1.0e-3, 1.0e-2) and sweep.tune.by == "val.ctr_uauc"
