@@ -122,7 +122,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
             "lr": cfg.lr * cfg.emb_lr_scale,
         },
     ]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    # foreach=True: torch picks the per-tensor loop on CPU by default (one Python iteration per
+    # parameter, ~6% of a laptop step); the foreach update does the same arithmetic in a few
+    # multi-tensor kernels (bitwise-equal updates: tests/test_train_optim.py) and is torch's own
+    # default on GPU already
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, foreach=True)
     if cfg.warmup_steps == 0:
         return opt, None
     warm = cfg.warmup_steps

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from model.features import random_batch, tiny_spec
 from model.layers import MixedLinear
-from model.onetrans import SIZES, OneTransBlock, build
+from model.onetrans import HISTORY_RECIPE, SIZES, OneTransBlock, build
 from model.registry import build_model
 from tests.model_support import assert_bf16_model_parity, bf16_model_step, empty_history_batch
 
@@ -365,3 +365,17 @@ def test_flash_model_matches_reference_in_bf16(request_level):
         for x in ("reference", "flash")
     )
     assert_bf16_model_parity(ref, flash)
+
+
+def test_recipe_sizes_are_the_paper_sizes_plus_the_history_recipe_only():
+    # the paper-scale sweeps run onetrans-{s,l}-recipe; `--preset paper-faithful` runs the plain
+    # size: the two must differ in the recipe's switches and in nothing else (widths, depths, tokens)
+    for size in ("onetrans-s", "onetrans-l"):
+        paper, recipe = SIZES[size], SIZES[f"{size}-recipe"]
+        assert recipe == dataclasses.replace(paper, **HISTORY_RECIPE)
+        differ = {
+            f.name
+            for f in dataclasses.fields(paper)
+            if getattr(paper, f.name) != getattr(recipe, f.name)
+        }
+        assert differ == set(HISTORY_RECIPE), differ

@@ -126,6 +126,40 @@ def test_adamw_embedding_rate_scale_and_its_warmup():
     assert {g["name"]: g["lr"] for g in opt.param_groups} == {"dense": 0.01, "sparse": 0.01}
 
 
+def test_adamw_foreach_updates_equal_the_per_tensor_loop_bitwise():
+    # build_optimizer asks for torch's multi-tensor AdamW (faster on CPU, where torch's default is
+    # the per-tensor loop); it must not change a run's numbers: fp32, decay on, 30 random steps
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 8), nn.Linear(8, 1)).float()
+    ref = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
+    opt, _ = build_optimizer(m, TrainConfig(optimizer="adamw", lr=3e-3, weight_decay=0.1))
+    assert all(g["foreach"] for g in opt.param_groups)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] for p in g["params"]}
+    loop = torch.optim.AdamW(
+        [
+            {
+                "params": [r for r, p in zip(ref, m.parameters()) if id(p) in decay],
+                "weight_decay": 0.1,
+            },
+            {
+                "params": [r for r, p in zip(ref, m.parameters()) if id(p) not in decay],
+                "weight_decay": 0.0,
+            },
+        ],
+        lr=3e-3,
+        foreach=False,
+    )
+    g = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        for p, r in zip(m.parameters(), ref):
+            p.grad = torch.randn(p.shape, generator=g)
+            r.grad = p.grad.clone()
+        opt.step()
+        loop.step()
+    for p, r in zip(m.parameters(), ref):
+        assert torch.equal(p.detach(), r.detach())
+
+
 def test_emb_lr_scale_enters_the_run_id_only_when_set():
     base = RunConfig()
     assert "emb_lr_scale" not in json.dumps(semantic_dict(base))
