@@ -6,7 +6,7 @@ folder, checkpoints).
 
 The family trains through harness/probe.py: the harness' data module, model registry, task loss,
 optimiser and clipping in a plain loop, the batches collated once per world and replayed for the
-four trainings (two models x two rates): ~60 trainings in 4 min 23 s, quiet, on 2 cores. Together the
+four trainings (two models x two rates): ~60 trainings in 2 min 22 s, quiet, on 2 cores. Together the
 tests fail if the history is ever cut, mis-joined, ignored by a model, or readable only at one rate.
 docs/learning-history.md sections 11, 14 and 15 have the diagnosis these guard.
 """
