@@ -147,8 +147,11 @@ class RankingSystem(L.LightningModule):
         overwritten unseen but still costs its bookkeeping (measured: about a fifth of a laptop
         run's wall time at 45 steps/s). Logging on the flushed steps only writes the same
         metrics.csv (tests/test_system_logging.py)."""
-        every = self.trainer.log_every_n_steps
-        return every > 0 and ((self.global_step + 1) % every == 0 or self.trainer.should_stop)
+        trainer = self._trainer  # None when a step is called outside a Trainer (tests, probes)
+        if trainer is None:
+            return False  # self.log would have nowhere to write
+        every = trainer.log_every_n_steps
+        return every > 0 and ((self.global_step + 1) % every == 0 or trainer.should_stop)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.global_step % self.cfg.log_every_n_steps == 0:
