@@ -17,7 +17,7 @@ what KV-cached two-stage scoring and request-level training build on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -872,18 +872,6 @@ SIZES: dict[str, Config] = {
     # Paper sizes (spec §1.7). Data seq_len: 1178 (S) / 1484 (L) events -> 1190 / 1500 tokens.
     "onetrans-s": Config(n_layers=6, d_model=256, n_heads=4, n_ns_tokens=12, head_hidden=1024),
     "onetrans-l": Config(n_layers=8, d_model=384, n_heads=4, n_ns_tokens=16, head_hidden=1024),
-    # The paper sizes with the history recipe (not in the paper; issue #20 item 4): the two
-    # learnability switches, candidate and history tokens matched at init and kept tied, per-head
-    # QK norm and the time-gap embedding. On the planted history rules at S width the recipe learns
-    # what the paper form does not (docs/learning-history.md, "Paper sizes"), so the paper-scale
-    # sweeps run these by default; `--preset paper-faithful` (or model.size=onetrans-s) runs the
-    # paper's form. Same widths, depths and token counts as the paper size they extend.
-    "onetrans-s-recipe": Config(
-        n_layers=6, d_model=256, n_heads=4, n_ns_tokens=12, head_hidden=1024, **HISTORY_RECIPE
-    ),
-    "onetrans-l-recipe": Config(
-        n_layers=8, d_model=384, n_heads=4, n_ns_tokens=16, head_hidden=1024, **HISTORY_RECIPE
-    ),
     # CPU sizes for tests and laptop runs (shorter sequences: round lengths to 8, not 32). They turn
     # on the two learnability switches: without them a tiny OneTrans does not learn even a planted
     # "candidate's brand is in the history" rule from CPU-sized data (docs/learning-history.md).
@@ -910,6 +898,15 @@ SIZES: dict[str, Config] = {
         tokenizer_skip=True,
     ),
 }
+# The paper sizes with the history recipe (not in the paper; issue #20 item 4): the two
+# learnability switches, candidate and history tokens matched at init and kept tied, per-head QK
+# norm and the time-gap embedding. On the planted history rules at S width the recipe learns what
+# the paper form does not (docs/learning-history.md section 17), so the paper-scale sweeps run these
+# by default; `--preset paper-faithful` (or model.size=onetrans-s) runs the paper's form. Derived,
+# so widths, depths and token counts stay those of the paper size they extend.
+for _paper in ("onetrans-s", "onetrans-l"):
+    SIZES[f"{_paper}-recipe"] = replace(SIZES[_paper], **HISTORY_RECIPE)
+del _paper
 # Data sequence length (events) each paper size was defined with; the scaling grids set seq_len
 # through the data (FeatureSpec.seq_len) and n_layers / d_model through Config overrides.
 PAPER_SEQ_LEN = {"onetrans-s": 1178, "onetrans-l": 1484}

@@ -30,6 +30,7 @@ from harness.data.planted import PlantedConfig, generate_planted  # noqa: E402
 from harness.data.rules import Rule, relabel  # noqa: E402
 from harness.data.synth import generate_preset  # noqa: E402
 from harness.probe import ProbeModel, build, collate, ctr_auc, fit  # noqa: E402
+from model.onetrans import HISTORY_RECIPE  # noqa: E402
 
 WINDOW = 8
 RULES = {  # the test family (tests/test_planted_history.py)
@@ -40,7 +41,10 @@ RULES = {  # the test family (tests/test_planted_history.py)
     "recency": Rule(kind="side", field="brand", window=WINDOW // 4),
     "context": Rule(kind="context", field="brand", window=WINDOW, context="hour"),
 }
-RECIPE = {"match_init": True, "match_tie": True, "qk_norm": True, "gap_embedding": True}
+# the history recipe's switches beyond the two learnability switches the tiny sizes already have
+RECIPE = {
+    k: v for k, v in HISTORY_RECIPE.items() if k not in ("shared_side_tables", "tokenizer_skip")
+}
 RECIPE_TRAIN = {"request_level": True, "cvr_loss": "clicked_per_impression"}
 VARIANTS = {
     # OneTrans-S as the paper defines it: no learnability switch (model/onetrans.py SIZES)
@@ -53,7 +57,7 @@ VARIANTS = {
         {"request_level": True},
     ),
     # OneTrans-S with the history recipe: the size the paper-scale sweeps run by default
-    # (model/onetrans.py SIZES: the two switches + RECIPE)
+    # (model/onetrans.py SIZES: the paper size + HISTORY_RECIPE)
     "s-recipe": ProbeModel("onetrans", "onetrans-s-recipe", {}, RECIPE_TRAIN),
     "tiny-recipe": ProbeModel("onetrans", "onetrans-tiny", RECIPE, RECIPE_TRAIN),
     "din-tiny": ProbeModel("dcnv2_din", "tiny", {}, {"cvr_loss": "clicked_per_impression"}),
