@@ -16,6 +16,8 @@ Steps, each in its own subprocess whose peak RSS is the kernel's ru_maxrss of th
               --engine duckdb adds --opt engine=duckdb: the bounded-memory streaming converter)
   validate    python -m harness.data validate DIR
   stats       python -m harness.data stats DIR
+  prepare     --storage mapped only: the data module's out-of-core set-up (harness/data/mapped.py)
+              building its memory-mapped arrays, which train_pass and eval_pass then open
   train_pass  the data module's set-up and one epoch of training batches (no model): the data side
               of a training epoch
   eval_pass   the data module's set-up, then every val and test batch through an untrained
@@ -48,7 +50,7 @@ ITEMS_PER_CATEGORY = 4_162_024 / 9_439
 BEHAVIOUR_MIX = {"pv": 0.8958, "cart": 0.0552, "fav": 0.0288, "buy": 0.0201}
 START_TS = 1_511_539_200  # 2017-11-25 00:00 Beijing
 DAYS = 9
-STEPS = ("convert", "validate", "stats", "train_pass", "eval_pass")
+STEPS = ("convert", "validate", "stats", "prepare", "train_pass", "eval_pass")
 
 
 def generate_log(raw: Path, rows: int, *, seed: int = 0, zipf: float = 1.0) -> dict:
@@ -79,19 +81,46 @@ def generate_log(raw: Path, rows: int, *, seed: int = 0, zipf: float = 1.0) -> d
 
 
 # ---- the in-process steps (run as `data_scale.py --step NAME --folder DIR`) ------------------
-def _datamodule(folder: str, seq_len: int, batch_size: int):
+def _datamodule(folder: str, seq_len: int, batch_size: int, opts: dict):
     from harness.data.datamodule import OneTransDataModule
 
     dm = OneTransDataModule(
-        folder, seq_len=seq_len, batch_size=batch_size, eval_batch_size=4 * batch_size
+        folder,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        eval_batch_size=4 * batch_size,
+        storage=opts["storage"],
+        mapped_dir=Path(folder).parent / "prepared",
+        eval_sample_users=opts["eval_sample_users"],
     )
     dm.setup()
     return dm
 
 
-def train_pass(folder: str, seq_len: int, batch_size: int) -> dict:
+def memory_now() -> dict:
+    """This process's resident memory split by kind (/proc/self/status, Linux): with mapped
+    storage the peak RSS counts the mapped files' pages the batches touched, which are clean page
+    cache the kernel drops under pressure (RssFile), not memory the process holds (RssAnon)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                out[f"{key}_mb"] = round(int(val.split()[0]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
+def prepare(folder: str, seq_len: int, batch_size: int, opts: dict) -> dict:
     t = time.perf_counter()
-    dm = _datamodule(folder, seq_len, batch_size)
+    _datamodule(folder, seq_len, batch_size, opts)
+    return {"setup_s": round(time.perf_counter() - t, 2), "memory_at_end": memory_now()}
+
+
+def train_pass(folder: str, seq_len: int, batch_size: int, opts: dict) -> dict:
+    t = time.perf_counter()
+    dm = _datamodule(folder, seq_len, batch_size, opts)
     setup_s, t = time.perf_counter() - t, time.perf_counter()
     n = batches = 0
     for b in dm.train_dataloader():
@@ -104,10 +133,11 @@ def train_pass(folder: str, seq_len: int, batch_size: int) -> dict:
         "setup_s": round(setup_s, 2),
         "pass_s": round(took, 2),
         "impressions_per_s": round(n / max(took, 1e-9)),
+        "memory_at_end": memory_now(),
     }
 
 
-def eval_pass(folder: str, seq_len: int, batch_size: int) -> dict:
+def eval_pass(folder: str, seq_len: int, batch_size: int, opts: dict) -> dict:
     import torch
 
     from harness.metrics import split_metrics
@@ -115,7 +145,7 @@ def eval_pass(folder: str, seq_len: int, batch_size: int) -> dict:
 
     torch.set_num_threads(1)  # a shared machine; the figure is per core
     t = time.perf_counter()
-    dm = _datamodule(folder, seq_len, batch_size)
+    dm = _datamodule(folder, seq_len, batch_size, opts)
     out: dict = {"setup_s": round(time.perf_counter() - t, 2)}
     t = time.perf_counter()
     torch.manual_seed(0)
@@ -131,11 +161,15 @@ def eval_pass(folder: str, seq_len: int, batch_size: int) -> dict:
                 for k in ("click", "conversion", "user_id"):
                     cols[k].append(b[k].numpy())
             p = {k: np.concatenate(v) for k, v in cols.items()}
-            out[split] = {"impressions": int(len(p["click"]))}
+            out[split] = {"impressions": int(len(p["click"]))} | dm.eval_sample.get(split, {})
             out[split] |= {k: round(v, 4) for k, v in split_metrics(p).items() if "auc" in k}
     took = time.perf_counter() - t
     n = out["val"]["impressions"] + out["test"]["impressions"]
-    return out | {"pass_s": round(took, 2), "impressions_per_s": round(n / max(took, 1e-9))}
+    return out | {
+        "pass_s": round(took, 2),
+        "impressions_per_s": round(n / max(took, 1e-9)),
+        "memory_at_end": memory_now(),
+    }
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -175,6 +209,8 @@ def bench(
     engine: str = "pandas",
     memory_limit: str | None = None,
     run: tuple[str, ...] = STEPS,
+    storage: str = "memory",
+    eval_sample_users: float = 0.0,
 ) -> dict:
     raw, folder = work / "raw", work / "taobao"
     work.mkdir(parents=True, exist_ok=True)  # --work may name a new folder: the step logs go there
@@ -188,11 +224,13 @@ def bench(
     shape = json.loads((work / "generate.log").read_text().strip().splitlines()[-1])
     shape["generate_s"] = generated["wall_s"]
     inproc = ["--folder", str(folder), "--seq-len", str(seq_len), "--batch-size", str(batch_size)]
+    inproc += ["--storage", storage, "--eval-sample-users", str(eval_sample_users)]
     cmds = {
         "convert": [py, "-m", "harness.data", "convert", "taobao", str(raw), "--out", str(folder)]
         + convert_opts(engine, memory_limit),
         "validate": [py, "-m", "harness.data", "validate", str(folder)],
         "stats": [py, "-m", "harness.data", "stats", str(folder), "--json"],
+        "prepare": [py, me, "--step", "prepare", *inproc],
         "train_pass": [py, me, "--step", "train_pass", *inproc],
         "eval_pass": [py, me, "--step", "eval_pass", *inproc],
     }
@@ -200,7 +238,7 @@ def bench(
     for name in run:
         load_before = _load()
         steps[name] = run_step(cmds[name], work / f"{name}.log") | {"load_1m_before": load_before}
-        if name in ("train_pass", "eval_pass"):
+        if name in ("prepare", "train_pass", "eval_pass"):
             steps[name]["result"] = json.loads(
                 (work / f"{name}.log").read_text().strip().splitlines()[-1]
             )
@@ -224,6 +262,8 @@ def bench(
             "engine": engine,
             "memory_limit": memory_limit if engine == "duckdb" else None,
             "convert_opts": convert_opts(engine, memory_limit),
+            "storage": storage,
+            "eval_sample_users": eval_sample_users,
         },
         "steps": steps,
     }
@@ -248,12 +288,24 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-limit", help="engine duckdb: its memory_limit (default the converter's)"
     )
     p.add_argument(
+        "--storage",
+        choices=["memory", "mapped"],
+        default="memory",
+        help="the data module's data.storage (mapped adds the prepare step)",
+    )
+    p.add_argument(
+        "--eval-sample-users",
+        type=float,
+        default=0.0,
+        help="eval_pass: score this fraction of users (eval.sample_users; 0: all)",
+    )
+    p.add_argument(
         "--steps",
         default=",".join(STEPS),
         help=f"comma-separated steps to run, in this order (default all: {','.join(STEPS)})",
     )
     p.add_argument(
-        "--step", choices=["generate", "train_pass", "eval_pass"], help=argparse.SUPPRESS
+        "--step", choices=["generate", "prepare", "train_pass", "eval_pass"], help=argparse.SUPPRESS
     )
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
@@ -262,16 +314,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(generate_log(a.raw, a.rows, seed=a.seed, zipf=a.zipf)))
         return 0
     if a.step:  # a child: one in-process step, its figures as the last line of stdout
-        fn = train_pass if a.step == "train_pass" else eval_pass
-        print(json.dumps(fn(a.folder, a.seq_len, a.batch_size)))
+        fn = {"prepare": prepare, "train_pass": train_pass, "eval_pass": eval_pass}[a.step]
+        opts = {"storage": a.storage, "eval_sample_users": a.eval_sample_users}
+        print(json.dumps(fn(a.folder, a.seq_len, a.batch_size, opts)))
         return 0
     steps = tuple(x for x in a.steps.split(",") if x)
+    if a.storage == "memory":
+        steps = tuple(x for x in steps if x != "prepare")  # the in-memory set-up has no build
+    elif "prepare" not in steps and ("train_pass" in steps or "eval_pass" in steps):
+        steps = (*steps, "prepare")  # built in its own step, so the passes open it
     if not steps or set(steps) - set(STEPS) or steps[0] != "convert":
         p.error(f"--steps {a.steps!r}: convert first, then any of {','.join(STEPS[1:])}")
     if a.rows < 1000:
         p.error(f"--rows {a.rows}: give at least 1000 (fewer leave splits without requests)")
     label = f"{a.rows // 1_000_000}m" if a.rows % 1_000_000 == 0 else str(a.rows)
     label += "" if a.engine == "pandas" else f"_{a.engine}"
+    label += "" if a.storage == "memory" else f"_{a.storage}"
     out = a.out or REPO / "benchmarks" / "results" / f"data_scale_{label}.json"
     with tempfile.TemporaryDirectory(prefix="data_scale_") as tmp:
         work = a.work or Path(tmp)
@@ -285,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             engine=a.engine,
             memory_limit=a.memory_limit,
             run=tuple(s for s in STEPS if s in steps),
+            storage=a.storage,
+            eval_sample_users=a.eval_sample_users,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

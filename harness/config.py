@@ -14,7 +14,8 @@ Run identity. `run_id(cfg)` is the first 12 hex characters of the sha256 of the 
 change how or where a run executes or how it is labelled, never its result), listed in
 `RUN_ID_EXCLUDED`:
   - labels: sweep, axis, name
-  - data.num_workers, data.cache_dir            (loader parallelism, where synthetic data is cached)
+  - data.num_workers, data.cache_dir, data.storage   (loader parallelism, where synthetic data is
+                                                 cached, RAM or memory-mapped: same batches)
   - train.log_every_n_steps, train.eval_every_n_steps, train.ckpt_every_n_steps   (cadences)
   - logging.*                                   (W&B mode/project/group/tags, progress bar)
   - resources.*                                 (the scheduler request: partition, account, qos,
@@ -241,6 +242,10 @@ class DataConfig(_Section):
     shuffle: bool = False  # False: chronological streaming, as the paper trains
     num_workers: int = 0  # DataLoader workers (not part of the run id)
     cache_dir: str = "data_cache"  # where synthetic worlds are written (not part of the run id)
+    # "memory": the data module holds the prepared dataset in RAM (fast set-up, about 1.3 KB per
+    # log row); "mapped": built once under cache_dir/prepared and memory-mapped, for logs larger
+    # than memory (harness/data/mapped.py). Same batches either way: not part of the run id.
+    storage: str = "memory"
 
     def validate(self) -> None:
         _require(
@@ -256,6 +261,10 @@ class DataConfig(_Section):
             f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}.",
         )
         _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}.")
+        _require(
+            self.storage in ("memory", "mapped"),
+            f"data.storage must be 'memory' or 'mapped', got {self.storage!r}.",
+        )
 
     @property
     def synthetic_preset(self) -> str | None:
@@ -708,6 +717,7 @@ RUN_ID_EXCLUDED: tuple[tuple[str, ...], ...] = (
     ("name",),
     ("data", "num_workers"),
     ("data", "cache_dir"),
+    ("data", "storage"),
     ("train", "log_every_n_steps"),
     ("train", "eval_every_n_steps"),
     ("train", "ckpt_every_n_steps"),

@@ -117,6 +117,8 @@ def prepare_data(plan: ResolvedConfig) -> PreparedData:
         chronological=next_batch or not d.shuffle,
         eval_sample_users=cfg.eval.sample_users,
         eval_sample_seed=cfg.eval.sample_seed,
+        storage=d.storage,
+        mapped_dir=Path(d.cache_dir) / "prepared",
     )
     _setup_data(dm, folder)
     return PreparedData(folder=folder, warnings=warnings, dm=dm, next_batch=next_batch)

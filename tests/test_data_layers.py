@@ -20,7 +20,7 @@ LAYERS = {
     "validation": ("validate",),
     "generation": ("synth", "planted", "rules", "oracle", "converters"),
     "resolution": ("resolve",),
-    "loading": ("datamodule",),
+    "loading": ("prepared", "mapped", "datamodule"),
     "cli": ("__main__",),
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}

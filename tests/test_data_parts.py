@@ -24,7 +24,7 @@ from harness.data.contract import (
     table_files,
     table_source,
 )
-from harness.data.datamodule import prepare
+from harness.data.prepared import prepare
 from harness.data.stats import compute_stats
 from harness.data.validate import errors, validate
 from harness.train import train_run

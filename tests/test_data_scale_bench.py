@@ -35,7 +35,7 @@ def test_small_run_reports_every_step(tmp_path):
     out = tmp_path / "ds.json"
     assert data_scale.main(["--rows", "5000", "--out", str(out), "--work", str(tmp_path)]) == 0
     res = json.loads(out.read_text())
-    assert list(res["steps"]) == list(data_scale.STEPS)
+    assert list(res["steps"]) == [s for s in data_scale.STEPS if s != "prepare"]
     for name, s in res["steps"].items():
         assert s["wall_s"] > 0 and s["peak_rss_mb"] > 50, name  # a Python process, measured
     assert res["dataset"]["events"] == 5000
@@ -57,3 +57,21 @@ def test_streaming_engine_and_chosen_steps(tmp_path):
     assert res["dataset"]["events"] == 5000
     with pytest.raises(SystemExit):
         data_scale.main([*args, "--steps", "validate"])  # nothing to validate without convert
+
+
+def test_mapped_storage_adds_its_build_step(tmp_path):
+    # the batches themselves are compared with the in-memory set-up in tests/test_data_mapped.py
+    out = tmp_path / "mapped.json"
+    args = ["--rows", "5000", "--steps", "convert,train_pass,eval_pass", "--storage", "mapped"]
+    args += ["--eval-sample-users", "0.5", "--out", str(out), "--work", str(tmp_path)]
+    assert data_scale.main(args) == 0
+    res = json.loads(out.read_text())
+    b = res["steps"]
+    assert list(b) == ["convert", "prepare", "train_pass", "eval_pass"]
+    assert res["settings"]["storage"] == "mapped"
+    assert (tmp_path / "prepared").is_dir() and b["prepare"]["peak_rss_mb"] > 50
+    assert b["train_pass"]["result"]["impressions"] > 0
+    for split in ("val", "test"):
+        ev = b["eval_pass"]["result"][split]
+        assert 0 < ev["requests"] < ev["of_requests"]  # a seeded half of the users
+    assert "RssFile_mb" in b["train_pass"]["result"]["memory_at_end"]

@@ -348,10 +348,15 @@ def write_impressions(
         "SELECT user_id, ts, item_id, 0::BIGINT, 0::BIGINT FROM neg"
         ") ORDER BY ts, user_id, item_id, click"
     )
-    events = AsOfCounts(chunks(con, "SELECT ts, item_id FROM ev ORDER BY ts, item_id"), n_items)
+    # Both orders are materialised first, one sort at a time, then read by plain scans (which keep
+    # insertion order): two ORDER BY streams open together hold both sorts at once, and on DuckDB
+    # 2.0 that ran out of a 1GB memory_limit at 10M rows instead of spilling.
+    con.execute(f"CREATE TABLE imp_sorted AS {sql}")
+    con.execute("CREATE TABLE ev_by_ts AS SELECT ts, item_id FROM ev ORDER BY ts, item_id")
+    events = AsOfCounts(chunks(con, "SELECT ts, item_id FROM ev_by_ts"), n_items)
     st = ImpressionState()
     with PartWriter(folder) as out:
-        for c in chunks(con, sql):
+        for c in chunks(con, "SELECT user_id, ts, item_id, click, conversion FROM imp_sorted"):
             ts, user = c["ts"], c["user_id"]
             new = np.ones(len(ts), bool)
             new[0] = (ts[0] != st.last_ts) or (user[0] != st.last_user)
