@@ -24,8 +24,8 @@ change how or where a run executes or how it is labelled, never its result), lis
 Defaults are part of the hash: adding a field with a default changes every id (deliberately: a
 new knob may change what an old config means). The exception is a section added later and off by
 default (`RUN_ID_WHEN_ON`: `eval`, whose sampling only changes what a run reports when it is on;
-train.emb_lr_scale, whose 1.0 is the one rate of before): it enters the hash only when on, so the
-ids of earlier runs stay valid. The model enters as written (name, size, overrides), not as the
+train.emb_lr_scale, whose 1.0 is the one rate of before; train.lr_decay, whose "none" is the
+constant rate of before): it enters the hash only when on, so the ids of earlier runs stay valid. The model enters as written (name, size, overrides), not as the
 resolved model Config.
 
 Settings that moved home after run ids were in use (issue #23) hash in their old place and form, so
@@ -356,6 +356,10 @@ class TrainConfig(_Section):
     # paper's pair gives the tables their own optimiser and rate (sparse_lr) for the same reason
     emb_lr_scale: float = 1.0
     warmup_steps: int = 0  # linear LR warm-up (AdamW only); the paper states none
+    # AdamW: "none" (a constant rate after the warm-up, as before), or "linear" / "cosine": the
+    # rate decays to 0 at the run's last step (Lightning's estimated_stepping_batches). The
+    # paper states no schedule. In the run id only when not "none".
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
     # the paper's pair (spec §1.6, Monolith semantics): Adagrad on embeddings, RMSPropV2 on the rest
     sparse_lr: float = 0.1  # Adagrad lr ("beta1 = 0.1")
     sparse_init_acc: float = 1.0  # Adagrad initial accumulator ("beta2 = 1.0")
@@ -413,6 +417,15 @@ class TrainConfig(_Section):
             _require(
                 getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}."
             )
+        _require(
+            self.lr_decay in ("none", "linear", "cosine"),
+            f"train.lr_decay must be 'none', 'linear' or 'cosine', got {self.lr_decay!r}.",
+        )
+        _require(
+            self.lr_decay == "none" or self.optimizer == "adamw",
+            f"train.lr_decay={self.lr_decay!r} applies to AdamW only (train.optimizer: adamw); "
+            f"the paper's optimiser pair keeps its rates.",
+        )
         for name in ("warmup_steps", "next_batch_warmup_days", "eval_every_n_steps"):
             _require(
                 getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}."
@@ -732,6 +745,7 @@ RUN_ID_EXCLUDED: tuple[tuple[str, ...], ...] = (
 RUN_ID_WHEN_ON: dict[tuple[str, ...], Any] = {
     ("eval",): lambda cfg: cfg.eval.sampled,
     ("train", "emb_lr_scale"): lambda cfg: cfg.train.emb_lr_scale != 1.0,
+    ("train", "lr_decay"): lambda cfg: cfg.train.lr_decay != "none",
 }
 
 

@@ -17,6 +17,8 @@ clip_per_group() before each optimizer step.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterable
 
 import torch
@@ -82,9 +84,9 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return dense, sparse
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig):
+def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int | None = None):
     """The optimizer (groups named "dense" / "sparse", each with its clip threshold) and an LR
-    scheduler or None."""
+    scheduler or None. `total_steps`: the run's optimiser steps, needed by `cfg.lr_decay`."""
     dense, sparse = split_parameters(model)
     if cfg.optimizer == "paper":
         groups = [
@@ -127,10 +129,27 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
     # multi-tensor kernels (bitwise-equal updates: tests/test_train_optim.py) and is torch's own
     # default on GPU already
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, foreach=True)
-    if cfg.warmup_steps == 0:
+    if cfg.warmup_steps == 0 and cfg.lr_decay == "none":
         return opt, None
-    warm = cfg.warmup_steps
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+    if cfg.lr_decay != "none" and not total_steps:
+        raise ValueError(
+            f"train.lr_decay={cfg.lr_decay!r} needs the run's total steps (build_optimizer's "
+            f"total_steps), got {total_steps!r}"
+        )
+    factor = functools.partial(
+        lr_factor, warmup=cfg.warmup_steps, decay=cfg.lr_decay, total=total_steps or 0
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def lr_factor(step: int, *, warmup: int, decay: str, total: int) -> float:
+    """The AdamW rate's multiplier before optimiser step `step` (0-based): a linear warm-up over
+    `warmup` steps times the decay to 0 at step `total` ("linear" or "cosine"; "none": 1)."""
+    f = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if decay == "none":
+        return f
+    done = min(step, total) / total
+    return f * ((1.0 - done) if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * done)))
 
 
 def clip_per_group(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

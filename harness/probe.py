@@ -80,7 +80,7 @@ def fit(
     """`steps` optimiser steps over `batches`, iterated again for every pass until the steps are
     done (a list repeats its order; a DataLoader yields its next epoch; a one-shot iterator is
     refused once used up). `on_step(step, loss)` is called after every step."""
-    opt, schedule = build_optimizer(model, cfg)
+    opt, schedule = build_optimizer(model, cfg, steps)
     model.train()
     step = 0
     while step < steps:

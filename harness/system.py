@@ -198,7 +198,12 @@ class RankingSystem(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        opt, sched = build_optimizer(self.model, self.cfg)
+        # the decay ends at the run's last step: Lightning's count from max_steps, or epochs x
+        # batches per epoch (this rank's, after the sampler's split)
+        total = (
+            int(self.trainer.estimated_stepping_batches) if self.cfg.lr_decay != "none" else None
+        )
+        opt, sched = build_optimizer(self.model, self.cfg, total)
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -62,3 +62,15 @@ def test_gated_logging_after_a_resume_writes_the_same_rows(world, tmp_path, monk
     assert result["train"]["steps"] == 8
     assert RunStore(resumed).read_json("provenance.json")["decisions"]["resumed_from_step"] == 4
     assert _train_rows(resumed) == _train_rows(straight)
+
+
+def test_lr_decay_reaches_zero_at_the_runs_last_step(world, tmp_path):
+    # the decay's total comes from Lightning (estimated_stepping_batches): 8 steps, linear
+    cfg = S.make_cfg(world, steps=8, ckpt_every=4, log_every=1, **{"train.lr_decay": "linear"})
+    run = tmp_path / "decay"
+    train_run(cfg, run)
+    lr = {s: v for s, m, v in _train_rows(run) if m == "train/lr_dense"}
+    # logged before each optimiser step (as float32): the row of step k uses factor 1 - k / 8
+    assert sorted(lr) == list(range(8))
+    for k, v in sorted(lr.items()):
+        assert v == pytest.approx(0.01 * (1 - k / 8), rel=1e-6), (k, v)

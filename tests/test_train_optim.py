@@ -208,3 +208,42 @@ def test_clip_per_group_uses_each_groups_own_global_norm():
         30.0,
         40.0,
     ]
+
+
+def test_lr_decay_factor_linear_cosine_and_with_warmup():
+    from harness.optim import lr_factor
+
+    lin = [lr_factor(s, warmup=0, decay="linear", total=4) for s in range(6)]
+    assert lin == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])  # held at 0 past the end
+    cos = [lr_factor(s, warmup=0, decay="cosine", total=4) for s in range(5)]
+    assert cos == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466, 0.0])
+    warm = [lr_factor(s, warmup=2, decay="linear", total=4) for s in range(4)]
+    assert warm == pytest.approx([0.5, 0.75, 0.5, 0.25])
+    assert [lr_factor(s, warmup=0, decay="none", total=0) for s in range(3)] == [1.0] * 3
+
+
+def test_lr_decay_steps_every_group_and_needs_the_total():
+    m = Tiny()
+    cfg = TrainConfig(lr=0.01, emb_lr_scale=0.5, lr_decay="linear")
+    with pytest.raises(ValueError, match="total steps"):
+        build_optimizer(m, cfg)
+    opt, sched = build_optimizer(m, cfg, total_steps=4)
+    seen = []
+    for _ in range(4):
+        seen.append({g["name"]: g["lr"] for g in opt.param_groups})
+        opt.step()
+        sched.step()
+    assert [s["dense"] for s in seen] == pytest.approx([0.01, 0.0075, 0.005, 0.0025])
+    assert [s["sparse"] for s in seen] == pytest.approx([0.005, 0.00375, 0.0025, 0.00125])
+
+
+def test_lr_decay_config_checks_and_run_id():
+    from harness.config import ConfigError, RunConfig, run_id
+
+    base = RunConfig.from_dict({})
+    assert run_id(base) == run_id(RunConfig.from_dict({"train": {"lr_decay": "none"}}))
+    assert run_id(base) != run_id(RunConfig.from_dict({"train": {"lr_decay": "linear"}}))
+    with pytest.raises(ConfigError, match="lr_decay"):
+        RunConfig.from_dict({"train": {"lr_decay": "step"}})
+    with pytest.raises(ConfigError, match="AdamW only"):
+        RunConfig.from_dict({"train": {"lr_decay": "cosine", "optimizer": "paper"}})

@@ -114,11 +114,17 @@ class EpochPlan:
     cum: np.ndarray  # impressions before each of them, and the total at the end (len R + 1)
     req_lo: np.ndarray  # the data's first impression of each request row
     bounds: np.ndarray  # batch boundaries in impression positions
+    first: np.ndarray  # per batch: the epoch-order index of the request holding its first row
+    stop: np.ndarray  # per batch: one past the index of the last request it overlaps
 
     def impressions(self, b: int) -> np.ndarray:
-        pos = np.arange(self.bounds[b], self.bounds[b + 1], dtype=np.int64)
-        k = np.searchsorted(self.cum, pos, side="right") - 1  # the request holding each position
-        return self.req_lo[self.requests[k]] + (pos - self.cum[k])
+        k0, k1 = self.first[b], self.stop[b]
+        c = self.cum[k0 : k1 + 1]
+        # the rows of requests k0..k1-1 in order (a batch's few requests expanded at once),
+        # then the batch's part of them (fixed batching may cut the first and the last request)
+        rows = np.repeat(self.req_lo[self.requests[k0:k1]] - c[:-1], np.diff(c))
+        rows += np.arange(c[0], c[-1], dtype=np.int64)
+        return rows[self.bounds[b] - c[0] : self.bounds[b + 1] - c[0]]
 
 
 def plan_epoch(
@@ -137,7 +143,14 @@ def plan_epoch(
     sizes = data.req_hi[requests] - data.req_lo[requests]
     cum = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     bounds = _batch_bounds(sizes, batch_size, batching, drop_last)
-    return EpochPlan(requests=requests, cum=cum, req_lo=data.req_lo, bounds=bounds)
+    return EpochPlan(
+        requests=requests,
+        cum=cum,
+        req_lo=data.req_lo,
+        bounds=bounds,
+        first=np.searchsorted(cum, bounds[:-1], side="right") - 1,
+        stop=np.searchsorted(cum, bounds[1:], side="left"),
+    )
 
 
 class BatchDataset(Dataset):
