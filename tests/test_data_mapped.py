@@ -9,7 +9,6 @@ per-impression plan it replaces."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from harness.data.prepared import prepare
 from harness.train import train_run
 from tests import train_support as S
 from tests.data_support import write_tiny_folder
+from tests.test_data_module import _broken_copy
 from tests.test_data_parts import split_into_parts
 
 
@@ -145,14 +145,6 @@ def test_an_interrupted_build_leaves_nothing_read_as_finished(tmp_path, monkeypa
     assert_same_prepared(prepare(folder, m), mapped.prepare_mapped(folder, m, root, progress=False))
 
 
-def _broken(tiny: Path, tmp: Path, table: str, edit) -> Path:
-    out = tmp / "broken"
-    shutil.copytree(tiny, out)
-    df = pd.read_parquet(out / table)
-    edit(df).to_parquet(out / table, index=False)
-    return out
-
-
 def _split_a_request(d: pd.DataFrame) -> pd.DataFrame:
     """The last row of the first request with several rows moved to the end of the table: that
     request is no longer one run of rows (found across batches by the mapped build)."""
@@ -177,7 +169,7 @@ def _split_a_request(d: pd.DataFrame) -> pd.DataFrame:
     ],
 )
 def test_bad_input_gets_the_in_memory_message(tmp_path, monkeypatch, table, edit):
-    folder = _broken(write_tiny_folder(tmp_path / "ds", seed=3), tmp_path, table, edit)
+    folder = _broken_copy(write_tiny_folder(tmp_path / "ds", seed=3), tmp_path, table, edit)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     m = Manifest.load(folder)
     with pytest.raises(ContractError) as ref:

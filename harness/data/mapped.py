@@ -44,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
 from harness.data.contract import (
@@ -57,6 +56,7 @@ from harness.data.contract import (
     Manifest,
     n_rows,
     table_files,
+    table_schema,
     table_source,
 )
 from harness.data.keyed import table_batches
@@ -289,7 +289,7 @@ class _Events:
         self.src, self.where = src, str(src)
         self.side = list(manifest.side_fields)
         self.columns = ["user_id", "ts", "behavior", "item_id", *self.side]
-        present = _schema_names(src)
+        present = list(table_schema(src).names)
         missing = [c for c in self.columns if c not in present]
         if missing:
             raise ContractError(
@@ -441,7 +441,7 @@ class _Impressions:
             if manifest.feature(n).table == "impressions"
         ]
         oracle = ["p_click", "p_conversion"] if manifest.has_oracle else []
-        present = set(n for n in _schema_names(src))
+        present = set(table_schema(src).names)
         wanted = list(dict.fromkeys([*REQUEST_COLUMNS, *feats, *oracle]))
         missing = [c for c in REQUEST_COLUMNS if c not in present]
         if missing:
@@ -621,10 +621,6 @@ def _slice(path: Path, dtype, width: int, lo: int, hi: int) -> np.ndarray:
     item = np.dtype(dtype).itemsize
     a = np.fromfile(path, dtype, count=(hi - lo) * per, offset=lo * per * item)
     return a.reshape(-1, width) if width else a
-
-
-def _schema_names(src: Path) -> list[str]:
-    return list(pq.read_schema(table_files(src)[0]).names)
 
 
 def _id_dtype(*vocabs: int):
