@@ -30,6 +30,7 @@ from harness.data.rules import Rule, relabel
 from harness.data.stats import compute_stats, format_stats
 from harness.data.synth import PRESETS, generate_preset
 from harness.data.validate import errors, unreadable_files, validate
+from harness.runstore import RunStoreError
 
 
 # ---- synth -----------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ContractError, FileExistsError, FileNotFoundError) as e:
+    except (ContractError, FileExistsError, FileNotFoundError, RunStoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -9,6 +9,11 @@ impressions carry p_click / p_conversion, the oracle AUC / UAUC / logloss per sp
 
 from __future__ import annotations
 
+import errno
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +41,15 @@ from harness.metrics import split_metrics
 
 PERCENTILES = (10, 50, 90, 99)
 
-# impressions per batch: about 110 bytes a row (the batch's columns, its sort order and prior
-# keys), so 2M rows hold about 220 MB. Each batch re-reads the events' (user_id, ts) once: larger
-# batches read the events fewer times, smaller ones hold less.
+# impressions per batch: about 110 bytes a row (the batch's columns, its sorted keys and prior
+# counts), so 2M rows hold about 220 MB; also the chunk in which spilled keys are read back.
 BATCH_ROWS = 1 << 21
+
+# events per bucket of users for the prior counts (_PriorHistogram): a bucket's packed keys are
+# held at once, 8 bytes an event (64 MB) plus one row group read; a log with fewer events is one
+# bucket, held while the impressions stream by, with nothing written to disk.
+BUCKET_EVENTS = 1 << 23
+MAX_BUCKETS = 256  # spill files open at once; a larger log gets larger buckets
 
 
 TS_BITS = 34  # ts in [0, 2^34) seconds (until year 2514) packs with the user id into int64
@@ -75,46 +85,189 @@ def _round(x: float) -> float:
     return float(round(x, 6)) if np.isfinite(x) else float("nan")
 
 
-def streamed_prior_counts(
-    events_path: Path, imp_user: np.ndarray, imp_ts: np.ndarray
-) -> np.ndarray:
-    """Prior count per impression of one batch, reading events one row group at a time. Every row
-    group of a (user, ts)-sorted file is a sorted slice, so a global rank is the sum of the ranks
-    within each row group; memory stays at one row group plus the batch. The batch is ranked in
-    key order once, so each row group ranks only the impressions of its own users (a contiguous
-    slice): the work is about one rank per impression and row-group edge, not per row group."""
-    hi_key = _pack(imp_user, imp_ts)
-    order = np.argsort(hi_key, kind="stable")
-    hi, lo = hi_key[order], _pack(imp_user[order], np.zeros_like(imp_ts))
-    prior = np.zeros(hi.size, np.int64)
-    for f in table_files(events_path):
-        pf = pq.ParquetFile(f)
-        for rg in range(pf.num_row_groups):
-            t = pf.read_row_group(rg, columns=["user_id", "ts"])
-            key = _pack(t.column("user_id").to_numpy(), t.column("ts").to_numpy())
-            if not key.size:
+class _EventGroups:
+    """The events' row groups (over table_files, in order) with their rows and smallest and
+    largest user id, and the events per user id (index = user id): one read of user_id, a row
+    group at a time."""
+
+    def __init__(self, events_path: Path) -> None:
+        self.per_user = np.zeros(0, np.int64)
+        self.groups: list[tuple[Path, int, int, int, int]] = []  # file, row group, rows, min, max
+        for f in table_files(events_path):
+            pf = pq.ParquetFile(f)
+            for rg in range(pf.num_row_groups):
+                u = pf.read_row_group(rg, columns=["user_id"]).column("user_id").to_numpy()
+                if u.size:
+                    self.per_user = _add_counts(self.per_user, u)
+                    self.groups.append((f, rg, u.size, int(u.min()), int(u.max())))
+
+    def cuts(self, bucket_events: int) -> np.ndarray:
+        """The first user id of each bucket after the first: row groups in file order, a new bucket
+        at the first row group past `bucket_events` rows whose smallest user is above the last cut
+        (the events being sorted by user, a bucket is a run of row groups, one at each end shared
+        with the next or the previous when a user straddles them). A user's events never straddle
+        two buckets; only the work per bucket depends on the cuts, not the counts."""
+        cuts: list[int] = []
+        rows = 0
+        for (_, _, n, _, _), (_, _, _, next_min, _) in zip(self.groups, self.groups[1:]):
+            rows += n
+            if rows >= bucket_events and next_min > (cuts[-1] if cuts else self.groups[0][3]):
+                cuts.append(next_min)
+                rows = 0
+        return np.asarray(cuts, np.int64)
+
+
+class _Spill:
+    """Each impression batch's packed (user, ts) keys, sorted, appended to one temporary file per
+    bucket of users (8 bytes an impression on disk, under tempfile's directory: TMPDIR), then read
+    back bucket by bucket in chunks. close() removes them, whatever happened; a full disk is a
+    RunStoreError that names the space needed and where, the dataset folder untouched."""
+
+    def __init__(self, n_buckets: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="harness-stats-"))
+        self.files: list = []
+        try:
+            for k in range(n_buckets):
+                self.files.append(open(self.dir / f"{k}.bin", "wb"))
+        except BaseException:
+            self.close()
+            raise
+
+    def add(self, key: np.ndarray, bounds: np.ndarray) -> None:
+        """key sorted; bucket k gets key[bounds[k - 1]:bounds[k]] (bounds: the K - 1 inner cuts)."""
+        edges = np.r_[0, bounds, key.size]
+        with self._disk():
+            for f, a, b in zip(self.files, edges[:-1], edges[1:]):
+                if b > a:
+                    f.write(memoryview(key[a:b]))
+
+    def buckets(self, chunk: int) -> Iterator[Iterator[np.ndarray]]:
+        """For each bucket in order, its keys in chunks of at most `chunk` (sorted runs)."""
+        with self._disk():
+            for f in self.files:
+                f.close()  # flushed: a full disk shows here if not before
+        for k in range(len(self.files)):
+            yield self._chunks(self.dir / f"{k}.bin", chunk)
+
+    @staticmethod
+    def _chunks(path: Path, chunk: int) -> Iterator[np.ndarray]:
+        with open(path, "rb") as f:
+            while (key := np.fromfile(f, np.int64, chunk)).size:
+                yield key
+
+    @contextmanager
+    def _disk(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from harness.runstore import RunStoreError  # on use: the error the run path reports
+
+            raise RunStoreError(
+                f"cannot write {e.filename or self.dir}: {e.strerror} while computing the "
+                f"dataset statistics (the prior counts need about 8 bytes per impression of "
+                f"temporary space under {self.dir.parent}); free space there or set TMPDIR to a "
+                f"larger disk. The dataset was not changed and the temporary files were removed."
+            ) from e
+
+    def close(self) -> None:
+        for f in self.files:
+            try:
+                f.close()
+            except OSError:
+                pass  # a failed flush of a file about to be removed (a full disk): nothing lost
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _PriorHistogram:
+    """Impressions per prior count (the user's events strictly before the impression's ts), the
+    impressions added a batch at a time, the events read twice whatever the number of batches:
+    user_id once (_EventGroups: per-user counts and the buckets), (user_id, ts) once (a row group
+    shared by two buckets is kept for the second). Users are cut into buckets of about
+    BUCKET_EVENTS events; with one bucket its events are held and each batch is counted at once,
+    else each batch's keys are spilled to its buckets' files (_Spill) and counted bucket by
+    bucket at the end, against that bucket's events only. Memory: one batch, one bucket of events
+    and the row groups at its ends (more only when one user has more events), one chunk of
+    BATCH_ROWS spilled keys, per-user arrays. Only the histogram, the sum and the count come out:
+    no per-impression order is kept."""
+
+    def __init__(self, events: _EventGroups) -> None:
+        self.events = events
+        size = max(BUCKET_EVENTS, -(-sum(g[2] for g in events.groups) // MAX_BUCKETS))
+        self.cuts = events.cuts(size)
+        self.hist = np.zeros(0, np.int64)
+        self.sum = self.n = 0
+        self._cached: tuple[int, np.ndarray] | None = None
+        self._spill = _Spill(self.cuts.size + 1) if self.cuts.size else None
+        self._events = self._bucket_events(0) if self._spill is None else None
+
+    def __enter__(self) -> _PriorHistogram:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._spill is not None:
+            self._spill.close()
+
+    def add(self, user: np.ndarray, ts: np.ndarray) -> None:
+        key = np.sort(_pack(user, ts))
+        if self._spill is None:
+            self._count(self._events, key)
+        else:
+            self._spill.add(key, np.searchsorted(key, self.cuts << TS_BITS))
+
+    def finish(self) -> None:
+        if self._spill is None:
+            return
+        for k, chunks in enumerate(self._spill.buckets(BATCH_ROWS)):
+            events = self._bucket_events(k)
+            for key in chunks:
+                self._count(events, key)
+            del events
+
+    def _count(self, events: tuple[np.ndarray, int, np.ndarray], key: np.ndarray) -> None:
+        """Prior counts of the impressions `key` (a few sorted runs: searchsorted is fast on
+        them), from a bucket's events (_bucket_events): the rank of each key among the events
+        less the rank of its user's first event."""
+        ev_key, u0, starts = events
+        at = np.clip((key >> TS_BITS) - u0, 0, starts.size - 1)
+        prior = np.searchsorted(ev_key, key, side="left") - starts[at]
+        self.hist = _add_counts(self.hist, prior)
+        self.sum, self.n = self.sum + int(prior.sum()), self.n + prior.size
+
+    def _bucket_events(self, k: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """The packed, sorted keys of the events of the row groups whose users meet bucket k's
+        [cuts[k - 1], cuts[k]): every event of its users, and maybe some of a neighbour's at the
+        ends, which change no count (a count is a difference of two ranks within one user's
+        keys). Each row group is read once over the whole pass: the last one read is kept when
+        the next bucket needs it too. With them the first user id u0 and the rank of each user's
+        first event (_count)."""
+        lo = int(self.cuts[k - 1]) if k > 0 else None
+        hi = int(self.cuts[k]) if k < self.cuts.size else None
+        parts, cached = [], None
+        for i, (f, rg, _, umin, umax) in enumerate(self.events.groups):
+            if (lo is not None and umax < lo) or (hi is not None and umin >= hi):
                 continue
-            # an impression whose user is outside the row group ranks 0 in it (both ranks equal)
-            first_user, last_user = int(key.min()) >> TS_BITS, int(key.max()) >> TS_BITS
-            a, b = np.searchsorted(hi, [first_user << TS_BITS, (last_user + 1) << TS_BITS])
-            prior[a:b] += np.searchsorted(key, hi[a:b], side="left") - np.searchsorted(
-                key, lo[a:b], side="left"
-            )
-            del t, key  # free this row group before the next is read: one held, not two
-    out = np.empty_like(prior)
-    out[order] = prior
-    return out
-
-
-def events_per_user(events_path: Path) -> np.ndarray:
-    """Events per user id (index = user id), one row group at a time."""
-    per_user = np.zeros(0, np.int64)
-    for f in table_files(events_path):
-        pf = pq.ParquetFile(f)
-        for rg in range(pf.num_row_groups):
-            u = pf.read_row_group(rg, columns=["user_id"]).column("user_id").to_numpy()
-            per_user = _add_counts(per_user, u)
-    return per_user
+            if self._cached is not None and self._cached[0] == i:
+                key = self._cached[1]
+            else:
+                t = pq.ParquetFile(f).read_row_group(rg, columns=["user_id", "ts"])
+                key = _pack(t.column("user_id").to_numpy(), t.column("ts").to_numpy())
+                del t
+            if hi is not None and umax >= hi:
+                cached = (i, key)  # its users from hi on: the next bucket's too
+            parts.append(key)
+        self._cached = cached
+        key = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if key.size > 1 and np.any(key[1:] < key[:-1]):
+            key.sort()  # row groups out of user order (not the contract): counts stay exact
+        # rank of each user's first event, users u0 .. the last one + 1 (one per user id of the
+        # range, as the other per-user arrays); users outside the range take the nearest end,
+        # which is their rank too (0 below the first user, all of them past the last)
+        u0 = int(key[0] >> TS_BITS) if key.size else 0
+        u1 = int(key[-1] >> TS_BITS) if key.size else 0
+        users = np.arange(u0, u1 + 2, dtype=np.int64) << TS_BITS
+        return key, u0, np.searchsorted(key, users, side="left")
 
 
 def _add_counts(acc: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -219,9 +372,11 @@ class _DistinctIds:
 
 def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[str, Any]:
     """The statistics of a contract folder in bounded memory: impressions and events are read a
-    batch (a row group) at a time; what is held grows with the users (per-user counts) and the
-    longest history (the prior-count histogram), not with the rows. The oracle scores (only when
-    the impressions carry p_click) hold their five columns per split: exact AUC sorts them all."""
+    batch (a row group) at a time, the impressions once and the events twice whatever their
+    sizes (the prior counts: _PriorHistogram, which may spill 8 bytes an impression to a
+    temporary folder); what is held grows with the users (per-user counts) and the longest
+    history (the prior-count histogram), not with the rows. The oracle scores (only when the
+    impressions carry p_click) hold their five columns per split: exact AUC sorts them all."""
     folder = Path(folder)
     manifest = manifest or Manifest.load(folder)
     cols = ["request_id", "user_id", "ts", "click", "conversion", "split"]
@@ -235,34 +390,33 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
                 f"part-*.parquet); `python -m harness.data validate {folder}` lists what to fix."
             )
         table_schema(src[name])  # parts that disagree: named here, not deep in a reader
-    prior_hist = np.zeros(0, np.int64)  # impressions per prior count
     imp_per_user = np.zeros(0, np.int64)
-    prior_sum, n_imp = 0, 0
     requests = _DistinctIds()
     tally = {split: _SplitTally() for split in SPLITS}
-    # a batch re-reads the events' (user_id, ts) once: batches as large as memory allows
-    for t in table_batches(src[IMPRESSIONS], cols, BATCH_ROWS):
-        user, ts = t.column("user_id").to_numpy(), t.column("ts").to_numpy()
-        prior = streamed_prior_counts(src[EVENTS], user, ts)
-        prior_hist = _add_counts(prior_hist, prior)
-        prior_sum, n_imp = prior_sum + int(prior.sum()), n_imp + len(prior)
-        imp_per_user = _add_counts(imp_per_user, user)
-        requests.add(t.column("request_id").to_numpy())
-        split = t.column("split")
-        if pa.types.is_dictionary(split.type):
-            split = split.cast(pa.string())
-        for name, s in tally.items():
-            m = pc.fill_null(pc.equal(split, name), False).to_numpy(zero_copy_only=False)
-            if not m.any():
-                continue
-            click, conv = t.column("click").to_numpy()[m], t.column("conversion").to_numpy()[m]
-            s.add(click, conv, ts[m])
-            if manifest.has_oracle:
-                s.oracle.append(
-                    {"click": click, "conversion": conv, "user_id": user[m]}
-                    | {k: t.column(k).to_numpy()[m] for k in ("p_click", "p_conversion")}
-                )
-        del t, user, ts, prior, split  # free this batch before the next is read
+    events = _EventGroups(src[EVENTS])
+    with _PriorHistogram(events) as prior:
+        for t in table_batches(src[IMPRESSIONS], cols, BATCH_ROWS):
+            user, ts = t.column("user_id").to_numpy(), t.column("ts").to_numpy()
+            prior.add(user, ts)
+            imp_per_user = _add_counts(imp_per_user, user)
+            requests.add(t.column("request_id").to_numpy())
+            split = t.column("split")
+            if pa.types.is_dictionary(split.type):
+                split = split.cast(pa.string())
+            for name, s in tally.items():
+                m = pc.fill_null(pc.equal(split, name), False).to_numpy(zero_copy_only=False)
+                if not m.any():
+                    continue
+                click, conv = t.column("click").to_numpy()[m], t.column("conversion").to_numpy()[m]
+                s.add(click, conv, ts[m])
+                if manifest.has_oracle:
+                    s.oracle.append(
+                        {"click": click, "conversion": conv, "user_id": user[m]}
+                        | {k: t.column(k).to_numpy()[m] for k in ("p_click", "p_conversion")}
+                    )
+            del t, user, ts, split  # free this batch before the next is read
+        prior.finish()
+    prior_hist, prior_sum, n_imp = prior.hist, prior.sum, prior.n
     user_vocab = (
         manifest.feature("user_id").vocab_size
         if "user_id" in {f.name for f in manifest.features}
@@ -270,7 +424,7 @@ def compute_stats(folder: str | Path, manifest: Manifest | None = None) -> dict[
     )
     user_vocab = max(user_vocab, imp_per_user.size if n_imp else 1)
     # ids past the vocabulary are not counted (an invalid dataset: validate names them)
-    per_user_all = _fit(events_per_user(src[EVENTS]), user_vocab)
+    per_user_all = _fit(events.per_user, user_vocab)
     n_users = (
         n_rows(src[USERS])
         if src[USERS] is not None
