@@ -1,4 +1,5 @@
-"""The streaming taobao engine (engine=duckdb, converters/stream.py) against the in-memory one:
+"""The streaming taobao engine (engine=duckdb, converters/stream.py) against the in-memory one
+(Tmall and MovieLens: tests/test_data_stream_logs.py, with these helpers):
 everything deterministic row for row (events, items, positives, requests, splits, the manifest),
 the negatives by their rules and distributions, reruns identical, the errors clear."""
 
@@ -44,18 +45,25 @@ def table(folder: Path, name: str) -> pd.DataFrame:
 
 def per_request(im: pd.DataFrame) -> pd.DataFrame:
     g = im.groupby("request_id")
-    return pd.DataFrame(
-        {
-            "user_id": g.user_id.first(),
-            "ts": g.ts.first(),
-            "rows": g.size(),
-            "clicks": g.click.sum(),
-            "conversions": g.conversion.sum(),
-            "split": g.split.first(),
-            "hour": g.hour.first(),
-            "weekday": g.weekday.first(),
-        }
-    )
+    cols = {
+        "user_id": g.user_id.first(),
+        "ts": g.ts.first(),
+        "rows": g.size(),
+        "clicks": g.click.sum(),
+        "conversions": g.conversion.sum(),
+        "split": g.split.first(),
+        "weekday": g.weekday.first(),
+    }
+    if "hour" in im:  # not in a day-resolution log (Tmall)
+        cols["hour"] = g.hour.first()
+    return pd.DataFrame(cols)
+
+
+def logged(im: pd.DataFrame, ev: pd.DataFrame) -> np.ndarray:
+    """The impressions that are not sampled negatives: a (user, item) pair of the events (every
+    positive; in MovieLens every rating, click or not). A sampled negative never is one."""
+    n = int(max(ev.item_id.max(), im.item_id.max())) + 1
+    return np.isin(im.user_id.to_numpy() * n + im.item_id.to_numpy(), ev.user_id * n + ev.item_id)
 
 
 def assert_same_contract(mem: Path, st: Path, neg_ratio: int) -> None:
@@ -65,15 +73,19 @@ def assert_same_contract(mem: Path, st: Path, neg_ratio: int) -> None:
     assert man_mem == man_st  # stats, split times, vocabularies, labels
     ev = table(mem, "events.parquet")
     pd.testing.assert_frame_equal(ev, table(st, "events.parquet"))
-    pd.testing.assert_frame_equal(table(mem, "items.parquet"), table(st, "items.parquet"))
+    for side in ("items.parquet", "users.parquet"):
+        assert (mem / side).exists() == (st / side).exists()
+        if (mem / side).exists():
+            pd.testing.assert_frame_equal(table(mem, side), table(st, side))
     im_mem, im_st = table(mem, "impressions.parquet"), table(st, "impressions.parquet")
     assert list(im_mem.columns) == list(im_st.columns)
     assert list(im_mem.dtypes) == list(im_st.dtypes)
-    pos = [im[im.click == 1].reset_index(drop=True) for im in (im_mem, im_st)]
+    pos = [im[logged(im, ev)].reset_index(drop=True) for im in (im_mem, im_st)]
     pd.testing.assert_frame_equal(*pos)  # positives, their labels, requests, item_pop, split
     pd.testing.assert_frame_equal(per_request(im_mem), per_request(im_st))
     # the streamed negatives: never an item of the user, item_pop the as-of count of the item
-    neg = im_st[im_st.click == 0]
+    neg = im_st[~logged(im_st, ev)]
+    assert (neg.click == 0).all() and (neg.conversion == 0).all()
     assert len(neg) == neg_ratio * len(pos[1])
     seen = set(zip(ev.user_id, ev.item_id))
     assert not any((u, i) in seen for u, i in zip(neg.user_id, neg.item_id))

@@ -44,6 +44,16 @@ def lookup(raw: np.ndarray, uniq: np.ndarray) -> np.ndarray:
 
 
 NEGATIVES = ("popularity", "popularity_asof", "uniform")
+ENGINES = ("pandas", "duckdb")  # in memory (the default); streamed in bounded memory (stream.py)
+
+
+def check_engine(source: str, engine: str) -> None:
+    """A converter's `engine` option, or an error naming the option and the valid values."""
+    if engine not in ENGINES:
+        raise ValueError(
+            f"{source}: --opt engine={engine!r} is not an engine; use --opt engine=pandas (in "
+            f"memory, the default) or --opt engine=duckdb (bounded memory, for large logs)."
+        )
 
 
 @dataclass(frozen=True)

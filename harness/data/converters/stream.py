@@ -1,6 +1,7 @@
-"""The out-of-core conversion engine (`--opt engine=duckdb`): the Taobao UserBehavior log to a
-contract folder in memory bounded independently of the log's length (docs/converters.md, "Large
-logs").
+"""The out-of-core conversion engine (`--opt engine=duckdb`): a raw log (Taobao UserBehavior, Tmall
+2014, MovieLens) to a contract folder in memory bounded independently of the log's length
+(docs/converters.md, "Large logs"). Each format's reader, which loads the raw files into the
+database's `ev` and `pos` tables, is in converters/stream_logs.py; this module is the shared tail.
 
 DuckDB does what needs the whole log at once: parse the CSV, remap the ids, sort, group and join;
 its sorts, group-bys and joins spill to a temporary directory past `memory_limit`. Python does what
@@ -38,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS
+from harness.data.contract import EVENTS, IMPRESSIONS, ITEMS, USERS
 from harness.data.converters.common import (
     LogDescription,
     SplitCounts,
@@ -306,12 +307,8 @@ class PartWriter:
         self.close()
 
 
-def write_events(con, folder: Path) -> None:
-    """events/part-*.parquet sorted by (user_id, ts, item_id, behavior), the in-memory order."""
-    sql = (
-        "SELECT e.user_id, e.ts, e.behavior, e.item_id, i.category FROM ev e "
-        "JOIN item_cat i USING (item_id) ORDER BY e.user_id, e.ts, e.item_id, e.behavior"
-    )
+def write_events(con, folder: Path, sql: str) -> None:
+    """events/part-*.parquet: the rows of `sql` (the log's events in the in-memory order)."""
     with PartWriter(folder) as out:
         for c in chunks(con, sql):
             out.write(pa.table(c))
@@ -344,9 +341,9 @@ def write_impressions(
     context, item_pop and the split; the split counts summed for the manifest."""
     sql = (
         "SELECT user_id, ts, item_id, click, conversion FROM ("
-        "SELECT user_id, ts, item_id, 1::BIGINT AS click, conversion FROM pos UNION ALL "
-        "SELECT user_id, ts, item_id, 0::BIGINT, 0::BIGINT FROM neg"
-        ") ORDER BY ts, user_id, item_id, click"
+        "SELECT user_id, ts, item_id, click, conversion, ord FROM pos UNION ALL "
+        "SELECT user_id, ts, item_id, 0::BIGINT, 0::BIGINT, 0::BIGINT FROM neg"
+        ") ORDER BY ts, user_id, item_id, click, ord"
     )
     # Both orders are materialised first, one sort at a time, then read by plain scans (which keep
     # insertion order): two ORDER BY streams open together hold both sorts at once, and on DuckDB
@@ -382,108 +379,37 @@ def write_impressions(
     return st
 
 
-# ---- the taobao log ------------------------------------------------------------------------------
-def read_raw(con, csv: Path, behaviors: dict[str, int]) -> dict:
-    """Table `clean` (the complete rows of the users without an incomplete row) from the CSV, and
-    what was dropped: the in-memory `taobao.read_log`'s rule and report."""
-    con.execute(
-        "CREATE TABLE raw AS SELECT * FROM read_csv(?, header = false, delim = ',', "
-        "auto_detect = false, null_padding = true, columns = {'raw_user': 'BIGINT', "
-        "'raw_item': 'BIGINT', 'raw_category': 'BIGINT', 'behavior': 'VARCHAR', 'ts': 'BIGINT'})",
-        [str(csv)],
-    )
-    broken = (
-        "(raw_user IS NULL OR raw_item IS NULL OR raw_category IS NULL OR behavior IS NULL "
-        "OR ts IS NULL)"
-    )
-    known = ", ".join(f"'{b}'" for b in behaviors)
-    unknown = con.execute(
-        f"SELECT count(*) FROM raw WHERE NOT {broken} AND behavior NOT IN ({known})"
-    ).fetchone()[0]
-    if unknown:
-        raise ValueError(unknown_behavior_message(csv, behaviors))
-    bad = con.execute(
-        f"SELECT DISTINCT raw_user FROM raw WHERE {broken} AND raw_user IS NOT NULL ORDER BY raw_user"
-    ).fetchnumpy()["raw_user"]
-    con.execute(
-        f"CREATE VIEW clean AS SELECT * FROM raw WHERE NOT {broken} "
-        f"AND raw_user NOT IN (SELECT raw_user FROM raw WHERE {broken} AND raw_user IS NOT NULL)"
-    )
-    complete, users, broken_rows, bad_rows = con.execute(
-        f"SELECT count(*) FILTER (NOT {broken}), count(DISTINCT raw_user) FILTER (NOT {broken}), "
-        f"count(*) FILTER ({broken}), count(*) FILTER (NOT {broken} AND raw_user IN "
-        f"(SELECT raw_user FROM raw WHERE {broken} AND raw_user IS NOT NULL)) FROM raw"
-    ).fetchone()
-    return {
-        "raw_rows_complete": int(complete),
-        "raw_users": int(users),
-        "dropped_incomplete_rows": int(broken_rows),
-        "dropped_users": [int(u) for u in bad],
-        "dropped_user_rows": int(bad_rows),
-    }
+# ---- one log through the engine ------------------------------------------------------------------
+@dataclass
+class StreamLog:
+    """A log loaded into the database by its reader (converters/stream_logs.py): tables
+    `ev(user_id, ts, behavior, item_id, ...)`, every event with remapped ids, and `pos(user_id,
+    ts, item_id, click, conversion, ord)`, the logged impressions (`ord` breaks ties of equal
+    (ts, user_id, item_id, click) rows as the in-memory engine's stable sort does; 0 where there
+    are none); and what the converter says of the log, item- and user-sized tables only."""
+
+    n_users: int
+    n_items: int
+    log: LogDescription
+    events_sql: str  # the events table's rows and columns, in the contract's order (ORDER BY)
+    items: pd.DataFrame | None = None
+    users: pd.DataFrame | None = None
+    extra_stats: dict = field(default_factory=dict)
 
 
-def unknown_behavior_message(csv: Path, behaviors: dict[str, int]) -> str:
-    """The in-memory engine's message (the first such row, 1-based), found by reading the file in
-    chunks: an error path, so a second read is fine."""
-    names = ["user", "item", "category", "behavior", "ts"]
-    offset = 0
-    for df in pd.read_csv(csv, header=None, names=names, dtype={"behavior": str}, chunksize=CHUNK):
-        bad = ~df.behavior.isin(list(behaviors)) & ~df.isna().any(axis=1)
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            return (
-                f"{csv}: row {offset + i + 1} has behavior {df.behavior.iloc[i]!r}; "
-                f"expected one of {list(behaviors)}."
-            )
-        offset += len(df)
-    return f"{csv}: a row has an unknown behavior; expected one of {list(behaviors)}."
+def settings_for(
+    source: str, memory_limit: str, threads: int | None, temp_dir: str | None
+) -> StreamSettings:
+    """The engine's options of a converter's `convert`, checked (errors name `source`)."""
+    settings = StreamSettings(memory_limit, threads, Path(temp_dir) if temp_dir else None)
+    settings.check(source)
+    return settings
 
 
-def build_tables(con, behaviors: dict[str, int]) -> tuple[int, int, int]:
-    """Tables `ev` (remapped events), `item_cat` (each item's category) and `pos` (positives with
-    their conversion label), as taobao.convert builds them in memory; (users, items, categories)."""
-    for col, ident in (("user", "user_id"), ("item", "item_id"), ("category", "category_id")):
-        # raw id -> 1-based rank of the raw id (common.remap)
-        con.execute(
-            f"CREATE TABLE map_{col} AS SELECT raw_{col}, row_number() OVER (ORDER BY raw_{col}) "
-            f"AS {ident} FROM (SELECT DISTINCT raw_{col} FROM clean)"
-        )
-    case = " ".join(f"WHEN '{b}' THEN {i}" for b, i in behaviors.items())
-    con.execute(
-        f"CREATE TABLE ev AS SELECT u.user_id, c.ts, (CASE c.behavior {case} END)::BIGINT AS "
-        f"behavior, i.item_id, k.category_id FROM clean c JOIN map_user u ON c.raw_user = u.raw_user "
-        f"JOIN map_item i ON c.raw_item = i.raw_item "
-        f"JOIN map_category k ON c.raw_category = k.raw_category"
-    )
-    # one category per item: the most frequent in the log, ties -> smallest id
-    con.execute(
-        "CREATE TABLE item_cat AS SELECT item_id, first(category_id ORDER BY n DESC, category_id) "
-        "AS category FROM (SELECT item_id, category_id, count(*) AS n FROM ev GROUP BY ALL) "
-        "GROUP BY item_id ORDER BY item_id"
-    )
-    # positives: distinct (user, ts, item) page views; converted when the user buys the item at
-    # or after the view (a last buy at or after it)
-    con.execute(
-        "CREATE TABLE pos AS SELECT p.user_id, p.ts, p.item_id, "
-        "(b.last_buy IS NOT NULL AND p.ts <= b.last_buy)::BIGINT AS conversion "
-        "FROM (SELECT DISTINCT user_id, ts, item_id FROM ev WHERE behavior = 1) p "
-        "LEFT JOIN (SELECT user_id, item_id, max(ts) AS last_buy FROM ev WHERE behavior = 4 "
-        "GROUP BY ALL) b ON p.user_id = b.user_id AND p.item_id = b.item_id"
-    )
-    con.execute("DROP VIEW clean")
-    con.execute("DROP TABLE raw")
-    n = [con.execute(f"SELECT count(*) FROM map_{c}").fetchone()[0] for c in ("user", "item")]
-    cats = con.execute("SELECT count(*) FROM map_category").fetchone()[0]
-    return int(n[0]), int(n[1]), int(cats)
-
-
-def convert_taobao(
-    csv: Path,
+def convert_stream(
     out: Path,
+    load,
     *,
-    describe,
-    behaviors: dict[str, int],
     context: TimeContext,
     neg_ratio: int,
     negatives: str,
@@ -494,8 +420,8 @@ def convert_taobao(
     overwrite: bool,
     settings: StreamSettings,
 ) -> Path:
-    """The taobao converter on DuckDB. `describe(n_categories) -> LogDescription` is the in-memory
-    converter's own description of the log, so both engines write the same manifest."""
+    """A converter on DuckDB: `load(con) -> StreamLog` reads the raw log into the database, then
+    the shared tail (common.finish_conversion's steps, streamed) writes the contract folder."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(
@@ -510,11 +436,9 @@ def convert_taobao(
     con = connect(work, settings)
     try:
         progress = Progress()
-        info = read_raw(con, csv, behaviors)
-        progress("read the CSV")
-        n_users, n_items, n_cats = build_tables(con, behaviors)
-        progress("events, items and positives tables")
-        log: LogDescription = describe(n_cats)
+        log: StreamLog = load(con)
+        progress("the log read: events and positives tables")
+        n_items = log.n_items
         sample_negatives(
             con, work, neg_ratio=neg_ratio, negatives=negatives, n_items=n_items, seed=seed
         )
@@ -528,7 +452,7 @@ def convert_taobao(
             return con.execute(q).fetchone()[0]
 
         val_start, test_start = split_times(ts_at, n_pos * (1 + neg_ratio), val_frac, test_frac)
-        write_events(con, tmp / EVENTS.removesuffix(".parquet"))
+        write_events(con, tmp / EVENTS.removesuffix(".parquet"), log.events_sql)
         progress("events/ written")
         st = write_impressions(
             con,
@@ -540,12 +464,16 @@ def convert_taobao(
             test_start=test_start,
         )
         progress("impressions/ written")
-        items = con.execute("SELECT item_id, category FROM item_cat ORDER BY item_id").df()
-        items.to_parquet(tmp / ITEMS, index=False)
+        if log.users is not None:
+            log.users.to_parquet(tmp / USERS, index=False)
+        if log.items is not None:
+            log.items.to_parquet(tmp / ITEMS, index=False)
         pop = (ITEM_POP,) if item_pop else ()
-        manifest = build_manifest(log, n_users, n_items, context, pop, val_start, test_start)
-        stats = events_stats(con, manifest, n_users, n_items, st, n_pos * (1 + neg_ratio))
-        replace(manifest, stats={**stats, "source_rows": info}).save(tmp)
+        manifest = build_manifest(
+            log.log, log.n_users, n_items, context, pop, val_start, test_start
+        )
+        stats = events_stats(con, manifest, st, n_pos * (1 + neg_ratio))
+        replace(manifest, stats={**stats, **log.extra_stats}).save(tmp)
         con.close()
         if out.exists():
             shutil.rmtree(out)
@@ -576,11 +504,14 @@ class Progress:
         self.t = now
 
 
-def events_stats(con, manifest, n_users: int, n_items: int, st: ImpressionState, n_im: int):
-    """The manifest's stats (common.format_stats) from DuckDB's counts and the impression pass."""
+def events_stats(con, manifest, st: ImpressionState, n_im: int):
+    """The manifest's stats (common.format_stats) from DuckDB's counts and the impression pass:
+    users and items as the distinct ids of the events (MovieLens lists items nobody rated)."""
     beh = con.execute("SELECT behavior, count(*) AS n FROM ev GROUP BY behavior").fetchnumpy()
     per_user = con.execute("SELECT count(*) AS n FROM ev GROUP BY user_id").fetchnumpy()["n"]
-    n_events = con.execute("SELECT count(*) FROM ev").fetchone()[0]
+    n_events, n_users, n_items = con.execute(
+        "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM ev"
+    ).fetchone()
     return format_stats(
         manifest,
         events=n_events,

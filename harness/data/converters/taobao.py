@@ -25,6 +25,7 @@ from harness.data.converters.common import (
     NEGATIVES,
     LogDescription,
     TimeContext,
+    check_engine,
     finish_conversion,
     need_file,
     popularity_weights,
@@ -36,7 +37,6 @@ BEHAVIORS = {"pv": 1, "fav": 2, "cart": 3, "buy": 4}
 NAMES = ("click", "fav", "cart", "buy")  # pv is the publisher's "click"
 BEIJING = 8  # UTC offset of the source, for the hour-of-day context
 CONTEXT = TimeContext(utc_offset_h=BEIJING, hour_description="hour of day, Beijing time")
-ENGINES = ("pandas", "duckdb")
 
 
 def read_log(path: Path) -> tuple[pd.DataFrame, dict]:
@@ -91,28 +91,19 @@ def convert(
     chunks of 1M rows in Python; `threads`: DuckDB's, default every core)."""
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
-    if engine not in ENGINES:
-        raise ValueError(
-            f"taobao: --opt engine={engine!r} is not an engine; use --opt engine=pandas (in "
-            f"memory, the default) or --opt engine=duckdb (bounded memory, for large logs)."
-        )
+    check_engine("taobao", engine)
     csv = need_file(Path(raw), "UserBehavior.csv")
 
     def describe(n_categories: int) -> LogDescription:
         return description(raw, n_categories, neg_ratio, negatives, seed, item_pop)
 
     if engine == "duckdb":
-        from harness.data.converters import stream  # pyarrow and DuckDB only when asked for
+        # pyarrow and DuckDB only when asked for
+        from harness.data.converters import stream, stream_logs
 
-        settings = stream.StreamSettings(
-            memory_limit, threads, Path(temp_dir) if temp_dir else None
-        )
-        settings.check("taobao")
-        return stream.convert_taobao(
-            csv,
+        return stream.convert_stream(
             out,
-            describe=describe,
-            behaviors=BEHAVIORS,
+            lambda con: stream_logs.load_taobao(con, csv, BEHAVIORS, describe),
             context=CONTEXT,
             neg_ratio=neg_ratio,
             negatives=negatives,
@@ -121,7 +112,7 @@ def convert(
             seed=seed,
             item_pop=item_pop,
             overwrite=overwrite,
-            settings=settings,
+            settings=stream.settings_for("taobao", memory_limit, threads, temp_dir),
         )
     df, info = read_log(csv)
     df["user_id"], user_uniq = remap(df.user.to_numpy())

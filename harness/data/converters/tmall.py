@@ -7,6 +7,9 @@ stable documented tie-break. Each distinct (user, day, brand) click is a positiv
 request (user, day); `neg_ratio` brands per positive are sampled (popularity-weighted by default)
 from brands the user never touched; conversion = the user buys the brand on that day or later
 (click-then-buy). See docs/converters.md.
+
+Two engines, as taobao.py: `engine="pandas"` (the default, in memory) and `engine="duckdb"`
+(converters/stream.py, bounded memory; same rows, negatives from the same distributions).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from harness.data.converters.common import (
     NEGATIVES,
     LogDescription,
     TimeContext,
+    check_engine,
     finish_conversion,
     need_file,
     popularity_weights,
@@ -30,6 +34,23 @@ from harness.data.converters.common import (
 TYPE_TO_BEHAVIOR = {0: 1, 2: 2, 3: 3, 1: 4}  # source type -> behaviour id, in rising intent
 NAMES = ("click", "collect", "cart", "buy")
 YEAR = 2014
+CONTEXT = TimeContext(hour=False)  # day resolution: no hour of day
+
+
+COLUMNS = ("user_id", "brand_id", "type", "visit_datetime")
+
+
+def header_message(path: Path, header: list[str]) -> str:
+    return f"{path}: header {header}; expected {list(COLUMNS)} (Tmall 2014 t_alibaba_data.csv)."
+
+
+def date_message(path: Path, i: int, value) -> str:
+    """The error of data row `i` (0-based; row i + 2 of the file, after the header)."""
+    return f"{path}: row {i + 2} visit_datetime = {value!r}; expected 'M-D'."
+
+
+def type_message(path: Path, i: int, value) -> str:
+    return f"{path}: row {i + 2} type = {value}; expected one of {sorted(TYPE_TO_BEHAVIOR)}."
 
 
 def read_log(path: Path) -> pd.DataFrame:
@@ -37,25 +58,18 @@ def read_log(path: Path) -> pd.DataFrame:
         path,
         dtype={"user_id": np.int64, "brand_id": np.int64, "type": np.int64, "visit_datetime": str},
     )
-    need = ["user_id", "brand_id", "type", "visit_datetime"]
-    if list(df.columns[:4]) != need:
-        raise ValueError(
-            f"{path}: header {list(df.columns)}; expected {need} (Tmall 2014 t_alibaba_data.csv)."
-        )
+    if list(df.columns[:4]) != list(COLUMNS):
+        raise ValueError(header_message(path, list(df.columns)))
     md = df.visit_datetime.str.extract(r"^\s*(\d{1,2})-(\d{1,2})\s*$")
     if md.isna().any(axis=None):
         i = int(np.flatnonzero(md.isna().any(axis=1).to_numpy())[0])
-        raise ValueError(
-            f"{path}: row {i + 2} visit_datetime = {df.visit_datetime.iloc[i]!r}; expected 'M-D'."
-        )
+        raise ValueError(date_message(path, i, df.visit_datetime.iloc[i]))
     dates = pd.to_datetime({"year": YEAR, "month": md[0].astype(int), "day": md[1].astype(int)})
     df["ts"] = (dates - pd.Timestamp("1970-01-01")).dt.total_seconds().astype(np.int64)
     bad = ~df.type.isin(list(TYPE_TO_BEHAVIOR))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{path}: row {i + 2} type = {df.type.iloc[i]}; expected one of {sorted(TYPE_TO_BEHAVIOR)}."
-        )
+        raise ValueError(type_message(path, i, df.type.iloc[i]))
     return df
 
 
@@ -70,10 +84,44 @@ def convert(
     seed: int = 0,
     item_pop: bool = True,
     overwrite: bool = False,
+    engine: str = "pandas",
+    memory_limit: str = "4GB",
+    threads: int | None = None,
+    temp_dir: str | None = None,
 ) -> Path:
+    """`engine`: "pandas" (in memory, the default) or "duckdb" (bounded memory, as taobao.convert:
+    `memory_limit`, `threads` and `temp_dir` are DuckDB's; docs/converters.md, "Large logs")."""
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
-    df = read_log(need_file(Path(raw), "t_alibaba_data.csv"))
+    check_engine("tmall", engine)
+    csv = need_file(Path(raw), "t_alibaba_data.csv")
+    log = description(raw, neg_ratio, negatives, seed, item_pop)
+    if engine == "duckdb":
+        # pyarrow and DuckDB only when asked for
+        from harness.data.converters import stream, stream_logs
+
+        return stream.convert_stream(
+            out,
+            lambda con: stream_logs.load_tmall(
+                con,
+                csv,
+                log,
+                columns=COLUMNS,
+                type_to_behavior=TYPE_TO_BEHAVIOR,
+                year=YEAR,
+                messages=(header_message, date_message, type_message),
+            ),
+            context=CONTEXT,
+            neg_ratio=neg_ratio,
+            negatives=negatives,
+            val_frac=val_frac,
+            test_frac=test_frac,
+            seed=seed,
+            item_pop=item_pop,
+            overwrite=overwrite,
+            settings=stream.settings_for("tmall", memory_limit, threads, temp_dir),
+        )
+    df = read_log(csv)
     df["uid"], user_uniq = remap(df.user_id.to_numpy())
     df["item_id"], item_uniq = remap(df.brand_id.to_numpy())
     n_items = len(item_uniq)
@@ -103,7 +151,29 @@ def convert(
         }
     ).reset_index(drop=True)
     weights = popularity_weights(events, n_items, negatives)
-    log = LogDescription(
+    return finish_conversion(
+        out,
+        log,
+        events=events,
+        positives=pos,
+        n_users=len(user_uniq),
+        n_items=n_items,
+        neg_ratio=neg_ratio,
+        weights=weights,
+        seed=seed,
+        context=CONTEXT,
+        item_pop=item_pop,
+        val_frac=val_frac,
+        test_frac=test_frac,
+        overwrite=overwrite,
+    )
+
+
+def description(
+    raw: Path, neg_ratio: int, negatives: str, seed: int, item_pop: bool
+) -> LogDescription:
+    """What the converter says of the log (both engines)."""
+    return LogDescription(
         name="tmall-2014",
         source=f"Tmall 2014 brand log ({raw})",
         side_fields=(),
@@ -120,20 +190,4 @@ def convert(
             "item_pop": item_pop,
         },
         notes="Items are brands; ts is the day (00:00 UTC, year 2014). See docs/converters.md.",
-    )
-    return finish_conversion(
-        out,
-        log,
-        events=events,
-        positives=pos,
-        n_users=len(user_uniq),
-        n_items=n_items,
-        neg_ratio=neg_ratio,
-        weights=weights,
-        seed=seed,
-        context=TimeContext(hour=False),  # day resolution: no hour of day
-        item_pop=item_pop,
-        val_frac=val_frac,
-        test_frac=test_frac,
-        overwrite=overwrite,
     )
