@@ -67,9 +67,14 @@ class OneTransParts(Protocol):
         """(B, L_NS, d) NS-tokens from the per-impression tensors (req_index points into seq)."""
 
     def heads(
-        self, ns_final: Tensor, s_final: Tensor | None, s_mask: Tensor | None
+        self,
+        ns_final: Tensor,
+        s_final: Tensor | None,
+        s_mask: Tensor | None,
+        imp: dict[str, Tensor],
     ) -> dict[str, Tensor]:
-        """Task logits {"ctr", "cvr"} (B,) from the final NS rows (and surviving S rows, if any)."""
+        """Task logits {"ctr", "cvr"} (B,) from the final NS rows (and surviving S rows, if any);
+        imp: the impressions' tensors, for a head that reads features directly (a wide logit)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,8 +191,8 @@ def stage_two(
         else:
             y = run(y, cache.keys[n], cache.values[n])
     if cache.s_final.shape[1]:
-        return parts.heads(y, cache.s_final[req_index], cache.s_final_mask[req_index])
-    return parts.heads(y, None, None)
+        return parts.heads(y, cache.s_final[req_index], cache.s_final_mask[req_index], imp)
+    return parts.heads(y, None, None, imp)
 
 
 def _split(batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -534,8 +539,14 @@ class _OneTransAdapter:
         return self.model.ns_tok(imp)
 
     def heads(
-        self, ns_final: Tensor, s_final: Tensor | None, s_mask: Tensor | None
+        self,
+        ns_final: Tensor,
+        s_final: Tensor | None,
+        s_mask: Tensor | None,
+        imp: dict[str, Tensor],
     ) -> dict[str, Tensor]:
         if s_final is None:  # no S row left (pyramid reading A)
-            return self.model.head_logits(self.model.final_tokens(ns_final[:, :0], ns_final))
-        return self.model.head_logits(self.model.final_tokens(s_final, ns_final, s_mask))
+            h = self.model.final_tokens(ns_final[:, :0], ns_final)
+        else:
+            h = self.model.final_tokens(s_final, ns_final, s_mask)
+        return self.model.head_logits(h, imp["ns_num"])  # ns_num: the wide logit, when on

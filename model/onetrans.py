@@ -70,6 +70,12 @@ class Config:
     # scaled cosines, bounded by sqrt(head_dim), so a candidate/event match is a large logit from the
     # start and a high learning rate cannot blow the logits up (docs/learning-history.md, section 11)
     qk_norm: bool = False
+    # a zero-initialised linear logit per task over the NS numeric features, added to the task
+    # towers' logits (a "wide" path; not in the paper). The towers read the final RMSNorm's output,
+    # which is scale-invariant per token, so a numeric that drifts past its train range (an item's
+    # popularity so far grows through a log) reaches them only as a direction; a linear logit
+    # extrapolates it as a logistic regression does (docs/learning-history.md section 19)
+    wide_numeric: bool = False
     type_emb_init_std: float = 0.02  # init std of the type / gap embeddings (1.0 = nn.Embedding's)
     # --- block (Table 3 "block" rows)
     mixed_params: bool = True  # ablation False: one parameter set for all tokens
@@ -653,6 +659,11 @@ class OneTrans(RankingModel):
                 for t in TASKS
             }
         )
+        self.wide = None
+        if cfg.wide_numeric and spec.n_num:
+            self.wide = nn.Linear(spec.n_num, len(TASKS))
+            nn.init.zeros_(self.wide.weight)  # starts as the towers alone
+            nn.init.zeros_(self.wide.bias)
         self.attention_decision: tuple[str, str] | None = None
         self.fused_ops = fused_ops
         for (
@@ -765,10 +776,19 @@ class OneTrans(RankingModel):
             x_s = F.pad(x_s, (0, 0, self.n_final - x_ns.shape[1] - x_s.shape[1], 0))
         return self.final_norm(torch.cat([x_s, x_ns], 1))
 
-    def head_logits(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{task: logits (B,)} from the final tokens (B, n_final, d): each task tower reads them all."""
+    def head_logits(
+        self, h: torch.Tensor, ns_num: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """{task: logits (B,)} from the final tokens (B, n_final, d): each task tower reads them all;
+        with wide_numeric, plus the linear logit over the impressions' numerics ns_num (B, n_num)."""
         h = h.flatten(1)
-        return {t: head(h).squeeze(-1).float() for t, head in self.heads.items()}
+        out = {t: head(h).squeeze(-1).float() for t, head in self.heads.items()}
+        if self.wide is None:
+            return out
+        if ns_num is None:
+            raise ValueError("onetrans Config.wide_numeric: head_logits needs the batch's ns_num")
+        wide = self.wide(ns_num.to(self.wide.weight.dtype)).float()
+        return {t: out[t] + wide[:, i] for i, t in enumerate(TASKS)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x_s, valid_s, x_ns = self.tokenize(batch)
@@ -779,7 +799,7 @@ class OneTrans(RankingModel):
             # The S side per impression (the paper's un-optimised behaviour); the tokenizer above
             # ran once per request, which is exact because S-tokens depend on the sequence only.
             h = self.encode(x_s[idx], valid_s[idx], x_ns)
-        return self.head_logits(h)
+        return self.head_logits(h, batch["ns_num"])
 
     def _check(self, batch: dict[str, torch.Tensor]) -> None:
         """Shape checks only (no host-device sync): a wrong batch fails here, naming the field."""
@@ -837,6 +857,8 @@ class OneTrans(RankingModel):
             linear_flops(1, self.n_final * cfg.d_model, cfg.head_hidden)
             + linear_flops(1, cfg.head_hidden, 1)
         )
+        if self.wide is not None:
+            heads += linear_flops(1, self.wide.in_features, self.wide.out_features)
         fwd = tok + blocks + heads
         return {
             "forward": fwd,

@@ -138,7 +138,7 @@ class ToyOneTrans(nn.Module):
         flat = torch.cat([cand, *cats, imp["ns_num"]], -1)
         return self.ns_mlp(flat).reshape(-1, self.n_ns, self.d)
 
-    def heads(self, ns_final: Tensor, s_final, s_mask) -> dict[str, Tensor]:
+    def heads(self, ns_final: Tensor, s_final, s_mask, imp) -> dict[str, Tensor]:
         out = self.head(ns_final.flatten(1))
         return {"ctr": out[:, 0], "cvr": out[:, 1]}
 
@@ -154,4 +154,4 @@ class ToyOneTrans(nn.Module):
             keep = min(layer.keep_s, n_s)
             x = layer.full(x, n_s, key_mask, keep)
             mask, n_s = mask[:, mask.shape[1] - keep :], keep
-        return self.heads(x[:, n_s:], None, None)
+        return self.heads(x[:, n_s:], None, None, batch)

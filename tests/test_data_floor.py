@@ -172,3 +172,35 @@ def test_sweep_writes_floor_json_and_results_say_below(planted, tmp_path):
     assert "floor ctr_auc" in text and "(model below)" in text
     assert "below the count-feature floor" in text and f"len8 {-0.1:+.4f}" in text
     assert "len2 " not in text.split("below the count-feature floor")[1]
+
+
+def test_window_split_script_splits_the_floor_by_window(planted):
+    """scripts/window_split.py --floor: the whole-split AUC is the floor's own, and the split parts
+    are the AUCs they claim (recomputed here from the floor's features and a fresh fit)."""
+    import importlib.util
+
+    from harness.data.floor import floor_at
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "window_split.py"
+    spec = importlib.util.spec_from_file_location("window_split", path)
+    ws = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ws)
+    rule, _ = planted
+    got = ws.floor_split(rule, 8)
+    feats = FloorFeatures(rule, [8])
+    ref = floor_at(feats, 8)
+    hit = feats.counts(8)[:, feats.names.index("item_in_window")] > 0
+    for split in ("val", "test"):
+        assert got[split]["auc"] == pytest.approx(ref[split]["ctr_auc"], abs=1e-4)
+        s = feats.split == split
+        assert got[split]["share_in"] == pytest.approx(hit[s & (feats.click == 1)].mean(), abs=1e-4)
+        assert 0.0 <= got[split]["auc_out"] <= 1.0 and 0.0 <= got[split]["auc_in"] <= 1.0
+    # split_aucs on a hand-made case: in-window positives all above every negative -> auc_in 1
+    y = np.array([1, 1, 0, 0, 1, 0])
+    score = np.array([5.0, 4.0, 1.0, 2.0, 0.5, 3.0])
+    hit = np.array([True, True, False, False, False, False])
+    out = ws.split_aucs(y, score, hit)
+    assert out["auc_in"] == 1.0 and out["share_in"] == pytest.approx(2 / 3, abs=1e-4)
+    assert (
+        out["auc_out"] == 0.0
+    )  # the one out-of-window positive (0.5) is below all three negatives

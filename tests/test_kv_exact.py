@@ -126,6 +126,25 @@ def test_full_attention_refused():
         onetrans_parts(model)
 
 
+@pytest.mark.parametrize("pyramid_end", ["A", "B"])
+def test_cached_equals_full_with_the_wide_numeric_logit(pyramid_end):
+    """wide_numeric: the cache's heads add the same linear logit over ns_num (trained-looking,
+    non-zero weights: at initialisation the map is zero and would pass without it)."""
+    spec = tiny_spec(seq_len=24)
+    model = make_model(
+        "onetrans", spec, pyramid=True, seed=6, wide_numeric=True, pyramid_end=pyramid_end
+    )
+    with torch.no_grad():
+        model.wide.weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+        model.wide.bias.fill_(0.3)
+        batch = _batch(spec, 3, 5, seed=41)
+        ref, got = model(batch), _cached(model, batch)
+        plain = dict(batch, ns_num=torch.zeros_like(batch["ns_num"]))
+        assert (model(plain)["ctr"] - ref["ctr"]).abs().max() > 1e-2  # the wide logit matters here
+    for t in ("ctr", "cvr"):
+        torch.testing.assert_close(got[t], ref[t], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", KIND_PARAMS)
 @pytest.mark.parametrize("pyramid", [False, True])
 def test_request_level_training_same_loss_and_grads(kind, pyramid):

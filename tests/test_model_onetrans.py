@@ -245,6 +245,7 @@ def test_intent_order_groups_by_intent_keeps_time_order_and_left_padding():
         {"out_proj": "shared"},
         {"mixed_params": False},
         {"gap_embedding": True},
+        {"wide_numeric": True},
         {"prune_first_layer": False},
         {"pyramid": False},
     ],
@@ -379,3 +380,33 @@ def test_recipe_sizes_are_the_paper_sizes_plus_the_history_recipe_only():
             if getattr(paper, f.name) != getattr(recipe, f.name)
         }
         assert differ == set(HISTORY_RECIPE), differ
+
+
+def test_wide_numeric_starts_as_the_towers_and_adds_a_linear_logit():
+    """wide_numeric: zero-initialised, so at initialisation the logits are the model's without it
+    (the same weights elsewhere: the wide map is built after every other module); once trained it
+    adds exactly W ns_num + b per task, linear in a numeric however far past its train range."""
+    batch = _batch(seed=3)
+    plain, wide = _model(seed=5), _model(seed=5, wide_numeric=True)
+    with torch.no_grad():
+        a, b = plain(batch), wide(batch)
+        for t in a:
+            torch.testing.assert_close(a[t], b[t], rtol=0, atol=0)
+        g = torch.Generator().manual_seed(7)
+        wide.wide.weight.copy_(torch.randn(wide.wide.weight.shape, generator=g))
+        wide.wide.bias.copy_(torch.randn(wide.wide.bias.shape, generator=g))
+        got = wide(batch)
+        lin = batch["ns_num"] @ wide.wide.weight.T + wide.wide.bias
+        for i, t in enumerate(("ctr", "cvr")):
+            torch.testing.assert_close(got[t], a[t] + lin[:, i], rtol=1e-5, atol=1e-5)
+        # the same impression with one numeric 10x further out: the logit moves by exactly its
+        # weight times the shift, plus whatever the towers make of it
+        far = dict(batch, ns_num=batch["ns_num"].clone())
+        far["ns_num"][:, 0] += 10.0
+        shift = wide(far)["ctr"] - plain(far)["ctr"] - (got["ctr"] - a["ctr"])
+        torch.testing.assert_close(
+            shift,
+            torch.full_like(shift, 10.0 * float(wide.wide.weight[0, 0])),
+            rtol=1e-4,
+            atol=1e-4,
+        )
