@@ -11,6 +11,7 @@ the boundary (`tensor.cpu().numpy()`).
     task_metrics(...)                            the three above under one prefix ("ctr_auc", ...)
     split_metrics(preds, cvr_mode=...)           every key of result.json's "metrics"/"oracle"
     daily_macro(preds, ...)                      the paper's next-batch figures: per day, then mean
+    window_aucs(labels, scores, in_window)       AUC split by whether the candidate is in the window
 
 Definitions:
   AUC      exact Mann-Whitney statistic; tied scores count 1/2 (average ranks), no binning. NaN when
@@ -191,6 +192,25 @@ def split_metrics(
         log_q = np.log(-np.expm1(np.minimum(log_p, -1e-300)))  # log(1 - p)
         ll = float(-np.mean(conv * log_p + (1 - conv) * log_q)) if conv.size else math.nan
         out |= {"cvr_auc": auc(conv, log_p), "cvr_uauc": uauc(conv, log_p, user), "cvr_logloss": ll}
+    return out
+
+
+def window_aucs(labels, scores, in_window) -> dict[str, float]:
+    """CTR AUC split by whether each impression's candidate item is among its history window
+    (experiment rows, docs/learning-history.md sections 12 and 19): `auc` over all; `auc_in` the
+    positives whose candidate is in the window against every negative (how well an exact match is
+    read); `auc_out` over the impressions whose candidate is not in it (what everything else gives);
+    `share_in` the positives' share in the window. A part with only one class is left out."""
+    y, s = _labels_and("scores", labels, scores)
+    hit = np.asarray(in_window, bool)
+    pos, neg = y == 1, y == 0
+    out = {"auc": auc(y, s)}
+    if (pos & hit).any() and neg.any():
+        keep = (pos & hit) | neg
+        out["auc_in"] = auc(y[keep], s[keep])
+    if (~hit & pos).any() and (~hit & neg).any():
+        out["auc_out"] = auc(y[~hit], s[~hit])
+    out["share_in"] = float(hit[pos].mean()) if pos.any() else 0.0
     return out
 
 

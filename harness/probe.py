@@ -123,6 +123,26 @@ def scores(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray
     return np.concatenate(ys), np.concatenate(ss)
 
 
+@torch.no_grad()
+def window_scores(
+    model: torch.nn.Module, batches: Iterable[Batch]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clicks, CTR logits, in_window) over `batches`, in eval mode; in_window: whether the
+    impression's candidate item is among its request's (unpadded) history events, for
+    harness.metrics.window_aucs."""
+    was = model.training
+    model.eval()
+    ys, ss, hits = [], [], []
+    for b in batches:
+        ys.append(b["click"].numpy())
+        ss.append(model(b)["ctr"].float().numpy())
+        r = b["req_index"]
+        match = (b["seq_item"][r] == b["cand_item"][:, None]) & b["seq_mask"][r]
+        hits.append(match.any(1).numpy())
+    model.train(was)
+    return np.concatenate(ys), np.concatenate(ss), np.concatenate(hits)
+
+
 def ctr_auc(model: torch.nn.Module, batches: Iterable[Batch]) -> float:
     y, s = scores(model, batches)
     return float(auc(y, s))

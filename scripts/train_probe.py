@@ -21,17 +21,17 @@ import argparse
 import json
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from harness.config import MOVED_TO_TRAIN, ConfigError  # noqa: E402
 from harness.data.datamodule import OneTransDataModule  # noqa: E402
-from harness.metrics import auc  # noqa: E402
-from harness.probe import ProbeModel, build, fit  # noqa: E402
+from harness.metrics import window_aucs  # noqa: E402
+from harness.probe import ProbeModel, build, fit, window_scores  # noqa: E402
 
 
 def parse_sets(items: list[str], strings_ok: bool) -> dict:
@@ -160,31 +160,10 @@ def main() -> int:
 
     def evaluate(split: str, max_batches: int | None) -> dict[str, float]:
         """CTR AUC over the split (or its first max_batches), and the same AUC split by whether the
-        candidate item is among the impression's seq_len history events: `in` ranks the positives
-        whose candidate is in the window against every negative (how well the model reads an exact
-        match), `out` is the AUC over the impressions whose candidate is not in the window (what
-        the model gets from everything else)."""
-        model.eval()
-        ys, ss, hit = [], [], []
-        with torch.no_grad():
-            for i, b in enumerate(dm.loader(split)):
-                if max_batches is not None and i >= max_batches:
-                    break
-                ys.append(b["click"].numpy())
-                ss.append(model(b)["ctr"].float().numpy())
-                r = b["req_index"]
-                match = (b["seq_item"][r] == b["cand_item"][:, None]) & b["seq_mask"][r]
-                hit.append(match.any(1).numpy())
-        model.train()
-        y, s, h = np.concatenate(ys), np.concatenate(ss), np.concatenate(hit)
-        out = {"auc": auc(y, s)}
-        pos_in, neg = (y == 1) & h, y == 0
-        if pos_in.any() and neg.any():
-            keep = pos_in | neg
-            out["auc_in"] = auc(y[keep], s[keep])
-        if (~h & (y == 1)).any() and (~h & neg).any():
-            out["auc_out"] = auc(y[~h], s[~h])
-        out["share_in"] = float(h[y == 1].mean()) if (y == 1).any() else 0.0
+        candidate item is among the impression's seq_len history events (harness.metrics
+        window_aucs: `auc_in`, `auc_out`, `share_in`)."""
+        y, s, hit = window_scores(model, islice(dm.loader(split), max_batches))
+        out = window_aucs(y, s, hit)
         return {k: round(float(v), 4) for k, v in out.items()}
 
     rows, t0 = [], time.time()

@@ -24,41 +24,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from harness.config import load_config  # noqa: E402
 from harness.data.datamodule import OneTransDataModule  # noqa: E402
-from harness.data.floor import FloorFeatures, fit_logistic  # noqa: E402
-from harness.metrics import auc  # noqa: E402
-from harness.probe import ProbeModel, build  # noqa: E402
+from harness.data.floor import FloorFeatures, floor_scores  # noqa: E402
+from harness.metrics import window_aucs  # noqa: E402
+from harness.probe import ProbeModel, build, window_scores  # noqa: E402
 
 SPLITS = ("val", "test")
 
 
-def split_aucs(y: np.ndarray, score: np.ndarray, in_window: np.ndarray) -> dict[str, float]:
-    neg = y == 0
-    keep = ((y == 1) & in_window) | neg
-    out = {
-        "auc": auc(y, score),
-        "auc_in": auc(y[keep], score[keep]),
-        "auc_out": auc(y[~in_window], score[~in_window]),
-        "share_in": float(in_window[y == 1].mean()),
-    }
+def _rounded(out: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
 def floor_split(folder: Path, L: int) -> dict[str, dict[str, float]]:
-    """The floor of harness/data/floor.py (fit on train, standardised log1p counts), split."""
+    """The floor of harness/data/floor.py (its fit on train at window L), split."""
     f = FloorFeatures(folder, [L])
-    X, tr = f.matrix(L), f.split == "train"
-    mu, sd = X[tr].mean(0), X[tr].std(0)
-    Z = (X - mu) / np.where(sd > 0, sd, 1.0)
-    w, b, _ = fit_logistic(Z[tr], f.click[tr])
-    score = Z @ w + b
+    score, _ = floor_scores(f, L)
     hit = f.counts(L)[:, f.names.index("item_in_window")] > 0
     return {
-        s: split_aucs(f.click[f.split == s], score[f.split == s], hit[f.split == s]) for s in SPLITS
+        s: _rounded(window_aucs(f.click[f.split == s], score[f.split == s], hit[f.split == s]))
+        for s in SPLITS
     }
 
 
@@ -85,21 +73,12 @@ def run_split(run: Path, zero_numerics: bool) -> dict[str, dict[str, float]]:
         k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
     }
     model.load_state_dict(state)
-    model.eval()
-    out = {}
-    for split in SPLITS:
-        ys, ss, hits = [], [], []
-        with torch.no_grad():
-            for b in dm.loader(split):
-                if zero_numerics:
-                    b = dict(b, ns_num=torch.zeros_like(b["ns_num"]))
-                ys.append(b["click"].numpy())
-                ss.append(model(b)["ctr"].float().numpy())
-                r = b["req_index"]
-                match = (b["seq_item"][r] == b["cand_item"][:, None]) & b["seq_mask"][r]
-                hits.append(match.any(1).numpy())
-        out[split] = split_aucs(np.concatenate(ys), np.concatenate(ss), np.concatenate(hits))
-    return out
+
+    def batches(split: str):
+        for b in dm.loader(split):
+            yield dict(b, ns_num=torch.zeros_like(b["ns_num"])) if zero_numerics else b
+
+    return {s: _rounded(window_aucs(*window_scores(model, batches(s)))) for s in SPLITS}
 
 
 def main() -> int:

@@ -213,12 +213,13 @@ def _metrics(y, score, users) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in task_metrics("ctr", y, p, users).items()}
 
 
-def floor_at(
+def floor_scores(
     feats: FloorFeatures, L: int, l2: float = DEFAULT_L2, drop: Iterable[str] = ()
-) -> dict[str, Any]:
-    """One window: fit on train, score every split. A record of plain JSON values. `drop` leaves
-    features out (an ablation: what the floor owes to each; scripts/floor_ablation.py)."""
-    t0 = time.time()
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The floor's fit at window L on the train split and its logit for every impression of the
+    folder (feats' order), with the fit's record: coefficients, intercept, the standardisation's
+    mean and sd, the optimiser's info. `drop` leaves features out (an ablation:
+    scripts/floor_ablation.py)."""
     unknown = sorted(set(drop) - set(feats.names))
     if unknown:
         raise ValueError(f"floor: unknown feature(s) {unknown} to drop; features: {feats.names}")
@@ -232,17 +233,29 @@ def floor_at(
     sd = np.where(sd > 0, sd, 1.0)  # a constant feature stays 0 and gets weight 0
     Z = (X - mu) / sd
     w, b, info = fit_logistic(Z[tr], feats.click[tr], l2)
-    score = Z @ w + b
+    fit = {
+        "coef": {n: round(float(v), 6) for n, v in zip(names, w)},
+        "intercept": round(b, 6),
+        "mean": {n: round(float(v), 6) for n, v in zip(names, mu)},
+        "sd": {n: round(float(v), 6) for n, v in zip(names, sd)},
+        "fit": info,
+    }
+    return Z @ w + b, fit
+
+
+def floor_at(
+    feats: FloorFeatures, L: int, l2: float = DEFAULT_L2, drop: Iterable[str] = ()
+) -> dict[str, Any]:
+    """One window: fit on train, score every split. A record of plain JSON values. `drop` leaves
+    features out (an ablation: what the floor owes to each; scripts/floor_ablation.py)."""
+    t0 = time.time()
+    score, fit = floor_scores(feats, L, l2, drop)
     rec: dict[str, Any] = {"seq_len": int(L)}
     for split in SPLITS:
         s = feats.split == split
         rec[split] = _metrics(feats.click[s], score[s], feats.user[s]) if s.any() else {}
         rec.setdefault("n", {})[split] = int(s.sum())
-    rec["coef"] = {n: round(float(v), 6) for n, v in zip(names, w)}
-    rec["intercept"] = round(b, 6)
-    rec["mean"] = {n: round(float(v), 6) for n, v in zip(names, mu)}
-    rec["sd"] = {n: round(float(v), 6) for n, v in zip(names, sd)}
-    rec["fit"] = info
+    rec.update(fit)
     rec["seconds"] = round(time.time() - t0, 3)
     return rec
 
