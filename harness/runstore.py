@@ -38,7 +38,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +156,28 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def full_disk(message: Callable[[OSError], str]) -> Iterator[None]:
+    """Inside the block, a full disk or quota (ENOSPC, EDQUOT) becomes a RunStoreError with
+    message(err): one sentence naming what was written, the space it needs and the fix. Any other
+    error passes unchanged. For the data layer's own temporary builds (data.storage=mapped, the
+    stats' spill files), whose fix is not a run folder's."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in FULL_DISK_ERRNOS:
+            raise
+        raise RunStoreError(message(e)) from e
+
+
 def disk_message(err: OSError, path: Path | str | None = None) -> str:
     """A one-line explanation of a failed write, naming the path and what to do."""
     where = str(path or err.filename or "?")
     code = err.errno
-    if code in (errno.ENOSPC, errno.EDQUOT):
+    if code in FULL_DISK_ERRNOS:
         fix = (
             "free space there (or use another --runs-dir) and rerun (a sweep: with "
             "--retry-failed): the run resumes from its last checkpoint"
@@ -723,9 +741,7 @@ class RunStore:
         except RunStoreError as err:
             cause = err.__cause__
             if not (
-                isinstance(cause, OSError)
-                and cause.errno in (errno.ENOSPC, errno.EDQUOT)
-                and path.exists()
+                isinstance(cause, OSError) and cause.errno in FULL_DISK_ERRNOS and path.exists()
             ):
                 raise
             try:

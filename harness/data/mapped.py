@@ -30,7 +30,6 @@ an interrupted build leaves nothing that is later read as finished.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -197,19 +196,17 @@ def _build_once(folder: Path, manifest: Manifest, root: Path, built: Path, progr
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        try:
-            build(folder, manifest, tmp, progress=progress)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            from harness.runstore import RunStoreError  # on use: the error the run path reports
+        from harness.runstore import full_disk  # on use: the error the run path reports
 
-            raise RunStoreError(
+        with full_disk(
+            lambda e: (
                 f"cannot write {e.filename or tmp}: {e.strerror} while building the "
                 f"memory-mapped dataset (data.storage=mapped needs about 80 bytes per "
                 f"impression under {root}); free space there or point data.cache_dir at a "
                 f"larger disk, or use data.storage=memory. Nothing was kept."
-            ) from e
+            )
+        ):
+            build(folder, manifest, tmp, progress=progress)
         os.rename(tmp, built)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,11 +9,10 @@ impressions carry p_click / p_conversion, the oracle AUC / UAUC / logloss per sp
 
 from __future__ import annotations
 
-import errno
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,21 +154,17 @@ class _Spill:
             while (key := np.fromfile(f, np.int64, chunk)).size:
                 yield key
 
-    @contextmanager
-    def _disk(self) -> Iterator[None]:
-        try:
-            yield
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            from harness.runstore import RunStoreError  # on use: the error the run path reports
+    def _disk(self) -> AbstractContextManager[None]:
+        from harness.runstore import full_disk  # on use: the error the run path reports
 
-            raise RunStoreError(
+        return full_disk(
+            lambda e: (
                 f"cannot write {e.filename or self.dir}: {e.strerror} while computing the "
                 f"dataset statistics (the prior counts need about 8 bytes per impression of "
                 f"temporary space under {self.dir.parent}); free space there or set TMPDIR to a "
                 f"larger disk. The dataset was not changed and the temporary files were removed."
-            ) from e
+            )
+        )
 
     def close(self) -> None:
         for f in self.files:
