@@ -50,11 +50,18 @@ ITEMS_PER_CATEGORY = 4_162_024 / 9_439
 BEHAVIOUR_MIX = {"pv": 0.8958, "cart": 0.0552, "fav": 0.0288, "buy": 0.0201}
 START_TS = 1_511_539_200  # 2017-11-25 00:00 Beijing
 DAYS = 9
+CHUNK_ROWS = 5_000_000  # rows per block the generator writes
 STEPS = ("convert", "validate", "stats", "prepare", "train_pass", "eval_pass")
 
 
 def generate_log(raw: Path, rows: int, *, seed: int = 0, zipf: float = 1.0) -> dict:
-    """Write raw/UserBehavior.csv with `rows` rows; returns the shape it drew."""
+    """Write raw/UserBehavior.csv with `rows` rows; returns the shape it drew.
+
+    Written in blocks of users (about CHUNK_ROWS rows each), so generating the 100M-row log holds
+    one block, not the whole log (a one-shot frame of 100M rows with string behaviours and its
+    sorted copy would need most of this machine's 23 GB). Rows per user are one multinomial draw
+    over the users' activity (the same law as drawing each row's user), then each block's items,
+    behaviours and timestamps are drawn, sorted by (user, ts) and appended."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -63,20 +70,43 @@ def generate_log(raw: Path, rows: int, *, seed: int = 0, zipf: float = 1.0) -> d
     n_cats = max(2, round(n_items / ITEMS_PER_CATEGORY))
     # activity: log-normal rows per user (a long tail of heavy users, as in the public log)
     activity = rng.lognormal(0.0, 1.0, n_users)
-    user = rng.choice(n_users, size=rows, p=activity / activity.sum())
+    per_user = rng.multinomial(rows, activity / activity.sum())
     # popularity: item of rank r drawn with probability proportional to r^-zipf
     pop = np.arange(1, n_items + 1, dtype=np.float64) ** -zipf
-    item = rng.choice(n_items, size=rows, p=pop / pop.sum())
-    item_id = rng.permutation(n_items)[item] + 1  # ranks are not ids
-    category = rng.integers(1, n_cats + 1, n_items)[item_id - 1]
-    names, mix = list(BEHAVIOUR_MIX), np.array(list(BEHAVIOUR_MIX.values()))
-    behavior = np.asarray(names)[rng.choice(len(names), size=rows, p=mix / mix.sum())]
-    ts = START_TS + rng.integers(0, DAYS * 86_400, rows)
-    df = pd.DataFrame(
-        {"user": user + 1, "item": item_id, "category": category, "behavior": behavior, "ts": ts}
-    ).sort_values(["user", "ts"], kind="stable")  # the public file is grouped by user
+    item_cdf = np.cumsum(pop / pop.sum())
+    rank_to_id = rng.permutation(n_items) + 1  # ranks are not ids
+    category_of = rng.integers(1, n_cats + 1, n_items + 1)  # indexed by item id; one per item
+    names = np.asarray(list(BEHAVIOUR_MIX))
+    mix_cdf = np.cumsum(np.array(list(BEHAVIOUR_MIX.values())))
+    ends = np.cumsum(per_user)
+    # block boundaries on user edges: users [lo, hi) hold about CHUNK_ROWS rows
+    cuts = np.unique(np.searchsorted(ends, np.arange(CHUNK_ROWS, rows, CHUNK_ROWS)))
     raw.mkdir(parents=True, exist_ok=True)
-    df.to_csv(raw / "UserBehavior.csv", header=False, index=False)
+    path = raw / "UserBehavior.csv"
+    path.unlink(missing_ok=True)
+    lo = 0
+    for hi in [*cuts.tolist(), n_users]:
+        if hi <= lo:
+            continue
+        counts = per_user[lo:hi]
+        n = int(counts.sum())
+        user = np.repeat(np.arange(lo + 1, hi + 1), counts)
+        rank = np.searchsorted(item_cdf, rng.random(n) * item_cdf[-1], side="right")
+        item_id = rank_to_id[np.minimum(rank, n_items - 1)]
+        beh = np.searchsorted(mix_cdf, rng.random(n) * mix_cdf[-1], side="right")
+        ts = START_TS + rng.integers(0, DAYS * 86_400, n)
+        order = np.lexsort((ts, user))  # grouped by user, as the public file; time within a user
+        df = pd.DataFrame(
+            {
+                "user": user[order],
+                "item": item_id[order],
+                "category": category_of[item_id[order]],
+                "behavior": pd.Categorical.from_codes(beh[order], names),
+                "ts": ts[order],
+            }
+        )
+        df.to_csv(path, header=False, index=False, mode="a")
+        lo = hi
     return {"rows": rows, "users": n_users, "items": n_items, "categories": n_cats, "zipf": zipf}
 
 
@@ -123,18 +153,27 @@ def train_pass(folder: str, seq_len: int, batch_size: int, opts: dict) -> dict:
     dm = _datamodule(folder, seq_len, batch_size, opts)
     setup_s, t = time.perf_counter() - t, time.perf_counter()
     n = batches = 0
-    for b in dm.train_dataloader():
+    loader = dm.train_dataloader()
+    limit = opts.get("train_max_s") or float("inf")
+    for b in loader:
         n += int(b["click"].shape[0])
         batches += 1
+        if time.perf_counter() - t >= limit:
+            break  # --train-max-s: a timed part of the epoch, reported as such
     took = time.perf_counter() - t
-    return {
+    out = {
         "impressions": n,
         "batches": batches,
+        "of_batches": len(loader),
+        "complete": batches == len(loader),
         "setup_s": round(setup_s, 2),
         "pass_s": round(took, 2),
         "impressions_per_s": round(n / max(took, 1e-9)),
         "memory_at_end": memory_now(),
     }
+    if not out["complete"]:  # labelled: a linear extrapolation of the part, not a measurement
+        out["epoch_s_extrapolated"] = round(took * len(loader) / max(batches, 1), 1)
+    return out
 
 
 def eval_pass(folder: str, seq_len: int, batch_size: int, opts: dict) -> dict:
@@ -211,6 +250,7 @@ def bench(
     run: tuple[str, ...] = STEPS,
     storage: str = "memory",
     eval_sample_users: float = 0.0,
+    train_max_s: float = 0.0,
 ) -> dict:
     raw, folder = work / "raw", work / "taobao"
     work.mkdir(parents=True, exist_ok=True)  # --work may name a new folder: the step logs go there
@@ -225,6 +265,7 @@ def bench(
     shape["generate_s"] = generated["wall_s"]
     inproc = ["--folder", str(folder), "--seq-len", str(seq_len), "--batch-size", str(batch_size)]
     inproc += ["--storage", storage, "--eval-sample-users", str(eval_sample_users)]
+    inproc += ["--train-max-s", str(train_max_s)]
     cmds = {
         "convert": [py, "-m", "harness.data", "convert", "taobao", str(raw), "--out", str(folder)]
         + convert_opts(engine, memory_limit),
@@ -264,6 +305,7 @@ def bench(
             "convert_opts": convert_opts(engine, memory_limit),
             "storage": storage,
             "eval_sample_users": eval_sample_users,
+            "train_max_s": train_max_s,
         },
         "steps": steps,
     }
@@ -300,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         help="eval_pass: score this fraction of users (eval.sample_users; 0: all)",
     )
     p.add_argument(
+        "--train-max-s",
+        type=float,
+        default=0.0,
+        help="train_pass: stop after this many seconds of batches and report the part with an "
+        "extrapolated epoch time (0: the whole epoch)",
+    )
+    p.add_argument(
         "--steps",
         default=",".join(STEPS),
         help=f"comma-separated steps to run, in this order (default all: {','.join(STEPS)})",
@@ -316,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.step:  # a child: one in-process step, its figures as the last line of stdout
         fn = {"prepare": prepare, "train_pass": train_pass, "eval_pass": eval_pass}[a.step]
         opts = {"storage": a.storage, "eval_sample_users": a.eval_sample_users}
+        opts["train_max_s"] = a.train_max_s
         print(json.dumps(fn(a.folder, a.seq_len, a.batch_size, opts)))
         return 0
     steps = tuple(x for x in a.steps.split(",") if x)
@@ -345,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             run=tuple(s for s in STEPS if s in steps),
             storage=a.storage,
             eval_sample_users=a.eval_sample_users,
+            train_max_s=a.train_max_s,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

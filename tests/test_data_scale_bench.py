@@ -64,13 +64,18 @@ def test_mapped_storage_adds_its_build_step(tmp_path):
     out = tmp_path / "mapped.json"
     args = ["--rows", "5000", "--steps", "convert,train_pass,eval_pass", "--storage", "mapped"]
     args += ["--eval-sample-users", "0.5", "--out", str(out), "--work", str(tmp_path)]
+    args += ["--train-max-s", "1e-9"]  # the timed part of an epoch: stops after its first batch
     assert data_scale.main(args) == 0
     res = json.loads(out.read_text())
     b = res["steps"]
     assert list(b) == ["convert", "prepare", "train_pass", "eval_pass"]
     assert res["settings"]["storage"] == "mapped"
     assert (tmp_path / "prepared").is_dir() and b["prepare"]["peak_rss_mb"] > 50
-    assert b["train_pass"]["result"]["impressions"] > 0
+    tp = b["train_pass"]["result"]
+    assert tp["batches"] == 1 < tp["of_batches"] and not tp["complete"]
+    # one batch's time times the epoch's batches, up to pass_s's rounding to 0.01 s
+    slack = 0.005 * tp["of_batches"] + 0.05
+    assert tp["epoch_s_extrapolated"] == pytest.approx(tp["pass_s"] * tp["of_batches"], abs=slack)
     for split in ("val", "test"):
         ev = b["eval_pass"]["result"][split]
         assert 0 < ev["requests"] < ev["of_requests"]  # a seeded half of the users
