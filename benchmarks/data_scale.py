@@ -1,25 +1,32 @@
-"""Data path at scale: wall time and peak RSS of each step on a generated Taobao-shaped log.
+"""Data path at scale: wall time and peak RSS of each step on a generated log of a public shape.
 
     python benchmarks/data_scale.py --rows 1000000                 # -> benchmarks/results/data_scale_1m.json
     python benchmarks/data_scale.py --rows 20000 --out /tmp/x.json # seconds (the tests run this)
     python benchmarks/data_scale.py --rows 10000000 --engine duckdb --steps convert,validate,stats
                                     # the streaming converter -> data_scale_10m_duckdb.json
+    python benchmarks/data_scale.py --rows 3000000 --shape tmall --engine duckdb
+                                    # a Tmall-shaped log -> data_scale_3m_tmall_duckdb.json
 
-The log is shaped like Taobao UserBehavior (UserBehavior.csv: user,item,category,behavior,ts, no
-header), at the public log's ratios (100,150,807 rows, 987,994 users, 4,162,024 items, 9,439
-categories, 9 days from 2017-11-25 Beijing time): rows / 100 users with log-normal activity, items
-= 4.16% of rows drawn with Zipf popularity (exponent --zipf), one category per item, the public
-behaviour mix pv 89.58% / cart 5.52% / fav 2.88% / buy 2.01%, uniform timestamps over the 9 days.
+--shape taobao (the default) is shaped like Taobao UserBehavior (UserBehavior.csv:
+user,item,category,behavior,ts, no header), at the public log's ratios (100,150,807 rows, 987,994
+users, 4,162,024 items, 9,439 categories, 9 days from 2017-11-25 Beijing time): rows / 100 users
+with log-normal activity, items = 4.16% of rows drawn with Zipf popularity (exponent --zipf), one
+category per item, the public behaviour mix pv 89.58% / cart 5.52% / fav 2.88% / buy 2.01%, uniform
+timestamps over the 9 days. --shape tmall writes t_alibaba_data.csv at the 2014 brand log's ratios
+and --shape movielens ratings.dat, users.dat and movies.dat at MovieLens-1M's (their functions
+below say which); each is converted by the converter of that name with its default neg_ratio
+(4, 4 and 0). The log is written in blocks of users, so generating it holds one block.
 
 Steps, each in its own subprocess whose peak RSS is the kernel's ru_maxrss of that child (os.wait4):
-  convert     python -m harness.data convert taobao RAW --out DIR   (neg_ratio 4, as the sweeps;
+  convert     python -m harness.data convert SHAPE RAW --out DIR   (taobao: neg_ratio 4, as the sweeps;
               --engine duckdb adds --opt engine=duckdb: the bounded-memory streaming converter)
   validate    python -m harness.data validate DIR
   stats       python -m harness.data stats DIR
   prepare     --storage mapped only: the data module's out-of-core set-up (harness/data/mapped.py)
               building its memory-mapped arrays, which train_pass and eval_pass then open
   train_pass  the data module's set-up and one epoch of training batches (no model): the data side
-              of a training epoch
+              of a training epoch (--train-max-s T: its first T seconds, with the epoch's time
+              extrapolated and labelled so)
   eval_pass   the data module's set-up, then every val and test batch through an untrained
               onetrans-tiny (no grad) and the split metrics: the final evaluation of harness.train
               without Lightning
@@ -50,64 +57,178 @@ ITEMS_PER_CATEGORY = 4_162_024 / 9_439
 BEHAVIOUR_MIX = {"pv": 0.8958, "cart": 0.0552, "fav": 0.0288, "buy": 0.0201}
 START_TS = 1_511_539_200  # 2017-11-25 00:00 Beijing
 DAYS = 9
+TMALL_TYPE_MIX = {0: 0.9544, 1: 0.0382, 2: 0.0066, 3: 0.0008}  # click, buy, collect, cart
+ML_RATING_MIX = {1: 0.0563, 2: 0.1104, 3: 0.2609, 4: 0.3498, 5: 0.2226}
+ML_FIRST_TS, ML_LAST_TS = 956_703_932, 1_046_454_590
+ML_GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary")
+ML_GENRES += ("Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance")
+ML_GENRES += ("Sci-Fi", "Thriller", "War", "Western")
+SHAPES = {"taobao": 4, "tmall": 4, "movielens": 0}  # shape -> its converter's default neg_ratio
 CHUNK_ROWS = 5_000_000  # rows per block the generator writes
 STEPS = ("convert", "validate", "stats", "prepare", "train_pass", "eval_pass")
 
 
-def generate_log(raw: Path, rows: int, *, seed: int = 0, zipf: float = 1.0) -> dict:
-    """Write raw/UserBehavior.csv with `rows` rows; returns the shape it drew.
+def _blocks(rng: np.random.Generator, rows: int, n_users: int) -> list:
+    """Rows per user (log-normal activity: a long tail of heavy users, as the public logs; one
+    multinomial draw, the same law as drawing each row's user), then blocks of consecutive users
+    holding about CHUNK_ROWS rows each: [(first user id, that block's rows per user)]."""
+    activity = rng.lognormal(0.0, 1.0, n_users)
+    per_user = rng.multinomial(rows, activity / activity.sum())
+    cuts = np.unique(np.searchsorted(np.cumsum(per_user), np.arange(CHUNK_ROWS, rows, CHUNK_ROWS)))
+    edges = [0, *cuts.tolist(), n_users]
+    return [(lo + 1, per_user[lo:hi]) for lo, hi in zip(edges, edges[1:]) if hi > lo]
 
-    Written in blocks of users (about CHUNK_ROWS rows each), so generating the 100M-row log holds
-    one block, not the whole log (a one-shot frame of 100M rows with string behaviours and its
-    sorted copy would need most of this machine's 23 GB). Rows per user are one multinomial draw
-    over the users' activity (the same law as drawing each row's user), then each block's items,
-    behaviours and timestamps are drawn, sorted by (user, ts) and appended."""
+
+def _zipf_sampler(rng: np.random.Generator, n: int, zipf: float):
+    """Draws of ids 1..n where the id of popularity rank r has probability proportional to r^-zipf
+    (ranks are not ids: a seeded permutation maps them)."""
+    pop = np.arange(1, n + 1, dtype=np.float64) ** -zipf
+    cdf = np.cumsum(pop / pop.sum())
+    rank_to_id = rng.permutation(n) + 1
+
+    def draw(k: int) -> np.ndarray:
+        return rank_to_id[np.minimum(np.searchsorted(cdf, rng.random(k) * cdf[-1], "right"), n - 1)]
+
+    return draw
+
+
+def _draw(rng: np.random.Generator, shares: dict, k: int) -> np.ndarray:
+    """k draws of the index of `shares`' keys with those probabilities."""
+    cdf = np.cumsum(np.array(list(shares.values()), dtype=np.float64))
+    return np.minimum(np.searchsorted(cdf, rng.random(k) * cdf[-1], side="right"), len(cdf) - 1)
+
+
+def _append(df, path: Path) -> None:
+    df.to_csv(path, header=False, index=False, mode="a")
+
+
+def generate_log(
+    raw: Path, rows: int, *, seed: int = 0, zipf: float = 1.0, shape: str = "taobao"
+) -> dict:
+    """Write a log of `shape` with about `rows` rows into raw/; returns the shape it drew.
+
+    Written in blocks of users (about CHUNK_ROWS rows each), so the 100M-row log holds one block,
+    not the whole log (a one-shot frame of 100M rows with string behaviours and its sorted copy
+    would need most of this machine's 23 GB)."""
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    return {"taobao": _taobao, "tmall": _tmall, "movielens": _movielens}[shape](
+        raw, rows, rng, zipf
+    ) | {"shape": shape}
+
+
+def _taobao(raw: Path, rows: int, rng: np.random.Generator, zipf: float) -> dict:
+    """UserBehavior.csv (user,item,category,behavior,ts; no header), grouped by user."""
     import pandas as pd
 
-    rng = np.random.default_rng(seed)
     n_users = max(2, round(rows / ROWS_PER_USER))
     n_items = max(10, round(rows * ITEMS_PER_ROW))
     n_cats = max(2, round(n_items / ITEMS_PER_CATEGORY))
-    # activity: log-normal rows per user (a long tail of heavy users, as in the public log)
-    activity = rng.lognormal(0.0, 1.0, n_users)
-    per_user = rng.multinomial(rows, activity / activity.sum())
-    # popularity: item of rank r drawn with probability proportional to r^-zipf
-    pop = np.arange(1, n_items + 1, dtype=np.float64) ** -zipf
-    item_cdf = np.cumsum(pop / pop.sum())
-    rank_to_id = rng.permutation(n_items) + 1  # ranks are not ids
+    blocks = _blocks(rng, rows, n_users)
+    items = _zipf_sampler(rng, n_items, zipf)
     category_of = rng.integers(1, n_cats + 1, n_items + 1)  # indexed by item id; one per item
-    names = np.asarray(list(BEHAVIOUR_MIX))
-    mix_cdf = np.cumsum(np.array(list(BEHAVIOUR_MIX.values())))
-    ends = np.cumsum(per_user)
-    # block boundaries on user edges: users [lo, hi) hold about CHUNK_ROWS rows
-    cuts = np.unique(np.searchsorted(ends, np.arange(CHUNK_ROWS, rows, CHUNK_ROWS)))
-    raw.mkdir(parents=True, exist_ok=True)
     path = raw / "UserBehavior.csv"
     path.unlink(missing_ok=True)
-    lo = 0
-    for hi in [*cuts.tolist(), n_users]:
-        if hi <= lo:
-            continue
-        counts = per_user[lo:hi]
+    for first, counts in blocks:
         n = int(counts.sum())
-        user = np.repeat(np.arange(lo + 1, hi + 1), counts)
-        rank = np.searchsorted(item_cdf, rng.random(n) * item_cdf[-1], side="right")
-        item_id = rank_to_id[np.minimum(rank, n_items - 1)]
-        beh = np.searchsorted(mix_cdf, rng.random(n) * mix_cdf[-1], side="right")
+        user = np.repeat(np.arange(first, first + len(counts)), counts)
+        item_id, beh = items(n), _draw(rng, BEHAVIOUR_MIX, n)
         ts = START_TS + rng.integers(0, DAYS * 86_400, n)
-        order = np.lexsort((ts, user))  # grouped by user, as the public file; time within a user
+        o = np.lexsort((ts, user))  # grouped by user, as the public file; time within a user
         df = pd.DataFrame(
-            {
-                "user": user[order],
-                "item": item_id[order],
-                "category": category_of[item_id[order]],
-                "behavior": pd.Categorical.from_codes(beh[order], names),
-                "ts": ts[order],
-            }
+            {"user": user[o], "item": item_id[o], "category": category_of[item_id[o]]}
         )
-        df.to_csv(path, header=False, index=False, mode="a")
-        lo = hi
+        df["behavior"] = pd.Categorical.from_codes(beh[o], list(BEHAVIOUR_MIX))
+        df["ts"] = ts[o]
+        _append(df, path)
     return {"rows": rows, "users": n_users, "items": n_items, "categories": n_cats, "zipf": zipf}
+
+
+def _tmall(raw: Path, rows: int, rng: np.random.Generator, zipf: float) -> dict:
+    """t_alibaba_data.csv (user_id,brand_id,type,visit_datetime "M-D", with a header) at the
+    public file's ratios: 182,880 rows, 884 users, 9,531 brands, 15 April to 15 August 2014, the
+    shared sample's type mix (click 95.44%, buy 3.82%, collect 0.66%, cart 0.08%)."""
+    import pandas as pd
+
+    n_users = max(2, round(rows * 884 / 182_880))
+    n_brands = max(10, round(rows * 9_531 / 182_880))
+    days = pd.date_range("2014-04-15", "2014-08-15", freq="D")
+    day_label = [f"{d.month}-{d.day}" for d in days]
+    blocks = _blocks(rng, rows, n_users)
+    brands = _zipf_sampler(rng, n_brands, zipf)
+    path = raw / "t_alibaba_data.csv"
+    pd.DataFrame(columns=["user_id", "brand_id", "type", "visit_datetime"]).to_csv(
+        path, index=False
+    )
+    for first, counts in blocks:
+        n = int(counts.sum())
+        user = np.repeat(np.arange(first, first + len(counts)), counts)
+        day = rng.integers(0, len(days), n)
+        o = np.lexsort((day, user))
+        df = pd.DataFrame({"user_id": user[o], "brand_id": brands(n)})
+        df["type"] = _draw(rng, TMALL_TYPE_MIX, n)  # the keys are the types 0..3 in order
+        df["visit_datetime"] = pd.Categorical.from_codes(day[o], day_label)
+        _append(df, path)
+    return {"rows": rows, "users": n_users, "items": n_brands, "zipf": zipf}
+
+
+def _movielens(raw: Path, rows: int, rng: np.random.Generator, zipf: float) -> dict:
+    """ratings.dat (user::movie::rating::ts), users.dat and movies.dat at MovieLens-1M's ratios
+    (1,000,209 ratings, 6,040 users, 3,706 rated movies, 2000-04-25 to 2003-02-28; at least 1,000
+    movies) and the shared subset's rating mix. A user rates a movie once: a user rates at most a
+    quarter of the movies, and repeated (user, movie) draws are drawn again (up to 50 rounds, then
+    dropped), so the log may have slightly fewer rows than asked (the count is returned)."""
+    import pandas as pd
+
+    n_users = max(2, round(rows * 6_040 / 1_000_209))
+    n_movies = max(1_000, round(rows * 3_706 / 1_000_209))
+    blocks = _blocks(rng, rows, n_users)
+    movies = _zipf_sampler(rng, n_movies, zipf)
+    path = raw / "ratings.dat"
+    path.unlink(missing_ok=True)
+    written = 0
+    for first, counts in blocks:
+        want = np.minimum(counts, n_movies // 4)
+        uid = np.arange(first, first + len(counts))
+        keys = np.empty(0, dtype=np.int64)
+        for _ in range(50):  # draw each user's missing ratings, keep the distinct pairs
+            have = np.bincount(keys // (n_movies + 1) - first, minlength=len(counts))
+            short = want - have
+            if not short.any():
+                break
+            user = np.repeat(uid, short)
+            # only the missing count is drawn, so no user ends above `want`
+            keys = np.unique(np.concatenate([keys, user * (n_movies + 1) + movies(len(user))]))
+        user, movie = keys // (n_movies + 1), keys % (n_movies + 1)
+        ts = ML_FIRST_TS + rng.integers(0, ML_LAST_TS - ML_FIRST_TS, len(keys))
+        o = np.lexsort((ts, user))
+        rating = _draw(rng, ML_RATING_MIX, len(keys)) + 1
+        df = pd.DataFrame({"u": user[o], "m": movie[o], "r": rating, "ts": ts[o]})
+        # '::' separators: pandas writes one-character separators, so write '\t' and swap
+        text = df.to_csv(header=False, index=False, sep="\t").replace("\t", "::")
+        with path.open("a") as f:
+            f.write(text)
+        written += len(df)
+    u = pd.DataFrame({"u": np.arange(1, n_users + 1)})
+    u["g"] = np.where(rng.random(n_users) < 0.28, "F", "M")  # ML-1M: 28% of users are women
+    u["a"] = rng.choice([1, 18, 25, 35, 45, 50, 56], n_users)
+    u["o"] = rng.integers(0, 21, n_users)
+    u["z"] = rng.integers(10_000, 99_999, n_users)
+    (raw / "users.dat").write_text(
+        "".join(f"{a}::{b}::{c}::{d}::{e}\n" for a, b, c, d, e in u.to_numpy())
+    )
+    genres = ML_GENRES
+    g1 = rng.integers(0, len(genres), n_movies)
+    g2 = rng.integers(0, len(genres), n_movies)
+    year = rng.integers(1919, 2001, n_movies)
+    (raw / "movies.dat").write_text(
+        "".join(
+            f"{i + 1}::Movie {i + 1} ({year[i]})::{genres[g1[i]]}|{genres[g2[i]]}\n"
+            for i in range(n_movies)
+        ),
+        encoding="latin-1",
+    )
+    return {"rows": written, "asked_rows": rows, "users": n_users, "items": n_movies, "zipf": zipf}
 
 
 # ---- the in-process steps (run as `data_scale.py --step NAME --folder DIR`) ------------------
@@ -251,23 +372,24 @@ def bench(
     storage: str = "memory",
     eval_sample_users: float = 0.0,
     train_max_s: float = 0.0,
+    shape: str = "taobao",
 ) -> dict:
-    raw, folder = work / "raw", work / "taobao"
+    raw, folder = work / "raw", work / shape
     work.mkdir(parents=True, exist_ok=True)  # --work may name a new folder: the step logs go there
     py, me = sys.executable, str(Path(__file__).resolve())
     # the log is generated in a child too: Linux carries a process's peak RSS across exec into the
     # child it forks (vfork), so steps started by a parent that had held the generated log would
     # report at least that parent's peak, not their own
     gen = [py, me, "--step", "generate", "--raw", str(raw), "--rows", str(rows)]
-    gen += ["--seed", str(seed), "--zipf", str(zipf)]
+    gen += ["--seed", str(seed), "--zipf", str(zipf), "--shape", shape]
     generated = run_step(gen, work / "generate.log")
-    shape = json.loads((work / "generate.log").read_text().strip().splitlines()[-1])
-    shape["generate_s"] = generated["wall_s"]
+    drawn = json.loads((work / "generate.log").read_text().strip().splitlines()[-1])
+    drawn["generate_s"] = generated["wall_s"]
     inproc = ["--folder", str(folder), "--seq-len", str(seq_len), "--batch-size", str(batch_size)]
     inproc += ["--storage", storage, "--eval-sample-users", str(eval_sample_users)]
     inproc += ["--train-max-s", str(train_max_s)]
     cmds = {
-        "convert": [py, "-m", "harness.data", "convert", "taobao", str(raw), "--out", str(folder)]
+        "convert": [py, "-m", "harness.data", "convert", shape, str(raw), "--out", str(folder)]
         + convert_opts(engine, memory_limit),
         "validate": [py, "-m", "harness.data", "validate", str(folder)],
         "stats": [py, "-m", "harness.data", "stats", str(folder), "--json"],
@@ -294,12 +416,12 @@ def bench(
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
-        "log": shape,
+        "log": drawn,
         "dataset": {k: stats.get(k) for k in ("users", "items", "events", "impressions")},
         "settings": {
             "seq_len": seq_len,
             "batch_size": batch_size,
-            "neg_ratio": 4,
+            "neg_ratio": SHAPES[shape],  # the converter's default
             "engine": engine,
             "memory_limit": memory_limit if engine == "duckdb" else None,
             "convert_opts": convert_opts(engine, memory_limit),
@@ -318,13 +440,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, help="where the log and dataset go (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
+    p.add_argument(
+        "--shape",
+        choices=list(SHAPES),
+        default="taobao",
+        help="the generated log's format and ratios, converted by the converter of that name",
+    )
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--engine",
         choices=["pandas", "duckdb"],
         default="pandas",
-        help="the taobao converter's engine (docs/converters.md, 'Large logs')",
+        help="the converter's engine (docs/converters.md, 'Large logs')",
     )
     p.add_argument(
         "--memory-limit", help="engine duckdb: its memory_limit (default the converter's)"
@@ -360,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.step == "generate":  # a child: the raw log, its shape as the last line of stdout
-        print(json.dumps(generate_log(a.raw, a.rows, seed=a.seed, zipf=a.zipf)))
+        print(json.dumps(generate_log(a.raw, a.rows, seed=a.seed, zipf=a.zipf, shape=a.shape)))
         return 0
     if a.step:  # a child: one in-process step, its figures as the last line of stdout
         fn = {"prepare": prepare, "train_pass": train_pass, "eval_pass": eval_pass}[a.step]
@@ -378,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.rows < 1000:
         p.error(f"--rows {a.rows}: give at least 1000 (fewer leave splits without requests)")
     label = f"{a.rows // 1_000_000}m" if a.rows % 1_000_000 == 0 else str(a.rows)
+    label += "" if a.shape == "taobao" else f"_{a.shape}"
     label += "" if a.engine == "pandas" else f"_{a.engine}"
     label += "" if a.storage == "memory" else f"_{a.storage}"
     out = a.out or REPO / "benchmarks" / "results" / f"data_scale_{label}.json"
@@ -396,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             storage=a.storage,
             eval_sample_users=a.eval_sample_users,
             train_max_s=a.train_max_s,
+            shape=a.shape,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

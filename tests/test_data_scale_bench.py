@@ -80,3 +80,38 @@ def test_mapped_storage_adds_its_build_step(tmp_path):
         ev = b["eval_pass"]["result"][split]
         assert 0 < ev["requests"] < ev["of_requests"]  # a seeded half of the users
     assert "RssFile_mb" in b["train_pass"]["result"]["memory_at_end"]
+
+
+@pytest.mark.parametrize("shape", ["tmall", "movielens"])
+def test_other_shapes_convert_and_validate(tmp_path, shape):
+    # each shape's generated log goes through its own converter and the validator unchanged
+    out = tmp_path / "ds.json"
+    args = ["--rows", "20000", "--shape", shape, "--steps", "convert,validate,stats"]
+    assert data_scale.main([*args, "--out", str(out), "--work", str(tmp_path)]) == 0
+    res = json.loads(out.read_text())
+    assert res["log"]["shape"] == shape and (tmp_path / shape / "manifest.yaml").is_file()
+    assert res["settings"]["neg_ratio"] == data_scale.SHAPES[shape]
+    # movielens: at 20k rows (1,000 movies) the heaviest users reach the cap of a quarter of them
+    assert res["dataset"]["events"] == res["log"]["rows"] > 0.7 * 20_000
+    assert list(res["steps"]) == ["convert", "validate", "stats"]
+
+
+def test_tmall_log_has_the_public_shape(tmp_path):
+    data_scale.generate_log(tmp_path, 30_000, seed=2, shape="tmall")
+    df = pd.read_csv(tmp_path / "t_alibaba_data.csv")
+    assert list(df.columns) == ["user_id", "brand_id", "type", "visit_datetime"]
+    assert len(df) == 30_000
+    mix = df.type.value_counts(normalize=True)
+    assert abs(mix[0] - 0.9544) < 0.01 and abs(mix[1] - 0.0382) < 0.01
+    month = df.visit_datetime.str.split("-").str[0].astype(int)
+    assert month.between(4, 8).all() and month.nunique() == 5
+
+
+def test_movielens_log_rates_a_movie_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_scale, "CHUNK_ROWS", 7_000)  # several blocks
+    shape = data_scale.generate_log(tmp_path, 30_000, seed=2, shape="movielens")
+    r = pd.read_csv(tmp_path / "ratings.dat", sep="::", header=None, engine="python")
+    assert len(r) == shape["rows"] <= 30_000 and not r.duplicated([0, 1]).any()
+    assert r[2].between(1, 5).all() and (r.groupby(0)[3].diff().dropna() >= 0).all()
+    users = (tmp_path / "users.dat").read_text().splitlines()
+    assert len(users) == shape["users"] and set(r[0]) <= set(range(1, shape["users"] + 1))
