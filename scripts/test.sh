@@ -34,7 +34,8 @@ ruff check --quiet . || { echo "ruff check failed: fix the findings above (ruff 
 ruff format --check --quiet . || { echo "ruff format: files above need formatting (run: ruff format .)" >&2; exit 1; }
 export WANDB_MODE=offline WANDB_SILENT=true
 set +e
-python -m pytest -q -p no:cacheprovider "$@"
+# every test of a second or more with its time, slowest first: where the suite's minutes go
+python -m pytest -q -p no:cacheprovider --durations=0 --durations-min=1.0 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; rc=1; fi
