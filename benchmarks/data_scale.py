@@ -60,10 +60,7 @@ DAYS = 9
 TMALL_TYPE_MIX = {0: 0.9544, 1: 0.0382, 2: 0.0066, 3: 0.0008}  # click, buy, collect, cart
 ML_RATING_MIX = {1: 0.0563, 2: 0.1104, 3: 0.2609, 4: 0.3498, 5: 0.2226}
 ML_FIRST_TS, ML_LAST_TS = 956_703_932, 1_046_454_590
-ML_GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary")
-ML_GENRES += ("Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance")
-ML_GENRES += ("Sci-Fi", "Thriller", "War", "Western")
-SHAPES = {"taobao": 4, "tmall": 4, "movielens": 0}  # shape -> its converter's default neg_ratio
+SHAPES = ("taobao", "tmall", "movielens")  # each converted by the converter of that name
 CHUNK_ROWS = 5_000_000  # rows per block the generator writes
 STEPS = ("convert", "validate", "stats", "prepare", "train_pass", "eval_pass")
 
@@ -79,23 +76,32 @@ def _blocks(rng: np.random.Generator, rows: int, n_users: int) -> list:
     return [(lo + 1, per_user[lo:hi]) for lo, hi in zip(edges, edges[1:]) if hi > lo]
 
 
+def _inverse_cdf(rng: np.random.Generator, cdf: np.ndarray, k: int) -> np.ndarray:
+    """k draws of an index 0..len(cdf)-1 with the probabilities whose running sum is `cdf`."""
+    return np.minimum(np.searchsorted(cdf, rng.random(k) * cdf[-1], side="right"), len(cdf) - 1)
+
+
 def _zipf_sampler(rng: np.random.Generator, n: int, zipf: float):
     """Draws of ids 1..n where the id of popularity rank r has probability proportional to r^-zipf
     (ranks are not ids: a seeded permutation maps them)."""
     pop = np.arange(1, n + 1, dtype=np.float64) ** -zipf
     cdf = np.cumsum(pop / pop.sum())
     rank_to_id = rng.permutation(n) + 1
-
-    def draw(k: int) -> np.ndarray:
-        return rank_to_id[np.minimum(np.searchsorted(cdf, rng.random(k) * cdf[-1], "right"), n - 1)]
-
-    return draw
+    return lambda k: rank_to_id[_inverse_cdf(rng, cdf, k)]
 
 
 def _draw(rng: np.random.Generator, shares: dict, k: int) -> np.ndarray:
     """k draws of the index of `shares`' keys with those probabilities."""
-    cdf = np.cumsum(np.array(list(shares.values()), dtype=np.float64))
-    return np.minimum(np.searchsorted(cdf, rng.random(k) * cdf[-1], side="right"), len(cdf) - 1)
+    return _inverse_cdf(rng, np.cumsum(np.array(list(shares.values()), dtype=np.float64)), k)
+
+
+def default_neg_ratio(shape: str) -> int:
+    """The `neg_ratio` the converter of that name uses when not given (the benchmark's)."""
+    import importlib
+    import inspect
+
+    convert = importlib.import_module(f"harness.data.converters.{shape}").convert
+    return inspect.signature(convert).parameters["neg_ratio"].default
 
 
 def _append(df, path: Path) -> None:
@@ -150,6 +156,8 @@ def _tmall(raw: Path, rows: int, rng: np.random.Generator, zipf: float) -> dict:
     shared sample's type mix (click 95.44%, buy 3.82%, collect 0.66%, cart 0.08%)."""
     import pandas as pd
 
+    from harness.data.converters.tmall import COLUMNS
+
     n_users = max(2, round(rows * 884 / 182_880))
     n_brands = max(10, round(rows * 9_531 / 182_880))
     days = pd.date_range("2014-04-15", "2014-08-15", freq="D")
@@ -157,9 +165,7 @@ def _tmall(raw: Path, rows: int, rng: np.random.Generator, zipf: float) -> dict:
     blocks = _blocks(rng, rows, n_users)
     brands = _zipf_sampler(rng, n_brands, zipf)
     path = raw / "t_alibaba_data.csv"
-    pd.DataFrame(columns=["user_id", "brand_id", "type", "visit_datetime"]).to_csv(
-        path, index=False
-    )
+    pd.DataFrame(columns=list(COLUMNS)).to_csv(path, index=False)
     for first, counts in blocks:
         n = int(counts.sum())
         user = np.repeat(np.arange(first, first + len(counts)), counts)
@@ -179,6 +185,8 @@ def _movielens(raw: Path, rows: int, rng: np.random.Generator, zipf: float) -> d
     quarter of the movies, and repeated (user, movie) draws are drawn again (up to 50 rounds, then
     dropped), so the log may have slightly fewer rows than asked (the count is returned)."""
     import pandas as pd
+
+    from harness.data.converters.movielens import AGE_CODES, GENRES
 
     n_users = max(2, round(rows * 6_040 / 1_000_209))
     n_movies = max(1_000, round(rows * 3_706 / 1_000_209))
@@ -211,19 +219,18 @@ def _movielens(raw: Path, rows: int, rng: np.random.Generator, zipf: float) -> d
         written += len(df)
     u = pd.DataFrame({"u": np.arange(1, n_users + 1)})
     u["g"] = np.where(rng.random(n_users) < 0.28, "F", "M")  # ML-1M: 28% of users are women
-    u["a"] = rng.choice([1, 18, 25, 35, 45, 50, 56], n_users)
+    u["a"] = rng.choice(AGE_CODES, n_users)
     u["o"] = rng.integers(0, 21, n_users)
     u["z"] = rng.integers(10_000, 99_999, n_users)
     (raw / "users.dat").write_text(
         "".join(f"{a}::{b}::{c}::{d}::{e}\n" for a, b, c, d, e in u.to_numpy())
     )
-    genres = ML_GENRES
-    g1 = rng.integers(0, len(genres), n_movies)
-    g2 = rng.integers(0, len(genres), n_movies)
+    g1 = rng.integers(0, len(GENRES), n_movies)
+    g2 = rng.integers(0, len(GENRES), n_movies)
     year = rng.integers(1919, 2001, n_movies)
     (raw / "movies.dat").write_text(
         "".join(
-            f"{i + 1}::Movie {i + 1} ({year[i]})::{genres[g1[i]]}|{genres[g2[i]]}\n"
+            f"{i + 1}::Movie {i + 1} ({year[i]})::{GENRES[g1[i]]}|{GENRES[g2[i]]}\n"
             for i in range(n_movies)
         ),
         encoding="latin-1",
@@ -421,7 +428,7 @@ def bench(
         "settings": {
             "seq_len": seq_len,
             "batch_size": batch_size,
-            "neg_ratio": SHAPES[shape],  # the converter's default
+            "neg_ratio": default_neg_ratio(shape),
             "engine": engine,
             "memory_limit": memory_limit if engine == "duckdb" else None,
             "convert_opts": convert_opts(engine, memory_limit),
@@ -442,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zipf", type=float, default=1.0, help="item popularity exponent")
     p.add_argument(
         "--shape",
-        choices=list(SHAPES),
+        choices=SHAPES,
         default="taobao",
         help="the generated log's format and ratios, converted by the converter of that name",
     )
@@ -493,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.step:  # a child: one in-process step, its figures as the last line of stdout
         fn = {"prepare": prepare, "train_pass": train_pass, "eval_pass": eval_pass}[a.step]
         opts = {"storage": a.storage, "eval_sample_users": a.eval_sample_users}
-        opts["train_max_s"] = a.train_max_s
+        opts |= {"train_max_s": a.train_max_s}
         print(json.dumps(fn(a.folder, a.seq_len, a.batch_size, opts)))
         return 0
     steps = tuple(x for x in a.steps.split(",") if x)

@@ -90,7 +90,7 @@ def test_other_shapes_convert_and_validate(tmp_path, shape):
     assert data_scale.main([*args, "--out", str(out), "--work", str(tmp_path)]) == 0
     res = json.loads(out.read_text())
     assert res["log"]["shape"] == shape and (tmp_path / shape / "manifest.yaml").is_file()
-    assert res["settings"]["neg_ratio"] == data_scale.SHAPES[shape]
+    assert res["settings"]["neg_ratio"] == {"tmall": 4, "movielens": 0}[shape]
     # movielens: at 20k rows (1,000 movies) the heaviest users reach the cap of a quarter of them
     assert res["dataset"]["events"] == res["log"]["rows"] > 0.7 * 20_000
     assert list(res["steps"]) == ["convert", "validate", "stats"]
