@@ -26,7 +26,10 @@ Steps, each in its own subprocess whose peak RSS is the kernel's ru_maxrss of th
               building its memory-mapped arrays, which train_pass and eval_pass then open
   train_pass  the data module's set-up and one epoch of training batches (no model): the data side
               of a training epoch (--train-max-s T: its first T seconds, with the epoch's time
-              extrapolated and labelled so)
+              extrapolated and labelled so; --order: the epoch's request order, shuffled uniformly
+              (the default), in shuffled blocks (--order blocks: data.shuffle_block
+              --shuffle-block, .shuffle_window --shuffle-window) or chronological, as data.shuffle:
+              false and the paper train)
   eval_pass   the data module's set-up, then every val and test batch through an untrained
               onetrans-tiny (no grad) and the split metrics: the final evaluation of harness.train
               without Lightning
@@ -250,6 +253,9 @@ def _datamodule(folder: str, seq_len: int, batch_size: int, opts: dict):
         storage=opts["storage"],
         mapped_dir=Path(folder).parent / "prepared",
         eval_sample_users=opts["eval_sample_users"],
+        chronological=opts.get("order") == "chronological",
+        shuffle_block=opts["shuffle_block"] if opts.get("order") == "blocks" else 0,
+        shuffle_window=opts.get("shuffle_window", 16),
     )
     dm.setup()
     return dm
@@ -380,6 +386,9 @@ def bench(
     eval_sample_users: float = 0.0,
     train_max_s: float = 0.0,
     shape: str = "taobao",
+    order: str = "uniform",
+    shuffle_block: int = 4096,
+    shuffle_window: int = 16,
 ) -> dict:
     raw, folder = work / "raw", work / shape
     work.mkdir(parents=True, exist_ok=True)  # --work may name a new folder: the step logs go there
@@ -394,7 +403,8 @@ def bench(
     drawn["generate_s"] = generated["wall_s"]
     inproc = ["--folder", str(folder), "--seq-len", str(seq_len), "--batch-size", str(batch_size)]
     inproc += ["--storage", storage, "--eval-sample-users", str(eval_sample_users)]
-    inproc += ["--train-max-s", str(train_max_s)]
+    inproc += ["--train-max-s", str(train_max_s), "--order", order]
+    inproc += ["--shuffle-block", str(shuffle_block), "--shuffle-window", str(shuffle_window)]
     cmds = {
         "convert": [py, "-m", "harness.data", "convert", shape, str(raw), "--out", str(folder)]
         + convert_opts(engine, memory_limit),
@@ -435,7 +445,13 @@ def bench(
             "storage": storage,
             "eval_sample_users": eval_sample_users,
             "train_max_s": train_max_s,
-        },
+            "order": order,
+        }
+        | (
+            {"shuffle_block": shuffle_block, "shuffle_window": shuffle_window}
+            if order == "blocks"
+            else {}
+        ),
         "steps": steps,
     }
 
@@ -484,6 +500,18 @@ def main(argv: list[str] | None = None) -> int:
         "extrapolated epoch time (0: the whole epoch)",
     )
     p.add_argument(
+        "--order",
+        choices=["uniform", "blocks", "chronological"],
+        default="uniform",
+        help="train_pass: the epoch's request order (data.shuffle, data.shuffle_block)",
+    )
+    p.add_argument(
+        "--shuffle-block", type=int, default=4096, help="--order blocks: requests per block"
+    )
+    p.add_argument(
+        "--shuffle-window", type=int, default=16, help="--order blocks: blocks shuffled together"
+    )
+    p.add_argument(
         "--steps",
         default=",".join(STEPS),
         help=f"comma-separated steps to run, in this order (default all: {','.join(STEPS)})",
@@ -500,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.step:  # a child: one in-process step, its figures as the last line of stdout
         fn = {"prepare": prepare, "train_pass": train_pass, "eval_pass": eval_pass}[a.step]
         opts = {"storage": a.storage, "eval_sample_users": a.eval_sample_users}
-        opts |= {"train_max_s": a.train_max_s}
+        opts |= {"train_max_s": a.train_max_s, "order": a.order}
+        opts |= {"shuffle_block": a.shuffle_block, "shuffle_window": a.shuffle_window}
         print(json.dumps(fn(a.folder, a.seq_len, a.batch_size, opts)))
         return 0
     steps = tuple(x for x in a.steps.split(",") if x)
@@ -516,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     label += "" if a.shape == "taobao" else f"_{a.shape}"
     label += "" if a.engine == "pandas" else f"_{a.engine}"
     label += "" if a.storage == "memory" else f"_{a.storage}"
+    label += "" if a.order == "uniform" else f"_{a.order}"
     out = a.out or REPO / "benchmarks" / "results" / f"data_scale_{label}.json"
     with tempfile.TemporaryDirectory(prefix="data_scale_") as tmp:
         work = a.work or Path(tmp)
@@ -533,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
             eval_sample_users=a.eval_sample_users,
             train_max_s=a.train_max_s,
             shape=a.shape,
+            order=a.order,
+            shuffle_block=a.shuffle_block,
+            shuffle_window=a.shuffle_window,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

@@ -25,7 +25,8 @@ Defaults are part of the hash: adding a field with a default changes every id (d
 new knob may change what an old config means). The exception is a section added later and off by
 default (`RUN_ID_WHEN_ON`: `eval`, whose sampling only changes what a run reports when it is on;
 train.emb_lr_scale, whose 1.0 is the one rate of before; train.lr_decay, whose "none" is the
-constant rate of before): it enters the hash only when on, so the ids of earlier runs stay valid. The model enters as written (name, size, overrides), not as the
+constant rate of before; data.shuffle_block and .shuffle_window, whose 0 is the uniform order of
+before): it enters the hash only when on, so the ids of earlier runs stay valid. The model enters as written (name, size, overrides), not as the
 resolved model Config.
 
 Settings that moved home after run ids were in use (issue #23) hash in their old place and form, so
@@ -246,6 +247,12 @@ class DataConfig(_Section):
     # log row); "mapped": built once under cache_dir/prepared and memory-mapped, for logs larger
     # than memory (harness/data/mapped.py). Same batches either way: not part of the run id.
     storage: str = "memory"
+    # shuffled train order with locality (harness/data/datamodule.py `block_shuffle`): blocks of
+    # this many consecutive requests in random order, `shuffle_window` blocks shuffled together.
+    # 0 (default): uniform. For mapped arrays larger than the page cache, where a uniform order
+    # reads the disk at random (docs/data-module.md, "An epoch order with locality").
+    shuffle_block: int = 0
+    shuffle_window: int = 16
 
     def validate(self) -> None:
         _require(
@@ -264,6 +271,20 @@ class DataConfig(_Section):
         _require(
             self.storage in ("memory", "mapped"),
             f"data.storage must be 'memory' or 'mapped', got {self.storage!r}.",
+        )
+        _require(
+            self.shuffle_block >= 0,
+            f"data.shuffle_block must be >= 0 (0: uniform order), got {self.shuffle_block}.",
+        )
+        _require(
+            self.shuffle_window >= 1,
+            f"data.shuffle_window must be >= 1, got {self.shuffle_window}.",
+        )
+        _require(
+            self.shuffle_block == 0 or self.shuffle,
+            f"data.shuffle_block = {self.shuffle_block} orders a shuffled epoch, but data.shuffle "
+            f"is false (chronological order, already sequential on disk). Set data.shuffle: true, "
+            f"or data.shuffle_block: 0.",
         )
 
     @property
@@ -746,6 +767,8 @@ RUN_ID_WHEN_ON: dict[tuple[str, ...], Any] = {
     ("eval",): lambda cfg: cfg.eval.sampled,
     ("train", "emb_lr_scale"): lambda cfg: cfg.train.emb_lr_scale != 1.0,
     ("train", "lr_decay"): lambda cfg: cfg.train.lr_decay != "none",
+    ("data", "shuffle_block"): lambda cfg: cfg.data.shuffle_block > 0,
+    ("data", "shuffle_window"): lambda cfg: cfg.data.shuffle_block > 0,
 }
 
 

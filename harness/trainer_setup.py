@@ -119,6 +119,8 @@ def prepare_data(plan: ResolvedConfig) -> PreparedData:
         eval_sample_seed=cfg.eval.sample_seed,
         storage=d.storage,
         mapped_dir=Path(d.cache_dir) / "prepared",
+        shuffle_block=d.shuffle_block,
+        shuffle_window=d.shuffle_window,
     )
     _setup_data(dm, folder)
     return PreparedData(folder=folder, warnings=warnings, dm=dm, next_batch=next_batch)

@@ -188,13 +188,17 @@ def test_bad_input_gets_the_in_memory_message(tmp_path, monkeypatch, table, edit
 
 
 @pytest.mark.parametrize("batching", ["requests", "fixed"])
-@pytest.mark.parametrize("shuffle,drop_last", [(True, True), (True, False), (False, False)])
-def test_epoch_plan_gives_the_plain_plans_batches(tmp_path, batching, shuffle, drop_last):
+@pytest.mark.parametrize(
+    "shuffle,drop_last,block",
+    [(True, True, 0), (True, False, 0), (False, False, 0), (True, True, 5)],
+)
+def test_epoch_plan_gives_the_plain_plans_batches(tmp_path, batching, shuffle, drop_last, block):
     folder = write_tiny_folder(tmp_path / "ds", seed=4, n_requests=90, max_per_request=6)
     data = prepare(folder, Manifest.load(folder))
     for split, requests in data.split_requests.items():
         for bs, epoch in ((6, 0), (7, 3), (1000, 1)):
             kw = dict(batching=batching, shuffle=shuffle, seed=11, epoch=epoch, drop_last=drop_last)
+            kw |= dict(shuffle_block=block, shuffle_window=3)
             order, bounds = plan_batches(data, requests, bs, **kw)
             plan = plan_epoch(data, requests, bs, **kw)
             assert np.array_equal(plan.bounds, bounds), split

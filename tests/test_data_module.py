@@ -280,3 +280,96 @@ def test_lightning_trainer_keeps_sampler_and_sets_epoch(tiny, tmp_path):
         for e in (0, 1)
     ]
     assert seen[0] == want[0] and seen[1] == want[1] and want[0] != want[1]
+
+
+# ---- data.shuffle_block: a shuffled order with locality (datamodule.block_shuffle) ------------
+@pytest.mark.parametrize("n,block,window", [(1, 4, 2), (10, 3, 2), (1000, 7, 3), (1003, 16, 1)])
+def test_block_shuffle_is_a_permutation_of_whole_blocks_mixed_a_window_at_a_time(n, block, window):
+    from harness.data.datamodule import block_shuffle
+
+    p = block_shuffle(n, block, window, np.random.default_rng(n))
+    assert np.array_equal(np.sort(p), np.arange(n))
+    assert np.array_equal(p, block_shuffle(n, block, window, np.random.default_rng(n)))
+    # walking the output, the blocks it has entered: at most `window` at a time, and each run of
+    # `window` blocks (fewer at the end) is complete before the next block starts
+    blocks = p // block
+    sizes = np.bincount(blocks)
+    entered, seen, runs = set(), 0, 0
+    for x in blocks.tolist():
+        entered.add(x)
+        seen += 1
+        assert len(entered) <= window
+        if len(entered) == window and seen == sizes[list(entered)].sum():
+            entered, seen, runs = set(), 0, runs + 1
+    assert seen == sizes[list(entered)].sum()  # the last run is whole too
+    assert runs == len(sizes) // window
+
+
+def test_shuffle_block_orders_with_locality_deterministically_and_shards_the_same(tmp_path):
+    folder = write_tiny_folder(tmp_path / "ds", seed=5, n_requests=400, max_per_request=3)
+    block, window = 8, 2
+
+    def batches(seed=0, epoch=0, **kw):
+        dm = OneTransDataModule(
+            folder,
+            seq_len=4,
+            batch_size=6,
+            seed=seed,
+            shuffle_block=block,
+            shuffle_window=window,
+            **kw,
+        )
+        return dm, all_batches(dm, "train", epoch)
+
+    dm, got = batches()
+    order = [b["request_id"] for b in got]
+    rid = pd.read_parquet(folder / "impressions.parquet").drop_duplicates("request_id")
+    train = dm.data.split_requests["train"]
+    # a request's place in the split's (chronological) rows, and so its block
+    place = {
+        int(r): i for i, r in enumerate(dm.data.imp["request_id"].numpy()[dm.data.req_lo[train]])
+    }
+    assert len(place) == len(train) and set(rid.request_id) >= set(place)
+    for r in order:  # each batch reads from at most 2 windows of blocks
+        assert len({place[int(x)] // block for x in r.unique()}) <= 2 * window
+    flat = torch.cat(order).tolist()
+    uniform = torch.cat(
+        [
+            b["request_id"]
+            for b in all_batches(OneTransDataModule(folder, seq_len=4, batch_size=6), "train")
+        ]
+    ).tolist()
+    assert flat != uniform and sorted(flat) == sorted(uniform)  # same impressions, another order
+    assert (
+        flat == torch.cat([b["request_id"] for b in batches()[1]]).tolist()
+    )  # (seed, epoch) decide
+    assert flat != torch.cat([b["request_id"] for b in batches(epoch=1)[1]]).tolist()
+    assert flat != torch.cat([b["request_id"] for b in batches(seed=1)[1]]).tolist()
+    for k in range(2):  # DDP: rank k holds batches k, k+2, ... of the one-process plan
+        mine = batches(rank=k, world_size=2)[1]
+        assert len(mine) == len(got) // 2
+        for a, b in zip(mine, got[k::2]):
+            assert torch.equal(a["request_id"], b["request_id"])
+
+
+def test_shuffle_block_config_checks_and_run_id():
+    from harness.config import ConfigError, RunConfig, run_id
+
+    base = RunConfig.from_dict({"data": {"shuffle": True}})
+    off = RunConfig.from_dict({"data": {"shuffle": True, "shuffle_block": 0, "shuffle_window": 4}})
+    on = RunConfig.from_dict({"data": {"shuffle": True, "shuffle_block": 64}})
+    assert run_id(base) == run_id(off)  # off: every earlier run id stays valid
+    assert run_id(on) != run_id(base)
+    wider = RunConfig.from_dict(
+        {"data": {"shuffle": True, "shuffle_block": 64, "shuffle_window": 4}}
+    )
+    assert run_id(wider) != run_id(on)
+    for bad, needle in (
+        ({"shuffle": True, "shuffle_block": -1}, "shuffle_block must be >= 0"),
+        ({"shuffle": True, "shuffle_block": 8, "shuffle_window": 0}, "shuffle_window must be >= 1"),
+        ({"shuffle": False, "shuffle_block": 8}, "Set data.shuffle: true"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            RunConfig.from_dict({"data": bad})
+    with pytest.raises(ValueError, match="shuffle_block"):
+        OneTransDataModule(Path("."), seq_len=4, batch_size=4, shuffle_block=-1)

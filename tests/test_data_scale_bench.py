@@ -115,3 +115,24 @@ def test_movielens_log_rates_a_movie_once(tmp_path, monkeypatch):
     assert r[2].between(1, 5).all() and (r.groupby(0)[3].diff().dropna() >= 0).all()
     users = (tmp_path / "users.dat").read_text().splitlines()
     assert len(users) == shape["users"] and set(r[0]) <= set(range(1, shape["users"] + 1))
+
+
+def test_train_pass_orders_the_epoch_as_asked(tmp_path):
+    out = tmp_path / "blocks.json"
+    args = ["--rows", "5000", "--steps", "convert,train_pass", "--order", "blocks"]
+    args += ["--shuffle-block", "32", "--shuffle-window", "2", "--out", str(out)]
+    assert data_scale.main([*args, "--work", str(tmp_path)]) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"]["order"] == "blocks" and res["settings"]["shuffle_block"] == 32
+    tp = res["steps"]["train_pass"]["result"]
+    assert tp["complete"] and tp["impressions"] > 0
+    folder = str(tmp_path / "taobao")
+    opts = {"storage": "memory", "eval_sample_users": 0.0}
+    for order, block, chrono in (
+        ("blocks", 32, False),
+        ("chronological", 0, True),
+        ("uniform", 0, False),
+    ):
+        o = opts | {"order": order, "shuffle_block": 32, "shuffle_window": 2}
+        dm = data_scale._datamodule(folder, 16, 64, o)
+        assert (dm.shuffle_block, dm.chronological) == (block, chrono), order

@@ -11,7 +11,9 @@ Design (docs/data-module.md):
   (epoch, batch number) and `BatchDataset[...]` gathers the batch with one fancy index per field.
 - Requests stay whole: a batch holds R sequence rows and `req_index` maps impressions to them.
 - Train order is shuffled per (seed, epoch) at request granularity; val/test (and train with
-  chronological=True, the next-batch protocol) keep time order. Every process derives the same plan
+  chronological=True, the next-batch protocol) keep time order. `shuffle_block` > 0 shuffles with
+  locality instead (`block_shuffle`: blocks of consecutive requests, mixed a window at a time), for
+  mapped arrays larger than the page cache, where a uniform order reads the disk at random. Every process derives the same plan
   from (seed, epoch), so workers and DDP ranks agree without communication; rank k takes batches
   k, k + world, ... (train: truncated to an equal count per rank so DDP never waits on a missing one).
 """
@@ -51,6 +53,8 @@ def plan_batches(
     seed: int,
     epoch: int,
     drop_last: bool,
+    shuffle_block: int = 0,
+    shuffle_window: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(impression order, batch boundaries) for one epoch of one split: the plain form of
     `plan_epoch` (the reference its parity test compares against), one index per impression.
@@ -58,7 +62,7 @@ def plan_batches(
     batching="requests": whole requests, greedily packed to at most batch_size impressions.
     batching="fixed": exactly batch_size impressions; a request cut by a boundary appears in both
     batches with its own (identical) sequence row, so every impression still sees its exact history."""
-    requests = _epoch_requests(requests, shuffle, seed, epoch)
+    requests = _epoch_requests(requests, shuffle, seed, epoch, shuffle_block, shuffle_window)
     sizes = data.req_hi[requests] - data.req_lo[requests]
     # expand request ranges into impression indices without a per-request loop
     offs = np.repeat(data.req_lo[requests] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
@@ -66,10 +70,35 @@ def plan_batches(
     return order, _batch_bounds(sizes, batch_size, batching, drop_last)
 
 
-def _epoch_requests(requests: np.ndarray, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
-    if shuffle:
-        return requests[np.random.default_rng([seed, epoch]).permutation(len(requests))]
-    return requests
+def _epoch_requests(
+    requests: np.ndarray, shuffle: bool, seed: int, epoch: int, block: int = 0, window: int = 16
+) -> np.ndarray:
+    if not shuffle:
+        return requests
+    rng = np.random.default_rng([seed, epoch])
+    if block <= 0:  # uniform: the default, and the order of every run before shuffle_block
+        return requests[rng.permutation(len(requests))]
+    return requests[block_shuffle(len(requests), block, window, rng)]
+
+
+def block_shuffle(n: int, block: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(n) with locality, for arrays read from disk (data.shuffle_block):
+    positions cut into blocks of `block` consecutive ones, the blocks in random order, and the
+    positions of each run of `window` consecutive blocks of that order shuffled together (a
+    shuffle buffer of window x block requests, as streaming loaders keep). A batch then reads from
+    at most 2 x window stretches of the arrays, each `block` requests long, instead of one
+    stretch per request; the price is that `window x block / batch` consecutive batches share the
+    same few stretches (docs/data-module.md has both measured)."""
+    n_blocks = -(-n // block)
+    starts = rng.permutation(n_blocks).astype(np.int64) * block
+    lens = np.minimum(block, n - starts)
+    ends = np.cumsum(lens)
+    # the blocks laid end to end in their new order, without a loop per position
+    pos = np.repeat(starts - (ends - lens), lens) + np.arange(n, dtype=np.int64)
+    for g in range(0, n_blocks, window):  # one step per window of blocks, not per position
+        lo, hi = ends[g] - lens[g], ends[min(g + window, n_blocks) - 1]
+        pos[lo:hi] = pos[lo:hi][rng.permutation(hi - lo)]
+    return pos
 
 
 def _batch_bounds(
@@ -137,9 +166,11 @@ def plan_epoch(
     seed: int,
     epoch: int,
     drop_last: bool,
+    shuffle_block: int = 0,
+    shuffle_window: int = 16,
 ) -> EpochPlan:
     """The batches of one epoch (same batches as plan_batches, held per request)."""
-    requests = _epoch_requests(requests, shuffle, seed, epoch)
+    requests = _epoch_requests(requests, shuffle, seed, epoch, shuffle_block, shuffle_window)
     sizes = data.req_hi[requests] - data.req_lo[requests]
     cum = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     bounds = _batch_bounds(sizes, batch_size, batching, drop_last)
@@ -169,6 +200,8 @@ class BatchDataset(Dataset):
         seed: int,
         drop_last: bool,
         requests: np.ndarray | None = None,
+        shuffle_block: int = 0,
+        shuffle_window: int = 16,
     ) -> None:
         self.data, self.split, self.seq_len, self.n_gap = data, split, seq_len, n_gap_buckets
         # the split's requests, or a subset of them (an evaluation on sampled users)
@@ -179,6 +212,8 @@ class BatchDataset(Dataset):
             shuffle=shuffle,
             seed=seed,
             drop_last=drop_last,
+            shuffle_block=shuffle_block,
+            shuffle_window=shuffle_window,
         )
         self._plan: tuple[int, EpochPlan] | None = None
 
@@ -270,6 +305,8 @@ class OneTransDataModule(L.LightningDataModule):
         eval_sample_seed: int = 0,
         storage: Storage = "memory",
         mapped_dir: str | Path | None = None,
+        shuffle_block: int = 0,
+        shuffle_window: int = 16,
     ) -> None:
         super().__init__()
         if batching not in ("requests", "fixed"):
@@ -282,6 +319,13 @@ class OneTransDataModule(L.LightningDataModule):
         self.mapped_dir = (
             Path(mapped_dir) if mapped_dir is not None else self.folder_default_mapped(folder)
         )
+        if shuffle_block < 0 or shuffle_window < 1:
+            raise ValueError(
+                f"shuffle_block must be >= 0 and shuffle_window >= 1, got {shuffle_block}, "
+                f"{shuffle_window}"
+            )
+        # train order with locality (block_shuffle); 0: uniform
+        self.shuffle_block, self.shuffle_window = shuffle_block, shuffle_window
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
         self.folder = Path(folder)
@@ -354,6 +398,8 @@ class OneTransDataModule(L.LightningDataModule):
             seed=self.seed,
             drop_last=train and self.drop_last,
             requests=self.sampled_requests(split) if sampled else None,
+            shuffle_block=self.shuffle_block,
+            shuffle_window=self.shuffle_window,
         )
 
     def loader(self, split: str, sampled: bool = False) -> DataLoader:
