@@ -34,8 +34,10 @@ ruff check --quiet . || { echo "ruff check failed: fix the findings above (ruff 
 ruff format --check --quiet . || { echo "ruff format: files above need formatting (run: ruff format .)" >&2; exit 1; }
 export WANDB_MODE=offline WANDB_SILENT=true
 set +e
-# every test of a second or more with its time, slowest first: where the suite's minutes go
-python -m pytest -q -p no:cacheprovider --durations=0 --durations-min=1.0 "$@"
+# every test of a second or more with its time, slowest first: where the suite's minutes go.
+# Every test, the slow-marked ones too (plain pytest leaves them out: pyproject.toml addopts); a -m
+# given to this script comes later and wins.
+python -m pytest -q -p no:cacheprovider --durations=0 --durations-min=1.0 -m "slow or not slow" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; rc=1; fi

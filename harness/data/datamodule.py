@@ -13,9 +13,10 @@ Design (docs/data-module.md):
 - Train order is shuffled per (seed, epoch) at request granularity; val/test (and train with
   chronological=True, the next-batch protocol) keep time order. `shuffle_block` > 0 shuffles with
   locality instead (`block_shuffle`: blocks of consecutive requests, mixed a window at a time), for
-  mapped arrays larger than the page cache, where a uniform order reads the disk at random. Every process derives the same plan
-  from (seed, epoch), so workers and DDP ranks agree without communication; rank k takes batches
-  k, k + world, ... (train: truncated to an equal count per rank so DDP never waits on a missing one).
+  mapped arrays larger than the page cache, where a uniform order reads the disk at random. Every
+  process derives the same plan from (seed, epoch), so workers and DDP ranks agree without
+  communication; rank k takes batches k, k + world, ... (train: truncated to an equal count per
+  rank so DDP never waits on a missing one).
 """
 
 from __future__ import annotations
