@@ -287,3 +287,43 @@ def test_request_ids_in_no_order(tmp_path, monkeypatch):
     m = Manifest.load(folder)
     monkeypatch.setattr(keyed, "BATCH_ROWS", 16)
     assert_same_prepared(prepare(folder, m), mapped.prepare_mapped(folder, m, tmp_path / "p"))
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The kernel's VmFlags of the mapping of this process that holds ADDRESS (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+        if head:
+            inside = int(head[1], 16) <= address < int(head[2], 16)
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
+@pytest.mark.parametrize(
+    "chronological, block, random_reads",
+    [(False, 0, True), (False, 4, False), (True, 0, False)],
+)
+def test_a_uniform_epoch_maps_the_arrays_without_read_ahead(
+    tmp_path, chronological, block, random_reads
+):
+    # a uniformly shuffled epoch advises MADV_RANDOM (VmFlags "rr": no read-around on a fault);
+    # chronological and block-shuffled epochs read in runs and keep the kernel's read-ahead
+    folder = write_tiny_folder(tmp_path / "ds", seed=3, n_users=9, n_events=300)
+    dm = OneTransDataModule(
+        folder,
+        seq_len=8,
+        batch_size=16,
+        storage="mapped",
+        mapped_dir=tmp_path / "prep",
+        chronological=chronological,
+        shuffle_block=block,
+    )
+    dm.setup()
+    arrays = [dm.data.events.table, dm.data.req_start, *dm.data.imp.values()]
+    for a in arrays:
+        assert ("rr" in _vm_flags(a.data_ptr())) is random_reads
+    ref = prepare(folder, Manifest.load(folder))  # the advice changes no value
+    assert_same_prepared(ref, dm.data)

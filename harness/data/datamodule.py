@@ -359,7 +359,11 @@ class OneTransDataModule(L.LightningDataModule):
             if self.storage == "mapped":
                 from harness.data.mapped import prepare_mapped  # on use
 
-                self.data = prepare_mapped(self.folder, self.manifest, self.mapped_dir)
+                # a uniformly shuffled epoch reads the arrays in no order: no read-ahead
+                uniform = not self.chronological and self.shuffle_block == 0
+                self.data = prepare_mapped(
+                    self.folder, self.manifest, self.mapped_dir, random_access=uniform
+                )
             else:
                 self.data = prepare(self.folder, self.manifest)
 
