@@ -14,6 +14,7 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import data_scale  # noqa: E402
+import negatives_profile  # noqa: E402
 
 
 def test_generated_log_has_the_userbehavior_shape(tmp_path):
@@ -136,3 +137,21 @@ def test_train_pass_orders_the_epoch_as_asked(tmp_path):
         o = opts | {"order": order, "shuffle_block": 32, "shuffle_window": 2}
         dm = data_scale._datamodule(folder, 16, 64, o)
         assert (dm.shuffle_block, dm.chronological) == (block, chrono), order
+
+
+def test_negatives_profile_times_the_phase_it_runs(tmp_path):
+    """benchmarks/negatives_profile.py draws the negatives the streaming convert writes (as many,
+    neg_ratio 4 per positive) and times the draws, the SQL and the writes."""
+    pytest.importorskip("duckdb")
+    from harness.data.converters import convert, stream
+
+    data_scale.generate_log(tmp_path / "raw", 5_000, seed=1)
+    out = tmp_path / "res" / "profile.json"
+    assert negatives_profile.main([str(tmp_path / "raw"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    folder = convert("taobao", tmp_path / "raw", tmp_path / "st", engine="duckdb", neg_ratio=4)
+    clicks = pd.read_parquet(folder / "impressions").click
+    assert res["negative_rows"] == (clicks == 0).sum() == 4 * (clicks == 1).sum()
+    assert res["seconds"]["draw"] > 0 and any(k.startswith("sql: ") for k in res["seconds"])
+    assert not any((tmp_path / "res").glob(".negatives-profile.*"))  # its database removed
+    assert stream.Sampler.draw.__qualname__ == "Sampler.draw"  # the timers undone

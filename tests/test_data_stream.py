@@ -177,6 +177,33 @@ def test_streamed_asof_draws_count_plus_one_and_never_the_future():
         assert chisquare(seen, expect * n).pvalue > 1e-3, (seen, expect)
 
 
+def test_search_right_is_searchsorted_exactly():
+    """The sorted-keys search returns what searchsorted(side="right") does, key by key: ties,
+    keys equal to entries, below the first and above the last included (fresh random inputs)."""
+    rng = np.random.default_rng()
+    a = np.sort(rng.integers(0, 50, 200)).astype(float)  # many repeated entries
+    keys = np.concatenate([rng.integers(-5, 60, 5_000).astype(float), rng.random(5_000) * 50, a])
+    rng.shuffle(keys)
+    np.testing.assert_array_equal(stream.search_right(a, keys), a.searchsorted(keys, side="right"))
+    assert stream.search_right(a, keys[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("negatives", ["popularity", "uniform"])
+def test_sampler_draws_are_generator_choice_exactly(negatives):
+    """The streamed sampler draws, chunk after chunk, exactly the items Generator.choice(items, p=)
+    would from the same seed (the draws it made before it searched with search_right)."""
+    n_items, seed = 1_000, int(np.random.default_rng().integers(1 << 30))
+    w = None
+    if negatives == "popularity":
+        w = np.random.default_rng(seed).zipf(1.3, n_items).astype(float) + 1.0
+        w /= w.sum()
+    sampler = stream.Sampler(negatives, n_items, np.random.default_rng(seed), w)
+    ref = np.random.default_rng(seed)
+    for n in (1, 4_096, 777, 20_000):
+        got = sampler.draw(np.zeros(n, np.int64))
+        np.testing.assert_array_equal(got, ref.choice(np.arange(1, n_items + 1), size=n, p=w))
+
+
 def test_streamed_negatives_follow_the_popularity_weights(tmp_path):
     """End to end: on a log where no user touches most items, the negatives' item frequencies
     match (whole-log clicks + 1) among the items no sampled user touched (chi-square)."""

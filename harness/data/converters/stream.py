@@ -177,6 +177,17 @@ class AsOfCounts:
 
 
 # ---- negatives -----------------------------------------------------------------------------------
+def search_right(a: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """`a.searchsorted(keys, side="right")` for a sorted `a`, exactly, the keys searched in sorted
+    order. Random keys into an item-sized array miss the cache at nearly every step of the binary
+    search (4M items: about 1 us a key, three quarters of a 100M-row log's negatives phase); sorted,
+    consecutive searches share their path (3.5x faster at 4M items; docs/data-module.md)."""
+    order = np.argsort(keys)
+    out = np.empty(len(keys), np.int64)
+    out[order] = a.searchsorted(keys[order], side="right")
+    return out
+
+
 @dataclass
 class Sampler:
     """Draws candidate negatives for request times in ascending order, from the distribution the
@@ -188,14 +199,20 @@ class Sampler:
     rng: np.random.Generator
     weights: np.ndarray | None = None  # "popularity": per-item probabilities
     clicks: AsOfCounts | None = None  # "popularity_asof": the click sweep of this round
-    items: np.ndarray = field(init=False)
+    cdf: np.ndarray | None = field(init=False, default=None)
 
     def __post_init__(self):
-        self.items = np.arange(1, self.n_items + 1)
+        if self.weights is not None:  # as Generator.choice(p=weights) computes it at every call
+            self.cdf = self.weights.cumsum()
+            self.cdf /= self.cdf[-1]
 
     def draw(self, ts: np.ndarray) -> np.ndarray:
+        # "popularity" and "uniform": Generator.choice(items, size, p=weights)'s draws exactly (one
+        # uniform per row, searched in the cdf; tests/test_data_stream.py), searched faster
         if self.negatives != "popularity_asof":
-            return self.rng.choice(self.items, size=len(ts), p=self.weights)
+            if self.cdf is None:
+                return self.rng.integers(0, self.n_items, len(ts), dtype=np.int64) + 1
+            return search_right(self.cdf, self.rng.random(len(ts))) + 1
         # P(i | t) = (clicks of i before t + 1) / (clicks before t + n_items), as AsOfPopularity:
         # with probability before / (before + n_items) the item of a uniformly chosen earlier click,
         # else a uniform item. An earlier click is one before the chunk (its item drawn from the
@@ -207,7 +224,7 @@ class Sampler:
         from_events = self.rng.random(len(ts)) * (before + self.n_items) < before
         pick = (self.rng.random(len(ts)) * before).astype(np.int64)
         cum = np.cumsum(self.clicks.counts[1:])
-        earlier = np.searchsorted(cum, np.minimum(pick, max(b0 - 1, 0)), side="right") + 1
+        earlier = search_right(cum, np.minimum(pick, max(b0 - 1, 0))) + 1
         in_window = w_item[np.clip(pick - b0, 0, max(len(w_item) - 1, 0))] if len(w_item) else 0
         uniform = self.rng.integers(1, self.n_items + 1, len(ts))
         return np.where(from_events, np.where(pick < b0, earlier, in_window), uniform)
