@@ -177,21 +177,24 @@ def test_streamed_asof_draws_count_plus_one_and_never_the_future():
         assert chisquare(seen, expect * n).pvalue > 1e-3, (seen, expect)
 
 
-def test_search_right_is_searchsorted_exactly():
-    """The sorted-keys search returns what searchsorted(side="right") does, key by key: ties,
-    keys equal to entries, below the first and above the last included (fresh random inputs)."""
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_sorted_rank_is_searchsorted_exactly(side):
+    """counts.sorted_rank (the sampler's search) returns what searchsorted(side) does, key by key:
+    ties, keys equal to entries, below the first and above the last included (fresh inputs)."""
+    from harness.data.counts import sorted_rank
+
     rng = np.random.default_rng()
     a = np.sort(rng.integers(0, 50, 200)).astype(float)  # many repeated entries
     keys = np.concatenate([rng.integers(-5, 60, 5_000).astype(float), rng.random(5_000) * 50, a])
     rng.shuffle(keys)
-    np.testing.assert_array_equal(stream.search_right(a, keys), a.searchsorted(keys, side="right"))
-    assert stream.search_right(a, keys[:0]).shape == (0,)
+    np.testing.assert_array_equal(sorted_rank(a, keys, side), a.searchsorted(keys, side=side))
+    assert sorted_rank(a, keys[:0], side).shape == (0,)
 
 
 @pytest.mark.parametrize("negatives", ["popularity", "uniform"])
 def test_sampler_draws_are_generator_choice_exactly(negatives):
     """The streamed sampler draws, chunk after chunk, exactly the items Generator.choice(items, p=)
-    would from the same seed (the draws it made before it searched with search_right)."""
+    would from the same seed (the draws it made before it searched with sorted_rank)."""
     n_items, seed = 1_000, int(np.random.default_rng().integers(1 << 30))
     w = None
     if negatives == "popularity":

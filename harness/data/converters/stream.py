@@ -48,7 +48,7 @@ from harness.data.converters.common import (
     format_stats,
     split_times,
 )
-from harness.data.counts import events_before
+from harness.data.counts import events_before, sorted_rank
 from harness.data.features import ITEM_POP
 
 CHUNK = 1 << 20  # rows per streamed chunk and per parquet row group
@@ -177,17 +177,6 @@ class AsOfCounts:
 
 
 # ---- negatives -----------------------------------------------------------------------------------
-def search_right(a: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """`a.searchsorted(keys, side="right")` for a sorted `a`, exactly, the keys searched in sorted
-    order. Random keys into an item-sized array miss the cache at nearly every step of the binary
-    search (4M items: about 1 us a key, three quarters of a 100M-row log's negatives phase); sorted,
-    consecutive searches share their path (3.5x faster at 4M items; docs/data-module.md)."""
-    order = np.argsort(keys)
-    out = np.empty(len(keys), np.int64)
-    out[order] = a.searchsorted(keys[order], side="right")
-    return out
-
-
 @dataclass
 class Sampler:
     """Draws candidate negatives for request times in ascending order, from the distribution the
@@ -208,11 +197,13 @@ class Sampler:
 
     def draw(self, ts: np.ndarray) -> np.ndarray:
         # "popularity" and "uniform": Generator.choice(items, size, p=weights)'s draws exactly (one
-        # uniform per row, searched in the cdf; tests/test_data_stream.py), searched faster
+        # uniform per row, searched in the cdf; tests/test_data_stream.py), searched with the
+        # uniforms in sorted order: random keys into an item-sized cdf miss the cache at nearly
+        # every step (4M items: ~1 us a key, most of a 100M-row log's negatives phase)
         if self.negatives != "popularity_asof":
             if self.cdf is None:
                 return self.rng.integers(0, self.n_items, len(ts), dtype=np.int64) + 1
-            return search_right(self.cdf, self.rng.random(len(ts))) + 1
+            return sorted_rank(self.cdf, self.rng.random(len(ts)), "right") + 1
         # P(i | t) = (clicks of i before t + 1) / (clicks before t + n_items), as AsOfPopularity:
         # with probability before / (before + n_items) the item of a uniformly chosen earlier click,
         # else a uniform item. An earlier click is one before the chunk (its item drawn from the
@@ -224,7 +215,7 @@ class Sampler:
         from_events = self.rng.random(len(ts)) * (before + self.n_items) < before
         pick = (self.rng.random(len(ts)) * before).astype(np.int64)
         cum = np.cumsum(self.clicks.counts[1:])
-        earlier = search_right(cum, np.minimum(pick, max(b0 - 1, 0))) + 1
+        earlier = sorted_rank(cum, np.minimum(pick, max(b0 - 1, 0)), "right") + 1
         in_window = w_item[np.clip(pick - b0, 0, max(len(w_item) - 1, 0))] if len(w_item) else 0
         uniform = self.rng.integers(1, self.n_items + 1, len(ts))
         return np.where(from_events, np.where(pick < b0, earlier, in_window), uniform)
