@@ -56,6 +56,18 @@ def collate(dm: OneTransDataModule, split: str) -> list[Batch]:
     return list(dm.loader(split))
 
 
+def load(
+    folder, seq_len: int, batch_size: int, eval_batch_size: int = 2048, seed: int = 0
+) -> tuple[OneTransDataModule, list[Batch], list[Batch]]:
+    """A dataset folder's data module, set up, with its train and val batches collated once."""
+    dm = OneTransDataModule(
+        folder, seq_len=seq_len, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm, collate(dm, "train"), collate(dm, "val")
+
+
 def build(
     dm: OneTransDataModule, spec: ProbeModel, seed: int | None = 0
 ) -> tuple[torch.nn.Module, TrainConfig]:

@@ -25,11 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402  (after the repo root is on the path)
 
-from harness.data.datamodule import OneTransDataModule  # noqa: E402
 from harness.data.planted import PlantedConfig, generate_planted  # noqa: E402
 from harness.data.rules import Rule, relabel  # noqa: E402
 from harness.data.synth import generate_preset  # noqa: E402
-from harness.probe import ProbeModel, build, collate, ctr_auc, fit  # noqa: E402
+from harness.probe import ProbeModel, build, ctr_auc, fit, load  # noqa: E402
 from model.onetrans import HISTORY_RECIPE  # noqa: E402
 
 WINDOW = 8
@@ -97,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         source = _source(a.source, Path(tmp) / "source")
         for rule in rules:
             world = relabel(source, Path(tmp) / rule, RULES[rule], seed=0)
-            dm = OneTransDataModule(
-                world, seq_len=a.seq_len, batch_size=a.batch, eval_batch_size=2048, seed=0
-            )
-            dm.prepare_data()
-            dm.setup("fit")
-            train, val = collate(dm, "train"), collate(dm, "val")
+            dm, train, val = load(world, seq_len=a.seq_len, batch_size=a.batch)
             for v in variants:
                 spec = VARIANTS[v]
                 spec = ProbeModel(spec.name, spec.size, spec.overrides, {**spec.train, "lr": a.lr})

@@ -23,11 +23,10 @@ import pytest
 
 from harness.config import apply_overrides, load_config
 from harness.data.contract import IMPRESSIONS
-from harness.data.datamodule import OneTransDataModule
 from harness.data.planted import PlantedConfig, generate_planted
 from harness.data.rules import Rule, relabel
 from harness.data.synth import generate_preset
-from harness.probe import ProbeModel, build, collate, ctr_auc, fit
+from harness.probe import ProbeModel, build, ctr_auc, fit, load
 from harness.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,10 +87,7 @@ def _with(spec: ProbeModel, lr: float) -> ProbeModel:
 
 
 def _data(folder: Path):
-    dm = OneTransDataModule(folder, seq_len=SEQ_LEN, batch_size=BATCH, eval_batch_size=2048, seed=0)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm, collate(dm, "train"), collate(dm, "val")
+    return load(folder, seq_len=SEQ_LEN, batch_size=BATCH)
 
 
 def _val_auc(dm, train, val, spec: ProbeModel, steps: int) -> float:

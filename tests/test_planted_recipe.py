@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.data.datamodule import OneTransDataModule
 from harness.data.rules import Rule, relabel
 from harness.data.synth import generate_preset
-from harness.probe import ProbeModel, build, collate, ctr_auc, fit
+from harness.probe import ProbeModel, build, ctr_auc, fit, load
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -50,11 +49,9 @@ def ci_world(tmp_path_factory) -> Path:
 
 
 def _val_auc(folder: Path, spec: ProbeModel, steps: int) -> float:
-    dm = OneTransDataModule(folder, seq_len=32, batch_size=128, eval_batch_size=2048, seed=0)
-    dm.prepare_data()
-    dm.setup("fit")
+    dm, train, val = load(folder, seq_len=32, batch_size=128)
     model, cfg = build(dm, spec, seed=0)
-    return ctr_auc(fit(model, cfg, collate(dm, "train"), steps), collate(dm, "val"))
+    return ctr_auc(fit(model, cfg, train, steps), val)
 
 
 @pytest.mark.parametrize("name", list(RULES))
