@@ -120,3 +120,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def probe_pool():
+    """Two probe worker processes, one torch thread each (harness.probe.Pool): the planted-rule
+    tests' trainings run two at a time, the way a 2-core machine can run tiny shapes in parallel."""
+    from harness.probe import Pool
+
+    with Pool(workers=2, threads=1) as pool:
+        yield pool

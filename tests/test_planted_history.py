@@ -5,10 +5,11 @@ handed to other users) near 0.5; and one rule through the real run (`train_run`:
 folder, checkpoints).
 
 The family trains through harness/probe.py: the harness' data module, model registry, task loss,
-optimiser and clipping in a plain loop, the batches collated once per world and replayed for the
-four trainings (two models x two rates). The planted world logs one behaviour type, so its
-behaviour rule is its side rule: that is checked (the relabelled impressions are identical) instead
-of trained twice. Together the tests fail if the history is ever cut, mis-joined, ignored by a
+optimiser and clipping in a plain loop, every training submitted at once to two worker processes
+(`probe.Pool`, one torch thread each: the tiny shapes cannot use a second core from one process),
+each worker setting a world up once for its trainings on it. The planted world logs one behaviour
+type, so its behaviour rule is its side rule: that is checked (the relabelled impressions are
+identical) instead of trained twice. Together the tests fail if the history is ever cut, mis-joined, ignored by a
 model, or readable only at one rate. Marked slow (minutes): scripts/test.sh and .ci/run run it.
 docs/learning-history.md sections 11, 14 and 15 have the diagnosis these guard.
 """
@@ -26,13 +27,12 @@ from harness.data.contract import IMPRESSIONS
 from harness.data.planted import PlantedConfig, generate_planted
 from harness.data.rules import Rule, relabel
 from harness.data.synth import generate_preset
-from harness.probe import ProbeModel, build, ctr_auc, fit, load
+from harness.probe import ProbeModel
 from harness.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# about 4.5 min alone on 2 cores (6.6 min inside the whole suite): run by scripts/test.sh and
-# .ci/run, left out of plain pytest
+# minutes on 2 cores: run by scripts/test.sh and .ci/run, left out of plain pytest
 pytestmark = pytest.mark.slow
 
 SEQ_LEN, WINDOW, BATCH = 16, 8, 64
@@ -82,38 +82,18 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def _steps(source: str, rule: str) -> int:
+    return STEPS.get((source, rule), STEPS.get(source, DEFAULT_STEPS))
+
+
 def _with(spec: ProbeModel, lr: float) -> ProbeModel:
     return ProbeModel(spec.name, spec.size, spec.overrides, {**(spec.train or {}), "lr": lr})
-
-
-def _data(folder: Path):
-    return load(folder, seq_len=SEQ_LEN, batch_size=BATCH)
-
-
-def _val_auc(dm, train, val, spec: ProbeModel, steps: int) -> float:
-    model, cfg = build(dm, spec, seed=0)
-    return ctr_auc(fit(model, cfg, train, steps), val)
-
-
-@pytest.fixture(scope="module")
-def worlds(sources, tmp_path_factory):
-    """(source, rule) -> (data module, train batches, val batches), built once for both rates (the
-    cases run rate after rate for one world, so only the latest world is kept in memory)."""
-    cache: dict = {}
-
-    def get(source: str, rule: str):
-        if (source, rule) not in cache:
-            cache.clear()
-            out = tmp_path_factory.mktemp(f"{source}-{rule}") / "world"
-            cache[source, rule] = _data(relabel(sources[source], out, RULES[rule], seed=0))
-        return cache[source, rule]
-
-    return get
 
 
 # the planted world logs one behaviour type, so there the behaviour rule relabels exactly as the
 # side rule does: checked once below instead of trained again (4 trainings of ~10 s)
 SAME_AS_SIDE = {("planted", "behavior")}
+CONTROL = Rule(kind="side", field="brand", window=WINDOW, control=True)
 
 
 def _cases():
@@ -127,12 +107,39 @@ def _cases():
                 yield pytest.param(source, rule, lr, marks=marks, id=f"{rule}-{source}-lr{lr:g}")
 
 
+CASES = [p.values for p in _cases()]
+
+
+@pytest.fixture(scope="module")
+def trainings(sources, probe_pool, tmp_path_factory) -> dict:
+    """Every training of this file's family and controls, submitted at once to two worker
+    processes (harness.probe.Pool, one torch thread each), world by world so a worker sets a world
+    up once: (source, rule, lr, model name) -> Future of the val CTR AUC. The tests below wait
+    for their own."""
+    jobs: dict = {}
+    base = tmp_path_factory.mktemp("worlds")
+    for source, rule in dict.fromkeys((s, r) for s, r, _ in CASES):
+        folder = relabel(sources[source], base / f"{source}-{rule}", RULES[rule], seed=0)
+        steps = _steps(source, rule)
+        for lr in RATES:
+            for spec in (ONETRANS, DIN):
+                jobs[source, rule, lr, spec.name] = probe_pool.val_auc(
+                    folder, _with(spec, lr), steps, seq_len=SEQ_LEN, batch_size=BATCH
+                )
+    for source in sources:
+        folder = relabel(sources[source], base / f"{source}-control", CONTROL, seed=0)
+        for spec in (ONETRANS, DIN):
+            jobs[source, "control", 3e-3, spec.name] = probe_pool.val_auc(
+                folder, _with(spec, 3e-3), DEFAULT_STEPS, seq_len=SEQ_LEN, batch_size=BATCH
+            )
+    return jobs
+
+
 @pytest.mark.parametrize("source,rule,lr", list(_cases()))
-def test_onetrans_reads_the_planted_rule_like_din(worlds, source, rule, lr):
-    dm, train, val = worlds(source, rule)
-    steps = STEPS.get((source, rule), STEPS.get(source, DEFAULT_STEPS))
-    ot = _val_auc(dm, train, val, _with(ONETRANS, lr), steps)
-    din = _val_auc(dm, train, val, _with(DIN, lr), steps)
+def test_onetrans_reads_the_planted_rule_like_din(trainings, source, rule, lr):
+    steps = _steps(source, rule)
+    ot = trainings[source, rule, lr, ONETRANS.name].result()
+    din = trainings[source, rule, lr, DIN.name].result()
     seen = f"onetrans {ot:.3f}, DCNv2+DIN {din:.3f} after {steps} steps at lr {lr:g}"
     assert din >= 0.75, f"{source}/{rule}: DCNv2+DIN does not learn the rule ({seen})"
     assert ot >= din - MARGIN, f"{source}/{rule}: OneTrans trails by more than {MARGIN} ({seen})"
@@ -151,11 +158,11 @@ def test_the_behaviour_rule_is_the_side_rule_only_on_one_behaviour_type(sources,
 
 
 @pytest.mark.parametrize("source", ["ci", "planted"])
-def test_control_with_mismatched_histories_stays_at_chance(sources, tmp_path, source):
-    rule = Rule(kind="side", field="brand", window=WINDOW, control=True)
-    dm, train, val = _data(relabel(sources[source], tmp_path / "control", rule, seed=0))
+def test_control_with_mismatched_histories_stays_at_chance(trainings, source):
+    """The side rule with each user's events handed to another user (`Rule(control=True)`): the
+    same impressions and labels, at the higher rate, trained in `trainings`."""
     for spec in (ONETRANS, DIN):
-        auc = _val_auc(dm, train, val, _with(spec, 3e-3), DEFAULT_STEPS)
+        auc = trainings[source, "control", 3e-3, spec.name].result()
         assert 0.4 <= auc <= 0.6, (
             f"{source} control, {spec.name}: val CTR AUC {auc:.3f}; with other users' histories "
             f"only chance is possible"

@@ -74,3 +74,36 @@ def test_fit_refuses_an_empty_train_split():
 def test_fit_refuses_a_used_up_iterator_instead_of_spinning():
     with pytest.raises(ValueError, match="after 1 of 2 steps"):
         fit(_Tiny(aux=0.0), TrainConfig(), iter([_batch()]), steps=2)
+
+
+def test_pool_gives_the_in_process_figure_and_raises_a_jobs_error(tmp_path):
+    """probe.Pool (worker processes, one torch thread each) against the same training in this
+    process on one thread: the same val CTR AUC, bit for bit; two worlds interleaved (the worker's
+    world cache swaps), and a job's error raised by its Future, the pool still serving after it."""
+    from harness.data.planted import PlantedConfig, generate_planted
+    from harness.probe import Pool, ProbeModel, build, ctr_auc, load
+
+    folders = [
+        generate_planted(tmp_path / f"w{s}", PlantedConfig(n_users=80), seed=s) for s in (0, 1)
+    ]
+    spec = ProbeModel("dcnv2_din", "tiny", train={"lr": 3e-3})
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = []
+        for folder in folders:
+            dm, train, val = load(folder, seq_len=8, batch_size=32)
+            model, cfg = build(dm, spec, seed=3)
+            expected.append(ctr_auc(fit(model, cfg, train, 12), val))
+    finally:
+        torch.set_num_threads(n)
+    with Pool(workers=1) as pool:
+        jobs = [pool.val_auc(f, spec, 12, seq_len=8, batch_size=32, seed=3) for f in folders]
+        bad = pool.val_auc(
+            folders[0], ProbeModel("no_such_model", "tiny"), 1, seq_len=8, batch_size=32
+        )
+        again = pool.val_auc(folders[0], spec, 12, seq_len=8, batch_size=32, seed=3)
+        assert [j.result() for j in jobs] == expected
+        with pytest.raises(Exception, match="no_such_model"):
+            bad.result()
+        assert again.result() == expected[0]
