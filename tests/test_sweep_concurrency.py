@@ -196,6 +196,10 @@ def test_two_drivers_on_one_sweep_train_every_run_once(tmp_path):
         assert len(keys) == len(set(keys)), f"duplicate metrics rows in {run_dir}"
         assert not list(run_dir.rglob(".*.tmp*"))
         assert json.loads((run_dir / "progress.json").read_text())["step"] == 2
+        # the class asks 1 CPU: 1 torch thread, though the driver ran one run at a time
+        # (harness.executors.local_threads: the same figures alone or beside other runs)
+        threads = json.loads((run_dir / "provenance.json").read_text())["decisions"]["threads"]
+        assert threads["value"] == 1, threads
 
 
 def test_deleting_the_lock_files_lets_no_second_owner_in(tmp_path):

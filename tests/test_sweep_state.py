@@ -230,3 +230,12 @@ def test_progress_text_shows_step_rate_and_eta(tmp_path):
         step=1200, total=1200, phase="final evaluation", steps_per_s=2.0, eta_s=0.0
     )
     assert X.progress_text(store) == "step 1200/1200 (100%), final evaluation"
+
+
+def test_local_threads_are_the_class_cpus_within_the_machines_share():
+    from harness.executors import local_threads
+
+    assert local_threads(cpus_per_task=1, share=2) == 1  # alone on 2 cores: still the class's 1
+    assert local_threads(cpus_per_task=8, share=2) == 2  # a GPU class on a laptop: its share
+    assert local_threads(cpus_per_task=2, share=1) == 1  # two runs at once on 2 cores
+    assert local_threads(cpus_per_task=0, share=4) == 1  # never below one thread
