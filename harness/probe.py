@@ -166,6 +166,19 @@ def ctr_auc(model: torch.nn.Module, batches: Iterable[Batch]) -> float:
     return float(auc(y, s))
 
 
+def train_val_auc(
+    dm: OneTransDataModule,
+    train: Iterable[Batch],
+    val: Iterable[Batch],
+    spec: ProbeModel,
+    steps: int,
+    seed: int | None = 0,
+) -> float:
+    """One probe training of `spec` for `steps` steps on `train`, scored on `val` (CTR AUC)."""
+    model, cfg = build(dm, spec, seed=seed)
+    return ctr_auc(fit(model, cfg, train, steps), val)
+
+
 # a worker's latest world: (folder, seq_len, batch_size) -> load()'s result. Jobs are submitted
 # world by world, so each worker loads a world once for its consecutive trainings on it.
 _WORLD: dict = {}
@@ -182,17 +195,15 @@ def _train_and_score(
     if key not in _WORLD:
         _WORLD.clear()
         _WORLD[key] = load(folder, seq_len=seq_len, batch_size=batch_size)
-    dm, train, val = _WORLD[key]
-    model, cfg = build(dm, spec, seed=seed)
-    return ctr_auc(fit(model, cfg, train, steps), val)
+    return train_val_auc(*_WORLD[key], spec, steps, seed)
 
 
 class Pool:
     """Probe trainings in `workers` processes (spawned: no torch state is forked), each on
     `threads` torch threads. `val_auc` submits one training (the data module set up and collated
     in the worker, kept for the worker's next job on the same world) and returns a Future of its
-    val CTR AUC, the same figure `ctr_auc(fit(*build(*load(...)), ...), val)` gives in-process on
-    as many threads. A job's exception is raised by its Future's result(); closing cancels what
+    val CTR AUC, the same figure `train_val_auc(*load(...), ...)` gives in-process on as many
+    threads. A job's exception is raised by its Future's result(); closing cancels what
     has not started."""
 
     def __init__(self, workers: int = 2, threads: int = 1) -> None:

@@ -28,7 +28,7 @@ import torch  # noqa: E402  (after the repo root is on the path)
 from harness.data.planted import PlantedConfig, generate_planted  # noqa: E402
 from harness.data.rules import Rule, relabel  # noqa: E402
 from harness.data.synth import generate_preset  # noqa: E402
-from harness.probe import ProbeModel, build, ctr_auc, fit, load  # noqa: E402
+from harness.probe import ProbeModel, load, train_val_auc  # noqa: E402
 from model.onetrans import HISTORY_RECIPE  # noqa: E402
 
 WINDOW = 8
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec = VARIANTS[v]
                 spec = ProbeModel(spec.name, spec.size, spec.overrides, {**spec.train, "lr": a.lr})
                 t0 = time.perf_counter()
-                model, cfg = build(dm, spec, seed=a.seed)
-                auc = ctr_auc(fit(model, cfg, train, a.steps), val)
+                auc = train_val_auc(dm, train, val, spec, a.steps, seed=a.seed)
                 row = {
                     "source": a.source,
                     "rule": rule,
