@@ -8,10 +8,17 @@ import yaml
 
 
 def write_sweep(
-    tmp_path: Path, dataset: str, seeds=(0, 1), *, name: str = "runs_test", max_steps: int = 4
+    tmp_path: Path,
+    dataset: str,
+    seeds=(0, 1),
+    *,
+    name: str = "runs_test",
+    max_steps: int = 4,
+    max_epochs: int | None = None,
 ) -> Path:
     """A sweep file of tiny OneTrans runs (4 steps unless told) on `dataset` (CPU, W&B off), one run
-    per seed."""
+    per seed. `max_epochs` unset: the config's default (1), which ends a run after one pass over
+    the world whatever `max_steps` says."""
     data = {
         "name": name,
         "base": {
@@ -22,6 +29,7 @@ def write_sweep(
                 "optimizer": "adamw",
                 "precision": "32-true",
                 "ckpt_every_n_steps": 2,
+                **({"max_epochs": max_epochs} if max_epochs is not None else {}),
             },
             "logging": {"wandb": "disabled", "progress_bar": False},
         },

@@ -25,8 +25,12 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true", "PYTHONPA
 
 
 def _sweep(tmp_path: Path, world: Path) -> tuple[Path, list[Path]]:
-    """Two runs that would train far longer than the test (checkpoint every 2 steps)."""
-    path = write_sweep(tmp_path, str(world), seeds=(0, 1), name="intr", max_steps=100000)
+    """Two runs that would train far longer than the test (checkpoint every 2 steps). Epochs as
+    well as steps unbounded in practice: one epoch of the tiny world can end before a second
+    process (the `cancel` CLI) has started, and a run that is done cannot be cancelled."""
+    path = write_sweep(
+        tmp_path, str(world), seeds=(0, 1), name="intr", max_steps=100_000, max_epochs=10_000
+    )
     runs = [
         tmp_path / "runs" / "intr" / r.run_id for r in resolve(load_sweep(path), check_model=False)
     ]
