@@ -820,7 +820,9 @@ def _floor_blocks(an: Analysis) -> list:
             "counts (candidate item, its side fields and behaviours among the last L events, "
             "history length, item popularity so far; harness/data/floor.py, read from "
             "<sweep>/.sweep/floor.json). A floor, not a ceiling: 'below floor' means the model "
-            "leaves unused a signal its own input holds. docs/analysis.md, 'Count-feature floor'.",
+            "leaves unused a signal its own input holds. 'lo'/'hi': 95% interval of model − floor "
+            "from the seed sd pooled over the windows; 'vs floor': above, level (the interval "
+            "holds 0) or below. docs/analysis.md, 'Count-feature floor'.",
             float_format="{:.4f}",
         ),
     ]
