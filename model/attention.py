@@ -39,6 +39,10 @@ read by every row of the group, i.e. a request's S side read by the NS queries o
 impressions (request-level forward, KV-cached scoring in model/kv_cache.py). It means exactly
 "attend over [the group's shared keys ; the row's own keys]"; SDPA and flash get that list copied per
 row, the reference backend reads the shared keys in place (one GEMM per group, no per-row copy).
+`SharedKeys.bias` (optional, (R, H, T)) adds a logit per shared key and head, the same for every row
+of the group (OneTrans's `recency_bias`: a learned bias by an S key's rank, on NS queries only). The
+reference and SDPA backends take it (SDPA as a float mask); flash and sdpa_causal cannot take an
+additive bias, so a call with one runs on SDPA (the NS queries only: a few rows per impression).
 
 This module is the one definition of the attention mask and of masked attention in the model package.
 """
@@ -209,6 +213,7 @@ class SharedKeys:
     valid: torch.Tensor  # (R, T) False at padding
     index: torch.Tensor  # (B,) group of each query row
     groups: Groups | None = None
+    bias: torch.Tensor | None = None  # (R, H, T) logit added to each shared key, per head
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -240,18 +245,26 @@ def reference_attention(
     def ungrouped(x: torch.Tensor) -> torch.Tensor:  # (R, H, C*Tq, X) -> (B, H, Tq, X)
         return g.unpack(x.unflatten(2, (g.width, tq)).transpose(1, 2))
 
-    scores = (
-        torch.cat([grouped(q) @ shared.k.transpose(-1, -2), grouped(q @ k.transpose(-1, -2))], -1)
-        * scale
-    )
+    to_shared = grouped(q) @ shared.k.transpose(-1, -2) * scale
+    if shared.bias is not None:
+        to_shared = to_shared + shared.bias.unsqueeze(2).to(to_shared.dtype)
+    scores = torch.cat([to_shared, grouped(q @ k.transpose(-1, -2)) * scale], -1)
     # empty slots (groups with fewer rows than C) attend everywhere: finite (no NaN in the backward), never unpacked
     probs = _masked_softmax(scores, grouped(mask, True), v.dtype)
     return ungrouped(probs[..., :t] @ shared.v) + ungrouped(probs[..., t:]) @ v
 
 
 def sdpa_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """bias: an additive logit broadcastable to (B, H, Tq, Tk), applied where mask allows."""
+    if bias is not None:
+        neg_inf = torch.tensor(float("-inf"), dtype=q.dtype, device=q.device)
+        mask = torch.where(mask, bias.to(q.dtype), neg_inf)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -401,8 +414,14 @@ def attend(
         )
     if q_valid is None or k_valid is None:
         raise ValueError("attend: pass q_valid and k_valid (or an explicit allowed= mask)")
+    bias = None
     if shared is not None:
         k_valid = torch.cat([shared.valid[shared.index], k_valid], 1)
+        if shared.bias is not None and backend != "reference":
+            # flash and sdpa_causal take no additive bias: SDPA with a float mask instead
+            backend = "sdpa"
+            own = shared.bias.new_zeros(q.shape[0], shared.bias.shape[1], k.shape[2])
+            bias = torch.cat([shared.bias[shared.index], own], 2).unsqueeze(2)  # (B, H, 1, Tk)
         # SDPA and flash need every row's whole key list: copy it per row
         if backend != "reference":
             k = torch.cat([shared.k[shared.index], k], 2)
@@ -422,7 +441,7 @@ def attend(
     if backend == "reference":
         out = reference_attention(q, k, v, mask, shared)
     elif backend == "sdpa":
-        out = sdpa_attention(q, k, v, mask)
+        out = sdpa_attention(q, k, v, mask, bias)
     else:
         raise ValueError(f"attention backend {backend!r} unknown; choose one of {BACKENDS}")
     return out * q_valid[:, None, :, None].to(out.dtype)

@@ -181,8 +181,17 @@ def stage_two(
             # reference backend reads the shared S keys in place (one GEMM per request); SDPA and
             # flash would copy the cache once per candidate (docs/kv-cache.md §4).
             q, k, v = layer.ns_qkv(y)
+            # (recency_bias: by each cached key's rank, computed here from the current mask, so the
+            # S cache itself stays independent of later events; a layer without the method, such
+            # as the tests' independent toy, has no bias)
+            key_bias = getattr(layer, "key_bias", None)
             shared = SharedKeys(
-                ks.transpose(1, 2), vs.transpose(1, 2), cache.masks[n], req_index, groups
+                ks.transpose(1, 2),
+                vs.transpose(1, 2),
+                cache.masks[n],
+                req_index,
+                groups,
+                bias=key_bias(cache.masks[n]) if key_bias is not None else None,
             )
             return layer.ns_finish(y, _attend(q, k, v, ns_valid, ns_valid, "reference", shared))
 

@@ -54,6 +54,13 @@ class Config:
     ns_tokenizer: Literal["auto_split", "group"] = "auto_split"  # ablation: group-wise
     type_embedding: bool = True  # behaviour-type indicator added to S-tokens (timestamp mode only)
     gap_embedding: bool = False  # time-gap bucket embedding on S-tokens (not in the paper)
+    # a learned logit per head and layer by an S key's rank from the most recent event, added when
+    # the NS queries (the readout) attend to the history; zero at init (the paper's model), not in
+    # the paper. The readout's softmax over the kept S keys cannot cut "the last W events" out of
+    # them on its own (qk_norm bounds its logits; a rank in the token did not do it); an unbounded
+    # bias per rank can. S queries get none, so S tokens stay independent of later events and the
+    # KV cache exact (docs/learning-history.md section 22)
+    recency_bias: bool = False
     # --- learnability switches (not in the paper; docs/learning-history.md has the measurements)
     shared_side_tables: bool = (
         False  # candidate side fields read the S side's tables (paper: silent;
@@ -159,6 +166,36 @@ def pyramid_schedule(
         kept.append(k)
         prev = k
     return kept[:n_layers]
+
+
+# ----------------------------------------------------------------------------------------------
+# Recency bias (Config.recency_bias)
+# ----------------------------------------------------------------------------------------------
+
+# Ranks 0..15 from the most recent event get a bucket each (short windows are cut exactly); beyond,
+# four buckets per doubling (16-19, 20-22, 23-26, 27-31, 32-38, ...); the last of 48 holds every
+# rank from about 3,400 on, past the longest sequence of the paper (2048).
+RECENCY_EXACT, RECENCY_BUCKETS = 16, 48
+# The stored table is multiplied by this: an AdamW step moves a parameter by about lr, and cutting a
+# window needs logits of order -10 within a few thousand steps (docs/learning-history.md section 22:
+# at x1 the count rule reached 0.86 / 0.85, at x10 0.93 / 0.90, DCNv2+DIN 0.87 / 0.84)
+RECENCY_BIAS_SCALE = 10.0
+
+
+def rank_from_end(valid: torch.Tensor) -> torch.Tensor:
+    """(rows, T) bool, chronological -> (rows, T) long: real events after each position (0 = the most
+    recent event). Any padding layout; the value at a padded position is not used."""
+    v = valid.to(torch.long)
+    return v.flip(-1).cumsum(-1).flip(-1) - v
+
+
+def recency_bucket(rank: torch.Tensor) -> torch.Tensor:
+    """Rank from the end -> bucket id in [0, RECENCY_BUCKETS): exact below RECENCY_EXACT, then four
+    per doubling."""
+    far = RECENCY_EXACT + torch.floor(
+        4 * torch.log2(rank.clamp(min=RECENCY_EXACT).to(torch.float32) / RECENCY_EXACT)
+    ).to(torch.long)
+    return torch.where(rank < RECENCY_EXACT, rank, far).clamp(0, RECENCY_BUCKETS - 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,6 +483,14 @@ class OneTransBlock(nn.Module):
         # qk_norm: one gain per head dimension for queries, one for keys, shared by every token
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        if cfg.recency_bias and not cfg.causal:
+            raise ValueError(
+                "onetrans Config.recency_bias needs causal attention (causal=True): the bias is on "
+                "the NS queries, which run apart from the S queries only under the causal mask"
+            )
+        self.recency_bias = (
+            nn.Parameter(torch.zeros(cfg.n_heads, RECENCY_BUCKETS)) if cfg.recency_bias else None
+        )
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, H, dh)
         return x.unflatten(-1, (self.n_heads, self.cfg.head_dim))
@@ -509,7 +554,7 @@ class OneTransBlock(nn.Module):
         def H(x: torch.Tensor) -> torch.Tensor:  # (B, T, H, dh) -> (B, H, T, dh)
             return x.transpose(1, 2)
 
-        if req_index is None:
+        if req_index is None and self.recency_bias is None:
             # One attention call over [S ; NS] with one bottom-right causal mask: S queries can
             # only reach S keys because NS keys come after every S position.
             a = attend(
@@ -525,10 +570,14 @@ class OneTransBlock(nn.Module):
             a = a.transpose(1, 2).flatten(2)  # (B, ks + n, d)
             a_s, a_ns = a[:, :ks], a[:, ks:]
         else:
+            # S and NS queries apart: per request (req_index), or per impression with the recency
+            # bias, which only the NS queries get (its own index: row b reads its own S keys)
             if not self.cfg.causal:
                 raise ValueError(
                     "request-level S side needs causal attention (with causal=False S reads NS)"
                 )
+            if req_index is None:
+                req_index = torch.arange(x_ns.shape[0], device=x_ns.device)
             a_s = (
                 attend(
                     H(q_s),
@@ -555,7 +604,9 @@ class OneTransBlock(nn.Module):
                     ns_valid,
                     causal=True,
                     backend=self.backend,
-                    shared=SharedKeys(H(k_s), H(v_s), valid_s, req_index),
+                    shared=SharedKeys(
+                        H(k_s), H(v_s), valid_s, req_index, bias=self.key_bias(valid_s)
+                    ),
                     pad_free=self.pad_free,
                 )
                 .transpose(1, 2)
@@ -566,6 +617,14 @@ class OneTransBlock(nn.Module):
             return x_s[:, :0], valid_tail, y_ns
         y_s = self.s_finish(x_s[:, T_s - ks :], a_s) * valid_tail.unsqueeze(-1).to(a_s.dtype)
         return y_s, valid_tail, y_ns
+
+    def key_bias(self, valid_s: torch.Tensor) -> torch.Tensor | None:
+        """recency_bias: (rows, H, T) logit for each S key (valid_s (rows, T), chronological), by its
+        rank from the most recent real event; None when the switch is off."""
+        if self.recency_bias is None:
+            return None
+        table = RECENCY_BIAS_SCALE * self.recency_bias  # (H, buckets)
+        return table[:, recency_bucket(rank_from_end(valid_s))].permute(1, 0, 2)
 
     def flops(self, t_s: int, causal_pairs: bool = False) -> float:
         """Forward FLOPs of one example through this block with t_s S rows in. causal_pairs: count the

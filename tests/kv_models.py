@@ -48,4 +48,6 @@ def make_model(
                 or name.endswith("final_norm.weight")
             ):
                 p.add_(0.2 * torch.randn_like(p))
+            if name.endswith("recency_bias"):  # zero at init: give it a rank profile to carry
+                p.normal_(0.0, 0.3)
     return model

@@ -54,6 +54,7 @@ def test_cached_equals_full_fp32(kind, n_cand, pyramid):
         {"mixed_params": False},
         {"out_proj": "shared"},
         {"qk_norm": True},
+        {"recency_bias": True},
     ],
 )
 def test_cached_equals_full_ablations(overrides):
@@ -176,7 +177,9 @@ def test_request_level_training_same_loss_and_grads(kind, pyramid):
         torch.testing.assert_close(got_grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pyramid_end": "B"}, {"qk_norm": True}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"pyramid_end": "B"}, {"qk_norm": True}, {"recency_bias": True}]
+)
 def test_cache_runs_the_models_own_request_level_forward(overrides):
     """With one backend (reference) the cache calls exactly the model's request-level computation
     (its block steps, attention and heads), so the two agree bit for bit."""
@@ -187,3 +190,45 @@ def test_cache_runs_the_models_own_request_level_forward(overrides):
         ref, got = model(batch), _cached(model, batch)
     for t in ("ctr", "cvr"):
         torch.testing.assert_close(got[t], ref[t], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ["reference", "sdpa"])
+def test_recency_bias_same_in_every_path_and_it_matters(attention):
+    """recency_bias (a learned logit per head by an S key's rank, NS queries only): the per-impression
+    forward (S and NS queries apart), the request-level forward and the two-stage cache give the
+    same scores and training gradients; zeroing the table changes the scores (so the paths above
+    compare a bias that is there)."""
+    spec = tiny_spec(seq_len=24)
+    kw = dict(pyramid=True, seed=21, attention=attention, recency_bias=True, qk_norm=True)
+    model = make_model("onetrans", spec, **kw).train()
+    batch = _batch(spec, 3, 4, seed=22)
+    assert not batch["seq_mask"].all()
+
+    def loss_and_grads(fwd):
+        model.zero_grad(set_to_none=True)
+        out = fwd(batch)
+        loss = sum(
+            torch.nn.functional.binary_cross_entropy_with_logits(out[t], batch[lbl])
+            for t, lbl in (("ctr", "click"), ("cvr", "conversion"))
+        )
+        loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref, ref_grads = loss_and_grads(model)
+    got, got_grads = loss_and_grads(lambda b: request_level_forward(model, b))
+    for t in ("ctr", "cvr"):
+        torch.testing.assert_close(got[t], ref[t], atol=1e-5, rtol=1e-5)
+    assert any(n.endswith("recency_bias") and g.abs().sum() > 0 for n, g in ref_grads.items())
+    assert set(got_grads) == set(ref_grads)
+    for n in ref_grads:
+        torch.testing.assert_close(got_grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+    model.eval()
+    with torch.no_grad():
+        ref = model(batch)
+        cached = _cached(model, batch)
+        for t in ("ctr", "cvr"):
+            torch.testing.assert_close(cached[t], ref[t], atol=1e-5, rtol=1e-5)
+        for name, p in model.named_parameters():
+            if name.endswith("recency_bias"):
+                p.zero_()
+        assert (model(batch)["ctr"] - ref["ctr"]).abs().max() > 1e-3

@@ -138,3 +138,23 @@ def test_append_pyramid_variants(overrides):
             torch.testing.assert_close(
                 inc.score(cands)[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5
             )
+
+
+@pytest.mark.parametrize("steps", [(5, 3, 1, 4), (6, 12, 11)])
+def test_append_with_the_recency_bias_matches_full_forward(steps):
+    """recency_bias reads each S key's rank at scoring time (NS queries only), so appending events
+    (every old event moves back one rank) keeps the cache exact, inside and across the frame."""
+    spec = tiny_spec(seq_len=FRAME)
+    model = make_model("onetrans", spec, pyramid=True, seed=5, recency_bias=True)
+    total = sum(steps)
+    ev = _events(spec, total, seed=3 * total)
+    cands = {k: ev[k] for k in ("req_index", "cand_item", "cand_side", "ns_cat", "ns_num")}
+    inc, n = IncrementalCache(model), 0
+    for d in steps:
+        inc.append(_slice(ev, n, n + d))
+        n += d
+        with torch.no_grad():
+            ref = model(_padded(ev, n, cands))
+        got = inc.score(cands)
+        for t in ("ctr", "cvr"):
+            torch.testing.assert_close(got[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5)

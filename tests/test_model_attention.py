@@ -122,6 +122,39 @@ def test_shared_keys_equal_the_concatenated_key_list(backend):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "sdpa_causal"])
+def test_shared_keys_with_a_bias_equal_an_explicit_loop(backend):
+    """SharedKeys.bias (a logit per shared key and head, the recency bias): every backend (sdpa_causal
+    runs SDPA with a float mask) equals a per-(row, query) loop that adds the bias to the shared
+    keys' scores only, forward and backward into the bias; a group with no valid shared key."""
+    g = torch.Generator().manual_seed(5)
+    R, B, H, T, n, dh = 3, 5, 2, 6, 3, 8
+    index = torch.tensor([1, 0, 1, 2, 1])
+    ks, vs = (torch.randn(R, H, T, dh, generator=g) for _ in range(2))
+    s_valid = torch.arange(T)[None, :] >= torch.tensor([0, 3, 6])[:, None]  # group 2: no event
+    bias = (2 * torch.randn(R, H, T, generator=g)).requires_grad_()
+    q, k, v = (torch.randn(B, H, n, dh, generator=g) for _ in range(3))
+    ones = torch.ones(B, n, dtype=torch.bool)
+    w = torch.randn(B, H, n, dh, generator=g)
+    shared = SharedKeys(ks, vs, s_valid, index, bias=bias)
+    out = attend(q, k, v, ones, ones, causal=True, backend=backend, shared=shared)
+    (grad,) = torch.autograd.grad((out * w).sum(), bias)
+    want = torch.zeros_like(out)
+    b2 = bias.detach().clone().requires_grad_()
+    for b in range(B):
+        r = index[b]
+        for i in range(n):
+            keys = torch.cat([ks[r][:, s_valid[r]], k[b][:, : i + 1]], 1)  # (H, keys, dh)
+            vals = torch.cat([vs[r][:, s_valid[r]], v[b][:, : i + 1]], 1)
+            extra = torch.cat([b2[r][:, s_valid[r]], torch.zeros(H, i + 1)], 1)
+            s = (keys @ q[b, :, i, :, None]).squeeze(-1) / math.sqrt(dh) + extra
+            want[b, :, i] = (torch.softmax(s, -1)[..., None] * vals).sum(1)
+    (grad_want,) = torch.autograd.grad((want * w).sum(), b2)
+    torch.testing.assert_close(out, want.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, grad_want, atol=1e-5, rtol=1e-5)
+    assert grad[:, :, :][~s_valid[:, None, :].expand_as(grad)].abs().max() == 0  # padded keys
+
+
 def test_choose_backend_reports_reasons_and_refuses_silent_flash():
     backend, reason = choose_backend("auto", torch.device("cpu"), torch.float32, 16)
     assert backend == "sdpa" and "CUDA" in reason

@@ -11,7 +11,14 @@ import torch.nn.functional as F
 
 from model.features import random_batch, tiny_spec
 from model.layers import MixedLinear
-from model.onetrans import HISTORY_RECIPE, SIZES, OneTransBlock, build
+from model.onetrans import (
+    HISTORY_RECIPE,
+    SIZES,
+    OneTransBlock,
+    build,
+    rank_from_end,
+    recency_bucket,
+)
 from model.registry import build_model
 from tests.model_support import assert_bf16_model_parity, bf16_model_step, empty_history_batch
 
@@ -380,6 +387,24 @@ def test_recipe_sizes_are_the_paper_sizes_plus_the_history_recipe_only():
             if getattr(paper, f.name) != getattr(recipe, f.name)
         }
         assert differ == set(HISTORY_RECIPE), differ
+
+
+def test_recency_bias_starts_as_the_model_and_reads_ranks_from_the_end():
+    """recency_bias: zero at init, so the scores are the model's without it (same weights: the table
+    takes no random draw); ranks count real events after a position whatever the padding; buckets
+    exact below 16, then four per doubling, capped; a causal mask is required."""
+    batch = _batch(seed=4)
+    with torch.no_grad():
+        a, b = _model(seed=6)(batch), _model(seed=6, recency_bias=True)(batch)
+    for t in a:
+        torch.testing.assert_close(a[t], b[t], rtol=1e-6, atol=1e-6)
+    valid = torch.tensor([[False, False, True, True, True], [True, False, True, False, True]])
+    assert rank_from_end(valid)[0, 2:].tolist() == [2, 1, 0]
+    assert rank_from_end(valid)[1][valid[1]].tolist() == [2, 1, 0]
+    ranks = torch.tensor([0, 7, 15, 16, 19, 20, 31, 32, 2047, 10**6])
+    assert recency_bucket(ranks).tolist() == [0, 7, 15, 16, 16, 17, 19, 20, 43, 47]
+    with pytest.raises(ValueError, match="recency_bias needs causal"):
+        _model(recency_bias=True, causal=False)
 
 
 def test_wide_numeric_starts_as_the_towers_and_adds_a_linear_logit():
