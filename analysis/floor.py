@@ -140,9 +140,8 @@ def _add_seed_noise(table: pd.DataFrame, m: str) -> None:
 
     diff, lo, hi = f"{m} model − floor", f"{m} model − floor lo", f"{m} model − floor hi"
     table[lo], table[hi], table[f"{m} vs floor"] = np.nan, np.nan, None
-    sign = (
-        -1.0 if "logloss" in m else 1.0
-    )  # for logloss, lower is better: "above" = under the floor
+    # for logloss, lower is better: "above" the floor means under it
+    sign = -1.0 if "logloss" in m else 1.0
     for _, g in table.groupby(["sweep", "model", "size"], dropna=False):
         g = g[g[f"_{m} values"].notna()]
         if g.empty:
