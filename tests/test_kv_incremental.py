@@ -42,6 +42,23 @@ def _padded(ev, n_total, cands):
     return {**out, **cands}
 
 
+def _appends_matching_the_full_forward(model, ev, steps):
+    """Append ev's events `steps` at a time; after each append assert that the cache scores the
+    candidates as the plain model does on the padded frame. Yields (cache, events so far, this
+    append's size, its AppendStats)."""
+    cands = {k: ev[k] for k in ("req_index", "cand_item", "cand_side", "ns_cat", "ns_num")}
+    inc, n = IncrementalCache(model), 0
+    for d in steps:
+        stats = inc.append(_slice(ev, n, n + d))
+        n += d
+        with torch.no_grad():
+            ref = model(_padded(ev, n, cands))
+        got = inc.score(cands)
+        for t in ("ctr", "cvr"):
+            torch.testing.assert_close(got[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5)
+        yield inc, n, d, stats
+
+
 @pytest.mark.parametrize("kind", KIND_PARAMS)
 @pytest.mark.parametrize("pyramid", [False, True])
 @pytest.mark.parametrize("steps", [(5, 3, 1, 4), (10, 9), (6, 12, 11), (1, 1, 1, 30)])
@@ -51,17 +68,7 @@ def test_append_matches_full_forward(kind, pyramid, steps):
     model = make_model(kind, spec, pyramid=pyramid, seed=sum(steps))
     total = sum(steps)
     ev = _events(spec, total, seed=len(steps) + 7 * total)
-    cands = {k: ev[k] for k in ("req_index", "cand_item", "cand_side", "ns_cat", "ns_num")}
-    inc = IncrementalCache(model)
-    n = 0
-    for d in steps:
-        stats = inc.append(_slice(ev, n, n + d))
-        n += d
-        with torch.no_grad():
-            ref = model(_padded(ev, n, cands))
-        got = inc.score(cands)
-        for t in ("ctr", "cvr"):
-            torch.testing.assert_close(got[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5)
+    for inc, n, d, stats in _appends_matching_the_full_forward(model, ev, steps):
         # r from the rule: layers whose kept window held the whole new history
         keep = inc.keep
         r = next(
@@ -148,13 +155,4 @@ def test_append_with_the_recency_bias_matches_full_forward(steps):
     model = make_model("onetrans", spec, pyramid=True, seed=5, recency_bias=True)
     total = sum(steps)
     ev = _events(spec, total, seed=3 * total)
-    cands = {k: ev[k] for k in ("req_index", "cand_item", "cand_side", "ns_cat", "ns_num")}
-    inc, n = IncrementalCache(model), 0
-    for d in steps:
-        inc.append(_slice(ev, n, n + d))
-        n += d
-        with torch.no_grad():
-            ref = model(_padded(ev, n, cands))
-        got = inc.score(cands)
-        for t in ("ctr", "cvr"):
-            torch.testing.assert_close(got[t], torch.sigmoid(ref[t]), atol=1e-5, rtol=1e-5)
+    assert len(list(_appends_matching_the_full_forward(model, ev, steps))) == len(steps)
