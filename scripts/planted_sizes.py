@@ -58,6 +58,11 @@ VARIANTS = {
     # OneTrans-S with the history recipe: the size the paper-scale sweeps run by default
     # (model/onetrans.py SIZES: the paper size + HISTORY_RECIPE)
     "s-recipe": ProbeModel("onetrans", "onetrans-s-recipe", {}, RECIPE_TRAIN),
+    # the same with the readout's bias by rank (docs/learning-history.md section 22), which the
+    # paper-scale sizes keep off
+    "s-recipe-rbias": ProbeModel(
+        "onetrans", "onetrans-s-recipe", {"recency_bias": True}, RECIPE_TRAIN
+    ),
     "tiny-recipe": ProbeModel("onetrans", "onetrans-tiny", RECIPE, RECIPE_TRAIN),
     "din-tiny": ProbeModel("dcnv2_din", "tiny", {}, {"cvr_loss": "clicked_per_impression"}),
 }
