@@ -54,6 +54,10 @@ class LayerParts(Protocol):
     def ns_finish(self, x: Tensor, attn: Tensor) -> Tensor:
         """Residual + token-specific out-projection + pre-norm token-specific FFN for NS rows."""
 
+    def key_bias(self, valid_s: Tensor) -> Tensor | None:
+        """(rows, H, T) logit the NS queries add to each S key (OneTrans's recency_bias, by the key's
+        rank in valid_s (rows, T)), or None for a layer without one."""
+
 
 class OneTransParts(Protocol):
     """The model seen as: S tokenizer, NS tokenizer, blocks split by token type, heads."""
@@ -182,16 +186,10 @@ def stage_two(
             # flash would copy the cache once per candidate (docs/kv-cache.md §4).
             q, k, v = layer.ns_qkv(y)
             # (recency_bias: by each cached key's rank, computed here from the current mask, so the
-            # S cache itself stays independent of later events; a layer without the method, such
-            # as the tests' independent toy, has no bias)
-            key_bias = getattr(layer, "key_bias", None)
+            # S cache itself stays independent of later events)
+            bias = layer.key_bias(cache.masks[n])
             shared = SharedKeys(
-                ks.transpose(1, 2),
-                vs.transpose(1, 2),
-                cache.masks[n],
-                req_index,
-                groups,
-                bias=key_bias(cache.masks[n]) if key_bias is not None else None,
+                ks.transpose(1, 2), vs.transpose(1, 2), cache.masks[n], req_index, groups, bias
             )
             return layer.ns_finish(y, _attend(q, k, v, ns_valid, ns_valid, "reference", shared))
 

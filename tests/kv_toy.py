@@ -63,6 +63,9 @@ class ToyLayer(nn.Module):
         f = torch.nn.functional.gelu(torch.einsum("bnd,nde->bne", _rms(z, self.n2), self.ns_f1))
         return z + torch.einsum("bnd,nde->bne", f, self.ns_f2)
 
+    def key_bias(self, valid_s: Tensor) -> None:
+        return None  # no recency bias in the toy
+
     # --- the plain full block over [S ; NS] (the reference) ---
     def full(self, x: Tensor, n_s: int, key_mask: Tensor, n_query_s: int) -> Tensor:
         """x (B, n_s + N, d): all rows; keeps the last n_query_s S rows and every NS row."""
